@@ -1,0 +1,52 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "snapdump",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "snapdump", targets: ["snapdump"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // C helpers for calls Swift cannot make directly (variadic ioctl).
+        .target(name: "CShims"),
+        // System libraries from Debian, linked through module maps.
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+
+        // Owned file descriptors, positional I/O, fsync, SEEK_DATA/HOLE, ioctls, external commands, locks.
+        .target(name: "SnapdumpSystem", dependencies: ["CShims"]),
+        // Proxmox-style file formats: section config, key: value files, property strings.
+        .target(name: "SnapdumpConfig"),
+        // StoragePlugin protocol, plugins, volume ids, snapshots, BlockSource.
+        .target(name: "Storage", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "CNBD"]),
+        // VM configs, QEMU command line, QMP and guest-agent clients, lifecycle, move-disk.
+        .target(name: "Guest", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "Storage"]),
+        // VMA writer and reader, compression codecs, digests, archive names.
+        .target(name: "Archive", dependencies: ["SnapdumpSystem", "CZstd", "CZlib", "COpenSSL"]),
+        // The vzdump engine: modes, fallback, logs, restore.
+        .target(name: "Backup", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "Storage", "Guest", "Archive"]),
+        // ArgumentParser commands, one file per command.
+        .target(name: "SnapdumpCLI", dependencies: [
+            "Backup", "Storage", "Guest", "Archive", "SnapdumpConfig", "SnapdumpSystem",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        // The executable: Entrypoint.swift only.
+        .executableTarget(name: "snapdump", dependencies: ["SnapdumpCLI"]),
+
+        // Shared test helpers: integration gating, fixture locations, running commands.
+        .target(name: "TestSupport", dependencies: ["SnapdumpSystem"], path: "Tests/TestSupport"),
+        .testTarget(name: "SnapdumpSystemTests", dependencies: ["SnapdumpSystem", "TestSupport"]),
+        .testTarget(name: "SnapdumpConfigTests", dependencies: ["SnapdumpConfig", "TestSupport"]),
+        .testTarget(name: "StorageTests", dependencies: ["Storage", "SnapdumpSystem", "SnapdumpConfig", "TestSupport"]),
+        .testTarget(name: "GuestTests", dependencies: ["Guest", "Storage", "SnapdumpSystem", "TestSupport"]),
+        .testTarget(name: "ArchiveTests", dependencies: ["Archive", "SnapdumpSystem", "TestSupport"], resources: [.copy("Golden")]),
+        .testTarget(name: "BackupTests", dependencies: ["Backup", "Guest", "Storage", "Archive", "TestSupport"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

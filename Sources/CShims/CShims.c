@@ -1,0 +1,44 @@
+#include "CShims.h"
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <linux/fs.h>
+#include <linux/fiemap.h>
+
+int snapdump_ficlone(int dst_fd, int src_fd) {
+    return ioctl(dst_fd, FICLONE, src_fd);
+}
+
+int snapdump_blkgetsize64(int fd, uint64_t *size) {
+    return ioctl(fd, BLKGETSIZE64, size);
+}
+
+int snapdump_fiemap_shared(int fd, uint64_t *extents, uint64_t *shared_extents) {
+    enum { batch = 256 };
+    size_t len = sizeof(struct fiemap) + batch * sizeof(struct fiemap_extent);
+    struct fiemap *fm = calloc(1, len);
+    if (!fm) return -1;
+    uint64_t start = 0, total = 0, shared = 0;
+    for (;;) {
+        memset(fm, 0, len);
+        fm->fm_start = start;
+        fm->fm_length = ~0ULL - start;
+        fm->fm_flags = FIEMAP_FLAG_SYNC;
+        fm->fm_extent_count = batch;
+        if (ioctl(fd, FS_IOC_FIEMAP, fm) < 0) { free(fm); return -1; }
+        if (fm->fm_mapped_extents == 0) break;
+        int last = 0;
+        for (unsigned i = 0; i < fm->fm_mapped_extents; i++) {
+            struct fiemap_extent *e = &fm->fm_extents[i];
+            total++;
+            if (e->fe_flags & FIEMAP_EXTENT_SHARED) shared++;
+            if (e->fe_flags & FIEMAP_EXTENT_LAST) last = 1;
+            start = e->fe_logical + e->fe_length;
+        }
+        if (last) break;
+    }
+    free(fm);
+    *extents = total;
+    *shared_extents = shared;
+    return 0;
+}

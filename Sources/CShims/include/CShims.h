@@ -1,0 +1,16 @@
+#ifndef SNAPDUMP_CSHIMS_H
+#define SNAPDUMP_CSHIMS_H
+#include <stdint.h>
+
+/// ioctl(dst, FICLONE, src): share all extents of src with dst (btrfs, XFS reflink).
+/// Returns 0 or -1 with errno set. ioctl is variadic, which Swift cannot call.
+int snapdump_ficlone(int dst_fd, int src_fd);
+
+/// ioctl(fd, BLKGETSIZE64): size of a block device in bytes. Returns 0 or -1 with errno.
+int snapdump_blkgetsize64(int fd, uint64_t *size);
+
+/// FS_IOC_FIEMAP: counts extents of fd and how many are shared (FIEMAP_EXTENT_SHARED).
+/// Returns 0 or -1 with errno set.
+int snapdump_fiemap_shared(int fd, uint64_t *extents, uint64_t *shared_extents);
+
+#endif

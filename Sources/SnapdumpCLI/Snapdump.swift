@@ -1,0 +1,12 @@
+import ArgumentParser
+
+/// The `snapdump` command: Proxmox's vzdump, pvesm and qm for any KVM host.
+public struct Snapdump: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "snapdump",
+        abstract: "Back up running QEMU/KVM virtual machines with zero downtime.",
+        subcommands: []
+    )
+
+    public init() {}
+}

@@ -1,0 +1,93 @@
+import Foundation
+
+/// An external command that exited non-zero or could not be started.
+public struct CommandError: Error, CustomStringConvertible, Sendable {
+    public var commandLine: String
+    public var status: Int32
+    public var stderr: String
+
+    public var description: String {
+        let detail = stderr.trimmingCharacters(in: .whitespacesAndNewlines)
+        return "command '\(commandLine)' failed (exit \(status))" + (detail.isEmpty ? "" : ": \(detail)")
+    }
+}
+
+/// Runs external programs (qemu-img, zfs, btrfs, …) with captured output.
+public enum Command {
+    public struct Output: Sendable {
+        public var status: Int32
+        public var stdout: String
+        public var stderr: String
+    }
+
+    /// Runs `argv` to completion; never throws for a non-zero exit.
+    public static func capture(_ argv: [String], environment: [String: String]? = nil, input: String? = nil) throws -> Output {
+        precondition(!argv.isEmpty)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: resolve(argv[0]))
+        p.arguments = Array(argv.dropFirst())
+        if let environment {
+            p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        let inPipe = Pipe()
+        p.standardInput = input == nil ? FileHandle.nullDevice : inPipe
+        do {
+            try p.run()
+        } catch {
+            throw CommandError(commandLine: argv.joined(separator: " "), status: 127, stderr: "cannot start: \(error)")
+        }
+        if let input {
+            inPipe.fileHandleForWriting.write(Data(input.utf8))
+            try? inPipe.fileHandleForWriting.close()
+        }
+        // Drain stdout on another thread so a chatty stderr cannot deadlock us.
+        let box = DataBox()
+        let group = DispatchGroup()
+        group.enter()
+        Thread.detachNewThread {
+            box.data = out.fileHandleForReading.readDataToEndOfFile()
+            group.leave()
+        }
+        let errData = err.fileHandleForReading.readDataToEndOfFile()
+        group.wait()
+        p.waitUntilExit()
+        return Output(status: p.terminationStatus,
+                      stdout: String(decoding: box.data, as: UTF8.self),
+                      stderr: String(decoding: errData, as: UTF8.self))
+    }
+
+    /// Runs `argv`; throws `CommandError` with its stderr when it exits non-zero.
+    @discardableResult
+    public static func run(_ argv: [String], environment: [String: String]? = nil, input: String? = nil) throws -> String {
+        let o = try capture(argv, environment: environment, input: input)
+        if o.status != 0 {
+            throw CommandError(commandLine: argv.joined(separator: " "), status: o.status, stderr: o.stderr.isEmpty ? o.stdout : o.stderr)
+        }
+        return o.stdout
+    }
+
+    /// Whether a program is on PATH.
+    public static func exists(_ name: String) -> Bool {
+        resolve(name) != name || FileManager.default.isExecutableFile(atPath: name)
+    }
+
+    /// Absolute path of a program found on PATH (plus the sbin directories
+    /// root's tools live in), or the name unchanged.
+    public static func resolve(_ name: String) -> String {
+        if name.contains("/") { return name }
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
+        let dirs = path.split(separator: ":").map(String.init) + ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        for d in dirs where FileManager.default.isExecutableFile(atPath: "\(d)/\(name)") {
+            return "\(d)/\(name)"
+        }
+        return name
+    }
+}
+
+private final class DataBox: @unchecked Sendable {
+    // @unchecked: written by one thread before DispatchGroup.leave, read after wait.
+    var data = Data()
+}

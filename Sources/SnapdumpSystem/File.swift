@@ -1,0 +1,163 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CShims
+
+/// An open file descriptor owned by this object: closed exactly once, on deinit
+/// or `close()`. All bulk I/O of snapdump goes through its positional calls,
+/// which retry EINTR and short transfers in one place.
+public final class File: @unchecked Sendable {
+    // @unchecked: the descriptor is an immutable Int32 after init; positional
+    // I/O (pread/pwrite) on one descriptor is safe from several threads.
+    public let fd: Int32
+    public let path: String
+    private var closed = false
+
+    public init(adopting fd: Int32, path: String) {
+        self.fd = fd
+        self.path = path
+    }
+
+    public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws -> File {
+        var fd: Int32
+        repeat {
+            fd = Glibc.open(path, flags | O_CLOEXEC, mode)
+        } while fd < 0 && errno == EINTR
+        if fd < 0 { throw SystemError("open", path) }
+        return File(adopting: fd, path: path)
+    }
+
+    public static func openForReading(_ path: String) throws -> File {
+        try open(path, O_RDONLY)
+    }
+
+    deinit { if !closed { Glibc.close(fd) } }
+
+    public func close() throws {
+        guard !closed else { return }
+        closed = true
+        if Glibc.close(fd) != 0 && errno != EINTR { throw SystemError("close", path) }
+    }
+
+    /// Reads until `buffer` is full or end of file; returns the bytes read.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int {
+        var done = 0
+        while done < buffer.count {
+            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemError("read at offset \(offset + UInt64(done)) of", path)
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    /// Sequential read from the current position (pipes, sockets, stdin).
+    public func readSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        while true {
+            let n = Glibc.read(fd, buffer.baseAddress!, buffer.count)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemError("read", path)
+            }
+            return n
+        }
+    }
+
+    /// Writes all of `buffer` at `offset`.
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemError("write at offset \(offset + UInt64(done)) of", path)
+            }
+            done += n
+        }
+    }
+
+    /// Writes all of `buffer` at the current position (pipes, stdout, append).
+    public func writeAll(_ buffer: UnsafeRawBufferPointer) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = Glibc.write(fd, buffer.baseAddress! + done, buffer.count - done)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemError("write", path)
+            }
+            done += n
+        }
+    }
+
+    public func writeAll(_ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { (b) throws in try writeAll(b) }
+    }
+
+    public func sync() throws {
+        if fsync(fd) != 0 { throw SystemError("fsync", path) }
+    }
+
+    public func truncate(to size: UInt64) throws {
+        if ftruncate(fd, off_t(size)) != 0 { throw SystemError("truncate", path) }
+    }
+
+    /// Size in bytes: st_size for files, BLKGETSIZE64 for block devices.
+    public func size() throws -> UInt64 {
+        var st = stat()
+        if fstat(fd, &st) != 0 { throw SystemError("stat", path) }
+        if (st.st_mode & S_IFMT) == S_IFBLK {
+            var size: UInt64 = 0
+            if snapdump_blkgetsize64(fd, &size) != 0 { throw SystemError("BLKGETSIZE64", path) }
+            return size
+        }
+        return UInt64(st.st_size)
+    }
+
+    /// Bytes actually allocated on disk (st_blocks × 512).
+    public func allocatedBytes() throws -> UInt64 {
+        var st = stat()
+        if fstat(fd, &st) != 0 { throw SystemError("stat", path) }
+        return UInt64(st.st_blocks) * 512
+    }
+
+    /// lseek(SEEK_DATA): the next offset ≥ `offset` holding data, nil past the last data.
+    public func nextData(from offset: UInt64) throws -> UInt64? {
+        let r = lseek(fd, off_t(offset), seekData)
+        if r < 0 {
+            if errno == ENXIO { return nil }
+            throw SystemError("lseek(SEEK_DATA)", path)
+        }
+        return UInt64(r)
+    }
+
+    /// lseek(SEEK_HOLE): the next hole ≥ `offset` (end of file counts as a hole).
+    public func nextHole(from offset: UInt64) throws -> UInt64 {
+        let r = lseek(fd, off_t(offset), seekHole)
+        if r < 0 { throw SystemError("lseek(SEEK_HOLE)", path) }
+        return UInt64(r)
+    }
+
+    /// FICLONE: make this (empty) file share all extents of `source`.
+    public func cloneContents(of source: File) throws {
+        if snapdump_ficlone(fd, source.fd) != 0 { throw SystemError("FICLONE from '\(source.path)' to", path) }
+    }
+
+    /// (extents, shared extents) from FIEMAP.
+    public func extentSharing() throws -> (extents: UInt64, shared: UInt64) {
+        var total: UInt64 = 0, shared: UInt64 = 0
+        if snapdump_fiemap_shared(fd, &total, &shared) != 0 { throw SystemError("FIEMAP", path) }
+        return (total, shared)
+    }
+
+    /// Tells the kernel we read sequentially, so readahead grows.
+    public func adviseSequential() {
+        _ = posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL)
+    }
+}
+
+// <unistd.h> defines these under _GNU_SOURCE only, which Swift does not import.
+private let seekData: Int32 = 3
+private let seekHole: Int32 = 4

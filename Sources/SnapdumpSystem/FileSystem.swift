@@ -1,0 +1,128 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+/// Whole-file and directory operations with durable, atomic semantics.
+public enum FileSystem {
+    public static func exists(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0
+    }
+
+    public static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    public static func isBlockDevice(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFBLK
+    }
+
+    /// fsync of a directory, so a rename or create inside it is durable.
+    public static func syncDirectory(_ path: String) throws {
+        let dir = try File.open(path, O_RDONLY | O_DIRECTORY)
+        try dir.sync()
+    }
+
+    /// mkdir -p.
+    public static func createDirectory(_ path: String, mode: mode_t = 0o755) throws {
+        if isDirectory(path) { return }
+        let parent = (path as NSString).deletingLastPathComponent
+        if !parent.isEmpty && parent != path { try createDirectory(parent, mode: mode) }
+        if mkdir(path, mode) != 0 && errno != EEXIST { throw SystemError("mkdir", path) }
+    }
+
+    /// Writes `contents` to `path` so that readers see either the old or the
+    /// new file, never a half-written one: temp file beside it, fsync, rename,
+    /// fsync of the directory. A failure removes the temp file and leaves the
+    /// old file untouched.
+    public static func writeAtomically(_ path: String, _ contents: String, mode: mode_t = 0o644) throws {
+        let dir = (path as NSString).deletingLastPathComponent
+        let tmp = "\(path).tmp.\(getpid())"
+        do {
+            let f = try File.open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode: mode)
+            try f.writeAll(Array(contents.utf8))
+            try f.sync()
+            try f.close()
+            if Glibc.rename(tmp, path) != 0 { throw SystemError("rename to '\(path)' from", tmp) }
+            try syncDirectory(dir.isEmpty ? "." : dir)
+        } catch {
+            unlink(tmp)
+            throw error
+        }
+    }
+
+    public static func readText(_ path: String) throws -> String {
+        let f = try File.openForReading(path)
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        var offset: UInt64 = 0
+        while true {
+            let n = try chunk.withUnsafeMutableBytes { (b) throws in try f.read(into: b, at: offset) }
+            if n == 0 { break }
+            bytes.append(contentsOf: chunk[0..<n])
+            offset += UInt64(n)
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    public static func remove(_ path: String) throws {
+        if unlink(path) != 0 && errno != ENOENT { throw SystemError("unlink", path) }
+    }
+
+    public static func removeDirectory(_ path: String) throws {
+        if rmdir(path) != 0 && errno != ENOENT { throw SystemError("rmdir", path) }
+    }
+
+    public static func rename(_ from: String, to: String) throws {
+        if Glibc.rename(from, to) != 0 { throw SystemError("rename to '\(to)' from", from) }
+    }
+
+    /// Names in a directory, without "." and "..", sorted.
+    public static func list(_ path: String) throws -> [String] {
+        guard let d = opendir(path) else { throw SystemError("opendir", path) }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafePointer(to: e.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    /// statvfs: (total, used, available) bytes of the filesystem holding `path`.
+    public static func usage(_ path: String) throws -> (total: UInt64, used: UInt64, available: UInt64) {
+        var s = statvfs()
+        if statvfs(path, &s) != 0 { throw SystemError("statvfs", path) }
+        let frsize = UInt64(s.f_frsize)
+        let total = UInt64(s.f_blocks) * frsize
+        let free = UInt64(s.f_bfree) * frsize
+        return (total, total - free, UInt64(s.f_bavail) * frsize)
+    }
+
+    /// The filesystem type name of `path` ("btrfs", "xfs", "fuse", "ext4", …),
+    /// from the longest matching mount point in /proc/self/mounts.
+    public static func filesystemType(_ path: String) -> String? {
+        guard let text = try? readText("/proc/self/mounts") else { return nil }
+        let real = (try? realPath(path)) ?? path
+        var best: (mount: String, type: String)?
+        for line in text.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            guard f.count >= 3 else { continue }
+            let mount = String(f[1]).replacingOccurrences(of: "\\040", with: " ")
+            let matches = mount == "/" || real == mount || real.hasPrefix(mount + "/")
+            if matches && mount.count >= (best?.mount.count ?? -1) { best = (mount, String(f[2])) }
+        }
+        return best?.type
+    }
+
+    public static func realPath(_ path: String) throws -> String {
+        guard let p = realpath(path, nil) else { throw SystemError("realpath", path) }
+        defer { free(p) }
+        return String(cString: p)
+    }
+}

@@ -1,0 +1,2 @@
+/// Placeholder: storage plugins land here.
+public enum StorageModule {}

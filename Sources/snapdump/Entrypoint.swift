@@ -1,0 +1,8 @@
+import SnapdumpCLI
+
+@main
+struct Entrypoint {
+    static func main() async {
+        await Snapdump.main()
+    }
+}
