@@ -174,6 +174,7 @@ public struct VMConfig: Sendable, Equatable {
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
         if let start = lines.firstIndex(where: { $0.drop(while: { $0 == " " || $0 == "\t" }).hasPrefix("[") }) {
             config.trailingSections = lines[start...].joined(separator: "\n")
+            if !config.trailingSections.hasSuffix("\n") { config.trailingSections += "\n" }
         }
         return config
     }
@@ -324,7 +325,6 @@ public struct VMConfig: Sendable, Equatable {
         for (k, v) in entries { out += v.isEmpty ? "\(k):\n" : "\(k): \(v)\n" }
         if !trailingSections.isEmpty {
             out += "\n" + trailingSections
-            if !out.hasSuffix("\n") { out += "\n" }
         }
         return out
     }
