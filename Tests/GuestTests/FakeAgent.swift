@@ -61,7 +61,7 @@ final class FakeAgent: @unchecked Sendable {
 
     private func acceptLoop() {
         while true {
-            let c = accept(listenFD, nil, nil)
+            let c = accept4(listenFD, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
             if c < 0 {
                 if errno == EINTR { continue }
                 return
