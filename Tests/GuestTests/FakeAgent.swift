@@ -61,11 +61,12 @@ final class FakeAgent: @unchecked Sendable {
 
     private func acceptLoop() {
         while true {
-            let c = accept4(listenFD, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
+            let c = accept(listenFD, nil, nil)
             if c < 0 {
                 if errno == EINTR { continue }
                 return
             }
+            _ = fcntl(c, F_SETFD, FD_CLOEXEC)
             switch mode {
             case .closes:
                 close(c)

@@ -143,3 +143,63 @@ func expectError<E: Error, T>(_ expected: E.Type, _ body: () async throws -> T, 
         return nil
     }
 }
+
+/// A QEMU a test started itself; killed by pid on every path.
+final class QEMUProcess: @unchecked Sendable {
+    // @unchecked: `process` is only used from the owning test.
+    let process: Process
+    var pid: Int32 { process.processIdentifier }
+
+    init(_ args: [String]) throws {
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: Command.resolve(QEMU.binary))
+        process.arguments = args
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+    }
+
+    /// Waits for the process to end on its own.
+    func waitForExit(timeout: Duration) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning {
+            if ContinuousClock.now >= deadline { return false }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return true
+    }
+
+    /// SIGKILL (if still running) and wait until it is reaped.
+    func kill() async {
+        if process.isRunning { Glibc.kill(pid, SIGKILL) }
+        _ = await waitForExit(timeout: .seconds(10))
+    }
+}
+
+/// Runs `body` with a QEMU started from `args`; the QEMU is killed afterwards
+/// whatever happens.
+func withQEMU<T>(_ args: [String], _ body: (QEMUProcess) async throws -> T) async throws -> T {
+    let q = try QEMUProcess(args)
+    do {
+        let r = try await body(q)
+        await q.kill()
+        return r
+    } catch {
+        await q.kill()
+        throw error
+    }
+}
+
+/// Connects to a QMP socket that may not exist yet.
+func connectQMP(_ path: String, within timeout: Duration = .seconds(10)) async throws -> QMPClient {
+    let deadline = ContinuousClock.now + timeout
+    while true {
+        do {
+            return try await QMPClient.connect(path: path, timeout: .seconds(5))
+        } catch {
+            if ContinuousClock.now >= deadline { throw error }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+}
