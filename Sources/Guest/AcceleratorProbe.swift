@@ -64,34 +64,24 @@ public enum AcceleratorProbe {
         }
         defer { try? FileSystem.remove(image) }
 
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Command.resolve(qemuBinary))
-        p.arguments = ["-accel", "kvm", "-machine", "q35", "-m", "32", "-nodefaults", "-display", "none", "-monitor", "none",
-                       "-no-user-config", "-kernel", image, "-device", "isa-debug-exit,iobase=0xf4,iosize=1"]
-        p.standardInput = FileHandle.nullDevice
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
+        let argv = [qemuBinary, "-accel", "kvm", "-machine", "q35", "-m", "32", "-nodefaults", "-display", "none",
+                    "-monitor", "none", "-no-user-config", "-kernel", image, "-device", "isa-debug-exit,iobase=0xf4,iosize=1"]
+        let pid: pid_t
         do {
-            try p.run()
+            pid = try Spawn.start(argv, environment: ProcessInfo.processInfo.environment)
         } catch {
-            return (false, "cannot run \(qemuBinary): \(error)")
+            return (false, "\(error)")
         }
         let started = ContinuousClock.now
-        let deadline = started + timeout
-        while p.isRunning && !deadline.hasPassed {
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        if p.isRunning {
-            kill(p.processIdentifier, SIGKILL)
-            let reapDeadline = ContinuousClock.now + .seconds(5)
-            while p.isRunning && !reapDeadline.hasPassed { try? await Task.sleep(for: .milliseconds(20)) }
+        guard let exit = await Spawn.wait(pid, until: started + timeout) else {
+            await Spawn.killAndReap(pid)
             return (false, "a KVM guest made no progress within \(timeout.shortDescription) (KVM unusable here)")
         }
         let elapsed = (ContinuousClock.now - started).shortDescription
-        if p.terminationReason == .exit && p.terminationStatus == 133 {
+        if exit == .exited(133) {
             return (true, "a KVM guest ran in \(elapsed)")
         }
-        return (false, "KVM probe exited with status \(p.terminationStatus) after \(elapsed)")
+        return (false, "KVM probe ended with \(exit) after \(elapsed)")
     }
 
     /// A multiboot (a.out kludge) image loaded at 1 MiB whose code writes

@@ -75,33 +75,24 @@ public struct VMLifecycle: Sendable {
     /// Runs the daemonizing QEMU; its parent exits once the VM is initialized.
     private func launch(_ vmid: Int, _ argv: [String], deadline: Deadline) async throws {
         let logPath = startLog(vmid)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Command.resolve(argv[0]))
-        p.arguments = Array(argv.dropFirst())
-        p.environment = environment
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        guard let log = FileHandle(forWritingAtPath: logPath) else {
-            throw GuestError(vmid: vmid, .system, "VM \(vmid): cannot write \(logPath)")
-        }
-        defer { try? log.close() }
-        p.standardInput = FileHandle.nullDevice
-        p.standardOutput = log
-        p.standardError = log
+        try wrap(vmid, "cannot write \(logPath)") { try FileSystem.writeAtomically(logPath, "") }
+        let parent: pid_t
         do {
-            try p.run()
+            parent = try Spawn.start(argv, environment: environment, outputPath: logPath)
         } catch {
-            throw GuestError(vmid: vmid, .startFailed, "VM \(vmid): cannot run \(argv[0])", cause: GuestError.Detail("\(error)"))
+            throw GuestError(vmid: vmid, .startFailed, "VM \(vmid): cannot run \(argv[0])", cause: error as? Spawn.Failure)
         }
-        while p.isRunning && !deadline.hasPassed {
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        if p.isRunning {
-            kill(p.processIdentifier, SIGKILL)
+        guard let exit = await Spawn.wait(parent, until: deadline) else {
+            await Spawn.killAndReap(parent)
             throw GuestError(vmid: vmid, .startFailed, "VM \(vmid): QEMU did not finish starting in time\(logExcerpt(vmid))")
         }
-        if p.terminationReason != .exit || p.terminationStatus != 0 {
-            throw GuestError(vmid: vmid, .startFailed,
-                             "VM \(vmid): QEMU failed to start (exit \(p.terminationStatus))\(logExcerpt(vmid))")
+        if exit != .exited(0) {
+            let how: String
+            switch exit {
+            case .exited(let code): how = "exit \(code)"
+            case .signaled(let sig): how = "signal \(sig)"
+            }
+            throw GuestError(vmid: vmid, .startFailed, "VM \(vmid): QEMU failed to start (\(how))\(logExcerpt(vmid))")
         }
     }
 
