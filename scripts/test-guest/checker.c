@@ -171,7 +171,7 @@ int main(int argc, char **argv)
             if (parse_u64(argv[++i], &start, 0) ||
                 start % SNAPDUMP_RECORD_SIZE) {
                 fprintf(stderr, "snapdump-record-check: --start-offset must be "
-                                "a multiple of %u\n",
+                                "a number of bytes, multiple of %u\n",
                         SNAPDUMP_RECORD_SIZE);
                 exit(2);
             }

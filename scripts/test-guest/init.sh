@@ -33,6 +33,8 @@ ln -sf /proc/mounts /etc/mtab 2>/dev/null
 
 say() { echo "$*" >/dev/console; }
 
+say "SNAPDUMP-GUEST INIT uptime=$(cut -d' ' -f1 /proc/uptime)"
+
 # Modules, in dependency order (computed by build.sh).
 while read -r mod; do
     [ -n "$mod" ] || continue
@@ -137,7 +139,7 @@ elif ! wait_for -b "$DISK"; then
     DISK=
 fi
 
-say "SNAPDUMP-GUEST READY disk=${DISK:-none} agent=$AGENT workload=$WORKLOAD"
+say "SNAPDUMP-GUEST READY disk=${DISK:-none} agent=$AGENT workload=$WORKLOAD uptime=$(cut -d' ' -f1 /proc/uptime)"
 
 if [ "$WORKLOAD" = 1 ] && [ -n "$DISK" ]; then
     /bin/workload "$DISK" --interval-ms "$INTERVAL_MS" \
