@@ -35,6 +35,13 @@ done
 exec 9>"$outdir/.build.lock"
 flock 9
 
+stage=
+cleanup() {
+    rm -f "$outdir"/*.tmp.$$
+    [ -z "$stage" ] || rm -rf "$stage"
+}
+trap cleanup EXIT
+
 # --- inputs -----------------------------------------------------------------
 if [ -n "${SNAPDUMP_GUEST_KVER:-}" ]; then
     kver=$SNAPDUMP_GUEST_KVER
@@ -124,7 +131,6 @@ if up_to_date "$outdir/initramfs.gz" "$outdir/.initramfs.inputs" "$initrd_fp"; t
 else
     log "building initramfs.gz (kernel $kver, modules: ${mod_order[*]})"
     stage=$(mktemp -d "$outdir/.stage.XXXXXX")
-    trap 'rm -rf "$stage"' EXIT
     mkdir -p "$stage"/{bin,sbin,usr/sbin,usr/bin,etc/acpi/PWRF,lib/modules,lib64,proc,sys,dev,tmp,run,var/run,mnt}
 
     cp "$busybox" "$stage/bin/busybox"
@@ -159,8 +165,6 @@ else
         gzip -6 >"$outdir/initramfs.gz.tmp.$$"
     mv -f "$outdir/initramfs.gz.tmp.$$" "$outdir/initramfs.gz"
     echo "$initrd_fp" >"$outdir/.initramfs.inputs"
-    rm -rf "$stage"
-    trap - EXIT
 fi
 
 log "ready in $outdir: vmlinuz initramfs.gz snapdump-record-check"

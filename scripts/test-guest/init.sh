@@ -11,6 +11,7 @@
 #   snapdump.fsdisk=/dev/vdb    mount this disk (ext2, created if it has no
 #                               filesystem) at /mnt/fs, so that the agent's
 #                               guest-fsfreeze-freeze has something to freeze
+#   snapdump.debug=1            print SNAPDUMP-GUEST STEP lines with uptimes
 #
 # Console lines meant for the host:
 #   SNAPDUMP-GUEST READY disk=... agent=...   (just before the workload starts)
@@ -35,14 +36,6 @@ say() { echo "$*" >/dev/console; }
 
 say "SNAPDUMP-GUEST INIT uptime=$(cut -d' ' -f1 /proc/uptime)"
 
-# Modules, in dependency order (computed by build.sh).
-while read -r mod; do
-    [ -n "$mod" ] || continue
-    insmod "/lib/modules/$mod.ko" 2>/dev/null ||
-        grep -q "^$mod " /proc/modules ||
-        say "SNAPDUMP-GUEST ERROR insmod $mod failed"
-done </etc/snapdump-modules
-
 # Options from the kernel command line.
 DISK=
 INTERVAL_MS=10
@@ -50,6 +43,7 @@ START_OFFSET=1048576
 MAX_RECORDS=0
 WORKLOAD=1
 FSDISK=
+DEBUG=0
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
     snapdump.disk=*) DISK=${arg#*=} ;;
@@ -58,8 +52,20 @@ for arg in $(cat /proc/cmdline); do
     snapdump.max_records=*) MAX_RECORDS=${arg#*=} ;;
     snapdump.workload=*) WORKLOAD=${arg#*=} ;;
     snapdump.fsdisk=*) FSDISK=${arg#*=} ;;
+    snapdump.debug=*) DEBUG=${arg#*=} ;;
     esac
 done
+
+step() { [ "$DEBUG" = 1 ] && say "SNAPDUMP-GUEST STEP $1 uptime=$(cut -d' ' -f1 /proc/uptime)"; return 0; }
+
+# Modules, in dependency order (computed by build.sh).
+while read -r mod; do
+    [ -n "$mod" ] || continue
+    insmod "/lib/modules/$mod.ko" 2>/dev/null ||
+        grep -q "^$mod " /proc/modules ||
+        say "SNAPDUMP-GUEST ERROR insmod $mod failed"
+    step "insmod-$mod"
+done </etc/snapdump-modules
 
 # wait_for TEST-ARGS... : poll (20 ms) for up to 10 s.
 wait_for() {
@@ -72,6 +78,7 @@ wait_for() {
     return 1
 }
 
+step modules
 # ACPI power button (system_powerdown) -> /etc/acpi/PWRF/00000080.
 # acpid reads /dev/input/event* (button + evdev modules).
 i=0
@@ -79,6 +86,7 @@ while [ $i -lt 50 ] && ! [ -e /dev/input/event0 ]; do usleep 20000; i=$((i + 1))
 acpid -c /etc/acpi -l /dev/null -p /run/acpid.pid ||
     say "SNAPDUMP-GUEST ERROR acpid failed"
 
+step acpid
 # Guest agent, when QEMU has a virtserialport named org.qemu.guest_agent.0.
 AGENT=none
 has_virtio_serial() {
@@ -109,6 +117,7 @@ if has_virtio_serial; then
     fi
 fi
 
+step agent
 # Optional filesystem disk for fsfreeze.
 if [ -n "$FSDISK" ]; then
     if wait_for -b "$FSDISK"; then
@@ -124,6 +133,7 @@ if [ -n "$FSDISK" ]; then
     fi
 fi
 
+step fsdisk
 # The workload's disk.
 if [ -z "$DISK" ]; then
     i=0

@@ -137,7 +137,8 @@ hb=$(last_hb)
 out=$("$check" "$img") || { echo "$out"; die "image inconsistent while paused"; }
 lc=$(field last_contiguous <<<"$out")
 echo "run-example: paused: last heartbeat HB $hb, checker last_contiguous=$lc $(field status <<<"$out")"
-[ "$lc" -ge "$hb" ] && [ "$lc" -le $((hb + 1)) ] || die "last_contiguous $lc does not match HB $hb"
+# The console lags the disk slightly (bytes still in the guest's tty buffer).
+[ "$lc" -ge "$hb" ] && [ "$lc" -le $((hb + 10)) ] || die "last_contiguous $lc does not match HB $hb"
 qmp "$work/qmp.sock" cont >/dev/null 2>&1 || die "QMP cont failed"
 nap 0.5
 
