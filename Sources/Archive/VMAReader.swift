@@ -102,14 +102,10 @@ public final class VMAReader {
 
         struct Dev {
             var device: VMADevice
-            var clusterCount: UInt64
-            var seen: [UInt64]
-            var count: UInt64 = 0
+            var seen: ClusterSet
         }
         var devs: [Dev?] = Array(repeating: nil, count: 256)
-        for d in header.devices {
-            devs[Int(d.id)] = Dev(device: d, clusterCount: d.clusterCount, seen: Array(repeating: 0, count: Int((d.clusterCount + 63) / 64)))
-        }
+        for d in header.devices { devs[Int(d.id)] = Dev(device: d, seen: ClusterSet(count: d.clusterCount)) }
 
         let ehead = UnsafeMutableRawBufferPointer.allocate(byteCount: VMAFormat.extentHeaderSize, alignment: 64)
         let data = UnsafeMutableRawBufferPointer.allocate(byteCount: VMAFormat.maxExtentSize - VMAFormat.extentHeaderSize, alignment: 4096)
@@ -163,22 +159,19 @@ public final class VMAReader {
             for i in 0..<VMAFormat.clustersPerExtent {
                 let info = VMABlockInfo(rawValue: h.loadBE(at: VMAFormat.offBlockInfo + 8 * i, as: UInt64.self))
                 guard info.deviceID != 0 else { continue }
-                guard var dev = devs[Int(info.deviceID)] else {
+                let di = Int(info.deviceID)
+                guard let dev = devs[di] else {
                     throw fail(.format, "cluster \(info.cluster) of unknown device id \(info.deviceID)")
                 }
-                let name = "device \(info.deviceID) (\(dev.device.name))"
-                guard UInt64(info.cluster) < dev.clusterCount else {
-                    throw fail(.format, "cluster \(info.cluster) beyond the end of \(name)")
+                func name() -> String { "device \(info.deviceID) (\(dev.device.name))" }
+                guard UInt64(info.cluster) < dev.seen.count else {
+                    throw fail(.format, "cluster \(info.cluster) beyond the end of \(name())")
                 }
-                let w = Int(info.cluster / 64), bit = UInt64(1) << (info.cluster % 64)
-                guard dev.seen[w] & bit == 0 else { throw fail(.duplicateCluster, "duplicated cluster \(info.cluster) of \(name)") }
                 let valid = VMAFormat.validBlockMask(deviceSize: dev.device.size, cluster: UInt64(info.cluster))
                 guard info.mask & ~valid == 0 else {
-                    throw fail(.format, "cluster \(info.cluster) of \(name) stores a block past the device end")
+                    throw fail(.format, "cluster \(info.cluster) of \(name()) stores a block past the device end")
                 }
-                dev.seen[w] |= bit
-                dev.count += 1
-                devs[Int(info.deviceID)] = dev
+                guard dev.seen.insert(info.cluster) else { throw fail(.duplicateCluster, "duplicated cluster \(info.cluster) of \(name())") }
                 let bytes = info.mask.nonzeroBitCount * VMAFormat.blockSize
                 let validBytes = Int(min(UInt64(VMAFormat.clusterSize), dev.device.size - UInt64(info.cluster) * UInt64(VMAFormat.clusterSize)))
                 try body(Cluster(deviceID: info.deviceID, cluster: info.cluster, mask: info.mask,
@@ -190,9 +183,8 @@ public final class VMAReader {
             summary.extents += 1
         }
         summary.streamBytes = input.offset
-        for case let d? in devs where d.count < d.clusterCount {
-            var missing: UInt64 = 0
-            while d.seen[Int(missing / 64)] & (1 << (missing % 64)) != 0 { missing += 1 }
+        for case let d? in devs {
+            guard let missing = d.seen.firstMissing() else { continue }
             throw ArchiveError(.missingCluster, path: path, offset: input.offset,
                                "missing cluster \(missing) of device \(d.device.id) (\(d.device.name))")
         }

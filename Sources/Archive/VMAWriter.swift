@@ -56,9 +56,7 @@ public final class VMAWriter {
 
     private struct DeviceState {
         var device: VMADevice
-        var clusterCount: UInt64
-        var seen: [UInt64]
-        var added: UInt64 = 0
+        var seen: ClusterSet
     }
     /// Indexed by device id; nil for unused ids.
     private var deviceStates: [DeviceState?] = Array(repeating: nil, count: 256)
@@ -112,9 +110,7 @@ public final class VMAWriter {
         infos = .allocate(capacity: VMAFormat.clustersPerExtent)
         infos.initialize(repeating: 0)
         for d in self.devices {
-            let n = d.clusterCount
-            deviceStates[Int(d.id)] = DeviceState(device: d, clusterCount: n,
-                                                  seen: Array(repeating: 0, count: Int((n + 63) / 64)))
+            deviceStates[Int(d.id)] = DeviceState(device: d, seen: ClusterSet(count: d.clusterCount))
         }
     }
 
@@ -146,19 +142,15 @@ public final class VMAWriter {
     /// Marks the cluster as added; throws for unknown devices, clusters out of range, repeats.
     private func claim(_ device: UInt8, _ cluster: UInt32) throws(ArchiveError) -> VMADevice {
         try checkOpen()
-        guard var s = deviceStates[Int(device)] else {
+        guard let s = deviceStates[Int(device)] else {
             throw ArchiveError(.invalidArgument, path: path, "no device with id \(device)")
         }
-        guard UInt64(cluster) < s.clusterCount else {
+        guard UInt64(cluster) < s.seen.count else {
             throw ArchiveError(.invalidArgument, path: path, "cluster \(cluster) beyond the end of device \(device) (\(s.device.name))")
         }
-        let w = Int(cluster / 64), bit = UInt64(1) << (cluster % 64)
-        guard s.seen[w] & bit == 0 else {
+        guard s.seen.insert(cluster) else {
             throw ArchiveError(.duplicateCluster, path: path, "duplicated cluster \(cluster) of device \(device) (\(s.device.name))")
         }
-        s.seen[w] |= bit
-        s.added += 1
-        deviceStates[Int(device)] = s
         return s.device
     }
 
@@ -249,11 +241,11 @@ public final class VMAWriter {
             }
             metadata = padded
         }
-        for case let s? in deviceStates where s.added < s.clusterCount {
-            var missing: UInt64 = 0
-            while s.seen[Int(missing / 64)] & (1 << (missing % 64)) != 0 { missing += 1 }
-            throw ArchiveError(.missingCluster, path: path,
-                               "missing cluster \(missing) of device \(s.device.id) (\(s.device.name)): \(s.clusterCount - s.added) clusters not added")
+        for case let s? in deviceStates {
+            if let missing = s.seen.firstMissing() {
+                throw ArchiveError(.missingCluster, path: path,
+                                   "missing cluster \(missing) of device \(s.device.id) (\(s.device.name)): \(s.seen.count - s.seen.inserted) clusters not added")
+            }
         }
         guard let file else { throw ArchiveError(.invalidArgument, path: path, "archive file closed") }
         do throws(ArchiveError) {
