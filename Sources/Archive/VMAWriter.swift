@@ -227,17 +227,18 @@ public final class VMAWriter {
     /// extent (an empty one if none is pending, as the C writer does at
     /// close), ends the compressed stream, rewrites the header region with
     /// `snapdumpJSON` (padded with spaces inside the JSON to the reserved
-    /// size) and fsyncs. The file keeps its `.dat` name until `commit`.
+    /// size; required exactly when room was reserved) and fsyncs. The file keeps its `.dat` name until `commit`.
     public func finish(snapdumpJSON: [UInt8]?) throws(ArchiveError) {
         try checkOpen()
         var metadata: [UInt8]?
         switch (reservedMetadataSize, snapdumpJSON) {
         case (nil, nil): metadata = nil
         case (nil, .some): throw ArchiveError(.invalidArgument, path: path, "no room reserved for \(SnapdumpMetadata.blobName)")
-        case (.some(let r), let json):
-            guard let padded = SnapdumpMetadata.pad(json ?? Array("{}".utf8), to: r) else {
+        case (.some, nil): throw ArchiveError(.invalidArgument, path: path, "\(SnapdumpMetadata.blobName) missing: room was reserved for it")
+        case (.some(let r), .some(let json)):
+            guard let padded = SnapdumpMetadata.pad(json, to: r) else {
                 throw ArchiveError(.invalidArgument, path: path,
-                                   "\(SnapdumpMetadata.blobName) of \((json ?? []).count) bytes exceeds the \(r) bytes reserved")
+                                   "\(SnapdumpMetadata.blobName) of \(json.count) bytes exceeds the \(r) bytes reserved")
             }
             metadata = padded
         }

@@ -50,7 +50,8 @@ struct WriterLifecycleTests {
         try writeFile(s.path("a.vma.zst"), [1, 2, 3])
         let w = try makeWriter(s)
         for c in 0..<3 { try w.addZeroCluster(device: 1, cluster: UInt32(c)) }
-        try w.finish(snapdumpJSON: nil)
+        #expect(throws: ArchiveError.self) { try w.finish(snapdumpJSON: nil) }   // room was reserved
+        try w.finish(snapdumpJSON: Array("{}".utf8))
         #expect(throws: ArchiveError.self) { try w.commit(to: s.path("a.vma.zst")) }
         #expect(try readFile(s.path("a.vma.zst")) == [1, 2, 3])
         w.abort()
