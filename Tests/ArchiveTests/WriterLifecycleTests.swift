@@ -68,7 +68,7 @@ struct WriterLifecycleTests {
         #expect(throws: ArchiveError.self) { try w.addZeroCluster(device: 1, cluster: 3) }
         #expect(throws: ArchiveError.self) { try w.addZeroCluster(device: 2, cluster: 0) }
         try w.addZeroCluster(device: 1, cluster: 2)
-        let missing = try #require(throwing(ArchiveError.self) { try w.finish(snapdumpJSON: nil) })
+        let missing = try #require(throwing(ArchiveError.self) { try w.finish(snapdumpJSON: Array("{}".utf8)) })
         #expect(missing.code == .missingCluster && missing.description.contains("missing cluster 1 of device 1 (drive-scsi0)"))
         w.abort()
     }
