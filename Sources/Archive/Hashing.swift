@@ -31,6 +31,8 @@ final class EVPHasher {
     private let md: OpaquePointer
 
     private init(md: OpaquePointer) {
+        // NULL only when malloc fails inside OpenSSL; Swift traps on its own
+        // allocation failures too, so this is not worth a throwing init.
         guard let ctx = EVP_MD_CTX_new() else {
             fatalError("EVP_MD_CTX_new: out of memory")
         }
