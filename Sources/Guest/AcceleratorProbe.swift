@@ -1,0 +1,108 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import SnapdumpConfig
+import SnapdumpSystem
+
+/// Decides between KVM and TCG.
+///
+/// `/dev/kvm` existing is not enough: on nested hosts it opens, but guests
+/// crawl (SeaBIOS's option ROMs take seconds, a Linux kernel never prints).
+/// The probe therefore boots a 46-byte multiboot image under `-accel kvm`
+/// that writes to QEMU's `isa-debug-exit` port at once: QEMU exits with
+/// status 133 in about 0.1 s where KVM works (and under TCG); a broken KVM
+/// takes seconds, so the probe kills it after `timeout` (2 s) and chooses
+/// TCG. The answer is cached in `<runDir>/accel` (runtime state, gone on
+/// reboot); `SNAPDUMP_ACCEL=kvm|tcg` overrides probe and cache.
+public enum AcceleratorProbe {
+    public struct Result: Sendable, Equatable {
+        public var accelerator: Accelerator
+        /// Why: "SNAPDUMP_ACCEL", "cached", "probe: …".
+        public var reason: String
+    }
+
+    public static let environmentVariable = "SNAPDUMP_ACCEL"
+    public static func cacheFile(_ paths: SnapdumpPaths) -> String { paths.runDir + "/accel" }
+
+    /// The accelerator to use: override, cache, or a fresh probe (cached).
+    public static func resolve(paths: SnapdumpPaths, environment: [String: String] = ProcessInfo.processInfo.environment,
+                               qemuBinary: String = "qemu-system-x86_64", timeout: Duration = .seconds(2)) async throws -> Result {
+        if let forced = environment[environmentVariable], !forced.isEmpty {
+            guard let a = Accelerator(rawValue: forced) else {
+                throw ConfigError(file: environmentVariable, "unknown accelerator '\(forced)' (kvm or tcg)")
+            }
+            return Result(accelerator: a, reason: environmentVariable)
+        }
+        let cache = cacheFile(paths)
+        if let text = try? FileSystem.readText(cache),
+           let a = Accelerator(rawValue: text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            return Result(accelerator: a, reason: "cached in \(cache)")
+        }
+        try FileSystem.createDirectory(paths.runDir)
+        let probe = await probeKVM(qemuBinary: qemuBinary, workDirectory: paths.runDir, timeout: timeout)
+        let result = Result(accelerator: probe.works ? .kvm : .tcg, reason: "probe: \(probe.detail)")
+        try? FileSystem.writeAtomically(cache, result.accelerator.rawValue + "\n")
+        return result
+    }
+
+    /// Whether KVM runs a guest promptly. Never takes much longer than
+    /// `timeout`; the probe QEMU is killed by pid on every path.
+    public static func probeKVM(qemuBinary: String = "qemu-system-x86_64", workDirectory: String,
+                                timeout: Duration = .seconds(2)) async -> (works: Bool, detail: String) {
+        let fd = open("/dev/kvm", O_RDWR | O_CLOEXEC)
+        if fd < 0 { return (false, "/dev/kvm: \(String(cString: strerror(errno)))") }
+        close(fd)
+
+        let image = "\(workDirectory)/accel-probe.\(getpid()).\(UInt32.random(in: 0...UInt32.max)).img"
+        do {
+            let f = try File.open(image, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644)
+            try f.writeAll(multibootImage)
+            try f.close()
+        } catch {
+            return (false, "cannot write probe image: \(error)")
+        }
+        defer { try? FileSystem.remove(image) }
+
+        let argv = [qemuBinary, "-accel", "kvm", "-machine", "q35", "-m", "32", "-nodefaults", "-display", "none",
+                    "-monitor", "none", "-no-user-config", "-kernel", image, "-device", "isa-debug-exit,iobase=0xf4,iosize=1"]
+        let pid: pid_t
+        do {
+            pid = try Spawn.start(argv, environment: ProcessInfo.processInfo.environment)
+        } catch {
+            return (false, "\(error)")
+        }
+        let started = ContinuousClock.now
+        guard let exit = await Spawn.wait(pid, until: started + timeout) else {
+            await Spawn.killAndReap(pid)
+            return (false, "a KVM guest made no progress within \(timeout.shortDescription) (KVM unusable here)")
+        }
+        let elapsed = (ContinuousClock.now - started).shortDescription
+        if exit == .exited(133) {
+            return (true, "a KVM guest ran in \(elapsed)")
+        }
+        return (false, "KVM probe ended with \(exit) after \(elapsed)")
+    }
+
+    /// A multiboot (a.out kludge) image loaded at 1 MiB whose code writes
+    /// 'K' to COM1 and 0x42 to the isa-debug-exit port (QEMU exits with
+    /// (0x42 << 1) | 1 = 133), then halts.
+    static let multibootImage: [UInt8] = {
+        let code: [UInt8] = [
+            0x66, 0xBA, 0xF8, 0x03, // mov dx, 0x3f8
+            0xB0, 0x4B,             // mov al, 'K'
+            0xEE,                   // out dx, al
+            0xB0, 0x42,             // mov al, 0x42
+            0xE6, 0xF4,             // out 0xf4, al
+            0xF4,                   // hlt
+            0xEB, 0xFD,             // jmp hlt
+        ]
+        let base: UInt32 = 0x10_0000
+        let magic: UInt32 = 0x1BAD_B002, flags: UInt32 = 0x0001_0000
+        let end = base + 32 + UInt32(code.count)
+        let header: [UInt32] = [magic, flags, 0 &- (magic &+ flags), base, base, end, end, base + 32]
+        var bytes: [UInt8] = []
+        for w in header { withUnsafeBytes(of: w.littleEndian) { bytes += $0 } }
+        return bytes + code
+    }()
+}

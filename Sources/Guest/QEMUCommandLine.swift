@@ -1,0 +1,204 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import SnapdumpConfig
+import SnapdumpSystem
+
+/// Builds the `qemu-system-x86_64` argv for a VM config.
+///
+/// Disks are defined with `-blockdev` and stable node names, `drive-<key>`
+/// for the format node and `drive-<key>-file` for the protocol node, so
+/// block jobs (snapshots, mirror, commit) can name them. The QMP socket,
+/// pidfile, serial-console log and guest-agent socket come from
+/// `SnapdumpPaths`. With `daemonize` (the default) QEMU forks into the
+/// background once it is initialized, so the VM outlives the command that
+/// started it and start-up errors come back as the parent's exit status.
+public struct QEMUCommandLine: Sendable {
+    public var config: VMConfig
+    public var disks: [ResolvedDisk]
+    public var paths: SnapdumpPaths
+    public var accelerator: Accelerator
+    public var qemuBinary: String
+    public var daemonize: Bool
+    /// Whether a disk image accepts O_DIRECT (`cache.direct=on`); zfs-fuse
+    /// and tmpfs do not. The default opens the file to find out.
+    public var directIOSupported: @Sendable (String) -> Bool
+
+    public init(config: VMConfig, disks: [ResolvedDisk], paths: SnapdumpPaths, accelerator: Accelerator,
+                qemuBinary: String = "qemu-system-x86_64", daemonize: Bool = true,
+                directIOSupported: @escaping @Sendable (String) -> Bool = QEMUCommandLine.supportsDirectIO) {
+        self.config = config
+        self.disks = disks
+        self.paths = paths
+        self.accelerator = accelerator
+        self.qemuBinary = qemuBinary
+        self.daemonize = daemonize
+        self.directIOSupported = directIOSupported
+    }
+
+    public static func nodeName(for key: String) -> String { "drive-\(key)" }
+    public static func fileNodeName(for key: String) -> String { "drive-\(key)-file" }
+    public static let guestAgentPortName = "org.qemu.guest_agent.0"
+
+    /// The full argv, program first. Throws `GuestError(.invalidConfig)`
+    /// when the config and the resolved disks do not fit together.
+    public func arguments() throws -> [String] {
+        let vmid = config.vmid
+        func invalid(_ message: String) -> GuestError {
+            GuestError(vmid: vmid, .invalidConfig, "VM \(vmid): \(message)")
+        }
+        if config.kernel == nil && (config.initrd != nil || config.append != nil) {
+            throw invalid("'initrd' and 'append' need 'kernel'")
+        }
+        var resolved: [String: ResolvedDisk] = [:]
+        for d in disks {
+            guard let disk = config.disk(d.key) else { throw invalid("resolved disk '\(d.key)' is not in the config") }
+            guard resolved[d.key] == nil else { throw invalid("disk '\(d.key)' resolved twice") }
+            guard ["raw", "qcow2", "vmdk", "qed"].contains(d.format) else {
+                throw invalid("\(d.key): unsupported image format '\(d.format)'")
+            }
+            if let f = disk.format, f != d.format {
+                throw invalid("\(d.key): config says format=\(f) but the volume is \(d.format)")
+            }
+            resolved[d.key] = d
+        }
+        for disk in config.disks where resolved[disk.key] == nil && !(disk.isCDROM && disk.volid == "none") {
+            throw invalid("no path resolved for \(disk.key) (\(disk.volid))")
+        }
+
+        let q35 = config.isQ35
+        let machine = config.machine.map { String($0.split(separator: "+").first ?? Substring($0)) } ?? "q35"
+        let cpus = config.coreCount * config.socketCount
+        var argv = [qemuBinary]
+        argv += ["-name", config.name ?? "vm\(vmid)"]
+        argv += ["-machine", machine, "-accel", accelerator.rawValue]
+        argv += ["-m", String(config.memoryMiB)]
+        argv += ["-smp", "\(cpus),sockets=\(config.socketCount),cores=\(config.coreCount),maxcpus=\(cpus)"]
+        argv += ["-nodefaults", "-display", "none", "-monitor", "none"]
+        argv += ["-chardev", "socket,id=qmp,path=\(Self.escape(paths.qmpSocket(vmid))),server=on,wait=off",
+                 "-mon", "chardev=qmp,mode=control"]
+        argv += ["-pidfile", paths.pidFile(vmid)]
+        argv += ["-chardev", "file,id=serial0,path=\(Self.escape(paths.consoleLog(vmid)))", "-serial", "chardev:serial0"]
+        if daemonize { argv.append("-daemonize") }
+        if let kernel = config.kernel {
+            argv += ["-kernel", kernel]
+            if let initrd = config.initrd { argv += ["-initrd", initrd] }
+            if let append = config.append { argv += ["-append", append] }
+        }
+
+        // Controllers first, then drives.
+        var controllers: [String] = []
+        var drives: [String] = []
+        let scsihw = config.scsihw ?? "virtio-scsi-pci"
+        var addedControllers = Set<String>()
+        func controller(_ id: String, _ device: String) {
+            if addedControllers.insert(id).inserted { controllers += ["-device", "\(device),id=\(id)"] }
+        }
+        let bootOrder = config.bootOrder
+
+        for disk in config.disks {
+            let key = disk.key
+            let node = Self.nodeName(for: key)
+            let cdrom = disk.isCDROM
+            var device: [String] = []
+
+            if let r = resolved[key] {
+                let cache = disk.cache ?? "none"
+                var direct = cache == "none" || cache == "directsync"
+                let noFlush = cache == "unsafe"
+                if direct && !directIOSupported(r.path) { direct = false }
+                let readOnly = cdrom || (disk.options["ro"].flatMap(VMConfig.parseBool) ?? false)
+                let discard = disk.options["discard"] == "on"
+                let driver = FileSystem.isBlockDevice(r.path) ? "host_device" : "file"
+
+                var file = ["node-name=\(Self.fileNodeName(for: key))", "driver=\(driver)", "filename=\(Self.escape(r.path))"]
+                if direct { file.append("cache.direct=on") }
+                if noFlush { file.append("cache.no-flush=on") }
+                if let aio = disk.options["aio"], aio != "native" || direct { file.append("aio=\(aio)") }
+                if readOnly { file.append("read-only=on") }
+                if discard { file.append("discard=unmap") }
+                var format = ["node-name=\(node)", "driver=\(r.format)", "file=\(Self.fileNodeName(for: key))"]
+                if noFlush { format.append("cache.no-flush=on") }
+                if readOnly { format.append("read-only=on") }
+                if discard { format.append("discard=unmap") }
+                drives += ["-blockdev", file.joined(separator: ","), "-blockdev", format.joined(separator: ",")]
+                device.append("drive=\(node)")
+                if cache == "writethrough" || cache == "directsync" { device.append("write-cache=off") }
+            }
+            device.append("id=\(key)")
+            if let i = bootOrder.firstIndex(of: key) { device.append("bootindex=\(100 + i)") }
+            if let serial = disk.options["serial"] { device.append("serial=\(Self.escape(serial))") }
+            let ssd = disk.options["ssd"].flatMap(VMConfig.parseBool) ?? false
+
+            switch disk.bus {
+            case .virtio:
+                drives += ["-device", (["virtio-blk-pci"] + device).joined(separator: ",")]
+            case .scsi:
+                let bus: [String]
+                switch scsihw {
+                case "virtio-scsi-pci":
+                    controller("scsihw0", "virtio-scsi-pci")
+                    bus = ["bus=scsihw0.0", "channel=0", "scsi-id=0", "lun=\(disk.index)"]
+                case "virtio-scsi-single":
+                    controller("virtioscsi\(disk.index)", "virtio-scsi-pci")
+                    bus = ["bus=virtioscsi\(disk.index).0", "channel=0", "scsi-id=0", "lun=\(disk.index)"]
+                default:
+                    let model = ["lsi": "lsi53c895a", "lsi53c810": "lsi53c810", "megasas": "megasas", "pvscsi": "pvscsi"][scsihw] ?? scsihw
+                    let c = disk.index / 7
+                    controller("scsihw\(c)", model)
+                    bus = ["bus=scsihw\(c).0", "scsi-id=\(disk.index % 7)"]
+                }
+                let kind = cdrom ? "scsi-cd" : "scsi-hd"
+                drives += ["-device", ([kind] + bus + device + (ssd && !cdrom ? ["rotation_rate=1"] : [])).joined(separator: ",")]
+            case .sata:
+                controller("ahci0", "ahci")
+                let kind = cdrom ? "ide-cd" : "ide-hd"
+                drives += ["-device", ([kind, "bus=ahci0.\(disk.index)"] + device + (ssd && !cdrom ? ["rotation_rate=1"] : [])).joined(separator: ",")]
+            case .ide:
+                let kind = cdrom ? "ide-cd" : "ide-hd"
+                let bus = q35 ? ["bus=ide.\(disk.index)"] : ["bus=ide.\(disk.index / 2)", "unit=\(disk.index % 2)"]
+                drives += ["-device", ([kind] + bus + device + (ssd && !cdrom ? ["rotation_rate=1"] : [])).joined(separator: ",")]
+            }
+        }
+        argv += controllers + drives
+
+        if config.agentEnabled {
+            argv += ["-chardev", "socket,id=qga0,path=\(Self.escape(paths.guestAgentSocket(vmid))),server=on,wait=off"]
+            if config.agent?["type"] == "isa" {
+                argv += ["-device", "isa-serial,chardev=qga0"]
+            } else {
+                argv += ["-device", "virtio-serial,id=qga0-bus",
+                         "-device", "virtserialport,chardev=qga0,name=\(Self.guestAgentPortName)"]
+            }
+        }
+        return argv
+    }
+
+    /// QEMU's option syntax: a comma inside a value is written twice.
+    public static func escape(_ value: String) -> String {
+        value.replacingOccurrences(of: ",", with: ",,")
+    }
+
+    /// Whether `path` can be opened and read with O_DIRECT. Filesystems
+    /// without direct I/O (zfs-fuse, tmpfs) fail with EINVAL, at open or at
+    /// the first aligned read. A file that cannot be opened at all counts as
+    /// supporting it: QEMU then reports the real problem.
+    public static func supportsDirectIO(_ path: String) -> Bool {
+        let fd = Glibc.open(path, O_RDONLY | oDirect | O_CLOEXEC)
+        if fd < 0 { return errno != EINVAL }
+        defer { Glibc.close(fd) }
+        var buffer: UnsafeMutableRawPointer?
+        guard posix_memalign(&buffer, 4096, 4096) == 0, let buffer else { return true }
+        defer { free(buffer) }
+        let n = pread(fd, buffer, 4096, 0)
+        return !(n < 0 && errno == EINVAL)
+    }
+}
+
+/// O_DIRECT on Linux x86-64 and aarch64 differ; Glibc only exports it with _GNU_SOURCE.
+#if arch(x86_64) || arch(i386)
+private let oDirect: Int32 = 0o40000
+#else
+private let oDirect: Int32 = 0o200000
+#endif
