@@ -11,7 +11,7 @@ enum Formatting {
     }
 
     static func rate(_ bytes: UInt64, seconds: Double) -> String {
-        seconds > 0 ? bytes(UInt64(Double(bytes) / seconds)) + "/s" : "-"
+        seconds > 0 ? Formatting.bytes(UInt64(Double(bytes) / seconds)) + "/s" : "-"
     }
 
     static func duration(_ seconds: Double) -> String {
