@@ -1,7 +1,7 @@
 import Archive
 
 /// vzdump's backup modes.
-public enum BackupMode: String, CaseIterable, Sendable {
+public enum BackupMode: String, CaseIterable, Sendable, Codable {
     case stop, suspend, snapshot
 }
 

@@ -1,5 +1,5 @@
 /// The outcome of one guest's backup, for the job summary.
-public struct BackupSummary: Sendable {
+public struct BackupSummary: Sendable, Codable {
     public var vmid: Int
     public var ok: Bool
     /// The mode actually used (after a fallback, `suspend`).

@@ -26,6 +26,7 @@ struct BackupCommand: AsyncParsableCommand {
     var snapshotFallback: String = "suspend"
     @Option(help: "Minutes to wait for the global backup lock.") var lockwait: Double = 180
     @Flag(help: "Be quiet: log to the .log files only.") var quiet = false
+    @Option(name: .customLong("output-format"), help: "Summary format on stdout: text or json.") var outputFormat: String = "text"
 
     func validate() throws {
         if vmids.isEmpty && !all && exclude == nil { throw ValidationError("name VMIDs to back up, or --all") }
@@ -34,6 +35,7 @@ struct BackupCommand: AsyncParsableCommand {
         guard SnapshotFallback(rawValue: snapshotFallback) != nil else {
             throw ValidationError("invalid --snapshot-fallback '\(snapshotFallback)': suspend or refuse")
         }
+        if outputFormat != "text" && outputFormat != "json" { throw ValidationError("--output-format must be text or json") }
         if zstd < 0 { throw ValidationError("--zstd must be 0 or more") }
         if bwlimit < 0 { throw ValidationError("--bwlimit must be 0 or more") }
     }
@@ -63,7 +65,13 @@ struct BackupCommand: AsyncParsableCommand {
         let job = BackupJob(options: o, paths: global.paths, log: log, interrupt: interrupt)
         job.lockwait = lockwait
         let summaries = try await job.run()
-        print(BackupSummaryTable.render(summaries))
+        if outputFormat == "json" {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try enc.encode(summaries), as: UTF8.self))
+        } else {
+            print(BackupSummaryTable.render(summaries))
+        }
         if !summaries.allSatisfy(\.ok) { throw ExitCode(1) }
     }
 }
