@@ -21,9 +21,7 @@ struct DiskPlan {
             let vol = try VolumeID(parsing: d.volid)
             let plugin = try storages.plugin(for: vol)
             let (path, format) = try plugin.path(of: vol)
-            let source = try plugin.openBlockSource(vol, snapshot: nil)
-            let size = source.size
-            try source.close()
+            let size = try plugin.size(of: vol)
             plans.append(DiskPlan(key: d.key, volume: vol, plugin: plugin, path: path, format: format, size: size))
         }
         return plans

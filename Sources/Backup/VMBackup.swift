@@ -42,6 +42,7 @@ final class VMBackup {
     private var guestDebts: [(String, () async throws -> Void)] = []
     private var snapshots: [(plugin: any StoragePlugin, volumes: [VolumeID], name: String)] = []
     private var sources: [any BlockSource] = []
+    private var overlays: [QCOW2Overlay] = []
 
     func run() async -> BackupSummary {
         var summary = BackupSummary(vmid: vmid, ok: false, requestedMode: options.mode)
@@ -68,7 +69,7 @@ final class VMBackup {
             if status.state == .stopped {
                 mode = .stop
             } else if mode == .snapshot {
-                let plan = SnapshotPlan.make(for: disks)
+                let plan = SnapshotPlan.make(for: disks, running: true)
                 if case .unsupported(let why) = plan {
                     switch options.snapshotFallback {
                     case .refuse:
@@ -123,10 +124,16 @@ final class VMBackup {
                 }
                 sources = try disks.map { try $0.plugin.openBlockSource($0.volume, snapshot: nil) }
             case .snapshot:
-                guard case let .storage(groups, needsPause)? = snapshotPlan else { throw BackupError("internal: no snapshot plan") }
-                try await takeSnapshots(config: config, status: status, groups: groups, needsPause: needsPause,
+                guard case let .storage(groups, overlayDisks, needsPause)? = snapshotPlan else { throw BackupError("internal: no snapshot plan") }
+                let overlay = overlayDisks.isEmpty ? nil : QCOW2Overlay(vmid: vmid, disks: overlayDisks, tag: snapName, log: log)
+                try await takeSnapshots(config: config, status: status, groups: groups, overlay: overlay, needsPause: needsPause,
                                         name: snapName, downtime: downtime)
-                sources = try disks.map { try $0.plugin.openBlockSource($0.volume, snapshot: snapName) }
+                let overlaySources = try overlay?.openSources() ?? [:]
+                sources = Array(overlaySources.values)
+                sources = try disks.map { d in
+                    if let s = overlaySources[d.key] { return s }
+                    return try d.plugin.openBlockSource(d.volume, snapshot: snapName)
+                }
             }
 
             // The archive phase: in snapshot mode the guest runs meanwhile.
@@ -163,7 +170,7 @@ final class VMBackup {
     /// Freeze (agent) → pause (when needed) → snapshots → resume → thaw, with
     /// the guest's unavailability measured from the first step to the last.
     private func takeSnapshots(config: VMConfig, status: VMStatus, groups: [(plugin: any StoragePlugin, volumes: [VolumeID])],
-                               needsPause: Bool, name: String, downtime: DowntimeClock) async throws {
+                               overlay: QCOW2Overlay?, needsPause: Bool, name: String, downtime: DowntimeClock) async throws {
         var freeze = false
         if config.agentEnabled && status.state == .running {
             let agent = lifecycle.guestAgent(vmid: vmid)
@@ -200,6 +207,15 @@ final class VMBackup {
                 try g.plugin.createSnapshot(g.volumes, name: name)
                 snapshots.append((g.plugin, g.volumes, name))
             }
+            if let overlay {
+                try interrupt.check()
+                let qmp = try await lifecycle.connectQMP(vmid: vmid)
+                do { try await overlay.create(qmp: qmp) } catch { await qmp.close(); throw error }
+                // QEMU serves one QMP client at a time: close before resume/thaw connect.
+                await qmp.close()
+                overlays.append(overlay)
+                log.info("froze \(overlay.disks.map(\.key).joined(separator: ", ")) with QEMU qcow2 overlays (one QMP transaction)")
+            }
             try await payGuestDebts()
         } catch {
             try? await payGuestDebts()
@@ -208,7 +224,9 @@ final class VMBackup {
         }
         downtime.end()
         if !freeze && !pause { downtime.reset() }
-        log.info("created storage snapshot '\(name)' of \(groups.map { "\($0.volumes.count) volume(s) on \($0.plugin.id)" }.joined(separator: ", "))")
+        if !groups.isEmpty {
+            log.info("created storage snapshot '\(name)' of \(groups.map { "\($0.volumes.count) volume(s) on \($0.plugin.id)" }.joined(separator: ", "))")
+        }
         if let ms = downtime.milliseconds {
             log.info("guest downtime: \(ms) ms (\(downtime.kind ?? ""))")
         } else {
@@ -276,6 +294,16 @@ final class VMBackup {
             }
         }
         snapshots = []
+        for o in overlays {
+            do {
+                let qmp = try await lifecycle.connectQMP(vmid: vmid)
+                do { try await o.commit(qmp: qmp) } catch { await qmp.close(); throw error }
+                await qmp.close()
+            } catch {
+                firstError = firstError ?? error
+            }
+        }
+        overlays = []
         if let firstError { throw firstError }
     }
 

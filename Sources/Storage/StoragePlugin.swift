@@ -76,6 +76,13 @@ public protocol StoragePlugin: Sendable {
 extension StoragePlugin {
     public var id: String { definition.id }
 
+    /// The guest-visible size of a volume, without opening it for I/O (a
+    /// running guest's qcow2 image is locked against other writers and readers).
+    public func size(of volume: VolumeID) throws -> UInt64 {
+        let (path, format) = try path(of: volume)
+        return try ImageDirectory.virtualSize(path: path, format: format)
+    }
+
     /// Capability for a volume, looking up its format.
     public func snapshotCapability(of volume: VolumeID) throws -> SnapshotCapability {
         snapshotCapability(for: try path(of: volume).format)
