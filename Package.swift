@@ -20,22 +20,22 @@ let package = Package(
         .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
 
         // Owned file descriptors, positional I/O, fsync, SEEK_DATA/HOLE, ioctls, external commands, locks.
-        .target(name: "SnapdumpSystem", dependencies: ["CShims"]),
+        .target(name: "SnapdumpSystem", dependencies: ["CShims"], exclude: ["README.md"]),
         // Proxmox-style file formats: section config, key: value files, property strings.
-        .target(name: "SnapdumpConfig"),
+        .target(name: "SnapdumpConfig", exclude: ["README.md"]),
         // StoragePlugin protocol, plugins, volume ids, snapshots, BlockSource.
-        .target(name: "Storage", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "CNBD"]),
+        .target(name: "Storage", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "CNBD"], exclude: ["README.md"]),
         // VM configs, QEMU command line, QMP and guest-agent clients, lifecycle, move-disk.
-        .target(name: "Guest", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "Storage"]),
+        .target(name: "Guest", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "Storage"], exclude: ["README.md"]),
         // VMA writer and reader, compression codecs, digests, archive names.
-        .target(name: "Archive", dependencies: ["SnapdumpSystem", "CZstd", "CZlib", "COpenSSL"]),
+        .target(name: "Archive", dependencies: ["SnapdumpSystem", "CZstd", "CZlib", "COpenSSL"], exclude: ["README.md"]),
         // The vzdump engine: modes, fallback, logs, restore.
-        .target(name: "Backup", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "Storage", "Guest", "Archive"]),
+        .target(name: "Backup", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "Storage", "Guest", "Archive"], exclude: ["README.md"]),
         // ArgumentParser commands, one file per command.
         .target(name: "SnapdumpCLI", dependencies: [
             "Backup", "Storage", "Guest", "Archive", "SnapdumpConfig", "SnapdumpSystem",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ]),
+        ], exclude: ["README.md"]),
         // The executable: Entrypoint.swift only.
         .executableTarget(name: "snapdump", dependencies: ["SnapdumpCLI"]),
 

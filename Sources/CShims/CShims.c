@@ -13,7 +13,7 @@ int snapdump_blkgetsize64(int fd, uint64_t *size) {
     return ioctl(fd, BLKGETSIZE64, size);
 }
 
-int snapdump_fiemap_shared(int fd, uint64_t *extents, uint64_t *shared_extents) {
+int snapdump_fiemap_shared(int fd, uint64_t *bytes, uint64_t *shared_bytes) {
     enum { batch = 256 };
     size_t len = sizeof(struct fiemap) + batch * sizeof(struct fiemap_extent);
     struct fiemap *fm = calloc(1, len);
@@ -30,15 +30,15 @@ int snapdump_fiemap_shared(int fd, uint64_t *extents, uint64_t *shared_extents) 
         int last = 0;
         for (unsigned i = 0; i < fm->fm_mapped_extents; i++) {
             struct fiemap_extent *e = &fm->fm_extents[i];
-            total++;
-            if (e->fe_flags & FIEMAP_EXTENT_SHARED) shared++;
+            total += e->fe_length;
+            if (e->fe_flags & FIEMAP_EXTENT_SHARED) shared += e->fe_length;
             if (e->fe_flags & FIEMAP_EXTENT_LAST) last = 1;
             start = e->fe_logical + e->fe_length;
         }
         if (last) break;
     }
     free(fm);
-    *extents = total;
-    *shared_extents = shared;
+    *bytes = total;
+    *shared_bytes = shared;
     return 0;
 }

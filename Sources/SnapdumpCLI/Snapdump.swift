@@ -5,7 +5,7 @@ public struct Snapdump: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "snapdump",
         abstract: "Back up running QEMU/KVM virtual machines with zero downtime.",
-        subcommands: []
+        subcommands: [BackupCommand.self, RestoreCommand.self, VMCommand.self, StorageCommand.self, VolumeCommand.self, SnapshotCommand.self]
     )
 
     public init() {}

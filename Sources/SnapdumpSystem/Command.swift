@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
 
 /// An external command that exited non-zero or could not be started.
@@ -18,6 +21,36 @@ public enum Command {
         public var status: Int32
         public var stdout: String
         public var stderr: String
+    }
+
+    /// Runs a program that forks a daemon and exits (`qemu-nbd --fork`,
+    /// `qemu -daemonize`). Its output goes to a file, not a pipe: the daemon
+    /// inherits the descriptors, so a pipe would never reach end of file.
+    public static func runDaemonizing(_ argv: [String]) throws {
+        let errPath = NSTemporaryDirectory() + "snapdump-cmd-\(getpid())-\(UUID().uuidString.prefix(8)).err"
+        defer { unlink(errPath) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        let path = resolve(argv[0])
+        var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+        defer { for a in cargs { free(a) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, path, &actions, nil, &cargs, environ)
+        guard rc == 0 else {
+            throw CommandError(commandLine: argv.joined(separator: " "), status: 127, stderr: "cannot start: \(String(cString: strerror(rc)))")
+        }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let exited = status & 0x7f == 0
+        let code = exited ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        if code != 0 {
+            let err = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
+            throw CommandError(commandLine: argv.joined(separator: " "), status: code, stderr: err)
+        }
     }
 
     /// Runs `argv` to completion; never throws for a non-zero exit.

@@ -145,8 +145,9 @@ public final class File: @unchecked Sendable {
         if snapdump_ficlone(fd, source.fd) != 0 { throw SystemError("FICLONE from '\(source.path)' to", path) }
     }
 
-    /// (extents, shared extents) from FIEMAP.
-    public func extentSharing() throws -> (extents: UInt64, shared: UInt64) {
+    /// Bytes in extents, and bytes in extents shared with other files (FIEMAP):
+    /// what a reflink clone or btrfs snapshot still shares with its origin.
+    public func extentSharing() throws -> (bytes: UInt64, shared: UInt64) {
         var total: UInt64 = 0, shared: UInt64 = 0
         if snapdump_fiemap_shared(fd, &total, &shared) != 0 { throw SystemError("FIEMAP", path) }
         return (total, shared)

@@ -1,2 +1,108 @@
-/// Placeholder: storage plugins land here.
-public enum StorageModule {}
+import Foundation
+
+/// Status of a storage (`pvesm status`).
+public struct StorageStatus: Sendable {
+    public var id: String
+    public var type: StorageType
+    public var active: Bool
+    public var total: UInt64
+    public var used: UInt64
+    public var available: UInt64
+    /// What the storage can snapshot, e.g. "raw via reflink", "qcow2 (offline)", "no".
+    public var snapshots: String
+}
+
+/// A volume on a storage (`pvesm list`).
+public struct VolumeInfo: Sendable {
+    public var volume: VolumeID
+    public var format: VolumeFormat
+    public var size: UInt64
+    public var vmid: Int
+}
+
+/// A snapshot of a volume (`zfs list -t snapshot`).
+public struct SnapshotInfo: Sendable {
+    public var volume: VolumeID
+    public var name: String
+    public var created: Date
+    /// Bytes held only by the snapshot; nil when the storage cannot tell.
+    public var used: UInt64?
+}
+
+/// How a storage can snapshot a volume of a given format.
+public enum SnapshotCapability: Sendable, Equatable {
+    /// All requested volumes in one atomic operation (zfs snapshot a b c, btrfs subvolume).
+    case atomic
+    /// One volume at a time: the guest must be paused around the snapshots so they share a point in time.
+    case perVolume
+    /// Not at all; the reason names the storage and format.
+    case unsupported(reason: String)
+
+    public var canSnapshot: Bool {
+        if case .unsupported = self { return false }
+        return true
+    }
+}
+
+/// One storage backend. Every plugin runs the same conformance suite
+/// (Tests/StorageTests) on a real filesystem.
+///
+/// Contracts:
+/// - `allocate` creates a zeroed volume of exactly `size` bytes (rounded up to 4 KiB) under the
+///   next free name `vm-<vmid>-disk-<n>` and returns its id.
+/// - `createSnapshot` either creates the snapshot for every named volume or none
+///   (a partial failure removes what it created).
+/// - A snapshot's content never changes while it exists, whatever is written to the volume.
+/// - `openBlockSource` returns a reader of the volume's (or snapshot's) raw content;
+///   closing it releases whatever it needed (NBD server, clone).
+public protocol StoragePlugin: Sendable {
+    var definition: StorageDefinition { get }
+
+    /// Checks the storage is usable (path exists, pool imported); throws naming the storage.
+    func activate() throws
+    func status() throws -> StorageStatus
+    func allocate(vmid: Int, size: UInt64, format: VolumeFormat?) throws -> VolumeID
+    func free(_ volume: VolumeID) throws
+    func list(vmid: Int?) throws -> [VolumeInfo]
+    /// The path QEMU opens for the current volume, and its format.
+    func path(of volume: VolumeID) throws -> (path: String, format: VolumeFormat)
+    func snapshotCapability(for format: VolumeFormat) -> SnapshotCapability
+    func createSnapshot(_ volumes: [VolumeID], name: String) throws
+    func deleteSnapshot(_ volumes: [VolumeID], name: String) throws
+    func listSnapshots() throws -> [SnapshotInfo]
+    func openBlockSource(_ volume: VolumeID, snapshot: String?) throws -> any BlockSource
+}
+
+extension StoragePlugin {
+    public var id: String { definition.id }
+
+    /// The guest-visible size of a volume, without opening it for I/O (a
+    /// running guest's qcow2 image is locked against other writers and readers).
+    public func size(of volume: VolumeID) throws -> UInt64 {
+        let (path, format) = try path(of: volume)
+        return try ImageDirectory.virtualSize(path: path, format: format)
+    }
+
+    /// Capability for a volume, looking up its format.
+    public func snapshotCapability(of volume: VolumeID) throws -> SnapshotCapability {
+        snapshotCapability(for: try path(of: volume).format)
+    }
+
+    func checkOwnership(_ volume: VolumeID) throws {
+        guard volume.storage == definition.id else {
+            throw StorageError(.invalidArgument, "volume '\(volume)' belongs to storage '\(volume.storage)', not '\(definition.id)'")
+        }
+    }
+
+    /// The error for a snapshot the storage cannot take; names storage, format and why.
+    func snapshotUnsupported(_ format: VolumeFormat) -> StorageError? {
+        guard case .unsupported(let reason) = snapshotCapability(for: format) else { return nil }
+        return StorageError(.snapshotUnsupported, "storage '\(definition.id)' cannot snapshot \(format.rawValue) volumes: \(reason)")
+    }
+
+    /// Sizes are rounded up to whole 4 KiB blocks, as QEMU and VMA use them.
+    func roundedSize(_ size: UInt64) throws -> UInt64 {
+        guard size > 0 else { throw StorageError(.invalidArgument, "volume size must be greater than 0") }
+        return (size + 4095) / 4096 * 4096
+    }
+}

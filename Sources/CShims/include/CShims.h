@@ -9,8 +9,8 @@ int snapdump_ficlone(int dst_fd, int src_fd);
 /// ioctl(fd, BLKGETSIZE64): size of a block device in bytes. Returns 0 or -1 with errno.
 int snapdump_blkgetsize64(int fd, uint64_t *size);
 
-/// FS_IOC_FIEMAP: counts extents of fd and how many are shared (FIEMAP_EXTENT_SHARED).
-/// Returns 0 or -1 with errno set.
-int snapdump_fiemap_shared(int fd, uint64_t *extents, uint64_t *shared_extents);
+/// FS_IOC_FIEMAP: bytes in the extents of fd, and how many of them are shared
+/// with another file (FIEMAP_EXTENT_SHARED). Returns 0 or -1 with errno set.
+int snapdump_fiemap_shared(int fd, uint64_t *bytes, uint64_t *shared_bytes);
 
 #endif

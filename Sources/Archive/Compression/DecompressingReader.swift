@@ -1,0 +1,234 @@
+import CZlib
+import CZstd
+import SnapdumpSystem
+
+/// Reads an archive file as its decompressed byte stream. The format is
+/// detected from the first bytes (zstd, gzip, raw VMA; lzop is refused).
+/// Concatenated zstd frames and gzip members are one stream. Buffers are
+/// allocated once; `read` decompresses straight into the caller's buffer.
+public final class DecompressingReader {
+    public let path: String
+    public let compression: Compression.Kind
+    /// Decompressed bytes delivered so far.
+    public private(set) var offset: UInt64 = 0
+
+    private let file: File
+    private let decoder: any StreamDecoder
+
+    /// Opens `path` and detects its format.
+    public convenience init(path: String) throws(ArchiveError) {
+        let file: File
+        do {
+            file = try File.openForReading(path)
+        } catch {
+            throw ArchiveError(.io, path: path, "cannot open archive", cause: error as? SystemError)
+        }
+        try self.init(file: file)
+    }
+
+    /// Reads the already open `file` from offset 0.
+    public init(file: File) throws(ArchiveError) {
+        self.file = file
+        self.path = file.path
+        var head = [UInt8](repeating: 0, count: 4)
+        let n: Int
+        do {
+            n = try head.withUnsafeMutableBytes { (b) throws in try file.read(into: b, at: 0) }
+        } catch {
+            throw ArchiveError(.io, path: file.path, "cannot read", cause: error as? SystemError)
+        }
+        guard let kind = Compression.detect(head[0..<n]) else {
+            if n < 4 { throw ArchiveError.truncated(file.path, at: UInt64(n)) }
+            throw ArchiveError(.notAnArchive, path: file.path,
+                               "not a VMA archive (unknown magic \(Hex.encode(head)))")
+        }
+        compression = kind
+        switch kind {
+        case .none: decoder = RawDecoder(file: file)
+        case .zstd: decoder = try ZstdDecoder(file: file)
+        case .gzip: decoder = try GzipDecoder(file: file)
+        case .lzo: throw ArchiveError(.unsupported, path: file.path, Compression.lzoUnsupported)
+        }
+    }
+
+    /// Fills `buffer` completely, or as far as the stream goes; returns the
+    /// bytes read (0 at the end). A stream cut inside a compressed frame or
+    /// member throws "unexpected end of archive".
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(ArchiveError) -> Int {
+        guard buffer.count > 0 else { return 0 }
+        let n = try decoder.read(into: buffer, streamOffset: offset)
+        offset += UInt64(n)
+        return n
+    }
+
+    /// Reads exactly `buffer.count` bytes; a short stream throws
+    /// "unexpected end of archive at offset N".
+    public func readExactly(into buffer: UnsafeMutableRawBufferPointer) throws(ArchiveError) {
+        let start = offset
+        let n = try read(into: buffer)
+        if n < buffer.count { throw ArchiveError.truncated(path, at: start + UInt64(n)) }
+    }
+
+    /// Reads exactly `count` bytes into a new array (headers, not the hot path).
+    public func readExactly(count: Int) throws(ArchiveError) -> [UInt8] {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 16)
+        defer { buffer.deallocate() }
+        try readExactly(into: buffer)
+        return Array(buffer)
+    }
+}
+
+protocol StreamDecoder: AnyObject {
+    /// As `DecompressingReader.read`; `streamOffset` is for error messages.
+    func read(into dst: UnsafeMutableRawBufferPointer, streamOffset: UInt64) throws(ArchiveError) -> Int
+}
+
+/// Compressed input read with pread into one reused buffer.
+struct CompressedSource {
+    let file: File
+    var buffer: UnsafeMutableRawBufferPointer
+    var fileOffset: UInt64 = 0
+    var eof = false
+
+    init(file: File) {
+        self.file = file
+        buffer = .allocate(byteCount: 1 << 20, alignment: 64)
+    }
+
+    func deallocate() { buffer.deallocate() }
+
+    /// Reads the next piece of the file; returns its length (0 at end of file).
+    mutating func refill() throws(ArchiveError) -> Int {
+        let n: Int
+        do {
+            n = try file.read(into: buffer, at: fileOffset)
+        } catch {
+            throw ArchiveError(.io, path: file.path, "cannot read at file offset \(fileOffset)", cause: error as? SystemError)
+        }
+        fileOffset += UInt64(n)
+        if n == 0 { eof = true }
+        return n
+    }
+}
+
+final class RawDecoder: StreamDecoder {
+    let file: File
+    var fileOffset: UInt64 = 0
+    init(file: File) { self.file = file }
+
+    func read(into dst: UnsafeMutableRawBufferPointer, streamOffset: UInt64) throws(ArchiveError) -> Int {
+        do {
+            let n = try file.read(into: dst, at: fileOffset)
+            fileOffset += UInt64(n)
+            return n
+        } catch {
+            throw ArchiveError(.io, path: file.path, offset: streamOffset, "cannot read", cause: error as? SystemError)
+        }
+    }
+}
+
+final class ZstdDecoder: StreamDecoder {
+    private let dctx: OpaquePointer
+    private var source: CompressedSource
+    private var input = ZSTD_inBuffer(src: nil, size: 0, pos: 0)
+    /// The last ZSTD_decompressStream result: 0 exactly at a frame end.
+    private var lastHint = 0
+
+    init(file: File) throws(ArchiveError) {
+        guard let d = ZSTD_createDCtx() else { throw ArchiveError(.compression, path: file.path, "ZSTD_createDCtx failed") }
+        dctx = d
+        source = CompressedSource(file: file)
+    }
+
+    deinit {
+        ZSTD_freeDCtx(dctx)
+        source.deallocate()
+    }
+
+    func read(into dst: UnsafeMutableRawBufferPointer, streamOffset: UInt64) throws(ArchiveError) -> Int {
+        var filled = 0
+        while filled < dst.count {
+            if input.pos == input.size && !source.eof {
+                let n = try source.refill()
+                input = ZSTD_inBuffer(src: source.buffer.baseAddress, size: n, pos: 0)
+            }
+            if input.pos == input.size && source.eof && lastHint == 0 { break }
+            var output = ZSTD_outBuffer(dst: dst.baseAddress! + filled, size: dst.count - filled, pos: 0)
+            let before = input.pos
+            let r = ZSTD_decompressStream(dctx, &output, &input)
+            if ZSTD_isError(r) != 0 {
+                throw ArchiveError(.compression, path: source.file.path, offset: streamOffset + UInt64(filled),
+                                   "zstd: \(String(cString: ZSTD_getErrorName(r)))")
+            }
+            lastHint = r
+            filled += output.pos
+            if output.pos == 0 && input.pos == before && input.pos == input.size && source.eof {
+                // No progress and no more input: the frame was cut short.
+                if r != 0 { throw ArchiveError.truncated(source.file.path, at: streamOffset + UInt64(filled)) }
+                break
+            }
+        }
+        return filled
+    }
+}
+
+final class GzipDecoder: StreamDecoder {
+    // zlib keeps a pointer back to its z_stream: it must not move.
+    private let stream: UnsafeMutablePointer<z_stream>
+    private var source: CompressedSource
+    private var inMember = false
+
+    init(file: File) throws(ArchiveError) {
+        source = CompressedSource(file: file)
+        stream = .allocate(capacity: 1)
+        stream.initialize(to: z_stream())
+        let r = inflateInit2_(stream, 15 + 16, zlibVersion(), Int32(MemoryLayout<z_stream>.size))
+        if r != Z_OK {
+            stream.deallocate()
+            source.deallocate()
+            throw ArchiveError(.compression, path: file.path, "inflateInit2 failed (\(r))")
+        }
+    }
+
+    deinit {
+        inflateEnd(stream)
+        stream.deallocate()
+        source.deallocate()
+    }
+
+    func read(into dst: UnsafeMutableRawBufferPointer, streamOffset: UInt64) throws(ArchiveError) -> Int {
+        var filled = 0
+        while filled < dst.count {
+            if stream.pointee.avail_in == 0 && !source.eof {
+                let n = try source.refill()
+                stream.pointee.next_in = source.buffer.baseAddress!.assumingMemoryBound(to: Bytef.self)
+                stream.pointee.avail_in = UInt32(n)
+            }
+            if stream.pointee.avail_in == 0 && source.eof && !inMember { break }
+            if stream.pointee.avail_in > 0 { inMember = true }
+            let room = min(dst.count - filled, Int(UInt32.max))
+            stream.pointee.next_out = (dst.baseAddress! + filled).assumingMemoryBound(to: Bytef.self)
+            stream.pointee.avail_out = UInt32(room)
+            let availBefore = stream.pointee.avail_in
+            let r = inflate(stream, Z_NO_FLUSH)
+            let produced = room - Int(stream.pointee.avail_out)
+            filled += produced
+            switch r {
+            case Z_STREAM_END:
+                // End of one member: the next one (if any) continues the stream.
+                inMember = false
+                inflateReset(stream)
+            case Z_OK:
+                break
+            case Z_BUF_ERROR:
+                if stream.pointee.avail_in == 0 && source.eof && produced == 0 && availBefore == 0 {
+                    throw ArchiveError.truncated(source.file.path, at: streamOffset + UInt64(filled))
+                }
+            default:
+                let msg = stream.pointee.msg.map { String(cString: $0) } ?? "error \(r)"
+                throw ArchiveError(.compression, path: source.file.path, offset: streamOffset + UInt64(filled), "gzip: \(msg)")
+            }
+        }
+        return filled
+    }
+}

@@ -1,0 +1,84 @@
+import Foundation
+
+/// The `snapdump.json` config blob: per device its size and content digest
+/// (see `DeviceDigest`), and how the backup was taken. VMA readers that do
+/// not know it ignore it.
+public struct SnapdumpMetadata: Codable, Hashable, Sendable {
+    public static let blobName = "snapdump.json"
+    public static let currentVersion = 1
+
+    public struct Device: Codable, Hashable, Sendable {
+        /// `drive-scsi0`, as in the VMA header.
+        public var name: String
+        public var size: UInt64
+        /// Hex SHA-256 over the SHA-256s of the device's chunks.
+        public var sha256: String
+        /// Chunk size of the digest: 4194304.
+        public var chunkSize: Int
+
+        public init(name: String, size: UInt64, sha256: SHA256Digest, chunkSize: Int = DeviceDigest.chunkSize) {
+            self.name = name
+            self.size = size
+            self.sha256 = sha256.hex
+            self.chunkSize = chunkSize
+        }
+
+        public var digest: SHA256Digest? { SHA256Digest(hex: sha256) }
+    }
+
+    public var version: Int
+    public var devices: [Device]
+    /// The mode actually used: `stop`, `suspend` or `snapshot`.
+    public var mode: String
+    /// How long the guest was paused, frozen or stopped, in milliseconds.
+    public var downtimeMs: Int64?
+    /// Backup start, seconds since the epoch.
+    public var startTime: Int64
+    public var snapdumpVersion: String
+
+    public init(devices: [Device], mode: String, downtimeMs: Int64?, startTime: Int64, snapdumpVersion: String) {
+        self.version = Self.currentVersion
+        self.devices = devices
+        self.mode = mode
+        self.downtimeMs = downtimeMs
+        self.startTime = startTime
+        self.snapdumpVersion = snapdumpVersion
+    }
+
+    public func device(named name: String) -> Device? { devices.first { $0.name == name } }
+
+    /// Compact JSON with sorted keys (stable bytes for the same value).
+    public func encoded() throws -> [UInt8] {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return Array(try e.encode(self))
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws -> SnapdumpMetadata {
+        let m = try JSONDecoder().decode(SnapdumpMetadata.self, from: Data(bytes))
+        guard m.version == currentVersion else {
+            throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "unsupported snapdump.json version \(m.version)"))
+        }
+        return m
+    }
+
+    /// A size to reserve in the header for `snapdump.json` of `deviceCount`
+    /// devices: room for the fixed fields and ~200 bytes per device.
+    public static func reservedSize(deviceCount: Int) -> Int {
+        min(VMAFormat.maxBlobSize, 512 + 256 * deviceCount)
+    }
+
+    /// `json` padded to exactly `size` bytes by inserting spaces before its
+    /// closing brace, so it stays one valid JSON object; nil if it is longer.
+    public static func pad(_ json: [UInt8], to size: Int) -> [UInt8]? {
+        guard json.count <= size else { return nil }
+        guard json.count < size else { return json }
+        guard let close = json.lastIndex(of: UInt8(ascii: "}")) else {
+            return json + [UInt8](repeating: 0x20, count: size - json.count)
+        }
+        var out = Array(json[..<close])
+        out += [UInt8](repeating: 0x20, count: size - json.count)
+        out += json[close...]
+        return out
+    }
+}

@@ -1,0 +1,232 @@
+import Foundation
+import SnapdumpSystem
+
+/// Reads a VMA archive (plain, zstd or gzip, detected by magic) as a stream:
+/// `init` parses and validates the header, `readClusters` walks the extents
+/// and hands each cluster to a callback. Every format rule of
+/// `vma-format.md` is enforced; errors name the archive, the offset in the
+/// decompressed stream and the cause. One pass; not Sendable.
+public final class VMAReader {
+    /// One cluster as stored: valid only during the callback.
+    public struct Cluster {
+        public var deviceID: UInt8
+        public var cluster: UInt32
+        /// Bit j set: 4 KiB block j is stored; clear: it is zero.
+        public var mask: UInt16
+        /// popcount(mask) × 4096 bytes, the stored blocks in bit order.
+        public var blocks: UnsafeRawBufferPointer
+        /// Bytes of this cluster inside the device (65536 except for the last cluster).
+        public var validBytes: Int
+
+        /// Byte offset of the cluster on its device.
+        public var deviceOffset: UInt64 { UInt64(cluster) * UInt64(VMAFormat.clusterSize) }
+
+        /// Writes the cluster's 64 KiB (zeros for clear mask bits) into `buffer`.
+        public func expand(into buffer: UnsafeMutableRawBufferPointer) {
+            precondition(buffer.count >= VMAFormat.clusterSize)
+            var src = 0
+            for j in 0..<VMAFormat.blocksPerCluster {
+                let d = buffer.baseAddress! + j * VMAFormat.blockSize
+                if mask & (1 << j) != 0 {
+                    d.copyMemory(from: blocks.baseAddress! + src, byteCount: VMAFormat.blockSize)
+                    src += VMAFormat.blockSize
+                } else {
+                    d.initializeMemory(as: UInt8.self, repeating: 0, count: VMAFormat.blockSize)
+                }
+            }
+        }
+    }
+
+    public struct Summary: Sendable {
+        public var extents: UInt64 = 0
+        public var clusters: UInt64 = 0
+        public var storedBlocks: UInt64 = 0
+        /// Length of the decompressed stream.
+        public var streamBytes: UInt64 = 0
+    }
+
+    public let path: String
+    public let header: VMAHeader
+    public let headerSize: Int
+    public let compression: Compression.Kind
+
+    private let input: DecompressingReader
+    private var consumed = false
+
+    /// Opens `path`, detects its compression and reads the header.
+    public convenience init(path: String) throws(ArchiveError) {
+        try self.init(input: DecompressingReader(path: path))
+    }
+
+    public init(input: DecompressingReader) throws(ArchiveError) {
+        self.input = input
+        path = input.path
+        compression = input.compression
+        let fixed = try input.readExactly(count: VMAFormat.fixedHeaderSize)
+        guard fixed[0..<4].elementsEqual(VMAFormat.magic) else {
+            throw ArchiveError(.notAnArchive, path: input.path, offset: 0, "not a VMA archive (bad magic)")
+        }
+        let size = fixed.withUnsafeBytes { Int($0.loadBE(at: VMAFormat.offHeaderSize, as: UInt32.self)) }
+        guard size >= VMAFormat.fixedHeaderSize && size <= VMAFormat.maxHeaderSize else {
+            throw ArchiveError(.format, path: input.path, offset: UInt64(VMAFormat.offHeaderSize), "bad header_size \(size)")
+        }
+        var all = fixed
+        if size > fixed.count {
+            all += try input.readExactly(count: size - fixed.count)
+        }
+        header = try VMAHeader.decode(all, path: input.path)
+        headerSize = size
+    }
+
+    public func config(named name: String) -> [UInt8]? { header.config(named: name) }
+
+    /// The parsed `snapdump.json`, nil when the archive has none (not written by snapdump).
+    public func snapdumpMetadata() throws(ArchiveError) -> SnapdumpMetadata? {
+        guard let blob = header.config(named: SnapdumpMetadata.blobName) else { return nil }
+        do {
+            return try SnapdumpMetadata.decode(blob)
+        } catch {
+            throw ArchiveError(.format, path: path, "malformed \(SnapdumpMetadata.blobName): \(error)")
+        }
+    }
+
+    /// Reads all extents, calling `body` for every cluster in stream order.
+    /// Checks extent magic, uuid, MD5 and block count, that every cluster of
+    /// every device appears exactly once, and that no stored block lies past
+    /// its device's end. Can be called once.
+    @discardableResult
+    public func readClusters(_ body: (Cluster) throws -> Void) throws -> Summary {
+        precondition(!consumed, "readClusters can be called once")
+        consumed = true
+        var summary = Summary()
+
+        struct Dev {
+            var device: VMADevice
+            var seen: ClusterSet
+        }
+        var devs: [Dev?] = Array(repeating: nil, count: 256)
+        for d in header.devices { devs[Int(d.id)] = Dev(device: d, seen: ClusterSet(count: d.clusterCount)) }
+
+        let ehead = UnsafeMutableRawBufferPointer.allocate(byteCount: VMAFormat.extentHeaderSize, alignment: 64)
+        let data = UnsafeMutableRawBufferPointer.allocate(byteCount: VMAFormat.maxExtentSize - VMAFormat.extentHeaderSize, alignment: 4096)
+        defer {
+            ehead.deallocate()
+            data.deallocate()
+        }
+        let md5 = EVPHasher.md5()
+        var md5Out = (UInt64(0), UInt64(0))
+        let uuid = withUnsafeBytes(of: header.uuid.uuid) { Array($0) }
+
+        while true {
+            let start = input.offset
+            let n = try input.read(into: ehead)
+            if n == 0 { break }
+            if n < VMAFormat.extentHeaderSize { throw ArchiveError.truncated(path, at: start + UInt64(n)) }
+            func fail(_ code: ArchiveError.Code, _ message: String) -> ArchiveError {
+                ArchiveError(code, path: path, offset: start, message)
+            }
+            let h = UnsafeRawBufferPointer(ehead)
+            guard h[0..<4].elementsEqual(VMAFormat.extentMagic) else { throw fail(.format, "bad extent magic") }
+            guard h[VMAFormat.offExtentUUID..<VMAFormat.offExtentUUID + 16].elementsEqual(uuid) else {
+                throw fail(.format, "extent uuid does not match the header's")
+            }
+            // MD5 of the header with its md5 field zeroed.
+            var stored = (UInt64(0), UInt64(0))
+            withUnsafeMutableBytes(of: &stored) { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: h[VMAFormat.offExtentMD5..<VMAFormat.offExtentMD5 + 16])) }
+            ehead.baseAddress!.advanced(by: VMAFormat.offExtentMD5).initializeMemory(as: UInt8.self, repeating: 0, count: 16)
+            md5.update(h)
+            withUnsafeMutableBytes(of: &md5Out) { md5.finish(into: $0) }
+            guard stored == md5Out else { throw fail(.checksum, "bad extent MD5") }
+
+            let blockCount = Int(h.loadBE(at: VMAFormat.offExtentBlockCount, as: UInt16.self))
+            var masks = 0
+            for i in 0..<VMAFormat.clustersPerExtent {
+                let info = VMABlockInfo(rawValue: h.loadBE(at: VMAFormat.offBlockInfo + 8 * i, as: UInt64.self))
+                if info.deviceID == 0 {
+                    guard info.mask == 0 else { throw fail(.format, "unused block info entry \(i) has mask \(info.mask)") }
+                    continue
+                }
+                masks += info.mask.nonzeroBitCount
+            }
+            guard masks == blockCount else {
+                throw fail(.format, "extent block_count \(blockCount) does not match its masks (\(masks) blocks)")
+            }
+            let dataBytes = blockCount * VMAFormat.blockSize
+            let got = try input.read(into: UnsafeMutableRawBufferPointer(rebasing: data[0..<dataBytes]))
+            if got < dataBytes { throw ArchiveError.truncated(path, at: input.offset) }
+
+            var pos = 0
+            for i in 0..<VMAFormat.clustersPerExtent {
+                let info = VMABlockInfo(rawValue: h.loadBE(at: VMAFormat.offBlockInfo + 8 * i, as: UInt64.self))
+                guard info.deviceID != 0 else { continue }
+                let di = Int(info.deviceID)
+                guard let dev = devs[di] else {
+                    throw fail(.format, "cluster \(info.cluster) of unknown device id \(info.deviceID)")
+                }
+                func name() -> String { "device \(info.deviceID) (\(dev.device.name))" }
+                guard UInt64(info.cluster) < dev.seen.count else {
+                    throw fail(.format, "cluster \(info.cluster) beyond the end of \(name())")
+                }
+                let valid = VMAFormat.validBlockMask(deviceSize: dev.device.size, cluster: UInt64(info.cluster))
+                guard info.mask & ~valid == 0 else {
+                    throw fail(.format, "cluster \(info.cluster) of \(name()) stores a block past the device end")
+                }
+                guard dev.seen.insert(info.cluster) else { throw fail(.duplicateCluster, "duplicated cluster \(info.cluster) of \(name())") }
+                let bytes = info.mask.nonzeroBitCount * VMAFormat.blockSize
+                let validBytes = Int(min(UInt64(VMAFormat.clusterSize), dev.device.size - UInt64(info.cluster) * UInt64(VMAFormat.clusterSize)))
+                try body(Cluster(deviceID: info.deviceID, cluster: info.cluster, mask: info.mask,
+                                 blocks: UnsafeRawBufferPointer(rebasing: data[pos..<pos + bytes]), validBytes: validBytes))
+                pos += bytes
+                summary.clusters += 1
+            }
+            summary.storedBlocks += UInt64(blockCount)
+            summary.extents += 1
+        }
+        summary.streamBytes = input.offset
+        for case let d? in devs {
+            guard let missing = d.seen.firstMissing() else { continue }
+            throw ArchiveError(.missingCluster, path: path, offset: input.offset,
+                               "missing cluster \(missing) of device \(d.device.id) (\(d.device.name))")
+        }
+        return summary
+    }
+
+    public struct Verification: Sendable {
+        public var summary: Summary
+        /// Per device id, the content digest computed from the archive.
+        public var digests: [UInt8: SHA256Digest]
+        /// Whether `snapdump.json` was present and all its digests matched.
+        public var metadataChecked: Bool
+    }
+
+    /// Reads the whole archive, computes each device's content digest and
+    /// compares it with `snapdump.json` when present (a mismatch throws
+    /// `.digestMismatch`). `body`, if given, also sees every cluster.
+    @discardableResult
+    public func verify(_ body: ((Cluster) throws -> Void)? = nil) throws -> Verification {
+        let metadata = try snapdumpMetadata()
+        var accs: [UInt8: DeviceDigestAccumulator] = [:]
+        for d in header.devices { accs[d.id] = DeviceDigestAccumulator(deviceSize: d.size) }
+        let summary = try readClusters { c in
+            try accs[c.deviceID]!.add(cluster: c.cluster, mask: c.mask, blocks: c.blocks)
+            try body?(c)
+        }
+        var digests: [UInt8: SHA256Digest] = [:]
+        for d in header.devices { digests[d.id] = accs[d.id]!.finalDigest()! }
+        if let metadata {
+            for d in header.devices {
+                guard let m = metadata.device(named: d.name) else {
+                    throw ArchiveError(.format, path: path, "\(SnapdumpMetadata.blobName) has no entry for device \(d.name)")
+                }
+                guard m.size == d.size, m.chunkSize == DeviceDigest.chunkSize else {
+                    throw ArchiveError(.format, path: path, "\(SnapdumpMetadata.blobName) entry for \(d.name) has size \(m.size) / chunk size \(m.chunkSize), header says \(d.size) / \(DeviceDigest.chunkSize)")
+                }
+                guard m.digest == digests[d.id] else {
+                    throw ArchiveError(.digestMismatch, path: path,
+                                       "content digest of device \(d.id) (\(d.name)) is \(digests[d.id]!.hex), \(SnapdumpMetadata.blobName) says \(m.sha256)")
+                }
+            }
+        }
+        return Verification(summary: summary, digests: digests, metadataChecked: metadata != nil)
+    }
+}

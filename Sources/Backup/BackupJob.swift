@@ -1,0 +1,90 @@
+import Archive
+import Foundation
+import Guest
+import SnapdumpConfig
+import SnapdumpSystem
+import Storage
+
+/// One `snapdump backup` run over one or more guests (vzdump's job):
+/// takes the global lock, resolves the dump directory, backs up each guest,
+/// and reports a summary. A failed guest does not stop the others.
+public final class BackupJob {
+    public let options: BackupOptions
+    public let paths: SnapdumpPaths
+    public let log: TaskLog
+    public let interrupt: Interrupt
+    /// Minutes to wait for the global lock (vzdump's `lockwait`).
+    public var lockwait: Double = 180
+
+    public init(options: BackupOptions, paths: SnapdumpPaths, log: TaskLog, interrupt: Interrupt = Interrupt()) {
+        self.options = options
+        self.paths = paths
+        self.log = log
+        self.interrupt = interrupt
+    }
+
+    /// The directory archives go to: `--dumpdir`, or `<path>/dump` of the
+    /// backup storage (`--storage`, default `local`).
+    public static func dumpDirectory(options: BackupOptions, storages: StorageRegistry) throws -> String {
+        if let d = options.dumpdir {
+            if options.storage != nil { throw BackupError("options 'storage' and 'dumpdir' are mutually exclusive") }
+            return d
+        }
+        let id = options.storage ?? "local"
+        let def = try storages.config.storage(id)
+        guard def.content.contains(.backup) else {
+            throw BackupError("storage '\(id)' does not support backups (content 'backup' is not enabled)")
+        }
+        guard let path = def.path else { throw BackupError("storage '\(id)' (\(def.type.rawValue)) has no path for backups") }
+        return path + "/dump"
+    }
+
+    public func run() async throws -> [BackupSummary] {
+        let storages = try StorageRegistry(paths: paths)
+        var vmids = options.vmids
+        if options.all || !options.exclude.isEmpty {
+            vmids = try VMConfig.list(paths: paths).filter { !options.exclude.contains($0) }
+        }
+        guard !vmids.isEmpty else { throw BackupError("no guests selected: name VMIDs or use --all") }
+        for v in vmids where !VMConfig.exists(vmid: v, paths: paths) {
+            throw BackupError("unable to find configuration file for VM \(v) (\(paths.vmConfig(v)))")
+        }
+        let dumpdir = try Self.dumpDirectory(options: options, storages: storages)
+        try FileSystem.createDirectory(dumpdir)
+
+        let lock: FileLock
+        do {
+            lock = try FileLock.acquire(paths.backupLock, timeout: lockwait * 60)
+        } catch let e as FileLock.Timeout {
+            throw BackupError("can't acquire lock '\(e.path)' (wait = \(Int(lockwait)) minutes) - got timeout")
+        }
+        defer { lock.unlock() }
+
+        log.info("starting new backup job: snapdump backup \(vmids.map(String.init).joined(separator: " ")) --mode \(options.mode.rawValue)"
+                 + (options.storage.map { " --storage \($0)" } ?? "") + (options.dumpdir.map { " --dumpdir \($0)" } ?? "")
+                 + " --compress \(options.compression.kind.rawValue)")
+        let lifecycle = VMLifecycle(paths: paths)
+        var summaries: [BackupSummary] = []
+        for vmid in vmids {
+            if let sig = interrupt.received {
+                log.error("job aborted by signal \(sig) before VM \(vmid)")
+                break
+            }
+            let now = Date()
+            let name = ArchiveName(vmid: UInt32(vmid), date: now, compression: options.compression.kind)
+            let vmLog = TaskLog(echo: !options.quiet, parent: log)
+            do { try vmLog.attach(file: "\(dumpdir)/\(name.logName)") } catch { vmLog.warn("cannot write log file: \(error)") }
+            let backup = VMBackup(vmid: vmid, options: options, paths: paths, storages: storages, lifecycle: lifecycle,
+                                  dumpdir: dumpdir, log: vmLog, interrupt: interrupt, name: name, startTime: now)
+            let s = await backup.run()
+            vmLog.detach()
+            summaries.append(s)
+        }
+        if summaries.allSatisfy(\.ok) {
+            log.info("Backup job finished successfully")
+        } else {
+            log.error("Backup job failed: \(summaries.filter { !$0.ok }.map { "VM \($0.vmid)" }.joined(separator: ", "))")
+        }
+        return summaries
+    }
+}

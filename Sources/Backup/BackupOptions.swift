@@ -1,0 +1,54 @@
+import Archive
+
+/// vzdump's backup modes.
+public enum BackupMode: String, CaseIterable, Sendable, Codable {
+    case stop, suspend, snapshot
+}
+
+/// What snapshot mode does when a disk's storage cannot snapshot.
+public enum SnapshotFallback: String, CaseIterable, Sendable {
+    /// Proxmox's behaviour: warn, then back up in suspend mode.
+    case suspend
+    /// Fail before touching the guest.
+    case refuse
+}
+
+/// Options of one `snapdump backup` run, with Proxmox's names and defaults.
+public struct BackupOptions: Sendable {
+    public var vmids: [Int] = []
+    public var all = false
+    public var exclude: [Int] = []
+    public var mode: BackupMode = .snapshot
+    /// Backup storage id; with neither storage nor dumpdir, `local`.
+    public var storage: String?
+    public var dumpdir: String?
+    public var compression: Compression = .none
+    /// `zstd` threads; 0 = half the cores (Proxmox's default is 1).
+    public var zstdThreads = 1
+    public var zstdLevel = 3
+    /// Minutes to wait for a clean shutdown in stop mode.
+    public var stopwait = 10
+    /// KiB/s read limit, 0 = unlimited.
+    public var bwlimit = 0
+    public var tmpdir: String?
+    public var snapshotFallback: SnapshotFallback = .suspend
+    public var quiet = false
+
+    public init() {}
+
+    /// `--compress` values: 0, 1 (= lzo), gzip, lzo, zstd.
+    public static func parseCompress(_ value: String, zstdThreads: Int, level: Int = 3) throws -> Compression {
+        switch value {
+        case "0": return .none
+        case "gzip": return .gzip
+        case "zstd": return .zstd(level: Int32(level), workers: Int32(zstdThreads))
+        case "1", "lzo": throw BackupError("compress '\(value)': \(Compression.lzoUnsupported); use zstd or gzip")
+        default: throw BackupError("invalid value '\(value)' for compress: 0, 1, gzip, lzo or zstd")
+        }
+    }
+
+    /// Threads for zstd: 0 means half the cores, at least one.
+    public static func zstdWorkers(_ requested: Int, cores: Int) -> Int {
+        requested > 0 ? requested : max(1, cores / 2)
+    }
+}

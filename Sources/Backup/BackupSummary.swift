@@ -1,0 +1,18 @@
+/// The outcome of one guest's backup, for the job summary.
+public struct BackupSummary: Sendable, Codable {
+    public var vmid: Int
+    public var ok: Bool
+    /// The mode actually used (after a fallback, `suspend`).
+    public var mode: BackupMode?
+    public var requestedMode: BackupMode
+    public var fallbackReason: String?
+    public var downtimeMs: Int64?
+    public var downtimeKind: String?
+    public var archive: String?
+    public var archiveBytes: UInt64 = 0
+    public var diskBytes: UInt64 = 0
+    public var readBytes: UInt64 = 0
+    public var seconds: Double = 0
+    public var storages: [String] = []
+    public var error: String?
+}

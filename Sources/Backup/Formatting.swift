@@ -1,0 +1,26 @@
+import Foundation
+
+/// Human figures for logs, as vzdump prints them.
+enum Formatting {
+    static func bytes(_ n: UInt64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var v = Double(n)
+        var i = 0
+        while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
+        return i == 0 ? "\(n) B" : String(format: "%.2f %@", v, units[i])
+    }
+
+    static func rate(_ bytes: UInt64, seconds: Double) -> String {
+        seconds > 0 ? Formatting.bytes(UInt64(Double(bytes) / seconds)) + "/s" : "-"
+    }
+
+    static func duration(_ seconds: Double) -> String {
+        let s = Int(seconds.rounded())
+        return String(format: "%02d:%02d:%02d", s / 3600, (s / 60) % 60, s % 60)
+    }
+
+    static func milliseconds(_ d: Duration) -> Int64 {
+        let c = d.components
+        return c.seconds * 1000 + c.attoseconds / 1_000_000_000_000_000
+    }
+}

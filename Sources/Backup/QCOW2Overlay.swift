@@ -1,0 +1,86 @@
+import Foundation
+import Guest
+import SnapdumpSystem
+import Storage
+
+/// Point-in-time state of a running guest's qcow2 disks on a `dir` storage,
+/// which has no snapshot of its own: QEMU starts writing to a new overlay
+/// for every such disk in one QMP `transaction` (atomic across disks), the
+/// now-frozen original image is read over a private read-only NBD export,
+/// and afterwards `block-commit` merges the overlay back and pivots the guest
+/// onto the original again.
+final class QCOW2Overlay {
+    struct Disk {
+        var key: String
+        var image: String
+        var overlay: String
+        var node: String { QEMUCommandLine.nodeName(for: key) }
+        var overlayNode: String { node + "-snapdump" }
+    }
+
+    let vmid: Int
+    let disks: [Disk]
+    let log: TaskLog
+
+    init(vmid: Int, disks: [DiskPlan], tag: String, log: TaskLog) {
+        self.vmid = vmid
+        self.log = log
+        self.disks = disks.map { Disk(key: $0.key, image: $0.path, overlay: "\($0.path).\(tag).overlay.qcow2") }
+    }
+
+    /// One transaction: every disk gets its overlay at the same instant, or none does.
+    func create(qmp: QMPClient) async throws {
+        for d in disks where FileSystem.exists(d.overlay) {
+            throw BackupError("overlay \(d.overlay) already exists (left by an earlier run?): remove it after checking VM \(vmid) does not use it")
+        }
+        let actions: [JSONValue] = disks.map { d in
+            .object(["type": .string("blockdev-snapshot-sync"),
+                     "data": .object(["node-name": .string(d.node), "snapshot-file": .string(d.overlay),
+                                      "snapshot-node-name": .string(d.overlayNode), "format": .string("qcow2")])])
+        }
+        do {
+            _ = try await qmp.execute("transaction", arguments: ["actions": .array(actions)])
+        } catch {
+            for d in disks { try? FileSystem.remove(d.overlay) }
+            throw BackupError("VM \(vmid): QMP transaction of qcow2 overlays failed: \(error)")
+        }
+    }
+
+    /// Merges each overlay back into its image and deletes the overlay file.
+    func commit(qmp: QMPClient) async throws {
+        var firstError: (any Error)?
+        for d in disks {
+            let job = "snapdump-commit-\(d.key)"
+            do {
+                let mark = await qmp.eventMark
+                _ = try await qmp.execute("block-commit", arguments: [
+                    "job-id": .string(job), "device": .string(d.overlayNode),
+                    "top-node": .string(d.overlayNode), "base-node": .string(d.node),
+                ])
+                _ = try await qmp.waitForEvent("BLOCK_JOB_READY", after: mark, timeout: .seconds(600)) { $0.data["device"]?.stringValue == job }
+                let mark2 = await qmp.eventMark
+                _ = try await qmp.execute("block-job-complete", arguments: ["device": .string(job)])
+                _ = try await qmp.waitForEvent("BLOCK_JOB_COMPLETED", after: mark2, timeout: .seconds(600)) { $0.data["device"]?.stringValue == job }
+                try FileSystem.remove(d.overlay)
+                log.info("merged overlay of \(d.key) back into \(d.image)")
+            } catch {
+                log.error("VM \(vmid): cannot merge overlay \(d.overlay) back into \(d.image): \(error)")
+                firstError = firstError ?? error
+            }
+        }
+        if let firstError { throw firstError }
+    }
+
+    func openSources() throws -> [String: any BlockSource] {
+        var result: [String: any BlockSource] = [:]
+        do {
+            for d in disks {
+                result[d.key] = try NBDBlockSource(image: d.image, format: .qcow2, snapshot: nil, name: "\(d.image) (frozen by overlay)")
+            }
+        } catch {
+            for s in result.values { try? s.close() }
+            throw error
+        }
+        return result
+    }
+}

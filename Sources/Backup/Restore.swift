@@ -1,0 +1,195 @@
+import Archive
+import Foundation
+import Guest
+import SnapdumpConfig
+import SnapdumpSystem
+import Storage
+
+/// `qmrestore`: a VMA archive back into a VM.
+///
+/// Disks go to the `#qmdump#map` storages unless `--storage` names one. The
+/// volumes are written sparsely (zero blocks are never written into a freshly
+/// allocated, zeroed volume), every device's SHA-256 is checked against the
+/// archive's `snapdump.json`, and the VM config is written last. A truncated
+/// or corrupt archive fails with nothing left behind: the volumes this restore
+/// allocated are freed and no config is written. An existing VM is replaced
+/// only with `--force`, and only after the new disks are complete.
+public final class Restore {
+    public struct Options: Sendable {
+        public var archive: String
+        public var vmid: Int
+        public var storage: String?
+        public var force = false
+        public var start = false
+        public var unique = false
+
+        public init(archive: String, vmid: Int) {
+            self.archive = archive
+            self.vmid = vmid
+        }
+    }
+
+    public struct Result: Sendable {
+        public var vmid: Int
+        public var volumes: [String]
+        public var digestsChecked: Bool
+        public var bytes: UInt64
+        public var seconds: Double
+    }
+
+    let options: Options
+    let paths: SnapdumpPaths
+    let log: TaskLog
+
+    public init(options: Options, paths: SnapdumpPaths, log: TaskLog) {
+        self.options = options
+        self.paths = paths
+        self.log = log
+    }
+
+    private struct Target {
+        var deviceID: UInt8
+        var key: String
+        var volume: VolumeID
+        var plugin: any StoragePlugin
+        var format: VolumeFormat
+        /// Where the raw content is written: the volume itself, or a raw temp file converted to qcow2 at the end.
+        var writePath: String
+        var file: File?
+        var volumePath: String
+    }
+
+    public func run() async throws -> Result {
+        let started = Date()
+        let vmid = options.vmid
+        guard VMConfig.isValidVMID(vmid) else { throw BackupError("invalid VMID \(vmid): must be between 100 and 999999999") }
+        let storages = try StorageRegistry(paths: paths)
+        let lifecycle = VMLifecycle(paths: paths)
+        var oldConfig: VMConfig?
+        if VMConfig.exists(vmid: vmid, paths: paths) {
+            guard options.force else {
+                throw BackupError("unable to restore VM \(vmid) - VM \(vmid) already exists (use --force to overwrite it)")
+            }
+            let old = try VMConfig.load(vmid: vmid, paths: paths)
+            if let lock = old.lock { throw BackupError("unable to restore VM \(vmid) - VM is locked (\(lock))") }
+            if try await lifecycle.status(vmid: vmid).state != .stopped {
+                throw BackupError("unable to restore VM \(vmid) - VM is running")
+            }
+            oldConfig = old
+        }
+
+        let reader = try VMAReader(path: options.archive)
+        guard let confBytes = reader.config(named: "qemu-server.conf") else {
+            throw BackupError("archive '\(options.archive)' has no qemu-server.conf: not a VM backup")
+        }
+        let (confText, maps) = VMAConfigFile.parse(String(decoding: confBytes.prefix { $0 != 0 }, as: UTF8.self))
+        var config = try VMConfig.parse(confText, vmid: vmid, file: "\(options.archive):qemu-server.conf")
+        config.lock = nil
+        log.info("restore vma archive: \(options.archive)")
+
+        var targets: [Target] = []
+        var done = false
+        defer {
+            if !done {
+                // Leave nothing half-restored: close and free what this restore allocated.
+                for t in targets {
+                    try? t.file?.close()
+                    if t.writePath != t.volumePath { try? FileSystem.remove(t.writePath) }
+                    do { try t.plugin.free(t.volume) } catch { log.error("cannot free \(t.volume): \(error)") }
+                }
+            }
+        }
+
+        for device in reader.header.devices {
+            guard let map = maps.first(where: { $0.device == device.name }) else {
+                throw BackupError("archive '\(options.archive)': device \(device.name) has no #qmdump#map line")
+            }
+            let storeID = options.storage ?? ((try? storages.config.storage(map.storage)) != nil ? map.storage : "local")
+            let plugin = try storages.plugin(storeID)
+            var format = VolumeFormat(rawValue: map.format) ?? .raw
+            if plugin.definition.type == .zfspool { format = .raw }
+            let vol = try plugin.allocate(vmid: vmid, size: device.size, format: format)
+            let (path, fmt) = try plugin.path(of: vol)
+            var t = Target(deviceID: device.id, key: map.key, volume: vol, plugin: plugin, format: fmt,
+                           writePath: path, file: nil, volumePath: path)
+            targets.append(t)
+            if fmt == .qcow2 {
+                t.writePath = path + ".restore-raw"
+                let f = try File.open(t.writePath, O_RDWR | O_CREAT | O_EXCL, mode: 0o600)
+                try f.truncate(to: device.size)
+                t.file = f
+            } else {
+                t.file = try File.open(path, O_WRONLY)
+            }
+            targets[targets.count - 1] = t
+            log.info("map '\(map.key)' to '\(vol)' (write zeros = 0)")
+        }
+
+        var bytes: UInt64 = 0
+        let files = Dictionary(uniqueKeysWithValues: targets.map { ($0.deviceID, $0.file!) })
+        let verification = try reader.verify { c in
+            guard let file = files[c.deviceID] else { return }
+            // Write runs of stored blocks; zero blocks stay holes in the fresh volume.
+            var j = 0, src = 0
+            while j < VMAFormat.blocksPerCluster {
+                guard c.mask & (1 << j) != 0 else { j += 1; continue }
+                var k = j
+                while k < VMAFormat.blocksPerCluster && c.mask & (1 << k) != 0 { k += 1 }
+                let len = min((k - j) * VMAFormat.blockSize, c.validBytes - j * VMAFormat.blockSize)
+                if len > 0 {
+                    try file.write(UnsafeRawBufferPointer(rebasing: c.blocks[src..<src + len]),
+                                   at: c.deviceOffset + UInt64(j * VMAFormat.blockSize))
+                    bytes += UInt64(len)
+                }
+                src += (k - j) * VMAFormat.blockSize
+                j = k
+            }
+        }
+        if verification.metadataChecked {
+            log.info("verified SHA-256 of \(targets.count) device(s)")
+        } else {
+            log.warn("archive has no snapdump.json: content digests not checked (not written by snapdump?)")
+        }
+        for i in targets.indices {
+            try targets[i].file?.sync()
+            try targets[i].file?.close()
+            targets[i].file = nil
+            if targets[i].writePath != targets[i].volumePath {
+                try Command.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", targets[i].writePath, targets[i].volumePath])
+                try FileSystem.remove(targets[i].writePath)
+            }
+        }
+
+        // Point the config's disks at the new volumes.
+        for t in targets {
+            guard let d = config.disk(t.key) else { continue }
+            var disk = d
+            disk.volid = t.volume.description
+            config.setDisk(disk)
+        }
+        try FileSystem.createDirectory(paths.vmConfigDir)
+        try config.save(paths: paths)
+        done = true
+
+        if let old = oldConfig {
+            let kept = Set(targets.map(\.volume.description))
+            for d in old.disks where !kept.contains(d.volid) {
+                guard let vol = try? VolumeID(parsing: d.volid), let plugin = try? storages.plugin(for: vol) else { continue }
+                do {
+                    try plugin.free(vol)
+                    log.info("removed old volume '\(vol)' of VM \(vmid)")
+                } catch {
+                    log.warn("cannot remove old volume '\(vol)': \(error)")
+                }
+            }
+        }
+        let secs = Date().timeIntervalSince(started)
+        log.info("restore of VM \(vmid) finished: \(Formatting.bytes(bytes)) written in \(String(format: "%.1f", secs)) s")
+        if options.start {
+            _ = try await lifecycle.start(vmid: vmid, disks: targets.map { ResolvedDisk(key: $0.key, path: $0.volumePath, format: $0.format.rawValue) })
+            log.info("started VM \(vmid)")
+        }
+        return Result(vmid: vmid, volumes: targets.map(\.volume.description), digestsChecked: verification.metadataChecked,
+                      bytes: bytes, seconds: secs)
+    }
+}

@@ -1,0 +1,53 @@
+import ArgumentParser
+import Storage
+
+struct StorageAdd: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "add", abstract: "Add a storage: dir, btrfs or zfspool.")
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Storage type: dir, btrfs, zfspool.") var type: String
+    @Argument(help: "Storage id.") var storeid: String
+    @Option(help: "Directory (dir, btrfs).") var path: String?
+    @Option(help: "ZFS pool or dataset (zfspool).") var pool: String?
+    @Option(help: "Content types: images,backup.") var content: String?
+    @Option(help: "dir only: 1 to snapshot raw files by reflink (XFS or btrfs underneath).") var reflink: Int?
+    @Option(help: "Default image format: raw or qcow2.") var format: String?
+    @Option(name: .customLong("prune-backups"), help: "Retention, e.g. keep-last=3,keep-daily=7.") var pruneBackups: String?
+
+    func run() throws {
+        guard let t = StorageType(rawValue: type) else {
+            throw ValidationError("unknown storage type '\(type)' (known: \(StorageType.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+        var contentSet: Set<ContentType> = [.images]
+        if let content {
+            contentSet = []
+            for c in content.split(separator: ",") {
+                guard let ct = ContentType(rawValue: String(c)) else { throw ValidationError("unknown content type '\(c)' (known: images, backup)") }
+                contentSet.insert(ct)
+            }
+        }
+        if let reflink, reflink != 0 && reflink != 1 { throw ValidationError("--reflink must be 0 or 1") }
+        var fmt: VolumeFormat?
+        if let format {
+            guard let f = VolumeFormat(rawValue: format) else { throw ValidationError("unknown format '\(format)' (raw, qcow2)") }
+            fmt = f
+        }
+        var path = self.path
+        if let p = path, !p.hasPrefix("/") { path = FileManagerCWD.absolute(p) }
+        let def = StorageDefinition(type: t, id: storeid, path: path, pool: pool, content: contentSet,
+                                    reflink: reflink == 1, format: fmt, pruneBackups: pruneBackups)
+        // Validate through the same rules as loading the file, so what we write we can read.
+        _ = try StorageDefinition(section: def.section, file: "storage '\(storeid)'")
+        var cfg = try global.storages().config
+        try cfg.add(def)
+        try StorageRegistry.plugin(for: def).activate()
+        try cfg.save()
+    }
+}
+
+import Foundation
+enum FileManagerCWD {
+    static func absolute(_ p: String) -> String {
+        (FileManager.default.currentDirectoryPath as NSString).appendingPathComponent(p)
+    }
+}

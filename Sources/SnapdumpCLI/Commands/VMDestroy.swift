@@ -1,0 +1,30 @@
+import ArgumentParser
+import Foundation
+import SnapdumpSystem
+import Storage
+
+struct VMDestroy: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "destroy", abstract: "Remove a VM and its disks (refused while running or locked).")
+
+    @OptionGroup var global: GlobalOptions
+    @OptionGroup var vm: VMIDArgument
+    @Flag(help: "Also remove the VM from backup jobs and other configuration.") var purge = false
+
+    func run() async throws {
+        let ctx = try VMContext(global)
+        let c = try ctx.config(vm.vmid)
+        if let lock = c.lock { throw GuestCLIError("VM \(vm.vmid) is locked (\(lock))") }
+        let st = try await ctx.lifecycle.status(vmid: vm.vmid)
+        guard st.state == .stopped else { throw GuestCLIError("VM \(vm.vmid) is \(st.state.rawValue): stop it first") }
+        // Free owned disks first; the config goes last so a failure leaves the VM describable.
+        let owned = (c.disks.map(\.volid) + c.unused.values.sorted()).compactMap { try? VolumeID(parsing: $0) }
+            .filter { $0.vmid == vm.vmid }
+        for vol in owned {
+            do { try ctx.storages.plugin(for: vol).free(vol) } catch let e as StorageError where e.code == .notFound {
+                FileHandle.standardError.write(Data("warning: \(vol) already gone\n".utf8))
+            }
+        }
+        try FileSystem.remove(ctx.paths.vmConfig(vm.vmid))
+        _ = try? ctx.lifecycle.cleanupStale(vmid: vm.vmid)
+    }
+}

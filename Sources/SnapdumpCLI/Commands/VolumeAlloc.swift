@@ -1,0 +1,23 @@
+import ArgumentParser
+import Storage
+
+struct VolumeAlloc: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "alloc", abstract: "Allocate a new volume; prints its volume id.")
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Storage id.") var storeid: String
+    @Argument(help: "Owner VMID.") var vmid: Int
+    @Argument(help: "Size in KiB, or with suffix K, M, G, T.") var size: String
+    @Option(help: "raw or qcow2.") var format: String?
+
+    func run() throws {
+        let bytes = try SizeArgument.parse(size)
+        var fmt: VolumeFormat?
+        if let format {
+            guard let f = VolumeFormat(rawValue: format) else { throw ValidationError("unknown format '\(format)' (raw, qcow2)") }
+            fmt = f
+        }
+        let vol = try global.storages().plugin(storeid).allocate(vmid: vmid, size: bytes, format: fmt)
+        print(vol)
+    }
+}

@@ -1,0 +1,174 @@
+import CNBD
+import Foundation
+import SnapdumpSystem
+
+/// Reads a qcow2 image (or one of its internal snapshots) through a
+/// `qemu-nbd --read-only` export and libnbd, so snapdump never parses qcow2
+/// itself. Allocation comes from NBD block status (`base:allocation`).
+public final class NBDBlockSource: BlockSource, @unchecked Sendable {
+    // @unchecked: libnbd handles lock internally; `server` is only touched by close()/deinit.
+    public let size: UInt64
+    public let name: String
+    private let handle: OpaquePointer
+    private var server: QemuNBDServer?
+
+    /// Exports `image` with qemu-nbd and connects to it.
+    public convenience init(image: String, format: VolumeFormat, snapshot: String?, name: String) throws {
+        let server = try QemuNBDServer.start(image: image, format: format, snapshot: snapshot)
+        do {
+            try self.init(socket: server.socket, name: name)
+            self.server = server
+        } catch {
+            server.stop()
+            throw error
+        }
+    }
+
+    /// Connects to an existing NBD server on a unix socket.
+    public init(socket: String, name: String) throws {
+        guard let h = nbd_create() else { throw Self.error("nbd_create", name) }
+        if nbd_add_meta_context(h, "base:allocation") != 0 || nbd_connect_unix(h, socket) != 0 {
+            let e = Self.error("connect to NBD socket \(socket)", name)
+            nbd_close(h)
+            throw e
+        }
+        let s = nbd_get_size(h)
+        if s < 0 {
+            let e = Self.error("nbd_get_size", name)
+            nbd_close(h)
+            throw e
+        }
+        handle = h
+        size = UInt64(s)
+        self.name = name
+    }
+
+    static func error(_ what: String, _ name: String) -> StorageError {
+        let msg = nbd_get_error().map { String(cString: $0) } ?? "unknown error"
+        return StorageError(.backend, "\(what) for '\(name)' failed: \(msg)")
+    }
+
+    /// qemu-nbd serves at most 32 MiB per request.
+    private static let maxRequest = 32 << 20
+
+    public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        guard offset < size else { return 0 }
+        let want = Int(min(UInt64(buffer.count), size - offset))
+        var done = 0
+        while done < want {
+            let n = min(want - done, Self.maxRequest)
+            if nbd_pread(handle, buffer.baseAddress! + done, n, offset + UInt64(done), 0) != 0 {
+                throw Self.error("read at offset \(offset + UInt64(done))", name)
+            }
+            done += n
+        }
+        return want
+    }
+
+    public func allocation(offset: UInt64, length: UInt64) throws -> [AllocationRange] {
+        let end = min(size, offset + length)
+        let collector = ExtentCollector()
+        var result: [AllocationRange] = []
+        var pos = offset
+        while pos < end {
+            let count = min(end - pos, 1 << 30)
+            collector.ranges.removeAll(keepingCapacity: true)
+            let ud = Unmanaged.passUnretained(collector).toOpaque()
+            let cb = nbd_extent_callback(callback: { ud, ctx, off, entries, n, _ in
+                let c = Unmanaged<ExtentCollector>.fromOpaque(ud!).takeUnretainedValue()
+                guard let ctx, String(cString: ctx) == "base:allocation", let entries else { return 0 }
+                var o = off
+                var i = 0
+                while i + 1 < n {
+                    let len = UInt64(entries[i]), flags = entries[i + 1]
+                    // NBD_STATE_ZERO (2): reads as zeros, allocated or not.
+                    c.ranges.append(AllocationRange(offset: o, length: len, kind: flags & 2 != 0 ? .zero : .data))
+                    o += len
+                    i += 2
+                }
+                return 0
+            }, user_data: ud, free: nil)
+            if nbd_block_status(handle, count, pos, cb, 0) != 0 {
+                throw Self.error("block status at offset \(pos)", name)
+            }
+            guard !collector.ranges.isEmpty else { throw StorageError(.backend, "NBD block status for '\(name)' returned no extents at offset \(pos)") }
+            for var r in collector.ranges {
+                guard r.offset < end else { break }
+                r.length = min(r.length, end - r.offset)
+                pos = r.offset + r.length
+                Self.append(r, to: &result)
+            }
+        }
+        return result
+    }
+
+    private static func append(_ r: AllocationRange, to list: inout [AllocationRange]) {
+        if let last = list.last, last.kind == r.kind, last.offset + last.length == r.offset {
+            list[list.count - 1].length += r.length
+        } else {
+            list.append(r)
+        }
+    }
+
+    public func close() throws {
+        nbd_shutdown(handle, 0)
+        server?.stop()
+        server = nil
+    }
+
+    deinit {
+        nbd_close(handle)
+        server?.stop()
+    }
+}
+
+private final class ExtentCollector {
+    var ranges: [AllocationRange] = []
+}
+
+/// A `qemu-nbd --read-only` process serving one image on a private unix socket.
+/// Stopped by PID (never by name) when the reader closes.
+final class QemuNBDServer: @unchecked Sendable {
+    // @unchecked: stop() is idempotent and called from one owner.
+    let socket: String
+    let pid: Int32
+    private let dir: String
+    private var stopped = false
+
+    private init(socket: String, pid: Int32, dir: String) {
+        self.socket = socket
+        self.pid = pid
+        self.dir = dir
+    }
+
+    static func start(image: String, format: VolumeFormat, snapshot: String?) throws -> QemuNBDServer {
+        let dir = NSTemporaryDirectory() + "snapdump-nbd-\(getpid())-\(UUID().uuidString.prefix(8))"
+        try FileSystem.createDirectory(dir, mode: 0o700)
+        let sock = dir + "/nbd.sock", pidFile = dir + "/qemu-nbd.pid"
+        var argv = ["qemu-nbd", "--read-only", "--format=\(format.rawValue)", "--socket=\(sock)",
+                    "--fork", "--pid-file=\(pidFile)", "--shared=1"]
+        if let snapshot { argv.append("--load-snapshot=\(snapshot)") }
+        argv.append(image)
+        do {
+            try Command.runDaemonizing(argv)
+            let pidText = try FileSystem.readText(pidFile).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard let pid = Int32(pidText) else { throw StorageError(.backend, "qemu-nbd for '\(image)' wrote no pid") }
+            return QemuNBDServer(socket: sock, pid: pid, dir: dir)
+        } catch {
+            try? FileManager.default.removeItem(atPath: dir)
+            throw error
+        }
+    }
+
+    func stop() {
+        guard !stopped else { return }
+        stopped = true
+        kill(pid, SIGTERM)
+        // qemu-nbd exits promptly on SIGTERM; reap is not ours (it was forked by qemu-nbd itself).
+        for _ in 0..<50 where kill(pid, 0) == 0 { usleep(20_000) }
+        if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    deinit { stop() }
+}

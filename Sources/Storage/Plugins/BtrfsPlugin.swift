@@ -1,0 +1,176 @@
+import Foundation
+import SnapdumpSystem
+
+/// `btrfs`: each VM's images live in one subvolume `<path>/images/<vmid>`, so
+/// one read-only subvolume snapshot (`images/<vmid>@<name>`) freezes all of the
+/// VM's disks at the same instant.
+public struct BtrfsPlugin: StoragePlugin {
+    public let definition: StorageDefinition
+    let layout: ImageDirectory
+
+    public init(_ definition: StorageDefinition) {
+        self.definition = definition
+        layout = ImageDirectory(storage: definition.id, root: definition.path ?? "/nonexistent")
+    }
+
+    var root: String { layout.root }
+    func snapshotDir(vmid: Int, name: String) -> String { "\(layout.vmDir(vmid))@\(name)" }
+
+    public func activate() throws {
+        guard FileSystem.isDirectory(root) else {
+            throw StorageError(.backend, "storage '\(id)': path \(root) does not exist or is not a directory")
+        }
+        let fs = FileSystem.filesystemType(root)
+        guard fs == "btrfs" else {
+            throw StorageError(.invalidArgument, "storage '\(id)': path \(root) is on \(fs ?? "an unknown filesystem"), not btrfs")
+        }
+    }
+
+    public func status() throws -> StorageStatus {
+        let active = (try? activate()) != nil
+        let u = active ? try FileSystem.usage(root) : (0, 0, 0)
+        return StorageStatus(id: id, type: .btrfs, active: active, total: u.0, used: u.1, available: u.2,
+                             snapshots: "yes (subvolume per VM, atomic)")
+    }
+
+    public func allocate(vmid: Int, size: UInt64, format: VolumeFormat?) throws -> VolumeID {
+        try NameRules.validateVMID(vmid)
+        try activate()
+        let size = try roundedSize(size)
+        let format = format ?? definition.format ?? .raw
+        try FileSystem.createDirectory(layout.imagesDir)
+        if !FileSystem.isDirectory(layout.vmDir(vmid)) {
+            try Command.run(["btrfs", "-q", "subvolume", "create", layout.vmDir(vmid)])
+        }
+        let vol = layout.volumeID(vmid: vmid, index: try layout.nextFreeIndex(vmid: vmid), format: format)
+        try ImageDirectory.createImage(path: "\(layout.vmDir(vmid))/\(vol.diskName).\(format.rawValue)", size: size, format: format)
+        return vol
+    }
+
+    public func free(_ volume: VolumeID) throws {
+        try checkOwnership(volume)
+        let (path, _) = try layout.filePath(volume)
+        let p = try layout.parse(volume)
+        let snaps = try snapshotNames(vmid: p.vmid)
+        guard snaps.isEmpty else {
+            throw StorageError(.busy, "volume '\(volume)' has snapshots (\(snaps.joined(separator: ", "))): delete them first")
+        }
+        try FileSystem.remove(path)
+        if (try? FileSystem.list(layout.vmDir(p.vmid)))?.isEmpty == true {
+            try Command.run(["btrfs", "-q", "subvolume", "delete", layout.vmDir(p.vmid)])
+        }
+    }
+
+    public func list(vmid: Int?) throws -> [VolumeInfo] { try layout.list(vmid: vmid) }
+
+    public func path(of volume: VolumeID) throws -> (path: String, format: VolumeFormat) {
+        try checkOwnership(volume)
+        return try layout.filePath(volume)
+    }
+
+    public func snapshotCapability(for format: VolumeFormat) -> SnapshotCapability { .atomic }
+
+    /// Snapshots every VM subvolume that holds one of `volumes`, one subvolume per VM.
+    public func createSnapshot(_ volumes: [VolumeID], name: String) throws {
+        try NameRules.validateSnapshotName(name)
+        try activate()
+        var vmids: [Int] = []
+        for v in volumes {
+            try checkOwnership(v)
+            _ = try layout.filePath(v)
+            let vmid = try layout.parse(v).vmid
+            if !vmids.contains(vmid) { vmids.append(vmid) }
+        }
+        for vmid in vmids where FileSystem.exists(snapshotDir(vmid: vmid, name: name)) {
+            throw StorageError(.alreadyExists, "snapshot '\(name)' of VM \(vmid) on storage '\(id)' already exists")
+        }
+        var made: [String] = []
+        do {
+            for vmid in vmids {
+                let dest = snapshotDir(vmid: vmid, name: name)
+                try Command.run(["btrfs", "-q", "subvolume", "snapshot", "-r", layout.vmDir(vmid), dest])
+                made.append(dest)
+            }
+        } catch {
+            for d in made { _ = try? Command.run(["btrfs", "-q", "subvolume", "delete", d]) }
+            throw error
+        }
+    }
+
+    public func deleteSnapshot(_ volumes: [VolumeID], name: String) throws {
+        try NameRules.validateSnapshotName(name)
+        var vmids: [Int] = []
+        for v in volumes {
+            try checkOwnership(v)
+            let vmid = try layout.parse(v).vmid
+            if !vmids.contains(vmid) { vmids.append(vmid) }
+        }
+        for vmid in vmids {
+            let dir = snapshotDir(vmid: vmid, name: name)
+            guard FileSystem.isDirectory(dir) else {
+                throw StorageError(.notFound, "snapshot '\(name)' of VM \(vmid) on storage '\(id)' does not exist")
+            }
+            try Command.run(["btrfs", "-q", "subvolume", "delete", dir])
+        }
+    }
+
+    func snapshotNames(vmid: Int) throws -> [String] {
+        guard FileSystem.isDirectory(layout.imagesDir) else { return [] }
+        let prefix = "\(vmid)@"
+        return try FileSystem.list(layout.imagesDir).filter { $0.hasPrefix(prefix) }.map { String($0.dropFirst(prefix.count)) }
+    }
+
+    public func listSnapshots() throws -> [SnapshotInfo] {
+        guard FileSystem.isDirectory(layout.imagesDir) else { return [] }
+        var result: [SnapshotInfo] = []
+        for entry in try FileSystem.list(layout.imagesDir) {
+            guard let at = entry.firstIndex(of: "@"), let vmid = Int(entry[..<at]) else { continue }
+            let name = String(entry[entry.index(after: at)...])
+            let dir = "\(layout.imagesDir)/\(entry)"
+            let created = Self.creationTime(dir)
+            for file in try FileSystem.list(dir) {
+                let vol = VolumeID(storage: id, volname: "\(vmid)/\(file)")
+                guard (try? layout.parse(vol)) != nil else { continue }
+                let sharing = try? File.openForReading("\(dir)/\(file)").extentSharing()
+                result.append(SnapshotInfo(volume: vol, name: name, created: created, used: sharing.map { $0.bytes - $0.shared }))
+            }
+        }
+        return result
+    }
+
+    /// A subvolume's creation time from `btrfs subvolume show`.
+    static func creationTime(_ subvolume: String) -> Date {
+        if let out = try? Command.run(["btrfs", "subvolume", "show", subvolume]) {
+            for line in out.split(separator: "\n") {
+                let t = line.trimmingCharacters(in: .whitespaces)
+                guard t.hasPrefix("Creation time:") else { continue }
+                let value = t.dropFirst("Creation time:".count).trimmingCharacters(in: .whitespaces)
+                let f = DateFormatter()
+                f.locale = Locale(identifier: "en_US_POSIX")
+                f.dateFormat = "yyyy-MM-dd HH:mm:ss Z"
+                if let d = f.date(from: value) { return d }
+            }
+        }
+        let attrs = try? FileManager.default.attributesOfItem(atPath: subvolume)
+        return attrs?[.modificationDate] as? Date ?? Date(timeIntervalSince1970: 0)
+    }
+
+    public func openBlockSource(_ volume: VolumeID, snapshot: String?) throws -> any BlockSource {
+        try checkOwnership(volume)
+        let (path, format) = try layout.filePath(volume)
+        var file = path
+        var label = volume.description
+        if let snapshot {
+            let p = try layout.parse(volume)
+            file = "\(snapshotDir(vmid: p.vmid, name: snapshot))/\(p.file)"
+            label += "@\(snapshot)"
+            guard FileSystem.exists(file) else {
+                throw StorageError(.notFound, "snapshot '\(snapshot)' of volume '\(volume)' does not exist")
+            }
+        }
+        switch format {
+        case .raw: return try FileBlockSource(path: file, name: label)
+        case .qcow2: return try NBDBlockSource(image: file, format: .qcow2, snapshot: nil, name: label)
+        }
+    }
+}

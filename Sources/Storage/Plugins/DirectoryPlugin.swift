@@ -1,0 +1,200 @@
+import Foundation
+import SnapdumpSystem
+
+/// `dir`: image files in `<path>/images/<vmid>/`.
+///
+/// Snapshots: raw files only with `reflink 1` (a FICLONE copy in
+/// `images/<vmid>/.snapshots/<name>/`, per file, so the guest must be paused
+/// around several disks); qcow2 files with `qemu-img snapshot` while the image
+/// is not in use (a running guest's qcow2 disks are snapshotted through QEMU).
+public struct DirectoryPlugin: StoragePlugin {
+    public let definition: StorageDefinition
+    let layout: ImageDirectory
+
+    public init(_ definition: StorageDefinition) {
+        self.definition = definition
+        layout = ImageDirectory(storage: definition.id, root: definition.path ?? "/nonexistent")
+    }
+
+    var root: String { layout.root }
+
+    public func activate() throws {
+        guard FileSystem.isDirectory(root) else {
+            throw StorageError(.backend, "storage '\(id)': path \(root) does not exist or is not a directory")
+        }
+        if definition.reflink { try Self.probeReflink(at: root, storage: id) }
+    }
+
+    /// Clones a small file on the filesystem under `dir`; throws when FICLONE does not work there.
+    public static func probeReflink(at dir: String, storage: String) throws {
+        let a = "\(dir)/.snapdump-reflink-probe-\(getpid())", b = a + ".clone"
+        defer { try? FileSystem.remove(a); try? FileSystem.remove(b) }
+        do {
+            let src = try File.open(a, O_RDWR | O_CREAT | O_TRUNC, mode: 0o600)
+            try [UInt8](repeating: 0x5a, count: 4096).withUnsafeBytes { try src.write($0, at: 0) }
+            try src.sync()
+            let dst = try File.open(b, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
+            try dst.cloneContents(of: src)
+        } catch let e as SystemError {
+            let fs = FileSystem.filesystemType(dir) ?? "unknown"
+            throw StorageError(.invalidArgument, "storage '\(storage)': reflink 1 needs a filesystem that can clone files (XFS with reflink=1 or btrfs), but \(dir) is on \(fs): \(e.reason)")
+        }
+    }
+
+    public func status() throws -> StorageStatus {
+        let active = FileSystem.isDirectory(root)
+        let u = active ? try FileSystem.usage(root) : (0, 0, 0)
+        let snaps = definition.reflink ? "raw (reflink), qcow2 (offline)" : "qcow2 (offline) only"
+        return StorageStatus(id: id, type: .dir, active: active, total: u.0, used: u.1, available: u.2, snapshots: snaps)
+    }
+
+    public func allocate(vmid: Int, size: UInt64, format: VolumeFormat?) throws -> VolumeID {
+        try NameRules.validateVMID(vmid)
+        try activate()
+        let size = try roundedSize(size)
+        let format = format ?? definition.format ?? .raw
+        try FileSystem.createDirectory(layout.vmDir(vmid))
+        let vol = layout.volumeID(vmid: vmid, index: try layout.nextFreeIndex(vmid: vmid), format: format)
+        let path = "\(layout.vmDir(vmid))/\(vol.diskName).\(format.rawValue)"
+        try ImageDirectory.createImage(path: path, size: size, format: format)
+        return vol
+    }
+
+    public func free(_ volume: VolumeID) throws {
+        try checkOwnership(volume)
+        let (path, format) = try layout.filePath(volume)
+        let snaps = try snapshotNames(of: volume, format: format)
+        guard snaps.isEmpty else {
+            throw StorageError(.busy, "volume '\(volume)' has snapshots (\(snaps.joined(separator: ", "))): delete them first")
+        }
+        try FileSystem.remove(path)
+    }
+
+    public func list(vmid: Int?) throws -> [VolumeInfo] { try layout.list(vmid: vmid) }
+
+    public func path(of volume: VolumeID) throws -> (path: String, format: VolumeFormat) {
+        try checkOwnership(volume)
+        return try layout.filePath(volume)
+    }
+
+    public func snapshotCapability(for format: VolumeFormat) -> SnapshotCapability {
+        switch format {
+        case .qcow2: return .perVolume
+        case .raw: return definition.reflink ? .perVolume : .unsupported(reason: "raw files on dir storage")
+        }
+    }
+
+    func reflinkSnapshotDir(vmid: Int, name: String) -> String { "\(layout.vmDir(vmid))/.snapshots/\(name)" }
+
+    public func createSnapshot(_ volumes: [VolumeID], name: String) throws {
+        try NameRules.validateSnapshotName(name)
+        var done: [VolumeID] = []
+        do {
+            for v in volumes {
+                try checkOwnership(v)
+                let (path, format) = try layout.filePath(v)
+                if let e = snapshotUnsupported(format) { throw e }
+                guard !(try snapshotNames(of: v, format: format)).contains(name) else {
+                    throw StorageError(.alreadyExists, "snapshot '\(name)' of volume '\(v)' already exists")
+                }
+                switch format {
+                case .qcow2:
+                    try Command.run(["qemu-img", "snapshot", "-c", name, path])
+                case .raw:
+                    let p = try layout.parse(v)
+                    let dir = reflinkSnapshotDir(vmid: p.vmid, name: name)
+                    try FileSystem.createDirectory(dir)
+                    let target = "\(dir)/\(p.file)"
+                    do {
+                        let src = try File.openForReading(path)
+                        let dst = try File.open(target, O_WRONLY | O_CREAT | O_EXCL, mode: 0o440)
+                        try dst.cloneContents(of: src)
+                        try dst.sync()
+                    } catch {
+                        try? FileSystem.remove(target)
+                        try? FileSystem.removeDirectory(dir)
+                        throw error
+                    }
+                }
+                done.append(v)
+            }
+        } catch {
+            // All or nothing: remove the snapshots this call made before the failure.
+            try? deleteSnapshot(done, name: name)
+            throw error
+        }
+    }
+
+    public func deleteSnapshot(_ volumes: [VolumeID], name: String) throws {
+        try NameRules.validateSnapshotName(name)
+        for v in volumes {
+            try checkOwnership(v)
+            let (path, format) = try layout.filePath(v)
+            guard try snapshotNames(of: v, format: format).contains(name) else {
+                throw StorageError(.notFound, "snapshot '\(name)' of volume '\(v)' does not exist")
+            }
+            switch format {
+            case .qcow2:
+                try Command.run(["qemu-img", "snapshot", "-d", name, path])
+            case .raw:
+                let p = try layout.parse(v)
+                let dir = reflinkSnapshotDir(vmid: p.vmid, name: name)
+                try FileSystem.remove("\(dir)/\(p.file)")
+                if (try? FileSystem.list(dir))?.isEmpty == true { try FileSystem.removeDirectory(dir) }
+                let parent = "\(layout.vmDir(p.vmid))/.snapshots"
+                if (try? FileSystem.list(parent))?.isEmpty == true { try FileSystem.removeDirectory(parent) }
+            }
+        }
+    }
+
+    func snapshotNames(of volume: VolumeID, format: VolumeFormat) throws -> [String] {
+        try snapshots(of: volume, format: format).map(\.name)
+    }
+
+    func snapshots(of volume: VolumeID, format: VolumeFormat) throws -> [SnapshotInfo] {
+        let (path, _) = try layout.filePath(volume)
+        switch format {
+        case .qcow2:
+            return try ImageDirectory.qcow2Snapshots(path: path).map {
+                SnapshotInfo(volume: volume, name: $0.name, created: $0.created, used: nil)
+            }
+        case .raw:
+            let p = try layout.parse(volume)
+            let base = "\(layout.vmDir(p.vmid))/.snapshots"
+            guard FileSystem.isDirectory(base) else { return [] }
+            return try FileSystem.list(base).compactMap { name in
+                let file = "\(base)/\(name)/\(p.file)"
+                guard FileSystem.exists(file) else { return nil }
+                let attrs = try? FileManager.default.attributesOfItem(atPath: file)
+                let created = attrs?[.creationDate] as? Date ?? attrs?[.modificationDate] as? Date ?? Date(timeIntervalSince1970: 0)
+                let sharing = try? File.openForReading(file).extentSharing()
+                return SnapshotInfo(volume: volume, name: name, created: created, used: sharing.map { $0.bytes - $0.shared })
+            }
+        }
+    }
+
+    public func listSnapshots() throws -> [SnapshotInfo] {
+        try list(vmid: nil).flatMap { try snapshots(of: $0.volume, format: $0.format) }
+    }
+
+    public func openBlockSource(_ volume: VolumeID, snapshot: String?) throws -> any BlockSource {
+        try checkOwnership(volume)
+        let (path, format) = try layout.filePath(volume)
+        let label = snapshot.map { "\(volume)@\($0)" } ?? volume.description
+        if let snapshot {
+            guard try snapshotNames(of: volume, format: format).contains(snapshot) else {
+                throw StorageError(.notFound, "snapshot '\(snapshot)' of volume '\(volume)' does not exist")
+            }
+        }
+        switch format {
+        case .qcow2:
+            return try NBDBlockSource(image: path, format: .qcow2, snapshot: snapshot, name: label)
+        case .raw:
+            if let snapshot {
+                let p = try layout.parse(volume)
+                return try FileBlockSource(path: "\(reflinkSnapshotDir(vmid: p.vmid, name: snapshot))/\(p.file)", name: label)
+            }
+            return try FileBlockSource(path: path, name: label)
+        }
+    }
+}

@@ -1,0 +1,251 @@
+import Foundation
+import SnapdumpSystem
+
+/// `zfspool`: ZFS volumes under `pool`.
+///
+/// With kernel ZFS a disk is a zvol `pool/vm-<vmid>-disk-N`. zfs-fuse has no
+/// zvols, so there a disk is a raw file `vm-<vmid>-disk-N.raw` in the dataset
+/// `pool/vm-<vmid>` — detected, not configured. Either way one
+/// `zfs snapshot a@s b@s …` command snapshots all volumes atomically.
+public struct ZFSPoolPlugin: StoragePlugin {
+    public let definition: StorageDefinition
+
+    public init(_ definition: StorageDefinition) { self.definition = definition }
+
+    var pool: String { definition.pool ?? "" }
+
+    /// Kernel ZFS provides zvols; zfs-fuse (userspace) does not.
+    var usesZvols: Bool {
+        if let forced = ProcessInfo.processInfo.environment["SNAPDUMP_ZFS_ZVOLS"] { return forced == "1" }
+        return FileSystem.isDirectory("/sys/module/zfs")
+    }
+
+    func zfs(_ args: String...) throws -> String { try zfs(args) }
+    func zfs(_ args: [String]) throws -> String {
+        do {
+            return try Command.run(["zfs"] + args)
+        } catch let e as CommandError {
+            let detail = e.stderr.trimmingCharacters(in: .whitespacesAndNewlines)
+            if detail.contains("out of space") || detail.contains("No space left") {
+                throw StorageError(.noSpace, "storage '\(id)': zfs \(args.joined(separator: " ")): \(detail)")
+            }
+            throw StorageError(.backend, "storage '\(id)': zfs \(args.joined(separator: " ")) failed: \(detail)")
+        }
+    }
+
+    func datasetExists(_ name: String) -> Bool {
+        (try? Command.capture(["zfs", "list", "-H", "-o", "name", name]))?.status == 0
+    }
+
+    public func activate() throws {
+        guard datasetExists(pool) else {
+            throw StorageError(.backend, "storage '\(id)': ZFS pool or dataset '\(pool)' not found (is the pool imported and zfs-fuse or the zfs module running?)")
+        }
+    }
+
+    public func status() throws -> StorageStatus {
+        guard (try? activate()) != nil else {
+            return StorageStatus(id: id, type: .zfspool, active: false, total: 0, used: 0, available: 0, snapshots: "yes (atomic)")
+        }
+        let f = try zfs("list", "-H", "-p", "-o", "used,avail", pool).split(whereSeparator: { $0 == "\t" || $0 == "\n" })
+        let used = UInt64(f.first ?? "0") ?? 0, avail = UInt64(f.dropFirst().first ?? "0") ?? 0
+        return StorageStatus(id: id, type: .zfspool, active: true, total: used + avail, used: used, available: avail,
+                             snapshots: "yes (atomic, \(usesZvols ? "zvols" : "raw files in datasets: no zvols here"))")
+    }
+
+    func parseDisk(_ volume: VolumeID) throws -> DiskName {
+        guard let d = DiskName(volume.volname) else {
+            throw StorageError(.invalidArgument, "invalid volume name '\(volume.volname)' on storage '\(id)': expected 'vm-<vmid>-disk-<n>'")
+        }
+        return d
+    }
+
+    func vmDataset(_ vmid: Int) -> String { "\(pool)/vm-\(vmid)" }
+
+    func mountpoint(_ dataset: String) throws -> String {
+        try zfs("get", "-H", "-o", "value", "mountpoint", dataset).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// The dataset holding the volume and the name a snapshot of it is taken on.
+    func snapshotTarget(_ volume: VolumeID) throws -> String {
+        let d = try parseDisk(volume)
+        return usesZvols ? "\(pool)/\(volume.volname)" : vmDataset(d.vmid)
+    }
+
+    public func allocate(vmid: Int, size: UInt64, format: VolumeFormat?) throws -> VolumeID {
+        try NameRules.validateVMID(vmid)
+        if let format, format != .raw {
+            throw StorageError(.invalidArgument, "storage '\(id)': zfspool volumes are raw, not \(format.rawValue)")
+        }
+        try activate()
+        let size = try roundedSize(size)
+        let used = Set(try list(vmid: vmid).compactMap { DiskName($0.volume.volname)?.index })
+        var n = 0
+        while used.contains(n) { n += 1 }
+        let name = DiskName(vmid: vmid, index: n).description
+        if usesZvols {
+            _ = try zfs("create", "-s", "-V", "\(size)", "\(pool)/\(name)")
+        } else {
+            if !datasetExists(vmDataset(vmid)) { _ = try zfs("create", vmDataset(vmid)) }
+            let path = "\(try mountpoint(vmDataset(vmid)))/\(name).raw"
+            try ImageDirectory.createImage(path: path, size: size, format: .raw)
+        }
+        return VolumeID(storage: id, volname: name)
+    }
+
+    public func free(_ volume: VolumeID) throws {
+        try checkOwnership(volume)
+        let (path, _) = try self.path(of: volume)
+        let d = try parseDisk(volume)
+        let target = try snapshotTarget(volume)
+        let snaps = try listSnapshots().filter { $0.volume == volume }.map(\.name)
+        guard snaps.isEmpty else {
+            throw StorageError(.busy, "volume '\(volume)' has snapshots (\(snaps.joined(separator: ", "))): delete them first")
+        }
+        if usesZvols {
+            _ = try zfs("destroy", target)
+        } else {
+            try FileSystem.remove(path)
+            if try list(vmid: d.vmid).isEmpty { _ = try zfs("destroy", target) }
+        }
+    }
+
+    public func list(vmid: Int?) throws -> [VolumeInfo] {
+        try activate()
+        var result: [VolumeInfo] = []
+        let out = try zfs("list", "-H", "-p", "-r", "-d", "1", "-t", usesZvols ? "volume" : "filesystem", "-o", "name,volsize,mountpoint", pool)
+        for line in out.split(separator: "\n") {
+            let f = line.split(separator: "\t").map(String.init)
+            guard f.count == 3, f[0] != pool else { continue }
+            let child = String(f[0].dropFirst(pool.count + 1))
+            if usesZvols {
+                guard let d = DiskName(child), vmid == nil || d.vmid == vmid else { continue }
+                result.append(VolumeInfo(volume: VolumeID(storage: id, volname: child), format: .raw, size: UInt64(f[1]) ?? 0, vmid: d.vmid))
+            } else {
+                let parts = child.split(separator: "-")
+                guard parts.count == 2, parts[0] == "vm", let owner = Int(parts[1]), vmid == nil || owner == vmid,
+                      FileSystem.isDirectory(f[2]) else { continue }
+                for file in try FileSystem.list(f[2]) where file.hasSuffix(".raw") {
+                    let name = String(file.dropLast(4))
+                    guard let d = DiskName(name), d.vmid == owner else { continue }
+                    let size = try File.openForReading("\(f[2])/\(file)").size()
+                    result.append(VolumeInfo(volume: VolumeID(storage: id, volname: name), format: .raw, size: size, vmid: owner))
+                }
+            }
+        }
+        return result.sorted { $0.volume < $1.volume }
+    }
+
+    public func path(of volume: VolumeID) throws -> (path: String, format: VolumeFormat) {
+        try checkOwnership(volume)
+        let d = try parseDisk(volume)
+        let path: String
+        if usesZvols {
+            path = "/dev/zvol/\(pool)/\(volume.volname)"
+        } else {
+            guard datasetExists(vmDataset(d.vmid)) else {
+                throw StorageError(.notFound, "volume '\(volume)' does not exist (no dataset \(vmDataset(d.vmid)))")
+            }
+            path = "\(try mountpoint(vmDataset(d.vmid)))/\(volume.volname).raw"
+        }
+        guard FileSystem.exists(path) else { throw StorageError(.notFound, "volume '\(volume)' does not exist (no \(path))") }
+        return (path, .raw)
+    }
+
+    public func snapshotCapability(for format: VolumeFormat) -> SnapshotCapability {
+        format == .raw ? .atomic : .unsupported(reason: "zfspool holds raw volumes only")
+    }
+
+    /// One `zfs snapshot` command for all volumes: ZFS makes it atomic.
+    public func createSnapshot(_ volumes: [VolumeID], name: String) throws {
+        try NameRules.validateSnapshotName(name)
+        var targets: [String] = []
+        for v in volumes {
+            try checkOwnership(v)
+            _ = try path(of: v)
+            let t = try snapshotTarget(v)
+            if !targets.contains(t) { targets.append(t) }
+        }
+        for t in targets where datasetExists("\(t)@\(name)") {
+            throw StorageError(.alreadyExists, "snapshot '\(t)@\(name)' already exists on storage '\(id)'")
+        }
+        _ = try zfs(["snapshot"] + targets.map { "\($0)@\(name)" })
+    }
+
+    public func deleteSnapshot(_ volumes: [VolumeID], name: String) throws {
+        try NameRules.validateSnapshotName(name)
+        var targets: [String] = []
+        for v in volumes {
+            try checkOwnership(v)
+            let t = try snapshotTarget(v)
+            if !targets.contains(t) { targets.append(t) }
+        }
+        for t in targets {
+            guard datasetExists("\(t)@\(name)") else {
+                throw StorageError(.notFound, "snapshot '\(t)@\(name)' does not exist on storage '\(id)'")
+            }
+            try retryingBusy { _ = try zfs("destroy", "\(t)@\(name)") }
+        }
+    }
+
+    /// zfs-fuse reports "dataset is busy" for a moment after a clone was read.
+    func retryingBusy(_ body: () throws -> Void) throws {
+        var attempt = 0
+        while true {
+            do { return try body() } catch let e as StorageError where e.message.contains("busy") && attempt < 20 {
+                attempt += 1
+                usleep(250_000)
+            }
+        }
+    }
+
+    public func listSnapshots() throws -> [SnapshotInfo] {
+        try activate()
+        let out = try zfs("list", "-H", "-p", "-r", "-t", "snapshot", "-o", "name,used,creation", pool)
+        let volumes = try list(vmid: nil)
+        var result: [SnapshotInfo] = []
+        for line in out.split(separator: "\n") {
+            let f = line.split(separator: "\t").map(String.init)
+            guard f.count == 3, let at = f[0].firstIndex(of: "@") else { continue }
+            let dataset = String(f[0][..<at]), snap = String(f[0][f[0].index(after: at)...])
+            let created = Date(timeIntervalSince1970: Double(f[2]) ?? 0)
+            // A dataset snapshot covers every disk file of that VM.
+            for v in volumes where (try? snapshotTarget(v.volume)) == dataset {
+                result.append(SnapshotInfo(volume: v.volume, name: snap, created: created, used: UInt64(f[1])))
+            }
+        }
+        return result
+    }
+
+    public func openBlockSource(_ volume: VolumeID, snapshot: String?) throws -> any BlockSource {
+        let (path, _) = try self.path(of: volume)
+        guard let snapshot else { return try FileBlockSource(path: path, name: volume.description) }
+        let target = try snapshotTarget(volume)
+        guard datasetExists("\(target)@\(snapshot)") else {
+            throw StorageError(.notFound, "snapshot '\(snapshot)' of volume '\(volume)' does not exist")
+        }
+        let label = "\(volume)@\(snapshot)"
+        if usesZvols {
+            _ = try zfs("set", "snapdev=visible", target)
+            let dev = "/dev/zvol/\(target)@\(snapshot)"
+            for _ in 0..<100 where !FileSystem.exists(dev) { usleep(50_000) }
+            return try FileBlockSource(path: dev, name: label)
+        }
+        // zfs-fuse has no .zfs/snapshot directory: read through a temporary clone.
+        let clone = "\(pool)/\(Self.clonePrefix)\(try parseDisk(volume).vmid)-\(snapshot)-\(getpid())"
+        _ = try zfs("clone", "-o", "readonly=on", "\(target)@\(snapshot)", clone)
+        do {
+            let file = "\(try mountpoint(clone))/\(volume.volname).raw"
+            let plugin = self
+            return try FileBlockSource(path: file, name: label, onClose: {
+                try plugin.retryingBusy { _ = try plugin.zfs("destroy", clone) }
+            })
+        } catch {
+            try? retryingBusy { _ = try zfs("destroy", clone) }
+            throw error
+        }
+    }
+
+    /// Clones made to read a snapshot are named with this prefix, so leftovers of a killed run can be found.
+    public static let clonePrefix = "snapdump-read-vm-"
+}

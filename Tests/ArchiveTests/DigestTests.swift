@@ -1,0 +1,94 @@
+import Foundation
+import Testing
+import SnapdumpSystem
+@testable import Archive
+
+@Suite("Device content digest")
+struct DigestTests {
+    /// 2 full chunks (the second all zero) and a short one, not a multiple of 4 KiB.
+    static let device: [UInt8] = {
+        let size = 2 * DeviceDigest.chunkSize + 12345
+        var b = [UInt8](repeating: 0, count: size)
+        var rng = SeededRandom(99)
+        for i in 0..<DeviceDigest.chunkSize { b[i] = UInt8(truncatingIfNeeded: rng.next()) }
+        for i in (2 * DeviceDigest.chunkSize)..<size { b[i] = UInt8(truncatingIfNeeded: i * 31) }
+        return b
+    }()
+
+    @Test("known answer: sha256sum of each chunk, then of the digest list")
+    func knownAnswer() throws {
+        let s = try Scratch("digest")
+        let dev = Self.device
+        var list: [UInt8] = []
+        for (i, start) in stride(from: 0, to: dev.count, by: DeviceDigest.chunkSize).enumerated() {
+            let p = s.path("chunk\(i)")
+            try writeFile(p, Array(dev[start..<min(start + DeviceDigest.chunkSize, dev.count)]))
+            let hex = String(try Command.run(["sha256sum", p]).prefix(64))
+            list += Hex.decode(hex)!
+        }
+        try writeFile(s.path("list"), list)
+        let expected = String(try Command.run(["sha256sum", s.path("list")]).prefix(64))
+        #expect(dev.withUnsafeBytes { DeviceDigest.digest(ofDevice: $0) }.hex == expected)
+    }
+
+    @Test("the precomputed zero-chunk digest is the real hash of 4 MiB of zeros")
+    func zeroChunk() {
+        let zeros = [UInt8](repeating: 0, count: DeviceDigest.chunkSize)
+        #expect(SHA256.digest(zeros) == DeviceDigest.zeroChunkDigest)
+        #expect(zeros.withUnsafeBytes { DeviceDigest.digest(of: $0) } == DeviceDigest.zeroChunkDigest)
+        // A short all-zero chunk is hashed for real.
+        let short = [UInt8](repeating: 0, count: 4096)
+        #expect(short.withUnsafeBytes { DeviceDigest.digest(of: $0) } == SHA256.digest(short))
+    }
+
+    @Test("chunk digests recorded from several threads in any order give the same digest")
+    func parallel() throws {
+        let dev = Self.device
+        let digest = DeviceDigest(deviceSize: UInt64(dev.count))
+        #expect(digest.chunkCount == 3)
+        dev.withUnsafeBytes { b in
+            let base = UInt(bitPattern: b.baseAddress!)   // Sendable stand-in for the pointer
+            let count = b.count
+            DispatchQueue.concurrentPerform(iterations: digest.chunkCount) { j in
+                let i = digest.chunkCount - 1 - j
+                let whole = UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: base), count: count)
+                let start = i * DeviceDigest.chunkSize
+                digest.record(chunk: i, digest: DeviceDigest.digest(of: UnsafeRawBufferPointer(rebasing: whole[start..<start + digest.chunkLength(i)])))
+            }
+        }
+        #expect(digest.missingChunks == 0)
+        #expect(digest.finalDigest() == dev.withUnsafeBytes { DeviceDigest.digest(ofDevice: $0) })
+    }
+
+    @Test("the cluster accumulator matches, in order and moderately out of order")
+    func accumulator() throws {
+        let dev = Self.device
+        let expected = dev.withUnsafeBytes { DeviceDigest.digest(ofDevice: $0) }
+        let clusters = Int(VMAFormat.clusterCount(deviceSize: UInt64(dev.count)))
+        var cluster = [UInt8](repeating: 0, count: 65536)
+        func feed(_ acc: DeviceDigestAccumulator, _ order: [Int]) throws {
+            for c in order {
+                let start = c * 65536, end = min(start + 65536, dev.count)
+                cluster.replaceSubrange(0..<(end - start), with: dev[start..<end])
+                if end - start < 65536 { cluster.replaceSubrange((end - start)..., with: repeatElement(0x55, count: 65536 - (end - start))) }
+                if dev[start..<end].allSatisfy({ $0 == 0 }) {
+                    try acc.add(cluster: UInt32(c), mask: 0, blocks: UnsafeRawBufferPointer(start: nil, count: 0))
+                } else {
+                    try cluster.withUnsafeBytes { try acc.add(cluster: UInt32(c), data: $0) }
+                }
+            }
+        }
+        let inOrder = DeviceDigestAccumulator(deviceSize: UInt64(dev.count), maxPendingChunks: 1)
+        try feed(inOrder, Array(0..<clusters))
+        #expect(inOrder.finalDigest() == expected)
+
+        var rng = SeededRandom(5)
+        let shuffled = DeviceDigestAccumulator(deviceSize: UInt64(dev.count), maxPendingChunks: 3)
+        try feed(shuffled, Array(0..<clusters).shuffled(using: &rng))
+        #expect(shuffled.finalDigest() == expected)
+
+        let tight = DeviceDigestAccumulator(deviceSize: UInt64(dev.count), maxPendingChunks: 1)
+        #expect(throws: DeviceDigestAccumulator.TooFarOutOfOrder.self) { try feed(tight, [0, 64]) }
+        #expect(tight.finalDigest() == nil)
+    }
+}
