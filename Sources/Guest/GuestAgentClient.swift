@@ -47,7 +47,8 @@ public actor GuestAgentClient {
 
     /// `guest-fsfreeze-freeze`: freezes the guest's filesystems and returns
     /// how many were frozen. Freezing can take long on a busy guest; the
-    /// sync before it is still bounded by `syncTimeout`.
+    /// sync before it is still bounded by `syncTimeout`. After a timeout or a
+    /// dropped connection the guest may be frozen anyway: thaw it.
     public func fsfreezeFreeze(timeout: Duration = .seconds(60)) async throws -> Int {
         try await intResult("guest-fsfreeze-freeze", timeout: timeout)
     }

@@ -275,7 +275,7 @@ public struct VMLifecycle: Sendable {
         try await withVMLock(vmid) {
             var config = try loadUnlocked(vmid, allowLock: nil)
             config.lock = name
-            try wrap(vmid, "cannot write config") { try config.save(paths: paths) }
+            try await save(config)
         }
     }
 
@@ -285,7 +285,7 @@ public struct VMLifecycle: Sendable {
             var config = try VMConfig.load(vmid: vmid, paths: paths)
             guard config.lock != nil else { return }
             config.lock = nil
-            try wrap(vmid, "cannot write config") { try config.save(paths: paths) }
+            try await save(config)
         }
     }
 
@@ -308,6 +308,16 @@ public struct VMLifecycle: Sendable {
     }
 
     // MARK: Helpers
+
+    /// Saves a config (fsync, rename, fsync of the directory) off the cooperative pool.
+    private func save(_ config: VMConfig) async throws {
+        let paths = self.paths
+        do {
+            try await Blocking.run("save-config") { try config.save(paths: paths) }
+        } catch let e as SystemError {
+            throw GuestError(vmid: config.vmid, .system, "VM \(config.vmid): cannot write config", cause: e)
+        }
+    }
 
     private func loadUnlocked(_ vmid: Int, allowLock: String?) throws -> VMConfig {
         let config = try VMConfig.load(vmid: vmid, paths: paths)
