@@ -122,6 +122,7 @@ final class ArchivePipeline {
         let hashQueue = DispatchQueue(label: "snapdump.hash", attributes: .concurrent)
         var bytesRead: UInt64 = 0
         var done: UInt64 = 0
+        var readerDone = false
 
         func drainAfterError() {
             cancelled.set()
@@ -139,8 +140,11 @@ final class ArchivePipeline {
             loop: while true {
                 switch items.pop() {
                 case .done:
+                    readerDone = true
                     break loop
                 case .failed(let error):
+                    // The reader has stopped: nothing left to drain.
+                    readerDone = true
                     cancelled.set()
                     throw error
                 case let .zero(di, c):
@@ -186,7 +190,7 @@ final class ArchivePipeline {
                 }
             }
         } catch {
-            drainAfterError()
+            if !readerDone { drainAfterError() }
             throw error
         }
         progress?.finish()
