@@ -16,8 +16,11 @@ struct VMAVerify: ParsableCommand {
         do {
             v = try VMAReader(path: path).verify()
         } catch let e as ArchiveError {
-            let at = e.offset.map { "at offset \($0) of the decompressed stream" } ?? "(no single offset: the device digest covers all its data)"
-            printError("verification failed \(at): \(e)")
+            var line = "verification failed: \(e)"
+            if e.offset == nil && e.code == .digestMismatch {
+                line += " (no offset: snapdump.json holds one digest per device, not per chunk)"
+            }
+            printError(line)
             throw ExitCode(1)
         }
         print("archive '\(archive)': \(v.summary.extents) extents, \(v.summary.clusters) clusters, \(v.summary.streamBytes) bytes: OK")
