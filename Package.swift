@@ -46,7 +46,7 @@ let package = Package(
         .testTarget(name: "StorageTests", dependencies: ["Storage", "SnapdumpSystem", "SnapdumpConfig", "TestSupport"]),
         .testTarget(name: "GuestTests", dependencies: ["Guest", "Storage", "SnapdumpSystem", "TestSupport"]),
         .testTarget(name: "ArchiveTests", dependencies: ["Archive", "SnapdumpSystem", "TestSupport"], resources: [.copy("Golden")]),
-        .testTarget(name: "BackupTests", dependencies: ["Backup", "Guest", "Storage", "Archive", "TestSupport"]),
+        .testTarget(name: "BackupTests", dependencies: ["Backup", "Guest", "Storage", "Archive", "SnapdumpConfig", "SnapdumpSystem", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

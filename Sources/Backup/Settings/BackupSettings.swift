@@ -1,0 +1,168 @@
+import Archive
+import Foundation
+import SnapdumpConfig
+import Storage
+
+/// The backup options that `BackupOptions` does not carry: retention,
+/// notes, protection, hook script, lock wait, and the options snapdump
+/// accepts for compatibility. Defaults are vzdump's.
+public struct BackupSettings: Sendable, Equatable {
+    /// Retention applied after each successful backup (when `remove`).
+    public var pruneBackups: PrunePolicy = .keepEverything
+    /// Where the retention came from, for the log: `--prune-backups`,
+    /// `/etc/snapdump/vzdump.conf:3`, `storage 'local'` or `default`.
+    public var pruneBackupsOrigin = "default"
+    /// Prune after a successful backup. Always false when the retention keeps everything.
+    public var remove = true
+    public var notesTemplate: String?
+    /// Mark the new backup protected.
+    public var protected = false
+    /// Hook script (`script <phase> [<mode> <vmid>]`).
+    public var script: String?
+    /// Minutes to wait for the global backup lock.
+    public var lockwait = 180
+    /// ionice priority 0–8 (8 = idle class).
+    public var ionice = 7
+    /// Deprecated: accepted, reported, not used (snapdump sends no mail).
+    public var mailto: [String] = []
+    public var mailnotification = "always"
+    /// Accepted for compatibility; snapdump's gzip is zlib on the calling thread.
+    public var pigz = 0
+    /// Accepted for compatibility; snapdump reads storage snapshots, no copy-before-write.
+    public var fleecing: String?
+    public var performance: String?
+    /// Containers only in Proxmox; accepted and ignored for VMs.
+    public var excludePath: [String] = []
+    public var stdexcludes = true
+    public var stop = false
+
+    public init() {}
+}
+
+/// The options of one backup run after applying the precedence.
+public struct EffectiveBackupSettings: Sendable {
+    public var options: BackupOptions
+    public var settings: BackupSettings
+    /// For the job log (`WARN: …`): deprecated or ignored options, conflicts resolved.
+    public var warnings: [String]
+}
+
+/// vzdump's option precedence: command line (or job) → vzdump.conf → the
+/// backup storage's `prune-backups` (retention only) → built-in defaults.
+public enum BackupDefaults {
+    /// Merges `commandLine` (only the options given explicitly) over `file`
+    /// (vzdump.conf) over the defaults. `base` supplies what only the command
+    /// line has (VMIDs, `--all`, `--exclude`, zstd level); its other fields
+    /// are replaced. `storagePruneBackups` returns a storage's raw
+    /// `prune-backups`; it is asked only when neither the command line nor
+    /// vzdump.conf sets a retention and the target is a storage.
+    ///
+    /// `storage` and `dumpdir` come as a pair: from the command line if it
+    /// names either, else from vzdump.conf (both there: `dumpdir` is ignored
+    /// with a warning, as Proxmox); with neither the storage is `local`.
+    public static func merge(commandLine cli: VzdumpValues, file: VzdumpValues, base: BackupOptions = BackupOptions(),
+                             storagePruneBackups: (String) throws -> String?) throws -> EffectiveBackupSettings {
+        var warnings: [String] = []
+        var o = base
+        var s = BackupSettings()
+
+        func pick<T>(_ key: String, _ path: KeyPath<VzdumpValues, T?>) -> (value: T, origin: String)? {
+            if let v = cli[keyPath: path] { return (v, cli.origins[key] ?? "command line") }
+            if let v = file[keyPath: path] { return (v, file.origins[key] ?? "vzdump.conf") }
+            return nil
+        }
+
+        o.mode = pick("mode", \.mode)?.value ?? .snapshot
+        o.snapshotFallback = pick("snapshot-fallback", \.snapshotFallback)?.value ?? .suspend
+        o.zstdThreads = pick("zstd", \.zstd)?.value ?? 1
+        let compress = pick("compress", \.compress) ?? ("0", "default")
+        do {
+            o.compression = try BackupOptions.parseCompress(compress.value, zstdThreads: o.zstdThreads, level: base.zstdLevel)
+        } catch {
+            throw BackupError("\(compress.origin): \(error)")
+        }
+        o.stopwait = pick("stopwait", \.stopwait)?.value ?? 10
+        o.bwlimit = pick("bwlimit", \.bwlimit)?.value ?? 0
+        o.tmpdir = pick("tmpdir", \.tmpdir)?.value
+        o.quiet = pick("quiet", \.quiet)?.value ?? false
+
+        // Target: storage and dumpdir travel together.
+        if cli.storage != nil || cli.dumpdir != nil {
+            if cli.storage != nil && cli.dumpdir != nil {
+                throw BackupError("cannot use options 'storage' and 'dumpdir' at the same time")
+            }
+            o.storage = cli.storage
+            o.dumpdir = cli.dumpdir
+        } else if let st = file.storage {
+            if file.dumpdir != nil {
+                warnings.append("both 'storage' and 'dumpdir' defined in '\(file.origins["dumpdir"] ?? "vzdump.conf")' - ignoring 'dumpdir'")
+            }
+            o.storage = st
+            o.dumpdir = nil
+        } else if let d = file.dumpdir {
+            o.storage = nil
+            o.dumpdir = d
+        } else {
+            o.storage = "local"
+            o.dumpdir = nil
+        }
+
+        // Retention: command line → vzdump.conf → storage → keep everything.
+        if let p = pick("prune-backups", \.pruneBackups) {
+            s.pruneBackups = p.value
+            s.pruneBackupsOrigin = p.origin
+        } else if let st = o.storage, let raw = try storagePruneBackups(st) {
+            do {
+                s.pruneBackups = try PrunePolicy(parsing: raw, what: "storage '\(st)' prune-backups")
+            } catch {
+                throw BackupError(error.description)
+            }
+            s.pruneBackupsOrigin = "storage '\(st)'"
+        }
+        s.remove = pick("remove", \.remove)?.value ?? true
+        // As vzdump: keep-all never triggers the remove code path.
+        if s.pruneBackups.keepsEverything { s.remove = false }
+
+        s.notesTemplate = pick("notes-template", \.notesTemplate)?.value
+        if s.notesTemplate?.isEmpty == true { s.notesTemplate = nil }
+        s.protected = pick("protected", \.protected)?.value ?? false
+        s.script = pick("script", \.script)?.value
+        s.lockwait = pick("lockwait", \.lockwait)?.value ?? 180
+        s.ionice = pick("ionice", \.ionice)?.value ?? 7
+        s.pigz = pick("pigz", \.pigz)?.value ?? 0
+        s.fleecing = pick("fleecing", \.fleecing)?.value
+        s.performance = pick("performance", \.performance)?.value
+        s.stop = pick("stop", \.stop)?.value ?? false
+        s.stdexcludes = pick("stdexcludes", \.stdexcludes)?.value ?? true
+        // exclude-path adds up, as in vzdump.
+        s.excludePath = (file.excludePath ?? []) + (cli.excludePath ?? [])
+
+        if let m = pick("mailto", \.mailto) {
+            s.mailto = m.value
+            warnings.append("option 'mailto' (\(m.origin)) is deprecated and ignored: snapdump sends no mail; use a hook script ('script') instead")
+        }
+        if let m = pick("mailnotification", \.mailnotification) {
+            s.mailnotification = m.value
+            warnings.append("option 'mailnotification' (\(m.origin)) is deprecated and ignored")
+        }
+        if let f = pick("fleecing", \.fleecing),
+           let ps = try? PropertyString.parse(f.value, defaultKey: "enabled", what: "fleecing"),
+           let enabled = ps["enabled"], PrunePolicy.parseBool(enabled) == true {
+            warnings.append("option 'fleecing' (\(f.origin)) is ignored: snapdump reads storage snapshots, not a copy-before-write target")
+        }
+        if s.pigz > 0 && o.compression.kind == .gzip {
+            warnings.append("option 'pigz' is ignored: snapdump compresses gzip with zlib")
+        }
+        return EffectiveBackupSettings(options: o, settings: s, warnings: warnings)
+    }
+
+    /// `merge` with vzdump.conf read from `paths.vzdumpConfig` and storage
+    /// retention from storage.cfg: the one call the backup command makes
+    /// before creating the job.
+    public static func resolve(commandLine: VzdumpValues, base: BackupOptions, paths: SnapdumpPaths) throws -> EffectiveBackupSettings {
+        let file = try VzdumpValues.load(paths.vzdumpConfig)
+        return try merge(commandLine: commandLine, file: file, base: base) { id in
+            try StorageRegistry(paths: paths).config.storage(id).pruneBackups
+        }
+    }
+}

@@ -1,0 +1,52 @@
+import ArgumentParser
+import Backup
+import Foundation
+import Storage
+
+/// Where the `backup …` and `prune` commands find archives: a storage's
+/// dump directory, or a `--dumpdir`; and single archives named by volume id
+/// (`local:backup/vzdump-qemu-100-….vma.zst`) or by path.
+enum BackupLocation {
+    /// The dump directory of storage `storeid` (content `backup`), or `dumpdir`; exactly one of them.
+    static func dumpDirectory(storeid: String?, dumpdir: String?, global: GlobalOptions) throws -> DumpDirectory {
+        switch (storeid, dumpdir) {
+        case let (id?, nil):
+            var o = BackupOptions()
+            o.storage = id
+            return DumpDirectory(path: try BackupJob.dumpDirectory(options: o, storages: global.storages()), storage: id)
+        case let (nil, dir?):
+            return DumpDirectory(path: dir.hasPrefix("/") ? dir : FileManagerCWD.absolute(dir))
+        default:
+            throw ValidationError("name a storage, or --dumpdir DIR (not both)")
+        }
+    }
+
+    /// An archive given as `storeid:backup/<file>` or as a path.
+    static func archive(_ text: String, global: GlobalOptions) throws -> (DumpDirectory, BackupArchive) {
+        if !text.hasPrefix("/") && !text.hasPrefix("."), let colon = text.firstIndex(of: ":") {
+            let storeid = String(text[..<colon])
+            let volname = String(text[text.index(after: colon)...])
+            guard volname.hasPrefix("backup/"), !volname.dropFirst(7).contains("/") else {
+                throw ValidationError("'\(text)' is not a backup volume id (\(storeid):backup/vzdump-qemu-<vmid>-….vma.zst)")
+            }
+            let dump = try dumpDirectory(storeid: storeid, dumpdir: nil, global: global)
+            return (dump, try dump.archive(named: String(volname.dropFirst(7))))
+        }
+        let path = text.hasPrefix("/") ? text : FileManagerCWD.absolute(text)
+        let dir = (path as NSString).deletingLastPathComponent
+        let dump = DumpDirectory(path: dir)
+        return (dump, try dump.archive(named: (path as NSString).lastPathComponent))
+    }
+
+    static func time(_ date: Date) -> String {
+        let f = DateFormatter()
+        f.locale = Locale(identifier: "en_US_POSIX")
+        f.dateFormat = "yyyy-MM-dd HH:mm:ss"
+        return f.string(from: date)
+    }
+}
+
+/// Writes a line to stderr (warnings and progress; stdout carries the result).
+func printError(_ line: String) {
+    FileHandle.standardError.write(Data((line + "\n").utf8))
+}

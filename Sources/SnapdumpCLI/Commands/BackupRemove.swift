@@ -1,0 +1,17 @@
+import ArgumentParser
+import Backup
+
+/// `snapdump backup remove <archive>`: deletes an archive with its .log and .notes; refused while protected.
+struct BackupRemove: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "remove", abstract: "Remove a backup archive with its .log and .notes (refused while protected).")
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Volume id (local:backup/vzdump-qemu-100-….vma.zst) or path.") var archive: String
+
+    func run() throws {
+        let (dump, a) = try BackupLocation.archive(archive, global: global)
+        for w in try dump.remove(a) { printError("WARN: \(w)") }
+        print("removed '\(dump.label(a))'")
+    }
+}

@@ -1,0 +1,53 @@
+import ArgumentParser
+import Backup
+import SnapdumpConfig
+
+/// `snapdump prune <storeid> [--vmid N] [--keep-… N] [--dry-run]`: Proxmox's
+/// `pvesm prune-backups`. Without keep options the storage's `prune-backups`
+/// applies (keep everything when it has none).
+struct PruneCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prune",
+        abstract: "Prune backup archives with Proxmox's retention rules (pvesm prune-backups).",
+        discussion: "Prints keep/remove/protected/renamed per archive; --dry-run removes nothing.")
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Backup storage (content 'backup').") var storeid: String?
+    @Option(help: "Prune this directory instead of a storage.") var dumpdir: String?
+    @Option(help: "Only the archives of this VMID (each VMID is its own group).") var vmid: Int?
+    @Option(name: .customLong("keep-all"), help: "1: keep all backups.") var keepAll: String?
+    @Option(name: .customLong("keep-last"), help: "Keep the last N backups.") var keepLast: Int?
+    @Option(name: .customLong("keep-hourly"), help: "Keep the newest backup of each of the last N hours.") var keepHourly: Int?
+    @Option(name: .customLong("keep-daily"), help: "Keep the newest backup of each of the last N days.") var keepDaily: Int?
+    @Option(name: .customLong("keep-weekly"), help: "Keep the newest backup of each of the last N ISO weeks.") var keepWeekly: Int?
+    @Option(name: .customLong("keep-monthly"), help: "Keep the newest backup of each of the last N months.") var keepMonthly: Int?
+    @Option(name: .customLong("keep-yearly"), help: "Keep the newest backup of each of the last N years.") var keepYearly: Int?
+    @Flag(name: .customLong("dry-run"), help: "Only show what would be removed.") var dryRun = false
+
+    func run() throws {
+        let dump = try BackupLocation.dumpDirectory(storeid: storeid, dumpdir: dumpdir, global: global)
+        let given: [(String, String?)] = [
+            ("keep-all", keepAll), ("keep-last", keepLast.map(String.init)), ("keep-hourly", keepHourly.map(String.init)),
+            ("keep-daily", keepDaily.map(String.init)), ("keep-weekly", keepWeekly.map(String.init)),
+            ("keep-monthly", keepMonthly.map(String.init)), ("keep-yearly", keepYearly.map(String.init)),
+        ]
+        let explicit = given.compactMap { k, v in v.map { "\(k)=\($0)" } }
+        let policy: PrunePolicy
+        if !explicit.isEmpty {
+            policy = try PrunePolicy(parsing: explicit.joined(separator: ","), what: "options")
+        } else if let storeid, let raw = try global.storages().config.storage(storeid).pruneBackups {
+            policy = try PrunePolicy(parsing: raw, what: "storage '\(storeid)' prune-backups")
+        } else {
+            policy = .keepEverything
+        }
+        printError("retention: \(policy)")
+        let results = try dump.prune(vmid: vmid, policy: policy, dryRun: dryRun) { level, message in
+            printError("\(level.rawValue): \(message)")
+        }
+        let rows = results.map { r in [dump.label(r.archive), BackupLocation.time(r.archive.date), "\(r.archive.vmid)", r.mark.rawValue] }
+        print(Table.render(["Volid", "Time", "VMID", "Mark"], rows))
+        if !dryRun {
+            printError("pruned \(results.filter { $0.mark == .remove }.count) backup(s)")
+        }
+    }
+}
