@@ -23,9 +23,14 @@ final class VMBackup {
     let interrupt: Interrupt
     let name: ArchiveName
     let startTime: Date
+    let settings: BackupSettings
+    let hook: HookScript?
 
     init(vmid: Int, options: BackupOptions, paths: SnapdumpPaths, storages: StorageRegistry,
-         lifecycle: VMLifecycle, dumpdir: String, log: TaskLog, interrupt: Interrupt, name: ArchiveName, startTime: Date) {
+         lifecycle: VMLifecycle, dumpdir: String, log: TaskLog, interrupt: Interrupt, name: ArchiveName, startTime: Date,
+         settings: BackupSettings = BackupSettings(), hook: HookScript? = nil) {
+        self.settings = settings
+        self.hook = hook
         self.name = name
         self.startTime = startTime
         self.vmid = vmid
@@ -43,6 +48,13 @@ final class VMBackup {
     private var snapshots: [(plugin: any StoragePlugin, volumes: [VolumeID], name: String)] = []
     private var sources: [any BlockSource] = []
     private var overlays: [QCOW2Overlay] = []
+    private var hookGuest: HookScript.Guest?
+
+    /// Runs a guest phase of the hook script (no-op without `--script`).
+    private func runHook(_ phase: HookScript.Phase) throws {
+        guard let hook, let g = hookGuest else { return }
+        try hook.run(phase, guest: g, log: log)
+    }
 
     func run() async -> BackupSummary {
         var summary = BackupSummary(vmid: vmid, ok: false, requestedMode: options.mode)
@@ -53,6 +65,8 @@ final class VMBackup {
         do {
             let config = try VMConfig.load(vmid: vmid, paths: paths)
             if let lock = config.lock { throw BackupError("VM \(vmid) is locked (\(lock))") }
+            try BackupLifecycle.checkBeforeBackup(vmid: vmid, dumpdir: dumpdir, storage: options.dumpdir == nil ? options.storage : nil,
+                                                  settings: settings)
             let disks = try DiskPlan.resolve(config, storages: storages)
             summary.storages = Array(Set(disks.map(\.volume.storage))).sorted()
             let status = try await lifecycle.status(vmid: vmid)
@@ -93,6 +107,9 @@ final class VMBackup {
 
             let start = startTime
             let archivePath = "\(dumpdir)/\(name.fileName)"
+            hookGuest = HookScript.Guest(mode: mode, vmid: vmid, hostname: config.name ?? "VM \(vmid)", target: archivePath,
+                                         logfile: "\(dumpdir)/\(name.logName)")
+            try runHook(.backupStart)
             log.info("creating vzdump archive '\(archivePath)'")
 
             let downtime = DowntimeClock()
@@ -100,26 +117,37 @@ final class VMBackup {
             switch mode {
             case .stop:
                 if status.state != .stopped {
+                    try runHook(.preStop)
                     downtime.begin("stopped")
                     log.info("stopping virtual guest")
                     try await lifecycle.shutdown(vmid: vmid, timeout: .seconds(options.stopwait * 60), forceStop: true, allowLock: "backup")
                     let resolved = disks.map(\.resolvedDisk)
                     guestDebts.append(("start guest", { [lifecycle, vmid, log, downtime] in
+                        // A failing hook fails the backup, but never keeps the guest down.
+                        var hookError: (any Error)?
+                        do { try self.runHook(.preRestart) } catch { hookError = error }
                         log.info("resuming VM again after stop")
                         _ = try await lifecycle.start(vmid: vmid, disks: resolved, allowLock: "backup")
                         downtime.end()
+                        do { try self.runHook(.postRestart) } catch { hookError = hookError ?? error }
+                        if let hookError { throw hookError }
                     }))
                 }
                 sources = try disks.map { try $0.plugin.openBlockSource($0.volume, snapshot: nil) }
             case .suspend:
                 if status.state == .running {
+                    try runHook(.preStop)
                     log.info("suspending guest")
                     downtime.begin("paused")
                     try await lifecycle.suspend(vmid: vmid, allowLock: "backup")
                     guestDebts.append(("resume guest", { [lifecycle, vmid, log, downtime] in
+                        var hookError: (any Error)?
+                        do { try self.runHook(.preRestart) } catch { hookError = error }
                         try await lifecycle.resume(vmid: vmid, allowLock: "backup")
                         downtime.end()
                         log.info("resumed guest")
+                        do { try self.runHook(.postRestart) } catch { hookError = hookError ?? error }
+                        if let hookError { throw hookError }
                     }))
                 }
                 sources = try disks.map { try $0.plugin.openBlockSource($0.volume, snapshot: nil) }
@@ -147,12 +175,16 @@ final class VMBackup {
                 summary.downtimeMs = ms
                 summary.downtimeKind = downtime.kind
             }
+            try BackupLifecycle.afterCommit(archivePath: archivePath, vmid: vmid, guestName: config.name,
+                                            storage: options.dumpdir == nil ? options.storage : nil, settings: settings, log: log)
+            try runHook(.backupEnd)
             summary.ok = true
         } catch {
             let message = "\(error)"
             log.error("Backup of VM \(vmid) failed - \(message)")
             summary.error = message
             do { try await settle() } catch { log.error("cleanup failed: \(error)") }
+            try? runHook(.backupAbort)
         }
         if locked {
             do { try await lifecycle.unlock(vmid: vmid) } catch { log.error("cannot remove lock of VM \(vmid): \(error)") }
@@ -184,6 +216,7 @@ final class VMBackup {
             log.info("skipping guest-agent 'fs-freeze': agent not enabled")
         }
         let pause = needsPause && status.state == .running
+        try runHook(.preStop)
         downtime.begin(pause ? "paused for snapshot" : freeze ? "frozen for snapshot" : "none: storage snapshot")
         do {
             if freeze {
@@ -207,6 +240,7 @@ final class VMBackup {
                 try g.plugin.createSnapshot(g.volumes, name: name)
                 snapshots.append((g.plugin, g.volumes, name))
             }
+            try runHook(.preRestart)
             if let overlay {
                 try interrupt.check()
                 let qmp = try await lifecycle.connectQMP(vmid: vmid)
@@ -223,6 +257,7 @@ final class VMBackup {
             throw error
         }
         downtime.end()
+        try runHook(.postRestart)
         if !freeze && !pause { downtime.reset() }
         if !groups.isEmpty {
             log.info("created storage snapshot '\(name)' of \(groups.map { "\($0.volumes.count) volume(s) on \($0.plugin.id)" }.joined(separator: ", "))")
