@@ -10,6 +10,8 @@ enum Fixture {
     static func need(_ name: String) throws -> String {
         if let v = Integration.fixture(name) { return v }
         if Integration.required { return try Integration.require(name) }
+        // Cancelled test cases of a parameterized test are not listed by name: say it here too.
+        print("skipped: fixture \(name) is not set up (scripts/fixtures/setup.sh)")
         try Test.cancel("fixture \(name) is not set up (scripts/fixtures/setup.sh); skipped")
     }
 
