@@ -63,13 +63,30 @@ final class VMBackup {
         log.info("Backup started at \(TaskLog.timestamp())")
         var locked = false
         do {
-            let config = try VMConfig.load(vmid: vmid, paths: paths)
-            if let lock = config.lock { throw BackupError("VM \(vmid) is locked (\(lock))") }
+            var config = try VMConfig.load(vmid: vmid, paths: paths)
+            var staleLock = false
+            if config.lock == "backup" {
+                staleLock = true
+                // We hold the global backup lock: no other backup can be running, so this lock is stale.
+                log.warn("VM \(vmid) has a stale 'backup' lock left by an earlier run that was killed - removing it")
+                try await lifecycle.unlock(vmid: vmid)
+                config = try VMConfig.load(vmid: vmid, paths: paths)
+            }
+            if let lock = config.lock {
+                throw BackupError("VM \(vmid) is locked (\(lock)); if nothing is using it, clear it with 'snapdump vm unlock \(vmid)'")
+            }
             try BackupLifecycle.checkBeforeBackup(vmid: vmid, dumpdir: dumpdir, storage: options.dumpdir == nil ? options.storage : nil,
                                                   settings: settings)
             let disks = try DiskPlan.resolve(config, storages: storages)
             summary.storages = Array(Set(disks.map(\.volume.storage))).sorted()
-            let status = try await lifecycle.status(vmid: vmid)
+            var status = try await lifecycle.status(vmid: vmid)
+            if staleLock && status.state == .paused {
+                log.warn("VM \(vmid) is paused, most likely by the killed run that left the lock - resuming it")
+                try await lifecycle.resume(vmid: vmid)
+                status = try await lifecycle.status(vmid: vmid)
+            }
+            try await Leftovers.remove(vmid: vmid, disks: disks, dumpdir: dumpdir, running: status.state != .stopped,
+                                       lifecycle: lifecycle, log: log)
             log.info("status = \(status.state.rawValue)")
             if let name = config.name { log.info("VM Name: \(name)") }
             for d in disks {
@@ -113,7 +130,7 @@ final class VMBackup {
             log.info("creating vzdump archive '\(archivePath)'")
 
             let downtime = DowntimeClock()
-            let snapName = "snapdump-\(Int(start.timeIntervalSince1970))"
+            let snapName = "\(Leftovers.snapshotPrefix)\(Int(start.timeIntervalSince1970))"
             switch mode {
             case .stop:
                 if status.state != .stopped {

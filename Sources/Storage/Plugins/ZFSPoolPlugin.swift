@@ -267,4 +267,21 @@ public struct ZFSPoolPlugin: StoragePlugin {
 
     /// Clones made to read a snapshot are named with this prefix, so leftovers of a killed run can be found.
     public static let clonePrefix = "snapdump-read-vm-"
+
+    /// Read clones of the VMs' snapshots first (a snapshot with a clone cannot be destroyed), then the snapshots.
+    public func removeLeftovers(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String] {
+        var removed: [String] = []
+        let vmids = Set(try volumes.map { try parseDisk($0).vmid })
+        let out = try zfs("list", "-H", "-o", "name", "-r", "-t", "filesystem", pool)
+        for name in out.split(separator: "\n").map(String.init) {
+            let child = name.hasPrefix(pool + "/") ? String(name.dropFirst(pool.count + 1)) : ""
+            guard child.hasPrefix(Self.clonePrefix) else { continue }
+            let rest = child.dropFirst(Self.clonePrefix.count)
+            guard let vmid = Int(rest.prefix { $0.isNumber }), vmids.contains(vmid),
+                  rest.dropFirst(String(vmid).count).hasPrefix("-" + prefix) else { continue }
+            try retryingBusy { _ = try zfs("destroy", name) }
+            removed.append("read clone '\(name)'")
+        }
+        return removed + (try removeLeftoverSnapshots(of: volumes, snapshotPrefix: prefix))
+    }
 }
