@@ -77,7 +77,7 @@ public final class BackupJob {
         var summaries: [BackupSummary] = []
         for vmid in vmids {
             if let sig = interrupt.received {
-                log.error("job aborted by signal \(sig) before VM \(vmid)")
+                log.error("job aborted before VM \(vmid): \(Interrupt.Interrupted(signal: sig))")
                 break
             }
             let now = Date()
@@ -91,7 +91,8 @@ public final class BackupJob {
             vmLog.detach()
             if let hook {
                 let logfile = "\(dumpdir)/\(name.logName)"
-                try? hook.run(.logEnd, guest: .init(mode: s.mode ?? options.mode, vmid: vmid, hostname: "VM \(vmid)",
+                let hostname = (try? VMConfig.load(vmid: vmid, paths: paths))?.name ?? "VM \(vmid)"
+                try? hook.run(.logEnd, guest: .init(mode: s.mode ?? options.mode, vmid: vmid, hostname: hostname,
                                                     target: s.archive ?? "\(dumpdir)/\(name.fileName)", logfile: logfile), log: log)
             }
             summaries.append(s)
@@ -107,7 +108,15 @@ public final class BackupJob {
             log.info("Backup job finished successfully")
         } else {
             try? hook?.run(.jobAbort, log: log)
-            log.error("Backup job failed: \(summaries.filter { !$0.ok }.map { "VM \($0.vmid)" }.joined(separator: ", "))")
+            if let sig = interrupt.received {
+                let interrupted = Interrupt.Interrupted(signal: sig)
+                log.error("Backup job aborted: \(interrupted)")
+                // Every summary may say ok (signal before the first guest, or after the last one's backup):
+                // the job still did not finish, so it must not exit 0.
+                if summaries.allSatisfy(\.ok) { throw interrupted }
+            } else {
+                log.error("Backup job failed: \(summaries.filter { !$0.ok }.map { "VM \($0.vmid)" }.joined(separator: ", "))")
+            }
         }
         return summaries
     }

@@ -51,9 +51,12 @@ final class VMBackup {
     private var hookGuest: HookScript.Guest?
 
     /// Runs a guest phase of the hook script (no-op without `--script`).
+    /// A hook can take long: a SIGINT/SIGTERM that came meanwhile stops the
+    /// backup right after it (a safe point), not only at the next chunk read.
     private func runHook(_ phase: HookScript.Phase) throws {
         guard let hook, let g = hookGuest else { return }
         try hook.run(phase, guest: g, log: log)
+        if phase != .backupAbort { try interrupt.check() }
     }
 
     func run() async -> BackupSummary {
@@ -200,6 +203,11 @@ final class VMBackup {
             let message = "\(error)"
             log.error("Backup of VM \(vmid) failed - \(message)")
             summary.error = message
+            if let archive = summary.archive {
+                // Failed after the commit (restart, hook, signal): the archive is whole and retention may have
+                // counted it already; deleting it could lose the newest backup.
+                log.info("archive '\(archive)' is complete and is kept; only what came after it failed")
+            }
             do { try await settle() } catch { log.error("cleanup failed: \(error)") }
             try? runHook(.backupAbort)
         }
