@@ -101,8 +101,12 @@ final class ArchivePipeline {
                     if bwlimit > 0 {
                         // Sleep until the average rate is back under the limit.
                         let due = Double(readBytes) / Double(bwlimit * 1024)
-                        let ahead = due - Date().timeIntervalSince(started)
-                        if ahead > 0 { Thread.sleep(forTimeInterval: ahead) }
+                        // In slices: at a low limit one chunk is seconds of sleep, and a signal must not wait for it.
+                        var ahead = due - Date().timeIntervalSince(started)
+                        while ahead > 0 && !cancelled.isSet && interrupt.received == nil {
+                            Thread.sleep(forTimeInterval: min(ahead, 0.1))
+                            ahead = due - Date().timeIntervalSince(started)
+                        }
                     }
                     items.push(.data(device: di, chunk: c, buffer: b, length: length))
                 }

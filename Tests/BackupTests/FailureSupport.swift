@@ -264,7 +264,9 @@ func expectInvariants(_ h: GuestHarness, _ vmid: Int, dumpdir: String, expectRun
     for (id, s) in try h.storageLocations() {
         if s.type == "zfspool" {
             let all = try Command.run(["zfs", "list", "-H", "-o", "name", "-t", "all", "-r", s.location])
-            let left = all.split(separator: "\n").filter { $0.contains("snapdump") && $0.contains("\(vmid)") }
+            // Names below the pool (the pool's own name may contain "snapdump"): snapshots `…@snapdump-…`, read clones `snapdump-read-vm-<vmid>-…`.
+            let left = all.split(separator: "\n").map { $0.dropFirst(s.location.count) }
+                .filter { ($0.contains("@snapdump-") || $0.contains("/snapdump-read-vm-")) && $0.contains("\(vmid)") }
             #expect(left.isEmpty, "zfs snapshots or read clones left on '\(id)': \(left)", sourceLocation: sourceLocation)
         } else {
             // btrfs images/<vmid>@snapdump-…, reflink images/<vmid>/.snapshots/snapdump-…, qcow2 overlays.
