@@ -88,6 +88,16 @@ final class VMBackup {
                 try await lifecycle.resume(vmid: vmid)
                 status = try await lifecycle.status(vmid: vmid)
             }
+            if staleLock && status.state == .running && config.agentEnabled {
+                // Killed between fs-freeze and fs-thaw: nothing thaws the guest by itself, and every
+                // later fs-freeze would fail ("the agent is in frozen state").
+                let agent = lifecycle.guestAgent(vmid: vmid)
+                if (try? await agent.fsfreezeStatus(timeout: .seconds(3))) == .frozen {
+                    log.warn("VM \(vmid) has frozen filesystems, most likely left by the killed run - thawing them")
+                    do { _ = try await agent.fsfreezeThaw(timeout: .seconds(30)) } catch { await agent.close(); throw error }
+                }
+                await agent.close()
+            }
             try await Leftovers.remove(vmid: vmid, disks: disks, dumpdir: dumpdir, running: status.state != .stopped,
                                        lifecycle: lifecycle, log: log)
             log.info("status = \(status.state.rawValue)")

@@ -253,6 +253,7 @@ func expectInvariants(_ h: GuestHarness, _ vmid: Int, dumpdir: String, expectRun
         }
         let agent = VMLifecycle(paths: h.paths).guestAgent(vmid: vmid)
         let freeze = try? await agent.fsfreezeStatus(timeout: .seconds(5))
+        await agent.close()
         #expect(freeze == .thawed, "guest filesystems not thawed: \(String(describing: freeze))", sourceLocation: sourceLocation)
     } else {
         #expect(status.contains("status: stopped"), "guest should still be stopped: \(status)", sourceLocation: sourceLocation)
