@@ -41,6 +41,27 @@ public final class BackupJob {
         return path + "/dump"
     }
 
+    /// The global lock, waited for up to `lockwait` minutes — in slices, so
+    /// SIGINT/SIGTERM end the wait at once instead of after up to three hours.
+    private func acquireGlobalLock(hook: HookScript?) throws -> FileLock {
+        let deadline = Date().addingTimeInterval(lockwait * 60)
+        while true {
+            do {
+                return try FileLock.acquire(paths.backupLock, timeout: min(1, max(0, deadline.timeIntervalSinceNow)))
+            } catch let e as FileLock.Timeout {
+                if let sig = interrupt.received {
+                    let interrupted = Interrupt.Interrupted(signal: sig)
+                    log.error("Backup job aborted while waiting for lock '\(e.path)': \(interrupted)")
+                    try? hook?.run(.jobAbort, log: log)
+                    throw interrupted
+                }
+                if Date() >= deadline {
+                    throw BackupError("can't acquire lock '\(e.path)' (wait = \(Int(lockwait)) minutes) - got timeout")
+                }
+            }
+        }
+    }
+
     public func run() async throws -> [BackupSummary] {
         let storages = try StorageRegistry(paths: paths)
         var vmids = options.vmids
@@ -56,12 +77,7 @@ public final class BackupJob {
         let hook = settings.script.map { HookScript(path: $0, storeID: options.dumpdir == nil ? (options.storage ?? "local") : nil, dumpdir: dumpdir) }
         try hook?.run(.jobInit, log: log)
 
-        let lock: FileLock
-        do {
-            lock = try FileLock.acquire(paths.backupLock, timeout: lockwait * 60)
-        } catch let e as FileLock.Timeout {
-            throw BackupError("can't acquire lock '\(e.path)' (wait = \(Int(lockwait)) minutes) - got timeout")
-        }
+        let lock = try acquireGlobalLock(hook: hook)
         defer { lock.unlock() }
 
         log.info("starting new backup job: snapdump backup \(vmids.map(String.init).joined(separator: " ")) --mode \(options.mode.rawValue)"

@@ -146,6 +146,32 @@ struct FailureInjectionTests {
         }
     }
 
+    /// A second job waits for the global lock (`lockwait`, default three
+    /// hours); SIGTERM must end that wait at once, touching nothing.
+    @Test func sigtermWhileWaitingForTheGlobalLock() async throws {
+        let dir = try Integration.require("SNAPDUMP_TEST_DIR")
+        let vmid = 480
+        let h = try GuestHarness(label: "fail-lockwait")
+        defer { h.tearDown() }
+        try h.addStorage("dir", "local", under: dir, extra: ["--content", "images,backup"])
+        try h.createGuest(vmid, disk: "local:16M")
+        let configBefore = try FileSystem.readText(h.paths.vmConfig(vmid))
+        let held = try FileLock.acquire(h.paths.backupLock, timeout: 0)
+        defer { held.unlock() }
+
+        let bg = try BackgroundBackup(h, ["\(vmid)", "--storage", "local", "--lockwait", "10"])
+        usleep(1_500_000)
+        #expect(bg.process.isRunning, "the job must wait for the lock: \(bg.stderr)")
+        let sent = Date()
+        bg.signal(SIGTERM)
+        let end = bg.finish(timeout: 30)
+        let latency = Date().timeIntervalSince(sent)
+        #expect(!end.signaled && end.status != 0, "\(end): \(bg.stderr)")
+        #expect(latency < 3, "took \(latency) s to give up waiting")
+        #expect(bg.stderr.contains("interrupted by signal SIGTERM"), "\(bg.stderr)")
+        #expect(try FileSystem.readText(h.paths.vmConfig(vmid)) == configBefore)
+    }
+
     // MARK: SIGKILL mid-archive, then the next run
 
     /// Starts a slow backup and kills it with SIGKILL while it writes the
