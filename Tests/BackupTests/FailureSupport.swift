@@ -12,6 +12,11 @@ import TestSupport
 // a `snapdump backup` running in the background (for signals), and the
 // invariant check that runs after every injected failure.
 
+/// HookScriptTests and FailureInjectionTests, one after the other: each boots
+/// the test guest, and only one QEMU of ours may run at a time.
+@Suite("Nothing lost", .serialized)
+struct NothingLostTests {}
+
 extension GuestHarness {
     /// The paths the CLI derives from `--config-dir` (the engine must use the same QMP sockets and pidfiles).
     var paths: SnapdumpPaths { SnapdumpPaths.resolve(configDir: configDir, environment: [:]) }
