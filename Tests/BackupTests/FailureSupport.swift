@@ -111,7 +111,7 @@ struct RecordingHook {
         if [ -e "$d/status" ] && [ -n "$3" ]; then
             state=" state=$('\(SnapdumpBinary.binary)' vm status "$3" --config-dir '\(h.configDir)' 2>&1 | head -1 | sed 's/^status: //')"
         fi
-        echo "$* STOREID=$STOREID DUMPDIR=$DUMPDIR VMTYPE=$VMTYPE HOSTNAME=$HOSTNAME TARGET=$TARGET LOGFILE=$LOGFILE$state" >>"$d/calls"
+        echo "$* STOREID=$STOREID DUMPDIR=$DUMPDIR VMTYPE=$VMTYPE HOSTNAME=$HOSTNAME TARGET=$TARGET LOGFILE=$LOGFILE PPID=$PPID$state" >>"$d/calls"
         if [ -e "$d/block" ] && [ "$(cat "$d/block")" = "$phase" ]; then
             touch "$d/reached"
             for i in $(seq 1 3000); do [ -e "$d/go" ] && break; sleep 0.01; done

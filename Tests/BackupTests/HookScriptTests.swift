@@ -57,6 +57,8 @@ extension NothingLostTests {
                     let phase = call[0]
                     #expect(hook.env(call, "STOREID") == "xfs", "\(call)")
                     #expect(hook.env(call, "DUMPDIR") == dumpdir, "\(call)")
+                    // Run directly, not through a shell: a hook's `kill -INT $PPID` reaches snapdump itself.
+                    #expect(hook.env(call, "PPID") == "\(getpid())", "\(call)")
                     if ["job-init", "job-start", "job-end"].contains(phase) {
                         #expect(call[1].hasPrefix("STOREID="), "job phases get no mode and vmid: \(call)")
                         #expect(hook.env(call, "VMTYPE") == "", "\(call)")
