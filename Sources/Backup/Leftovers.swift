@@ -37,13 +37,13 @@ enum Leftovers {
                     try Command.run(["qemu-img", "commit", "-q", "-f", "qcow2", overlay])
                     try FileSystem.remove(overlay)
                 }
-                log.warn("merged leftover overlay \(overlay) of an earlier, killed run back into \(d.path)")
+                log.warn("merged overlay \(overlay) back into \(d.path), left by an earlier run that was killed")
             }
         }
         // Unfinished archives of this guest.
         for name in (try? FileSystem.list(dumpdir)) ?? [] where name.hasPrefix("vzdump-qemu-\(vmid)-") && name.hasSuffix(".dat") {
             try FileSystem.remove(dumpdir + "/" + name)
-            log.warn("removed unfinished archive \(dumpdir)/\(name) of an earlier, killed run")
+            log.warn("removed unfinished archive \(dumpdir)/\(name), left by an earlier run that was killed")
         }
     }
 }

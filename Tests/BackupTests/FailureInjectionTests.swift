@@ -194,12 +194,13 @@ extension NothingLostTests {
 
         /// The run after a killed one: succeeds, says what it removed, leaves nothing.
         func nextRunCleansUp(_ h: GuestHarness, _ vmid: Int, storage: String, dumpdir: String, expect lines: [String]) async throws {
+            let dat = try #require(try FileSystem.list(dumpdir).first { $0.hasPrefix("vzdump-qemu-\(vmid)-") && $0.hasSuffix(".dat") })
             nextSecond()
             let r = try h.run(["backup", "\(vmid)", "--mode", "snapshot", "--storage", storage])
             #expect(r.status == 0, "\(r)")
             let log = h.newestLog(vmid, in: dumpdir)
             for line in ["WARN: VM \(vmid) has a stale 'backup' lock left by an earlier run that was killed - removing it",
-                         "WARN: removed unfinished archive \(dumpdir)/vzdump-qemu-\(vmid)-"] + lines {
+                         "WARN: removed unfinished archive \(dumpdir)/\(dat), left by an earlier run that was killed"] + lines {
                 #expect(r.stderr.contains(line), "missing in stderr: \(line)\n\(r.stderr)")
                 #expect(log.contains(line), "missing in the .log: \(line)")
             }
@@ -286,7 +287,7 @@ extension NothingLostTests {
             }
 
             try await nextRunCleansUp(h, vmid, storage: "qc", dumpdir: dumpdir, expect: [
-                "WARN: merged leftover overlay \(imageDir)/\(overlays.first ?? "?") of an earlier, killed run back into \(image)",
+                "WARN: merged overlay \(imageDir)/\(overlays.first ?? "?") back into \(image), left by an earlier run that was killed",
             ])
             #expect(try FileSystem.list(imageDir) == ["vm-\(vmid)-disk-0.qcow2"], "overlay files left")
 
