@@ -150,7 +150,7 @@ final class VMBackup {
                         if let hookError { throw hookError }
                     }))
                 }
-                sources = try disks.map { try $0.plugin.openBlockSource($0.volume, snapshot: nil) }
+                for d in disks { sources.append(try d.plugin.openBlockSource(d.volume, snapshot: nil)) }
             case .suspend:
                 if status.state == .running {
                     try runHook(.preStop)
@@ -167,17 +167,17 @@ final class VMBackup {
                         if let hookError { throw hookError }
                     }))
                 }
-                sources = try disks.map { try $0.plugin.openBlockSource($0.volume, snapshot: nil) }
+                for d in disks { sources.append(try d.plugin.openBlockSource(d.volume, snapshot: nil)) }
             case .snapshot:
                 guard case let .storage(groups, overlayDisks, needsPause)? = snapshotPlan else { throw BackupError("internal: no snapshot plan") }
                 let overlay = overlayDisks.isEmpty ? nil : QCOW2Overlay(vmid: vmid, disks: overlayDisks, tag: snapName, log: log)
                 try await takeSnapshots(config: config, status: status, groups: groups, overlay: overlay, needsPause: needsPause,
                                         name: snapName, downtime: downtime)
                 let overlaySources = try overlay?.openSources() ?? [:]
-                sources = Array(overlaySources.values)
-                sources = try disks.map { d in
-                    if let s = overlaySources[d.key] { return s }
-                    return try d.plugin.openBlockSource(d.volume, snapshot: snapName)
+                // Appended one by one, so settle() closes whatever was opened if a later one fails.
+                sources = []
+                for d in disks {
+                    sources.append(try overlaySources[d.key] ?? d.plugin.openBlockSource(d.volume, snapshot: snapName))
                 }
             }
 
