@@ -176,8 +176,13 @@ final class VMBackup {
                 let overlaySources = try overlay?.openSources() ?? [:]
                 // Appended one by one, so settle() closes whatever was opened if a later one fails.
                 sources = []
-                for d in disks {
-                    sources.append(try overlaySources[d.key] ?? d.plugin.openBlockSource(d.volume, snapshot: snapName))
+                do {
+                    for d in disks {
+                        sources.append(try overlaySources[d.key] ?? d.plugin.openBlockSource(d.volume, snapshot: snapName))
+                    }
+                } catch {
+                    for s in overlaySources.values where !sources.contains(where: { $0 === s }) { try? s.close() }
+                    throw error
                 }
             }
 
