@@ -5,7 +5,8 @@ public struct Snapdump: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "snapdump",
         abstract: "Back up running QEMU/KVM virtual machines with zero downtime.",
-        subcommands: [BackupCommand.self, RestoreCommand.self, VMCommand.self, StorageCommand.self, VolumeCommand.self, SnapshotCommand.self]
+        subcommands: [BackupCommand.self, RestoreCommand.self, VMCommand.self, StorageCommand.self, VolumeCommand.self, SnapshotCommand.self,
+                      JobCommand.self, ScheduleCommand.self, DaemonCommand.self]
     )
 
     public init() {}
