@@ -60,8 +60,9 @@ let package = Package(
         .testTarget(name: "ArchiveTests", dependencies: ["Archive", "SnapdumpSystem", "TestSupport"], resources: [.copy("Golden")]),
         .testTarget(name: "BackupTests", dependencies: ["Backup", "Guest", "Storage", "Archive", "TestSupport"]),
         .testTarget(name: "SchedulerTests", dependencies: [
-            "Scheduler", "SnapdumpCLI", "Backup", "SnapdumpConfig", "SnapdumpSystem", "TestSupport",
+            "Scheduler", "SnapdumpCLI", "Backup", "Archive", "SnapdumpConfig", "SnapdumpSystem", "TestSupport",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
     ],
     swiftLanguageModes: [.v6]

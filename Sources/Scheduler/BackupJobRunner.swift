@@ -35,7 +35,7 @@ public struct BackupJobRunner: JobRunner {
         for s in summaries where !s.ok {
             log.error("VM \(s.vmid): \(s.error ?? "failed")")
         }
-        appendGuestLogs(summaries, start: start, parameters: r.job.parameters, paths: r.paths, to: log)
+        appendGuestLogs(summaries, start: start, parameters: r.job.parameters, paths: r.paths, log: log, taskLog: r.taskLog)
         let archives = summaries.compactMap { $0.ok ? $0.archive : nil }
         let failed = summaries.filter { !$0.ok }
         if let sig = r.interrupt.received, !failed.isEmpty || summaries.isEmpty {
@@ -48,9 +48,9 @@ public struct BackupJobRunner: JobRunner {
         return JobOutcome(ok: false, archives: archives, error: what.isEmpty ? "no guest was backed up" : what)
     }
 
-    /// Copies each guest's log (vzdump-qemu-<vmid>-<ts>.log beside the archive) into the task log.
+    /// Appends each guest's log (vzdump-qemu-<vmid>-<ts>.log beside the archive) to the task log.
     func appendGuestLogs(_ summaries: [BackupSummary], start: Date, parameters: BackupParameters,
-                         paths: SnapdumpPaths, to log: TaskLog) {
+                         paths: SnapdumpPaths, log: TaskLog, taskLog: String) {
         let dumpdir: String? = {
             guard let o = try? parameters.options(), let reg = try? StorageRegistry(paths: paths) else { return nil }
             return try? BackupJob.dumpDirectory(options: o, storages: reg)
@@ -69,8 +69,15 @@ public struct BackupJobRunner: JobRunner {
                 }
             }
             guard let path, let text = try? FileSystem.readText(path) else { continue }
-            log.info("---- log of VM \(s.vmid): \(path) ----")
-            for line in text.split(separator: "\n") { log.info("  \(line)") }
+            // Raw, to the file only: these lines were on stderr already, with their timestamps.
+            let block = "---- log of VM \(s.vmid): \(path) ----\n" + text + (text.hasSuffix("\n") ? "" : "\n")
+            do {
+                let f = try File.open(taskLog, O_WRONLY | O_APPEND)
+                try f.writeAll(Array(block.utf8))
+                try f.close()
+            } catch {
+                log.warn("cannot copy \(path) into the task log: \(error)")
+            }
         }
     }
 }

@@ -275,6 +275,9 @@ public actor Scheduler {
         for id in store.ids() where !ids.contains(id) { store.remove(id) }
     }
 
+    /// A logger that drops everything (`job run` prints the task log instead).
+    public static var silentLogger: Logger { Logger(label: "snapdump", factory: { _ in SwiftLogNoOpLogHandler() }) }
+
     static func localHostname() -> String {
         var buf = [CChar](repeating: 0, count: 256)
         guard gethostname(&buf, buf.count) == 0 else { return "localhost" }

@@ -147,6 +147,9 @@ struct CalendarEventParser {
             var nums: [Int] = []
             for e in ends {
                 guard let n = Self.weekdayNumber(e.text) else {
+                    if token.text == item.text, ends.count == 1, Self.keyword(String(e.text)) != nil {
+                        throw error(e, "the keyword '\(e.text)' stands alone and cannot be combined with other parts")
+                    }
                     if token.text == item.text, ends.count == 1, Self.keyword(e.text.lowercased()) != nil {
                         throw error(e, "keywords are lower case: '\(e.text.lowercased())'")
                     }

@@ -196,7 +196,7 @@ struct JobRun: AsyncParsableCommand {
             throw CommandError("job '\(job.id)' is running (pid \(pid))")
         }
         let quiet = (try? job.parameters.options().quiet) ?? false
-        let scheduler = Scheduler(paths: paths, runner: BackupJobRunner(echo: !quiet))
+        let scheduler = Scheduler(paths: paths, runner: BackupJobRunner(echo: !quiet), logger: Scheduler.silentLogger)
         let signals = [SIGINT, SIGTERM].map { sig -> DispatchSourceSignal in
             signal(sig, SIG_IGN)
             let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
