@@ -136,8 +136,9 @@ public actor Scheduler {
         let now = clock.now()
         reloadIfChanged()
         synchronizeStates(now: now)
-        let firstTick = !started
-        if !started {
+        // The start-up rule applies once jobs.cfg has been read successfully.
+        let firstTick = !started && loaded
+        if firstTick {
             started = true
             for job in jobs where !job.repeatMissed {
                 // As Proxmox: a job that missed its time while we were down

@@ -115,6 +115,18 @@ import SnapdumpSystem
         #expect(await f.tick(at: "2026-05-01 04:00:00").isEmpty)
     }
 
+    /// The start-up rule (skip missed events) waits for a jobs.cfg that parses.
+    @Test func startUpRuleAppliesOnceJobsCfgLoads() async throws {
+        let f = try SchedulerFixture(start: "2026-05-01 10:00:00", jobs: job("nightly", "02:00", "bogus 1"))
+        defer { f.cleanup() }
+        try seedLastRun(f, "nightly", at: "2026-04-28 02:00:00")
+        #expect(await f.tick(at: "2026-05-01 10:00:00").isEmpty)
+        #expect(try f.state("nightly")?.lastRun?.start == utc("2026-04-28 02:00:00")) // a broken file removes no state
+        try f.writeJobs(job("nightly", "02:00"))
+        #expect(await f.tick(at: "2026-05-01 10:05:00").isEmpty)
+        #expect(await f.tick(at: "2026-05-02 02:00:00") == ["nightly"])
+    }
+
     @Test func failingJobDoesNotStopTheScheduler() async throws {
         let f = try SchedulerFixture(start: "2026-05-01 02:00:30", jobs: job("bad", "*/1") + job("good", "*/1"))
         defer { f.cleanup() }

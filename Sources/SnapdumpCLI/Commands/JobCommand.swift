@@ -35,13 +35,13 @@ struct JobScheduleArguments: ParsableArguments {
 
     func validateSchedule() throws {
         guard let schedule else { return }
-        do { _ = try CalendarEvent(schedule) } catch let e as CalendarEventError { throw CommandError(e) }
+        do { _ = try CalendarEvent(schedule) } catch let e as CalendarEventError { throw CLIError(e) }
     }
 }
 
 /// Turns a jobs.cfg error about a command-line edit into a plain message.
 func jobError(_ error: Error) -> Error {
-    if let e = error as? ConfigError { return CommandError(e.message) }
+    if let e = error as? ConfigError { return CLIError(e.message) }
     return error
 }
 
@@ -125,7 +125,7 @@ struct JobShow: ParsableCommand {
 
     func run() throws {
         let cfg = try JobsConfig.load(paths: global.paths)
-        guard let j = cfg.job(jobID.id) else { throw CommandError("no job '\(jobID.id)' in \(cfg.file)") }
+        guard let j = cfg.job(jobID.id) else { throw CLIError("no job '\(jobID.id)' in \(cfg.file)") }
         let state = try JobStateStore(paths: global.paths).read(j.id)
         print(SectionConfig(sections: [j.section]).serialized(), terminator: "")
         print("next run: \(JobFormat.nextText(j, state: state))")
@@ -190,10 +190,10 @@ struct JobRun: AsyncParsableCommand {
     func run() async throws {
         let paths = global.paths
         let cfg = try JobsConfig.load(paths: paths)
-        guard let job = cfg.job(jobID.id) else { throw CommandError("no job '\(jobID.id)' in \(cfg.file)") }
+        guard let job = cfg.job(jobID.id) else { throw CLIError("no job '\(jobID.id)' in \(cfg.file)") }
         let store = JobStateStore(paths: paths)
         if let s = try store.read(job.id), s.isRunning, let pid = s.lastRun?.pid, kill(pid, 0) == 0 {
-            throw CommandError("job '\(job.id)' is running (pid \(pid))")
+            throw CLIError("job '\(job.id)' is running (pid \(pid))")
         }
         let quiet = (try? job.parameters.options().quiet) ?? false
         let scheduler = Scheduler(paths: paths, runner: BackupJobRunner(echo: !quiet), logger: Scheduler.silentLogger)

@@ -12,7 +12,7 @@ struct ScheduleCommand: ParsableCommand {
 }
 
 /// An error whose text is printed as is (first line: the error; then details).
-struct CommandError: Error, CustomStringConvertible {
+struct CLIError: Error, CustomStringConvertible {
     var description: String
     init(_ d: String) { description = d }
 
@@ -45,7 +45,7 @@ struct ScheduleAnalyze: ParsableCommand {
 
     func run() throws {
         let ev: CalendarEvent
-        do { ev = try CalendarEvent(event) } catch let e as CalendarEventError { throw CommandError(e) }
+        do { ev = try CalendarEvent(event) } catch let e as CalendarEventError { throw CLIError(e) }
         let zone = TimeZone.current
         let start = try Self.parseStart(starttime, zone: zone)
         let times = ev.upcoming(after: start, count: iterations, in: zone)
