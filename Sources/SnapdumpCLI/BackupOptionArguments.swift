@@ -19,16 +19,16 @@ struct BackupOptionArguments: ParsableArguments {
     var snapshotFallback: String?
     @Option(help: "Minutes to wait for the global backup lock (default 180).") var lockwait: String?
     @Flag(help: "Be quiet: log to the .log files only.") var quiet = false
-    @Option(name: .customLong("prune-backups"), help: "Retention, e.g. keep-last=3,keep-daily=7 (not applied yet).")
+    @Option(name: .customLong("prune-backups"), help: "Retention, e.g. keep-last=3,keep-daily=7.")
     var pruneBackups: String?
-    @Option(help: "Prune old backups after this one: 0 or 1 (not applied yet).") var remove: String?
-    @Option(name: .customLong("notes-template"), help: "Notes template, {{vmid}}, {{guestname}}… (not applied yet).")
+    @Option(help: "Prune old backups after this one: 0 or 1.") var remove: String?
+    @Option(name: .customLong("notes-template"), help: "Notes template, {{vmid}}, {{guestname}}….")
     var notesTemplate: String?
-    @Option(help: "1 marks the new backup protected (not applied yet).") var protected: String?
-    @Option(help: "Hook script (not applied yet).") var script: String?
-    @Option(help: "I/O priority 0-8 (not applied yet).") var ionice: String?
-    @Option(help: "Mail the report to these addresses (not applied yet).") var mailto: String?
-    @Option(help: "always or failure (not applied yet).") var mailnotification: String?
+    @Option(help: "1 marks the new backup protected.") var protected: String?
+    @Option(help: "Hook script.") var script: String?
+    @Option(help: "I/O priority 0-8.") var ionice: String?
+    @Option(help: "Mail the report to these addresses.") var mailto: String?
+    @Option(help: "always or failure.") var mailnotification: String?
 
     /// The options that were given, as vzdump properties named as in jobs.cfg.
     /// Relative directories are made absolute.
