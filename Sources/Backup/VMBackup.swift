@@ -12,7 +12,10 @@ import Storage
 /// is deleted on every path out; the archive gets its final name only when
 /// complete and fsynced, and a failure leaves no `.dat`/`.vma*` behind; the
 /// mode actually used is logged, stored in the archive and returned.
-final class VMBackup {
+final class VMBackup: @unchecked Sendable {
+    // @unchecked: one backup runs in one task; blocking steps are handed to a
+    // thread with Blocking.run while that task awaits them, so state is never
+    // touched from two places at once.
     let vmid: Int
     let options: BackupOptions
     let paths: SnapdumpPaths
@@ -77,7 +80,8 @@ final class VMBackup {
             }
             try BackupLifecycle.checkBeforeBackup(vmid: vmid, dumpdir: dumpdir, storage: options.dumpdir == nil ? options.storage : nil,
                                                   settings: settings)
-            let disks = try DiskPlan.resolve(config, storages: storages)
+            let storages = self.storages
+            let disks = try await Blocking.run("resolve-disks") { [config] in try DiskPlan.resolve(config, storages: storages) }
             summary.storages = Array(Set(disks.map(\.volume.storage))).sorted()
             var status = try await lifecycle.status(vmid: vmid)
             if staleLock && status.state == .paused {
@@ -187,8 +191,9 @@ final class VMBackup {
             }
 
             // The archive phase: in snapshot mode the guest runs meanwhile.
-            let result = try writeArchive(config: config, disks: disks, path: archivePath, archiveName: name,
-                                          mode: mode, downtime: downtime, started: start)
+            // Reading, hashing and writing block: they run on their own threads, not the cooperative pool.
+            let result = try await Blocking.run("archive") { [config, name, mode] in try self.writeArchive(config: config, disks: disks, path: archivePath, archiveName: name,
+                                          mode: mode, downtime: downtime, started: start) }
             summary.archive = archivePath
             summary.archiveBytes = result.fileBytes
             summary.readBytes = result.readBytes
@@ -259,7 +264,8 @@ final class VMBackup {
             }
             for g in groups {
                 try interrupt.check()
-                try g.plugin.createSnapshot(g.volumes, name: name)
+                let plugin = g.plugin, volumes = g.volumes
+                try await Blocking.run("snapshot") { try plugin.createSnapshot(volumes, name: name) }
                 snapshots.append((g.plugin, g.volumes, name))
             }
             try runHook(.preRestart)
@@ -343,7 +349,8 @@ final class VMBackup {
         do { try await payGuestDebts() } catch { firstError = firstError ?? error }
         for s in snapshots.reversed() {
             do {
-                try s.plugin.deleteSnapshot(s.volumes, name: s.name)
+                let plugin = s.plugin, volumes = s.volumes, name = s.name
+                try await Blocking.run("delete-snapshot") { try plugin.deleteSnapshot(volumes, name: name) }
                 log.info("removed storage snapshot '\(s.name)' on \(s.plugin.id)")
             } catch {
                 log.error("cannot remove snapshot '\(s.name)' on \(s.plugin.id): \(error)")

@@ -1,3 +1,4 @@
+import SnapdumpSystem
 import ArgumentParser
 import Archive
 import Backup
@@ -54,9 +55,9 @@ enum BackupSummaryTable {
         let rows = summaries.map { s -> [String] in
             let mode = s.mode.map { m in s.fallbackReason != nil ? "\(m.rawValue) (fallback from \(s.requestedMode.rawValue))" : m.rawValue } ?? "-"
             let downtime = s.downtimeMs.map { "\($0) ms" + (s.downtimeKind.map { " (\($0))" } ?? "") } ?? (s.ok ? "0 ms" : "-")
-            let rate = s.seconds > 0 ? SizeArgument.format(UInt64(Double(s.diskBytes) / s.seconds)) + "/s" : "-"
+            let rate = s.seconds > 0 ? ByteCount.format(UInt64(Double(s.diskBytes) / s.seconds)) + "/s" : "-"
             return ["\(s.vmid)", s.ok ? "ok" : "FAILED", mode, s.storages.joined(separator: ","), downtime,
-                    s.ok ? SizeArgument.format(s.archiveBytes) : "-", rate, s.archive ?? (s.error ?? "")]
+                    s.ok ? ByteCount.format(s.archiveBytes) : "-", rate, s.archive ?? (s.error ?? "")]
         }
         return Table.render(["VMID", "Status", "Mode", "Storage", "Downtime", "Archive size", "Throughput", "Archive"], rows)
     }
