@@ -15,6 +15,8 @@ public final class BackupJob {
     public let interrupt: Interrupt
     /// Minutes to wait for the global lock (vzdump's `lockwait`).
     public var lockwait: Double = 180
+    /// vzdump options beyond BackupOptions: retention, notes, protection, hook script.
+    public var settings = BackupSettings()
 
     public init(options: BackupOptions, paths: SnapdumpPaths, log: TaskLog, interrupt: Interrupt = Interrupt()) {
         self.options = options
@@ -51,6 +53,8 @@ public final class BackupJob {
         }
         let dumpdir = try Self.dumpDirectory(options: options, storages: storages)
         try FileSystem.createDirectory(dumpdir)
+        let hook = settings.script.map { HookScript(path: $0, storeID: options.dumpdir == nil ? (options.storage ?? "local") : nil, dumpdir: dumpdir) }
+        try hook?.run(.jobInit, log: log)
 
         let lock: FileLock
         do {
@@ -63,6 +67,12 @@ public final class BackupJob {
         log.info("starting new backup job: snapdump backup \(vmids.map(String.init).joined(separator: " ")) --mode \(options.mode.rawValue)"
                  + (options.storage.map { " --storage \($0)" } ?? "") + (options.dumpdir.map { " --dumpdir \($0)" } ?? "")
                  + " --compress \(options.compression.kind.rawValue)")
+        do {
+            try hook?.run(.jobStart, log: log)
+        } catch {
+            try? hook?.run(.jobAbort, log: log)
+            throw error
+        }
         let lifecycle = VMLifecycle(paths: paths)
         var summaries: [BackupSummary] = []
         for vmid in vmids {
@@ -75,14 +85,28 @@ public final class BackupJob {
             let vmLog = TaskLog(echo: !options.quiet, parent: log)
             do { try vmLog.attach(file: "\(dumpdir)/\(name.logName)") } catch { vmLog.warn("cannot write log file: \(error)") }
             let backup = VMBackup(vmid: vmid, options: options, paths: paths, storages: storages, lifecycle: lifecycle,
-                                  dumpdir: dumpdir, log: vmLog, interrupt: interrupt, name: name, startTime: now)
+                                  dumpdir: dumpdir, log: vmLog, interrupt: interrupt, name: name, startTime: now,
+                                  settings: settings, hook: hook)
             let s = await backup.run()
             vmLog.detach()
+            if let hook {
+                let logfile = "\(dumpdir)/\(name.logName)"
+                try? hook.run(.logEnd, guest: .init(mode: s.mode ?? options.mode, vmid: vmid, hostname: "VM \(vmid)",
+                                                    target: s.archive ?? "\(dumpdir)/\(name.fileName)", logfile: logfile), log: log)
+            }
             summaries.append(s)
         }
-        if summaries.allSatisfy(\.ok) {
+        if summaries.allSatisfy(\.ok) && interrupt.received == nil {
+            do {
+                try hook?.run(.jobEnd, log: log)
+            } catch {
+                log.error("\(error)")
+                try? hook?.run(.jobAbort, log: log)
+                throw error
+            }
             log.info("Backup job finished successfully")
         } else {
+            try? hook?.run(.jobAbort, log: log)
             log.error("Backup job failed: \(summaries.filter { !$0.ok }.map { "VM \($0.vmid)" }.joined(separator: ", "))")
         }
         return summaries

@@ -23,9 +23,14 @@ final class VMBackup {
     let interrupt: Interrupt
     let name: ArchiveName
     let startTime: Date
+    let settings: BackupSettings
+    let hook: HookScript?
 
     init(vmid: Int, options: BackupOptions, paths: SnapdumpPaths, storages: StorageRegistry,
-         lifecycle: VMLifecycle, dumpdir: String, log: TaskLog, interrupt: Interrupt, name: ArchiveName, startTime: Date) {
+         lifecycle: VMLifecycle, dumpdir: String, log: TaskLog, interrupt: Interrupt, name: ArchiveName, startTime: Date,
+         settings: BackupSettings = BackupSettings(), hook: HookScript? = nil) {
+        self.settings = settings
+        self.hook = hook
         self.name = name
         self.startTime = startTime
         self.vmid = vmid
@@ -43,6 +48,13 @@ final class VMBackup {
     private var snapshots: [(plugin: any StoragePlugin, volumes: [VolumeID], name: String)] = []
     private var sources: [any BlockSource] = []
     private var overlays: [QCOW2Overlay] = []
+    private var hookGuest: HookScript.Guest?
+
+    /// Runs a guest phase of the hook script (no-op without `--script`).
+    private func runHook(_ phase: HookScript.Phase) throws {
+        guard let hook, let g = hookGuest else { return }
+        try hook.run(phase, guest: g, log: log)
+    }
 
     func run() async -> BackupSummary {
         var summary = BackupSummary(vmid: vmid, ok: false, requestedMode: options.mode)
@@ -51,11 +63,30 @@ final class VMBackup {
         log.info("Backup started at \(TaskLog.timestamp())")
         var locked = false
         do {
-            let config = try VMConfig.load(vmid: vmid, paths: paths)
-            if let lock = config.lock { throw BackupError("VM \(vmid) is locked (\(lock))") }
+            var config = try VMConfig.load(vmid: vmid, paths: paths)
+            var staleLock = false
+            if config.lock == "backup" {
+                staleLock = true
+                // We hold the global backup lock: no other backup can be running, so this lock is stale.
+                log.warn("VM \(vmid) has a stale 'backup' lock left by an earlier run that was killed - removing it")
+                try await lifecycle.unlock(vmid: vmid)
+                config = try VMConfig.load(vmid: vmid, paths: paths)
+            }
+            if let lock = config.lock {
+                throw BackupError("VM \(vmid) is locked (\(lock)); if nothing is using it, clear it with 'snapdump vm unlock \(vmid)'")
+            }
+            try BackupLifecycle.checkBeforeBackup(vmid: vmid, dumpdir: dumpdir, storage: options.dumpdir == nil ? options.storage : nil,
+                                                  settings: settings)
             let disks = try DiskPlan.resolve(config, storages: storages)
             summary.storages = Array(Set(disks.map(\.volume.storage))).sorted()
-            let status = try await lifecycle.status(vmid: vmid)
+            var status = try await lifecycle.status(vmid: vmid)
+            if staleLock && status.state == .paused {
+                log.warn("VM \(vmid) is paused, most likely by the killed run that left the lock - resuming it")
+                try await lifecycle.resume(vmid: vmid)
+                status = try await lifecycle.status(vmid: vmid)
+            }
+            try await Leftovers.remove(vmid: vmid, disks: disks, dumpdir: dumpdir, running: status.state != .stopped,
+                                       lifecycle: lifecycle, log: log)
             log.info("status = \(status.state.rawValue)")
             if let name = config.name { log.info("VM Name: \(name)") }
             for d in disks {
@@ -93,46 +124,65 @@ final class VMBackup {
 
             let start = startTime
             let archivePath = "\(dumpdir)/\(name.fileName)"
+            hookGuest = HookScript.Guest(mode: mode, vmid: vmid, hostname: config.name ?? "VM \(vmid)", target: archivePath,
+                                         logfile: "\(dumpdir)/\(name.logName)")
+            try runHook(.backupStart)
             log.info("creating vzdump archive '\(archivePath)'")
 
             let downtime = DowntimeClock()
-            let snapName = "snapdump-\(Int(start.timeIntervalSince1970))"
+            let snapName = "\(Leftovers.snapshotPrefix)\(Int(start.timeIntervalSince1970))"
             switch mode {
             case .stop:
                 if status.state != .stopped {
+                    try runHook(.preStop)
                     downtime.begin("stopped")
                     log.info("stopping virtual guest")
                     try await lifecycle.shutdown(vmid: vmid, timeout: .seconds(options.stopwait * 60), forceStop: true, allowLock: "backup")
                     let resolved = disks.map(\.resolvedDisk)
                     guestDebts.append(("start guest", { [lifecycle, vmid, log, downtime] in
+                        // A failing hook fails the backup, but never keeps the guest down.
+                        var hookError: (any Error)?
+                        do { try self.runHook(.preRestart) } catch { hookError = error }
                         log.info("resuming VM again after stop")
                         _ = try await lifecycle.start(vmid: vmid, disks: resolved, allowLock: "backup")
                         downtime.end()
+                        do { try self.runHook(.postRestart) } catch { hookError = hookError ?? error }
+                        if let hookError { throw hookError }
                     }))
                 }
-                sources = try disks.map { try $0.plugin.openBlockSource($0.volume, snapshot: nil) }
+                for d in disks { sources.append(try d.plugin.openBlockSource(d.volume, snapshot: nil)) }
             case .suspend:
                 if status.state == .running {
+                    try runHook(.preStop)
                     log.info("suspending guest")
                     downtime.begin("paused")
                     try await lifecycle.suspend(vmid: vmid, allowLock: "backup")
                     guestDebts.append(("resume guest", { [lifecycle, vmid, log, downtime] in
+                        var hookError: (any Error)?
+                        do { try self.runHook(.preRestart) } catch { hookError = error }
                         try await lifecycle.resume(vmid: vmid, allowLock: "backup")
                         downtime.end()
                         log.info("resumed guest")
+                        do { try self.runHook(.postRestart) } catch { hookError = hookError ?? error }
+                        if let hookError { throw hookError }
                     }))
                 }
-                sources = try disks.map { try $0.plugin.openBlockSource($0.volume, snapshot: nil) }
+                for d in disks { sources.append(try d.plugin.openBlockSource(d.volume, snapshot: nil)) }
             case .snapshot:
                 guard case let .storage(groups, overlayDisks, needsPause)? = snapshotPlan else { throw BackupError("internal: no snapshot plan") }
                 let overlay = overlayDisks.isEmpty ? nil : QCOW2Overlay(vmid: vmid, disks: overlayDisks, tag: snapName, log: log)
                 try await takeSnapshots(config: config, status: status, groups: groups, overlay: overlay, needsPause: needsPause,
                                         name: snapName, downtime: downtime)
                 let overlaySources = try overlay?.openSources() ?? [:]
-                sources = Array(overlaySources.values)
-                sources = try disks.map { d in
-                    if let s = overlaySources[d.key] { return s }
-                    return try d.plugin.openBlockSource(d.volume, snapshot: snapName)
+                // Appended one by one, so settle() closes whatever was opened if a later one fails.
+                sources = []
+                do {
+                    for d in disks {
+                        sources.append(try overlaySources[d.key] ?? d.plugin.openBlockSource(d.volume, snapshot: snapName))
+                    }
+                } catch {
+                    for s in overlaySources.values where !sources.contains(where: { $0 === s }) { try? s.close() }
+                    throw error
                 }
             }
 
@@ -147,12 +197,16 @@ final class VMBackup {
                 summary.downtimeMs = ms
                 summary.downtimeKind = downtime.kind
             }
+            try BackupLifecycle.afterCommit(archivePath: archivePath, vmid: vmid, guestName: config.name,
+                                            storage: options.dumpdir == nil ? options.storage : nil, settings: settings, log: log)
+            try runHook(.backupEnd)
             summary.ok = true
         } catch {
             let message = "\(error)"
             log.error("Backup of VM \(vmid) failed - \(message)")
             summary.error = message
             do { try await settle() } catch { log.error("cleanup failed: \(error)") }
+            try? runHook(.backupAbort)
         }
         if locked {
             do { try await lifecycle.unlock(vmid: vmid) } catch { log.error("cannot remove lock of VM \(vmid): \(error)") }
@@ -184,6 +238,7 @@ final class VMBackup {
             log.info("skipping guest-agent 'fs-freeze': agent not enabled")
         }
         let pause = needsPause && status.state == .running
+        try runHook(.preStop)
         downtime.begin(pause ? "paused for snapshot" : freeze ? "frozen for snapshot" : "none: storage snapshot")
         do {
             if freeze {
@@ -207,6 +262,7 @@ final class VMBackup {
                 try g.plugin.createSnapshot(g.volumes, name: name)
                 snapshots.append((g.plugin, g.volumes, name))
             }
+            try runHook(.preRestart)
             if let overlay {
                 try interrupt.check()
                 let qmp = try await lifecycle.connectQMP(vmid: vmid)
@@ -223,6 +279,7 @@ final class VMBackup {
             throw error
         }
         downtime.end()
+        try runHook(.postRestart)
         if !freeze && !pause { downtime.reset() }
         if !groups.isEmpty {
             log.info("created storage snapshot '\(name)' of \(groups.map { "\($0.volumes.count) volume(s) on \($0.plugin.id)" }.joined(separator: ", "))")

@@ -38,8 +38,13 @@ public struct StorageConfigFile: Sendable {
 
     /// Writes the file atomically (temp, fsync, rename, fsync dir).
     public func save() throws {
-        try FileSystem.createDirectory((path as NSString).deletingLastPathComponent)
-        try FileSystem.writeAtomically(path, SectionConfig(sections: storages.map(\.section)).serialized())
+        do {
+            try FileSystem.createDirectory((path as NSString).deletingLastPathComponent)
+            try FileSystem.writeAtomically(path, SectionConfig(sections: storages.map(\.section)).serialized())
+        } catch let e as SystemError {
+            // Name the file, not the temp file the error is about; the old file is untouched.
+            throw StorageError(e.isNoSpace ? .noSpace : .backend, "cannot save \(path) (left unchanged): \(e)")
+        }
     }
 }
 

@@ -71,6 +71,9 @@ public protocol StoragePlugin: Sendable {
     func deleteSnapshot(_ volumes: [VolumeID], name: String) throws
     func listSnapshots() throws -> [SnapshotInfo]
     func openBlockSource(_ volume: VolumeID, snapshot: String?) throws -> any BlockSource
+    /// Removes what a killed run left of `volumes`: snapshots whose name starts
+    /// with `prefix`, and whatever was made to read them. Returns what it removed.
+    func removeLeftovers(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String]
 }
 
 extension StoragePlugin {
@@ -81,6 +84,25 @@ extension StoragePlugin {
     public func size(of volume: VolumeID) throws -> UInt64 {
         let (path, format) = try path(of: volume)
         return try ImageDirectory.virtualSize(path: path, format: format)
+    }
+
+    public func removeLeftovers(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String] {
+        try removeLeftoverSnapshots(of: volumes, snapshotPrefix: prefix)
+    }
+
+    /// The default part of `removeLeftovers`: delete matching snapshots, one name at a time.
+    public func removeLeftoverSnapshots(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String] {
+        let wanted = Set(volumes)
+        var byName: [String: [VolumeID]] = [:]
+        for s in try listSnapshots() where wanted.contains(s.volume) && s.name.hasPrefix(prefix) {
+            byName[s.name, default: []].append(s.volume)
+        }
+        var removed: [String] = []
+        for (name, vols) in byName.sorted(by: { $0.key < $1.key }) {
+            try deleteSnapshot(vols, name: name)
+            removed.append("snapshot '\(name)' of \(vols.map(\.description).joined(separator: ", "))")
+        }
+        return removed
     }
 
     /// Capability for a volume, looking up its format.

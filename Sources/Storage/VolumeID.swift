@@ -48,10 +48,12 @@ public struct DiskName: Equatable, Sendable {
     }
 
     public init?(_ text: String) {
-        let p = text.split(separator: "-")
-        guard p.count == 4, p[0] == "vm", p[2] == "disk", let v = Int(p[1]), let i = Int(p[3]), i >= 0 else { return nil }
+        let p = text.split(separator: "-", omittingEmptySubsequences: false)
+        guard p.count == 4, p[0] == "vm", p[2] == "disk", let v = Int(p[1]), let i = Int(p[3]), v >= 0, i >= 0 else { return nil }
         vmid = v
         index = i
+        // Canonical spelling only ("disk-00", "vm-0100", "+1" are other files, not this disk).
+        guard description == text else { return nil }
     }
 
     public var description: String { "vm-\(vmid)-disk-\(index)" }

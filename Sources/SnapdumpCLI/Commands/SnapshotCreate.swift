@@ -17,7 +17,7 @@ struct SnapshotCreate: ParsableCommand {
         try NameRules.validateSnapshotName(name)
         let stores = Set(vols.map(\.storage))
         guard stores.count == 1 else {
-            throw ValidationError("volumes of one storage only, got \(stores.sorted().joined(separator: ", ")): a snapshot across storages cannot be atomic")
+            throw StorageError(.invalidArgument, "volumes of one storage only, got \(stores.sorted().joined(separator: ", ")): a snapshot across storages cannot be atomic")
         }
         try global.storages().plugin(vols[0].storage).createSnapshot(vols, name: name)
     }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import SnapdumpConfig
 import Storage
 
 struct StorageAdd: ParsableCommand {
@@ -16,20 +17,20 @@ struct StorageAdd: ParsableCommand {
 
     func run() throws {
         guard let t = StorageType(rawValue: type) else {
-            throw ValidationError("unknown storage type '\(type)' (known: \(StorageType.allCases.map(\.rawValue).joined(separator: ", ")))")
+            throw StorageError(.invalidArgument, "unknown storage type '\(type)' (known: \(StorageType.allCases.map(\.rawValue).joined(separator: ", ")))")
         }
         var contentSet: Set<ContentType> = [.images]
         if let content {
             contentSet = []
             for c in content.split(separator: ",") {
-                guard let ct = ContentType(rawValue: String(c)) else { throw ValidationError("unknown content type '\(c)' (known: images, backup)") }
+                guard let ct = ContentType(rawValue: String(c)) else { throw StorageError(.invalidArgument, "unknown content type '\(c)' (known: images, backup)") }
                 contentSet.insert(ct)
             }
         }
-        if let reflink, reflink != 0 && reflink != 1 { throw ValidationError("--reflink must be 0 or 1") }
+        if let reflink, reflink != 0 && reflink != 1 { throw StorageError(.invalidArgument, "--reflink must be 0 or 1") }
         var fmt: VolumeFormat?
         if let format {
-            guard let f = VolumeFormat(rawValue: format) else { throw ValidationError("unknown format '\(format)' (raw, qcow2)") }
+            guard let f = VolumeFormat(rawValue: format) else { throw StorageError(.invalidArgument, "unknown format '\(format)' (raw, qcow2)") }
             fmt = f
         }
         var path = self.path
@@ -37,7 +38,12 @@ struct StorageAdd: ParsableCommand {
         let def = StorageDefinition(type: t, id: storeid, path: path, pool: pool, content: contentSet,
                                     reflink: reflink == 1, format: fmt, pruneBackups: pruneBackups)
         // Validate through the same rules as loading the file, so what we write we can read.
-        _ = try StorageDefinition(section: def.section, file: "storage '\(storeid)'")
+        // The section is not from a file: report the message alone, without a file:line.
+        do {
+            _ = try StorageDefinition(section: def.section, file: "storage '\(storeid)'")
+        } catch let e as ConfigError {
+            throw StorageError(.invalidArgument, e.message)
+        }
         var cfg = try global.storages().config
         try cfg.add(def)
         try StorageRegistry.plugin(for: def).activate()

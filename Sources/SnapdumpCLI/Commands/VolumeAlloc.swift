@@ -11,10 +11,16 @@ struct VolumeAlloc: ParsableCommand {
     @Option(help: "raw or qcow2.") var format: String?
 
     func run() throws {
-        let bytes = try SizeArgument.parse(size)
+        let bytes: UInt64
+        do {
+            bytes = try SizeArgument.parse(size)
+        } catch let e as ValidationError {
+            // From run(), a ValidationError would print the root command's usage too: one line only.
+            throw StorageError(.invalidArgument, e.message)
+        }
         var fmt: VolumeFormat?
         if let format {
-            guard let f = VolumeFormat(rawValue: format) else { throw ValidationError("unknown format '\(format)' (raw, qcow2)") }
+            guard let f = VolumeFormat(rawValue: format) else { throw StorageError(.invalidArgument, "unknown format '\(format)' (raw, qcow2)") }
             fmt = f
         }
         let vol = try global.storages().plugin(storeid).allocate(vmid: vmid, size: bytes, format: fmt)

@@ -81,6 +81,10 @@ public struct BtrfsPlugin: StoragePlugin {
             let vmid = try layout.parse(v).vmid
             if !vmids.contains(vmid) { vmids.append(vmid) }
         }
+        // One subvolume per VM: snapshots of two VMs would be two operations, not one atomic one.
+        guard vmids.count <= 1 else {
+            throw StorageError(.invalidArgument, "storage '\(id)': btrfs snapshots are atomic per VM (one subvolume each); volumes of VMs \(vmids.map(String.init).joined(separator: ", ")) cannot be snapshotted together, snapshot each VM separately")
+        }
         for vmid in vmids where FileSystem.exists(snapshotDir(vmid: vmid, name: name)) {
             throw StorageError(.alreadyExists, "snapshot '\(name)' of VM \(vmid) on storage '\(id)' already exists")
         }

@@ -103,16 +103,18 @@ public struct DirectoryPlugin: StoragePlugin {
                 case .raw:
                     let p = try layout.parse(v)
                     let dir = reflinkSnapshotDir(vmid: p.vmid, name: name)
-                    try FileSystem.createDirectory(dir)
                     let target = "\(dir)/\(p.file)"
                     do {
+                        try FileSystem.createDirectory(dir)
                         let src = try File.openForReading(path)
                         let dst = try File.open(target, O_WRONLY | O_CREAT | O_EXCL, mode: 0o440)
                         try dst.cloneContents(of: src)
                         try dst.sync()
                     } catch {
+                        // Leave no empty snapshot directories behind (rmdir fails on non-empty ones).
                         try? FileSystem.remove(target)
                         try? FileSystem.removeDirectory(dir)
+                        try? FileSystem.removeDirectory("\(layout.vmDir(p.vmid))/.snapshots")
                         throw error
                     }
                 }
@@ -121,6 +123,9 @@ public struct DirectoryPlugin: StoragePlugin {
         } catch {
             // All or nothing: remove the snapshots this call made before the failure.
             try? deleteSnapshot(done, name: name)
+            if let e = error as? SystemError, e.isNoSpace {
+                throw StorageError(.noSpace, "snapshot '\(name)' of \(volumes.map(\.description).joined(separator: ", ")) on storage '\(id)' failed: no space left on device (\(e))")
+            }
             throw error
         }
     }

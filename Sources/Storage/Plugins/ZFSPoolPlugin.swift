@@ -47,7 +47,8 @@ public struct ZFSPoolPlugin: StoragePlugin {
         guard (try? activate()) != nil else {
             return StorageStatus(id: id, type: .zfspool, active: false, total: 0, used: 0, available: 0, snapshots: "yes (atomic)")
         }
-        let f = try zfs("list", "-H", "-p", "-o", "used,avail", pool).split(whereSeparator: { $0 == "\t" || $0 == "\n" })
+        // `zfs get -p`, not `zfs list -p`: zfs-fuse's `zfs list` has no -p.
+        let f = try zfs("get", "-H", "-p", "-o", "value", "used,available", pool).split(separator: "\n")
         let used = UInt64(f.first ?? "0") ?? 0, avail = UInt64(f.dropFirst().first ?? "0") ?? 0
         return StorageStatus(id: id, type: .zfspool, active: true, total: used + avail, used: used, available: avail,
                              snapshots: "yes (atomic, \(usesZvols ? "zvols" : "raw files in datasets: no zvols here"))")
@@ -103,17 +104,18 @@ public struct ZFSPoolPlugin: StoragePlugin {
             throw StorageError(.busy, "volume '\(volume)' has snapshots (\(snaps.joined(separator: ", "))): delete them first")
         }
         if usesZvols {
-            _ = try zfs("destroy", target)
+            try retryingBusy { _ = try zfs("destroy", target) }
         } else {
             try FileSystem.remove(path)
-            if try list(vmid: d.vmid).isEmpty { _ = try zfs("destroy", target) }
+            if try list(vmid: d.vmid).isEmpty { try retryingBusy { _ = try zfs("destroy", target) } }
         }
     }
 
     public func list(vmid: Int?) throws -> [VolumeInfo] {
         try activate()
         var result: [VolumeInfo] = []
-        let out = try zfs("list", "-H", "-p", "-r", "-d", "1", "-t", usesZvols ? "volume" : "filesystem", "-o", "name,volsize,mountpoint", pool)
+        // Exact volsize (-p) matters for zvols only; zfs-fuse's `zfs list` has no -p.
+        let out = try zfs(["list", "-H"] + (usesZvols ? ["-p"] : []) + ["-r", "-d", "1", "-t", usesZvols ? "volume" : "filesystem", "-o", "name,volsize,mountpoint", pool])
         for line in out.split(separator: "\n") {
             let f = line.split(separator: "\t").map(String.init)
             guard f.count == 3, f[0] != pool else { continue }
@@ -169,7 +171,13 @@ public struct ZFSPoolPlugin: StoragePlugin {
         for t in targets where datasetExists("\(t)@\(name)") {
             throw StorageError(.alreadyExists, "snapshot '\(t)@\(name)' already exists on storage '\(id)'")
         }
-        _ = try zfs(["snapshot"] + targets.map { "\($0)@\(name)" })
+        do {
+            _ = try zfs(["snapshot"] + targets.map { "\($0)@\(name)" })
+        } catch let e as StorageError where targets.count > 1 && e.message.contains("too many arguments") {
+            // zfs-fuse's `zfs snapshot` takes one dataset; nothing was created.
+            let vmids = Set(try volumes.map { try parseDisk($0).vmid }).sorted().map(String.init)
+            throw StorageError(.invalidArgument, "storage '\(id)': this zfs (zfs-fuse) snapshots one dataset per command, so volumes of VMs \(vmids.joined(separator: ", ")) cannot be snapshotted atomically together; snapshot each VM separately")
+        }
     }
 
     public func deleteSnapshot(_ volumes: [VolumeID], name: String) throws {
@@ -201,17 +209,26 @@ public struct ZFSPoolPlugin: StoragePlugin {
 
     public func listSnapshots() throws -> [SnapshotInfo] {
         try activate()
-        let out = try zfs("list", "-H", "-p", "-r", "-t", "snapshot", "-o", "name,used,creation", pool)
-        let volumes = try list(vmid: nil)
-        var result: [SnapshotInfo] = []
+        // `zfs get -p -r` lists snapshots with exact numbers on kernel ZFS and zfs-fuse alike
+        // (zfs-fuse's `zfs list` has no -p).
+        let out = try zfs("get", "-H", "-p", "-r", "-o", "name,property,value", "used,creation", pool)
+        var snapshots: [String: (used: UInt64?, created: Date)] = [:]
         for line in out.split(separator: "\n") {
             let f = line.split(separator: "\t").map(String.init)
-            guard f.count == 3, let at = f[0].firstIndex(of: "@") else { continue }
-            let dataset = String(f[0][..<at]), snap = String(f[0][f[0].index(after: at)...])
-            let created = Date(timeIntervalSince1970: Double(f[2]) ?? 0)
+            guard f.count == 3, f[0].contains("@") else { continue }
+            var s = snapshots[f[0]] ?? (nil, Date(timeIntervalSince1970: 0))
+            if f[1] == "used" { s.used = UInt64(f[2]) }
+            if f[1] == "creation" { s.created = Date(timeIntervalSince1970: Double(f[2]) ?? 0) }
+            snapshots[f[0]] = s
+        }
+        let volumes = try list(vmid: nil)
+        var result: [SnapshotInfo] = []
+        for (full, s) in snapshots.sorted(by: { $0.key < $1.key }) {
+            let at = full.firstIndex(of: "@")!
+            let dataset = String(full[..<at]), snap = String(full[full.index(after: at)...])
             // A dataset snapshot covers every disk file of that VM.
             for v in volumes where (try? snapshotTarget(v.volume)) == dataset {
-                result.append(SnapshotInfo(volume: v.volume, name: snap, created: created, used: UInt64(f[1])))
+                result.append(SnapshotInfo(volume: v.volume, name: snap, created: s.created, used: s.used))
             }
         }
         return result
@@ -231,8 +248,10 @@ public struct ZFSPoolPlugin: StoragePlugin {
             for _ in 0..<100 where !FileSystem.exists(dev) { usleep(50_000) }
             return try FileBlockSource(path: dev, name: label)
         }
-        // zfs-fuse has no .zfs/snapshot directory: read through a temporary clone.
-        let clone = "\(pool)/\(Self.clonePrefix)\(try parseDisk(volume).vmid)-\(snapshot)-\(getpid())"
+        // zfs-fuse has no .zfs/snapshot directory: read through a temporary clone, one per
+        // reader (the disks of one VM share a dataset snapshot and are read at the same time).
+        let token = UUID().uuidString.prefix(8).lowercased()
+        let clone = "\(pool)/\(Self.clonePrefix)\(try parseDisk(volume).vmid)-\(snapshot)-\(getpid())-\(token)"
         _ = try zfs("clone", "-o", "readonly=on", "\(target)@\(snapshot)", clone)
         do {
             let file = "\(try mountpoint(clone))/\(volume.volname).raw"
@@ -248,4 +267,21 @@ public struct ZFSPoolPlugin: StoragePlugin {
 
     /// Clones made to read a snapshot are named with this prefix, so leftovers of a killed run can be found.
     public static let clonePrefix = "snapdump-read-vm-"
+
+    /// Read clones of the VMs' snapshots first (a snapshot with a clone cannot be destroyed), then the snapshots.
+    public func removeLeftovers(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String] {
+        var removed: [String] = []
+        let vmids = Set(try volumes.map { try parseDisk($0).vmid })
+        let out = try zfs("list", "-H", "-o", "name", "-r", "-t", "filesystem", pool)
+        for name in out.split(separator: "\n").map(String.init) {
+            let child = name.hasPrefix(pool + "/") ? String(name.dropFirst(pool.count + 1)) : ""
+            guard child.hasPrefix(Self.clonePrefix) else { continue }
+            let rest = child.dropFirst(Self.clonePrefix.count)
+            guard let vmid = Int(rest.prefix { $0.isNumber }), vmids.contains(vmid),
+                  rest.dropFirst(String(vmid).count).hasPrefix("-" + prefix) else { continue }
+            try retryingBusy { _ = try zfs("destroy", name) }
+            removed.append("read clone '\(name)'")
+        }
+        return removed + (try removeLeftoverSnapshots(of: volumes, snapshotPrefix: prefix))
+    }
 }

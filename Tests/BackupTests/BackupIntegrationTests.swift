@@ -1,0 +1,209 @@
+import Foundation
+import SnapdumpSystem
+import Testing
+import TestSupport
+
+/// Backups of the running test guest in every mode on every storage type,
+/// through the real CLI: restore to a new VMID, then the record checker must
+/// find a crash-consistent disk, and in snapshot mode the last record must lie
+/// between the heartbeats seen just before and just after the backup.
+@Suite("Backup of a running guest", .serialized, .enabled(if: Integration.available("SNAPDUMP_TEST_BTRFS")))
+struct BackupIntegrationTests {
+    struct Summary: Decodable {
+        var vmid: Int
+        var ok: Bool
+        var mode: String?
+        var requestedMode: String
+        var fallbackReason: String?
+        var downtimeMs: Int64?
+        var downtimeKind: String?
+        var archive: String?
+        var error: String?
+    }
+
+    struct Outcome {
+        var summary: Summary
+        var stderr: String
+        var before: Int
+        var after: Int
+    }
+
+    func backup(_ h: GuestHarness, _ vmid: Int, _ args: [String]) throws -> Outcome {
+        let before = h.lastHeartbeat(vmid)
+        let r = try h.run(["backup", "\(vmid)", "--output-format", "json"] + args)
+        let after = h.lastHeartbeat(vmid)
+        let s = try JSONDecoder().decode([Summary].self, from: Data(r.stdout.utf8))
+        try #require(s.count == 1, "backup output: \(r)")
+        return Outcome(summary: s[0], stderr: r.stderr, before: before, after: after)
+    }
+
+    /// Restores `archive` to `target` on `storage` and returns the checker's report.
+    func restoreAndCheck(_ h: GuestHarness, archive: String, target: Int, storage: String) throws -> [String: String] {
+        try h.must(["restore", archive, "\(target)", "--storage", storage])
+        h.registerVM(target)
+        let config = try h.must(["vm", "config", "\(target)"]).stdout
+        let line = try #require(config.split(separator: "\n").first { $0.hasPrefix("scsi0:") })
+        let volid = String(line.dropFirst("scsi0: ".count).split(separator: ",")[0])
+        return try h.checkRecords(volume: volid)
+    }
+
+    /// Invariants after every backup, failed or not: guest running and writing, no lock, no snapshot, no temp file.
+    func expectClean(_ h: GuestHarness, _ vmid: Int, dumpdir: String) async throws {
+        let status = try h.must(["vm", "status", "\(vmid)"]).stdout
+        #expect(status.contains("status: running"), "guest not running after backup: \(status)")
+        #expect(!status.contains("lock:"), "lock left: \(status)")
+        let hb = h.lastHeartbeat(vmid)
+        _ = try await h.waitForHeartbeat(vmid, above: hb, timeout: .seconds(20))
+        let snaps = try h.must(["snapshot", "list"]).stdout.split(separator: "\n").dropFirst()
+        #expect(snaps.isEmpty, "snapshots left: \(snaps)")
+        let leftovers = ((try? FileSystem.list(dumpdir)) ?? []).filter { $0.hasSuffix(".dat") || $0.hasSuffix(".part") }
+        #expect(leftovers.isEmpty, "temporary files left in \(dumpdir): \(leftovers)")
+    }
+
+    func dumpdir(_ h: GuestHarness) -> String { h.configDir + "/dump" }
+
+    @Test func snapshotOnBtrfsIsLiveAndCrashConsistent() async throws {
+        let btrfs = try Integration.require("SNAPDUMP_TEST_BTRFS")
+        let dir = try Integration.require("SNAPDUMP_TEST_DIR")
+        let h = try GuestHarness(label: "bk-btrfs")
+        defer { h.tearDown() }
+        try h.addStorage("btrfs", "bt", under: btrfs)
+        try h.addStorage("dir", "local", under: dir, extra: ["--content", "images,backup"])
+        try await h.startGuest(300, disk: "bt:128M")
+        _ = try await h.waitForHeartbeat(300, above: 100, timeout: .seconds(30))
+
+        let o = try backup(h, 300, ["--mode", "snapshot", "--storage", "local", "--compress", "zstd"])
+        #expect(o.summary.ok, "\(o.summary.error ?? "") \(o.stderr)")
+        #expect(o.summary.mode == "snapshot")
+        #expect(o.summary.fallbackReason == nil)
+        #expect((o.summary.downtimeMs ?? 0) < 5000)
+        #expect(o.stderr.contains("INFO: guest downtime:"))
+        let archive = try #require(o.summary.archive)
+        #expect(archive.hasSuffix(".vma.zst") && FileSystem.exists(archive))
+        #expect(FileSystem.exists(archive.replacingOccurrences(of: ".vma.zst", with: ".log")))
+        try await expectClean(h, 300, dumpdir: (archive as NSString).deletingLastPathComponent)
+
+        let report = try restoreAndCheck(h, archive: archive, target: 301, storage: "local")
+        #expect(report["status"] == "consistent", "\(report)")
+        let last = Int(report["last_contiguous"] ?? "") ?? -1
+        #expect(last >= o.before && last <= o.after + 10, "last record \(last) not within heartbeats \(o.before)…\(o.after)")
+    }
+
+    @Test func rawDirFallsBackToSuspendLoudly() async throws {
+        let dir = try Integration.require("SNAPDUMP_TEST_DIR")
+        let h = try GuestHarness(label: "bk-fallback")
+        defer { h.tearDown() }
+        try h.addStorage("dir", "local", under: dir, extra: ["--content", "images,backup"])
+        try await h.startGuest(310, disk: "local:128M")
+
+        let o = try backup(h, 310, ["--mode", "snapshot", "--storage", "local"])
+        #expect(o.summary.ok, "\(o.stderr)")
+        #expect(o.summary.requestedMode == "snapshot" && o.summary.mode == "suspend")
+        #expect(o.stderr.contains("WARN: mode failure - some volumes do not support snapshots (scsi0 on local: raw files on dir storage)"))
+        #expect(o.stderr.contains("INFO: trying 'suspend' mode instead"))
+        #expect(o.summary.downtimeKind == "paused" && (o.summary.downtimeMs ?? 0) > 0)
+        let archive = try #require(o.summary.archive)
+        try await expectClean(h, 310, dumpdir: (archive as NSString).deletingLastPathComponent)
+        let report = try restoreAndCheck(h, archive: archive, target: 311, storage: "local")
+        #expect(report["status"] == "consistent", "\(report)")
+    }
+
+    @Test func refuseFallbackTouchesNothing() async throws {
+        let dir = try Integration.require("SNAPDUMP_TEST_DIR")
+        let h = try GuestHarness(label: "bk-refuse")
+        defer { h.tearDown() }
+        try h.addStorage("dir", "local", under: dir, extra: ["--content", "images,backup"])
+        try await h.startGuest(320, disk: "local:128M")
+        let configBefore = try FileSystem.readText(h.configDir + "/qemu/320.conf")
+
+        let r = try h.run(["backup", "320", "--mode", "snapshot", "--storage", "local", "--snapshot-fallback", "refuse"])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("mode failure - some volumes do not support snapshots"))
+        #expect(!r.stderr.contains("suspending guest"))
+        #expect(try FileSystem.readText(h.configDir + "/qemu/320.conf") == configBefore)
+        try await expectClean(h, 320, dumpdir: dir)
+    }
+
+    @Test func reflinkOnXFSPausesForMilliseconds() async throws {
+        let xfs = try Integration.require("SNAPDUMP_TEST_XFS")
+        let h = try GuestHarness(label: "bk-xfs")
+        defer { h.tearDown() }
+        try h.addStorage("dir", "xfs", under: xfs, extra: ["--content", "images,backup", "--reflink", "1"])
+        try await h.startGuest(330, disk: "xfs:128M")
+        let o = try backup(h, 330, ["--mode", "snapshot", "--storage", "xfs", "--compress", "gzip"])
+        #expect(o.summary.ok, "\(o.stderr)")
+        #expect(o.summary.mode == "snapshot")
+        #expect(o.summary.downtimeKind == "paused for snapshot" || o.summary.downtimeKind == "frozen for snapshot")
+        let archive = try #require(o.summary.archive)
+        #expect(archive.hasSuffix(".vma.gz"))
+        try await expectClean(h, 330, dumpdir: (archive as NSString).deletingLastPathComponent)
+        let report = try restoreAndCheck(h, archive: archive, target: 331, storage: "xfs")
+        #expect(report["status"] == "consistent", "\(report)")
+        let last = Int(report["last_contiguous"] ?? "") ?? -1
+        #expect(last >= o.before && last <= o.after + 10, "last record \(last) not within \(o.before)…\(o.after)")
+    }
+
+    @Test func zfsSnapshotOfARunningGuest() async throws {
+        let pool = try Integration.require("SNAPDUMP_TEST_ZPOOL")
+        let dir = try Integration.require("SNAPDUMP_TEST_DIR")
+        let h = try GuestHarness(label: "bk-zfs")
+        defer { h.tearDown() }
+        try h.addZFSPool("tank", pool: pool)
+        try h.addStorage("dir", "local", under: dir, extra: ["--content", "images,backup"])
+        try await h.startGuest(340, disk: "tank:128M")
+        let o = try backup(h, 340, ["--mode", "snapshot", "--storage", "local", "--compress", "zstd"])
+        #expect(o.summary.ok, "\(o.stderr)")
+        #expect(o.summary.mode == "snapshot")
+        let archive = try #require(o.summary.archive)
+        try await expectClean(h, 340, dumpdir: (archive as NSString).deletingLastPathComponent)
+        let zsnaps = try Command.run(["zfs", "list", "-H", "-t", "snapshot", "-o", "name", "-r", pool])
+        #expect(!zsnaps.contains("vm-340"), "zfs snapshots left: \(zsnaps)")
+        let report = try restoreAndCheck(h, archive: archive, target: 341, storage: "local")
+        #expect(report["status"] == "consistent", "\(report)")
+        let last = Int(report["last_contiguous"] ?? "") ?? -1
+        #expect(last >= o.before && last <= o.after + 10, "last record \(last) not within \(o.before)…\(o.after)")
+    }
+
+    @Test func qcow2OnDirUsesQEMUOverlays() async throws {
+        let dir = try Integration.require("SNAPDUMP_TEST_DIR")
+        let h = try GuestHarness(label: "bk-qcow2")
+        defer { h.tearDown() }
+        try h.addStorage("dir", "qc", under: dir, extra: ["--content", "images,backup", "--format", "qcow2"])
+        try await h.startGuest(350, disk: "qc:128M")
+        let o = try backup(h, 350, ["--mode", "snapshot", "--storage", "qc"])
+        #expect(o.summary.ok, "\(o.stderr)")
+        #expect(o.summary.mode == "snapshot")
+        #expect(o.stderr.contains("QEMU qcow2 overlays"))
+        #expect(o.stderr.contains("merged overlay of scsi0"))
+        let archive = try #require(o.summary.archive)
+        try await expectClean(h, 350, dumpdir: (archive as NSString).deletingLastPathComponent)
+        let image = try h.must(["volume", "path", "qc:350/vm-350-disk-0.qcow2"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let images = try FileSystem.list((image as NSString).deletingLastPathComponent)
+        #expect(images == ["vm-350-disk-0.qcow2"], "overlay files left: \(images)")
+        let report = try restoreAndCheck(h, archive: archive, target: 351, storage: "qc")
+        #expect(report["status"] == "consistent", "\(report)")
+        let last = Int(report["last_contiguous"] ?? "") ?? -1
+        #expect(last >= o.before && last <= o.after + 10, "last record \(last) not within \(o.before)…\(o.after)")
+    }
+
+    @Test func stopModeRestartsTheGuest() async throws {
+        let btrfs = try Integration.require("SNAPDUMP_TEST_BTRFS")
+        let h = try GuestHarness(label: "bk-stop")
+        defer { h.tearDown() }
+        try h.addStorage("btrfs", "bt", under: btrfs, extra: ["--content", "images,backup"])
+        try await h.startGuest(360, disk: "bt:128M")
+        let pidBefore = h.qemuPID(360)
+        let o = try backup(h, 360, ["--mode", "stop", "--storage", "bt", "--stopwait", "1"])
+        #expect(o.summary.ok, "\(o.stderr)")
+        #expect(o.summary.mode == "stop" && o.summary.downtimeKind == "stopped")
+        #expect(o.stderr.contains("stopping virtual guest"))
+        let pidAfter = h.qemuPID(360)
+        #expect(pidAfter != nil && pidAfter != pidBefore, "guest not restarted")
+        let archive = try #require(o.summary.archive)
+        try await expectClean(h, 360, dumpdir: (archive as NSString).deletingLastPathComponent)
+        // A clean shutdown: the archive holds every record the guest wrote before stopping.
+        let report = try restoreAndCheck(h, archive: archive, target: 361, storage: "bt")
+        #expect(report["status"] == "consistent", "\(report)")
+        #expect((Int(report["last_contiguous"] ?? "") ?? -1) >= o.before)
+    }
+}

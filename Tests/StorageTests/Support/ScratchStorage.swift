@@ -1,0 +1,123 @@
+import Foundation
+import SnapdumpSystem
+import Storage
+import Testing
+import TestSupport
+
+/// Fixture lookup for tests: the value, or — when the fixture is missing — a
+/// failure under SNAPDUMP_INTEGRATION=1 and a cancelled (skipped) test otherwise.
+enum Fixture {
+    static func need(_ name: String) throws -> String {
+        if let v = Integration.fixture(name) { return v }
+        if Integration.required { return try Integration.require(name) }
+        // Cancelled test cases of a parameterized test are not listed by name: say it here too.
+        print("skipped: fixture \(name) is not set up (scripts/fixtures/setup.sh)")
+        try Test.cancel("fixture \(name) is not set up (scripts/fixtures/setup.sh); skipped")
+    }
+
+    /// A fixture that is a directory (mount point): it must exist when it is configured.
+    static func directory(_ name: String) throws -> String {
+        let v = try need(name)
+        guard FileSystem.isDirectory(v) else { throw TestFailure("fixture \(name)=\(v) is configured but is not a directory (run scripts/fixtures/setup.sh)") }
+        return v
+    }
+
+    static func short() -> String { String(UUID().uuidString.prefix(8)).lowercased() }
+}
+
+/// A storage of its own for one test: a fresh directory inside a fixture
+/// filesystem (dir, btrfs) or a fresh dataset inside the test pool (zfspool).
+/// `leftovers()` lists anything the storage layer left behind;
+/// `destroy()` removes everything the test made, whatever state it is in.
+final class ScratchStorage: @unchecked Sendable {
+    // @unchecked: used by one test at a time; immutable after init.
+    let definition: StorageDefinition
+    let plugin: any StoragePlugin
+    /// Directory holding the storage's files (dir/btrfs path, or the zfs dataset's mountpoint).
+    let root: String
+    /// The zfs dataset used as the storage's `pool`, for zfspool.
+    let dataset: String?
+    /// Mount point of the btrfs filesystem under `root`, for subvolume checks.
+    let btrfsMount: String?
+
+    init(type: StorageType, fixtureDir: String? = nil, zpool: String? = nil, reflink: Bool = false, format: VolumeFormat? = nil) throws {
+        let tag = Fixture.short()
+        let id = "t\(tag)"
+        switch type {
+        case .dir, .btrfs:
+            let base = fixtureDir!
+            root = base + "/snapdump-test-" + tag
+            try FileSystem.createDirectory(root)
+            dataset = nil
+            btrfsMount = FileSystem.filesystemType(base) == "btrfs" ? base : nil
+            definition = StorageDefinition(type: type, id: id, path: root, reflink: reflink, format: format)
+        case .zfspool:
+            let ds = "\(zpool!)/snapdump-test-\(tag)"
+            try Command.run(["zfs", "create", ds])
+            dataset = ds
+            btrfsMount = nil
+            root = try Command.run(["zfs", "get", "-H", "-o", "value", "mountpoint", ds]).trimmingCharacters(in: .whitespacesAndNewlines)
+            definition = StorageDefinition(type: .zfspool, id: id, pool: ds, format: format)
+        }
+        plugin = StorageRegistry.plugin(for: definition)
+    }
+
+    var id: String { definition.id }
+
+    /// btrfs subvolumes below `root` (paths relative to the filesystem).
+    func subvolumes() -> [String] {
+        guard let mount = btrfsMount, let out = try? Command.run(["btrfs", "subvolume", "list", mount]) else { return [] }
+        let rel = String(root.dropFirst(mount.count + 1)) + "/"
+        return out.split(separator: "\n").compactMap { line in
+            guard let r = line.range(of: " path ") else { return nil }
+            let p = String(line[r.upperBound...])
+            return p.hasPrefix(rel) ? p : nil
+        }
+    }
+
+    /// zfs datasets, snapshots and clones below the test dataset (not the dataset itself).
+    func zfsChildren() -> [String] {
+        guard let ds = dataset, let out = try? Command.run(["zfs", "list", "-H", "-o", "name", "-t", "all", "-r", ds]) else { return [] }
+        return out.split(separator: "\n").map(String.init).filter { $0 != ds }
+    }
+
+    /// Live processes (qemu-nbd) whose command line names something of this storage.
+    func processes() -> [Processes.Entry] { Processes.matching(root + "/") }
+
+    /// Everything the storage layer left behind once all volumes and snapshots are gone:
+    /// files, snapshot directories, `@` subvolumes, `.part` and probe files, btrfs
+    /// subvolumes, zfs snapshots and clones, qemu-nbd processes. Empty directories
+    /// (`images`, `images/<vmid>`) are allowed, as Proxmox leaves them too.
+    func leftovers() -> [String] {
+        var found: [String] = []
+        if let tree = try? FileTree.capture(root) {
+            for (path, e) in tree.entries {
+                let parts = path.split(separator: "/")
+                let allowed = e.kind == "d" && parts[0] == "images" && (parts.count == 1 || parts.count == 2 && Int(parts[1]) != nil)
+                if !allowed { found.append("\(e.kind == "d" ? "directory" : "file") \(path)") }
+            }
+        }
+        found += subvolumes().map { "btrfs subvolume \($0)" }
+        found += zfsChildren().map { "zfs \($0)" }
+        found += processes().map { "process \($0.pid): \($0.commandLine)" }
+        return found.sorted()
+    }
+
+    /// Removes everything this test made (helpers it started, subvolumes, datasets, files).
+    func destroy() {
+        Processes.terminate(processes().map(\.pid))
+        if let ds = dataset {
+            for attempt in 0..<40 {
+                let o = try? Command.capture(["zfs", "destroy", "-R", ds])
+                if o?.status == 0 || !((o?.stderr ?? "").contains("busy")) || attempt == 39 { break }
+                usleep(250_000)
+            }
+            return
+        }
+        // Deepest subvolumes first.
+        for sv in subvolumes().sorted(by: { $0.count > $1.count }) {
+            _ = try? Command.capture(["btrfs", "-q", "subvolume", "delete", btrfsMount! + "/" + sv])
+        }
+        _ = try? Command.capture(["rm", "-rf", "--one-file-system", root])
+    }
+}

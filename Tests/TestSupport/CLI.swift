@@ -1,0 +1,42 @@
+import Foundation
+import SnapdumpSystem
+
+/// Runs the real `snapdump` executable as a subprocess, the way a user does.
+public enum SnapdumpBinary {
+    public struct Result: Sendable, CustomStringConvertible {
+        public var status: Int32
+        public var stdout: String
+        public var stderr: String
+
+        /// Non-empty stderr lines.
+        public var errorLines: [String] {
+            stderr.split(separator: "\n").map(String.init).filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
+        }
+
+        public var description: String { "exit \(status), stdout: \(stdout.debugDescription), stderr: \(stderr.debugDescription)" }
+    }
+
+    /// The binary: `SNAPDUMP_BIN`, else `snapdump` beside the test bundle
+    /// (`swift test` builds it into the same directory), else `.build/debug/snapdump`.
+    public static var binary: String {
+        if let b = ProcessInfo.processInfo.environment["SNAPDUMP_BIN"], !b.isEmpty { return b }
+        let testBinary = (CommandLine.arguments.first.map { (try? FileSystem.realPath($0)) ?? $0 }) ?? ""
+        var dir = (testBinary as NSString).deletingLastPathComponent
+        // On Linux the runner is `<build>/<name>PackageTests.xctest`; step out of a bundle if there is one.
+        while dir.hasSuffix(".xctest") || dir.hasSuffix("/Contents/MacOS") { dir = (dir as NSString).deletingLastPathComponent }
+        let beside = dir + "/snapdump"
+        if FileManager.default.isExecutableFile(atPath: beside) { return beside }
+        return FileManager.default.currentDirectoryPath + "/.build/debug/snapdump"
+    }
+
+    /// Runs `snapdump <args>` with `--config-dir` prepended when given; never throws for a non-zero exit.
+    public static func run(_ args: [String], configDir: String? = nil, environment: [String: String] = [:]) throws -> Result {
+        var argv = [binary] + args
+        if let configDir { argv += ["--config-dir", configDir] }
+        // Keep the caller's SNAPDUMP_CONFIG_DIR from leaking into the child.
+        var env = environment
+        if env["SNAPDUMP_CONFIG_DIR"] == nil { env["SNAPDUMP_CONFIG_DIR"] = "" }
+        let o = try Command.capture(argv, environment: env)
+        return Result(status: o.status, stdout: o.stdout, stderr: o.stderr)
+    }
+}
