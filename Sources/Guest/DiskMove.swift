@@ -44,14 +44,21 @@ public struct DiskMove: Sendable {
         public var format: VolumeFormat?
         /// Free the old volume after the move instead of keeping it as `unusedN`.
         public var deleteSource: Bool
+        /// Copy rate limit in KiB/s (Proxmox's `bwlimit`); nil or 0: unlimited.
+        public var bandwidthLimit: UInt64?
 
-        public init(vmid: Int, disk: String, targetStorage: String, format: VolumeFormat? = nil, deleteSource: Bool = false) {
+        public init(vmid: Int, disk: String, targetStorage: String, format: VolumeFormat? = nil, deleteSource: Bool = false,
+                    bandwidthLimit: UInt64? = nil) {
             self.vmid = vmid
             self.disk = disk
             self.targetStorage = targetStorage
             self.format = format
             self.deleteSource = deleteSource
+            self.bandwidthLimit = bandwidthLimit
         }
+
+        /// The limit in bytes per second, or nil.
+        var bytesPerSecond: UInt64? { bandwidthLimit.flatMap { $0 > 0 ? $0 * 1024 : nil } }
     }
 
     public struct Progress: Sendable, Equatable {
@@ -245,10 +252,12 @@ public struct DiskMove: Sendable {
             try checkInterrupted(vmid)
 
             let mark = await qmp.eventMark
+            var mirror: [String: JSONValue] = [
+                "job-id": .string(job), "device": .string(current.node), "target": .string(node), "sync": .string("full"),
+            ]
+            if let bps = r.bytesPerSecond { mirror["speed"] = .int(Int64(bps)) }
             try await qmpStep(vmid, "blockdev-mirror") {
-                _ = try await qmp.execute("blockdev-mirror", arguments: [
-                    "job-id": .string(job), "device": .string(current.node), "target": .string(node), "sync": .string("full"),
-                ])
+                _ = try await qmp.execute("blockdev-mirror", arguments: mirror)
             }
             state.jobStarted = true
             log("drive mirror is starting for \(current.node) (job \(job))")
@@ -451,7 +460,8 @@ public struct DiskMove: Sendable {
         let newVolume = try await allocate(vmid, plan, size: size)
         do {
             let (newPath, _) = try storage(vmid) { try plan.target.path(of: newVolume) }
-            try await convert(vmid, from: plan.sourcePath, format: plan.sourceFormat, to: newPath, format: plan.format, size: size)
+            try await convert(vmid, from: plan.sourcePath, format: plan.sourceFormat, to: newPath, format: plan.format, size: size,
+                              bytesPerSecond: r.bytesPerSecond)
             // The VM may not have been started meanwhile: start takes the same lock.
         } catch {
             var notes: [String] = []
@@ -466,9 +476,11 @@ public struct DiskMove: Sendable {
     }
 
     /// `qemu-img convert -p -n --target-is-zero` into the freshly allocated (zeroed) volume.
-    private func convert(_ vmid: Int, from src: String, format sf: VolumeFormat, to dst: String, format df: VolumeFormat, size: UInt64) async throws {
+    private func convert(_ vmid: Int, from src: String, format sf: VolumeFormat, to dst: String, format df: VolumeFormat, size: UInt64,
+                         bytesPerSecond: UInt64?) async throws {
         var argv = [qemuImg, "convert", "-p", "-n", "--target-is-zero", "-f", sf.rawValue, "-O", df.rawValue]
         if directIOSupported(dst) { argv += ["-t", "none"] }
+        if let bytesPerSecond { argv += ["-r", String(bytesPerSecond)] }
         argv += [src, dst]
         let start = ContinuousClock.now
         let progress = self.progress

@@ -111,6 +111,20 @@ struct GuestCLITests {
             #expect(try await Self.nodes(h, vmid) == ["drive-scsi0", "drive-scsi0-file"])
             try await h.waitForHeartbeat(vmid, above: h.lastHeartbeat(vmid))
 
+            // SIGINT while mirroring (slowed down by --bwlimit): cancelled and undone.
+            let interrupted = try h.spawn(["vm", "move-disk", String(vmid), "scsi0", "bt", "--bwlimit", "8192"])
+            _ = try await interrupted.waitForOutput("drive mirror is starting", timeout: .seconds(30))
+            try await Task.sleep(for: .seconds(1))
+            interrupted.signal(SIGINT)
+            let status = try await interrupted.waitForExit(timeout: .seconds(30))
+            #expect(status != 0)
+            #expect(interrupted.output.contains("interrupted by SIGINT"), "\(interrupted.output)")
+            #expect(interrupted.output.contains("transferred"), "no progress shown: \(interrupted.output)")
+            #expect(try h.configText(vmid) == cfgBefore)
+            #expect(h.storageFiles() == filesBefore, "the interrupted move left volumes behind")
+            #expect(try await Self.nodes(h, vmid) == ["drive-scsi0", "drive-scsi0-file"])
+            try await h.waitForHeartbeat(vmid, above: h.lastHeartbeat(vmid))
+
             // 1. dir raw → btrfs, live.
             let beforeMove1 = h.lastHeartbeat(vmid)
             let out1 = try h.mustRun(["vm", "move-disk", String(vmid), "scsi0", "bt"])

@@ -21,6 +21,7 @@ struct VMMoveDisk: AsyncParsableCommand {
     @Argument(help: "Target storage id.") var storage: String
     @Option(help: "Target format: raw or qcow2 (default: the disk's own format if the target holds it).") var format: String?
     @Flag(help: "Delete the old volume after the move instead of keeping it as unusedN.") var delete = false
+    @Option(help: "I/O bandwidth limit in KiB/s (0: unlimited).") var bwlimit: UInt64?
 
     func validate() throws {
         if let format, VolumeFormat(rawValue: format) == nil {
@@ -41,7 +42,8 @@ struct VMMoveDisk: AsyncParsableCommand {
             interruption: { interrupt.received.map { GuestError.Detail("interrupted by \($0 == SIGINT ? "SIGINT" : $0 == SIGTERM ? "SIGTERM" : "signal \($0)")") } }
         )
         let request = DiskMove.Request(vmid: vmid, disk: disk, targetStorage: storage,
-                                       format: format.flatMap(VolumeFormat.init(rawValue:)), deleteSource: delete)
+                                       format: format.flatMap(VolumeFormat.init(rawValue:)), deleteSource: delete,
+                                       bandwidthLimit: bwlimit)
         let o = try await mover.run(request)
         let kept = o.unusedKey.map { ", old volume kept as \($0)" } ?? (o.deletedSource ? ", old volume deleted" : "")
         view.line("moved \(o.disk) of VM \(o.vmid) to \(o.newVolume) in \(MoveProgressView.seconds(o.duration))\(kept)")

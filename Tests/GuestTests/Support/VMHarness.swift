@@ -175,6 +175,15 @@ final class VMHarness: @unchecked Sendable {
         try mustRun(["volume", "path", volid]).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
+    /// Starts `snapdump ARGS --config-dir DIR` in the background (killed at teardown if still running).
+    func spawn(_ args: [String]) throws -> BackgroundCommand {
+        let c = try BackgroundCommand([GuestCLIBinary.path] + args + ["--config-dir", configDir], outputPath: configDir + "/spawn-\(children.count).out")
+        children.append(c)
+        return c
+    }
+
+    private(set) var children: [BackgroundCommand] = []
+
     // MARK: VMs
 
     /// `vm create` of the test guest with one `scsi0` disk on `storage`.
@@ -285,6 +294,7 @@ final class VMHarness: @unchecked Sendable {
     // MARK: Teardown
 
     func tearDown() async {
+        for c in children { await c.kill() }
         // Every QEMU this test started, by its verified pid; then any other
         // QEMU still serving one of this config dir's sockets.
         var targets = startedPIDs
@@ -326,4 +336,57 @@ final class VMHarness: @unchecked Sendable {
 /// `Result` of an async throwing body (to clean up before rethrowing).
 func asyncResult<T>(_ body: () async throws -> T) async -> Result<T, any Error> {
     do { return .success(try await body()) } catch { return .failure(error) }
+}
+
+/// A command running in the background, stdout and stderr to one file.
+final class BackgroundCommand: @unchecked Sendable {
+    // @unchecked: used by the owning test only.
+    let process = Process()
+    let outputPath: String
+
+    init(_ argv: [String], outputPath: String) throws {
+        self.outputPath = outputPath
+        FileManager.default.createFile(atPath: outputPath, contents: nil)
+        guard let out = FileHandle(forWritingAtPath: outputPath) else { throw TestFailure("cannot write \(outputPath)") }
+        process.executableURL = URL(fileURLWithPath: argv[0])
+        process.arguments = Array(argv.dropFirst())
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = out
+        process.standardError = out
+        try process.run()
+        try out.close()
+    }
+
+    var output: String { (try? FileSystem.readText(outputPath)) ?? "" }
+
+    func signal(_ sig: Int32) {
+        if process.isRunning { Glibc.kill(process.processIdentifier, sig) }
+    }
+
+    /// Waits until the output contains `text`.
+    func waitForOutput(_ text: String, timeout: Duration) async throws -> String {
+        let deadline = ContinuousClock.now + timeout
+        while !output.contains(text) {
+            if ContinuousClock.now >= deadline || !process.isRunning {
+                throw TestFailure("no '\(text)' in the output of \(process.arguments ?? []): \(output)")
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return output
+    }
+
+    /// The exit status; throws when it runs longer than `timeout`.
+    func waitForExit(timeout: Duration) async throws -> Int32 {
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning {
+            if ContinuousClock.now >= deadline { throw TestFailure("\(process.arguments ?? []) still running after \(timeout)") }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return process.terminationStatus
+    }
+
+    func kill() async {
+        signal(SIGKILL)
+        _ = try? await waitForExit(timeout: .seconds(10))
+    }
 }
