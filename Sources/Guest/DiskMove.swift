@@ -280,21 +280,16 @@ public struct DiskMove: Sendable {
         } catch {
             return try await recover(r, plan, qmp: qmp, state: state, error: error)
         }
-        await qmp.close()
-        var warnings: [String] = []
         // The old nodes are unused now; deleting them closes the old image.
-        if let qmp2 = try? await lifecycle.connectQMP(vmid: vmid) {
-            for n in [state.sourceNode, DriveNodes.fileNodeName(for: state.sourceNode)] {
-                do {
-                    _ = try await qmp2.execute("blockdev-del", arguments: ["node-name": .string(n)], timeout: .seconds(10))
-                } catch {
-                    warnings.append("cannot remove the old node \(n) from QEMU: \(error)")
-                }
+        var warnings: [String] = []
+        for n in [state.sourceNode, DriveNodes.fileNodeName(for: state.sourceNode)] {
+            do {
+                _ = try await qmp.execute("blockdev-del", arguments: ["node-name": .string(n)], timeout: .seconds(10))
+            } catch {
+                warnings.append("cannot remove the old node \(n) from QEMU: \(error)")
             }
-            await qmp2.close()
-        } else {
-            warnings.append("cannot reconnect to QMP to remove the old nodes \(state.sourceNode)")
         }
+        await qmp.close()
         var outcome = try await finish(r, plan, newVolume: state.newVolume!, size: state.size, online: true, sourceReleased: warnings.isEmpty, warnings: warnings)
         outcome.nodeName = state.targetNode
         return outcome
@@ -496,6 +491,10 @@ public struct DiskMove: Sendable {
             try? await Task.sleep(for: .milliseconds(100))
         }
         let (status, stderr) = try await run.wait()
+        if status != 0, let e = interruption() {
+            // The terminal's SIGINT reached qemu-img first.
+            throw GuestError(vmid: vmid, .interrupted, "VM \(vmid): copy interrupted", cause: e)
+        }
         guard status == 0 else {
             throw GuestError(vmid: vmid, .system, "VM \(vmid): copy failed",
                              cause: GuestError.Detail("\(argv.joined(separator: " ")) exited with \(status): \(stderr.trimmingCharacters(in: .whitespacesAndNewlines))"))
