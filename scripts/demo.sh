@@ -82,7 +82,7 @@ say "VM 100: the test guest on raw dir storage 'local'"
 CONSOLE=$SNAPDUMP_CONFIG_DIR/run/qemu/100.serial.log
 for _ in $(seq 1 120); do grep -q '^HB ' "$CONSOLE" 2>/dev/null && break; sleep 0.5; done
 grep -q '^HB ' "$CONSOLE" || { echo "demo: the guest did not start writing" >&2; exit 1; }
-last_hb() { grep -a '^HB ' "$CONSOLE" | tail -1 | awk '{print $2}'; }
+last_hb() { grep -a '^HB ' "$CONSOLE" | tail -1 | tr -d '\r' | awk '{print $2}'; }
 echo "guest is writing records: heartbeat $(last_hb)"
 sleep 2
 

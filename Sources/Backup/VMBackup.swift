@@ -244,17 +244,18 @@ final class VMBackup: @unchecked Sendable {
         }
         let pause = needsPause && status.state == .running
         try runHook(.preStop)
-        downtime.begin(pause ? "paused for snapshot" : freeze ? "frozen for snapshot" : "none: storage snapshot")
+        downtime.begin(pause ? "paused for snapshot" : "frozen for snapshot")
+        var frozen = 0
         do {
             if freeze {
                 log.info("issuing guest-agent 'fs-freeze' command")
                 let agent = lifecycle.guestAgent(vmid: vmid)
-                let frozen = try await agent.fsfreezeFreeze(timeout: .seconds(60))
                 guestDebts.append(("thaw guest filesystems", { [lifecycle, vmid, log] in
                     log.info("issuing guest-agent 'fs-thaw' command")
                     _ = try await lifecycle.guestAgent(vmid: vmid).fsfreezeThaw(timeout: .seconds(30))
-                    _ = frozen
                 }))
+                frozen = try await agent.fsfreezeFreeze(timeout: .seconds(60))
+                log.info("guest agent froze \(frozen) filesystem(s)")
             }
             if pause {
                 try await lifecycle.suspend(vmid: vmid, allowLock: "backup")
@@ -268,7 +269,6 @@ final class VMBackup: @unchecked Sendable {
                 try await Blocking.run("snapshot") { try plugin.createSnapshot(volumes, name: name) }
                 snapshots.append((g.plugin, g.volumes, name))
             }
-            try runHook(.preRestart)
             if let overlay {
                 try interrupt.check()
                 let qmp = try await lifecycle.connectQMP(vmid: vmid)
@@ -278,6 +278,7 @@ final class VMBackup: @unchecked Sendable {
                 overlays.append(overlay)
                 log.info("froze \(overlay.disks.map(\.key).joined(separator: ", ")) with QEMU qcow2 overlays (one QMP transaction)")
             }
+            try runHook(.preRestart)
             try await payGuestDebts()
         } catch {
             try? await payGuestDebts()
@@ -286,14 +287,15 @@ final class VMBackup: @unchecked Sendable {
         }
         downtime.end()
         try runHook(.postRestart)
-        if !freeze && !pause { downtime.reset() }
+        // Neither paused nor a filesystem frozen: the guest's I/O was never blocked.
+        if !pause && frozen == 0 { downtime.reset() }
         if !groups.isEmpty {
             log.info("created storage snapshot '\(name)' of \(groups.map { "\($0.volumes.count) volume(s) on \($0.plugin.id)" }.joined(separator: ", "))")
         }
         if let ms = downtime.milliseconds {
             log.info("guest downtime: \(ms) ms (\(downtime.kind ?? ""))")
         } else {
-            log.info("guest downtime: 0 ms (atomic storage snapshot, guest neither paused nor frozen)")
+            log.info("guest downtime: 0 ms (atomic snapshot; the guest was neither paused nor had a filesystem frozen)")
         }
     }
 
