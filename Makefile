@@ -27,7 +27,7 @@ test: deps
 
 # Unit tests only (no fixtures, no root needed).
 unit-test:
-	$(SWIFT) test --skip Integration
+	SNAPDUMP_FIXTURE_ENV=/dev/null SNAPDUMP_INTEGRATION= $(SWIFT) test
 
 fixtures-up: deps
 	scripts/fixtures/setup.sh

@@ -6,9 +6,13 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "snapdump", targets: ["snapdump"]),
+        .executable(name: "snapdumpd", targets: ["snapdumpd"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // snapdumpd: service lifecycle (signals, graceful shutdown) and its logging API.
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.14.0"),
     ],
     targets: [
         // C helpers for calls Swift cannot make directly (variadic ioctl).
@@ -31,13 +35,21 @@ let package = Package(
         .target(name: "Archive", dependencies: ["SnapdumpSystem", "CZstd", "CZlib", "COpenSSL"], exclude: ["README.md"]),
         // The vzdump engine: modes, fallback, logs, restore.
         .target(name: "Backup", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "Storage", "Guest", "Archive"], exclude: ["README.md"]),
+        // Backup jobs (jobs.cfg), job state, and the snapdumpd scheduler.
+        .target(name: "Scheduler", dependencies: [
+            "Backup", "Storage", "Archive", "SnapdumpConfig", "SnapdumpSystem",
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Logging", package: "swift-log"),
+        ], exclude: ["README.md"]),
         // ArgumentParser commands, one file per command.
         .target(name: "SnapdumpCLI", dependencies: [
-            "Backup", "Storage", "Guest", "Archive", "SnapdumpConfig", "SnapdumpSystem",
+            "Backup", "Storage", "Guest", "Archive", "SnapdumpConfig", "SnapdumpSystem", "Scheduler",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], exclude: ["README.md"]),
         // The executable: Entrypoint.swift only.
         .executableTarget(name: "snapdump", dependencies: ["SnapdumpCLI"]),
+        // The scheduler daemon executable (same as `snapdump daemon`).
+        .executableTarget(name: "snapdumpd", dependencies: ["SnapdumpCLI"]),
 
         // Shared test helpers: integration gating, fixture locations, running commands.
         .target(name: "TestSupport", dependencies: ["SnapdumpSystem"], path: "Tests/TestSupport"),
@@ -47,6 +59,11 @@ let package = Package(
         .testTarget(name: "GuestTests", dependencies: ["Guest", "Storage", "SnapdumpSystem", "TestSupport"]),
         .testTarget(name: "ArchiveTests", dependencies: ["Archive", "SnapdumpSystem", "TestSupport"], resources: [.copy("Golden")]),
         .testTarget(name: "BackupTests", dependencies: ["Backup", "Guest", "Storage", "Archive", "SnapdumpConfig", "SnapdumpSystem", "TestSupport"]),
+        .testTarget(name: "SchedulerTests", dependencies: [
+            "Scheduler", "SnapdumpCLI", "Backup", "Archive", "SnapdumpConfig", "SnapdumpSystem", "TestSupport",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -59,7 +59,7 @@ mkdir -p "$DEMO/local" "$SNAPDUMP_CONFIG_DIR"
 say "storages"
 "$SD" storage add dir local --path "$DEMO/local" --content images,backup
 if [ "$(id -u)" = 0 ]; then
-  truncate -s 2G "$DEMO/btrfs.img"
+  truncate -s 3G "$DEMO/btrfs.img"
   LOOP=$(losetup -f --show "$DEMO/btrfs.img")
   mkfs.btrfs -q "$LOOP"
   mkdir -p "$MNT"
@@ -76,13 +76,15 @@ fi
 "$SD" storage status
 
 say "VM 100: the test guest on raw dir storage 'local'"
-"$SD" vm create 100 --name demo --memory 256 --scsi0 local:256M --agent 1 \
+"$SD" vm create 100 --name demo --memory 256 --scsi0 local:1G --agent 1 \
   --kernel "$GUEST/vmlinuz" --initrd "$GUEST/initramfs.gz" --append "console=ttyS0 quiet panic=-1 snapdump.interval_ms=10"
+# Give the disk some real data (as an installed system would have), far from where the workload writes.
+dd if=/dev/urandom of="$("$SD" volume path local:100/vm-100-disk-0.raw)" bs=1M count=256 seek=512 conv=notrunc status=none
 "$SD" vm start 100
 CONSOLE=$SNAPDUMP_CONFIG_DIR/run/qemu/100.serial.log
 for _ in $(seq 1 120); do grep -q '^HB ' "$CONSOLE" 2>/dev/null && break; sleep 0.5; done
 grep -q '^HB ' "$CONSOLE" || { echo "demo: the guest did not start writing" >&2; exit 1; }
-last_hb() { grep -a '^HB ' "$CONSOLE" | tail -1 | awk '{print $2}'; }
+last_hb() { grep -a '^HB ' "$CONSOLE" | tail -1 | tr -d '\r' | awk '{print $2}'; }
 echo "guest is writing records: heartbeat $(last_hb)"
 sleep 2
 

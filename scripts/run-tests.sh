@@ -17,4 +17,6 @@ trap cleanup EXIT
 scripts/fixtures/setup.sh
 scripts/test-guest/build.sh "$SNAPDUMP_GUEST_DIR"
 
-swift test --skip-build --parallel "$@"
+# One test at a time: the integration suites share two cores and the fixtures,
+# and timing assertions (agent answers within 3 s) must not measure contention.
+swift test --skip-build --no-parallel "$@"

@@ -74,21 +74,7 @@ public enum VMAExtractor {
         var bytes: UInt64 = 0
         let verification = try reader.verify { c in
             guard let file = files[c.deviceID] else { return }
-            // Runs of stored blocks are written; zero blocks stay holes.
-            var j = 0, src = 0
-            while j < VMAFormat.blocksPerCluster {
-                guard c.mask & (1 << j) != 0 else { j += 1; continue }
-                var k = j
-                while k < VMAFormat.blocksPerCluster && c.mask & (1 << k) != 0 { k += 1 }
-                let len = min((k - j) * VMAFormat.blockSize, c.validBytes - j * VMAFormat.blockSize)
-                if len > 0 {
-                    try file.write(UnsafeRawBufferPointer(rebasing: c.blocks[src..<src + len]),
-                                   at: c.deviceOffset + UInt64(j * VMAFormat.blockSize))
-                    bytes += UInt64(len)
-                }
-                src += (k - j) * VMAFormat.blockSize
-                j = k
-            }
+            bytes += try c.writeStoredBlocks(to: file)
         }
         for (id, f) in files {
             do {

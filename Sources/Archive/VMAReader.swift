@@ -21,6 +21,28 @@ public final class VMAReader {
         /// Byte offset of the cluster on its device.
         public var deviceOffset: UInt64 { UInt64(cluster) * UInt64(VMAFormat.clusterSize) }
 
+        /// Writes the stored blocks at their device offsets in `file`, runs of
+        /// adjacent blocks in one call; zero blocks are skipped, so they stay
+        /// holes in a fresh file. Returns the bytes written.
+        public func writeStoredBlocks(to file: File) throws -> UInt64 {
+            var written: UInt64 = 0
+            var j = 0, src = 0
+            while j < VMAFormat.blocksPerCluster {
+                guard mask & (1 << j) != 0 else { j += 1; continue }
+                var k = j
+                while k < VMAFormat.blocksPerCluster && mask & (1 << k) != 0 { k += 1 }
+                let len = min((k - j) * VMAFormat.blockSize, validBytes - j * VMAFormat.blockSize)
+                if len > 0 {
+                    try file.write(UnsafeRawBufferPointer(rebasing: blocks[src..<src + len]),
+                                   at: deviceOffset + UInt64(j * VMAFormat.blockSize))
+                    written += UInt64(len)
+                }
+                src += (k - j) * VMAFormat.blockSize
+                j = k
+            }
+            return written
+        }
+
         /// Writes the cluster's 64 KiB (zeros for clear mask bits) into `buffer`.
         public func expand(into buffer: UnsafeMutableRawBufferPointer) {
             precondition(buffer.count >= VMAFormat.clusterSize)

@@ -1,14 +1,9 @@
 import Foundation
+import SnapdumpSystem
 
 /// Human figures for logs, as vzdump prints them.
 enum Formatting {
-    static func bytes(_ n: UInt64) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-        var v = Double(n)
-        var i = 0
-        while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
-        return i == 0 ? "\(n) B" : String(format: "%.2f %@", v, units[i])
-    }
+    static func bytes(_ n: UInt64) -> String { ByteCount.format(n) }
 
     static func rate(_ bytes: UInt64, seconds: Double) -> String {
         seconds > 0 ? Formatting.bytes(UInt64(Double(bytes) / seconds)) + "/s" : "-"

@@ -14,22 +14,36 @@ final class QCOW2Overlay {
         var key: String
         var image: String
         var overlay: String
-        var node: String { QEMUCommandLine.nodeName(for: key) }
+        /// The format node the guest's device uses: `drive-<key>` after a start,
+        /// `drive-<key>-moveN` after a live move-disk (QEMU cannot rename nodes).
+        var node: String
         var overlayNode: String { node + "-snapdump" }
     }
 
     let vmid: Int
-    let disks: [Disk]
+    private(set) var disks: [Disk]
     let log: TaskLog
 
     init(vmid: Int, disks: [DiskPlan], tag: String, log: TaskLog) {
         self.vmid = vmid
         self.log = log
-        self.disks = disks.map { Disk(key: $0.key, image: $0.path, overlay: "\($0.path).\(tag).overlay.qcow2") }
+        self.disks = disks.map { Disk(key: $0.key, image: $0.path, overlay: "\($0.path).\(tag).overlay.qcow2",
+                                      node: QEMUCommandLine.nodeName(for: $0.key)) }
+    }
+
+    /// Asks QEMU which node each device uses now (see `DriveNodes`).
+    func resolveNodes(qmp: QMPClient) async throws {
+        for i in disks.indices {
+            guard let node = try await DriveNodes.formatNode(key: disks[i].key, qmp: qmp) else {
+                throw BackupError("VM \(vmid): QEMU has no block device for \(disks[i].key)")
+            }
+            disks[i].node = node
+        }
     }
 
     /// One transaction: every disk gets its overlay at the same instant, or none does.
     func create(qmp: QMPClient) async throws {
+        try await resolveNodes(qmp: qmp)
         for d in disks where FileSystem.exists(d.overlay) {
             throw BackupError("overlay \(d.overlay) already exists (left by an earlier run?): remove it after checking VM \(vmid) does not use it")
         }
@@ -49,6 +63,12 @@ final class QCOW2Overlay {
     /// Merges each overlay back into its image and deletes the overlay file.
     func commit(qmp: QMPClient) async throws {
         var firstError: (any Error)?
+        // The device now sits on the overlay node; its backing node is the one to commit into.
+        for i in disks.indices {
+            if let node = try await DriveNodes.formatNode(key: disks[i].key, qmp: qmp), node.hasSuffix("-snapdump") {
+                disks[i].node = String(node.dropLast("-snapdump".count))
+            }
+        }
         for d in disks {
             let job = "snapdump-commit-\(d.key)"
             do {

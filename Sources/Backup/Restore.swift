@@ -129,21 +129,8 @@ public final class Restore {
         let files = Dictionary(uniqueKeysWithValues: targets.map { ($0.deviceID, $0.file!) })
         let verification = try reader.verify { c in
             guard let file = files[c.deviceID] else { return }
-            // Write runs of stored blocks; zero blocks stay holes in the fresh volume.
-            var j = 0, src = 0
-            while j < VMAFormat.blocksPerCluster {
-                guard c.mask & (1 << j) != 0 else { j += 1; continue }
-                var k = j
-                while k < VMAFormat.blocksPerCluster && c.mask & (1 << k) != 0 { k += 1 }
-                let len = min((k - j) * VMAFormat.blockSize, c.validBytes - j * VMAFormat.blockSize)
-                if len > 0 {
-                    try file.write(UnsafeRawBufferPointer(rebasing: c.blocks[src..<src + len]),
-                                   at: c.deviceOffset + UInt64(j * VMAFormat.blockSize))
-                    bytes += UInt64(len)
-                }
-                src += (k - j) * VMAFormat.blockSize
-                j = k
-            }
+            // Zero blocks stay holes in the fresh volume.
+            bytes += try c.writeStoredBlocks(to: file)
         }
         if verification.metadataChecked {
             log.info("verified SHA-256 of \(targets.count) device(s)")

@@ -12,7 +12,10 @@ import Storage
 /// is deleted on every path out; the archive gets its final name only when
 /// complete and fsynced, and a failure leaves no `.dat`/`.vma*` behind; the
 /// mode actually used is logged, stored in the archive and returned.
-final class VMBackup {
+final class VMBackup: @unchecked Sendable {
+    // @unchecked: one backup runs in one task; blocking steps are handed to a
+    // thread with Blocking.run while that task awaits them, so state is never
+    // touched from two places at once.
     let vmid: Int
     let options: BackupOptions
     let paths: SnapdumpPaths
@@ -80,7 +83,8 @@ final class VMBackup {
             }
             try BackupLifecycle.checkBeforeBackup(vmid: vmid, dumpdir: dumpdir, storage: options.dumpdir == nil ? options.storage : nil,
                                                   settings: settings)
-            let disks = try DiskPlan.resolve(config, storages: storages)
+            let storages = self.storages
+            let disks = try await Blocking.run("resolve-disks") { [config] in try DiskPlan.resolve(config, storages: storages) }
             summary.storages = Array(Set(disks.map(\.volume.storage))).sorted()
             var status = try await lifecycle.status(vmid: vmid)
             if staleLock && status.state == .paused {
@@ -163,7 +167,7 @@ final class VMBackup {
                         if let hookError { throw hookError }
                     }))
                 }
-                sources = try disks.map { try $0.plugin.openBlockSource($0.volume, snapshot: nil) }
+                for d in disks { sources.append(try d.plugin.openBlockSource(d.volume, snapshot: nil)) }
             case .suspend:
                 if status.state == .running {
                     try runHook(.preStop)
@@ -180,23 +184,29 @@ final class VMBackup {
                         if let hookError { throw hookError }
                     }))
                 }
-                sources = try disks.map { try $0.plugin.openBlockSource($0.volume, snapshot: nil) }
+                for d in disks { sources.append(try d.plugin.openBlockSource(d.volume, snapshot: nil)) }
             case .snapshot:
                 guard case let .storage(groups, overlayDisks, needsPause)? = snapshotPlan else { throw BackupError("internal: no snapshot plan") }
                 let overlay = overlayDisks.isEmpty ? nil : QCOW2Overlay(vmid: vmid, disks: overlayDisks, tag: snapName, log: log)
                 try await takeSnapshots(config: config, status: status, groups: groups, overlay: overlay, needsPause: needsPause,
                                         name: snapName, downtime: downtime)
                 let overlaySources = try overlay?.openSources() ?? [:]
-                sources = Array(overlaySources.values)
-                sources = try disks.map { d in
-                    if let s = overlaySources[d.key] { return s }
-                    return try d.plugin.openBlockSource(d.volume, snapshot: snapName)
+                // Appended one by one, so settle() closes whatever was opened if a later one fails.
+                sources = []
+                do {
+                    for d in disks {
+                        sources.append(try overlaySources[d.key] ?? d.plugin.openBlockSource(d.volume, snapshot: snapName))
+                    }
+                } catch {
+                    for s in overlaySources.values where !sources.contains(where: { $0 === s }) { try? s.close() }
+                    throw error
                 }
             }
 
             // The archive phase: in snapshot mode the guest runs meanwhile.
-            let result = try writeArchive(config: config, disks: disks, path: archivePath, archiveName: name,
-                                          mode: mode, downtime: downtime, started: start)
+            // Reading, hashing and writing block: they run on their own threads, not the cooperative pool.
+            let result = try await Blocking.run("archive") { [config, name, mode] in try self.writeArchive(config: config, disks: disks, path: archivePath, archiveName: name,
+                                          mode: mode, downtime: downtime, started: start) }
             summary.archive = archivePath
             summary.archiveBytes = result.fileBytes
             summary.readBytes = result.readBytes
@@ -252,17 +262,18 @@ final class VMBackup {
         }
         let pause = needsPause && status.state == .running
         try runHook(.preStop)
-        downtime.begin(pause ? "paused for snapshot" : freeze ? "frozen for snapshot" : "none: storage snapshot")
+        downtime.begin(pause ? "paused for snapshot" : "frozen for snapshot")
+        var frozen = 0
         do {
             if freeze {
                 log.info("issuing guest-agent 'fs-freeze' command")
                 let agent = lifecycle.guestAgent(vmid: vmid)
-                let frozen = try await agent.fsfreezeFreeze(timeout: .seconds(60))
                 guestDebts.append(("thaw guest filesystems", { [lifecycle, vmid, log] in
                     log.info("issuing guest-agent 'fs-thaw' command")
                     _ = try await lifecycle.guestAgent(vmid: vmid).fsfreezeThaw(timeout: .seconds(30))
-                    _ = frozen
                 }))
+                frozen = try await agent.fsfreezeFreeze(timeout: .seconds(60))
+                log.info("guest agent froze \(frozen) filesystem(s)")
             }
             if pause {
                 try await lifecycle.suspend(vmid: vmid, allowLock: "backup")
@@ -272,10 +283,10 @@ final class VMBackup {
             }
             for g in groups {
                 try interrupt.check()
-                try g.plugin.createSnapshot(g.volumes, name: name)
+                let plugin = g.plugin, volumes = g.volumes
+                try await Blocking.run("snapshot") { try plugin.createSnapshot(volumes, name: name) }
                 snapshots.append((g.plugin, g.volumes, name))
             }
-            try runHook(.preRestart)
             if let overlay {
                 try interrupt.check()
                 let qmp = try await lifecycle.connectQMP(vmid: vmid)
@@ -285,6 +296,7 @@ final class VMBackup {
                 overlays.append(overlay)
                 log.info("froze \(overlay.disks.map(\.key).joined(separator: ", ")) with QEMU qcow2 overlays (one QMP transaction)")
             }
+            try runHook(.preRestart)
             try await payGuestDebts()
         } catch {
             try? await payGuestDebts()
@@ -293,14 +305,15 @@ final class VMBackup {
         }
         downtime.end()
         try runHook(.postRestart)
-        if !freeze && !pause { downtime.reset() }
+        // Neither paused nor a filesystem frozen: the guest's I/O was never blocked.
+        if !pause && frozen == 0 { downtime.reset() }
         if !groups.isEmpty {
             log.info("created storage snapshot '\(name)' of \(groups.map { "\($0.volumes.count) volume(s) on \($0.plugin.id)" }.joined(separator: ", "))")
         }
         if let ms = downtime.milliseconds {
             log.info("guest downtime: \(ms) ms (\(downtime.kind ?? ""))")
         } else {
-            log.info("guest downtime: 0 ms (atomic storage snapshot, guest neither paused nor frozen)")
+            log.info("guest downtime: 0 ms (atomic snapshot; the guest was neither paused nor had a filesystem frozen)")
         }
     }
 
@@ -356,7 +369,8 @@ final class VMBackup {
         do { try await payGuestDebts() } catch { firstError = firstError ?? error }
         for s in snapshots.reversed() {
             do {
-                try s.plugin.deleteSnapshot(s.volumes, name: s.name)
+                let plugin = s.plugin, volumes = s.volumes, name = s.name
+                try await Blocking.run("delete-snapshot") { try plugin.deleteSnapshot(volumes, name: name) }
                 log.info("removed storage snapshot '\(s.name)' on \(s.plugin.id)")
             } catch {
                 log.error("cannot remove snapshot '\(s.name)' on \(s.plugin.id): \(error)")

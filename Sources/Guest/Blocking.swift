@@ -1,17 +1,5 @@
 import Foundation
-
-/// Runs blocking work (waiting on a process, taking a file lock, a
-/// `Command.capture`) on a dedicated thread, so it never stalls Swift's
-/// cooperative thread pool.
-enum Blocking {
-    static func run<T: Sendable>(_ label: String, _ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
-            let t = Thread { c.resume(with: Result { try body() }) }
-            t.name = "snapdump-\(label)"
-            t.start()
-        }
-    }
-}
+import SnapdumpSystem
 
 /// A point in time on the monotonic clock, used for deadlines.
 typealias Deadline = ContinuousClock.Instant

@@ -21,6 +21,12 @@ public struct GuestError: Error, CustomStringConvertible, Sendable {
         case qmp
         /// An operating-system call failed.
         case system
+        /// The request does not fit the VM (unknown disk, a CD-ROM, same storage and format).
+        case invalidArgument
+        /// A storage operation failed (unknown storage, allocation, free).
+        case storage
+        /// Stopped by SIGINT/SIGTERM; everything done so far was undone.
+        case interrupted
     }
 
     public var vmid: Int

@@ -104,27 +104,11 @@ public struct QEMUCommandLine: Sendable {
             var device: [String] = []
 
             if let r = resolved[key] {
-                let cache = disk.cache ?? "none"
-                var direct = cache == "none" || cache == "directsync"
-                let noFlush = cache == "unsafe"
-                if direct && !directIOSupported(r.path) { direct = false }
-                let readOnly = cdrom || (disk.options["ro"].flatMap(VMConfig.parseBool) ?? false)
-                let discard = disk.options["discard"] == "on"
-                let driver = FileSystem.isBlockDevice(r.path) ? "host_device" : "file"
-
-                var file = ["node-name=\(Self.fileNodeName(for: key))", "driver=\(driver)", "filename=\(Self.escape(r.path))"]
-                if direct { file.append("cache.direct=on") }
-                if noFlush { file.append("cache.no-flush=on") }
-                if let aio = disk.options["aio"], aio != "native" || direct { file.append("aio=\(aio)") }
-                if readOnly { file.append("read-only=on") }
-                if discard { file.append("discard=unmap") }
-                var format = ["node-name=\(node)", "driver=\(r.format)", "file=\(Self.fileNodeName(for: key))"]
-                if noFlush { format.append("cache.no-flush=on") }
-                if readOnly { format.append("read-only=on") }
-                if discard { format.append("discard=unmap") }
-                drives += ["-blockdev", file.joined(separator: ","), "-blockdev", format.joined(separator: ",")]
+                let o = DriveBlockOptions(disk: disk, path: r.path, directIOSupported: directIOSupported)
+                drives += ["-blockdev", o.fileArgument(node: Self.fileNodeName(for: key), path: r.path),
+                           "-blockdev", o.formatArgument(node: node, format: r.format, fileNode: Self.fileNodeName(for: key))]
                 device.append("drive=\(node)")
-                if cache == "writethrough" || cache == "directsync" { device.append("write-cache=off") }
+                if o.writeCacheOff { device.append("write-cache=off") }
             }
             device.append("id=\(key)")
             if let i = bootOrder.firstIndex(of: key) { device.append("bootindex=\(100 + i)") }
@@ -193,6 +177,77 @@ public struct QEMUCommandLine: Sendable {
         defer { free(buffer) }
         let n = pread(fd, buffer, 4096, 0)
         return !(n < 0 && errno == EINVAL)
+    }
+}
+
+/// The `-blockdev` options of one drive (protocol node and format node),
+/// from its config options: `cache` (default `none`: `cache.direct=on` unless
+/// the image's filesystem rejects O_DIRECT; `unsafe`: `cache.no-flush=on`),
+/// `aio`, `ro`/CD-ROM, `discard`. The command line and `DiskMove`'s
+/// `blockdev-add` use the same values, so a moved disk behaves as a started one.
+public struct DriveBlockOptions: Sendable, Equatable {
+    /// `file`, or `host_device` for a block device.
+    public var driver: String
+    public var direct: Bool
+    public var noFlush: Bool
+    public var aio: String?
+    public var readOnly: Bool
+    public var discard: Bool
+    /// `writethrough` / `directsync`: the guest device gets `write-cache=off`.
+    public var writeCacheOff: Bool
+
+    public init(disk: VMDisk, path: String, directIOSupported: (String) -> Bool = QEMUCommandLine.supportsDirectIO) {
+        let cache = disk.cache ?? "none"
+        let direct = (cache == "none" || cache == "directsync") && directIOSupported(path)
+        self.direct = direct
+        noFlush = cache == "unsafe"
+        aio = disk.options["aio"].flatMap { $0 != "native" || direct ? $0 : nil }
+        readOnly = disk.isCDROM || (disk.options["ro"].flatMap(VMConfig.parseBool) ?? false)
+        discard = disk.options["discard"] == "on"
+        driver = FileSystem.isBlockDevice(path) ? "host_device" : "file"
+        writeCacheOff = cache == "writethrough" || cache == "directsync"
+    }
+
+    /// `node-name=…,driver=file,filename=…,cache.direct=on,…` for `-blockdev`.
+    public func fileArgument(node: String, path: String) -> String {
+        var file = ["node-name=\(node)", "driver=\(driver)", "filename=\(QEMUCommandLine.escape(path))"]
+        if direct { file.append("cache.direct=on") }
+        if noFlush { file.append("cache.no-flush=on") }
+        if let aio { file.append("aio=\(aio)") }
+        if readOnly { file.append("read-only=on") }
+        if discard { file.append("discard=unmap") }
+        return file.joined(separator: ",")
+    }
+
+    /// `node-name=…,driver=raw|qcow2,file=…` for `-blockdev`.
+    public func formatArgument(node: String, format: String, fileNode: String) -> String {
+        var f = ["node-name=\(node)", "driver=\(format)", "file=\(fileNode)"]
+        if noFlush { f.append("cache.no-flush=on") }
+        if readOnly { f.append("read-only=on") }
+        if discard { f.append("discard=unmap") }
+        return f.joined(separator: ",")
+    }
+
+    /// The same protocol node as `blockdev-add` arguments.
+    public func fileBlockdev(node: String, path: String) -> [String: JSONValue] {
+        var a: [String: JSONValue] = ["node-name": .string(node), "driver": .string(driver), "filename": .string(path)]
+        var cache: [String: JSONValue] = [:]
+        if direct { cache["direct"] = .bool(true) }
+        if noFlush { cache["no-flush"] = .bool(true) }
+        if !cache.isEmpty { a["cache"] = .object(cache) }
+        if let aio { a["aio"] = .string(aio) }
+        if readOnly { a["read-only"] = .bool(true) }
+        if discard { a["discard"] = .string("unmap") }
+        return a
+    }
+
+    /// The same format node as `blockdev-add` arguments.
+    public func formatBlockdev(node: String, format: String, fileNode: String) -> [String: JSONValue] {
+        var a: [String: JSONValue] = ["node-name": .string(node), "driver": .string(format), "file": .string(fileNode)]
+        if noFlush { a["cache"] = .object(["no-flush": .bool(true)]) }
+        if readOnly { a["read-only"] = .bool(true) }
+        if discard { a["discard"] = .string("unmap") }
+        return a
     }
 }
 

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import SnapdumpSystem
 
 /// A connected unix stream socket, shared by `QMPClient` and
 /// `GuestAgentClient`.

@@ -310,7 +310,7 @@ public struct VMLifecycle: Sendable {
     // MARK: Helpers
 
     /// Saves a config (fsync, rename, fsync of the directory) off the cooperative pool.
-    private func save(_ config: VMConfig) async throws {
+    func save(_ config: VMConfig) async throws {
         let paths = self.paths
         do {
             try await Blocking.run("save-config") { try config.save(paths: paths) }
@@ -319,14 +319,14 @@ public struct VMLifecycle: Sendable {
         }
     }
 
-    private func loadUnlocked(_ vmid: Int, allowLock: String?) throws -> VMConfig {
+    func loadUnlocked(_ vmid: Int, allowLock: String?) throws -> VMConfig {
         let config = try VMConfig.load(vmid: vmid, paths: paths)
         if let lock = config.lock, lock != allowLock { throw GuestError.locked(vmid, lock) }
         return config
     }
 
     /// Runs `body` holding `<lockDir>/qemu-<vmid>.lock` (waits up to 10 s).
-    private func withVMLock<T: Sendable>(_ vmid: Int, _ body: () async throws -> T) async throws -> T {
+    func withVMLock<T: Sendable>(_ vmid: Int, _ body: () async throws -> T) async throws -> T {
         let path = "\(paths.lockDir)/qemu-\(vmid).lock"
         let lock: FileLock
         do {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import SnapdumpSystem
 import SnapdumpConfig
 import Storage
 
@@ -27,13 +28,6 @@ enum SizeArgument {
         return n * unit
     }
 
-    static func format(_ bytes: UInt64) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-        var v = Double(bytes)
-        var i = 0
-        while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
-        return i == 0 ? "\(bytes) B" : String(format: "%.2f %@", v, units[i])
-    }
 }
 
 /// Prints rows as aligned columns, as pvesm and zfs list do.

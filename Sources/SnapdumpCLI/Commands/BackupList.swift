@@ -1,3 +1,4 @@
+import SnapdumpSystem
 import ArgumentParser
 import Backup
 
@@ -14,7 +15,7 @@ struct BackupList: ParsableCommand {
     func run() throws {
         let dump = try BackupLocation.dumpDirectory(storeid: storeid, dumpdir: dumpdir, global: global)
         let rows = try dump.archives(vmid: vmid).map { a -> [String] in
-            [dump.label(a), BackupLocation.time(a.date), SizeArgument.format(a.size), "\(a.vmid)",
+            [dump.label(a), BackupLocation.time(a.date), ByteCount.format(a.size), "\(a.vmid)",
              a.isProtected ? "1" : "0", a.notesFirstLine ?? ""]
         }
         print(Table.render(["Volid", "Time", "Size", "VMID", "Protected", "Notes"], rows))

@@ -6,7 +6,7 @@ struct VMCommand: ParsableCommand {
         commandName: "vm",
         abstract: "Create and run QEMU guests (qm).",
         subcommands: [VMCreate.self, VMConfigCommand.self, VMList.self, VMDestroy.self, VMStart.self, VMShutdown.self,
-                      VMStop.self, VMSuspend.self, VMResume.self, VMStatusCommand.self, VMUnlock.self]
+                      VMStop.self, VMSuspend.self, VMResume.self, VMStatusCommand.self, VMUnlock.self, VMMoveDisk.self]
     )
 }
 

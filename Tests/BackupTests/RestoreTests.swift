@@ -1,0 +1,112 @@
+import Foundation
+import SnapdumpSystem
+import Testing
+import TestSupport
+
+/// Restore through the real CLI on a plain dir storage: a stopped VM needs no
+/// QEMU, so these run everywhere.
+@Suite("Restore", .serialized)
+struct RestoreTests {
+    /// A config dir with storage `local` (images, backup) and a stopped VM 100 whose
+    /// 24 MiB disk holds random data at 3 MiB and 17 MiB; returns its archive.
+    func makeBackup(_ label: String, compress: String = "zstd") throws -> (dir: String, archive: String, disk: String) {
+        let dir = try Integration.scratchDirectory("restore-\(label)")
+        try FileSystem.createDirectory(dir + "/store")
+        func must(_ a: [String]) throws -> SnapdumpBinary.Result {
+            let r = try SnapdumpBinary.run(a, configDir: dir)
+            guard r.status == 0 else { throw HarnessError("\(a): \(r)") }
+            return r
+        }
+        _ = try must(["storage", "add", "dir", "local", "--path", dir + "/store", "--content", "images,backup"])
+        _ = try must(["vm", "create", "100", "--name", "web", "--memory", "128", "--scsi0", "local:24M"])
+        let disk = try must(["volume", "path", "local:100/vm-100-disk-0.raw"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        try Command.run(["dd", "if=/dev/urandom", "of=\(disk)", "bs=1M", "count=2", "seek=3", "conv=notrunc", "status=none"])
+        try Command.run(["dd", "if=/dev/urandom", "of=\(disk)", "bs=4k", "count=5", "seek=\(17 * 256)", "conv=notrunc", "status=none"])
+        let out = try must(["backup", "100", "--storage", "local", "--compress", compress, "--output-format", "json"]).stdout
+        let archive = try #require((try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]])?.first?["archive"] as? String)
+        return (dir, archive, disk)
+    }
+
+    func run(_ dir: String, _ a: [String]) throws -> SnapdumpBinary.Result { try SnapdumpBinary.run(a, configDir: dir) }
+
+    func volumes(_ dir: String) throws -> [String] {
+        try run(dir, ["volume", "list", "local"]).stdout.split(separator: "\n").dropFirst().map { String($0.split(separator: " ")[0]) }
+    }
+
+    @Test func restoreRoundTripIsSparseAndByteExact() throws {
+        let (dir, archive, disk) = try makeBackup("ok")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let r = try run(dir, ["restore", archive, "101"])
+        #expect(r.status == 0, "\(r)")
+        #expect(r.stderr.contains("verified SHA-256 of 1 device(s)"))
+        let config = try FileSystem.readText(dir + "/qemu/101.conf")
+        #expect(config.contains("scsi0: local:101/vm-101-disk-0.raw,size=24M"))
+        #expect(config.contains("name: web"))
+        #expect(!config.contains("#qmdump#map"))
+        let restored = dir + "/store/images/101/vm-101-disk-0.raw"
+        #expect(try Command.capture(["cmp", disk, restored]).status == 0)
+        // Sparse: about 2 MiB + 20 KiB of data allocated, not 24 MiB.
+        let f = try File.openForReading(restored)
+        #expect(try f.allocatedBytes() < 4 << 20)
+    }
+
+    @Test func existingVMIsRefusedWithoutForce() throws {
+        let (dir, archive, _) = try makeBackup("exists")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let before = try FileTree.capture(dir, excluding: ["run"])
+        let r = try run(dir, ["restore", archive, "100"])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("VM 100 already exists"))
+        #expect(try FileTree.capture(dir, excluding: ["run"]) == before)
+
+        let forced = try run(dir, ["restore", archive, "100", "--force"])
+        #expect(forced.status == 0, "\(forced)")
+        // The old disk was replaced by a new one and freed afterwards.
+        #expect(try volumes(dir) == ["local:100/vm-100-disk-1.raw"])
+        #expect(try FileSystem.readText(dir + "/qemu/100.conf").contains("local:100/vm-100-disk-1.raw"))
+    }
+
+    @Test(arguments: ["zstd", "0"])
+    func truncatedArchiveLeavesNothingBehind(compress: String) throws {
+        let (dir, archive, _) = try makeBackup("trunc-\(compress)", compress: compress)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let cut = dir + "/cut" + (compress == "zstd" ? ".vma.zst" : ".vma")
+        let size = try File.openForReading(archive).size()
+        try Command.run(["sh", "-c", "head -c \(size * 2 / 3) '\(archive)' > '\(cut)'"])
+        let r = try run(dir, ["restore", cut, "102"])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("unexpected end of archive"), "\(r)")
+        #expect(!FileSystem.exists(dir + "/qemu/102.conf"))
+        #expect(try volumes(dir) == ["local:100/vm-100-disk-0.raw"])
+    }
+
+    @Test func corruptDataFailsTheDigestAndLeavesNothingBehind() throws {
+        let (dir, archive, _) = try makeBackup("corrupt", compress: "0")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // Flip one byte of disk data deep inside the archive (VMA checksums headers only).
+        let bad = dir + "/bad.vma"
+        try Command.run(["cp", archive, bad])
+        let f = try File.open(bad, O_RDWR)
+        let offset = try f.size() / 2
+        var byte: [UInt8] = [0]
+        _ = try byte.withUnsafeMutableBytes { try f.read(into: $0, at: offset) }
+        byte[0] ^= 0xFF
+        try byte.withUnsafeBytes { try f.write($0, at: offset) }
+        try f.close()
+        let r = try run(dir, ["restore", bad, "103"])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("content digest") || r.stderr.contains("MD5"), "\(r)")
+        #expect(!FileSystem.exists(dir + "/qemu/103.conf"))
+        #expect(try volumes(dir) == ["local:100/vm-100-disk-0.raw"])
+    }
+
+    @Test func notAnArchiveIsOneClearError() throws {
+        let (dir, _, disk) = try makeBackup("junk")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let r = try run(dir, ["restore", disk, "104"])
+        #expect(r.status != 0)
+        #expect(r.errorLines.count == 1, "\(r)")
+        #expect(r.stderr.contains(disk))
+        #expect(try volumes(dir) == ["local:100/vm-100-disk-0.raw"])
+    }
+}
