@@ -91,11 +91,12 @@ extension GuestHarness {
     }
 }
 
-/// A hook script that appends every call (`phase mode vmid` and the vzdump
-/// environment) to `calls`; fails (exit 3) in the phases listed in `fail`;
-/// blocks in the phase named in `block` until `go` exists (so a test can act
-/// while the engine waits in that phase); with `status` present it also records
-/// `snapdump vm status` of the guest at each guest phase.
+/// A hook script that appends every call (`phase mode vmid`, the vzdump
+/// environment, its parent's pid and name) to `calls`; fails (exit 3) in the
+/// phases listed in `fail`; in the phase named in `signal` (`<phase> <SIG>`)
+/// sends that signal to its parent — snapdump itself — and gives it a moment
+/// to arrive before returning; with `status` present it also records `snapdump
+/// vm status` of the guest at each guest phase.
 struct RecordingHook {
     let dir: String
     var path: String { dir + "/hook.sh" }
@@ -111,10 +112,10 @@ struct RecordingHook {
         if [ -e "$d/status" ] && [ -n "$3" ]; then
             state=" state=$('\(SnapdumpBinary.binary)' vm status "$3" --config-dir '\(h.configDir)' 2>&1 | head -1 | sed 's/^status: //')"
         fi
-        echo "$* STOREID=$STOREID DUMPDIR=$DUMPDIR VMTYPE=$VMTYPE HOSTNAME=$HOSTNAME TARGET=$TARGET LOGFILE=$LOGFILE PPID=$PPID$state" >>"$d/calls"
-        if [ -e "$d/block" ] && [ "$(cat "$d/block")" = "$phase" ]; then
-            touch "$d/reached"
-            for i in $(seq 1 3000); do [ -e "$d/go" ] && break; sleep 0.01; done
+        echo "$* STOREID=$STOREID DUMPDIR=$DUMPDIR VMTYPE=$VMTYPE HOSTNAME=$HOSTNAME TARGET=$TARGET LOGFILE=$LOGFILE PPID=$PPID PCOMM=$(cat /proc/$PPID/comm)$state" >>"$d/calls"
+        if [ -e "$d/signal" ] && [ "$(cut -d' ' -f1 "$d/signal")" = "$phase" ]; then
+            kill -s "$(cut -d' ' -f2 "$d/signal")" "$PPID"
+            sleep 0.3
         fi
         if [ -e "$d/fail" ] && grep -qx -- "$phase" "$d/fail"; then
             echo "failing in phase $phase on purpose" >&2
@@ -126,10 +127,11 @@ struct RecordingHook {
         try FileSystem.writeAtomically(path, script, mode: 0o755)
     }
 
-    func reset(fail: [String] = [], block: String? = nil, recordStatus: Bool = false) throws {
-        for f in ["calls", "fail", "block", "reached", "go", "status"] { try? FileSystem.remove(dir + "/" + f) }
+    /// `signal`: phase and signal name (`INT`, `TERM`).
+    func reset(fail: [String] = [], signal: (phase: String, name: String)? = nil, recordStatus: Bool = false) throws {
+        for f in ["calls", "fail", "signal", "status"] { try? FileSystem.remove(dir + "/" + f) }
         if !fail.isEmpty { try FileSystem.writeAtomically(dir + "/fail", fail.joined(separator: "\n") + "\n") }
-        if let block { try FileSystem.writeAtomically(dir + "/block", block) }
+        if let signal { try FileSystem.writeAtomically(dir + "/signal", "\(signal.phase) \(signal.name)\n") }
         if recordStatus { try FileSystem.writeAtomically(dir + "/status", "") }
     }
 
@@ -142,17 +144,6 @@ struct RecordingHook {
 
     func env(_ call: [String], _ key: String) -> String? {
         call.first { $0.hasPrefix(key + "=") }.map { String($0.dropFirst(key.count + 1)) }
-    }
-
-    /// Waits (on a plain thread) until the blocked phase is reached, runs `action`, then lets the hook go on.
-    func whenReached(timeout: TimeInterval = 60, _ action: @escaping @Sendable () -> Void) {
-        let dir = self.dir
-        Thread.detachNewThread {
-            let deadline = Date().addingTimeInterval(timeout)
-            while !FileSystem.exists(dir + "/reached") && Date() < deadline { usleep(10_000) }
-            if FileSystem.exists(dir + "/reached") { action() }
-            try? FileSystem.writeAtomically(dir + "/go", "")
-        }
     }
 }
 
