@@ -70,8 +70,14 @@ public final class FileBlockSource: BlockSource, @unchecked Sendable {
         return try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]), at: offset)
     }
 
-    /// The page cache reads the range ahead (posix_fadvise WILLNEED).
+    /// The page cache reads the range ahead (posix_fadvise WILLNEED) — unless its
+    /// first and last pages are cached already: then it most likely is, and asking
+    /// again would only cost a walk over its pages (~15 % more system time when an
+    /// export is served from the page cache).
     public func prefetch(offset: UInt64, length: UInt64) {
+        guard offset < size, length > 0 else { return }
+        let last = min(offset + length, size) - 1
+        if file.isCached(at: offset) && file.isCached(at: last) { return }
         file.adviseWillNeed(offset: offset, length: length)
     }
 

@@ -13,7 +13,7 @@
 # zfs-fuse part is skipped without one). All of it is removed on exit.
 #
 # Usage (root): scripts/bench/storage-bench.sh
-# Environment:  RUNS=5  SIZES="1 8"  ZFS_SIZES="1 4"  EXPORT_SIZE=2  (GiB)
+# Environment:  RUNS=5 (snapshots)  EXPORT_RUNS=7  SIZES="1 8"  ZFS_SIZES="1 4"  EXPORT_SIZE=4  (GiB)
 #               PLUGINS="btrfs xfs qcow2 zfs"  SKIP_EXPORT=1  SKIP_BUILD=1
 #               BENCH_RESULTS=FILE (default .build/bench/storage-bench.md)
 # Prints a Markdown report on stdout (progress on stderr) and saves it to BENCH_RESULTS.
@@ -24,7 +24,8 @@ ROOT=$(readlink -f "$HERE/../..")
 RUNS=${RUNS:-5}
 SIZES=${SIZES:-"1 8"}
 ZFS_SIZES=${ZFS_SIZES:-"1 4"}
-EXPORT_SIZE=${EXPORT_SIZE:-2}
+EXPORT_SIZE=${EXPORT_SIZE:-4}
+EXPORT_RUNS=${EXPORT_RUNS:-7}
 PLUGINS=${PLUGINS:-"btrfs xfs qcow2 zfs"}
 BASE=${SNAPDUMP_BENCH_DIR:-/var/tmp}
 WORK="$BASE/snapdump-bench-$$"
@@ -56,6 +57,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 mkdir -p "$WORK/cfg"
 CFG="$WORK/cfg"
 
@@ -206,19 +208,24 @@ if [ -z "${SKIP_EXPORT:-}" ]; then
   for mode in cold warm; do
     cat_ms=()
     exp_ms=()
+    start_ms=()
     [ "$mode" = warm ] && run_cat
-    for i in $(seq 1 "$RUNS"); do
+    for i in $(seq 1 "$EXPORT_RUNS"); do
       # Interleaved, so drift on a shared machine hits both alike.
       [ "$mode" = cold ] && drop
       t=$(now_ns); run_cat; cat_ms+=("$(ms_since "$t")")
       [ "$mode" = cold ] && drop
       t=$(now_ns); run_export; exp_ms+=("$(ms_since "$t")")
+      # The process start alone (the cold one loads ~40 shared libraries from disk).
+      [ "$mode" = cold ] && drop
+      t=$(now_ns); "$BIN" --help >/dev/null; start_ms+=("$(ms_since "$t")")
     done
     c=$(printf '%s\n' "${cat_ms[@]}" | median)
     e=$(printf '%s\n' "${exp_ms[@]}" | median)
+    st=$(printf '%s\n' "${start_ms[@]}" | median)
     ratio=$(awk -v c="$c" -v e="$e" 'BEGIN { printf "%.2f", c / e }')
-    log "export $mode: cat ${cat_ms[*]} ms, export ${exp_ms[*]} ms → ratio $ratio"
-    EXPORT_ROWS+=("| $mode | $(mbps "$c") MB/s ($c ms) | $(mbps "$e") MB/s ($e ms) | ${ratio}× | ${cat_ms[*]} / ${exp_ms[*]} |")
+    log "export $mode: cat ${cat_ms[*]} ms, export ${exp_ms[*]} ms, start ${start_ms[*]} ms → ratio $ratio"
+    EXPORT_ROWS+=("| $mode | $(mbps "$c") MB/s ($c ms) | $(mbps "$e") MB/s ($e ms) | **${ratio}×** | $st | ${cat_ms[*]} / ${exp_ms[*]} |")
   done
   sd volume free "$vol"
   sd storage remove bexport
@@ -228,7 +235,7 @@ fi
 {
   echo "## Storage benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo
-  echo "Command: \`scripts/bench/storage-bench.sh\` (RUNS=$RUNS SIZES=\"$SIZES\" ZFS_SIZES=\"$ZFS_SIZES\" EXPORT_SIZE=$EXPORT_SIZE), release build, commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo "Command: \`scripts/bench/storage-bench.sh\` (RUNS=$RUNS EXPORT_RUNS=$EXPORT_RUNS SIZES=\"$SIZES\" ZFS_SIZES=\"$ZFS_SIZES\" EXPORT_SIZE=$EXPORT_SIZE), release build, commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'), load average at start: $LOAD_START"
   echo
   src=$(df --output=source "$BASE" | tail -1)
   echo "Machine: $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM, kernel $(uname -r); scratch $BASE on $src ($(findmnt -no FSTYPE --target "$BASE"), $(lsblk -dno SIZE "$src" 2>/dev/null | tr -d ' ') disk, rotational=$(lsblk -dno ROTA "$src" 2>/dev/null | tr -d ' '))"
@@ -242,8 +249,8 @@ fi
     echo
     echo "### \`volume export --output - > /dev/null\` vs \`cat FILE > /dev/null\`, same $EXPORT_SIZE GiB raw file (dir storage on $(findmnt -no FSTYPE --target "$BASE"))"
     echo
-    echo "| page cache | cat | export | export/cat | runs ms (cat / export) |"
-    echo "|---|---:|---:|---:|---|"
+    echo "| page cache | cat | export | export/cat | snapdump start-up ms | runs ms (cat / export) |"
+    echo "|---|---:|---:|---:|---:|---|"
     printf '%s\n' "${EXPORT_ROWS[@]}"
   fi
 } | tee "$WORK/report.md"
