@@ -79,10 +79,10 @@ public enum VolumeExporter {
     /// Reads the data ranges of `source` in chunks of up to 4 MiB into one reused buffer.
     ///
     /// The source is asked to prefetch `prefetchDistance` ahead, so the disk stays
-    /// busy while a chunk is handed to `body`. Measured here (BENCHMARKS.md): with
-    /// only the kernel's own readahead behind synchronous 4 MiB reads, a cold export
-    /// took 1.5–4× as long as with the prefetch, and varied as much as `cat` does.
-    /// A file source skips the prefetch of ranges already in the page cache.
+    /// busy while a chunk is handed to `body`. Measured (BENCHMARKS.md): with only
+    /// the kernel's readahead behind synchronous 4 MiB reads, a cold export took
+    /// about 1.8× as long (median) as with the prefetch, and varied as much as
+    /// `cat` does. A file source skips the prefetch of ranges already in the page cache.
     public static func forEachDataChunk(_ source: any BlockSource, _ body: (UInt64, UnsafeRawBufferPointer) throws -> Void) throws {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 4096)
         defer { buffer.deallocate() }
