@@ -8,7 +8,7 @@ packages=(
   btrfs-progs xfsprogs zfs-fuse
   busybox-static linux-image-cloud-amd64 cpio kmod
   libzstd-dev zlib1g-dev libnbd-dev libnbd-bin nbdkit libssl-dev
-  zstd gcc libc6-dev util-linux e2fsprogs hyperfine
+  zstd gcc libc6-dev util-linux e2fsprogs hyperfine bc
 )
 
 missing=()

@@ -157,6 +157,24 @@ public final class File: @unchecked Sendable {
     public func adviseSequential() {
         _ = posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL)
     }
+
+    /// posix_fadvise(POSIX_FADV_WILLNEED): starts reading the range into the page
+    /// cache in the background, so a later read finds it there (a hint: errors ignored).
+    public func adviseWillNeed(offset: UInt64, length: UInt64) {
+        _ = posix_fadvise(fd, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
+    }
+
+    /// Whether the page holding `offset` is in the page cache: mincore(2) on a
+    /// one-page mapping that is never touched (so nothing is read). False when unsure.
+    public func isCached(at offset: UInt64) -> Bool {
+        let page = UInt64(sysconf(Int32(_SC_PAGESIZE)))
+        let start = offset / page * page
+        guard let p = mmap(nil, Int(page), PROT_READ, MAP_SHARED, fd, off_t(start)),
+              p != UnsafeMutableRawPointer(bitPattern: -1) else { return false }
+        defer { munmap(p, Int(page)) }
+        var resident: UInt8 = 0
+        return mincore(p, Int(page), &resident) == 0 && resident & 1 == 1
+    }
 }
 
 // <unistd.h> defines these under _GNU_SOURCE only, which Swift does not import.

@@ -33,10 +33,15 @@ public protocol BlockSource: AnyObject, Sendable {
     var name: String { get }
     func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int
     func allocation(offset: UInt64, length: UInt64) throws -> [AllocationRange]
+    /// A hint that `offset..<offset+length` will be read soon: a source that can
+    /// fetch in the background starts to. Never fails; the default does nothing.
+    func prefetch(offset: UInt64, length: UInt64)
     func close() throws
 }
 
 extension BlockSource {
+    public func prefetch(offset: UInt64, length: UInt64) {}
+
     /// The allocation of the whole source.
     public func allocationMap() throws -> [AllocationRange] {
         try allocation(offset: 0, length: size)
@@ -63,6 +68,17 @@ public final class FileBlockSource: BlockSource, @unchecked Sendable {
         guard offset < size else { return 0 }
         let want = Int(min(UInt64(buffer.count), size - offset))
         return try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]), at: offset)
+    }
+
+    /// The page cache reads the range ahead (posix_fadvise WILLNEED) — unless its
+    /// first and last pages are cached already: then it most likely is, and asking
+    /// again would only cost a walk over its pages (~15 % more system time when an
+    /// export is served from the page cache).
+    public func prefetch(offset: UInt64, length: UInt64) {
+        guard offset < size, length > 0 else { return }
+        let last = min(offset + length, size) - 1
+        if file.isCached(at: offset) && file.isCached(at: last) { return }
+        file.adviseWillNeed(offset: offset, length: length)
     }
 
     public func allocation(offset: UInt64, length: UInt64) throws -> [AllocationRange] {

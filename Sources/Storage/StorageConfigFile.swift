@@ -28,6 +28,11 @@ public struct StorageConfigFile: Sendable {
         if storages.contains(where: { $0.id == def.id }) {
             throw StorageError(.duplicateStorage, "storage '\(def.id)' already exists (in \(path))")
         }
+        // What we write we must be able to read: no key the type's schema refuses on load.
+        let allowed = StorageDefinition.schema[def.type.rawValue] ?? []
+        for p in def.section.properties where !allowed.contains(p.key) {
+            throw StorageError(.invalidArgument, "storage '\(def.id)': '\(p.key)' does not apply to \(def.type.rawValue) storages")
+        }
         storages.append(def)
     }
 

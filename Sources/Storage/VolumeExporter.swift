@@ -73,14 +73,30 @@ public enum VolumeExporter {
         return Result(bytes: source.size, dataBytes: data)
     }
 
+    /// How far ahead of the chunk being read the source is asked to prefetch.
+    static let prefetchDistance: UInt64 = 16 << 20
+
     /// Reads the data ranges of `source` in chunks of up to 4 MiB into one reused buffer.
+    ///
+    /// The source is asked to prefetch `prefetchDistance` ahead, so the disk stays
+    /// busy while a chunk is handed to `body`. Measured (BENCHMARKS.md): with only
+    /// the kernel's readahead behind synchronous 4 MiB reads, a cold export took
+    /// about 1.8× as long (median) as with the prefetch, and varied as much as
+    /// `cat` does. A file source skips the prefetch of ranges already in the page cache.
     public static func forEachDataChunk(_ source: any BlockSource, _ body: (UInt64, UnsafeRawBufferPointer) throws -> Void) throws {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 4096)
         defer { buffer.deallocate() }
         for range in try source.allocationMap() where range.kind == .data {
             var off = range.offset
             let end = range.offset + range.length
+            var prefetched = off
             while off < end {
+                // Keep the window [off, off + prefetchDistance) requested, in chunk-sized steps.
+                while prefetched < min(end, off + prefetchDistance) {
+                    let n = min(UInt64(chunkSize), end - prefetched)
+                    source.prefetch(offset: prefetched, length: n)
+                    prefetched += n
+                }
                 let want = Int(min(UInt64(chunkSize), end - off))
                 let n = try source.read(at: off, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]))
                 guard n == want else {

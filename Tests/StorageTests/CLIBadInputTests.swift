@@ -118,6 +118,12 @@ struct CLIBadInputTests {
             (["storage", "add", "btrfs", "x", "--path", s.dataDir], ["'x'", "not btrfs"]),
             (["storage", "add", "dir", "x"], ["'x'", "path"]),
             (["storage", "add", "zfspool", "x", "--pool", "\(zpool)/snapdump-no-such-dataset"], ["'x'", "snapdump-no-such-dataset"]),
+            // Options of another type would make a storage.cfg that cannot be loaded again.
+            (["storage", "add", "zfspool", "x", "--pool", zpool, "--path", s.dataDir], ["'x'", "'path'", "zfspool"]),
+            (["storage", "add", "zfspool", "x", "--pool", zpool, "--format", "raw"], ["'x'", "'format'", "zfspool"]),
+            (["storage", "add", "zfspool", "x", "--pool", zpool, "--prune-backups", "keep-last=1"], ["'x'", "'prune-backups'", "zfspool"]),
+            (["storage", "add", "dir", "x", "--path", s.dataDir, "--pool", zpool], ["'x'", "'pool'", "dir"]),
+            (["storage", "add", "btrfs", "x", "--path", s.dataDir, "--pool", zpool], ["'x'", "'pool'", "btrfs"]),
         ]
         for (args, mentions) in cases {
             let line = try s.expectCleanFailure(args, mentions: mentions)

@@ -106,6 +106,31 @@ struct ExporterTests {
         #expect(try FileSystem.list(dir).isEmpty)
     }
 
+    /// The prefetch hint: pages dropped from the page cache are read back in by it,
+    /// and `File.isCached` (mincore) tells the two states apart.
+    @Test func prefetchFillsThePageCache() throws {
+        let dir = try Integration.scratchDirectory("prefetch")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (path, _) = try Self.sparseFile(in: dir)
+        let f = try File.openForReading(path)
+        let at: UInt64 = 1 << 20
+        var buf = [UInt8](repeating: 0, count: 4096)
+        _ = try buf.withUnsafeMutableBytes { try f.read(into: $0, at: at) }
+        #expect(f.isCached(at: at))
+        // Clean pages go on DONTNEED (the file was fsynced when written).
+        _ = posix_fadvise(f.fd, 0, 0, POSIX_FADV_DONTNEED)
+        guard !f.isCached(at: at) else { try Test.cancel("this filesystem keeps pages cached after DONTNEED") }
+        let s = try FileBlockSource(path: path, name: "test")
+        defer { try? s.close() }
+        s.prefetch(offset: at, length: 192 << 10)
+        var cached = false
+        for _ in 0..<200 where !cached { cached = f.isCached(at: at) && f.isCached(at: at + (192 << 10) - 1); usleep(5000) }
+        #expect(cached, "prefetched range is in the page cache")
+        // Past the end, or empty: nothing to do, no error.
+        s.prefetch(offset: s.size, length: 4096)
+        s.prefetch(offset: 0, length: 0)
+    }
+
     @Test func zeroDetection() {
         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 4096)
         defer { buf.deallocate() }

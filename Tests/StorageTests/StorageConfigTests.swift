@@ -170,6 +170,9 @@ struct StorageConfigTests {
         #expect(dup?.code == .duplicateStorage && dup?.message.contains(path) == true)
         let bad = #expect(throws: StorageError.self) { try f2.add(StorageDefinition(type: .dir, id: "-x", path: "/x")) }
         #expect(bad?.code == .invalidArgument)
+        // A key the type does not take would make a file that cannot be loaded again.
+        let foreign = #expect(throws: StorageError.self) { try f2.add(StorageDefinition(type: .zfspool, id: "z", path: "/x", pool: "tank")) }
+        #expect(foreign?.code == .invalidArgument && foreign?.message.contains("'path'") == true)
         let unknown = #expect(throws: StorageError.self) { try f2.remove("nosuch") }
         #expect(unknown?.code == .unknownStorage && unknown?.message.contains("'nosuch'") == true)
         try f2.remove("xfs.1")

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# `make bench`: every benchmark, release build; reports go to stdout and .build/bench/.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+swift build -c release 2>&1 | tail -1
+SKIP_BUILD=1 scripts/bench/storage-bench.sh
+SKIP_BUILD=1 scripts/bench/backup-bench.sh
