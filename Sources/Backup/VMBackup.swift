@@ -87,6 +87,13 @@ final class VMBackup: @unchecked Sendable {
             let disks = try await Blocking.run("resolve-disks") { [config] in try DiskPlan.resolve(config, storages: storages) }
             summary.storages = Array(Set(disks.map(\.volume.storage))).sorted()
             var status = try await lifecycle.status(vmid: vmid)
+            let restartMarker = "\(paths.qemuRunDir)/\(vmid).restart-after-backup"
+            if staleLock && status.state == .stopped && FileSystem.exists(restartMarker) {
+                log.warn("VM \(vmid) was stopped for a stop-mode backup by the killed run that left the lock - starting it again")
+                _ = try await lifecycle.start(vmid: vmid, disks: disks.map(\.resolvedDisk))
+                status = try await lifecycle.status(vmid: vmid)
+            }
+            try? FileSystem.remove(restartMarker)
             if staleLock && status.state == .paused {
                 log.warn("VM \(vmid) is paused, most likely by the killed run that left the lock - resuming it")
                 try await lifecycle.resume(vmid: vmid)
@@ -152,20 +159,27 @@ final class VMBackup: @unchecked Sendable {
             case .stop:
                 if status.state != .stopped {
                     try runHook(.preStop)
-                    downtime.begin("stopped")
-                    log.info("stopping virtual guest")
-                    try await lifecycle.shutdown(vmid: vmid, timeout: .seconds(options.stopwait * 60), forceStop: true, allowLock: "backup")
                     let resolved = disks.map(\.resolvedDisk)
+                    // Owed from the moment shutdown starts (it may stop the guest and then fail), and
+                    // recorded on disk so the next run restarts the guest if this process is killed.
+                    try FileSystem.createDirectory(paths.qemuRunDir)
+                    try FileSystem.writeAtomically(restartMarker, "\(vmid)\n")
                     guestDebts.append(("start guest", { [lifecycle, vmid, log, downtime] in
                         // A failing hook fails the backup, but never keeps the guest down.
                         var hookError: (any Error)?
                         do { try self.runHook(.preRestart) } catch { hookError = error }
-                        log.info("resuming VM again after stop")
-                        _ = try await lifecycle.start(vmid: vmid, disks: resolved, allowLock: "backup")
+                        if try await lifecycle.status(vmid: vmid).state == .stopped {
+                            log.info("resuming VM again after stop")
+                            _ = try await lifecycle.start(vmid: vmid, disks: resolved, allowLock: "backup")
+                        }
+                        try? FileSystem.remove(restartMarker)
                         downtime.end()
                         do { try self.runHook(.postRestart) } catch { hookError = hookError ?? error }
                         if let hookError { throw hookError }
                     }))
+                    downtime.begin("stopped")
+                    log.info("stopping virtual guest")
+                    try await lifecycle.shutdown(vmid: vmid, timeout: .seconds(options.stopwait * 60), forceStop: true, allowLock: "backup")
                 }
                 for d in disks { sources.append(try d.plugin.openBlockSource(d.volume, snapshot: nil)) }
             case .suspend:

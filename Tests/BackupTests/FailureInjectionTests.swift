@@ -231,6 +231,37 @@ extension NothingLostTests {
             ])
         }
 
+        @Test func sigkillMidArchiveInStopModeThenTheNextRunRestartsTheGuest() async throws {
+            let btrfs = try Integration.require("SNAPDUMP_TEST_BTRFS")
+            let vmid = 445
+            let h = try GuestHarness(label: "kill-stop")
+            defer { h.tearDown() }
+            try h.addStorage("btrfs", "bt", under: btrfs, extra: ["--content", "images,backup"])
+            try h.createGuest(vmid, disk: "bt:128M")
+            try h.prefill(vmid, mib: 16, atMiB: 64)
+            try await h.bootGuest(vmid)
+            let dumpdir = try #require(h.storageLocations()["bt"]).location + "/dump"
+
+            let bg = try BackgroundBackup(h, ["\(vmid)", "--mode", "stop", "--storage", "bt", "--bwlimit", "1024", "--stopwait", "1"])
+            try waitForArchivePhase(bg, dumpdir, vmid, marker: "INFO: stopping virtual guest")
+            usleep(500_000)
+            bg.signal(SIGKILL)
+            let end = bg.finish(timeout: 30)
+            #expect(end.signaled && end.status == SIGKILL, "\(end)")
+            // Killed while the guest was down for the backup: it stays down until the next run.
+            #expect(try h.must(["vm", "status", "\(vmid)"]).stdout.contains("status: stopped"))
+
+            nextSecond()
+            let r = try h.run(["backup", "\(vmid)", "--mode", "snapshot", "--storage", "bt"])
+            #expect(r.status == 0, "\(r)")
+            #expect(r.stderr.contains("WARN: VM \(vmid) was stopped for a stop-mode backup by the killed run that left the lock - starting it again"),
+                    "\(r.stderr)")
+            #expect(r.stderr.contains("INFO: backup mode: snapshot"), "the restarted guest is backed up live: \(r.stderr)")
+            let archives = try FileSystem.list(dumpdir).filter { $0.hasPrefix("vzdump-qemu-\(vmid)-") && $0.hasSuffix(".vma") }
+            try #require(archives.count == 1, "\(archives)")
+            try await expectInvariants(h, vmid, dumpdir: dumpdir, archiveKept: dumpdir + "/" + archives[0])
+        }
+
         @Test func sigkillMidArchiveOnZFSThenTheNextRun() async throws {
             let pool = try Integration.require("SNAPDUMP_TEST_ZPOOL")
             let dir = try Integration.require("SNAPDUMP_TEST_DIR")
