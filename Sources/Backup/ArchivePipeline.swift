@@ -127,6 +127,8 @@ final class ArchivePipeline {
         var bytesRead: UInt64 = 0
         var done: UInt64 = 0
         var readerDone = false
+        let hashing = DispatchGroup()
+        var inFlight: SharedBuffer?
 
         func drainAfterError() {
             cancelled.set()
@@ -164,11 +166,15 @@ final class ArchivePipeline {
                 case let .data(di, c, b, length):
                     let d = devices[di], digest = digests[di]
                     let buf = UnsafeRawBufferPointer(buffers[b])
-                    let group = DispatchGroup()
+                    // The buffer goes back to the reader when both the hasher and the writer are done
+                    // with it, so hashing chunk N overlaps with writing chunks N, N+1, ….
+                    let share = SharedBuffer(index: b, owners: 2)
+                    inFlight = share
                     let chunkIndex = c
-                    hashQueue.async(group: group) {
+                    hashQueue.async(group: hashing) {
                         let data = UnsafeRawBufferPointer(buffers[b])
                         digest.record(chunk: chunkIndex, digest: DeviceDigest.digest(of: UnsafeRawBufferPointer(rebasing: data[0..<length])))
+                        if share.release() { free.push(b) }
                     }
                     let first = c * DeviceDigest.clustersPerChunk
                     var off = 0
@@ -186,17 +192,22 @@ final class ArchivePipeline {
                         off += n
                         k += 1
                     }
-                    group.wait()
-                    free.push(b)
+                    inFlight = nil
+                    if share.release() { free.push(b) }
                     bytesRead += UInt64(length)
                     done += UInt64(length)
                     progress?.update(done: done)
                 }
             }
         } catch {
+            // Give back the writer's share of a chunk it did not finish, let the reader stop,
+            // and let every hash finish before the buffers are freed.
+            if let share = inFlight, share.release() { free.push(share.index) }
             if !readerDone { drainAfterError() }
+            hashing.wait()
             throw error
         }
+        hashing.wait()
         progress?.finish()
         var result: [UInt8: SHA256Digest] = [:]
         for (i, d) in devices.enumerated() {
@@ -250,6 +261,27 @@ final class BoundedQueue<T>: @unchecked Sendable {
         cond.broadcast()
         cond.unlock()
         return item
+    }
+}
+
+/// A chunk buffer held by several stages; the last to let go returns it.
+final class SharedBuffer: @unchecked Sendable {
+    // @unchecked: `owners` is guarded by `lock`.
+    let index: Int
+    private var owners: Int
+    private let lock = NSLock()
+
+    init(index: Int, owners: Int) {
+        self.index = index
+        self.owners = owners
+    }
+
+    /// True for the last owner to release.
+    func release() -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        owners -= 1
+        return owners == 0
     }
 }
 

@@ -2,10 +2,12 @@
 # Backup benchmark (issue 4): the archive phase of `snapdump backup` against
 # the tools a sysadmin would otherwise pipe together, on the same disk image,
 # page cache warm, runs interleaved, median of RUNS:
-#   none:   snapdump backup --compress 0           vs  cat disk > file
-#   zstd:   snapdump backup --compress zstd --zstd 1  vs  zstd -3 -T1 disk -o file
-#   zstd/2: snapdump backup --compress zstd --zstd 0  vs  zstd -3 -T2 (both use both cores)
-#   restore: snapdump restore (digest checked)     vs  zstd -d archive -o file
+#   none:   snapdump backup --compress 0              vs  cp --sparse=always disk file; sync file
+#   zstd:   snapdump backup --compress zstd --zstd 1  vs  zstd -3 -T1 disk -o file; sync file
+#   zstd/2: snapdump backup --compress zstd --zstd 0  vs  zstd -3 -T2 …; sync file (both use both cores)
+#   restore: snapdump restore (digest checked)        vs  zstd -d archive -o file; sync file
+# snapdump fsyncs its archive before renaming it (an archive is only visible
+# when complete and durable), so every baseline syncs its output too.
 # The guest is stopped (stop mode reads the disk as it is), so this measures
 # snapdump's read → hash → VMA → compress → write pipeline, not QEMU.
 # The disk holds SIZE_MIB of data: half random, half base64 text (compressible),
@@ -53,11 +55,11 @@ ARCHIVE_ZST=""
 for i in $(seq 1 "$RUNS"); do
   log "round $i of $RUNS"
   run sd-none  "$SD" backup 100 --dumpdir "$WORK/out" --compress 0 --quiet
-  run cat      sh -c "cat '$DISK' > '$WORK/out/copy'"
+  run cat      sh -c "cp --sparse=always '$DISK' '$WORK/out/copy' && sync '$WORK/out/copy'"
   run sd-zstd1 "$SD" backup 100 --dumpdir "$WORK/out" --compress zstd --zstd 1 --quiet
-  run zstd1    zstd -q -3 -T1 "$DISK" -o "$WORK/out/disk.zst"
+  run zstd1    sh -c "zstd -q -3 -T1 '$DISK' -o '$WORK/out/disk.zst' && sync '$WORK/out/disk.zst'"
   run sd-zstd2 "$SD" backup 100 --dumpdir "$WORK/out" --compress zstd --zstd 0 --quiet
-  run zstd2    zstd -q -3 -T2 "$DISK" -o "$WORK/out/disk.zst"
+  run zstd2    sh -c "zstd -q -3 -T2 '$DISK' -o '$WORK/out/disk.zst' && sync '$WORK/out/disk.zst'"
 done
 "$SD" backup 100 --dumpdir "$WORK/arch" --compress zstd --zstd 0 --quiet >/dev/null
 ARCHIVE_ZST=$(ls "$WORK"/arch/*.vma.zst)
@@ -65,7 +67,7 @@ for i in $(seq 1 "$RUNS"); do
   "$SD" vm destroy 101 >/dev/null 2>&1 || true
   run sd-restore "$SD" restore "$ARCHIVE_ZST" 101
   "$SD" vm destroy 101 >/dev/null 2>&1 || true
-  run unzstd     zstd -q -d -f "$ARCHIVE_ZST" -o "$WORK/out/disk.raw"
+  run unzstd     sh -c "zstd -q -d -f --sparse '$ARCHIVE_ZST' -o '$WORK/out/disk.raw' && sync '$WORK/out/disk.raw'"
 done
 
 med() { echo "${T[$1]}" | tr ' ' '\n' | grep . | median; }
@@ -81,10 +83,10 @@ mkdir -p "$(dirname "$RESULTS")"
   echo
   echo "| snapdump | time | rate | baseline | time | rate | ratio |"
   echo "|---|---:|---:|---|---:|---:|---:|"
-  row "backup --compress 0" sd-none cat "cat disk > file"
-  row "backup --compress zstd --zstd 1" sd-zstd1 zstd1 "zstd -3 -T1"
-  row "backup --compress zstd --zstd 0 (2 threads)" sd-zstd2 zstd2 "zstd -3 -T2"
-  row "restore (SHA-256 checked)" sd-restore unzstd "zstd -d"
+  row "backup --compress 0" sd-none cat "cp --sparse=always + sync"
+  row "backup --compress zstd --zstd 1" sd-zstd1 zstd1 "zstd -3 -T1 + sync"
+  row "backup --compress zstd --zstd 0 (2 threads)" sd-zstd2 zstd2 "zstd -3 -T2 + sync"
+  row "restore (SHA-256 checked)" sd-restore unzstd "zstd -d --sparse + sync"
   echo
   echo "Single runs (s):"
   for k in sd-none cat sd-zstd1 zstd1 sd-zstd2 zstd2 sd-restore unzstd; do echo "- $k: ${T[$k]}"; done
