@@ -1,5 +1,6 @@
 import Archive
 import Foundation
+import SnapdumpSystem
 import Storage
 
 /// Streams block sources into a VMA writer as a bounded pipeline:
@@ -51,6 +52,7 @@ final class ArchivePipeline {
     static let chunkSize = DeviceDigest.chunkSize
 
     func run() throws -> Result {
+        try? IOPriority.applyToCurrentThread()
         let chunk = Self.chunkSize
         let buffers = ChunkBuffers(count: bufferCount, size: chunk)
         let free = BoundedQueue<Int>(capacity: bufferCount)
@@ -77,6 +79,7 @@ final class ArchivePipeline {
         let readerPlans = plans
         let interrupt = self.interrupt
         let reader = Thread {
+            try? IOPriority.applyToCurrentThread()
             let started = Date()
             var readBytes: UInt64 = 0
             for (di, source) in sources.enumerated() {

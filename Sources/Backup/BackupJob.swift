@@ -89,6 +89,13 @@ public final class BackupJob {
             try? hook?.run(.jobAbort, log: log)
             throw error
         }
+        do {
+            // Applies to this process and the threads it starts from now on: readers, writers, hashing.
+            try IOPriority.set(ionice: settings.ionice)
+            log.info("ionice priority: \(settings.ionice)")
+        } catch {
+            log.warn("cannot set ionice priority \(settings.ionice): \(error)")
+        }
         let lifecycle = VMLifecycle(paths: paths)
         var summaries: [BackupSummary] = []
         for vmid in vmids {

@@ -4,6 +4,8 @@
 #include <sys/ioctl.h>
 #include <linux/fs.h>
 #include <linux/fiemap.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 int snapdump_ficlone(int dst_fd, int src_fd) {
     return ioctl(dst_fd, FICLONE, src_fd);
@@ -41,4 +43,10 @@ int snapdump_fiemap_shared(int fd, uint64_t *bytes, uint64_t *shared_bytes) {
     *bytes = total;
     *shared_bytes = shared;
     return 0;
+}
+
+int snapdump_ioprio_set_self(int idle, int level) {
+    /* linux/ioprio.h: class in bits 13-15; IOPRIO_CLASS_BE = 2, IOPRIO_CLASS_IDLE = 3; IOPRIO_WHO_PROCESS = 1. */
+    int prio = idle ? (3 << 13) : ((2 << 13) | (level & 7));
+    return (int)syscall(SYS_ioprio_set, 1, 0, prio);
 }

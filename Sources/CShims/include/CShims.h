@@ -13,4 +13,9 @@ int snapdump_blkgetsize64(int fd, uint64_t *size);
 /// with another file (FIEMAP_EXTENT_SHARED). Returns 0 or -1 with errno set.
 int snapdump_fiemap_shared(int fd, uint64_t *bytes, uint64_t *shared_bytes);
 
+/// ioprio_set(IOPRIO_WHO_PROCESS, 0, …) for the calling process: `idle` selects
+/// the idle class, else the best-effort class at `level` (0 highest … 7 lowest).
+/// Returns 0 or -1 with errno set. (syscall is variadic, which Swift cannot call.)
+int snapdump_ioprio_set_self(int idle, int level);
+
 #endif
