@@ -171,6 +171,34 @@ public struct JobsConfig: Sendable, Equatable {
         jobs.remove(at: i)
     }
 
+    /// `vm destroy --purge`, as Proxmox: the VMID leaves every job's `vmid`
+    /// and `exclude` list; a job whose `vmid` list becomes empty is removed.
+    /// Returns what changed, one line per job.
+    public mutating func purge(vmid: Int) throws -> [String] {
+        var changes: [String] = []
+        for job in jobs {
+            var set: [(key: String, value: String)] = []
+            var delete: [String] = []
+            for key in ["vmid", "exclude"] {
+                guard let list = job.parameters[key] else { continue }
+                let ids = try BackupParameters.vmidList(list, key: key)
+                guard ids.contains(vmid) else { continue }
+                let rest = ids.filter { $0 != vmid }
+                if rest.isEmpty { delete.append(key) } else { set.append((key, rest.map(String.init).joined(separator: ","))) }
+            }
+            // `exclude` implies `all`; without it the job still means all guests.
+            if delete.contains("exclude") && job.parameters["vmid"] == nil { set.append(("all", "1")) }
+            if delete.contains("vmid") {
+                try remove(job.id)
+                changes.append("removed backup job '\(job.id)' (it backed up only VM \(vmid))")
+            } else if !set.isEmpty || !delete.isEmpty {
+                try update(job.id, set: set, delete: delete)
+                changes.append("removed VM \(vmid) from backup job '\(job.id)'")
+            }
+        }
+        return changes
+    }
+
     /// Writes the file atomically.
     public func save() throws {
         try FileSystem.createDirectory((file as NSString).deletingLastPathComponent)

@@ -195,3 +195,32 @@ import SnapdumpConfig
         #expect(throws: BackupError.self) { try BackupParameters([("all", "1"), ("fleecing", "enabled=1,storage=-x")]) }
     }
 }
+
+@Suite struct JobsPurgeTests {
+    @Test func purgeRemovesTheVMIDFromListsAndEmptyJobs() throws {
+        var cfg = try JobsConfig.parse("""
+            vzdump: only100
+            \tschedule daily
+            \tvmid 100
+
+            vzdump: several
+            \tschedule daily
+            \tvmid 100,101,102
+
+            vzdump: allbut
+            \tschedule daily
+            \texclude 100
+
+            vzdump: other
+            \tschedule daily
+            \tvmid 103
+
+            """, file: "jobs.cfg")
+        let changes = try cfg.purge(vmid: 100)
+        #expect(changes.count == 3)
+        #expect(cfg.job("only100") == nil)
+        #expect(cfg.job("several")?.parameters["vmid"] == "101,102")
+        #expect(cfg.job("allbut")?.parameters["exclude"] == nil && cfg.job("allbut")?.parameters["all"] == "1")
+        #expect(cfg.job("other")?.parameters["vmid"] == "103")
+    }
+}

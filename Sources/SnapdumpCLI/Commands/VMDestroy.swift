@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SnapdumpSystem
+import Scheduler
 import Storage
 
 struct VMDestroy: AsyncParsableCommand {
@@ -8,7 +9,7 @@ struct VMDestroy: AsyncParsableCommand {
 
     @OptionGroup var global: GlobalOptions
     @OptionGroup var vm: VMIDArgument
-    @Flag(help: "Also remove the VM from backup jobs and other configuration.") var purge = false
+    @Flag(help: "Also remove the VMID from backup jobs (jobs.cfg); a job left without guests is removed.") var purge = false
 
     func run() async throws {
         let ctx = try VMContext(global)
@@ -23,6 +24,10 @@ struct VMDestroy: AsyncParsableCommand {
             do { try ctx.storages.plugin(for: vol).free(vol) } catch let e as StorageError where e.code == .notFound {
                 FileHandle.standardError.write(Data("warning: \(vol) already gone\n".utf8))
             }
+        }
+        if purge {
+            let changes = try JobsConfig.edit(paths: ctx.paths) { try $0.purge(vmid: vm.vmid) }
+            for c in changes { print(c) }
         }
         try FileSystem.remove(ctx.paths.vmConfig(vm.vmid))
         _ = try? ctx.lifecycle.cleanupStale(vmid: vm.vmid)
