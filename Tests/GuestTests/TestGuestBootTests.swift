@@ -45,20 +45,8 @@ enum TestGuest {
 
 @Suite("Test guest under snapdump's lifecycle", .enabled(if: TestGuest.enabled))
 struct TestGuestBootTests {
-    /// Polls the console log until a line starts with `prefix`.
     func waitForConsole(_ path: String, _ prefix: String, timeout: Duration) async throws -> String {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            if let text = try? FileSystem.readText(path),
-               let line = text.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix(prefix) }) {
-                return line.trimmingCharacters(in: .whitespacesAndNewlines)
-            }
-            if ContinuousClock.now >= deadline {
-                let tail = ((try? FileSystem.readText(path)) ?? "").split(whereSeparator: \.isNewline).suffix(15).joined(separator: "\n")
-                throw TestFailure("no '\(prefix)' in \(path) within \(timeout); console tail:\n\(tail)")
-            }
-            try await Task.sleep(for: .milliseconds(100))
-        }
+        try await Console.waitForLine(path, prefix, timeout: timeout)
     }
 
     func heartbeats(_ path: String) -> [Int] {

@@ -217,19 +217,7 @@ final class VMHarness: @unchecked Sendable {
     /// Polls the console log until a line starts with `prefix`.
     @discardableResult
     func waitForConsole(_ vmid: Int, _ prefix: String, timeout: Duration) async throws -> String {
-        let path = consoleLog(vmid)
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            if let text = try? FileSystem.readText(path),
-               let line = text.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix(prefix) }) {
-                return line.trimmingCharacters(in: .whitespacesAndNewlines)
-            }
-            if ContinuousClock.now >= deadline {
-                let tail = ((try? FileSystem.readText(path)) ?? "").split(whereSeparator: \.isNewline).suffix(15).joined(separator: "\n")
-                throw TestFailure("VM \(vmid): no '\(prefix)' in \(path) within \(timeout); console tail:\n\(tail)")
-            }
-            try await Task.sleep(for: .milliseconds(100))
-        }
+        try await Console.waitForLine(consoleLog(vmid), prefix, timeout: timeout, label: "VM \(vmid): ")
     }
 
     /// Sequence numbers of complete `HB <seq>` lines so far.
