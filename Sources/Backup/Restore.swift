@@ -125,12 +125,17 @@ public final class Restore {
             log.info("map '\(map.key)' to '\(vol)' (write zeros = 0)")
         }
 
-        var bytes: UInt64 = 0
         let files = Dictionary(uniqueKeysWithValues: targets.map { ($0.deviceID, $0.file!) })
-        let verification = try reader.verify { c in
-            guard let file = files[c.deviceID] else { return }
-            // Zero blocks stay holes in the fresh volume.
-            bytes += try c.writeStoredBlocks(to: file)
+        // Decompressing, hashing and writing block: run them on their own thread, not the cooperative pool.
+        let job = ReaderBox(reader)
+        let (verification, bytes) = try await Blocking.run("restore") {
+            var bytes: UInt64 = 0
+            let v = try job.reader.verify { c in
+                guard let file = files[c.deviceID] else { return }
+                // Zero blocks stay holes in the fresh volume.
+                bytes += try c.writeStoredBlocks(to: file)
+            }
+            return (v, bytes)
         }
         if verification.metadataChecked {
             log.info("verified SHA-256 of \(targets.count) device(s)")
@@ -179,4 +184,11 @@ public final class Restore {
         return Result(vmid: vmid, volumes: targets.map(\.volume.description), digestsChecked: verification.metadataChecked,
                       bytes: bytes, seconds: secs)
     }
+}
+
+/// Hands a VMA reader to the one thread that reads it.
+private final class ReaderBox: @unchecked Sendable {
+    // @unchecked: the reader is used by exactly one thread (Blocking.run's) while the caller awaits it.
+    let reader: VMAReader
+    init(_ reader: VMAReader) { self.reader = reader }
 }

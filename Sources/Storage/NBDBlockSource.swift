@@ -142,6 +142,7 @@ final class QemuNBDServer: @unchecked Sendable {
     }
 
     static func start(image: String, format: VolumeFormat, snapshot: String?) throws -> QemuNBDServer {
+        removeStaleDirectories()
         let dir = NSTemporaryDirectory() + "snapdump-nbd-\(getpid())-\(UUID().uuidString.prefix(8))"
         try FileSystem.createDirectory(dir, mode: 0o700)
         let sock = dir + "/nbd.sock", pidFile = dir + "/qemu-nbd.pid"
@@ -157,6 +158,18 @@ final class QemuNBDServer: @unchecked Sendable {
         } catch {
             try? FileManager.default.removeItem(atPath: dir)
             throw error
+        }
+    }
+
+    /// Socket directories of snapdump processes that are gone (killed runs): the
+    /// qemu-nbd they started exited with its client, only the directory is left.
+    static func removeStaleDirectories() {
+        let tmp = NSTemporaryDirectory()
+        guard let names = try? FileSystem.list(tmp) else { return }
+        for name in names where name.hasPrefix("snapdump-nbd-") {
+            let owner = name.dropFirst("snapdump-nbd-".count).prefix { $0.isNumber }
+            guard let pid = Int32(owner), pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else { continue }
+            try? FileManager.default.removeItem(atPath: tmp + name)
         }
     }
 
