@@ -179,7 +179,7 @@ final class VMBackup: @unchecked Sendable {
                     }))
                     downtime.begin("stopped")
                     log.info("stopping virtual guest")
-                    try await lifecycle.shutdown(vmid: vmid, timeout: .seconds(options.stopwait * 60), forceStop: true, allowLock: "backup")
+                    try await shutdownUnlessInterrupted(timeout: .seconds(options.stopwait * 60))
                 }
                 for d in disks { sources.append(try d.plugin.openBlockSource(d.volume, snapshot: nil)) }
             case .suspend:
@@ -256,6 +256,27 @@ final class VMBackup: @unchecked Sendable {
         }
         log.info("Backup finished at \(TaskLog.timestamp())")
         return summary
+    }
+
+    /// Clean shutdown, waiting up to `stopwait`, then a hard stop (vzdump's stop
+    /// mode). SIGINT/SIGTERM end the wait at once: the shutdown already asked
+    /// for is finished hard, and the restart owed to the guest follows in settle().
+    private func shutdownUnlessInterrupted(timeout: Duration) async throws {
+        let lifecycle = self.lifecycle, vmid = self.vmid, interrupt = self.interrupt
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try await lifecycle.shutdown(vmid: vmid, timeout: timeout, forceStop: true, allowLock: "backup")
+            }
+            group.addTask {
+                while !Task.isCancelled && interrupt.received == nil {
+                    try? await Task.sleep(for: .milliseconds(200))
+                }
+            }
+            _ = try await group.next()
+            group.cancelAll()
+            try await group.waitForAll()
+        }
+        try interrupt.check()
     }
 
     /// Freeze (agent) → pause (when needed) → snapshots → resume → thaw, with

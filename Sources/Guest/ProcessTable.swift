@@ -58,12 +58,23 @@ enum ProcessTable {
 
     /// Polls (without blocking a thread) until `pid` no longer mentions
     /// `marker`; returns whether it went away within `timeout`.
-    static func waitForExit(_ pid: Int32, mentioning marker: String, timeout: Duration) async -> Bool {
+    /// `honoringCancellation`: a cancelled caller stops waiting at once (a
+    /// shutdown's long wait); false for the short waits of a hard stop, which
+    /// must see the process go even when the caller was cancelled.
+    static func waitForExit(_ pid: Int32, mentioning marker: String, timeout: Duration,
+                            honoringCancellation: Bool = true) async -> Bool {
         let deadline = ContinuousClock.now + timeout
         while isAlive(pid, mentioning: marker) {
-            if deadline.hasPassed { return false }
-            try? await Task.sleep(for: .milliseconds(50))
+            if deadline.hasPassed || (honoringCancellation && Task.isCancelled) { return false }
+            await pause(milliseconds: 50)
         }
         return true
+    }
+
+    /// A sleep that cancellation does not cut short (Task.sleep returns at once when cancelled).
+    static func pause(milliseconds ms: Int) async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(ms)) { c.resume() }
+        }
     }
 }

@@ -244,9 +244,9 @@ public struct VMLifecycle: Sendable {
             _ = try? await qmp.execute("quit", timeout: .seconds(2))
             await qmp.close()
         }
-        if !(await ProcessTable.waitForExit(pid, mentioning: marker, timeout: timeout)) {
+        if !(await ProcessTable.waitForExit(pid, mentioning: marker, timeout: timeout, honoringCancellation: false)) {
             ProcessTable.signal(pid, SIGKILL, ifMentioning: marker)
-            if !(await ProcessTable.waitForExit(pid, mentioning: marker, timeout: .seconds(5))) {
+            if !(await ProcessTable.waitForExit(pid, mentioning: marker, timeout: .seconds(5), honoringCancellation: false)) {
                 throw GuestError(vmid: vmid, .timeout, "VM \(vmid): QEMU (pid \(pid)) survived SIGKILL")
             }
         }

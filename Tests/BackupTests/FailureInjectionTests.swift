@@ -147,6 +147,38 @@ extension NothingLostTests {
             }
         }
 
+        /// Stop mode waits up to `stopwait` minutes for an ACPI shutdown; a guest
+        /// that ignores the power button (here: a VM in SeaBIOS, no OS) must not
+        /// keep SIGTERM waiting. The guest is stopped hard and started again.
+        @Test func sigtermWhileStopModeWaitsForTheShutdown() async throws {
+            let dir = try Integration.require("SNAPDUMP_TEST_DIR")
+            let vmid = 485
+            let h = try GuestHarness(label: "fail-stopwait")
+            defer { h.tearDown() }
+            try h.addStorage("dir", "local", under: dir, extra: ["--content", "images,backup"])
+            try h.must(["vm", "create", "\(vmid)", "--memory", "128", "--scsi0", "local:16M"])
+            h.registerVM(vmid)
+            try h.must(["vm", "start", "\(vmid)"])
+            let pidBefore = try #require(h.qemuPID(vmid))
+
+            let bg = try BackgroundBackup(h, ["\(vmid)", "--mode", "stop", "--storage", "local", "--stopwait", "1"])
+            let waiting = bg.wait(until: { bg.stderr.contains("INFO: stopping virtual guest") })
+            try #require(waiting, "\(bg.stderr)")
+            usleep(1_000_000)
+            let sent = Date()
+            bg.signal(SIGTERM)
+            let end = bg.finish(timeout: 60)
+            let latency = Date().timeIntervalSince(sent)
+            #expect(!end.signaled && end.status != 0, "\(end): \(bg.stderr)")
+            #expect(latency < 15, "took \(latency) s; stopwait is 60 s")
+            #expect(bg.stderr.contains("interrupted by signal SIGTERM"), "\(bg.stderr)")
+            let status = try h.must(["vm", "status", "\(vmid)"]).stdout
+            #expect(status.contains("status: running") && !status.contains("lock:"), "\(status)")
+            #expect(h.qemuPID(vmid) != pidBefore, "the guest was not restarted")
+            let dumpdir = try #require(h.storageLocations()["local"]).location + "/dump"
+            #expect(!hasDat(dumpdir, vmid))
+        }
+
         /// A second job waits for the global lock (`lockwait`, default three
         /// hours); SIGTERM must end that wait at once, touching nothing.
         @Test func sigtermWhileWaitingForTheGlobalLock() async throws {
