@@ -50,3 +50,7 @@ int snapdump_ioprio_set_self(int idle, int level) {
     int prio = idle ? (3 << 13) : ((2 << 13) | (level & 7));
     return (int)syscall(SYS_ioprio_set, 1, 0, prio);
 }
+
+int snapdump_ioprio_get_self(void) {
+    return (int)syscall(SYS_ioprio_get, 1, 0);
+}

@@ -16,6 +16,17 @@ public enum IOPriority {
         try applyToCurrentThread()
     }
 
+    /// The calling thread's priority as `ionice` spells it (0–7 best effort, 8 idle), nil for another class.
+    public static func currentThread() throws -> Int? {
+        let raw = snapdump_ioprio_get_self()
+        if raw < 0 { throw SystemError("ioprio_get", "current thread") }
+        switch raw >> 13 {
+        case 3: return 8
+        case 2: return Int(raw & 7)
+        default: return nil
+        }
+    }
+
     /// Applies the remembered priority (if any) to the calling thread.
     public static func applyToCurrentThread() throws {
         guard let ionice = configured.withLock({ $0 }) else { return }

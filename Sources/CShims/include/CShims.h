@@ -18,4 +18,8 @@ int snapdump_fiemap_shared(int fd, uint64_t *bytes, uint64_t *shared_bytes);
 /// Returns 0 or -1 with errno set. (syscall is variadic, which Swift cannot call.)
 int snapdump_ioprio_set_self(int idle, int level);
 
+/// ioprio_get(IOPRIO_WHO_PROCESS, 0) for the calling thread: the raw value
+/// (class << 13 | level), or -1 with errno set.
+int snapdump_ioprio_get_self(void);
+
 #endif
