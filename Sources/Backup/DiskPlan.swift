@@ -13,18 +13,12 @@ struct DiskPlan {
     /// VMA device name, as Proxmox names it.
     var deviceName: String { "drive-\(key)" }
 
-    /// The disks of `config` that are backed up: all but CD-ROMs and `backup=0`.
+    /// The disks of `config` a backup includes (`DrivePurpose.backup`: all but CD-ROMs and `backup=0`).
     static func resolve(_ config: VMConfig, storages: StorageRegistry) throws -> [DiskPlan] {
-        var plans: [DiskPlan] = []
-        for d in config.disks {
-            if d.options["media"] == "cdrom" || d.volid == "none" || d.options["backup"] == "0" { continue }
-            let vol = try VolumeID(parsing: d.volid)
-            let plugin = try storages.plugin(for: vol)
-            let (path, format) = try plugin.path(of: vol)
-            let size = try plugin.size(of: vol)
-            plans.append(DiskPlan(key: d.key, volume: vol, plugin: plugin, path: path, format: format, size: size))
+        try GuestDrives.resolve(config, for: .backup, storages: storages).map { d in
+            let plugin = try storages.plugin(for: d.volume)
+            return DiskPlan(key: d.key, volume: d.volume, plugin: plugin, path: d.path, format: d.format, size: try plugin.size(of: d.volume))
         }
-        return plans
     }
 
     var resolvedDisk: ResolvedDisk { ResolvedDisk(key: key, path: path, format: format.rawValue) }

@@ -1,5 +1,6 @@
 import Foundation
 import Guest
+import SnapdumpConfig
 import SnapdumpSystem
 import Storage
 
@@ -11,7 +12,57 @@ enum Leftovers {
     /// Every snapshot, read clone and overlay snapdump makes carries this prefix.
     static let snapshotPrefix = "snapdump-"
 
-    static func remove(vmid: Int, disks: [DiskPlan], dumpdir: String, running: Bool,
+    /// Written when stop mode starts shutting the guest down, removed once it runs again: a run
+    /// killed in between leaves it, and the next run restarts the guest.
+    static func restartMarker(vmid: Int, paths: SnapdumpPaths) -> String {
+        "\(paths.qemuRunDir)/\(vmid).restart-after-backup"
+    }
+
+    /// A `backup` lock on the config is stale (the global backup lock is held, so no other backup
+    /// runs): removes it and returns the config reloaded, and whether it was there.
+    static func clearStaleLock(_ config: VMConfig, paths: SnapdumpPaths, lifecycle: VMLifecycle,
+                               log: TaskLog) async throws -> (config: VMConfig, wasLocked: Bool) {
+        guard config.lock == "backup" else { return (config, false) }
+        log.warn("VM \(config.vmid) has a stale 'backup' lock left by an earlier run that was killed - removing it")
+        try await lifecycle.unlock(vmid: config.vmid)
+        return (try VMConfig.load(vmid: config.vmid, paths: paths), true)
+    }
+
+    /// Gives the guest back what a killed run owed it, then removes what that run left on the
+    /// storages and in the dump directory. After a stale lock (`staleLock`): a guest stopped for a
+    /// stop-mode backup is started with `startDrives`, a paused one resumed, frozen filesystems
+    /// thawed. Returns the guest's status afterwards.
+    static func recover(config: VMConfig, staleLock: Bool, disks: [DiskPlan], startDrives: [ResolvedDisk], dumpdir: String,
+                        paths: SnapdumpPaths, lifecycle: VMLifecycle, log: TaskLog) async throws -> VMStatus {
+        let vmid = config.vmid
+        var status = try await lifecycle.status(vmid: vmid)
+        let marker = restartMarker(vmid: vmid, paths: paths)
+        if staleLock && status.state == .stopped && FileSystem.exists(marker) {
+            log.warn("VM \(vmid) was stopped for a stop-mode backup by the killed run that left the lock - starting it again")
+            _ = try await lifecycle.start(vmid: vmid, disks: startDrives)
+            status = try await lifecycle.status(vmid: vmid)
+        }
+        try? FileSystem.remove(marker)
+        if staleLock && status.state == .paused {
+            log.warn("VM \(vmid) is paused, most likely by the killed run that left the lock - resuming it")
+            try await lifecycle.resume(vmid: vmid)
+            status = try await lifecycle.status(vmid: vmid)
+        }
+        if staleLock && status.state == .running && config.agentEnabled {
+            // Killed between fs-freeze and fs-thaw: nothing thaws the guest by itself, and every
+            // later fs-freeze would fail ("the agent is in frozen state").
+            let agent = lifecycle.guestAgent(vmid: vmid)
+            if (try? await agent.fsfreezeStatus(timeout: .seconds(3))) == .frozen {
+                log.warn("VM \(vmid) has frozen filesystems, most likely left by the killed run - thawing them")
+                do { _ = try await agent.fsfreezeThaw(timeout: .seconds(30)) } catch { await agent.close(); throw error }
+            }
+            await agent.close()
+        }
+        try await remove(vmid: vmid, disks: disks, dumpdir: dumpdir, running: status.state != .stopped, lifecycle: lifecycle, log: log)
+        return status
+    }
+
+    private static func remove(vmid: Int, disks: [DiskPlan], dumpdir: String, running: Bool,
                        lifecycle: VMLifecycle, log: TaskLog) async throws {
         // Storage snapshots and what was made to read them.
         var byStorage: [String: (plugin: any StoragePlugin, volumes: [VolumeID])] = [:]
@@ -25,11 +76,11 @@ enum Leftovers {
         for d in disks where d.format == .qcow2 {
             let dir = (d.path as NSString).deletingLastPathComponent
             let base = (d.path as NSString).lastPathComponent
-            for name in try FileSystem.list(dir) where name.hasPrefix(base + "." + snapshotPrefix) && name.hasSuffix(".overlay.qcow2") {
+            for name in try FileSystem.list(dir) where name.hasPrefix(base + "." + snapshotPrefix) && name.hasSuffix(QCOW2Overlay.fileSuffix) {
                 let overlay = dir + "/" + name
                 if running {
-                    let tag = String(name.dropFirst(base.count + 1).dropLast(".overlay.qcow2".count))
-                    let o = QCOW2Overlay(vmid: vmid, disks: [d], tag: tag, log: log)
+                    let tag = String(name.dropFirst(base.count + 1).dropLast(QCOW2Overlay.fileSuffix.count))
+                    let o = QCOW2Overlay(vmid: vmid, disks: [(d.key, d.path)], tag: tag, log: log.overlayLog)
                     let qmp = try await lifecycle.connectQMP(vmid: vmid)
                     do { try await o.commit(qmp: qmp) } catch { await qmp.close(); throw error }
                     await qmp.close()

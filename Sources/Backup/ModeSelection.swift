@@ -1,43 +1,121 @@
+import Guest
 import Storage
 
-/// How snapshot mode will freeze each disk, decided before the guest is touched.
-enum SnapshotPlan {
-    /// Storage snapshots, grouped per storage. `needsPause`: the guest must be
-    /// paused so that all snapshots share one point in time (several storages,
-    /// or a storage that snapshots one volume at a time).
-    /// `overlay`: running qcow2 disks on `dir` storages, frozen by QEMU overlays in one QMP transaction.
-    case storage(groups: [(plugin: any StoragePlugin, volumes: [VolumeID])], overlay: [DiskPlan], needsPause: Bool)
-    /// Some disk cannot be snapshotted; the message names each such disk.
-    case unsupported(String)
+/// How this backup gets a consistent view of the guest's disks: vzdump's mode
+/// as decided for this guest, with what it needs to carry out.
+enum BackupMethod {
+    /// Read the volumes of a stopped guest; `shutdown`: it runs now, stop it first and start it again after.
+    case stop(shutdown: Bool)
+    /// Read the volumes while the guest is paused (`pause`: it runs now).
+    case suspend(pause: Bool)
+    /// A short freeze window makes point-in-time views of every disk (`SnapshotPlan`); the guest runs
+    /// while the archive is read from them.
+    case snapshot(SnapshotPlan)
 
-    static func make(for disks: [DiskPlan], running: Bool) -> SnapshotPlan {
-        var problems: [String] = []
+    var mode: BackupMode {
+        switch self {
+        case .stop: return .stop
+        case .suspend: return .suspend
+        case .snapshot: return .snapshot
+        }
+    }
+}
+
+/// The mode decision, made before the guest is touched: the requested mode,
+/// the guest's state and what each disk's storage can do decide the method.
+struct ModeDecision {
+    var method: BackupMethod
+    /// Why snapshot mode became suspend mode, when it did (logged, and in the JSON summary).
+    var fallbackReason: String?
+
+    var mode: BackupMode { method.mode }
+
+    static func make(requested: BackupMode, state: VMStatus.State, disks: [DiskPlan],
+                     fallback: SnapshotFallback) throws -> ModeDecision {
+        // A stopped guest is consistent as it is: every mode reads its volumes (vzdump does the same).
+        if state == .stopped { return ModeDecision(method: .stop(shutdown: false)) }
+        switch requested {
+        case .stop:
+            return ModeDecision(method: .stop(shutdown: true))
+        case .suspend:
+            return ModeDecision(method: .suspend(pause: state == .running))
+        case .snapshot:
+            switch SnapshotPlan.make(for: disks, running: true) {
+            case .success(let plan):
+                return ModeDecision(method: .snapshot(plan))
+            case .failure(let unsupported):
+                switch fallback {
+                case .refuse:
+                    throw BackupError("\(unsupported.message); refusing (--snapshot-fallback refuse)")
+                case .suspend:
+                    return ModeDecision(method: .suspend(pause: state == .running), fallbackReason: unsupported.message)
+                }
+            }
+        }
+    }
+}
+
+/// How snapshot mode freezes each disk, decided before the guest is touched.
+struct SnapshotPlan {
+    /// How one disk gets its point-in-time view. Another technique (QEMU
+    /// fleecing, for storages that cannot snapshot) is one more case here,
+    /// chosen in `make`, with its step in `FreezeWindow` and its reader in
+    /// `VMBackup.openSnapshotSources`.
+    enum Technique: Equatable {
+        /// The storage snapshots the volume (btrfs, zfs, reflink copy).
+        case storageSnapshot
+        /// A running qcow2 image on a `dir` storage: QEMU writes to an overlay while the image is read.
+        case qemuOverlay
+    }
+
+    struct Unsupported: Error {
+        var message: String
+    }
+
+    var disks: [(disk: DiskPlan, technique: Technique)]
+    /// The guest must be paused so that all views share one point in time
+    /// (several storages or techniques, or a storage that snapshots one volume at a time).
+    var needsPause: Bool
+
+    /// Volumes to snapshot, grouped per storage (one call per storage).
+    var storageGroups: [(plugin: any StoragePlugin, volumes: [VolumeID])] {
         var groups: [(plugin: any StoragePlugin, volumes: [VolumeID])] = []
-        var overlay: [DiskPlan] = []
-        var needsPause = false
+        for (d, t) in disks where t == .storageSnapshot {
+            if let i = groups.firstIndex(where: { $0.plugin.id == d.plugin.id }) {
+                groups[i].volumes.append(d.volume)
+            } else {
+                groups.append((d.plugin, [d.volume]))
+            }
+        }
+        return groups
+    }
+
+    var overlayDisks: [DiskPlan] { disks.filter { $0.technique == .qemuOverlay }.map(\.disk) }
+
+    static func make(for disks: [DiskPlan], running: Bool) -> Result<SnapshotPlan, Unsupported> {
+        var problems: [String] = []
+        var planned: [(disk: DiskPlan, technique: Technique)] = []
+        var perVolume = false
         for d in disks {
             if running && d.format == .qcow2 && d.plugin.definition.type == .dir {
-                overlay.append(d)
+                planned.append((d, .qemuOverlay))
                 continue
             }
             switch d.plugin.snapshotCapability(for: d.format) {
             case .unsupported(let reason):
                 problems.append("\(d.key) on \(d.volume.storage): \(reason)")
             case .perVolume:
-                needsPause = true
-                fallthrough
+                perVolume = true
+                planned.append((d, .storageSnapshot))
             case .atomic:
-                if let i = groups.firstIndex(where: { $0.plugin.id == d.plugin.id }) {
-                    groups[i].volumes.append(d.volume)
-                } else {
-                    groups.append((d.plugin, [d.volume]))
-                }
+                planned.append((d, .storageSnapshot))
             }
         }
         if !problems.isEmpty {
-            return .unsupported("mode failure - some volumes do not support snapshots (\(problems.joined(separator: "; ")))")
+            return .failure(Unsupported(message: "mode failure - some volumes do not support snapshots (\(problems.joined(separator: "; ")))"))
         }
-        if groups.count + (overlay.isEmpty ? 0 : 1) > 1 { needsPause = true }
-        return .storage(groups: groups, overlay: overlay, needsPause: needsPause)
+        var plan = SnapshotPlan(disks: planned, needsPause: perVolume)
+        if plan.storageGroups.count + (plan.overlayDisks.isEmpty ? 0 : 1) > 1 { plan.needsPause = true }
+        return .success(plan)
     }
 }

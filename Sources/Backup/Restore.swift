@@ -13,7 +13,10 @@ import Storage
 /// archive's `snapdump.json`, and the VM config is written last. A truncated
 /// or corrupt archive fails with nothing left behind: the volumes this restore
 /// allocated are freed and no config is written. An existing VM is replaced
-/// only with `--force`, and only after the new disks are complete.
+/// only with `--force`, and only after the new disks are complete; then, as
+/// qmrestore does, only the old volumes owned by the VMID whose drives the
+/// archive restored are freed, its other own volumes become `unusedN`, and
+/// nothing else is touched (`RestoredConfig`).
 public final class Restore {
     public struct Options: Sendable {
         public var archive: String
@@ -83,8 +86,7 @@ public final class Restore {
             throw BackupError("archive '\(options.archive)' has no qemu-server.conf: not a VM backup")
         }
         let (confText, maps) = VMAConfigFile.parse(String(decoding: confBytes.prefix { $0 != 0 }, as: UTF8.self))
-        var config = try VMConfig.parse(confText, vmid: vmid, file: "\(options.archive):qemu-server.conf")
-        config.lock = nil
+        let config = try VMConfig.parse(confText, vmid: vmid, file: "\(options.archive):qemu-server.conf")
         log.info("restore vma archive: \(options.archive)")
 
         var targets: [Target] = []
@@ -152,33 +154,40 @@ public final class Restore {
             }
         }
 
-        // Point the config's disks at the new volumes.
-        for t in targets {
-            guard let d = config.disk(t.key) else { continue }
-            var disk = d
-            disk.volid = t.volume.description
-            config.setDisk(disk)
+        // Point the config's disks at the new volumes; drop what the archive does not restore.
+        let restored = Dictionary(targets.map { ($0.key, $0.volume) }, uniquingKeysWith: { a, _ in a })
+        var (newConfig, warnings) = RestoredConfig.rewrite(config, vmid: vmid, restored: restored)
+        for t in targets where newConfig.disk(t.key) == nil {
+            // A device whose drive the archived config lacks: keep the data reachable, never orphaned.
+            newConfig.addUnused(t.volume.description)
+            warnings.append("archived config has no drive \(t.key): restored volume '\(t.volume)' is listed as unused")
         }
+        var freeOld: [VolumeID] = []
+        if let old = oldConfig {
+            let (free, keep) = RestoredConfig.replacement(old: old, new: newConfig, restoredKeys: Set(restored.keys))
+            freeOld = free
+            for volid in keep {
+                if let key = newConfig.addUnused(volid) { log.info("old volume '\(volid)' of VM \(vmid) kept as \(key)") }
+            }
+        }
+        for w in warnings { log.warn(w) }
         try FileSystem.createDirectory(paths.vmConfigDir)
-        try config.save(paths: paths)
+        try newConfig.save(paths: paths)
         done = true
 
-        if let old = oldConfig {
-            let kept = Set(targets.map(\.volume.description))
-            for d in old.disks where !kept.contains(d.volid) {
-                guard let vol = try? VolumeID(parsing: d.volid), let plugin = try? storages.plugin(for: vol) else { continue }
-                do {
-                    try plugin.free(vol)
-                    log.info("removed old volume '\(vol)' of VM \(vmid)")
-                } catch {
-                    log.warn("cannot remove old volume '\(vol)': \(error)")
-                }
+        // Only now, with the new config in place: the old volumes the archive replaced (qmrestore frees them too).
+        for vol in freeOld {
+            do {
+                try storages.plugin(for: vol).free(vol)
+                log.info("removed old volume '\(vol)' of VM \(vmid)")
+            } catch {
+                log.warn("cannot remove old volume '\(vol)': \(error)")
             }
         }
         let secs = Date().timeIntervalSince(started)
         log.info("restore of VM \(vmid) finished: \(Formatting.bytes(bytes)) written in \(String(format: "%.1f", secs)) s")
         if options.start {
-            _ = try await lifecycle.start(vmid: vmid, disks: targets.map { ResolvedDisk(key: $0.key, path: $0.volumePath, format: $0.format.rawValue) })
+            _ = try await lifecycle.start(vmid: vmid, disks: try GuestDrives.resolve(newConfig, storages: storages).map(\.resolved))
             log.info("started VM \(vmid)")
         }
         return Result(vmid: vmid, volumes: targets.map(\.volume.description), digestsChecked: verification.metadataChecked,

@@ -46,8 +46,8 @@ final class VMBackup: @unchecked Sendable {
         self.interrupt = interrupt
     }
 
-    /// What the guest is owed before we return: resume, thaw, restart.
-    private var guestDebts: [(String, () async throws -> Void)] = []
+    /// What the guest is owed before we return: resume, restart (the freeze window pays its own).
+    private lazy var debts = GuestDebts(vmid: vmid, log: log)
     private var snapshots: [(plugin: any StoragePlugin, volumes: [VolumeID], name: String)] = []
     private var sources: [any BlockSource] = []
     private var overlays: [QCOW2Overlay] = []
@@ -69,76 +69,40 @@ final class VMBackup: @unchecked Sendable {
         log.info("Backup started at \(TaskLog.timestamp())")
         var locked = false
         do {
-            var config = try VMConfig.load(vmid: vmid, paths: paths)
-            var staleLock = false
-            if config.lock == "backup" {
-                staleLock = true
-                // We hold the global backup lock: no other backup can be running, so this lock is stale.
-                log.warn("VM \(vmid) has a stale 'backup' lock left by an earlier run that was killed - removing it")
-                try await lifecycle.unlock(vmid: vmid)
-                config = try VMConfig.load(vmid: vmid, paths: paths)
-            }
+            let (config, staleLock) = try await Leftovers.clearStaleLock(try VMConfig.load(vmid: vmid, paths: paths), paths: paths,
+                                                                        lifecycle: lifecycle, log: log)
             if let lock = config.lock {
                 throw BackupError("VM \(vmid) is locked (\(lock)); if nothing is using it, clear it with 'snapdump vm unlock \(vmid)'")
             }
             try BackupLifecycle.checkBeforeBackup(vmid: vmid, dumpdir: dumpdir, storage: options.dumpdir == nil ? options.storage : nil,
                                                   settings: settings)
             let storages = self.storages
-            let disks = try await Blocking.run("resolve-disks") { [config] in try DiskPlan.resolve(config, storages: storages) }
+            // One decision (GuestDrives) for what the backup reads and what the guest is (re)started with.
+            let (disks, startDrives) = try await Blocking.run("resolve-disks") { [config] in
+                (try DiskPlan.resolve(config, storages: storages), try GuestDrives.resolve(config, for: .start, storages: storages).map(\.resolved))
+            }
             summary.storages = Array(Set(disks.map(\.volume.storage))).sorted()
-            var status = try await lifecycle.status(vmid: vmid)
-            let restartMarker = "\(paths.qemuRunDir)/\(vmid).restart-after-backup"
-            if staleLock && status.state == .stopped && FileSystem.exists(restartMarker) {
-                log.warn("VM \(vmid) was stopped for a stop-mode backup by the killed run that left the lock - starting it again")
-                _ = try await lifecycle.start(vmid: vmid, disks: disks.map(\.resolvedDisk))
-                status = try await lifecycle.status(vmid: vmid)
-            }
-            try? FileSystem.remove(restartMarker)
-            if staleLock && status.state == .paused {
-                log.warn("VM \(vmid) is paused, most likely by the killed run that left the lock - resuming it")
-                try await lifecycle.resume(vmid: vmid)
-                status = try await lifecycle.status(vmid: vmid)
-            }
-            if staleLock && status.state == .running && config.agentEnabled {
-                // Killed between fs-freeze and fs-thaw: nothing thaws the guest by itself, and every
-                // later fs-freeze would fail ("the agent is in frozen state").
-                let agent = lifecycle.guestAgent(vmid: vmid)
-                if (try? await agent.fsfreezeStatus(timeout: .seconds(3))) == .frozen {
-                    log.warn("VM \(vmid) has frozen filesystems, most likely left by the killed run - thawing them")
-                    do { _ = try await agent.fsfreezeThaw(timeout: .seconds(30)) } catch { await agent.close(); throw error }
-                }
-                await agent.close()
-            }
-            try await Leftovers.remove(vmid: vmid, disks: disks, dumpdir: dumpdir, running: status.state != .stopped,
-                                       lifecycle: lifecycle, log: log)
+            let status = try await Leftovers.recover(config: config, staleLock: staleLock, disks: disks, startDrives: startDrives,
+                                                     dumpdir: dumpdir, paths: paths, lifecycle: lifecycle, log: log)
             log.info("status = \(status.state.rawValue)")
             if let name = config.name { log.info("VM Name: \(name)") }
+            for d in config.disks where !d.isIncluded(in: .backup) && !d.isCDROM {
+                log.info("exclude disk '\(d.key)' '\(d.volid)' (backup=no)")
+            }
             for d in disks {
                 log.info("include disk '\(d.key)' '\(d.volume)' \(Formatting.bytes(d.size))")
             }
             summary.diskBytes = disks.reduce(0) { $0 + $1.size }
 
             // Decide the mode before touching the guest.
-            var mode = options.mode
-            var snapshotPlan: SnapshotPlan?
-            if status.state == .stopped {
-                mode = .stop
-            } else if mode == .snapshot {
-                let plan = SnapshotPlan.make(for: disks, running: true)
-                if case .unsupported(let why) = plan {
-                    switch options.snapshotFallback {
-                    case .refuse:
-                        throw BackupError("\(why); refusing (--snapshot-fallback refuse)")
-                    case .suspend:
-                        log.warn(why)
-                        log.info("trying 'suspend' mode instead")
-                        summary.fallbackReason = why
-                        mode = .suspend
-                    }
-                } else {
-                    snapshotPlan = plan
-                }
+            let decision = try ModeDecision.make(requested: options.mode, state: status.state, disks: disks,
+                                                 fallback: options.snapshotFallback)
+            if let why = decision.fallbackReason {
+                log.warn(why)
+                log.info("trying 'suspend' mode instead")
+                summary.fallbackReason = why
             }
+            let mode = decision.mode
             summary.mode = mode
             log.info("backup mode: \(mode.rawValue)")
             if options.bwlimit > 0 { log.info("bandwidth limit: \(options.bwlimit) KiB/s") }
@@ -154,67 +118,24 @@ final class VMBackup: @unchecked Sendable {
             log.info("creating vzdump archive '\(archivePath)'")
 
             let downtime = DowntimeClock()
-            let snapName = "\(Leftovers.snapshotPrefix)\(Int(start.timeIntervalSince1970))"
-            switch mode {
-            case .stop:
-                if status.state != .stopped {
-                    try runHook(.preStop)
-                    let resolved = disks.map(\.resolvedDisk)
-                    // Owed from the moment shutdown starts (it may stop the guest and then fail), and
-                    // recorded on disk so the next run restarts the guest if this process is killed.
-                    try FileSystem.createDirectory(paths.qemuRunDir)
-                    try FileSystem.writeAtomically(restartMarker, "\(vmid)\n")
-                    guestDebts.append(("start guest", { [lifecycle, vmid, log, downtime] in
-                        // A failing hook fails the backup, but never keeps the guest down.
-                        var hookError: (any Error)?
-                        do { try self.runHook(.preRestart) } catch { hookError = error }
-                        if try await lifecycle.status(vmid: vmid).state == .stopped {
-                            log.info("resuming VM again after stop")
-                            _ = try await lifecycle.start(vmid: vmid, disks: resolved, allowLock: "backup")
-                        }
-                        try? FileSystem.remove(restartMarker)
-                        downtime.end()
-                        do { try self.runHook(.postRestart) } catch { hookError = hookError ?? error }
-                        if let hookError { throw hookError }
-                    }))
-                    downtime.begin("stopped")
-                    log.info("stopping virtual guest")
-                    try await shutdownUnlessInterrupted(timeout: .seconds(options.stopwait * 60))
+            let guest = GuestControl(vmid: vmid, lifecycle: lifecycle, log: log, interrupt: interrupt, debts: debts, downtime: downtime,
+                                     hook: { [unowned self] in try self.runHook($0) }, hasHook: hook != nil)
+            switch decision.method {
+            case .stop(let shutdown):
+                if shutdown {
+                    try await StopQuiesce(guest: guest, stopwait: .seconds(options.stopwait * 60), startDrives: startDrives,
+                                          restartMarker: Leftovers.restartMarker(vmid: vmid, paths: paths)).run()
                 }
                 for d in disks { sources.append(try d.plugin.openBlockSource(d.volume, snapshot: nil)) }
-            case .suspend:
-                if status.state == .running {
-                    try runHook(.preStop)
-                    log.info("suspending guest")
-                    downtime.begin("paused")
-                    try await lifecycle.suspend(vmid: vmid, allowLock: "backup")
-                    guestDebts.append(("resume guest", { [lifecycle, vmid, log, downtime] in
-                        var hookError: (any Error)?
-                        do { try self.runHook(.preRestart) } catch { hookError = error }
-                        try await lifecycle.resume(vmid: vmid, allowLock: "backup")
-                        downtime.end()
-                        log.info("resumed guest")
-                        do { try self.runHook(.postRestart) } catch { hookError = hookError ?? error }
-                        if let hookError { throw hookError }
-                    }))
-                }
+            case .suspend(let pause):
+                if pause { try await SuspendQuiesce(guest: guest).run() }
                 for d in disks { sources.append(try d.plugin.openBlockSource(d.volume, snapshot: nil)) }
-            case .snapshot:
-                guard case let .storage(groups, overlayDisks, needsPause)? = snapshotPlan else { throw BackupError("internal: no snapshot plan") }
-                let overlay = overlayDisks.isEmpty ? nil : QCOW2Overlay(vmid: vmid, disks: overlayDisks, tag: snapName, log: log)
-                try await takeSnapshots(config: config, status: status, groups: groups, overlay: overlay, needsPause: needsPause,
-                                        name: snapName, downtime: downtime)
-                let overlaySources = try overlay?.openSources() ?? [:]
-                // Appended one by one, so settle() closes whatever was opened if a later one fails.
-                sources = []
-                do {
-                    for d in disks {
-                        sources.append(try overlaySources[d.key] ?? d.plugin.openBlockSource(d.volume, snapshot: snapName))
-                    }
-                } catch {
-                    for s in overlaySources.values where !sources.contains(where: { $0 === s }) { try? s.close() }
-                    throw error
-                }
+            case .snapshot(let plan):
+                let snapName = "\(Leftovers.snapshotPrefix)\(Int(start.timeIntervalSince1970))"
+                let window = FreezeWindow(guest: guest, config: config, state: status.state, plan: plan, name: snapName)
+                do { try await window.run() } catch { adopt(window); throw error }
+                adopt(window)
+                try openSnapshotSources(disks, name: snapName)
             }
 
             // The archive phase: in snapshot mode the guest runs meanwhile.
@@ -258,97 +179,25 @@ final class VMBackup: @unchecked Sendable {
         return summary
     }
 
-    /// Clean shutdown, waiting up to `stopwait`, then a hard stop (vzdump's stop
-    /// mode). SIGINT/SIGTERM end the wait at once: the shutdown already asked
-    /// for is finished hard, and the restart owed to the guest follows in settle().
-    private func shutdownUnlessInterrupted(timeout: Duration) async throws {
-        let lifecycle = self.lifecycle, vmid = self.vmid, interrupt = self.interrupt
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                try await lifecycle.shutdown(vmid: vmid, timeout: timeout, forceStop: true, allowLock: "backup")
-            }
-            group.addTask {
-                while !Task.isCancelled && interrupt.received == nil {
-                    try? await Task.sleep(for: .milliseconds(200))
-                }
-            }
-            _ = try await group.next()
-            group.cancelAll()
-            try await group.waitForAll()
-        }
-        try interrupt.check()
+    /// What the freeze window made, to be read and then removed by settle() on every path out.
+    private func adopt(_ window: FreezeWindow) {
+        snapshots += window.snapshots
+        if let o = window.overlay { overlays.append(o) }
     }
 
-    /// Freeze (agent) → pause (when needed) → snapshots → resume → thaw, with
-    /// the guest's unavailability measured from the first step to the last.
-    private func takeSnapshots(config: VMConfig, status: VMStatus, groups: [(plugin: any StoragePlugin, volumes: [VolumeID])],
-                               overlay: QCOW2Overlay?, needsPause: Bool, name: String, downtime: DowntimeClock) async throws {
-        var freeze = false
-        if config.agentEnabled && status.state == .running {
-            let agent = lifecycle.guestAgent(vmid: vmid)
-            do {
-                try await agent.ping(timeout: .seconds(3))
-                freeze = true
-            } catch {
-                log.warn("guest agent of VM \(vmid) does not answer (\(error)) - skipping fs-freeze")
-            }
-        } else if !config.agentEnabled {
-            log.info("skipping guest-agent 'fs-freeze': agent not enabled")
-        }
-        let pause = needsPause && status.state == .running
-        try runHook(.preStop)
-        downtime.begin(pause ? "paused for snapshot" : "frozen for snapshot")
-        var frozen = 0
+    /// Readers of the frozen views, one per disk in archive order: an overlaid disk's frozen image, else its storage snapshot.
+    private func openSnapshotSources(_ disks: [DiskPlan], name: String) throws {
+        var overlaySources: [String: any BlockSource] = [:]
+        for o in overlays { overlaySources.merge(try o.openSources()) { a, _ in a } }
+        // Appended one by one, so settle() closes whatever was opened if a later one fails.
+        sources = []
         do {
-            if freeze {
-                log.info("issuing guest-agent 'fs-freeze' command")
-                let agent = lifecycle.guestAgent(vmid: vmid)
-                guestDebts.append(("thaw guest filesystems", { [lifecycle, vmid, log] in
-                    log.info("issuing guest-agent 'fs-thaw' command")
-                    _ = try await lifecycle.guestAgent(vmid: vmid).fsfreezeThaw(timeout: .seconds(30))
-                }))
-                frozen = try await agent.fsfreezeFreeze(timeout: .seconds(60))
-                log.info("guest agent froze \(frozen) filesystem(s)")
+            for d in disks {
+                sources.append(try overlaySources[d.key] ?? d.plugin.openBlockSource(d.volume, snapshot: name))
             }
-            if pause {
-                try await lifecycle.suspend(vmid: vmid, allowLock: "backup")
-                guestDebts.append(("resume guest", { [lifecycle, vmid] in
-                    try await lifecycle.resume(vmid: vmid, allowLock: "backup")
-                }))
-            }
-            for g in groups {
-                try interrupt.check()
-                let plugin = g.plugin, volumes = g.volumes
-                try await Blocking.run("snapshot") { try plugin.createSnapshot(volumes, name: name) }
-                snapshots.append((g.plugin, g.volumes, name))
-            }
-            if let overlay {
-                try interrupt.check()
-                let qmp = try await lifecycle.connectQMP(vmid: vmid)
-                do { try await overlay.create(qmp: qmp) } catch { await qmp.close(); throw error }
-                // QEMU serves one QMP client at a time: close before resume/thaw connect.
-                await qmp.close()
-                overlays.append(overlay)
-                log.info("froze \(overlay.disks.map(\.key).joined(separator: ", ")) with QEMU qcow2 overlays (one QMP transaction)")
-            }
-            try runHook(.preRestart)
-            try await payGuestDebts()
         } catch {
-            try? await payGuestDebts()
-            downtime.end()
+            for s in overlaySources.values where !sources.contains(where: { $0 === s }) { try? s.close() }
             throw error
-        }
-        downtime.end()
-        try runHook(.postRestart)
-        // Neither paused nor a filesystem frozen: the guest's I/O was never blocked.
-        if !pause && frozen == 0 { downtime.reset() }
-        if !groups.isEmpty {
-            log.info("created storage snapshot '\(name)' of \(groups.map { "\($0.volumes.count) volume(s) on \($0.plugin.id)" }.joined(separator: ", "))")
-        }
-        if let ms = downtime.milliseconds {
-            log.info("guest downtime: \(ms) ms (\(downtime.kind ?? ""))")
-        } else {
-            log.info("guest downtime: 0 ms (atomic snapshot; the guest was neither paused nor had a filesystem frozen)")
         }
     }
 
@@ -401,7 +250,7 @@ final class VMBackup: @unchecked Sendable {
         var firstError: (any Error)?
         for s in sources { do { try s.close() } catch { firstError = firstError ?? error } }
         sources = []
-        do { try await payGuestDebts() } catch { firstError = firstError ?? error }
+        do { try await debts.pay() } catch { firstError = firstError ?? error }
         for s in snapshots.reversed() {
             do {
                 let plugin = s.plugin, volumes = s.volumes, name = s.name
@@ -423,18 +272,6 @@ final class VMBackup: @unchecked Sendable {
             }
         }
         overlays = []
-        if let firstError { throw firstError }
-    }
-
-    /// Pays debts in reverse order (resume before thaw, as they were taken).
-    private func payGuestDebts() async throws {
-        var firstError: (any Error)?
-        while let (what, pay) = guestDebts.popLast() {
-            do { try await pay() } catch {
-                log.error("cannot \(what) of VM \(vmid): \(error)")
-                firstError = firstError ?? error
-            }
-        }
         if let firstError { throw firstError }
     }
 }

@@ -63,7 +63,7 @@ public struct QEMUCommandLine: Sendable {
             }
             resolved[d.key] = d
         }
-        for disk in config.disks where resolved[disk.key] == nil && !(disk.isCDROM && disk.volid == "none") {
+        for disk in config.drives(for: .start) where resolved[disk.key] == nil {
             throw invalid("no path resolved for \(disk.key) (\(disk.volid))")
         }
 

@@ -22,17 +22,12 @@ struct VMContext {
         return try VMConfig.load(vmid: vmid, paths: paths)
     }
 
-    /// The config's disks as paths QEMU can open; a missing volume is an error naming it.
+    /// The drives QEMU starts with (`GuestDrives`), as paths; a missing volume is an error naming it.
     func resolvedDisks(_ config: VMConfig) throws -> [ResolvedDisk] {
-        try config.disks.compactMap { d in
-            if d.volid == "none" || d.options["media"] == "cdrom" { return nil }
-            let vol = try VolumeID(parsing: d.volid)
-            do {
-                let (path, format) = try storages.path(of: vol)
-                return ResolvedDisk(key: d.key, path: path, format: format.rawValue)
-            } catch {
-                throw GuestCLIError("VM \(config.vmid): disk \(d.key): \(error)")
-            }
+        do {
+            return try GuestDrives.resolve(config, for: .start, storages: storages).map(\.resolved)
+        } catch let e as GuestError {
+            throw GuestCLIError(e.message)
         }
     }
 }

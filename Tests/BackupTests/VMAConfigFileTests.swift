@@ -37,32 +37,71 @@ import Testing
     let btrfs = StorageDefinition(type: .btrfs, id: "bt", path: "/c")
     let zfs = StorageDefinition(type: .zfspool, id: "tank", pool: "tank")
 
+    func plan(_ disks: [DiskPlan]) -> SnapshotPlan? { try? SnapshotPlan.make(for: disks, running: true).get() }
+
     @Test func rawOnDirCannotSnapshotAndNamesTheDisk() {
-        guard case .unsupported(let why) = SnapshotPlan.make(for: [disk("scsi0", rawDir, .raw)], running: true) else {
+        guard case .failure(let why) = SnapshotPlan.make(for: [disk("scsi0", rawDir, .raw)], running: true) else {
             Issue.record("expected unsupported"); return
         }
-        #expect(why == "mode failure - some volumes do not support snapshots (scsi0 on local: raw files on dir storage)")
+        #expect(why.message == "mode failure - some volumes do not support snapshots (scsi0 on local: raw files on dir storage)")
     }
 
-    @Test func oneAtomicStorageNeedsNoPause() {
-        guard case let .storage(groups, overlay, pause) = SnapshotPlan.make(for: [disk("scsi0", btrfs, .raw), disk("scsi1", btrfs, .raw)], running: true) else {
-            Issue.record("expected storage plan"); return
+    @Test func oneAtomicStorageNeedsNoPause() throws {
+        let p = try #require(plan([disk("scsi0", btrfs, .raw), disk("scsi1", btrfs, .raw)]))
+        #expect(p.storageGroups.count == 1 && p.storageGroups[0].volumes.count == 2 && p.overlayDisks.isEmpty && !p.needsPause)
+    }
+
+    @Test func reflinkOrSeveralStoragesNeedAPause() throws {
+        #expect(try #require(plan([disk("scsi0", reflinkDir, .raw)])).needsPause)
+        let two = try #require(plan([disk("scsi0", btrfs, .raw), disk("scsi1", zfs, .raw)]))
+        #expect(two.needsPause && two.storageGroups.count == 2)
+    }
+
+    @Test func runningQcow2OnDirUsesQEMUOverlays() throws {
+        let p = try #require(plan([disk("scsi0", rawDir, .qcow2)]))
+        #expect(p.storageGroups.isEmpty && p.overlayDisks.map(\.key) == ["scsi0"] && !p.needsPause)
+        #expect(p.disks.map(\.technique) == [.qemuOverlay])
+    }
+
+    @Test func overlaysAndStorageSnapshotsTogetherNeedAPause() throws {
+        let p = try #require(plan([disk("scsi0", rawDir, .qcow2), disk("scsi1", btrfs, .raw)]))
+        #expect(p.needsPause && p.disks.map(\.technique) == [.qemuOverlay, .storageSnapshot])
+    }
+}
+
+@Suite struct ModeDecisionTests {
+    let btrfs = StorageDefinition(type: .btrfs, id: "bt", path: "/c")
+    let rawDir = StorageDefinition(type: .dir, id: "local", path: "/a")
+
+    func disk(_ def: StorageDefinition) -> DiskPlan {
+        DiskPlan(key: "scsi0", volume: VolumeID(storage: def.id, volname: "100/vm-100-disk-0.raw"),
+                 plugin: StorageRegistry.plugin(for: def), path: "/x", format: .raw, size: 1 << 20)
+    }
+
+    @Test func aStoppedGuestIsReadAsItIsInEveryMode() throws {
+        for mode in BackupMode.allCases {
+            let d = try ModeDecision.make(requested: mode, state: .stopped, disks: [disk(rawDir)], fallback: .refuse)
+            guard case .stop(shutdown: false) = d.method else { Issue.record("\(mode): \(d.method)"); continue }
+            #expect(d.mode == .stop && d.fallbackReason == nil)
         }
-        #expect(groups.count == 1 && groups[0].volumes.count == 2 && overlay.isEmpty && !pause)
     }
 
-    @Test func reflinkOrSeveralStoragesNeedAPause() {
-        if case let .storage(_, _, pause) = SnapshotPlan.make(for: [disk("scsi0", reflinkDir, .raw)], running: true) { #expect(pause) }
-        else { Issue.record("expected storage plan") }
-        if case let .storage(groups, _, pause) = SnapshotPlan.make(for: [disk("scsi0", btrfs, .raw), disk("scsi1", zfs, .raw)], running: true) {
-            #expect(pause && groups.count == 2)
-        } else { Issue.record("expected storage plan") }
+    @Test func runningGuestGetsTheRequestedMode() throws {
+        let stop = try ModeDecision.make(requested: .stop, state: .running, disks: [disk(rawDir)], fallback: .suspend)
+        guard case .stop(shutdown: true) = stop.method else { Issue.record("\(stop.method)"); return }
+        let suspend = try ModeDecision.make(requested: .suspend, state: .running, disks: [disk(rawDir)], fallback: .suspend)
+        guard case .suspend(pause: true) = suspend.method else { Issue.record("\(suspend.method)"); return }
+        let snap = try ModeDecision.make(requested: .snapshot, state: .running, disks: [disk(btrfs)], fallback: .refuse)
+        guard case .snapshot(let plan) = snap.method else { Issue.record("\(snap.method)"); return }
+        #expect(plan.storageGroups.count == 1 && snap.fallbackReason == nil)
     }
 
-    @Test func runningQcow2OnDirUsesQEMUOverlays() {
-        guard case let .storage(groups, overlay, pause) = SnapshotPlan.make(for: [disk("scsi0", rawDir, .qcow2)], running: true) else {
-            Issue.record("expected storage plan"); return
+    @Test func snapshotWithoutSnapshotsFallsBackOrRefuses() throws {
+        let d = try ModeDecision.make(requested: .snapshot, state: .running, disks: [disk(rawDir)], fallback: .suspend)
+        guard case .suspend(pause: true) = d.method else { Issue.record("\(d.method)"); return }
+        #expect(d.fallbackReason?.contains("scsi0 on local") == true)
+        #expect(throws: BackupError.self) {
+            try ModeDecision.make(requested: .snapshot, state: .running, disks: [disk(rawDir)], fallback: .refuse)
         }
-        #expect(groups.isEmpty && overlay.map(\.key) == ["scsi0"] && !pause)
     }
 }

@@ -1,0 +1,291 @@
+import Foundation
+import Guest
+import SnapdumpSystem
+import Storage
+
+/// What the guest is owed before a backup returns (resume, thaw, restart),
+/// paid in reverse order of taking (resume before thaw). Every debt is
+/// attempted even when an earlier one fails; the first failure is reported.
+final class GuestDebts: @unchecked Sendable {
+    // @unchecked: one backup task owns it.
+    private var debts: [(what: String, pay: () async throws -> Void)] = []
+    let vmid: Int
+    let log: TaskLog
+
+    init(vmid: Int, log: TaskLog) {
+        self.vmid = vmid
+        self.log = log
+    }
+
+    func owe(_ what: String, _ pay: @escaping () async throws -> Void) { debts.append((what, pay)) }
+
+    func pay() async throws {
+        var firstError: (any Error)?
+        while let (what, pay) = debts.popLast() {
+            do { try await pay() } catch {
+                log.error("cannot \(what) of VM \(vmid): \(error)")
+                firstError = firstError ?? error
+            }
+        }
+        if let firstError { throw firstError }
+    }
+}
+
+/// What each mode's quiesce step works with.
+struct GuestControl {
+    let vmid: Int
+    let lifecycle: VMLifecycle
+    let log: TaskLog
+    let interrupt: Interrupt
+    let debts: GuestDebts
+    let downtime: DowntimeClock
+    /// Runs a guest phase of the hook script (a no-op without one).
+    let hook: (HookScript.Phase) throws -> Void
+    /// Whether a hook script runs at all (it may call `vm status`, which needs the QMP socket).
+    let hasHook: Bool
+
+    /// pre-restart, `restore`, post-restart: a failing hook fails the backup but never keeps the guest down.
+    func restoreGuest(_ restore: () async throws -> Void) async throws {
+        var hookError: (any Error)?
+        do { try hook(.preRestart) } catch { hookError = error }
+        try await restore()
+        downtime.end()
+        do { try hook(.postRestart) } catch { hookError = hookError ?? error }
+        if let hookError { throw hookError }
+    }
+}
+
+/// Stop mode: a clean shutdown (waiting `stopwait`, then a hard stop), the
+/// restart owed from the moment shutdown starts and recorded on disk so the
+/// next run restarts the guest if this process is killed. The restart uses
+/// every drive the guest starts with (`DrivePurpose.start`), not only the
+/// backed-up ones.
+struct StopQuiesce {
+    let guest: GuestControl
+    let stopwait: Duration
+    let startDrives: [ResolvedDisk]
+    let restartMarker: String
+
+    func run() async throws {
+        let g = guest
+        try g.hook(.preStop)
+        try FileSystem.createDirectory((restartMarker as NSString).deletingLastPathComponent)
+        try FileSystem.writeAtomically(restartMarker, "\(g.vmid)\n")
+        let startDrives = self.startDrives, marker = restartMarker
+        g.debts.owe("start guest") {
+            try await g.restoreGuest {
+                if try await g.lifecycle.status(vmid: g.vmid).state == .stopped {
+                    g.log.info("resuming VM again after stop")
+                    _ = try await g.lifecycle.start(vmid: g.vmid, disks: startDrives, allowLock: "backup")
+                }
+                try? FileSystem.remove(marker)
+            }
+        }
+        g.downtime.begin("stopped")
+        g.log.info("stopping virtual guest")
+        try await shutdownUnlessInterrupted()
+    }
+
+    /// SIGINT/SIGTERM end the wait at once: the shutdown already asked for is
+    /// finished hard, and the restart owed to the guest follows.
+    private func shutdownUnlessInterrupted() async throws {
+        let lifecycle = guest.lifecycle, vmid = guest.vmid, interrupt = guest.interrupt, timeout = stopwait
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try await lifecycle.shutdown(vmid: vmid, timeout: timeout, forceStop: true, allowLock: "backup")
+            }
+            group.addTask {
+                while !Task.isCancelled && interrupt.received == nil {
+                    try? await Task.sleep(for: .milliseconds(200))
+                }
+            }
+            _ = try await group.next()
+            group.cancelAll()
+            try await group.waitForAll()
+        }
+        try interrupt.check()
+    }
+}
+
+/// Suspend mode: the guest is paused while its volumes are read.
+struct SuspendQuiesce {
+    let guest: GuestControl
+
+    func run() async throws {
+        let g = guest
+        try g.hook(.preStop)
+        g.log.info("suspending guest")
+        g.downtime.begin("paused")
+        try await g.lifecycle.suspend(vmid: g.vmid, allowLock: "backup")
+        g.debts.owe("resume guest") {
+            try await g.restoreGuest {
+                try await g.lifecycle.resume(vmid: g.vmid, allowLock: "backup")
+                g.log.info("resumed guest")
+            }
+        }
+    }
+}
+
+/// Snapshot mode's window: fs-freeze (guest agent) → pause (when the plan
+/// needs it) → storage snapshots and QEMU overlays → resume → fs-thaw, with
+/// the guest's unavailability measured from the first step to the last.
+///
+/// The guest-agent connection is opened and synced (ping) before the window
+/// and serves freeze and thaw; one QMP session serves pause, overlays and
+/// resume — no connect falls inside the measured downtime. QEMU serves one
+/// QMP client at a time, so the session is let go while a hook script runs
+/// (a hook may ask `snapdump vm status`).
+final class FreezeWindow {
+    let guest: GuestControl
+    let config: VMConfig
+    let state: VMStatus.State
+    let plan: SnapshotPlan
+    let name: String
+    /// Snapshots taken, for the caller to delete after the archive is read.
+    private(set) var snapshots: [(plugin: any StoragePlugin, volumes: [VolumeID], name: String)] = []
+    /// The overlays made, for the caller to merge back after the archive is read.
+    private(set) var overlay: QCOW2Overlay?
+    private var qmp: QMPClient?
+
+    init(guest: GuestControl, config: VMConfig, state: VMStatus.State, plan: SnapshotPlan, name: String) {
+        self.guest = guest
+        self.config = config
+        self.state = state
+        self.plan = plan
+        self.name = name
+    }
+
+    private func session() async throws -> QMPClient {
+        if let qmp { return qmp }
+        let q = try await guest.lifecycle.connectQMP(vmid: guest.vmid)
+        qmp = q
+        return q
+    }
+
+    private func release() async {
+        await qmp?.close()
+        qmp = nil
+    }
+
+    private func hook(_ phase: HookScript.Phase) async throws {
+        if guest.hasHook { await release() }
+        try guest.hook(phase)
+    }
+
+    /// The agent, connected and synced, when the guest's filesystems are to be frozen; nil otherwise (logged why).
+    private func openAgent() async -> GuestAgentClient? {
+        let g = guest
+        guard config.agentEnabled else {
+            g.log.info("skipping guest-agent 'fs-freeze': agent not enabled")
+            return nil
+        }
+        guard state == .running else { return nil }
+        guard config.agentFreezeOnBackup else {
+            g.log.info("skipping guest-agent 'fs-freeze': disabled in VM options (freeze-fs-on-backup=0)")
+            return nil
+        }
+        let agent = g.lifecycle.guestAgent(vmid: g.vmid)
+        do {
+            try await agent.ping(timeout: .seconds(3))
+            return agent
+        } catch {
+            await agent.close()
+            g.log.warn("guest agent of VM \(g.vmid) does not answer (\(error)) - skipping fs-freeze")
+            return nil
+        }
+    }
+
+    func run() async throws {
+        let agent = await openAgent()
+        do {
+            try await window(agent: agent)
+        } catch {
+            await release()
+            await agent?.close()
+            throw error
+        }
+        await release()
+        await agent?.close()
+    }
+
+    private func window(agent: GuestAgentClient?) async throws {
+        let g = guest
+        let pause = plan.needsPause && state == .running
+        let groups = plan.storageGroups
+        let overlayDisks = plan.overlayDisks
+        try await hook(.preStop)
+        if pause || !overlayDisks.isEmpty { _ = try await session() }
+        g.downtime.begin(pause ? "paused for snapshot" : "frozen for snapshot")
+        var frozen = 0
+        let debts = GuestDebts(vmid: g.vmid, log: g.log)
+        do {
+            if let agent {
+                g.log.info("issuing guest-agent 'fs-freeze' command")
+                debts.owe("thaw guest filesystems") { [g] in
+                    g.log.info("issuing guest-agent 'fs-thaw' command")
+                    do {
+                        _ = try await agent.fsfreezeThaw(timeout: .seconds(30))
+                    } catch {
+                        // The connection may be what broke: one more try on a fresh one (the agent serves one client).
+                        await agent.close()
+                        let fresh = g.lifecycle.guestAgent(vmid: g.vmid)
+                        do { _ = try await fresh.fsfreezeThaw(timeout: .seconds(30)) } catch { await fresh.close(); throw error }
+                        await fresh.close()
+                    }
+                }
+                frozen = try await agent.fsfreezeFreeze(timeout: .seconds(60))
+                g.log.info("guest agent froze \(frozen) filesystem(s)")
+            }
+            if pause {
+                _ = try await session().execute("stop", timeout: .seconds(10))
+                debts.owe("resume guest") { [self] in
+                    do {
+                        _ = try await session().execute("cont", timeout: .seconds(10))
+                    } catch {
+                        await release()
+                        try await g.lifecycle.resume(vmid: g.vmid, allowLock: "backup")
+                    }
+                }
+            }
+            for group in groups {
+                try g.interrupt.check()
+                let plugin = group.plugin, volumes = group.volumes, name = self.name
+                try await Blocking.run("snapshot") { try plugin.createSnapshot(volumes, name: name) }
+                snapshots.append((plugin, volumes, name))
+            }
+            if !overlayDisks.isEmpty {
+                try g.interrupt.check()
+                let o = QCOW2Overlay(vmid: g.vmid, disks: overlayDisks.map { ($0.key, $0.path) }, tag: name, log: g.log.overlayLog)
+                try await o.create(qmp: try await session())
+                overlay = o
+                g.log.info("froze \(o.disks.map(\.key).joined(separator: ", ")) with QEMU qcow2 overlays (one QMP transaction)")
+            }
+            try await hook(.preRestart)
+            try await debts.pay()
+        } catch {
+            try? await debts.pay()
+            g.downtime.end()
+            throw error
+        }
+        g.downtime.end()
+        await release()
+        try guest.hook(.postRestart)
+        // Neither paused nor a filesystem frozen: the guest's I/O was never blocked.
+        if !pause && frozen == 0 { g.downtime.reset() }
+        if !groups.isEmpty {
+            g.log.info("created storage snapshot '\(name)' of \(groups.map { "\($0.volumes.count) volume(s) on \($0.plugin.id)" }.joined(separator: ", "))")
+        }
+        if let ms = g.downtime.milliseconds {
+            g.log.info("guest downtime: \(ms) ms (\(g.downtime.kind ?? ""))")
+        } else {
+            g.log.info("guest downtime: 0 ms (atomic snapshot; the guest was neither paused nor had a filesystem frozen)")
+        }
+    }
+}
+
+extension TaskLog {
+    /// Where `QCOW2Overlay` reports merges (info) and failures (error).
+    var overlayLog: @Sendable (Bool, String) -> Void {
+        { [self] isError, message in isError ? self.error(message) : self.info(message) }
+    }
+}
