@@ -205,4 +205,57 @@ struct BackupIntegrationTests {
         #expect(report["status"] == "consistent", "\(report)")
         #expect((Int(report["last_contiguous"] ?? "") ?? -1) >= o.before)
     }
+
+    /// Rewrites one line of VM `vmid`'s config (the CLI has no `vm set`).
+    func editConfig(_ h: GuestHarness, _ vmid: Int, _ key: String, _ change: (String) -> String) throws {
+        let path = h.configDir + "/qemu/\(vmid).conf"
+        let lines = try FileSystem.readText(path).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        #expect(lines.contains { $0.hasPrefix(key + ":") }, "no \(key) in \(path)")
+        try FileSystem.writeAtomically(path, lines.map { $0.hasPrefix(key + ":") ? change($0) : $0 }.joined(separator: "\n"))
+    }
+
+    /// Issue 13, item 3: the restart after a stop-mode backup uses every drive the guest
+    /// started with, not only the backed-up ones; a `backup=0` disk used to leave it stopped.
+    @Test func stopModeWithABackup0DiskRestartsTheGuestWithIt() async throws {
+        let btrfs = try Integration.require("SNAPDUMP_TEST_BTRFS")
+        let h = try GuestHarness(label: "bk-stop-b0")
+        defer { h.tearDown() }
+        try h.addStorage("btrfs", "bt", under: btrfs, extra: ["--content", "images,backup"])
+        try h.createGuest(362, disk: "bt:128M", fsDisk: "bt:32M")
+        try editConfig(h, 362, "scsi1") { $0 + ",backup=0" }
+        try await h.bootGuest(362)
+        let pidBefore = h.qemuPID(362)
+        let o = try backup(h, 362, ["--mode", "stop", "--storage", "bt", "--stopwait", "1"])
+        #expect(o.summary.ok, "\(o.stderr)")
+        #expect(o.stderr.contains("exclude disk 'scsi1'"), "\(o.stderr)")
+        let pidAfter = try #require(h.qemuPID(362), "guest left stopped: \(o.stderr)")
+        #expect(pidAfter != pidBefore)
+        // Restarted with the excluded disk too.
+        let cmdline = try FileSystem.readText("/proc/\(pidAfter)/cmdline").replacingOccurrences(of: "\0", with: " ")
+        #expect(cmdline.contains("node-name=drive-scsi1"), "\(cmdline)")
+        let archive = try #require(o.summary.archive)
+        try await expectClean(h, 362, dumpdir: (archive as NSString).deletingLastPathComponent)
+        let list = try h.must(["vma", "list", archive]).stdout
+        #expect(list.contains("drive-scsi0") && !list.contains("drive-scsi1"), "\(list)")
+    }
+
+    /// Issue 13, item 4: `freeze-fs-on-backup=0` in the VM's `agent:` property skips fs-freeze
+    /// (the agent answers, a filesystem is mounted: without the option it would be frozen).
+    @Test func freezeFsOnBackup0SkipsTheFreeze() async throws {
+        let btrfs = try Integration.require("SNAPDUMP_TEST_BTRFS")
+        let h = try GuestHarness(label: "bk-nofreeze")
+        defer { h.tearDown() }
+        try h.addStorage("btrfs", "bt", under: btrfs, extra: ["--content", "images,backup"])
+        try h.createGuest(364, disk: "bt:128M", fsDisk: "bt:32M")
+        try editConfig(h, 364, "agent") { _ in "agent: enabled=1,freeze-fs-on-backup=0" }
+        try await h.bootGuest(364)
+        let o = try backup(h, 364, ["--mode", "snapshot", "--storage", "bt"])
+        #expect(o.summary.ok, "\(o.stderr)")
+        #expect(o.summary.mode == "snapshot")
+        #expect(o.stderr.contains("skipping guest-agent 'fs-freeze': disabled in VM options"), "\(o.stderr)")
+        #expect(!o.stderr.contains("issuing guest-agent 'fs-freeze'"), "\(o.stderr)")
+        #expect(o.summary.downtimeMs == nil, "nothing frozen or paused: \(o.summary)")
+        let archive = try #require(o.summary.archive)
+        try await expectClean(h, 364, dumpdir: (archive as NSString).deletingLastPathComponent)
+    }
 }

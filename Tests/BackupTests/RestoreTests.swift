@@ -109,4 +109,43 @@ struct RestoreTests {
         #expect(r.stderr.contains(disk))
         #expect(try volumes(dir) == ["local:100/vm-100-disk-0.raw"])
     }
+
+    /// qmrestore's `restore_cleanup_oldconf`: over an existing VM, only volumes owned by that
+    /// VMID *and* restored by the archive are freed; its other own volumes become `unusedN`;
+    /// another VM's volume is never touched. A `backup=0` drive is commented out (issue 13, items 1-2).
+    @Test func forceFreesOnlyTheTargetsOwnRestoredVolumes() throws {
+        let (dir, _, disk100) = try makeBackup("force-owner")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let sum100 = try Command.run(["sha256sum", disk100])
+        // VM 202: its own scsi0, VM 100's disk as scsi1, and its own virtio0 excluded with backup=0.
+        #expect(try run(dir, ["vm", "create", "202", "--scsi0", "local:4M", "--scsi1", "local:100/vm-100-disk-0.raw",
+                              "--virtio0", "local:4M"]).status == 0)
+        let conf = dir + "/qemu/202.conf"
+        let text = try FileSystem.readText(conf)
+        try FileSystem.writeAtomically(conf, text.split(separator: "\n").map { $0.hasPrefix("virtio0:") ? $0 + ",backup=0" : $0 }
+            .joined(separator: "\n") + "\n")
+        let out = try run(dir, ["backup", "202", "--storage", "local", "--mode", "stop", "--output-format", "json"])
+        #expect(out.status == 0, "\(out)")
+        #expect(out.stderr.contains("exclude disk 'virtio0'"), "\(out.stderr)")
+        let archive = try #require((try JSONSerialization.jsonObject(with: Data(out.stdout.utf8)) as? [[String: Any]])?.first?["archive"] as? String)
+
+        let r = try run(dir, ["restore", archive, "202", "--force"])
+        #expect(r.status == 0, "\(r)")
+        // VM 100's disk is untouched.
+        #expect(FileSystem.exists(disk100))
+        #expect(try Command.run(["sha256sum", disk100]) == sum100)
+        let config = try FileSystem.readText(conf)
+        let vols = try volumes(dir)
+        // The old own scsi0 (restored) is freed; the old virtio0 (not in the archive) is kept as unused0.
+        #expect(!vols.contains("local:202/vm-202-disk-0.raw"), "\(vols)")
+        #expect(vols.contains("local:202/vm-202-disk-1.raw"), "\(vols)")
+        #expect(config.contains("unused0: local:202/vm-202-disk-1.raw"), "\(config)")
+        // The backup=0 drive is commented out, as qmrestore writes it; scsi0 and scsi1 point at new volumes of VM 202.
+        #expect(config.contains("#virtio0: local:202/vm-202-disk-1.raw"), "\(config)")
+        #expect(!config.split(separator: "\n").contains { $0.hasPrefix("virtio0:") }, "\(config)")
+        let scsi = config.split(separator: "\n").filter { $0.hasPrefix("scsi") }
+        #expect(scsi.count == 2 && scsi.allSatisfy { $0.contains("local:202/vm-202-disk-") }, "\(config)")
+        #expect(!config.contains("local:100/"), "\(config)")
+        #expect(r.stderr.contains("kept as unused0"), "\(r.stderr)")
+    }
 }
