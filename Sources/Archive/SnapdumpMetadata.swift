@@ -32,12 +32,16 @@ public struct SnapdumpMetadata: Codable, Hashable, Sendable {
     public var mode: String
     /// How long the guest was paused, frozen or stopped, in milliseconds.
     public var downtimeMs: Int64?
+    /// Snapshot mode: milliseconds of each step inside the freeze window (`fs-freeze`, `snapshot`, `fs-thaw`, …).
+    public var downtimeParts: [String: Int64]?
     /// Backup start, seconds since the epoch.
     public var startTime: Int64
     public var snapdumpVersion: String
 
-    public init(devices: [Device], mode: String, downtimeMs: Int64?, startTime: Int64, snapdumpVersion: String) {
+    public init(devices: [Device], mode: String, downtimeMs: Int64?, startTime: Int64, snapdumpVersion: String,
+                downtimeParts: [String: Int64]? = nil) {
         self.version = Self.currentVersion
+        self.downtimeParts = downtimeParts
         self.devices = devices
         self.mode = mode
         self.downtimeMs = downtimeMs

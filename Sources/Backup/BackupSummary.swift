@@ -8,6 +8,8 @@ public struct BackupSummary: Sendable, Codable {
     public var fallbackReason: String?
     public var downtimeMs: Int64?
     public var downtimeKind: String?
+    /// Snapshot mode: milliseconds of each step inside the freeze window (`fs-freeze`, `snapshot`, `fs-thaw`, …).
+    public var downtimeParts: [String: Int64]?
     public var archive: String?
     public var archiveBytes: UInt64 = 0
     public var diskBytes: UInt64 = 0

@@ -1,3 +1,4 @@
+#define _GNU_SOURCE
 #include "CShims.h"
 #include <stdlib.h>
 #include <string.h>
@@ -53,4 +54,8 @@ int snapdump_ioprio_set_self(int idle, int level) {
 
 int snapdump_ioprio_get_self(void) {
     return (int)syscall(SYS_ioprio_get, 1, 0);
+}
+
+int snapdump_syncfs(int fd) {
+    return syncfs(fd);
 }

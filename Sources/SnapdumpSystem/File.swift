@@ -100,6 +100,11 @@ public final class File: @unchecked Sendable {
         if fsync(fd) != 0 { throw SystemError("fsync", path) }
     }
 
+    /// syncfs: writes out every dirty page of the filesystem this file is on.
+    public func syncFilesystem() throws {
+        if snapdump_syncfs(fd) != 0 { throw SystemError("syncfs", path) }
+    }
+
     public func truncate(to size: UInt64) throws {
         if ftruncate(fd, off_t(size)) != 0 { throw SystemError("truncate", path) }
     }

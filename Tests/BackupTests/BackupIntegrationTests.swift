@@ -17,6 +17,7 @@ struct BackupIntegrationTests {
         var fallbackReason: String?
         var downtimeMs: Int64?
         var downtimeKind: String?
+        var downtimeParts: [String: Int64]?
         var archive: String?
         var error: String?
     }
@@ -235,26 +236,44 @@ struct BackupIntegrationTests {
         #expect(cmdline.contains("node-name=drive-scsi1"), "\(cmdline)")
         let archive = try #require(o.summary.archive)
         try await expectClean(h, 362, dumpdir: (archive as NSString).deletingLastPathComponent)
-        let list = try h.must(["vma", "list", archive]).stdout
+        let list = try Command.run([SnapdumpBinary.binary, "vma", "list", archive])
         #expect(list.contains("drive-scsi0") && !list.contains("drive-scsi1"), "\(list)")
     }
 
-    /// Issue 13, item 4: `freeze-fs-on-backup=0` in the VM's `agent:` property skips fs-freeze
-    /// (the agent answers, a filesystem is mounted: without the option it would be frozen).
-    @Test func freezeFsOnBackup0SkipsTheFreeze() async throws {
+    /// Issue 13, item 4, and issue 15: with a mounted filesystem and the agent answering, the
+    /// window is fs-freeze, snapshot, fs-thaw — each step logged and stored (log, summary,
+    /// snapdump.json), the host flushed before it; with `freeze-fs-on-backup=0` in the VM's
+    /// `agent:` property there is no freeze at all.
+    @Test func freezeWindowPartsAndFreezeFsOnBackup0() async throws {
         let btrfs = try Integration.require("SNAPDUMP_TEST_BTRFS")
         let h = try GuestHarness(label: "bk-nofreeze")
         defer { h.tearDown() }
         try h.addStorage("btrfs", "bt", under: btrfs, extra: ["--content", "images,backup"])
         try h.createGuest(364, disk: "bt:128M", fsDisk: "bt:32M")
-        try editConfig(h, 364, "agent") { _ in "agent: enabled=1,freeze-fs-on-backup=0" }
         try await h.bootGuest(364)
+
+        let frozen = try backup(h, 364, ["--mode", "snapshot", "--storage", "bt"])
+        #expect(frozen.summary.ok, "\(frozen.stderr)")
+        let parts = try #require(frozen.summary.downtimeParts, "\(frozen.stderr)")
+        #expect(Set(parts.keys) == ["fs-freeze", "snapshot", "fs-thaw"], "\(parts)")
+        let line = try #require(frozen.stderr.split(separator: "\n").first { $0.hasPrefix("INFO: guest downtime:") })
+        #expect(line.contains("ms (fs-freeze ") && line.contains(", snapshot ") && line.contains(", fs-thaw "), "\(line)")
+        let flushed = try #require(frozen.stderr.range(of: "INFO: flushed host caches"), "\(frozen.stderr)")
+        let freeze = try #require(frozen.stderr.range(of: "INFO: issuing guest-agent 'fs-freeze'"))
+        #expect(flushed.lowerBound < freeze.lowerBound)
+        let archive1 = try #require(frozen.summary.archive)
+        let json = try Command.run([SnapdumpBinary.binary, "vma", "config", archive1, "--config", "snapdump.json"])
+        #expect(json.contains("\"downtimeParts\"") && json.contains("\"fs-freeze\""), "\(json)")
+        try await expectClean(h, 364, dumpdir: (archive1 as NSString).deletingLastPathComponent)
+
+        try editConfig(h, 364, "agent") { _ in "agent: enabled=1,freeze-fs-on-backup=0" }
+        nextSecond()
         let o = try backup(h, 364, ["--mode", "snapshot", "--storage", "bt"])
         #expect(o.summary.ok, "\(o.stderr)")
         #expect(o.summary.mode == "snapshot")
         #expect(o.stderr.contains("skipping guest-agent 'fs-freeze': disabled in VM options"), "\(o.stderr)")
         #expect(!o.stderr.contains("issuing guest-agent 'fs-freeze'"), "\(o.stderr)")
-        #expect(o.summary.downtimeMs == nil, "nothing frozen or paused: \(o.summary)")
+        #expect(o.summary.downtimeMs == nil, "nothing frozen or paused: \(o.stderr)")
         let archive = try #require(o.summary.archive)
         try await expectClean(h, 364, dumpdir: (archive as NSString).deletingLastPathComponent)
     }

@@ -105,3 +105,28 @@ import Testing
         }
     }
 }
+
+@Suite struct DowntimeClockTests {
+    @Test func windowStepsAddUpInTheOrderFirstSeen() async throws {
+        let c = DowntimeClock()
+        c.begin("frozen for snapshot")
+        await c.measure("fs-freeze") {}
+        await c.measure("snapshot") { try? await Task.sleep(for: .milliseconds(20)) }
+        await c.measure("snapshot") { try? await Task.sleep(for: .milliseconds(20)) }
+        await c.measure("fs-thaw") {}
+        c.end()
+        #expect(c.parts.map(\.name) == ["fs-freeze", "snapshot", "fs-thaw"])
+        #expect(try #require(c.partsByName?["snapshot"]) >= 40)
+        let line = try #require(c.summaryLine)
+        #expect(line.hasPrefix("guest downtime: ") && line.contains(" ms (fs-freeze ") && line.contains(", fs-thaw "), "\(line)")
+        c.reset()
+        #expect(c.partsByName == nil && c.summaryLine == nil)
+    }
+
+    @Test func withoutStepsTheKindIsLogged() {
+        let c = DowntimeClock()
+        c.begin("paused")
+        c.end()
+        #expect(c.summaryLine?.hasSuffix(" ms (paused)") == true)
+    }
+}

@@ -22,4 +22,8 @@ int snapdump_ioprio_set_self(int idle, int level);
 /// (class << 13 | level), or -1 with errno set.
 int snapdump_ioprio_get_self(void);
 
+/// syncfs(fd): writes out the dirty data of the whole filesystem holding fd.
+/// Returns 0 or -1 with errno set. (glibc declares it only with _GNU_SOURCE.)
+int snapdump_syncfs(int fd);
+
 #endif
