@@ -140,6 +140,8 @@ struct BackupIntegrationTests {
         #expect(o.summary.ok, "\(o.stderr)")
         #expect(o.summary.mode == "snapshot")
         #expect(o.summary.downtimeKind == "paused for snapshot" || o.summary.downtimeKind == "frozen for snapshot")
+        // Paused and resumed over the window's one QMP session, each step timed.
+        #expect(o.summary.downtimeParts.map { Set($0.keys).isSuperset(of: ["pause", "snapshot", "resume"]) } == true, "\(o.stderr)")
         let archive = try #require(o.summary.archive)
         #expect(archive.hasSuffix(".vma.gz"))
         try await expectClean(h, 330, dumpdir: (archive as NSString).deletingLastPathComponent)
