@@ -33,8 +33,10 @@ let package = Package(
         .target(name: "Guest", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "Storage"], exclude: ["README.md"]),
         // VMA writer and reader, compression codecs, digests, archive names.
         .target(name: "Archive", dependencies: ["SnapdumpSystem", "CZstd", "CZlib", "COpenSSL"], exclude: ["README.md"]),
+        // Notifications as Proxmox VE 8 sends them: sendmail, SMTP and webhook targets, matchers (notifications.cfg).
+        .target(name: "Notify", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "COpenSSL"], exclude: ["README.md"]),
         // The vzdump engine: modes, fallback, logs, restore.
-        .target(name: "Backup", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "Storage", "Guest", "Archive"], exclude: ["README.md"]),
+        .target(name: "Backup", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "Storage", "Guest", "Archive", "Notify"], exclude: ["README.md"]),
         // Backup jobs (jobs.cfg), job state, and the snapdumpd scheduler.
         .target(name: "Scheduler", dependencies: [
             "Backup", "Storage", "Archive", "SnapdumpConfig", "SnapdumpSystem",
@@ -59,6 +61,7 @@ let package = Package(
         .testTarget(name: "GuestTests", dependencies: ["Guest", "Storage", "SnapdumpSystem", "TestSupport"]),
         .testTarget(name: "ArchiveTests", dependencies: ["Archive", "SnapdumpSystem", "TestSupport"], resources: [.copy("Golden")]),
         .testTarget(name: "BackupTests", dependencies: ["Backup", "Guest", "Storage", "Archive", "SnapdumpConfig", "SnapdumpSystem", "TestSupport"]),
+        .testTarget(name: "NotifyTests", dependencies: ["Notify", "SnapdumpConfig", "TestSupport"]),
         .testTarget(name: "SchedulerTests", dependencies: [
             "Scheduler", "SnapdumpCLI", "Backup", "Archive", "SnapdumpConfig", "SnapdumpSystem", "TestSupport",
             .product(name: "Logging", package: "swift-log"),

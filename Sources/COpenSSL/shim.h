@@ -1,2 +1,5 @@
 #include <openssl/evp.h>
 #include <openssl/md5.h>
+#include <openssl/ssl.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>

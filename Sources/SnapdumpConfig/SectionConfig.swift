@@ -32,6 +32,11 @@ public struct SectionConfig: Equatable, Sendable {
             }
         }
 
+        /// Every value of a key that may repeat (notifications.cfg's `target`, `match-field`).
+        public func values(_ key: String) -> [String] {
+            properties.filter { $0.key == key }.map(\.value)
+        }
+
         public static func == (a: Section, b: Section) -> Bool {
             a.type == b.type && a.id == b.id && a.properties.map { [$0.key, $0.value] } == b.properties.map { [$0.key, $0.value] }
         }
@@ -49,8 +54,9 @@ public struct SectionConfig: Equatable, Sendable {
     }
 
     /// Parses `text`; errors name `file` and the line. With a schema, unknown
-    /// types and keys are errors too.
-    public static func parse(_ text: String, file: String, schema: Schema? = nil, validID: (String) -> Bool = SectionConfig.isValidID) throws -> SectionConfig {
+    /// types and keys are errors too. A key repeats only if it is in `repeatable`.
+    public static func parse(_ text: String, file: String, schema: Schema? = nil, repeatable: Set<String> = [],
+                             validID: (String) -> Bool = SectionConfig.isValidID) throws -> SectionConfig {
         var result: [Section] = []
         var current: Section?
         var seenIDs = Set<String>()
@@ -98,7 +104,7 @@ public struct SectionConfig: Equatable, Sendable {
                 if let schema, let allowed = schema[current!.type], !allowed.contains(key) {
                     throw ConfigError(file: file, line: lineNo, "unknown key '\(key)' for \(current!.type) '\(current!.id)'")
                 }
-                if current![key] != nil {
+                if current![key] != nil, !repeatable.contains(key) {
                     throw ConfigError(file: file, line: lineNo, "duplicate key '\(key)' in \(current!.type) '\(current!.id)'")
                 }
                 current!.properties.append((key, value))
