@@ -1,6 +1,7 @@
 import Archive
 import Foundation
 import Guest
+import Notify
 import SnapdumpConfig
 import SnapdumpSystem
 import Storage
@@ -17,6 +18,8 @@ public final class BackupJob {
     public var lockwait: Double = 180
     /// vzdump options beyond BackupOptions: retention, notes, protection, hook script.
     public var settings = BackupSettings()
+    /// The scheduled job this run belongs to (`job-id` for notification matchers).
+    public var jobID: String?
 
     public init(options: BackupOptions, paths: SnapdumpPaths, log: TaskLog, interrupt: Interrupt = Interrupt()) {
         self.options = options
@@ -80,9 +83,11 @@ public final class BackupJob {
         let lock = try acquireGlobalLock(hook: hook)
         defer { lock.unlock() }
 
-        log.info("starting new backup job: snapdump backup \(vmids.map(String.init).joined(separator: " ")) --mode \(options.mode.rawValue)"
-                 + (options.storage.map { " --storage \($0)" } ?? "") + (options.dumpdir.map { " --dumpdir \($0)" } ?? "")
-                 + " --compress \(options.compression.kind.rawValue)")
+        let jobStarted = Date()
+        let commandLine = "snapdump backup \(vmids.map(String.init).joined(separator: " ")) --mode \(options.mode.rawValue)"
+            + (options.storage.map { " --storage \($0)" } ?? "") + (options.dumpdir.map { " --dumpdir \($0)" } ?? "")
+            + " --compress \(options.compression.kind.rawValue)"
+        log.info("starting new backup job: \(commandLine)")
         do {
             try hook?.run(.jobStart, log: log)
         } catch {
@@ -98,6 +103,13 @@ public final class BackupJob {
         }
         let lifecycle = VMLifecycle(paths: paths)
         var summaries: [BackupSummary] = []
+        var reported: [BackupReport.Guest] = []
+        var jobError: String?
+        defer {
+            let report = BackupReport(guests: reported, commandLine: commandLine, jobID: jobID, hostname: Notifier.hostname,
+                                      seconds: Date().timeIntervalSince(jobStarted), jobError: jobError)
+            BackupNotification.send(report, settings: settings, configFile: paths.notificationsConfig, log: log)
+        }
         for vmid in vmids {
             if let sig = interrupt.received {
                 log.error("job aborted before VM \(vmid): \(Interrupt.Interrupted(signal: sig))")
@@ -112,9 +124,11 @@ public final class BackupJob {
                                   settings: settings, hook: hook)
             let s = await backup.run()
             vmLog.detach()
+            let guestName = (try? VMConfig.load(vmid: vmid, paths: paths))?.name ?? "VM \(vmid)"
+            reported.append(.init(summary: s, name: guestName, logFile: "\(dumpdir)/\(name.logName)"))
             if let hook {
                 let logfile = "\(dumpdir)/\(name.logName)"
-                let hostname = (try? VMConfig.load(vmid: vmid, paths: paths))?.name ?? "VM \(vmid)"
+                let hostname = guestName
                 try? hook.run(.logEnd, guest: .init(mode: s.mode ?? options.mode, vmid: vmid, hostname: hostname,
                                                     target: s.archive ?? "\(dumpdir)/\(name.fileName)", logfile: logfile), log: log)
             }
@@ -125,6 +139,7 @@ public final class BackupJob {
                 try hook?.run(.jobEnd, log: log)
             } catch {
                 log.error("\(error)")
+                jobError = "\(error)"
                 try? hook?.run(.jobAbort, log: log)
                 throw error
             }
@@ -134,6 +149,7 @@ public final class BackupJob {
             if let sig = interrupt.received {
                 let interrupted = Interrupt.Interrupted(signal: sig)
                 log.error("Backup job aborted: \(interrupted)")
+                jobError = "Backup job aborted: \(interrupted)"
                 // Every summary may say ok (signal before the first guest, or after the last one's backup):
                 // the job still did not finish, so it must not exit 0.
                 if summaries.allSatisfy(\.ok) { throw interrupted }

@@ -41,7 +41,7 @@ public struct BodyTemplate: Sendable {
         ["title", "message", "severity", "timestamp"].contains(name) || (name.hasPrefix("fields.") && name.count > 7)
     }
 
-    public func render(_ n: Notification) -> String {
+    public func render(_ n: NotificationEvent) -> String {
         parts.map { part in
             switch part {
             case let .text(t): return t
@@ -60,7 +60,7 @@ public struct BodyTemplate: Sendable {
         }.joined()
     }
 
-    static func value(_ name: String, _ n: Notification) -> String {
+    static func value(_ name: String, _ n: NotificationEvent) -> String {
         switch name {
         case "title": return n.title
         case "message": return n.message

@@ -11,7 +11,7 @@ struct MailMessage {
     var date: Date
     var hostname: String
 
-    init(from: String, author: String, to: [String], notification n: Notification, hostname: String) {
+    init(from: String, author: String, to: [String], notification n: NotificationEvent, hostname: String) {
         self.from = from
         self.author = author
         self.to = to

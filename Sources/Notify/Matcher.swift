@@ -58,7 +58,7 @@ public struct Matcher: Sendable, Equatable {
             }
         }
 
-        func matches(_ n: Notification) -> Bool {
+        func matches(_ n: NotificationEvent) -> Bool {
             switch self {
             case let .exact(field, values):
                 return (n.fields[field] ?? []).contains { values.contains($0) }
@@ -82,7 +82,7 @@ public struct Matcher: Sendable, Equatable {
 
     public init(name: String) { self.name = name }
 
-    public func matches(_ n: Notification) -> Bool {
+    public func matches(_ n: NotificationEvent) -> Bool {
         var results: [Bool] = []
         if !severities.isEmpty { results.append(severities.contains(n.severity)) }
         results += fields.map { $0.matches(n) }

@@ -10,7 +10,7 @@ public enum Severity: String, Sendable, CaseIterable, Codable {
 /// `fields` are the metadata matchers look at (`type`, `hostname`, `job-id`,
 /// `vmid`). A field can have several values — a job backs up several guests —
 /// and a matcher on it matches if any value does.
-public struct Notification: Sendable {
+public struct NotificationEvent: Sendable {
     public var severity: Severity
     public var title: String
     public var message: String

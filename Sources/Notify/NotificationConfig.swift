@@ -80,7 +80,17 @@ public struct NotificationConfig: Sendable {
         return list
     }
 
-    static func target(_ s: SectionConfig.Section) throws -> Target {
+    /// A value with a line break or other control character would inject
+    /// lines into the file when written: refused wherever it comes from.
+    static func checkValues(_ s: SectionConfig.Section) throws {
+        for p in s.properties where p.value.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) {
+            throw NotifyError("the value of '\(p.key)' contains a line break or control character")
+        }
+    }
+
+    /// Builds a target from its section: the one set of rules for the file and the command line.
+    public static func target(_ s: SectionConfig.Section) throws -> Target {
+        try checkValues(s)
         switch s.type {
         case "sendmail":
             var t = SendmailTarget(name: s.id)
@@ -160,7 +170,9 @@ public struct NotificationConfig: Sendable {
         return (name, value)
     }
 
-    static func matcher(_ s: SectionConfig.Section) throws -> Matcher {
+    /// Builds a matcher from its section (file and command line alike).
+    public static func matcher(_ s: SectionConfig.Section) throws -> Matcher {
+        try checkValues(s)
         var m = Matcher(name: s.id)
         if let v = s["mode"] {
             guard let mode = Matcher.Mode(rawValue: v) else { throw NotifyError("invalid mode '\(v)': all or any") }

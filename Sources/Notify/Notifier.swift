@@ -22,13 +22,13 @@ public struct Notifier: Sendable {
     }
 
     /// The targets a notification goes to, in configuration order.
-    public func targets(for n: Notification) -> [Target] {
+    public func targets(for n: NotificationEvent) -> [Target] {
         var names = Set<String>()
         for m in config.matchers where !m.disabled && m.matches(n) { names.formUnion(m.targets) }
         return config.targets.filter { names.contains($0.name) && !$0.disabled }
     }
 
-    public func send(_ n: Notification) -> [Outcome] {
+    public func send(_ n: NotificationEvent) -> [Outcome] {
         targets(for: n).map { t in
             do {
                 try t.send(n, hostname: hostname)

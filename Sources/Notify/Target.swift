@@ -48,7 +48,7 @@ public enum Target: Sendable, Equatable {
     }
 
     /// Delivers one notification; throws naming the target and the cause.
-    public func send(_ n: Notification, hostname: String) throws {
+    public func send(_ n: NotificationEvent, hostname: String) throws {
         do {
             switch self {
             case let .sendmail(t): try t.send(n, hostname: hostname)
@@ -78,7 +78,7 @@ public struct SendmailTarget: Sendable, Equatable {
         ProcessInfo.processInfo.environment["SNAPDUMP_SENDMAIL"] ?? "/usr/sbin/sendmail"
     }
 
-    func send(_ n: Notification, hostname: String) throws {
+    func send(_ n: NotificationEvent, hostname: String) throws {
         let from = fromAddress ?? "root@\(hostname)"
         let mail = MailMessage(from: from, author: author ?? "snapdump", to: mailto, notification: n, hostname: hostname)
         try Sendmail.deliver(mail, program: Self.program)
@@ -109,7 +109,7 @@ public struct SMTPTarget: Sendable, Equatable {
         port ?? (mode == .tls ? 465 : mode == .starttls ? 587 : 25)
     }
 
-    func send(_ n: Notification, hostname: String) throws {
+    func send(_ n: NotificationEvent, hostname: String) throws {
         var password: String?
         if let passwordFile {
             guard let data = FileManager.default.contents(atPath: passwordFile), let text = String(data: data, encoding: .utf8) else {
@@ -144,7 +144,7 @@ public struct WebhookTarget: Sendable, Equatable {
             && a.disabled == b.disabled && a.headers.map { [$0.name, $0.value] } == b.headers.map { [$0.name, $0.value] }
     }
 
-    func send(_ n: Notification) throws {
+    func send(_ n: NotificationEvent) throws {
         let url = try HTTPURL(url)
         let rendered = try body.map { try BodyTemplate($0).render(n) }
         var hdrs = headers

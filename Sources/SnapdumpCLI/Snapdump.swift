@@ -6,7 +6,7 @@ public struct Snapdump: AsyncParsableCommand {
         commandName: "snapdump",
         abstract: "Back up running QEMU/KVM virtual machines with zero downtime.",
         subcommands: [BackupGroupCommand.self, RestoreCommand.self, VMCommand.self, StorageCommand.self, VolumeCommand.self, SnapshotCommand.self,
-                      PruneCommand.self, VMACommand.self, JobCommand.self, ScheduleCommand.self, DaemonCommand.self]
+                      PruneCommand.self, VMACommand.self, JobCommand.self, ScheduleCommand.self, NotifyCommand.self, DaemonCommand.self]
     )
 
     public init() {}

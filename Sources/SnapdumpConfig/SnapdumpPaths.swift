@@ -32,6 +32,7 @@ public struct SnapdumpPaths: Sendable, Equatable {
     public var storageConfig: String { configDir + "/storage.cfg" }
     public var vzdumpConfig: String { configDir + "/vzdump.conf" }
     public var jobsConfig: String { configDir + "/jobs.cfg" }
+    public var notificationsConfig: String { configDir + "/notifications.cfg" }
     public var vmConfigDir: String { configDir + "/qemu" }
     public func vmConfig(_ vmid: Int) -> String { "\(vmConfigDir)/\(vmid).conf" }
 
