@@ -9,6 +9,7 @@ packages=(
   busybox-static linux-image-cloud-amd64 cpio kmod
   libzstd-dev zlib1g-dev libnbd-dev libnbd-bin nbdkit libssl-dev
   zstd gcc libc6-dev util-linux e2fsprogs hyperfine bc
+  python3-aiosmtpd msmtp openssl
 )
 
 missing=()

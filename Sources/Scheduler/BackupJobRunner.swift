@@ -27,6 +27,7 @@ public struct BackupJobRunner: JobRunner {
         let summaries: [BackupSummary]
         do {
             let job = try r.job.parameters.makeJob(paths: r.paths, log: log, interrupt: r.interrupt)
+            job.jobID = r.job.id
             summaries = try await job.run()
         } catch {
             log.error("job '\(r.job.id)' failed: \(error)")

@@ -2,7 +2,7 @@
 """A real SMTP server for snapdump's notification tests (aiosmtpd, Debian's
 python3-aiosmtpd): stores every message it accepts as <n>.eml plus <n>.json
 (envelope sender, recipients, whether TLS and AUTH were used) in DIR, and
-prints its port on the first line of stdout once it listens.
+prints its port (and writes it to DIR/port) once it listens.
 
   mailsink.py DIR [--mode insecure|starttls|tls] [--cert PEM --key PEM] [--user U --password P]
 """
@@ -65,6 +65,9 @@ class Ctl(Controller):
 ctl = Ctl(Sink(), hostname="127.0.0.1", port=port, server_hostname="localhost", **kw)
 ctl.start()
 print(port, flush=True)
+with open(os.path.join(a.dir, "port.tmp"), "w") as f:
+    f.write(str(port))
+os.rename(os.path.join(a.dir, "port.tmp"), os.path.join(a.dir, "port"))
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
 signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """A real HTTP server for snapdump's webhook tests: stores each request as
 <n>.json (method, path, headers, body) in DIR, answers STATUS (default 200),
-and prints its port on the first line of stdout once it listens.
+and prints its port (and writes it to DIR/port) once it listens.
 
   webhooksink.py DIR [--status N]
 """
@@ -31,5 +31,8 @@ class H(BaseHTTPRequestHandler):
 
 srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
 print(srv.server_address[1], flush=True)
+with open(os.path.join(a.dir, "port.tmp"), "w") as f:
+    f.write(str(srv.server_address[1]))
+os.rename(os.path.join(a.dir, "port.tmp"), os.path.join(a.dir, "port"))
 signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=srv.shutdown).start())
 srv.serve_forever()

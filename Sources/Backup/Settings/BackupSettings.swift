@@ -23,7 +23,8 @@ public struct BackupSettings: Sendable, Equatable {
     public var lockwait = 180
     /// ionice priority 0–8 (8 = idle class).
     public var ionice = 7
-    /// Deprecated: accepted, reported, not used (snapdump sends no mail).
+    /// vzdump's mail: the job's report to these addresses through the host's sendmail
+    /// (`always`, or on `failure` only); without it, notifications.cfg's matchers decide.
     public var mailto: [String] = []
     public var mailnotification = "always"
     /// Accepted for compatibility; snapdump's gzip is zlib on the calling thread.
@@ -137,14 +138,8 @@ public enum BackupDefaults {
         // exclude-path adds up, as in vzdump.
         s.excludePath = (file.excludePath ?? []) + (cli.excludePath ?? [])
 
-        if let m = pick("mailto", \.mailto) {
-            s.mailto = m.value
-            warnings.append("option 'mailto' (\(m.origin)) is deprecated and ignored: snapdump sends no mail; use a hook script ('script') instead")
-        }
-        if let m = pick("mailnotification", \.mailnotification) {
-            s.mailnotification = m.value
-            warnings.append("option 'mailnotification' (\(m.origin)) is deprecated and ignored")
-        }
+        if let m = pick("mailto", \.mailto) { s.mailto = m.value }
+        if let m = pick("mailnotification", \.mailnotification) { s.mailnotification = m.value }
         if let f = pick("fleecing", \.fleecing),
            let ps = try? PropertyString.parse(f.value, defaultKey: "enabled", what: "fleecing"),
            let enabled = ps["enabled"], PrunePolicy.parseBool(enabled) == true {
