@@ -17,18 +17,22 @@ public final class DeviceDigest: Sendable {
     public let deviceSize: UInt64
     public let chunkCount: Int
 
+    /// Memory does not grow with the device size: the chunk digests that
+    /// continue the recorded prefix go straight into the final hash; only
+    /// those recorded ahead of a missing one wait, in `ahead`.
     private struct State {
-        var digests: [SHA256Digest]
-        var present: [Bool]
-        var missing: Int
+        var hasher = EVPHasher.sha256()
+        var next = 0
+        var ahead: [Int: SHA256Digest] = [:]
+        var final: SHA256Digest?
     }
     private let state: Mutex<State>
 
     public init(deviceSize: UInt64) {
         self.deviceSize = deviceSize
-        chunkCount = Int((deviceSize + UInt64(Self.chunkSize) - 1) / UInt64(Self.chunkSize))
-        state = Mutex(State(digests: Array(repeating: SHA256Digest(), count: chunkCount),
-                            present: Array(repeating: false, count: chunkCount), missing: chunkCount))
+        let chunk = UInt64(Self.chunkSize)
+        chunkCount = Int(deviceSize / chunk + (deviceSize % chunk == 0 ? 0 : 1))
+        state = Mutex(State())
     }
 
     /// Byte length of chunk `index` (the last one may be short).
@@ -48,21 +52,30 @@ public final class DeviceDigest: Sendable {
     public func record(chunk index: Int, digest: SHA256Digest) {
         precondition(index >= 0 && index < chunkCount, "chunk \(index) out of range 0..<\(chunkCount)")
         state.withLock { s in
-            precondition(!s.present[index], "chunk \(index) recorded twice")
-            s.present[index] = true
-            s.digests[index] = digest
-            s.missing -= 1
+            precondition(index >= s.next && s.ahead[index] == nil, "chunk \(index) recorded twice")
+            guard index == s.next else {
+                s.ahead[index] = digest
+                return
+            }
+            var d = digest
+            while true {
+                withUnsafeBytes(of: &d) { s.hasher.update($0) }
+                s.next += 1
+                guard let following = s.ahead.removeValue(forKey: s.next) else { break }
+                d = following
+            }
         }
     }
 
     /// Chunks not recorded yet.
-    public var missingChunks: Int { state.withLock { $0.missing } }
+    public var missingChunks: Int { state.withLock { chunkCount - $0.next - $0.ahead.count } }
 
     /// SHA-256 over the chunk digests in order, or nil while chunks are missing.
     public func finalDigest() -> SHA256Digest? {
         state.withLock { s in
-            guard s.missing == 0 else { return nil }
-            return s.digests.withUnsafeBytes { SHA256.digest($0) }
+            guard s.next == chunkCount else { return nil }
+            if s.final == nil { s.final = s.hasher.finishSHA256() }
+            return s.final
         }
     }
 
@@ -77,98 +90,3 @@ public final class DeviceDigest: Sendable {
     }
 }
 
-/// Builds a device's digest from its 64 KiB clusters as a VMA stream
-/// delivers them (reader, restore). Clusters of one chunk are assembled in a
-/// 4 MiB buffer and the chunk is hashed when complete. Clusters normally come
-/// in order; out-of-order clusters are fine as long as at most
-/// `maxPendingChunks` chunks are incomplete at a time. Buffers are pooled.
-/// One thread: not Sendable.
-public final class DeviceDigestAccumulator {
-    public let digest: DeviceDigest
-    public let maxPendingChunks: Int
-
-    private struct Pending {
-        var buffer: UnsafeMutableRawBufferPointer
-        var received: Int
-        var nonZero: Bool
-    }
-    private var pending: [Int: Pending] = [:]
-    private var pool: [UnsafeMutableRawBufferPointer] = []
-    private let clusterCount: UInt64
-
-    public init(deviceSize: UInt64, maxPendingChunks: Int = 8) {
-        digest = DeviceDigest(deviceSize: deviceSize)
-        self.maxPendingChunks = maxPendingChunks
-        clusterCount = VMAFormat.clusterCount(deviceSize: deviceSize)
-    }
-
-    deinit {
-        for p in pending.values { p.buffer.deallocate() }
-        for b in pool { b.deallocate() }
-    }
-
-    public struct TooFarOutOfOrder: Error, CustomStringConvertible {
-        public var limit: Int
-        public var description: String {
-            "clusters too far out of order to compute the digest (more than \(limit) chunks of 4 MiB incomplete)"
-        }
-    }
-
-    private func clustersIn(chunk: Int) -> Int {
-        let first = UInt64(chunk * DeviceDigest.clustersPerChunk)
-        return Int(min(UInt64(DeviceDigest.clustersPerChunk), clusterCount - first))
-    }
-
-    /// Adds cluster `cluster` given as a VMA mask and its stored blocks
-    /// (popcount(mask) × 4096 bytes, in bit order). Each cluster once.
-    public func add(cluster: UInt32, mask: UInt16, blocks: UnsafeRawBufferPointer) throws {
-        let chunk = Int(cluster) / DeviceDigest.clustersPerChunk
-        precondition(UInt64(cluster) < clusterCount, "cluster \(cluster) beyond the device")
-        var p: Pending
-        if let existing = pending[chunk] {
-            p = existing
-        } else {
-            guard pending.count < maxPendingChunks else { throw TooFarOutOfOrder(limit: maxPendingChunks) }
-            p = Pending(buffer: pool.popLast() ?? .allocate(byteCount: DeviceDigest.chunkSize, alignment: 64),
-                        received: 0, nonZero: false)
-        }
-        let base = (Int(cluster) % DeviceDigest.clustersPerChunk) * VMAFormat.clusterSize
-        let dst = p.buffer.baseAddress! + base
-        if mask == 0 {
-            dst.initializeMemory(as: UInt8.self, repeating: 0, count: VMAFormat.clusterSize)
-        } else {
-            var src = 0
-            for j in 0..<VMAFormat.blocksPerCluster {
-                let d = dst + j * VMAFormat.blockSize
-                if mask & (1 << j) != 0 {
-                    d.copyMemory(from: blocks.baseAddress! + src, byteCount: VMAFormat.blockSize)
-                    src += VMAFormat.blockSize
-                } else {
-                    d.initializeMemory(as: UInt8.self, repeating: 0, count: VMAFormat.blockSize)
-                }
-            }
-            p.nonZero = true
-        }
-        p.received += 1
-        if p.received == clustersIn(chunk: chunk) {
-            let len = digest.chunkLength(chunk)
-            let d: SHA256Digest = (!p.nonZero && len == DeviceDigest.chunkSize)
-                ? DeviceDigest.zeroChunkDigest
-                : DeviceDigest.digest(of: UnsafeRawBufferPointer(rebasing: p.buffer[0..<len]))
-            digest.record(chunk: chunk, digest: d)
-            pending[chunk] = nil
-            pool.append(p.buffer)
-        } else {
-            pending[chunk] = p
-        }
-    }
-
-    /// Adds a whole 64 KiB cluster (bytes past the device end are ignored).
-    public func add(cluster: UInt32, data: UnsafeRawBufferPointer) throws {
-        precondition(data.count >= VMAFormat.clusterSize)
-        try add(cluster: cluster, mask: 0xFFFF, blocks: data)
-    }
-
-    /// The device digest, or nil when clusters are missing.
-    public func finalDigest() -> SHA256Digest? { digest.finalDigest() }
-}

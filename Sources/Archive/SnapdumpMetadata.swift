@@ -58,10 +58,18 @@ public struct SnapdumpMetadata: Codable, Hashable, Sendable {
         return Array(try e.encode(self))
     }
 
+    public static let modes: Set<String> = ["stop", "suspend", "snapshot"]
+
+    /// Parses and checks the blob: its strings are printed by `vma list`, so
+    /// each must be what snapdump writes (a mode, a device name, 64 hex digits).
     public static func decode(_ bytes: [UInt8]) throws -> SnapdumpMetadata {
         let m = try JSONDecoder().decode(SnapdumpMetadata.self, from: Data(bytes))
-        guard m.version == currentVersion else {
-            throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "unsupported snapdump.json version \(m.version)"))
+        func bad(_ why: String) -> DecodingError { .dataCorrupted(.init(codingPath: [], debugDescription: why)) }
+        guard m.version == currentVersion else { throw bad("unsupported snapdump.json version \(m.version)") }
+        guard modes.contains(m.mode) else { throw bad("unknown mode \(String(reflecting: m.mode))") }
+        for d in m.devices {
+            guard VMAFormat.isValidDeviceName(d.name) else { throw bad("bad device name \(String(reflecting: d.name))") }
+            guard d.digest != nil else { throw bad("sha256 of \(d.name) is not 64 hex digits") }
         }
         return m
     }

@@ -61,7 +61,8 @@ public enum VMAExtractor {
         for d in reader.header.devices {
             let p = targetDir + "/" + deviceFileName(d)
             do {
-                let f = try File.open(p, O_WRONLY | O_CREAT | O_EXCL, mode: 0o644)
+                // Readable too: chunks too far out of order are hashed from it afterwards.
+                let f = try File.open(p, O_RDWR | O_CREAT | O_EXCL, mode: 0o644)
                 created.append(p)
                 files[d.id] = f
                 try f.truncate(to: d.size)
@@ -72,7 +73,7 @@ public enum VMAExtractor {
         }
 
         var bytes: UInt64 = 0
-        let verification = try reader.verify { c in
+        let verification = try reader.verify(targets: files) { c in
             guard let file = files[c.deviceID] else { return }
             bytes += try c.writeStoredBlocks(to: file)
         }

@@ -26,6 +26,14 @@ public enum VMAFormat {
     public static let maxHeaderSize = 512 * 1024
     /// Largest blob: its length is a u16.
     public static let maxBlobSize = 65535
+    /// Largest device: cluster numbers are u32, so 2^32 clusters of 64 KiB (256 TiB).
+    public static let maxDeviceSize: UInt64 = 1 << 48
+    /// Device sizes are whole 512-byte sectors: QEMU (and so Proxmox's
+    /// writer) sees every disk that way, and Proxmox's reader refuses to
+    /// write a partial sector ("write beyond end").
+    public static let sectorSize: UInt64 = 512
+    /// Longest device or config name snapdump accepts in a header.
+    public static let maxNameLength = 127
 
     // Header field offsets.
     static let offVersion = 4, offUUID = 8, offCtime = 24, offMD5 = 32
@@ -36,9 +44,37 @@ public enum VMAFormat {
     // Extent header field offsets.
     static let offExtentBlockCount = 6, offExtentUUID = 8, offExtentMD5 = 24, offBlockInfo = 40
 
-    /// Clusters of a device of `size` bytes: ceil(size / 65536).
+    /// Clusters of a device of `size` bytes: ceil(size / 65536) (no overflow for any size).
     public static func clusterCount(deviceSize size: UInt64) -> UInt64 {
-        (size + UInt64(clusterSize) - 1) / UInt64(clusterSize)
+        size / UInt64(clusterSize) + (size % UInt64(clusterSize) == 0 ? 0 : 1)
+    }
+
+    /// The size a device of `size` bytes has in an archive: whole sectors,
+    /// the tail zero-padded, as QEMU presents a raw file of that size.
+    /// Saturates instead of overflowing (the writer refuses such sizes anyway).
+    public static func paddedDeviceSize(_ size: UInt64) -> UInt64 {
+        let tail = size % sectorSize
+        guard tail != 0 else { return size }
+        let (padded, overflow) = (size - tail).addingReportingOverflow(sectorSize)
+        return overflow ? UInt64.max - (UInt64.max % sectorSize) : padded
+    }
+
+    /// A device name Proxmox writes: `drive-scsi0`, `drive-efidisk0`,
+    /// `vmstate`, … — ASCII letters, digits and `_ . + -`, not starting with
+    /// a punctuation character, at most 127 bytes. Names become file names
+    /// (`vma extract`) and lines of `vma list`: no `/`, spaces or control characters.
+    public static func isValidDeviceName(_ name: String) -> Bool { isPlainName(name) }
+
+    /// A config blob name as Proxmox writes them (`qemu-server.conf`,
+    /// `qemu-server.fw`) or snapdump (`snapdump.json`): the same rule as device names.
+    public static func isValidConfigName(_ name: String) -> Bool { isPlainName(name) }
+
+    private static func isPlainName(_ name: String) -> Bool {
+        let u = Array(name.utf8)
+        guard let first = u.first, u.count <= maxNameLength else { return false }
+        func alnum(_ c: UInt8) -> Bool { (48...57).contains(c) || (65...90).contains(c) || (97...122).contains(c) }
+        guard alnum(first) else { return false }
+        return u.allSatisfy { alnum($0) || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "-") }
     }
 
     /// The mask of blocks of cluster `cluster` that lie (at least partly)
@@ -142,11 +178,11 @@ public struct VMAHeader: Hashable, Sendable {
             if !VMAFormat.deviceIDs.contains(d.id) { return "device id \(d.id) of '\(d.name)' outside 1…254" }
             if !seen.insert(d.id).inserted { return "device id \(d.id) used twice" }
             if d.size == 0 { return "device '\(d.name)' has size 0" }
-            if d.clusterCount > UInt64(UInt32.max) + 1 { return "device '\(d.name)' too large" }
-            if d.name.isEmpty || d.name.utf8.contains(0) { return "bad device name '\(d.name)'" }
+            if d.size > VMAFormat.maxDeviceSize { return "device '\(d.name)' too large (\(d.size) bytes, VMA holds at most 2^48)" }
+            if !VMAFormat.isValidDeviceName(d.name) { return "bad device name '\(d.name)'" }
         }
         for c in configs {
-            if c.name.isEmpty || c.name.utf8.contains(0) { return "bad config name '\(c.name)'" }
+            if !VMAFormat.isValidConfigName(c.name) { return "bad config name '\(c.name)'" }
             if c.data.count > VMAFormat.maxBlobSize { return "config '\(c.name)' larger than 65535 bytes" }
         }
         return nil
@@ -251,6 +287,8 @@ public struct VMAHeader: Hashable, Sendable {
                 guard let last = s.last, last == 0 else { throw fail("string blob at \(ptr) lacks its NUL", blobOffset + Int(ptr)) }
                 return String(decoding: s.dropLast(), as: UTF8.self)
             }
+            // A refused name is shown escaped: it must not print a line of its own.
+            func shown(_ name: String) -> String { String(reflecting: name) }
             var configs: [VMAConfigBlob] = []
             for i in 0..<VMAFormat.maxConfigs {
                 let nf = VMAFormat.offConfigNames + 4 * i, df = VMAFormat.offConfigData + 4 * i
@@ -258,7 +296,12 @@ public struct VMAHeader: Hashable, Sendable {
                 let dp = b.loadBE(at: df, as: UInt32.self)
                 if np == 0 && dp == 0 { continue }
                 guard np != 0, dp != 0 else { throw fail("config \(i) has a name or data pointer but not both", np == 0 ? nf : df) }
-                configs.append(VMAConfigBlob(name: try string(np, field: nf), data: Array(try blob(dp, field: df))))
+                let name = try string(np, field: nf)
+                guard VMAFormat.isValidConfigName(name) else {
+                    throw fail("config \(i) has a name Proxmox never writes: \(shown(name)) (letters, digits, _ . + - only)", nf)
+                }
+                guard !configs.contains(where: { $0.name == name }) else { throw fail("config name '\(name)' used twice", nf) }
+                configs.append(VMAConfigBlob(name: name, data: Array(try blob(dp, field: df))))
             }
             var devices: [VMADevice] = []
             for id in 0...255 {
@@ -269,7 +312,15 @@ public struct VMAHeader: Hashable, Sendable {
                 guard VMAFormat.deviceIDs.contains(UInt8(id)) else { throw fail("device slot \(id) is reserved but used", o) }
                 guard np != 0 else { throw fail("device \(id) has a size but no name", o) }
                 guard size != 0 else { throw fail("device \(id) has size 0", o + 8) }
-                devices.append(VMADevice(id: UInt8(id), name: try string(np, field: o), size: size))
+                guard size <= VMAFormat.maxDeviceSize else {
+                    throw fail("device \(id) claims \(size) bytes, more than the 2^48 bytes (256 TiB) a VMA archive can hold", o + 8)
+                }
+                let name = try string(np, field: o)
+                guard VMAFormat.isValidDeviceName(name) else {
+                    throw fail("device \(id) has a name Proxmox never writes: \(shown(name)) (letters, digits, _ . + - only)", o)
+                }
+                guard !devices.contains(where: { $0.name == name }) else { throw fail("device name '\(name)' used twice", o) }
+                devices.append(VMADevice(id: UInt8(id), name: name, size: size))
             }
             guard !devices.isEmpty else { throw fail("archive has no devices", VMAFormat.offDevInfo) }
             var uuidBytes = UUID().uuid

@@ -215,40 +215,63 @@ public final class VMAReader {
 
     public struct Verification: Sendable {
         public var summary: Summary
-        /// Per device id, the content digest computed from the archive.
+        /// Per device id, the content digest computed from the archive (empty
+        /// when nothing needed it: no `snapdump.json` and no targets).
         public var digests: [UInt8: SHA256Digest]
         /// Whether `snapdump.json` was present and all its digests matched.
         public var metadataChecked: Bool
+        /// Chunks whose clusters came too far out of order to hash on the fly,
+        /// hashed after the stream from the targets or a spill file.
+        public var deferredChunks: Int
+    }
+
+    /// `snapdump.json`, checked against the header: an entry for every
+    /// device, with the header's size and snapdump's chunk size. Callers that
+    /// write (restore) check this before allocating anything.
+    public func checkedMetadata() throws(ArchiveError) -> SnapdumpMetadata? {
+        guard let metadata = try snapdumpMetadata() else { return nil }
+        for d in header.devices {
+            guard let m = metadata.device(named: d.name) else {
+                throw ArchiveError(.format, path: path, "\(SnapdumpMetadata.blobName) has no entry for device \(d.name)")
+            }
+            guard m.size == d.size, m.chunkSize == DeviceDigest.chunkSize else {
+                throw ArchiveError(.format, path: path, "\(SnapdumpMetadata.blobName) entry for \(d.name) has size \(m.size) / chunk size \(m.chunkSize), header says \(d.size) / \(DeviceDigest.chunkSize)")
+            }
+        }
+        return metadata
     }
 
     /// Reads the whole archive, computes each device's content digest and
     /// compares it with `snapdump.json` when present (a mismatch throws
     /// `.digestMismatch`). `body`, if given, also sees every cluster.
+    ///
+    /// `targets[id]`: a readable file that `body` writes every cluster of
+    /// device `id` to. Chunks whose clusters come too far out of order are
+    /// then hashed from it after the stream, so what is checked is what was
+    /// written; devices without a target use an unnamed spill file in
+    /// `spillDirectory` (default `$TMPDIR` or /tmp). Without `snapdump.json`
+    /// and targets nothing is hashed.
     @discardableResult
-    public func verify(_ body: ((Cluster) throws -> Void)? = nil) throws -> Verification {
-        let metadata = try snapdumpMetadata()
-        var accs: [UInt8: DeviceDigestAccumulator] = [:]
-        for d in header.devices { accs[d.id] = DeviceDigestAccumulator(deviceSize: d.size) }
+    public func verify(targets: [UInt8: File] = [:], spillDirectory: String? = nil,
+                       _ body: ((Cluster) throws -> Void)? = nil) throws -> Verification {
+        let metadata = try checkedMetadata()
+        let assembler = metadata != nil || !targets.isEmpty
+            ? DigestAssembler(devices: header.devices, targets: targets, spillDirectory: spillDirectory) : nil
         let summary = try readClusters { c in
-            try accs[c.deviceID]!.add(cluster: c.cluster, mask: c.mask, blocks: c.blocks)
             try body?(c)
+            try assembler?.add(device: c.deviceID, cluster: c.cluster, mask: c.mask, blocks: c.blocks)
         }
-        var digests: [UInt8: SHA256Digest] = [:]
-        for d in header.devices { digests[d.id] = accs[d.id]!.finalDigest()! }
+        let digests = try assembler?.finish() ?? [:]
         if let metadata {
             for d in header.devices {
-                guard let m = metadata.device(named: d.name) else {
-                    throw ArchiveError(.format, path: path, "\(SnapdumpMetadata.blobName) has no entry for device \(d.name)")
-                }
-                guard m.size == d.size, m.chunkSize == DeviceDigest.chunkSize else {
-                    throw ArchiveError(.format, path: path, "\(SnapdumpMetadata.blobName) entry for \(d.name) has size \(m.size) / chunk size \(m.chunkSize), header says \(d.size) / \(DeviceDigest.chunkSize)")
-                }
-                guard m.digest == digests[d.id] else {
+                let m = metadata.device(named: d.name)!
+                guard let digest = digests[d.id], m.digest == digest else {
                     throw ArchiveError(.digestMismatch, path: path,
-                                       "content digest of device \(d.id) (\(d.name)) is \(digests[d.id]!.hex), \(SnapdumpMetadata.blobName) says \(m.sha256)")
+                                       "content digest of device \(d.id) (\(d.name)) is \(digests[d.id]?.hex ?? "incomplete"), \(SnapdumpMetadata.blobName) says \(m.sha256)")
                 }
             }
         }
-        return Verification(summary: summary, digests: digests, metadataChecked: metadata != nil)
+        return Verification(summary: summary, digests: digests, metadataChecked: metadata != nil,
+                            deferredChunks: assembler?.deferredChunks ?? 0)
     }
 }

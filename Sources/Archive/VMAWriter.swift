@@ -76,6 +76,11 @@ public final class VMAWriter {
         uuidBytes = withUnsafeBytes(of: uuid.uuid) { Array($0) }
 
         if compression == .lzo { throw ArchiveError(.unsupported, path: path, Compression.lzoUnsupported) }
+        for d in devices where d.size % VMAFormat.sectorSize != 0 {
+            // Proxmox's vma refuses ("write beyond end") or truncates such a device: callers pad it.
+            throw ArchiveError(.invalidArgument, path: path,
+                               "size \(d.size) of device '\(d.name)' is not a multiple of 512 bytes (pad it to \(VMAFormat.paddedDeviceSize(d.size)), as QEMU presents it)")
+        }
         if let r = reservedMetadataSize {
             guard r >= 2 && r <= VMAFormat.maxBlobSize else {
                 throw ArchiveError(.invalidArgument, path: path, "reserved size \(r) for \(SnapdumpMetadata.blobName) outside 2…65535")

@@ -60,35 +60,62 @@ struct DigestTests {
         #expect(digest.finalDigest() == dev.withUnsafeBytes { DeviceDigest.digest(ofDevice: $0) })
     }
 
-    @Test("the cluster accumulator matches, in order and moderately out of order")
-    func accumulator() throws {
+    @Test("the digest assembler matches in any order: in memory, spilled, and read back from a target")
+    func assembler() throws {
         let dev = Self.device
         let expected = dev.withUnsafeBytes { DeviceDigest.digest(ofDevice: $0) }
+        let device = VMADevice(id: 3, name: "drive-scsi0", size: UInt64(dev.count))
         let clusters = Int(VMAFormat.clusterCount(deviceSize: UInt64(dev.count)))
         var cluster = [UInt8](repeating: 0, count: 65536)
-        func feed(_ acc: DeviceDigestAccumulator, _ order: [Int]) throws {
+        func feed(_ acc: DigestAssembler, _ order: [Int], writeTo target: File? = nil) throws {
             for c in order {
                 let start = c * 65536, end = min(start + 65536, dev.count)
                 cluster.replaceSubrange(0..<(end - start), with: dev[start..<end])
                 if end - start < 65536 { cluster.replaceSubrange((end - start)..., with: repeatElement(0x55, count: 65536 - (end - start))) }
                 if dev[start..<end].allSatisfy({ $0 == 0 }) {
-                    try acc.add(cluster: UInt32(c), mask: 0, blocks: UnsafeRawBufferPointer(start: nil, count: 0))
+                    try acc.add(device: 3, cluster: UInt32(c), mask: 0, blocks: UnsafeRawBufferPointer(start: nil, count: 0))
                 } else {
-                    try cluster.withUnsafeBytes { try acc.add(cluster: UInt32(c), data: $0) }
+                    try cluster.withUnsafeBytes { try acc.add(device: 3, cluster: UInt32(c), data: $0) }
+                    if let target { try Array(dev[start..<end]).withUnsafeBytes { try target.write($0, at: UInt64(start)) } }
                 }
             }
         }
-        let inOrder = DeviceDigestAccumulator(deviceSize: UInt64(dev.count), maxPendingChunks: 1)
+        let inOrder = DigestAssembler(devices: [device], maxBuffers: 1)
         try feed(inOrder, Array(0..<clusters))
-        #expect(inOrder.finalDigest() == expected)
+        #expect(try inOrder.finish()[3] == expected)
+        #expect(inOrder.deferredChunks == 0)
 
         var rng = SeededRandom(5)
-        let shuffled = DeviceDigestAccumulator(deviceSize: UInt64(dev.count), maxPendingChunks: 3)
-        try feed(shuffled, Array(0..<clusters).shuffled(using: &rng))
-        #expect(shuffled.finalDigest() == expected)
+        let shuffledOrder = Array(0..<clusters).shuffled(using: &rng)
+        let shuffled = DigestAssembler(devices: [device], maxBuffers: 3)
+        try feed(shuffled, shuffledOrder)
+        #expect(try shuffled.finish()[3] == expected)
+        #expect(shuffled.deferredChunks == 0)
 
-        let tight = DeviceDigestAccumulator(deviceSize: UInt64(dev.count), maxPendingChunks: 1)
-        #expect(throws: DeviceDigestAccumulator.TooFarOutOfOrder.self) { try feed(tight, [0, 64]) }
-        #expect(tight.finalDigest() == nil)
+        // One buffer for three interleaved chunks: chunks are spilled, the digest is the same.
+        let s = try Scratch("assembler")
+        let spilled = DigestAssembler(devices: [device], maxBuffers: 1, spillDirectory: s.dir)
+        try feed(spilled, shuffledOrder)
+        #expect(spilled.deferredChunks > 0)
+        #expect(try spilled.finish()[3] == expected)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: s.dir).isEmpty, "the spill file is never visible")
+
+        // With a target, deferred chunks are hashed from what was written there.
+        let target = try File.open(s.path("target"), O_RDWR | O_CREAT | O_EXCL, mode: 0o600)
+        try target.truncate(to: UInt64(dev.count))
+        let readBack = DigestAssembler(devices: [device], targets: [3: target], maxBuffers: 1)
+        try feed(readBack, shuffledOrder, writeTo: target)
+        #expect(readBack.deferredChunks > 0)
+        #expect(try readBack.finish()[3] == expected)
+        // A target that does not hold what was delivered gives another digest.
+        let bad = try File.open(s.path("bad"), O_RDWR | O_CREAT | O_EXCL, mode: 0o600)
+        try bad.truncate(to: UInt64(dev.count))
+        let wrong = DigestAssembler(devices: [device], targets: [3: bad], maxBuffers: 1)
+        try feed(wrong, shuffledOrder)
+        #expect(try wrong.finish()[3] != expected)
+
+        let incomplete = DigestAssembler(devices: [device], maxBuffers: 1)
+        try feed(incomplete, [0, 64])
+        #expect(try incomplete.finish()[3] == nil)
     }
 }

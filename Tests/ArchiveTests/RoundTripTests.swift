@@ -23,8 +23,8 @@ private let cachedSampleDevices: [TestDevice] = {
         }
         return b
     }
-    // 5 clusters + 3 blocks + 100 bytes: the last cluster has a partial 4th block.
-    let s1 = 5 * 65536 + 3 * 4096 + 100
+    // 5 clusters + 3 blocks + one sector: the last cluster has a partial 4th block.
+    let s1 = 5 * 65536 + 3 * 4096 + 512
     let d1 = TestDevice(device: VMADevice(id: 1, name: "drive-scsi0", size: UInt64(s1)),
                         content: randomContent(s1, zeroBlocks: [3, 17, 18, 79], zeroClusters: [2]), holes: [])
     // More than one 4 MiB chunk; clusters 10-19 are holes, chunk 0 has zero clusters.

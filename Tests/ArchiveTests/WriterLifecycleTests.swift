@@ -112,9 +112,9 @@ struct WriterLifecycleTests {
     @Test("a short buffer for the last partial cluster is enough")
     func shortLastCluster() throws {
         let s = try Scratch("short")
-        let small = VMADevice(id: 3, name: "drive-virtio0", size: 5000)
+        let small = VMADevice(id: 3, name: "drive-virtio0", size: 4608)
         let w = try VMAWriter(path: s.path("s.dat"), ctime: 1, devices: [small], configs: conf, reservedMetadataSize: nil, compression: .none)
-        let data = [UInt8](repeating: 7, count: 5000)
+        let data = [UInt8](repeating: 7, count: 4608)
         try data.withUnsafeBytes { try w.addCluster(device: 3, cluster: 0, data: $0) }
         try w.finish(snapdumpJSON: nil)
         try w.commit(to: s.path("s.vma"))

@@ -112,6 +112,8 @@ def cluster_entry(dev_id, size, data, cluster):
 def archive(spec):
     uuid = bytes.fromhex(spec["uuid"])
     devices = sorted((d["id"], d["name"], d["size"]) for d in spec["devices"])
+    # Proxmox's vma refuses or truncates a device that is not whole sectors.
+    assert all(size % 512 == 0 for _, _, size in devices), spec["name"]
     data = {d["id"]: content(d["size"], d["runs"]) for d in spec["devices"]}
     for d in spec["devices"]:
         d["sha256"] = hashlib.sha256(data[d["id"]]).hexdigest()
@@ -153,12 +155,13 @@ def archive(spec):
 
 
 def specs():
-    conf1 = "boot: order=scsi0\ncores: 1\nmemory: 512\nname: golden\nscsi0: local:100/vm-100-disk-0.raw,size=200000\n#qmdump#map:scsi0:drive-scsi0:local:raw:\n"
+    conf1 = "boot: order=scsi0\ncores: 1\nmemory: 512\nname: golden\nscsi0: local:100/vm-100-disk-0.raw,size=200192\n#qmdump#map:scsi0:drive-scsi0:local:raw:\n"
     one = {
         "name": "one-device",
         "uuid": "0123456789abcdef0123456789abcdef",
         "ctime": 1700000000,
-        "devices": [{"id": 1, "name": "drive-scsi0", "size": 200000,
+        # A raw file of 200000 bytes, in the archive as QEMU presents it: whole 512-byte sectors.
+        "devices": [{"id": 1, "name": "drive-scsi0", "size": 200192,
                      # cluster 0 has zero block 5; cluster 1 two data blocks; cluster 2 is
                      # a hole; cluster 3 ends in a partial block, blocks 1-15 past the end
                      "runs": [[0, 20480, 1], [24576, 40960, 2], [CLUSTER + 8192, 8192, 11], [196608, 3392, 3]]}],
@@ -167,7 +170,7 @@ def specs():
         "mode": "snapshot",
         "reserved": 1024,
     }
-    size1 = 4 * 1024 * 1024 + 70000
+    size1 = 4 * 1024 * 1024 + 70144  # content ends at + 70000, padded to whole sectors
     order2 = [[1, c, "hole" if 20 <= c < 30 else "data"] for c in range(10, 66)]
     order2 += [[2, 0, "data"]] + [[1, c, "data"] for c in range(9, -1, -1)]
     conf2 = "name: two\nscsi0: local:101/vm-101-disk-0.raw,size=%d\nscsi1: local:101/vm-101-disk-1.raw,size=12288\n" \

@@ -1,6 +1,9 @@
 import CZlib
 import CZstd
 import SnapdumpSystem
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Reads an archive file as its decompressed byte stream. The format is
 /// detected from the first bytes (zstd, gzip, raw VMA; lzop is refused).
@@ -15,15 +18,36 @@ public final class DecompressingReader {
     private let file: File
     private let decoder: any StreamDecoder
 
-    /// Opens `path` and detects its format.
+    /// Opens `path` and detects its format. Only a regular file is an
+    /// archive: it is opened non-blocking (so a FIFO cannot hang the open)
+    /// and refused unless fstat says it is a regular file.
     public convenience init(path: String) throws(ArchiveError) {
         let file: File
         do {
-            file = try File.openForReading(path)
+            file = try File.open(path, O_RDONLY | O_NONBLOCK)
         } catch {
             throw ArchiveError(.io, path: path, "cannot open archive", cause: error as? SystemError)
         }
+        var st = stat()
+        guard fstat(file.fd, &st) == 0 else {
+            throw ArchiveError(.io, path: path, "cannot stat archive", cause: SystemError("fstat", path))
+        }
+        guard st.st_mode & S_IFMT == S_IFREG else {
+            throw ArchiveError(.invalidArgument, path: path, "not a regular file (\(Self.fileType(st.st_mode))): refusing to read it as an archive")
+        }
+        _ = fcntl(file.fd, F_SETFL, O_RDONLY)
         try self.init(file: file)
+    }
+
+    static func fileType(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFDIR: return "a directory"
+        case S_IFIFO: return "a FIFO"
+        case S_IFCHR: return "a character device"
+        case S_IFBLK: return "a block device"
+        case S_IFSOCK: return "a socket"
+        default: return "mode \(String(mode & S_IFMT, radix: 8))"
+        }
     }
 
     /// Reads the already open `file` from offset 0.
