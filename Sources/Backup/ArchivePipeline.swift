@@ -60,10 +60,12 @@ final class ArchivePipeline {
         let items = BoundedQueue<Item>(capacity: bufferCount * 4)
         let cancelled = AtomicFlag()
 
+        // Each device's size in the archive: whole sectors (VMAFormat.paddedDeviceSize); an odd tail past the source's end reads as zeros.
+        let sizes = devices.map { d in writer.devices.first { $0.id == d.id }?.size ?? d.source.size }
         // Which chunks hold data, per device, from the storage's allocation map.
         var plans: [[Bool]] = []
-        for d in devices {
-            let count = Int((d.source.size + UInt64(chunk) - 1) / UInt64(chunk))
+        for (i, d) in devices.enumerated() {
+            let count = Int((sizes[i] + UInt64(chunk) - 1) / UInt64(chunk))
             var needs = [Bool](repeating: false, count: count)
             for r in try d.source.allocationMap() where r.kind == .data && r.length > 0 {
                 let first = Int(r.offset / UInt64(chunk)), last = Int((r.offset + r.length - 1) / UInt64(chunk))
@@ -71,7 +73,7 @@ final class ArchivePipeline {
             }
             plans.append(needs)
         }
-        let total = devices.reduce(UInt64(0)) { $0 + $1.source.size }
+        let total = sizes.reduce(0, +)
         progress?.start(total: total)
 
         let sources = devices.map(\.source)
@@ -89,12 +91,16 @@ final class ArchivePipeline {
                     guard readerPlans[di][c] else { items.push(.zero(device: di, chunk: c)); continue }
                     let b = free.pop()
                     let offset = UInt64(c) * UInt64(chunk)
-                    let length = Int(min(UInt64(chunk), source.size - offset))
+                    let length = Int(min(UInt64(chunk), sizes[di] - offset))
+                    let inSource = Int(min(UInt64(length), source.size - offset))
                     do {
-                        let buf = UnsafeMutableRawBufferPointer(rebasing: buffers[b][0..<length])
+                        let buf = UnsafeMutableRawBufferPointer(rebasing: buffers[b][0..<inSource])
                         let n = try source.read(at: offset, into: buf)
-                        guard n == length else {
-                            throw BackupError("short read of '\(source.name)' at offset \(offset): \(n) of \(length) bytes")
+                        guard n == inSource else {
+                            throw BackupError("short read of '\(source.name)' at offset \(offset): \(n) of \(inSource) bytes")
+                        }
+                        if inSource < length {
+                            (buffers[b].baseAddress! + inSource).initializeMemory(as: UInt8.self, repeating: 0, count: length - inSource)
                         }
                     } catch {
                         items.push(.failed(error))
@@ -119,7 +125,7 @@ final class ArchivePipeline {
         reader.stackSize = 1 << 20
         reader.start()
 
-        let digests = devices.map { DeviceDigest(deviceSize: $0.source.size) }
+        let digests = sizes.map { DeviceDigest(deviceSize: $0) }
         let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
         zeros.initializeMemory(as: UInt8.self, repeating: 0)
         defer { zeros.deallocate() }

@@ -82,6 +82,8 @@ public final class Restore {
         }
 
         let reader = try VMAReader(path: options.archive)
+        // A snapdump.json that does not match the header fails now, before anything is allocated.
+        _ = try reader.checkedMetadata()
         guard let confBytes = reader.config(named: "qemu-server.conf") else {
             throw BackupError("archive '\(options.archive)' has no qemu-server.conf: not a VM backup")
         }
@@ -121,7 +123,8 @@ public final class Restore {
                 try f.truncate(to: device.size)
                 t.file = f
             } else {
-                t.file = try File.open(path, O_WRONLY)
+                // Readable too: chunks that come too far out of order are hashed from the volume afterwards.
+                t.file = try File.open(path, O_RDWR)
             }
             targets[targets.count - 1] = t
             log.info("map '\(map.key)' to '\(vol)' (write zeros = 0)")
@@ -132,7 +135,7 @@ public final class Restore {
         let job = ReaderBox(reader)
         let (verification, bytes) = try await Blocking.run("restore") {
             var bytes: UInt64 = 0
-            let v = try job.reader.verify { c in
+            let v = try job.reader.verify(targets: files) { c in
                 guard let file = files[c.deviceID] else { return }
                 // Zero blocks stay holes in the fresh volume.
                 bytes += try c.writeStoredBlocks(to: file)

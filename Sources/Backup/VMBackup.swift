@@ -210,7 +210,10 @@ final class VMBackup: @unchecked Sendable {
     private func writeArchive(config: VMConfig, disks: [DiskPlan], path: String, archiveName: ArchiveName,
                               mode: BackupMode, downtime: DowntimeClock, started: Date) throws -> ArchiveResult {
         let datPath = "\(dumpdir)/\(archiveName.temporaryName)"
-        let devices = disks.enumerated().map { VMADevice(id: UInt8($0.offset + 1), name: $0.element.deviceName, size: $0.element.size) }
+        // Whole sectors, as QEMU and Proxmox see a disk: the pipeline reads a raw file's odd tail as zeros.
+        let devices = disks.enumerated().map {
+            VMADevice(id: UInt8($0.offset + 1), name: $0.element.deviceName, size: VMAFormat.paddedDeviceSize($0.element.size))
+        }
         let conf = VMAConfigFile.render(config, disks: disks)
         var compression = options.compression
         if case let .zstd(level, workers) = compression {

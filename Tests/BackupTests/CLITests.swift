@@ -200,7 +200,7 @@ struct CLITests {
           arguments: [Compression.none, .zstd(level: 3, workers: 0), .gzip])
     func vmaTools(_ compression: Compression) throws {
         let s = try ScratchDir("vma")
-        let d1 = testContent(size: 3 * 1024 * 1024 + 4096 + 100, runs: [(0, 5000), (1_000_000, 70_000), (3 * 1024 * 1024, 4196)], seed: 7)
+        let d1 = testContent(size: 3 * 1024 * 1024 + 4096 + 512, runs: [(0, 5000), (1_000_000, 70_000), (3 * 1024 * 1024, 4196)], seed: 7)
         let d2 = testContent(size: 8 * 1024 * 1024, runs: [(4 * 1024 * 1024 + 12_288, 4096)], seed: 99)
         let archive = s.file("vzdump-qemu-100-2023_11_14-22_13_20.vma" + compression.kind.fileExtension)
         try makeArchive(archive, devices: [("drive-scsi0", d1), ("drive-virtio1", d2)], compression: compression)
