@@ -2,7 +2,8 @@
 # `make test`: builds snapdump and its tests, sets up the real fixtures (loop
 # btrfs/XFS/ext4, zfs-fuse pool, test guest), runs every test with
 # SNAPDUMP_INTEGRATION=1 so a missing dependency fails instead of skipping,
-# and tears the fixtures down again on every exit path.
+# tears the fixtures down again on every exit path, then fuzzes the VMA reader
+# for a bounded time (scripts/fuzz-vma.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,3 +21,8 @@ scripts/test-guest/build.sh "$SNAPDUMP_GUEST_DIR"
 # One test at a time: the integration suites share two cores and the fixtures,
 # and timing assertions (agent answers within 3 s) must not measure contention.
 swift test --skip-build --no-parallel "$@"
+
+# The VMA reader's libFuzzer target, bounded: 60 s from the committed seeds and
+# the golden archives (about 1 min more, plus its first build). A crash, a
+# sanitizer report or an input over the memory/time limits fails the run.
+scripts/fuzz-vma.sh "${SNAPDUMP_FUZZ_SECONDS:-60}"

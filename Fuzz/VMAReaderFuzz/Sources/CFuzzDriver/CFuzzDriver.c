@@ -1,0 +1,2 @@
+// Header-only: LLVMFuzzerRunDriver is defined by libFuzzer (-sanitize=fuzzer).
+#include "CFuzzDriver.h"
