@@ -16,7 +16,7 @@ struct VMAVerify: ParsableCommand {
         do {
             v = try VMAReader(path: path).verify()
         } catch let e as ArchiveError {
-            var line = "verification failed: \(e)"
+            var line = "Error: verification failed: \(e)"
             if e.offset == nil && e.code == .digestMismatch {
                 line += " (no offset: snapdump.json holds one digest per device, not per chunk)"
             }
