@@ -62,9 +62,16 @@ public struct SnapdumpMetadata: Codable, Hashable, Sendable {
 
     /// Parses and checks the blob: its strings are printed by `vma list`, so
     /// each must be what snapdump writes (a mode, a device name, 64 hex digits).
-    public static func decode(_ bytes: [UInt8]) throws -> SnapdumpMetadata {
-        let m = try JSONDecoder().decode(SnapdumpMetadata.self, from: Data(bytes))
-        func bad(_ why: String) -> DecodingError { .dataCorrupted(.init(codingPath: [], debugDescription: why)) }
+    public static func decode(_ bytes: [UInt8]) throws(Invalid) -> SnapdumpMetadata {
+        let m: SnapdumpMetadata
+        do {
+            m = try JSONDecoder().decode(SnapdumpMetadata.self, from: Data(bytes))
+        } catch let e as DecodingError {
+            throw Invalid(message: Self.describe(e))
+        } catch {
+            throw Invalid(message: "\(error)")
+        }
+        func bad(_ why: String) -> Invalid { Invalid(message: why) }
         guard m.version == currentVersion else { throw bad("unsupported snapdump.json version \(m.version)") }
         guard modes.contains(m.mode) else { throw bad("unknown mode \(String(reflecting: m.mode))") }
         for d in m.devices {
@@ -72,6 +79,25 @@ public struct SnapdumpMetadata: Codable, Hashable, Sendable {
             guard d.digest != nil else { throw bad("sha256 of \(d.name) is not 64 hex digits") }
         }
         return m
+    }
+
+    /// A `snapdump.json` that cannot be used: why, in one line.
+    public struct Invalid: Error, CustomStringConvertible, Sendable {
+        public var message: String
+        public var description: String { message }
+    }
+
+    private static func describe(_ e: DecodingError) -> String {
+        func at(_ c: DecodingError.Context) -> String {
+            let path = c.codingPath.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".")
+            return (path.isEmpty ? "" : "\(path): ") + c.debugDescription
+        }
+        switch e {
+        case .dataCorrupted(let c): return at(c)
+        case .keyNotFound(let k, let c): return at(c) + " (key \(k.stringValue))"
+        case .typeMismatch(_, let c), .valueNotFound(_, let c): return at(c)
+        @unknown default: return "\(e)"
+        }
     }
 
     /// A size to reserve in the header for `snapdump.json` of `deviceCount`

@@ -121,6 +121,24 @@ struct UntrustedArchiveCLITests {
                           because: #"device 1 has a name Proxmox never writes: "x\nDEV: 9 9 ""#)
     }
 
+    @Test("a snapdump.json whose strings would forge vma list lines is refused before anything is printed or allocated")
+    func forgedMetadata() throws {
+        let dir = try setUp("meta")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let dev = VMADevice(id: 1, name: "drive-scsi0", size: 65536)
+        let conf = "name: m\nmemory: 128\n#qmdump#map:scsi0:drive-scsi0:local:raw:\n"
+        let archive = dir + "/meta.vma"
+        let w = try VMAWriter(path: archive + ".dat", ctime: 1, devices: [dev], configs: [VMAConfigBlob(name: "qemu-server.conf", text: conf)],
+                              reservedMetadataSize: 1024, compression: .none)
+        try w.addZeroCluster(device: 1, cluster: 0)
+        let meta = SnapdumpMetadata(devices: [.init(name: dev.name, size: dev.size, sha256: SHA256Digest())],
+                                    mode: "stop\nDEV: dev_id=9 size: 1 devname: forged", downtimeMs: nil, startTime: 0, snapdumpVersion: "t")
+        try w.finish(snapdumpJSON: try meta.encoded())
+        try w.commit(to: archive)
+        try expectRefused(dir, archive, failing: ["list", "verify", "extract", "restore"], because: #"unknown mode "stop\nDEV: dev_id=9"#)
+        #expect(try SnapdumpBinary.run(["vma", "list", archive]).stdout.isEmpty)
+    }
+
     @Test("a FIFO named .vma is refused at once by every command")
     func fifo() throws {
         let dir = try setUp("fifo")

@@ -11,6 +11,8 @@ struct VMAList: ParsableCommand {
     func run() throws {
         let reader = try VMAReader(path: absolutePath(archive))
         let h = reader.header
+        // Checked before printing anything: a bad archive prints its error only.
+        let meta = try reader.snapdumpMetadata()
         for c in h.configs {
             print("CFG: size: \(c.data.count) name: \(c.name)")
         }
@@ -20,7 +22,7 @@ struct VMAList: ParsableCommand {
         print("CTIME: \(Self.ctime(h.ctime))")
         print("UUID: \(h.uuid.uuidString.lowercased())")
         print("COMPRESSION: \(reader.compression.rawValue)")
-        if let meta = try reader.snapdumpMetadata() {
+        if let meta {
             print("MODE: \(meta.mode)" + (meta.downtimeMs.map { " (guest downtime \($0) ms)" } ?? ""))
             for d in meta.devices { print("SHA256: \(d.name) \(d.sha256)") }
         }
