@@ -14,11 +14,10 @@ struct BackupCommand: AsyncParsableCommand {
     @OptionGroup var global: GlobalOptions
     @Argument(help: "VMIDs to back up.") var vmids: [Int] = []
     @OptionGroup var options: BackupOptionArguments
-    @Option(name: .customLong("output-format"), help: "Summary format on stdout: text or json.") var outputFormat: String = "text"
+    @OptionGroup var output: OutputOptions
 
     func validate() throws {
         if vmids.isEmpty && !options.all && options.exclude == nil { throw ValidationError("name VMIDs to back up, or --all") }
-        if outputFormat != "text" && outputFormat != "json" { throw ValidationError("--output-format must be text or json") }
         try options.validateValues()
         _ = try parameters()
     }
@@ -38,9 +37,9 @@ struct BackupCommand: AsyncParsableCommand {
         interrupt.install()
         let job = try params.makeJob(paths: global.paths, log: log, interrupt: interrupt)
         let summaries = try await job.run()
-        if outputFormat == "json" {
+        if output.format != .text {
             let enc = JSONEncoder()
-            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            enc.outputFormatting = output.format == .jsonPretty ? [.prettyPrinted, .sortedKeys] : [.sortedKeys]
             print(String(decoding: try enc.encode(summaries), as: UTF8.self))
         } else {
             print(BackupSummaryTable.render(summaries))

@@ -104,16 +104,24 @@ struct JobList: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "list", abstract: "List jobs: schedule, next run, last run and its result.")
 
     @OptionGroup var global: GlobalOptions
+    @OptionGroup var output: OutputOptions
 
     func run() throws {
         let cfg = try JobsConfig.load(paths: global.paths)
         let store = JobStateStore(paths: global.paths)
-        let rows = cfg.jobs.map { j -> [String] in
+        let records = cfg.jobs.map { j -> OutputRecord in
             let state = (try? store.read(j.id)) ?? nil
-            return [j.id, j.schedule.text, j.enabled ? "yes" : "no", JobFormat.nextText(j, state: state),
-                    JobFormat.lastRun(state), j.comment ?? ""]
+            var r = OutputRecord()
+            r.add("id", "ID", .string(j.id))
+            r.add("schedule", "Schedule", .string(j.schedule.text))
+            r.add("enabled", "Enabled", .bool(j.enabled), text: j.enabled ? "yes" : "no")
+            r.add("next-run", "Next run", .of(JobFormat.next(j, state: state)), text: JobFormat.nextText(j, state: state))
+            r.add("last-run", "Last run", .of(state?.lastRun?.start), text: JobFormat.lastRun(state))
+            r.add("last-result", nil, .of(state?.lastRun.map { $0.result?.rawValue ?? "running" }))
+            r.add("comment", "Comment", .of(j.comment), text: j.comment ?? "")
+            return r
         }
-        print(Table.render(["ID", "Schedule", "Enabled", "Next run", "Last run", "Comment"], rows))
+        Output.list(records, output.format, columns: ["ID", "Schedule", "Enabled", "Next run", "Last run", "Comment"])
     }
 }
 
@@ -122,11 +130,33 @@ struct JobShow: ParsableCommand {
 
     @OptionGroup var global: GlobalOptions
     @OptionGroup var jobID: JobIDArgument
+    @OptionGroup var output: OutputOptions
 
     func run() throws {
         let cfg = try JobsConfig.load(paths: global.paths)
         guard let j = cfg.job(jobID.id) else { throw CLIError("no job '\(jobID.id)' in \(cfg.file)") }
         let state = try JobStateStore(paths: global.paths).read(j.id)
+        if output.format != .text {
+            var r = OutputRecord()
+            r.add("id", nil, .string(j.id))
+            for p in j.section.properties { r.add(p.key, nil, .string(p.value)) }
+            r.add("next-run", nil, .of(JobFormat.next(j, state: state)))
+            if let last = state?.lastRun {
+                var l = OutputRecord()
+                l.add("start", nil, .of(last.start))
+                l.add("end", nil, .of(last.end))
+                l.add("trigger", nil, .string(last.trigger ?? "schedule"))
+                l.add("result", nil, .string(last.result?.rawValue ?? "running"))
+                l.add("error", nil, .of(last.error))
+                l.add("archives", nil, .list(last.archives.map(OutputValue.string)))
+                l.add("task-log", nil, .of(last.taskLog))
+                r.add("last-run", nil, .record(l))
+            } else {
+                r.add("last-run", nil, .null)
+            }
+            Output.object(r, output.format) { "" }
+            return
+        }
         print(SectionConfig(sections: [j.section]).serialized(), terminator: "")
         print("next run: \(JobFormat.nextText(j, state: state))")
         guard let r = state?.lastRun else {

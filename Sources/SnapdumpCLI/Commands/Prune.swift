@@ -23,6 +23,7 @@ struct PruneCommand: ParsableCommand {
     @Option(name: .customLong("keep-monthly"), help: "Keep the newest backup of each of the last N months.") var keepMonthly: Int?
     @Option(name: .customLong("keep-yearly"), help: "Keep the newest backup of each of the last N years.") var keepYearly: Int?
     @Flag(name: .customLong("dry-run"), help: "Only show what would be removed.") var dryRun = false
+    @OptionGroup var output: OutputOptions
 
     func run() throws {
         let dump = try BackupLocation.dumpDirectory(storeid: storeid, dumpdir: dumpdir, global: global)
@@ -44,8 +45,16 @@ struct PruneCommand: ParsableCommand {
         let results = try dump.prune(vmid: vmid, policy: policy, dryRun: dryRun) { level, message in
             printError("\(level.rawValue): \(message)")
         }
-        let rows = results.map { r in [dump.label(r.archive), BackupLocation.time(r.archive.date), "\(r.archive.vmid)", r.mark.rawValue] }
-        print(Table.render(["Volid", "Time", "VMID", "Mark"], rows))
+        let records = results.map { p -> OutputRecord in
+            var r = OutputRecord()
+            r.add("volid", "Volid", .string(dump.label(p.archive)))
+            r.add("ctime", "Time", .of(p.archive.date), text: BackupLocation.time(p.archive.date))
+            r.add("vmid", "VMID", .of(p.archive.vmid))
+            r.add("mark", "Mark", .string(p.mark.rawValue))
+            r.add("type", nil, .string("qemu"))
+            return r
+        }
+        Output.list(records, output.format, columns: ["Volid", "Time", "VMID", "Mark"])
         if !dryRun {
             printError("pruned \(results.filter { $0.mark == .remove }.count) backup(s)")
         }

@@ -38,6 +38,7 @@ struct ScheduleAnalyze: ParsableCommand {
     @Option(help: "Start after this local time: \"YYYY-MM-DD HH:MM[:SS]\" or seconds since the epoch (default now).")
     var starttime: String?
     @Option(help: "How many times to print (1-10000).") var iterations: Int = 10
+    @OptionGroup var output: OutputOptions
 
     func validate() throws {
         guard (1...10000).contains(iterations) else { throw ValidationError("--iterations must be between 1 and 10000") }
@@ -49,7 +50,17 @@ struct ScheduleAnalyze: ParsableCommand {
         let zone = TimeZone.current
         let start = try Self.parseStart(starttime, zone: zone)
         let times = ev.upcoming(after: start, count: iterations, in: zone)
-        for t in times { print(Civil(t, in: zone).description) }
+        if output.format == .text {
+            for t in times { print(Civil(t, in: zone).description) }
+        } else {
+            // As `systemd-analyze calendar`/pvesh: the local time and the epoch of each firing.
+            Output.list(times.map { t in
+                var r = OutputRecord()
+                r.add("time", nil, .string(Civil(t, in: zone).description))
+                r.add("timestamp", nil, .of(t))
+                return r
+            }, output.format)
+        }
         if times.count < iterations {
             FileHandle.standardError.write(Data("note: '\(event)' fires \(times.isEmpty ? "never" : "only \(times.count) more time(s)") after \(Civil(start, in: zone))\n".utf8))
         }

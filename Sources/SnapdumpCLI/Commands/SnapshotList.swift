@@ -7,18 +7,24 @@ struct SnapshotList: ParsableCommand {
 
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Only this storage.") var storeid: String?
+    @OptionGroup var output: OutputOptions
 
     func run() throws {
         let reg = try global.storages()
         let ids = try storeid.map { [try reg.config.storage($0).id] } ?? reg.config.storages.map(\.id)
         let f = DateFormatter()
         f.dateFormat = "yyyy-MM-dd HH:mm:ss"
-        var rows: [[String]] = []
+        var records: [OutputRecord] = []
         for id in ids {
             for s in try reg.plugin(id).listSnapshots() {
-                rows.append(["\(s.volume)", s.name, f.string(from: s.created), s.used.map { "\($0)" } ?? "-"])
+                var r = OutputRecord()
+                r.add("volid", "Volume", .string("\(s.volume)"))
+                r.add("snapshot", "Snapshot", .string(s.name))
+                r.add("ctime", "Created", .of(s.created), text: f.string(from: s.created))
+                r.add("used", "Used", .of(s.used))
+                records.append(r)
             }
         }
-        print(Table.render(["Volume", "Snapshot", "Created", "Used"], rows))
+        Output.list(records, output.format, columns: ["Volume", "Snapshot", "Created", "Used"])
     }
 }

@@ -6,17 +6,28 @@ struct StorageStatusCommand: ParsableCommand {
 
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Only this storage.") var storeid: String?
+    @OptionGroup var output: OutputOptions
 
     func run() throws {
         let reg = try global.storages()
         let defs = try storeid.map { [try reg.config.storage($0)] } ?? reg.config.storages
-        var rows: [[String]] = []
+        var records: [OutputRecord] = []
         for d in defs {
             let st = try StorageRegistry.plugin(for: d).status()
-            rows.append([d.id, d.type.rawValue, st.active ? "active" : "inactive", "\(st.total)", "\(st.used)", "\(st.available)",
-                         st.total > 0 ? String(format: "%.2f%%", Double(st.used) * 100 / Double(st.total)) : "-", st.snapshots])
+            var r = OutputRecord()
+            r.add("storage", "Name", .string(d.id))
+            r.add("type", "Type", .string(d.type.rawValue))
+            r.add("active", "Status", .bool(st.active), text: st.active ? "active" : "inactive")
+            r.add("total", "Total", .of(st.total))
+            r.add("used", "Used", .of(st.used))
+            r.add("avail", "Available", .of(st.available))
+            let fraction = st.total > 0 ? Double(st.used) / Double(st.total) : nil
+            r.add("used_fraction", "%", fraction.map(OutputValue.double) ?? .null,
+                  text: fraction.map { String(format: "%.2f%%", $0 * 100) } ?? "-")
+            r.add("snapshots", "Snapshots", .string(st.snapshots))
+            records.append(r)
         }
-        print(Table.render(["Name", "Type", "Status", "Total", "Used", "Available", "%", "Snapshots"], rows))
+        Output.list(records, output.format, columns: ["Name", "Type", "Status", "Total", "Used", "Available", "%", "Snapshots"])
     }
 }
 

@@ -5,8 +5,16 @@ struct VMConfigCommand: ParsableCommand {
 
     @OptionGroup var global: GlobalOptions
     @OptionGroup var vm: VMIDArgument
+    @OptionGroup var output: OutputOptions
 
     func run() throws {
-        print(try VMContext(global).config(vm.vmid).serialized(), terminator: "")
+        let text = try VMContext(global).config(vm.vmid).serialized()
+        // As `qm config --output-format json`: the config's keys and their values, in file order.
+        var r = OutputRecord()
+        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            r.add(String(line[..<colon]), nil, .string(line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)))
+        }
+        Output.object(r, output.format) { text }
     }
 }

@@ -7,9 +7,18 @@ struct VolumeList: ParsableCommand {
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Storage id.") var storeid: String
     @Option(help: "Only volumes of this VMID.") var vmid: Int?
+    @OptionGroup var output: OutputOptions
 
     func run() throws {
         let vols = try global.storages().plugin(storeid).list(vmid: vmid)
-        print(Table.render(["Volid", "Format", "Size", "VMID"], vols.map { [$0.volume.description, $0.format.rawValue, "\($0.size)", "\($0.vmid)"] }))
+        let records = vols.map { v in
+            var r = OutputRecord()
+            r.add("volid", "Volid", .string(v.volume.description))
+            r.add("format", "Format", .string(v.format.rawValue))
+            r.add("size", "Size", .of(v.size))
+            r.add("vmid", "VMID", .of(v.vmid))
+            return r
+        }
+        Output.list(records, output.format, columns: ["Volid", "Format", "Size", "VMID"])
     }
 }
