@@ -25,7 +25,8 @@ public enum VMAExtractor {
     /// The file a device is extracted to: `disk-drive-scsi0.raw`.
     public static func deviceFileName(_ device: VMADevice) -> String { "disk-\(device.name).raw" }
 
-    public static func extract(archive: String, to targetDir: String) throws -> Result {
+    /// `progress` receives qmrestore's progress lines (`ReadProgress`).
+    public static func extract(archive: String, to targetDir: String, progress: ((String) -> Void)? = nil) throws -> Result {
         if FileSystem.exists(targetDir) {
             throw ArchiveError(.invalidArgument, path: targetDir, "target directory already exists: refusing to overwrite it")
         }
@@ -73,7 +74,8 @@ public enum VMAExtractor {
         }
 
         var bytes: UInt64 = 0
-        let verification = try reader.verify(targets: files) { c in
+        let total = reader.header.devices.reduce(UInt64(0)) { $0 + $1.size }
+        let verification = try reader.verify(targets: files, progress: progress.map { ReadProgress(total: total, emit: $0) }) { c in
             guard let file = files[c.deviceID] else { return }
             bytes += try c.writeStoredBlocks(to: file)
         }

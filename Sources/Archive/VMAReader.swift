@@ -252,15 +252,17 @@ public final class VMAReader {
     /// `spillDirectory` (default `$TMPDIR` or /tmp). Without `snapdump.json`
     /// and targets nothing is hashed.
     @discardableResult
-    public func verify(targets: [UInt8: File] = [:], spillDirectory: String? = nil,
+    public func verify(targets: [UInt8: File] = [:], spillDirectory: String? = nil, progress: ReadProgress? = nil,
                        _ body: ((Cluster) throws -> Void)? = nil) throws -> Verification {
         let metadata = try checkedMetadata()
         let assembler = metadata != nil || !targets.isEmpty
             ? DigestAssembler(devices: header.devices, targets: targets, spillDirectory: spillDirectory) : nil
         let summary = try readClusters { c in
             try body?(c)
+            progress?.add(c)
             try assembler?.add(device: c.deviceID, cluster: c.cluster, mask: c.mask, blocks: c.blocks)
         }
+        progress?.finish()
         let digests = try assembler?.finish() ?? [:]
         if let metadata {
             for d in header.devices {

@@ -82,7 +82,7 @@ final class ArchivePipeline {
         let interrupt = self.interrupt
         let reader = Thread {
             try? IOPriority.applyToCurrentThread()
-            let started = Date()
+            let limit = BandwidthLimit(kibPerSecond: bwlimit)
             var readBytes: UInt64 = 0
             for (di, source) in sources.enumerated() {
                 for c in 0..<readerPlans[di].count {
@@ -107,16 +107,7 @@ final class ArchivePipeline {
                         return
                     }
                     readBytes += UInt64(length)
-                    if bwlimit > 0 {
-                        // Sleep until the average rate is back under the limit.
-                        let due = Double(readBytes) / Double(bwlimit * 1024)
-                        // In slices: at a low limit one chunk is seconds of sleep, and a signal must not wait for it.
-                        var ahead = due - Date().timeIntervalSince(started)
-                        while ahead > 0 && !cancelled.isSet && interrupt.received == nil {
-                            Thread.sleep(forTimeInterval: min(ahead, 0.1))
-                            ahead = due - Date().timeIntervalSince(started)
-                        }
-                    }
+                    limit?.wait(afterTotal: readBytes) { cancelled.isSet || interrupt.received != nil }
                     items.push(.data(device: di, chunk: c, buffer: b, length: length))
                 }
             }
@@ -171,7 +162,7 @@ final class ArchivePipeline {
                     let clusters = (length + cluster - 1) / cluster
                     for k in 0..<clusters { try writer.addZeroCluster(device: d.id, cluster: UInt32(first + k)) }
                     done += UInt64(length)
-                    progress?.update(done: done)
+                    progress?.update(done: done, zero: writer.statistics.zeroBytes)
                 case let .data(di, c, b, length):
                     let d = devices[di], digest = digests[di]
                     let buf = UnsafeRawBufferPointer(buffers[b])
@@ -205,7 +196,7 @@ final class ArchivePipeline {
                     if share.release() { free.push(b) }
                     bytesRead += UInt64(length)
                     done += UInt64(length)
-                    progress?.update(done: done)
+                    progress?.update(done: done, zero: writer.statistics.zeroBytes)
                 }
             }
         } catch {

@@ -25,6 +25,8 @@ public final class Restore {
         public var force = false
         public var start = false
         public var unique = false
+        /// KiB/s, 0 = unlimited (qmrestore's `--bwlimit`).
+        public var bwlimit = 0
 
         public init(archive: String, vmid: Int) {
             self.archive = archive
@@ -133,12 +135,18 @@ public final class Restore {
         let files = Dictionary(uniqueKeysWithValues: targets.map { ($0.deviceID, $0.file!) })
         // Decompressing, hashing and writing block: run them on their own thread, not the cooperative pool.
         let job = ReaderBox(reader)
+        let total = reader.header.devices.reduce(UInt64(0)) { $0 + $1.size }
+        let progress = ReadProgress(total: total) { [log] in log.info($0) }
+        let bwlimit = options.bwlimit
+        if bwlimit > 0 { log.info("restore limited to \(bwlimit) KiB/s") }
         let (verification, bytes) = try await Blocking.run("restore") {
             var bytes: UInt64 = 0
-            let v = try job.reader.verify(targets: files) { c in
+            let limit = BandwidthLimit(kibPerSecond: bwlimit)
+            let v = try job.reader.verify(targets: files, progress: progress) { c in
                 guard let file = files[c.deviceID] else { return }
                 // Zero blocks stay holes in the fresh volume.
                 bytes += try c.writeStoredBlocks(to: file)
+                limit?.wait(afterTotal: progress.bytesRead) { false }
             }
             return (v, bytes)
         }

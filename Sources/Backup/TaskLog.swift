@@ -16,12 +16,17 @@ public final class TaskLog: @unchecked Sendable {
     public private(set) var warnings = 0
 
     private let parent: TaskLog?
+    /// `--output-format json`: what is echoed to stderr is one JSON object per
+    /// line (`{"type":"log",…}`, `{"type":"progress",…}`), as `restic --json`
+    /// streams its status; the `.log` file keeps vzdump's text lines.
+    public let jsonEvents: Bool
 
     /// `echo`: also write to stderr (off with --quiet, or in tests).
     /// `parent`: a job log that receives this guest's lines too (without echoing them twice).
-    public init(echo: Bool = true, parent: TaskLog? = nil) {
+    public init(echo: Bool = true, parent: TaskLog? = nil, jsonEvents: Bool = false) {
         self.echo = echo
         self.parent = parent
+        self.jsonEvents = jsonEvents || (parent?.jsonEvents ?? false)
     }
 
     /// From now on lines also go to `path`; lines logged before are written first.
@@ -46,7 +51,14 @@ public final class TaskLog: @unchecked Sendable {
     public func warn(_ message: String) { log(.warn, message) }
     public func error(_ message: String) { log(.error, message) }
 
-    public func log(_ level: Level, _ message: String) {
+    /// A progress line: INFO text in the file, a `progress` event with `event`'s numbers in JSON mode.
+    public func progress(_ message: String, event: [String: Double]) {
+        log(.info, message, event: event)
+    }
+
+    public func log(_ level: Level, _ message: String) { log(level, message, event: nil) }
+
+    private func log(_ level: Level, _ message: String, event: [String: Double]?) {
         let line = "\(level.rawValue): \(message)"
         let stamped = "\(Self.timestamp()) \(line)"
         lock.lock()
@@ -54,7 +66,10 @@ public final class TaskLog: @unchecked Sendable {
         if level == .warn { warnings += 1 }
         lines.append(line)
         if let file { try? file.writeAll(Array((stamped + "\n").utf8)) } else { buffered.append(stamped) }
-        if echo { FileHandle.standardError.write(Data((line + "\n").utf8)) }
+        if echo {
+            let out = jsonEvents ? Self.jsonEvent(level, message, event) : line
+            FileHandle.standardError.write(Data((out + "\n").utf8))
+        }
         parent?.record(line)
     }
 
@@ -70,5 +85,15 @@ public final class TaskLog: @unchecked Sendable {
         f.locale = Locale(identifier: "en_US_POSIX")
         f.dateFormat = "yyyy-MM-dd HH:mm:ss"
         return f.string(from: Date())
+    }
+
+    static func jsonEvent(_ level: Level, _ message: String, _ event: [String: Double]?) -> String {
+        var fields: [(String, Any)] = [("type", event == nil ? "log" : "progress"), ("level", level.rawValue), ("message", message)]
+        for (k, v) in (event ?? [:]).sorted(by: { $0.key < $1.key }) { fields.append((k, v)) }
+        let obj = Dictionary(uniqueKeysWithValues: fields.map { ($0.0, $0.1) })
+        guard let data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes]) else {
+            return "{\"type\":\"log\"}"
+        }
+        return String(decoding: data, as: UTF8.self)
     }
 }

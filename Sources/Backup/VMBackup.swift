@@ -225,8 +225,9 @@ final class VMBackup: @unchecked Sendable {
                                    compression: compression)
         do {
             let t0 = Date()
+            let progress = ProgressReporter(log: log)
             let pipeline = ArchivePipeline(writer: writer, devices: zip(devices, sources).map { .init(id: $0.id, name: $0.name, source: $1) },
-                                           bwlimitKiB: options.bwlimit, progress: ProgressReporter(log: log), interrupt: interrupt)
+                                           bwlimitKiB: options.bwlimit, progress: progress, interrupt: interrupt)
             let r = try pipeline.run()
             // In stop and suspend mode the guest is still down now; its downtime ends when settle() resumes it.
             let meta = SnapdumpMetadata(
@@ -237,6 +238,7 @@ final class VMBackup: @unchecked Sendable {
             try writer.commit(to: path)
             let secs = Date().timeIntervalSince(t0)
             let size = writer.statistics.fileBytes
+            if let sparse = progress.sparseLine() { log.info(sparse) }
             log.info("transferred \(Formatting.bytes(r.bytesTotal)) in \(Int(secs.rounded())) seconds (\(Formatting.rate(r.bytesTotal, seconds: secs)))")
             log.info("archive file size: \(Formatting.bytes(size))")
             for d in devices { log.info("\(d.name): sha256 \(r.digests[d.id]!.hex)") }

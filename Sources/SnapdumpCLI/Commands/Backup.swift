@@ -31,7 +31,7 @@ struct BackupCommand: AsyncParsableCommand {
 
     func run() async throws {
         let params = try parameters()
-        let log = TaskLog(echo: !(try params.options().quiet))
+        let log = TaskLog(echo: !(try params.options().quiet), jsonEvents: output.format != .text)
         params.warnNotApplied(log)
         let interrupt = Interrupt()
         interrupt.install()

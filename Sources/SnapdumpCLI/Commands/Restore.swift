@@ -12,6 +12,11 @@ struct RestoreCommand: AsyncParsableCommand {
     @Flag(help: "Replace an existing VM.") var force = false
     @Flag(help: "Start the VM after restoring.") var start = false
     @Flag(help: "Assign new unique MAC addresses.") var unique = false
+    @Option(help: "Limit I/O bandwidth (KiB/s; 0 = unlimited).") var bwlimit: Int = 0
+
+    func validate() throws {
+        guard (0...(1 << 40)).contains(bwlimit) else { throw ValidationError("invalid --bwlimit \(bwlimit): 0 to \(1 << 40) KiB/s") }
+    }
 
     func run() async throws {
         var o = Restore.Options(archive: archive.hasPrefix("/") ? archive : FileManagerCWD.absolute(archive), vmid: vmid)
@@ -19,6 +24,7 @@ struct RestoreCommand: AsyncParsableCommand {
         o.force = force
         o.start = start
         o.unique = unique
+        o.bwlimit = bwlimit
         _ = try await Restore(options: o, paths: global.paths, log: TaskLog()).run()
     }
 }

@@ -14,7 +14,9 @@ struct VMAVerify: ParsableCommand {
         let path = absolutePath(archive)
         let v: VMAReader.Verification
         do {
-            v = try VMAReader(path: path).verify()
+            let reader = try VMAReader(path: path)
+            let total = reader.header.devices.reduce(UInt64(0)) { $0 + $1.size }
+            v = try reader.verify(progress: ReadProgress(total: total) { printError($0) })
         } catch let e as ArchiveError {
             var line = "Error: verification failed: \(e)"
             if e.offset == nil && e.code == .digestMismatch {

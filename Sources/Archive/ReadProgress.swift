@@ -1,0 +1,44 @@
+import Foundation
+
+/// Progress of reading an archive (restore, `vma extract`, `vma verify`) in
+/// the lines Proxmox's `vma` prints during qmrestore:
+/// `progress 7% (read 1879048192 bytes, duration 3 sec)` at each percent step
+/// (at most one line every `interval` seconds, always the last one), then
+/// `total bytes read …, sparse bytes … (x%)`.
+public final class ReadProgress: @unchecked Sendable {
+    // @unchecked: fed by the one thread that reads the archive.
+    private let total: UInt64
+    private let interval: TimeInterval
+    private let emit: (String) -> Void
+    private let started = Date()
+    private var lastLine = Date.distantPast
+    private var lastPercent = -1
+    public private(set) var bytesRead: UInt64 = 0
+    public private(set) var sparseBytes: UInt64 = 0
+
+    public init(total: UInt64, interval: TimeInterval = 3, emit: @escaping (String) -> Void) {
+        self.total = total
+        self.interval = interval
+        self.emit = emit
+    }
+
+    func add(_ c: VMAReader.Cluster) {
+        let valid = UInt64(c.validBytes)
+        bytesRead += valid
+        sparseBytes += valid - min(valid, UInt64(c.mask.nonzeroBitCount * VMAFormat.blockSize))
+        guard total > 0 else { return }
+        let percent = Int(bytesRead * 100 / total)
+        let now = Date()
+        if percent != lastPercent && (now.timeIntervalSince(lastLine) >= interval || bytesRead >= total) {
+            emit("progress \(percent)% (read \(bytesRead) bytes, duration \(Int(now.timeIntervalSince(started))) sec)")
+            lastPercent = percent
+            lastLine = now
+        }
+    }
+
+    /// The closing line.
+    public func finish() {
+        let pct = bytesRead > 0 ? Double(sparseBytes) * 100 / Double(bytesRead) : 0
+        emit("total bytes read \(bytesRead), sparse bytes \(sparseBytes) (\(String(format: "%.3g", pct))%)")
+    }
+}
