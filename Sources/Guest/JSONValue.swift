@@ -1,3 +1,4 @@
+import SnapdumpConfig
 import Foundation
 
 /// A JSON value as QMP and the guest agent exchange them: command
@@ -79,20 +80,7 @@ public enum JSONValue: Sendable, Hashable {
     }
 
     private static func writeString(_ s: String, to out: inout String) {
-        out += "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where u.value < 0x20:
-                out += "\\u" + String(repeating: "0", count: 4 - String(u.value, radix: 16).count) + String(u.value, radix: 16)
-            default: out.unicodeScalars.append(u)
-            }
-        }
-        out += "\""
+        out += JSONText.quoted(s)
     }
 
     /// Parses one JSON text. Throws `JSONValue.ParseError` with a short reason.

@@ -1,4 +1,5 @@
 import Foundation
+import SnapdumpConfig
 
 /// The webhook body template, a small subset of the Handlebars syntax Proxmox
 /// VE's webhook target uses: `{{ title }}`, `{{ message }}`, `{{ severity }}`,
@@ -70,19 +71,5 @@ public struct BodyTemplate: Sendable {
         }
     }
 
-    static func jsonEscape(_ s: String) -> String {
-        var out = ""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
-            }
-        }
-        return out
-    }
+    static func jsonEscape(_ s: String) -> String { JSONText.escaped(s) }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import SnapdumpConfig
 
 /// `--output-format` as pvesm and pvesh take it.
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable, Sendable {
@@ -101,19 +102,5 @@ enum Output {
         }
     }
 
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 || u.value == 0x7f { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
-            }
-        }
-        return out + "\""
-    }
+    static func quote(_ s: String) -> String { JSONText.quoted(s) }
 }
