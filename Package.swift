@@ -22,13 +22,15 @@ let package = Package(
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        // Ceph RBD images through userspace librbd/librados (no kernel rbd module on these hosts).
+        .systemLibrary(name: "CRBD", providers: [.apt(["librbd-dev"])]),
 
         // Owned file descriptors, positional I/O, fsync, SEEK_DATA/HOLE, ioctls, external commands, locks.
         .target(name: "SnapdumpSystem", dependencies: ["CShims"], exclude: ["README.md"]),
         // Proxmox-style file formats: section config, key: value files, property strings.
         .target(name: "SnapdumpConfig", exclude: ["README.md"]),
         // StoragePlugin protocol, plugins, volume ids, snapshots, BlockSource.
-        .target(name: "Storage", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "CNBD"], exclude: ["README.md"]),
+        .target(name: "Storage", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "CNBD", "CRBD"], exclude: ["README.md"]),
         // VM configs, QEMU command line, QMP and guest-agent clients, lifecycle, move-disk.
         .target(name: "Guest", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "Storage"], exclude: ["README.md"]),
         // VMA writer and reader, compression codecs, digests, archive names.

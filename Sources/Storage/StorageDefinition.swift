@@ -2,7 +2,7 @@ import SnapdumpConfig
 
 /// Storage types snapdump knows, named as in Proxmox's storage.cfg.
 public enum StorageType: String, CaseIterable, Sendable {
-    case dir, btrfs, zfspool
+    case dir, btrfs, zfspool, rbd
 }
 
 /// What a storage may hold (Proxmox `content`).
@@ -28,10 +28,17 @@ public struct StorageDefinition: Sendable, Equatable {
     public var format: VolumeFormat?
     public var pruneBackups: String?
     public var disabled: Bool
+    /// `rbd`: monitors (`10.0.0.1 10.0.0.2:6789`, `;`/`,`/space separated); nil: the local ceph.conf's.
+    public var monhost: String?
+    /// `rbd`: the cephx user without `client.` (default `admin`).
+    public var username: String?
+    /// `rbd`: the keyring file of that user (Proxmox keeps it in /etc/pve/priv/ceph/<storeid>.keyring).
+    public var keyring: String?
 
     public init(type: StorageType, id: String, path: String? = nil, pool: String? = nil,
                 content: Set<ContentType> = [.images], reflink: Bool = false, format: VolumeFormat? = nil,
-                pruneBackups: String? = nil, disabled: Bool = false) {
+                pruneBackups: String? = nil, disabled: Bool = false,
+                monhost: String? = nil, username: String? = nil, keyring: String? = nil) {
         self.type = type
         self.id = id
         self.path = path
@@ -41,6 +48,9 @@ public struct StorageDefinition: Sendable, Equatable {
         self.format = format
         self.pruneBackups = pruneBackups
         self.disabled = disabled
+        self.monhost = monhost
+        self.username = username
+        self.keyring = keyring
     }
 
     /// Keys each type accepts in storage.cfg; anything else is an error.
@@ -48,6 +58,7 @@ public struct StorageDefinition: Sendable, Equatable {
         "dir": ["path", "content", "reflink", "format", "prune-backups", "disable", "shared", "nodes", "mkdir", "is_mountpoint"],
         "btrfs": ["path", "content", "format", "prune-backups", "disable", "nodes", "is_mountpoint"],
         "zfspool": ["pool", "content", "sparse", "blocksize", "mountpoint", "disable", "nodes"],
+        "rbd": ["pool", "monhost", "username", "keyring", "krbd", "content", "disable", "nodes"],
     ]
 
     /// Builds a definition from a parsed section, checking values; errors name file:line.
@@ -78,7 +89,7 @@ public struct StorageDefinition: Sendable, Equatable {
         }
         self.init(type: type, id: s.id, path: s["path"], pool: s["pool"], content: content,
                   reflink: try bool("reflink"), format: format, pruneBackups: s["prune-backups"],
-                  disabled: try bool("disable"))
+                  disabled: try bool("disable"), monhost: s["monhost"], username: s["username"], keyring: s["keyring"])
         switch type {
         case .dir, .btrfs:
             guard let p = path, p.hasPrefix("/") else {
@@ -88,6 +99,17 @@ public struct StorageDefinition: Sendable, Equatable {
             guard pool != nil else { throw ConfigError(file: file, line: s.line, "storage '\(id)': zfspool needs 'pool'") }
             if content.contains(.backup) {
                 throw ConfigError(file: file, line: s.line, "storage '\(id)': zfspool cannot hold content 'backup'")
+            }
+        case .rbd:
+            if pool == nil { pool = "rbd" }
+            if content.contains(.backup) {
+                throw ConfigError(file: file, line: s.line, "storage '\(id)': rbd cannot hold content 'backup'")
+            }
+            if try bool("krbd") {
+                throw ConfigError(file: file, line: s.line, "storage '\(id)': krbd 1 maps images with the kernel rbd module, which snapdump does not use; guests attach through QEMU's librbd driver (krbd 0)")
+            }
+            if let k = keyring, !k.hasPrefix("/") {
+                throw ConfigError(file: file, line: s.line, "storage '\(id)': keyring must be an absolute path, got '\(k)'")
             }
         }
         if reflink && type != .dir {
@@ -104,6 +126,9 @@ public struct StorageDefinition: Sendable, Equatable {
         s["format"] = format?.rawValue
         s["prune-backups"] = pruneBackups
         if disabled { s["disable"] = "1" }
+        s["monhost"] = monhost
+        s["username"] = username
+        s["keyring"] = keyring
         return s
     }
 }

@@ -71,6 +71,11 @@ public protocol StoragePlugin: Sendable {
     func deleteSnapshot(_ volumes: [VolumeID], name: String) throws
     func listSnapshots() throws -> [SnapshotInfo]
     func openBlockSource(_ volume: VolumeID, snapshot: String?) throws -> any BlockSource
+    /// A writer of the volume's raw content (raw volumes; the default opens `path` with pwrite).
+    func openForWriting(_ volume: VolumeID) throws -> any VolumeWriter
+    /// The guest-visible size of a volume, without opening it for I/O (a
+    /// running guest's qcow2 image is locked against other writers and readers).
+    func size(of volume: VolumeID) throws -> UInt64
     /// Removes what a killed run left of `volumes`: snapshots whose name starts
     /// with `prefix`, and whatever was made to read them. Returns what it removed.
     func removeLeftovers(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String]
@@ -79,11 +84,17 @@ public protocol StoragePlugin: Sendable {
 extension StoragePlugin {
     public var id: String { definition.id }
 
-    /// The guest-visible size of a volume, without opening it for I/O (a
-    /// running guest's qcow2 image is locked against other writers and readers).
     public func size(of volume: VolumeID) throws -> UInt64 {
         let (path, format) = try path(of: volume)
         return try ImageDirectory.virtualSize(path: path, format: format)
+    }
+
+    public func openForWriting(_ volume: VolumeID) throws -> any VolumeWriter {
+        let (path, format) = try path(of: volume)
+        guard format == .raw else {
+            throw StorageError(.invalidArgument, "volume '\(volume)' is \(format.rawValue): only raw volumes are written directly")
+        }
+        return try FileVolumeWriter(path: path, name: volume.description)
     }
 
     public func removeLeftovers(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String] {

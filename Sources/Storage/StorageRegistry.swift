@@ -15,6 +15,7 @@ public struct StorageRegistry: Sendable {
         case .dir: return DirectoryPlugin(def)
         case .btrfs: return BtrfsPlugin(def)
         case .zfspool: return ZFSPoolPlugin(def)
+        case .rbd: return RBDPlugin(def)
         }
     }
 

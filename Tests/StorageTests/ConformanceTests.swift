@@ -40,6 +40,8 @@ struct PluginCase: Sendable, CustomTestStringConvertible {
                    snapshots: .atomic, seed: 5),
         PluginCase(name: "zfspool on zfs-fuse (raw files in datasets)", fixture: "SNAPDUMP_TEST_ZPOOL", type: .zfspool,
                    snapshots: .atomic, reportsHoles: false, seed: 6),
+        PluginCase(name: "rbd on a single-node Ceph (librbd)", fixture: "SNAPDUMP_TEST_CEPH_CONF", type: .rbd,
+                   snapshots: .perVolume, seed: 7),
     ]
 
     func makeStorage() throws -> ScratchStorage {
@@ -48,12 +50,14 @@ struct PluginCase: Sendable, CustomTestStringConvertible {
             return try ScratchStorage(type: .zfspool, zpool: try Fixture.need(fixture), format: format)
         case .dir, .btrfs:
             return try ScratchStorage(type: type, fixtureDir: try Fixture.directory(fixture), reflink: reflink, format: format)
+        case .rbd:
+            return try ScratchStorage(ceph: try CephFixture.need())
         }
     }
 
     /// The volume id Proxmox would give disk `n` of `vmid`.
     func volid(_ storage: String, vmid: Int, disk n: Int) -> String {
-        type == .zfspool ? "\(storage):vm-\(vmid)-disk-\(n)" : "\(storage):\(vmid)/vm-\(vmid)-disk-\(n).\(format.rawValue)"
+        type == .zfspool || type == .rbd ? "\(storage):vm-\(vmid)-disk-\(n)" : "\(storage):\(vmid)/vm-\(vmid)-disk-\(n).\(format.rawValue)"
     }
 
     func capabilityMatches(_ c: SnapshotCapability) -> Bool {
@@ -138,7 +142,7 @@ struct ConformanceTests {
         let (path, format) = try p.path(of: v0)
         #expect(format == c.format)
         let initial = TestVolume.initialState()
-        try write(initial, to: path, format: c.format, tag: 1, scratch: scratch)
+        try write(initial, to: v0, on: p, format: c.format, tag: 1, scratch: scratch)
         let written = try withSource(p, v0, snapshot: nil) { try TestVolume.decode($0, tag: 1) }
         #expect(TestVolume.mismatches(written, initial).isEmpty, "\(TestVolume.mismatches(written, initial))")
 
@@ -158,20 +162,29 @@ struct ConformanceTests {
         #expect(left.isEmpty, "left behind: \(left)")
     }
 
-    func write(_ states: [BlockPattern.State], to path: String, format: VolumeFormat, tag: UInt64, scratch: String) throws {
+    func write(_ states: [BlockPattern.State], to volume: VolumeID, on p: any StoragePlugin, format: VolumeFormat, tag: UInt64, scratch: String) throws {
         switch format {
-        case .raw: try TestVolume.writeRaw(path: path, states: states, tag: tag)
-        case .qcow2: try TestVolume.writeQcow2(path: path, states: states, tag: tag, scratch: scratch)
+        case .raw:
+            let w = try p.openForWriting(volume)
+            defer { try? w.close() }
+            try TestVolume.writeRaw(to: w, states: states, tag: tag)
+        case .qcow2: try TestVolume.writeQcow2(path: try p.path(of: volume).path, states: states, tag: tag, scratch: scratch)
         }
+    }
+
+    /// A writer target for `volume`: its path, or librbd where the path is not a file.
+    func target(_ p: any StoragePlugin, _ volume: VolumeID, path: String, tag: UInt64) -> ConcurrentWriter.Target {
+        ConcurrentWriter.Target(path: path, tag: tag, blocks: 0..<TestVolume.liveBlocks,
+                                open: FileSystem.exists(path) ? nil : { try p.openForWriting(volume) })
     }
 
     /// dir raw: a clear refusal naming storage and format, and nothing changed.
     func checkSnapshotRefused(_ c: PluginCase, _ storage: ScratchStorage, _ v0: VolumeID) throws {
         let p = storage.plugin
-        let before = try FileTree.capture(storage.root)
+        let before = try storage.capture()
         let message = expectStorageError(.snapshotUnsupported) { try p.createSnapshot([v0], name: "conf-1") }
         #expect(message.contains("'\(storage.id)'") && message.contains("raw"), "message: \(message)")
-        let after = try FileTree.capture(storage.root)
+        let after = try storage.capture()
         #expect(before == after, "changed: \(before.differences(to: after))")
         #expect(try p.listSnapshots().isEmpty)
         expectStorageError(.notFound) { _ = try p.openBlockSource(v0, snapshot: "conf-1") }
@@ -192,7 +205,7 @@ struct ConformanceTests {
 
         switch c.writer {
         case .concurrent:
-            let writer = try ConcurrentWriter(targets: [.init(path: path, tag: 1, blocks: 0..<TestVolume.liveBlocks)], seed: c.seed)
+            let writer = try ConcurrentWriter(targets: [target(p, v0, path: path, tag: 1)], seed: c.seed)
             writer.start()
             var running = true
             defer { if running { try? writer.stop() } }
@@ -261,7 +274,7 @@ struct ConformanceTests {
         let mine = snaps.filter { $0.volume == v0 && $0.name == "conf-1" }
         #expect(mine.count == 1, "listSnapshots: \(snaps.map { "\($0.volume)@\($0.name)" })")
         if let s = mine.first { #expect(abs(s.created.timeIntervalSinceNow) < 3600, "created \(s.created)") }
-        let treeBefore = try FileTree.capture(storage.root)
+        let treeBefore = try storage.capture()
         expectStorageError(.alreadyExists) { try p.createSnapshot([v0], name: "conf-1") }
         expectStorageError(.busy) { try p.free(v0) }
         for bad in ["a/b", "a@b", "-x", "a b", "", ".hidden"] {
@@ -269,7 +282,7 @@ struct ConformanceTests {
         }
         expectStorageError(.notFound) { _ = try p.openBlockSource(v0, snapshot: "nosuch") }
         expectStorageError(.notFound) { try p.deleteSnapshot([v0], name: "nosuch") }
-        let treeAfter = try FileTree.capture(storage.root)
+        let treeAfter = try storage.capture()
         #expect(treeBefore == treeAfter, "failed calls changed: \(treeBefore.differences(to: treeAfter))")
 
         try p.deleteSnapshot([v0], name: "conf-1")
@@ -290,7 +303,7 @@ struct ConformanceTests {
         var initial: [[BlockPattern.State]] = []
         for (i, v) in volumes.enumerated() {
             let st = TestVolume.initialState()
-            if i > 0 { try write(st, to: try p.path(of: v).path, format: c.format, tag: UInt64(i + 1), scratch: scratch) }
+            if i > 0 { try write(st, to: v, on: p, format: c.format, tag: UInt64(i + 1), scratch: scratch) }
             initial.append(i == 0 ? try withSource(p, v, snapshot: nil) { try TestVolume.decode($0, tag: 1) } : st)
         }
         let tags = volumes.indices.map { UInt64($0 + 1) }
@@ -300,7 +313,7 @@ struct ConformanceTests {
         switch (c.snapshots, c.writer) {
         case (.atomic, .concurrent):
             let writer = try ConcurrentWriter(
-                targets: zip(paths, tags).map { .init(path: $0, tag: $1, blocks: 0..<TestVolume.liveBlocks) },
+                targets: volumes.indices.map { target(p, volumes[$0], path: paths[$0], tag: tags[$0]) },
                 seed: c.seed &+ 100, base: generationsSoFar)
             writer.start()
             var running = true
@@ -327,7 +340,7 @@ struct ConformanceTests {
                 if c.format == .qcow2 {
                     _ = try overwriteOffline(path: path, states: initial[i], count: 50, seed: c.seed &+ UInt64(i))
                 } else {
-                    let w = try ConcurrentWriter(targets: [.init(path: path, tag: tags[i], blocks: 0..<TestVolume.liveBlocks)], seed: c.seed &+ UInt64(i))
+                    let w = try ConcurrentWriter(targets: [target(p, volumes[i], path: path, tag: tags[i])], seed: c.seed &+ UInt64(i))
                     w.start()
                     try w.waitForWrites(50)
                     try w.stop()
@@ -350,10 +363,10 @@ struct ConformanceTests {
                 try p.createSnapshot([v0, other], name: "conf-3")
                 try p.deleteSnapshot([v0, other], name: "conf-3")
             } else {
-                let before = try FileTree.capture(storage.root)
+                let before = try storage.capture()
                 let msg = expectStorageError(.invalidArgument) { try p.createSnapshot([v0, other], name: "conf-3") }
                 #expect(msg.contains("100") && msg.contains("101") && msg.contains(storage.id), "message: \(msg)")
-                #expect(try FileTree.capture(storage.root) == before)
+                #expect(try storage.capture() == before)
                 #expect(try p.listSnapshots().filter { $0.name == "conf-3" }.isEmpty)
             }
             try p.free(other)

@@ -8,10 +8,22 @@ public struct FileTree: Equatable, Sendable, CustomStringConvertible {
         public var kind: Character   // "d", "f", "l", "?"
         public var size: UInt64
         public var digest: String
+
+        public init(kind: Character, size: UInt64, digest: String) {
+            self.kind = kind
+            self.size = size
+            self.digest = digest
+        }
     }
 
     public var root: String
     public var entries: [String: Entry]
+
+    /// A tree of things that are not files (RBD images and snapshots, for one).
+    public init(root: String, entries: [String: Entry]) {
+        self.root = root
+        self.entries = entries
+    }
 
     /// Walks `root` (not following symlinks, not crossing into `excluding`).
     public static func capture(_ root: String, excluding: Set<String> = []) throws -> FileTree {

@@ -14,9 +14,13 @@ public enum Integration {
     /// `scripts/fixtures/setup.sh` writes.
     public static let fixtureEnvironment: [String: String] = {
         var env: [String: String] = [:]
-        let file = ProcessInfo.processInfo.environment["SNAPDUMP_FIXTURE_ENV"] ?? "/run/snapdump-test/fixtures.env"
-        if let text = try? String(contentsOfFile: file, encoding: .utf8) {
-            for line in text.split(separator: "\n") {
+        let e = ProcessInfo.processInfo.environment
+        // setup.sh's file, and the Ceph cluster's that scripts/fixtures/ceph.sh writes.
+        let files = [e["SNAPDUMP_FIXTURE_ENV"] ?? "/run/snapdump-test/fixtures.env",
+                     e["SNAPDUMP_CEPH_ENV"] ?? "/run/snapdump-test/ceph.env"]
+        for file in files {
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { continue }
+            for line in text.split(separator: "\n") where !line.hasPrefix("#") {
                 guard let eq = line.firstIndex(of: "=") else { continue }
                 env[String(line[..<eq])] = String(line[line.index(after: eq)...])
             }

@@ -1,5 +1,6 @@
 import Foundation
 import SnapdumpSystem
+import Storage
 import Synchronization
 
 /// A thread that keeps overwriting random blocks of one or more raw volume
@@ -21,12 +22,14 @@ final class ConcurrentWriter: @unchecked Sendable {
         var path: String
         var tag: UInt64
         var blocks: Range<Int>
+        /// Opens the volume when `path` is not a file (an RBD image): librbd, no cache.
+        var open: (() throws -> any VolumeWriter)? = nil
     }
 
     let targets: [Target]
     /// O_DIRECT (what QEMU's cache=none does) where the filesystem takes it; else buffered writes.
     private(set) var direct = false
-    private var files: [File] = []
+    private var files: [any VolumeWriter] = []
     private let startedGen = Atomic<UInt64>(0)
     private let completedGen = Atomic<UInt64>(0)
     private let stopRequested = Atomic<Bool>(false)
@@ -45,12 +48,20 @@ final class ConcurrentWriter: @unchecked Sendable {
         startedGen.store(base, ordering: .relaxed)
         completedGen.store(base, ordering: .relaxed)
         direct = true
+        if targets.contains(where: { $0.open != nil }) {
+            // librbd with its cache off: a returned write is on the OSDs, like O_DIRECT.
+            files = try targets.map { t in
+                guard let open = t.open else { throw TestFailure("target \(t.path): mixed file and librbd targets") }
+                return try open()
+            }
+            return
+        }
         for t in targets {
-            if direct, let f = try? File.open(t.path, O_WRONLY | oDirect) {
+            if direct, let f = try? FileVolumeWriter(path: t.path, name: t.path, flags: oDirect) {
                 files.append(f)
             } else {
                 direct = false
-                files = try targets.map { try File.open($0.path, O_WRONLY) }
+                files = try targets.map { try FileVolumeWriter(path: $0.path, name: $0.path) }
                 break
             }
         }

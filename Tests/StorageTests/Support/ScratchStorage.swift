@@ -39,10 +39,15 @@ final class ScratchStorage: @unchecked Sendable {
     let dataset: String?
     /// Mount point of the btrfs filesystem under `root`, for subvolume checks.
     let btrfsMount: String?
+    /// The Ceph pool made for this test (rbd), and the cluster's config for the CLI.
+    let cephPool: String?
+    let cephConf: String?
 
     init(type: StorageType, fixtureDir: String? = nil, zpool: String? = nil, reflink: Bool = false, format: VolumeFormat? = nil) throws {
         let tag = Fixture.short()
         let id = "t\(tag)"
+        cephPool = nil
+        cephConf = nil
         switch type {
         case .dir, .btrfs:
             let base = fixtureDir!
@@ -58,7 +63,25 @@ final class ScratchStorage: @unchecked Sendable {
             btrfsMount = nil
             root = try Command.run(["zfs", "get", "-H", "-o", "value", "mountpoint", ds]).trimmingCharacters(in: .whitespacesAndNewlines)
             definition = StorageDefinition(type: .zfspool, id: id, pool: ds, format: format)
+        case .rbd:
+            preconditionFailure("use init(ceph:)")
         }
+        plugin = StorageRegistry.plugin(for: definition)
+    }
+
+    /// An rbd storage on a pool of its own in the fixture cluster (scripts/fixtures/ceph.sh),
+    /// reached by monhost + keyring as storage.cfg configures it (no ceph.conf).
+    init(ceph: CephFixture) throws {
+        let tag = Fixture.short()
+        let pool = "snapdump-test-\(tag)"
+        try ceph.cli(["ceph", "osd", "pool", "create", pool, "8"])
+        try ceph.cli(["rbd", "pool", "init", pool])
+        cephPool = pool
+        cephConf = ceph.conf
+        dataset = nil
+        btrfsMount = nil
+        root = ""
+        definition = StorageDefinition(type: .rbd, id: "t\(tag)", pool: pool, monhost: ceph.monhost, username: "admin", keyring: ceph.keyring)
         plugin = StorageRegistry.plugin(for: definition)
     }
 
@@ -82,7 +105,27 @@ final class ScratchStorage: @unchecked Sendable {
     }
 
     /// Live processes (qemu-nbd) whose command line names something of this storage.
-    func processes() -> [Processes.Entry] { Processes.matching(root + "/") }
+    func processes() -> [Processes.Entry] { cephPool.map { Processes.matching("rbd:\($0)/") } ?? Processes.matching(root + "/") }
+
+    /// RBD images and snapshots of the test pool (`rbd ls -l`), and what is in its trash.
+    func rbdEntries() -> [String: FileTree.Entry] {
+        guard let pool = cephPool, let conf = cephConf else { return [:] }
+        var entries: [String: FileTree.Entry] = [:]
+        struct Image: Decodable { var image: String; var snapshot: String?; var size: UInt64 }
+        if let out = try? Command.run(["rbd", "--conf", conf, "ls", "-l", "--format", "json", pool]),
+           let images = try? JSONDecoder().decode([Image].self, from: Data(out.utf8)) {
+            for i in images { entries[i.image + (i.snapshot.map { "@" + $0 } ?? "")] = FileTree.Entry(kind: "f", size: i.size, digest: "") }
+        }
+        if let trash = try? Command.run(["rbd", "--conf", conf, "trash", "ls", pool]) {
+            for line in trash.split(separator: "\n") { entries["trash " + line] = FileTree.Entry(kind: "?", size: 0, digest: "") }
+        }
+        return entries
+    }
+
+    /// What the storage holds now: its directory tree, or its RBD images and snapshots.
+    func capture() throws -> FileTree {
+        cephPool == nil ? try FileTree.capture(root) : FileTree(root: "rbd:" + cephPool!, entries: rbdEntries())
+    }
 
     /// Everything the storage layer left behind once all volumes and snapshots are gone:
     /// files, snapshot directories, `@` subvolumes, `.part` and probe files, btrfs
@@ -90,7 +133,7 @@ final class ScratchStorage: @unchecked Sendable {
     /// (`images`, `images/<vmid>`) are allowed, as Proxmox leaves them too.
     func leftovers() -> [String] {
         var found: [String] = []
-        if let tree = try? FileTree.capture(root) {
+        if cephPool == nil, let tree = try? FileTree.capture(root) {
             for (path, e) in tree.entries {
                 let parts = path.split(separator: "/")
                 let allowed = e.kind == "d" && parts[0] == "images" && (parts.count == 1 || parts.count == 2 && Int(parts[1]) != nil)
@@ -99,6 +142,7 @@ final class ScratchStorage: @unchecked Sendable {
         }
         found += subvolumes().map { "btrfs subvolume \($0)" }
         found += zfsChildren().map { "zfs \($0)" }
+        found += rbdEntries().keys.map { "rbd \(cephPool!)/\($0)" }
         found += processes().map { "process \($0.pid): \($0.commandLine)" }
         return found.sorted()
     }
@@ -106,6 +150,11 @@ final class ScratchStorage: @unchecked Sendable {
     /// Removes everything this test made (helpers it started, subvolumes, datasets, files).
     func destroy() {
         Processes.terminate(processes().map(\.pid))
+        if let pool = cephPool, let conf = cephConf {
+            _ = try? Command.capture(["ceph", "--conf", conf, "osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it"])
+            try? FileSystem.remove("\(RBDPlugin.clientConfigDir)/\(id).conf")
+            return
+        }
         if let ds = dataset {
             for attempt in 0..<40 {
                 let o = try? Command.capture(["zfs", "destroy", "-R", ds])
@@ -119,5 +168,23 @@ final class ScratchStorage: @unchecked Sendable {
             _ = try? Command.capture(["btrfs", "-q", "subvolume", "delete", btrfsMount! + "/" + sv])
         }
         _ = try? Command.capture(["rm", "-rf", "--one-file-system", root])
+    }
+}
+
+/// The Ceph cluster of scripts/fixtures/ceph.sh, from its env file.
+struct CephFixture: Sendable {
+    var conf: String
+    var monhost: String
+    var keyring: String
+
+    static func need() throws -> CephFixture {
+        CephFixture(conf: try Fixture.need("SNAPDUMP_TEST_CEPH_CONF"), monhost: try Fixture.need("SNAPDUMP_TEST_CEPH_MONHOST"),
+                    keyring: try Fixture.need("SNAPDUMP_TEST_CEPH_KEYRING"))
+    }
+
+    /// Runs `ceph …` or `rbd …` against the fixture cluster.
+    @discardableResult
+    func cli(_ argv: [String]) throws -> String {
+        try Command.run([argv[0], "--conf", conf] + argv.dropFirst())
     }
 }

@@ -22,7 +22,11 @@ enum TestVolume {
     /// Writes `states` into a raw file through its path (the volume path QEMU would open),
     /// in runs of consecutive data blocks; zero blocks are left untouched (holes stay holes).
     static func writeRaw(path: String, states: [BlockPattern.State], tag: UInt64) throws {
-        let f = try File.open(path, O_WRONLY)
+        try writeRaw(to: FileVolumeWriter(path: path, name: path), states: states, tag: tag)
+    }
+
+    /// The same through a volume writer (an RBD image has no path to open).
+    static func writeRaw(to f: any VolumeWriter, states: [BlockPattern.State], tag: UInt64) throws {
         let run = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * BlockPattern.blockSize, alignment: 4096)
         defer { run.deallocate() }
         var b = 0

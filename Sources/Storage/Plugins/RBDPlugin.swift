@@ -1,0 +1,385 @@
+import Foundation
+import SnapdumpSystem
+
+/// `rbd`: Ceph RBD images `vm-<vmid>-disk-<n>` in `pool`, reached through
+/// userspace librbd (these hosts have no kernel rbd or nbd module; `krbd 1`
+/// is refused when the config is read). Volume ids are `storeid:vm-100-disk-0`.
+///
+/// QEMU opens an image with its own rbd driver: `path(of:)` is the legacy QEMU
+/// filename `rbd:<pool>/<image>:conf=<file>:id=<user>`, where the file is a
+/// client config snapdump writes (mon_host + keyring, root-only) because
+/// `-blockdev driver=rbd` takes the keyring only from a config file.
+///
+/// An RBD snapshot is atomic per image; for several images the engine pauses
+/// the guest around them (`perVolume`).
+public struct RBDPlugin: StoragePlugin {
+    public let definition: StorageDefinition
+
+    public init(_ definition: StorageDefinition) { self.definition = definition }
+
+    var pool: String { definition.pool ?? "rbd" }
+    var client: RBDClientConfig {
+        RBDClientConfig(monhost: definition.monhost, username: definition.username, keyring: definition.keyring)
+    }
+
+    /// Where the QEMU client configs live (one per storage, rewritten when it changes).
+    public static var clientConfigDir: String {
+        ProcessInfo.processInfo.environment["SNAPDUMP_RBD_CONF_DIR"] ?? "/run/snapdump/ceph"
+    }
+
+    /// Runs `body` on a fresh connection to the pool; librbd errors become StorageErrors naming the storage.
+    func withConnection<T>(_ what: String, _ body: (RBDConnection) throws -> T) throws -> T {
+        let c: RBDConnection
+        do {
+            c = try RBDConnection(client, pool: pool)
+        } catch let e as RBDCallError {
+            let hint = e.errno == ENOENT && e.call.hasPrefix("rados_ioctx_create") ? "pool '\(pool)' does not exist"
+                : "cannot connect to the Ceph cluster (monhost \(definition.monhost ?? "from ceph.conf"), user \(client.username)): \(e.text)"
+            throw StorageError(.backend, "storage '\(id)': \(hint)")
+        }
+        defer { c.close() }
+        do {
+            return try body(c)
+        } catch let e as RBDCallError {
+            throw mapError(e, what)
+        }
+    }
+
+    func mapError(_ e: RBDCallError, _ what: String) -> StorageError {
+        let code: StorageError.Code
+        switch e.errno {
+        case ENOENT: code = .notFound
+        case EEXIST: code = .alreadyExists
+        case EBUSY: code = .busy
+        case ENOSPC, EDQUOT: code = .noSpace
+        default: code = .backend
+        }
+        return StorageError(code, "storage '\(id)': \(what): \(e.call): \(e.text)")
+    }
+
+    func image(_ volume: VolumeID) throws -> String {
+        try checkOwnership(volume)
+        guard DiskName(volume.volname) != nil else {
+            throw StorageError(.invalidArgument, "invalid volume name '\(volume.volname)' on storage '\(id)': expected 'vm-<vmid>-disk-<n>'")
+        }
+        return volume.volname
+    }
+
+    public func activate() throws {
+        try withConnection("activate") { _ in }
+    }
+
+    /// Usage as Proxmox reports it for rbd (`ceph df`): used = the pool's stored
+    /// bytes, available = its max_avail, total = the two together. A pool created
+    /// moments ago is not in `ceph df` until its placement groups report: then
+    /// librados' pool stats and the cluster's free space stand in.
+    public func status() throws -> StorageStatus {
+        let inactive = StorageStatus(id: id, type: .rbd, active: false, total: 0, used: 0, available: 0, snapshots: "yes (per image)")
+        guard let (data, poolBytes) = try? withConnection("status", { c in
+            (try c.monCommand(#"{"prefix": "df", "format": "json"}"#), try c.poolBytesUsed())
+        }) else {
+            return inactive
+        }
+        struct DF: Decodable {
+            struct Pool: Decodable {
+                struct Stats: Decodable { var stored: UInt64?; var bytes_used: UInt64; var max_avail: UInt64 }
+                var name: String
+                var stats: Stats
+            }
+            struct Cluster: Decodable { var total_avail_bytes: UInt64 }
+            var stats: Cluster
+            var pools: [Pool]
+        }
+        let df: DF
+        do { df = try JSONDecoder().decode(DF.self, from: data) } catch {
+            throw StorageError(.backend, "storage '\(id)': cannot read `ceph df` output: \(error)")
+        }
+        let used: UInt64, available: UInt64
+        if let p = df.pools.first(where: { $0.name == pool }) {
+            used = p.stats.stored ?? p.stats.bytes_used
+            available = p.stats.max_avail
+        } else {
+            used = poolBytes
+            available = df.stats.total_avail_bytes
+        }
+        return StorageStatus(id: id, type: .rbd, active: true, total: used + available, used: used,
+                             available: available, snapshots: "yes (per image; guest paused for several)")
+    }
+
+    public func allocate(vmid: Int, size: UInt64, format: VolumeFormat?) throws -> VolumeID {
+        try NameRules.validateVMID(vmid)
+        if let format, format != .raw {
+            throw StorageError(.invalidArgument, "storage '\(id)': rbd volumes are raw, not \(format.rawValue)")
+        }
+        let size = try roundedSize(size)
+        return try withConnection("allocate a disk for VM \(vmid)") { c in
+            let used = Set(try c.imageNames().compactMap { n -> Int? in
+                guard let d = DiskName(n), d.vmid == vmid else { return nil }
+                return d.index
+            })
+            var n = 0
+            while used.contains(n) { n += 1 }
+            let name = DiskName(vmid: vmid, index: n).description
+            try c.create(name, size: size)
+            return VolumeID(storage: id, volname: name)
+        }
+    }
+
+    public func free(_ volume: VolumeID) throws {
+        let name = try image(volume)
+        try withConnection("free \(volume)") { c in
+            let img = try RBDImage(c, name: name, readOnly: true)
+            let snaps = try img.snapshots().map(\.name)
+            img.close()
+            guard snaps.isEmpty else {
+                throw StorageError(.busy, "volume '\(volume)' has snapshots (\(snaps.joined(separator: ", "))): delete them first")
+            }
+            do {
+                try c.remove(name)
+            } catch let e as RBDCallError where e.errno == EBUSY {
+                throw StorageError(.busy, "volume '\(volume)' is in use (a client such as a running QEMU still has image \(pool)/\(name) open)")
+            }
+        }
+    }
+
+    public func list(vmid: Int?) throws -> [VolumeInfo] {
+        try withConnection("list") { c in
+            var result: [VolumeInfo] = []
+            for n in try c.imageNames() {
+                guard let d = DiskName(n), vmid == nil || d.vmid == vmid else { continue }
+                let img: RBDImage
+                do { img = try RBDImage(c, name: n, readOnly: true) } catch let e as RBDCallError where e.errno == ENOENT { continue }
+                result.append(VolumeInfo(volume: VolumeID(storage: id, volname: n), format: .raw, size: try img.size(), vmid: d.vmid))
+                img.close()
+            }
+            return result.sorted { $0.volume < $1.volume }
+        }
+    }
+
+    public func size(of volume: VolumeID) throws -> UInt64 {
+        let name = try image(volume)
+        return try withConnection("size of \(volume)") { c in
+            do {
+                let img = try RBDImage(c, name: name, readOnly: true)
+                defer { img.close() }
+                return try img.size()
+            } catch let e as RBDCallError where e.errno == ENOENT {
+                throw StorageError(.notFound, "volume '\(volume)' does not exist (no image \(pool)/\(name))")
+            }
+        }
+    }
+
+    /// Checks the image exists, then returns the QEMU filename (see the type's comment).
+    public func path(of volume: VolumeID) throws -> (path: String, format: VolumeFormat) {
+        _ = try size(of: volume)
+        var qemu = "rbd:\(Self.escape(pool))/\(Self.escape(volume.volname))"
+        if let conf = try clientConfigFile() { qemu += ":conf=\(Self.escape(conf))" }
+        qemu += ":id=\(Self.escape(client.username))"
+        return (qemu, .raw)
+    }
+
+    /// `:` and `\` are special in QEMU's rbd filenames.
+    static func escape(_ s: String) -> String {
+        s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: ":", with: "\\:")
+    }
+
+    /// The client config QEMU reads: mon_host and keyring of this storage.
+    /// nil when neither is configured (QEMU then reads /etc/ceph/ceph.conf itself).
+    func clientConfigFile() throws -> String? {
+        guard definition.monhost != nil || definition.keyring != nil else { return nil }
+        var text = "# written by snapdump for storage '\(id)'\n[global]\n"
+        if let m = client.monHostOption { text += "mon_host = \(m)\n" }
+        if let k = definition.keyring { text += "keyring = \(k)\n" }
+        let dir = Self.clientConfigDir, file = "\(dir)/\(id).conf"
+        if (try? String(contentsOfFile: file, encoding: .utf8)) == text { return file }
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        // Written aside and renamed: a QEMU starting now reads the old or the new file, never half of one.
+        let tmp = "\(file).\(getpid()).tmp"
+        guard FileManager.default.createFile(atPath: tmp, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]),
+              rename(tmp, file) == 0 else {
+            try? FileSystem.remove(tmp)
+            throw StorageError(.backend, "storage '\(id)': cannot write the QEMU client config \(file)")
+        }
+        return file
+    }
+
+    public func snapshotCapability(for format: VolumeFormat) -> SnapshotCapability {
+        format == .raw ? .perVolume : .unsupported(reason: "rbd holds raw images only")
+    }
+
+    /// `rbd snap create` for each image; if one fails, those made so far are removed.
+    public func createSnapshot(_ volumes: [VolumeID], name: String) throws {
+        try NameRules.validateSnapshotName(name)
+        let names = try volumes.map { try image($0) }
+        try withConnection("snapshot '\(name)'") { c in
+            var images: [RBDImage] = []
+            defer { for i in images { i.close() } }
+            for (v, n) in zip(volumes, names) {
+                do {
+                    images.append(try RBDImage(c, name: n, readOnly: false))
+                } catch let e as RBDCallError where e.errno == ENOENT {
+                    throw StorageError(.notFound, "volume '\(v)' does not exist (no image \(pool)/\(n))")
+                }
+                if try images.last!.snapshots().contains(where: { $0.name == name }) {
+                    throw StorageError(.alreadyExists, "snapshot '\(pool)/\(n)@\(name)' already exists on storage '\(id)'")
+                }
+            }
+            var made: [RBDImage] = []
+            do {
+                for img in images {
+                    try img.createSnapshot(name)
+                    made.append(img)
+                }
+            } catch {
+                for img in made { try? img.removeSnapshot(name) }
+                throw error
+            }
+        }
+    }
+
+    public func deleteSnapshot(_ volumes: [VolumeID], name: String) throws {
+        try NameRules.validateSnapshotName(name)
+        let names = try volumes.map { try image($0) }
+        try withConnection("delete snapshot '\(name)'") { c in
+            for n in names {
+                let img = try RBDImage(c, name: n, readOnly: false)
+                defer { img.close() }
+                guard try img.snapshots().contains(where: { $0.name == name }) else {
+                    throw StorageError(.notFound, "snapshot '\(pool)/\(n)@\(name)' does not exist on storage '\(id)'")
+                }
+                try img.removeSnapshot(name)
+            }
+        }
+    }
+
+    /// Creation times from librbd; `used` is not reported (RBD would need a diff per snapshot).
+    public func listSnapshots() throws -> [SnapshotInfo] {
+        try withConnection("list snapshots") { c in
+            var result: [SnapshotInfo] = []
+            for n in try c.imageNames().sorted() where DiskName(n) != nil {
+                let img: RBDImage
+                do { img = try RBDImage(c, name: n, readOnly: true) } catch let e as RBDCallError where e.errno == ENOENT { continue }
+                defer { img.close() }
+                for s in try img.snapshots() {
+                    result.append(SnapshotInfo(volume: VolumeID(storage: id, volname: n), name: s.name, created: s.created, used: nil))
+                }
+            }
+            return result
+        }
+    }
+
+    public func openBlockSource(_ volume: VolumeID, snapshot: String?) throws -> any BlockSource {
+        let name = try image(volume)
+        let label = "\(volume)\(snapshot.map { "@" + $0 } ?? "")"
+        let c: RBDConnection
+        do { c = try RBDConnection(client, pool: pool) } catch let e as RBDCallError { throw mapError(e, "open \(label)") }
+        do {
+            let img = try RBDImage(c, name: name, snapshot: snapshot, readOnly: true)
+            return try RBDBlockSource(connection: c, image: img, name: label)
+        } catch let e as RBDCallError {
+            c.close()
+            if e.errno == ENOENT {
+                throw StorageError(.notFound, snapshot == nil ? "volume '\(volume)' does not exist (no image \(pool)/\(name))"
+                    : "snapshot '\(snapshot!)' of volume '\(volume)' does not exist")
+            }
+            throw mapError(e, "open \(label)")
+        }
+    }
+
+    public func openForWriting(_ volume: VolumeID) throws -> any VolumeWriter {
+        let name = try image(volume)
+        let c: RBDConnection
+        do { c = try RBDConnection(client, pool: pool) } catch let e as RBDCallError { throw mapError(e, "open \(volume)") }
+        do {
+            return RBDVolumeWriter(connection: c, image: try RBDImage(c, name: name, readOnly: false), name: volume.description)
+        } catch let e as RBDCallError {
+            c.close()
+            throw e.errno == ENOENT ? StorageError(.notFound, "volume '\(volume)' does not exist (no image \(pool)/\(name))")
+                : mapError(e, "open \(volume)")
+        }
+    }
+}
+
+/// Reads an RBD image or snapshot through librbd; allocation from the object map.
+public final class RBDBlockSource: BlockSource, @unchecked Sendable {
+    // @unchecked: connection and image are released once in close(); librbd I/O is thread-safe.
+    public let size: UInt64
+    public let name: String
+    private let connection: RBDConnection
+    private let image: RBDImage
+
+    init(connection: RBDConnection, image: RBDImage, name: String) throws {
+        self.connection = connection
+        self.image = image
+        self.name = name
+        size = try image.size()
+    }
+
+    public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        guard offset < size else { return 0 }
+        let want = Int(min(UInt64(buffer.count), size - offset))
+        do {
+            return try image.read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]))
+        } catch let e as RBDCallError {
+            throw StorageError(.backend, "\(name): read error at offset \(offset): \(e.text)")
+        }
+    }
+
+    public func allocation(offset: UInt64, length: UInt64) throws -> [AllocationRange] {
+        let end = min(size, offset + length)
+        guard offset < end else { return [] }
+        let extents: [(offset: UInt64, length: UInt64)]
+        do { extents = try image.allocatedExtents(offset: offset, length: end - offset) } catch let e as RBDCallError {
+            throw StorageError(.backend, "\(name): allocation map: \(e.text)")
+        }
+        var ranges: [AllocationRange] = []
+        var pos = offset
+        for e in extents {
+            let lo = max(e.offset, pos), hi = min(e.offset + e.length, end)
+            guard hi > lo else { continue }
+            if lo > pos { ranges.append(AllocationRange(offset: pos, length: lo - pos, kind: .zero)) }
+            if let last = ranges.last, last.kind == .data, last.offset + last.length == lo {
+                ranges[ranges.count - 1].length += hi - lo
+            } else {
+                ranges.append(AllocationRange(offset: lo, length: hi - lo, kind: .data))
+            }
+            pos = hi
+        }
+        if pos < end { ranges.append(AllocationRange(offset: pos, length: end - pos, kind: .zero)) }
+        return ranges
+    }
+
+    public func close() throws {
+        image.close()
+        connection.close()
+    }
+}
+
+/// Writes an RBD image through librbd (restore; tests that play a guest).
+final class RBDVolumeWriter: VolumeWriter, @unchecked Sendable {
+    // @unchecked: as RBDBlockSource.
+    let name: String
+    private let connection: RBDConnection
+    private let image: RBDImage
+
+    init(connection: RBDConnection, image: RBDImage, name: String) {
+        self.connection = connection
+        self.image = image
+        self.name = name
+    }
+
+    func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        do { try image.write(buffer, at: offset) } catch let e as RBDCallError {
+            throw StorageError(e.errno == ENOSPC ? .noSpace : .backend, "\(name): write error at offset \(offset): \(e.text)")
+        }
+    }
+
+    func sync() throws {
+        do { try image.flush() } catch let e as RBDCallError { throw StorageError(.backend, "\(name): flush: \(e.text)") }
+    }
+
+    func close() throws {
+        image.close()
+        connection.close()
+    }
+}

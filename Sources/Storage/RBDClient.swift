@@ -1,0 +1,240 @@
+import CRBD
+import Foundation
+
+/// How to reach a Ceph cluster as a client: monitors, cephx user and keyring
+/// (storage.cfg `monhost`, `username`, `keyring`); nil values fall back to the
+/// local ceph.conf (CEPH_CONF or /etc/ceph/ceph.conf), as librados does.
+public struct RBDClientConfig: Sendable, Equatable {
+    public var monhost: String?
+    public var username: String
+    public var keyring: String?
+
+    public init(monhost: String?, username: String?, keyring: String?) {
+        self.monhost = monhost
+        self.username = username ?? "admin"
+        self.keyring = keyring
+    }
+
+    /// `monhost` as librados' mon_host wants it: Proxmox separates monitors by
+    /// spaces, commas or semicolons.
+    var monHostOption: String? {
+        monhost.map { $0.split(whereSeparator: { " ,;".contains($0) }).joined(separator: ",") }
+    }
+}
+
+/// A negative errno from librbd/librados, with the call that returned it.
+struct RBDCallError: Error {
+    var call: String
+    var errno: Int32
+    var text: String { String(cString: strerror(errno)) }
+}
+
+/// One connection to a cluster and an I/O context on one pool. Closed by
+/// `close()` (or deinit); not shared between threads except for image I/O,
+/// which librbd allows.
+final class RBDConnection: @unchecked Sendable {
+    // @unchecked: the handles are set in init and released once in close().
+    private var cluster: rados_t?
+    private(set) var io: rados_ioctx_t?
+    let pool: String
+
+    /// Connects; librbd's own cache is off so that a write that returned is on the
+    /// OSDs (what another client's snapshot sees), as QEMU's cache=none has it.
+    init(_ config: RBDClientConfig, pool: String, timeout: Int = 20) throws {
+        self.pool = pool
+        var c: rados_t?
+        try Self.check("rados_create2", rados_create2(&c, "ceph", "client.\(config.username)", 0))
+        cluster = c
+        do {
+            if config.monhost == nil || config.keyring == nil {
+                // Whatever the local configuration provides (CEPH_CONF, /etc/ceph/ceph.conf).
+                _ = rados_conf_read_file(c, nil)
+            }
+            if let m = config.monHostOption { try set("mon_host", m) }
+            if let k = config.keyring { try set("keyring", k) }
+            try set("rbd_cache", "false")
+            try set("client_mount_timeout", String(timeout))
+            try set("rados_mon_op_timeout", String(timeout))
+            try set("rados_osd_op_timeout", String(timeout))
+            try set("log_to_stderr", "false")
+            try set("err_to_stderr", "false")
+            try Self.check("rados_connect", rados_connect(c))
+            var ioctx: rados_ioctx_t?
+            try Self.check("rados_ioctx_create(\(pool))", rados_ioctx_create(c, pool, &ioctx))
+            io = ioctx
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    private func set(_ key: String, _ value: String) throws {
+        try Self.check("rados_conf_set(\(key))", rados_conf_set(cluster, key, value))
+    }
+
+    static func check(_ call: String, _ r: Int32) throws {
+        if r < 0 { throw RBDCallError(call: call, errno: -r) }
+    }
+
+    /// A monitor command (`{"prefix": "df", "format": "json"}`); returns its output.
+    func monCommand(_ json: String) throws -> Data {
+        var out: UnsafeMutablePointer<CChar>?
+        var outLen = 0
+        var status: UnsafeMutablePointer<CChar>?
+        var statusLen = 0
+        let r = json.withCString { cmd -> Int32 in
+            var cmds: [UnsafePointer<CChar>?] = [cmd]
+            return rados_mon_command(cluster, &cmds, 1, nil, 0, &out, &outLen, &status, &statusLen)
+        }
+        defer {
+            if out != nil { rados_buffer_free(out) }
+            if status != nil { rados_buffer_free(status) }
+        }
+        try Self.check("mon command \(json)", r)
+        guard let out else { return Data() }
+        return Data(bytes: out, count: outLen)
+    }
+
+    /// Bytes the pool's objects hold (librados pool stats).
+    func poolBytesUsed() throws -> UInt64 {
+        var st = rados_pool_stat_t()
+        try Self.check("rados_ioctx_pool_stat(\(pool))", rados_ioctx_pool_stat(io, &st))
+        return st.num_bytes
+    }
+
+    /// Image names in the pool.
+    func imageNames() throws -> [String] {
+        var max = 64
+        while true {
+            var specs = [rbd_image_spec_t](repeating: rbd_image_spec_t(), count: max)
+            var n = max
+            let r = rbd_list2(io, &specs, &n)
+            if r == -ERANGE { max = n + 16; continue }
+            try Self.check("rbd_list2(\(pool))", r)
+            defer { rbd_image_spec_list_cleanup(&specs, n) }
+            return (0..<n).map { String(cString: specs[$0].name) }
+        }
+    }
+
+    func create(_ name: String, size: UInt64) throws {
+        var order: Int32 = 0
+        try Self.check("rbd_create(\(pool)/\(name))", rbd_create(io, name, size, &order))
+    }
+
+    func remove(_ name: String) throws {
+        try Self.check("rbd_remove(\(pool)/\(name))", rbd_remove(io, name))
+    }
+
+    func close() {
+        if let io { rados_ioctx_destroy(io) }
+        io = nil
+        if let cluster { rados_shutdown(cluster) }
+        cluster = nil
+    }
+
+    deinit { close() }
+}
+
+/// An open RBD image (or snapshot of one, read-only).
+final class RBDImage: @unchecked Sendable {
+    // @unchecked: `image` is set in init and released once in close(); librbd
+    // image handles are safe for concurrent I/O.
+    private var image: rbd_image_t?
+    let name: String
+
+    init(_ connection: RBDConnection, name: String, snapshot: String? = nil, readOnly: Bool) throws {
+        self.name = name
+        var img: rbd_image_t?
+        if readOnly {
+            try RBDConnection.check("rbd_open_read_only(\(name)\(snapshot.map { "@" + $0 } ?? ""))",
+                                    rbd_open_read_only(connection.io, name, &img, snapshot))
+        } else {
+            try RBDConnection.check("rbd_open(\(name))", rbd_open(connection.io, name, &img, nil))
+        }
+        image = img
+    }
+
+    func size() throws -> UInt64 {
+        var s: UInt64 = 0
+        try RBDConnection.check("rbd_get_size(\(name))", rbd_get_size(image, &s))
+        return s
+    }
+
+    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        var done = 0
+        while done < buffer.count {
+            let r = rbd_read(image, offset + UInt64(done), buffer.count - done,
+                             buffer.baseAddress!.advanced(by: done).assumingMemoryBound(to: CChar.self))
+            if r < 0 { throw RBDCallError(call: "rbd_read(\(name), offset \(offset + UInt64(done)))", errno: Int32(-r)) }
+            if r == 0 { break }
+            done += r
+        }
+        return done
+    }
+
+    func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        var done = 0
+        while done < buffer.count {
+            let r = rbd_write(image, offset + UInt64(done), buffer.count - done,
+                              buffer.baseAddress!.advanced(by: done).assumingMemoryBound(to: CChar.self))
+            if r < 0 { throw RBDCallError(call: "rbd_write(\(name), offset \(offset + UInt64(done)))", errno: Int32(-r)) }
+            done += r
+        }
+    }
+
+    func flush() throws {
+        try RBDConnection.check("rbd_flush(\(name))", rbd_flush(image))
+    }
+
+    /// Allocated extents in `offset..<offset+length`, from the object map
+    /// (fast-diff) where the image has one: whole objects, never a byte read.
+    func allocatedExtents(offset: UInt64, length: UInt64) throws -> [(offset: UInt64, length: UInt64)] {
+        final class Box { var extents: [(offset: UInt64, length: UInt64)] = [] }
+        let box = Box()
+        let r = rbd_diff_iterate2(image, nil, offset, length, 1, 1, { off, len, exists, arg in
+            let b = Unmanaged<Box>.fromOpaque(arg!).takeUnretainedValue()
+            if exists != 0 { b.extents.append((off, UInt64(len))) }
+            return 0
+        }, Unmanaged.passUnretained(box).toOpaque())
+        try RBDConnection.check("rbd_diff_iterate2(\(name))", r)
+        return box.extents.sorted { $0.offset < $1.offset }
+    }
+
+    struct Snapshot {
+        var name: String
+        var created: Date
+    }
+
+    func snapshots() throws -> [Snapshot] {
+        var max: Int32 = 16
+        while true {
+            var infos = [rbd_snap_info_t](repeating: rbd_snap_info_t(), count: Int(max))
+            var n = max
+            let r = rbd_snap_list(image, &infos, &n)
+            if r == -ERANGE { max = n + 16; continue }
+            try RBDConnection.check("rbd_snap_list(\(name))", r)
+            defer { rbd_snap_list_end(&infos) }
+            return try (0..<Int(r)).map { i in
+                var ts = timespec()
+                try RBDConnection.check("rbd_snap_get_timestamp(\(name))", rbd_snap_get_timestamp(image, infos[i].id, &ts))
+                return Snapshot(name: String(cString: infos[i].name),
+                                created: Date(timeIntervalSince1970: Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9))
+            }
+        }
+    }
+
+    func createSnapshot(_ snap: String) throws {
+        try RBDConnection.check("rbd_snap_create(\(name)@\(snap))", rbd_snap_create(image, snap))
+    }
+
+    func removeSnapshot(_ snap: String) throws {
+        try RBDConnection.check("rbd_snap_remove(\(name)@\(snap))", rbd_snap_remove(image, snap))
+    }
+
+    func close() {
+        if let image { rbd_close(image) }
+        image = nil
+    }
+
+    deinit { close() }
+}
