@@ -25,6 +25,11 @@ public final class VMAReader {
         /// adjacent blocks in one call; zero blocks are skipped, so they stay
         /// holes in a fresh file. Returns the bytes written.
         public func writeStoredBlocks(to file: File) throws -> UInt64 {
+            try writeStoredBlocks { try file.write($0, at: $1) }
+        }
+
+        /// The same through `write(bytes, deviceOffset)`, for targets that are not files (an RBD image).
+        public func writeStoredBlocks(_ write: (UnsafeRawBufferPointer, UInt64) throws -> Void) throws -> UInt64 {
             var written: UInt64 = 0
             var j = 0, src = 0
             while j < VMAFormat.blocksPerCluster {
@@ -33,8 +38,8 @@ public final class VMAReader {
                 while k < VMAFormat.blocksPerCluster && mask & (1 << k) != 0 { k += 1 }
                 let len = min((k - j) * VMAFormat.blockSize, validBytes - j * VMAFormat.blockSize)
                 if len > 0 {
-                    try file.write(UnsafeRawBufferPointer(rebasing: blocks[src..<src + len]),
-                                   at: deviceOffset + UInt64(j * VMAFormat.blockSize))
+                    try write(UnsafeRawBufferPointer(rebasing: blocks[src..<src + len]),
+                              deviceOffset + UInt64(j * VMAFormat.blockSize))
                     written += UInt64(len)
                 }
                 src += (k - j) * VMAFormat.blockSize

@@ -60,7 +60,7 @@ public final class Restore {
         var format: VolumeFormat
         /// Where the raw content is written: the volume itself, or a raw temp file converted to qcow2 at the end.
         var writePath: String
-        var file: File?
+        var file: (any VolumeWriter)?
         var volumePath: String
     }
 
@@ -123,16 +123,22 @@ public final class Restore {
                 t.writePath = path + ".restore-raw"
                 let f = try File.open(t.writePath, O_RDWR | O_CREAT | O_EXCL, mode: 0o600)
                 try f.truncate(to: device.size)
-                t.file = f
+                t.file = FileVolumeWriter(file: f, name: t.writePath)
             } else {
-                // Readable too: chunks that come too far out of order are hashed from the volume afterwards.
-                t.file = try File.open(path, O_RDWR)
+                if FileSystem.exists(path) {
+                    // Readable too: chunks that come too far out of order are hashed from the volume afterwards.
+                    t.file = FileVolumeWriter(file: try File.open(path, O_RDWR), name: vol.description)
+                } else {
+                    // No local path (an RBD image): written through the storage, librbd; out-of-order chunks spill.
+                    t.file = try plugin.openForWriting(vol)
+                }
             }
             targets[targets.count - 1] = t
             log.info("map '\(map.key)' to '\(vol)' (write zeros = 0)")
         }
 
         let files = Dictionary(uniqueKeysWithValues: targets.map { ($0.deviceID, $0.file!) })
+        let readable = files.compactMapValues { ($0 as? FileVolumeWriter)?.file }
         // Decompressing, hashing and writing block: run them on their own thread, not the cooperative pool.
         let job = ReaderBox(reader)
         let total = reader.header.devices.reduce(UInt64(0)) { $0 + $1.size }
@@ -142,10 +148,10 @@ public final class Restore {
         let (verification, bytes) = try await Blocking.run("restore") {
             var bytes: UInt64 = 0
             let limit = BandwidthLimit(kibPerSecond: bwlimit)
-            let v = try job.reader.verify(targets: files, progress: progress) { c in
+            let v = try job.reader.verify(targets: readable, progress: progress) { c in
                 guard let file = files[c.deviceID] else { return }
                 // Zero blocks stay holes in the fresh volume.
-                bytes += try c.writeStoredBlocks(to: file)
+                bytes += try c.writeStoredBlocks { try file.write($0, at: $1) }
                 limit?.wait(afterTotal: progress.bytesRead) { false }
             }
             return (v, bytes)

@@ -198,19 +198,30 @@ public struct DriveBlockOptions: Sendable, Equatable {
 
     public init(disk: VMDisk, path: String, directIOSupported: (String) -> Bool = QEMUCommandLine.supportsDirectIO) {
         let cache = disk.cache ?? "none"
-        let direct = (cache == "none" || cache == "directsync") && directIOSupported(path)
+        let rbd = RBDImageSpec(path)
+        // librbd has no O_DIRECT: cache.direct turns its cache off, which is what cache=none means there.
+        let direct = (cache == "none" || cache == "directsync") && (rbd != nil || directIOSupported(path))
         self.direct = direct
         noFlush = cache == "unsafe"
-        aio = disk.options["aio"].flatMap { $0 != "native" || direct ? $0 : nil }
+        aio = rbd != nil ? nil : disk.options["aio"].flatMap { $0 != "native" || direct ? $0 : nil }
         readOnly = disk.isCDROM || (disk.options["ro"].flatMap(VMConfig.parseBool) ?? false)
         discard = disk.options["discard"] == "on"
-        driver = FileSystem.isBlockDevice(path) ? "host_device" : "file"
+        driver = rbd != nil ? "rbd" : FileSystem.isBlockDevice(path) ? "host_device" : "file"
         writeCacheOff = cache == "writethrough" || cache == "directsync"
+    }
+
+    /// The protocol node's location: `filename=…`, or an RBD image's pool, image, conf and user.
+    func location(_ path: String) -> [(String, String)] {
+        guard driver == "rbd", let r = RBDImageSpec(path) else { return [("filename", path)] }
+        var l = [("pool", r.pool), ("image", r.image)]
+        if let conf = r.conf { l.append(("conf", conf)) }
+        if let user = r.user { l.append(("user", user)) }
+        return l
     }
 
     /// `node-name=…,driver=file,filename=…,cache.direct=on,…` for `-blockdev`.
     public func fileArgument(node: String, path: String) -> String {
-        var file = ["node-name=\(node)", "driver=\(driver)", "filename=\(QEMUCommandLine.escape(path))"]
+        var file = ["node-name=\(node)", "driver=\(driver)"] + location(path).map { "\($0)=\(QEMUCommandLine.escape($1))" }
         if direct { file.append("cache.direct=on") }
         if noFlush { file.append("cache.no-flush=on") }
         if let aio { file.append("aio=\(aio)") }
@@ -230,7 +241,8 @@ public struct DriveBlockOptions: Sendable, Equatable {
 
     /// The same protocol node as `blockdev-add` arguments.
     public func fileBlockdev(node: String, path: String) -> [String: JSONValue] {
-        var a: [String: JSONValue] = ["node-name": .string(node), "driver": .string(driver), "filename": .string(path)]
+        var a: [String: JSONValue] = ["node-name": .string(node), "driver": .string(driver)]
+        for (k, v) in location(path) { a[k] = .string(v) }
         var cache: [String: JSONValue] = [:]
         if direct { cache["direct"] = .bool(true) }
         if noFlush { cache["no-flush"] = .bool(true) }
@@ -248,6 +260,33 @@ public struct DriveBlockOptions: Sendable, Equatable {
         if readOnly { a["read-only"] = .bool(true) }
         if discard { a["discard"] = .string("unmap") }
         return a
+    }
+}
+
+/// An RBD image named as the rbd storage's volume path, QEMU's legacy rbd
+/// filename `rbd:<pool>/<image>[:conf=<file>][:id=<user>]` (`\` escapes `:`).
+/// `-blockdev driver=rbd` takes the parts as separate options.
+public struct RBDImageSpec: Sendable, Equatable {
+    public var pool: String
+    public var image: String
+    public var conf: String?
+    public var user: String?
+
+    public init?(_ path: String) {
+        guard path.hasPrefix("rbd:") else { return nil }
+        // Split on unescaped `:`, unescaping as we go.
+        var fields: [String] = [], cur = "", escaped = false
+        for ch in path.dropFirst(4) {
+            if escaped { cur.append(ch); escaped = false } else if ch == "\\" { escaped = true } else if ch == ":" { fields.append(cur); cur = "" } else { cur.append(ch) }
+        }
+        fields.append(cur)
+        let spec = fields[0].split(separator: "/", maxSplits: 1).map(String.init)
+        guard spec.count == 2, !spec[0].isEmpty, !spec[1].isEmpty else { return nil }
+        pool = spec[0]
+        image = spec[1]
+        for f in fields.dropFirst() {
+            if f.hasPrefix("conf=") { conf = String(f.dropFirst(5)) } else if f.hasPrefix("id=") { user = String(f.dropFirst(3)) } else { return nil }
+        }
     }
 }
 

@@ -49,7 +49,8 @@ public struct VMLifecycle: Sendable {
                     throw GuestError(vmid: vmid, .missingFile, "VM \(vmid): \(what) '\(path)' does not exist")
                 }
             }
-            for d in disks where !FileSystem.exists(d.path) {
+            // An RBD image has no local path; its storage checked that it exists when resolving it.
+            for d in disks where RBDImageSpec(d.path) == nil && !FileSystem.exists(d.path) {
                 throw GuestError(vmid: vmid, .missingFile, "VM \(vmid): disk \(d.key) '\(d.path)' does not exist")
             }
             let accel = try await AcceleratorProbe.resolve(paths: paths, environment: environment, qemuBinary: qemuBinary)

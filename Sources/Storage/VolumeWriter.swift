@@ -23,6 +23,11 @@ public final class FileVolumeWriter: VolumeWriter, @unchecked Sendable {
         self.name = name
     }
 
+    public init(file: File, name: String) {
+        self.file = file
+        self.name = name
+    }
+
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
         try file.write(buffer, at: offset)
     }

@@ -168,6 +168,35 @@ struct BackupIntegrationTests {
         expectSnapshotConsistent(report, o)
     }
 
+    /// The guest runs from an RBD image through QEMU's librbd driver; the backup
+    /// snapshots the image (`rbd snap create`) and reads the snapshot through
+    /// librbd; the restore writes a new image through librbd.
+    @Test func rbdSnapshotOfARunningGuest() async throws {
+        let ceph = try CephFixture.require()
+        let dir = try Integration.require("SNAPDUMP_TEST_DIR")
+        let h = try GuestHarness(label: "bk-rbd")
+        defer { h.tearDown() }
+        let pool = try h.addRBD("ceph", ceph: ceph)
+        try h.addStorage("dir", "local", under: dir, extra: ["--content", "images,backup"])
+        try await h.startGuest(370, disk: "ceph:128M")
+        let qemu = try #require(h.qemuPID(370).flatMap { try? FileSystem.readText("/proc/\($0)/cmdline") })
+        #expect(qemu.contains("driver=rbd,pool=\(pool),image=vm-370-disk-0"), "QEMU does not open the image through librbd: \(qemu)")
+
+        let o = try backup(h, 370, ["--mode", "snapshot", "--storage", "local", "--compress", "zstd"])
+        #expect(o.summary.ok, "\(o.summary.error ?? "") \(o.stderr)")
+        #expect(o.summary.mode == "snapshot" && o.summary.fallbackReason == nil, "\(o.stderr)")
+        print("[rbd] guest downtime \(o.summary.downtimeMs ?? -1) ms (\(o.summary.downtimeKind ?? "?"))")
+        let archive = try #require(o.summary.archive)
+        try await expectClean(h, 370, dumpdir: (archive as NSString).deletingLastPathComponent)
+        let left = try ceph.snapshots(pool)
+        #expect(left.isEmpty, "rbd snapshots left: \(left)")
+
+        let report = try restoreAndCheck(h, archive: archive, target: 371, storage: "ceph")
+        expectSnapshotConsistent(report, o)
+        let images = try ceph.cli(["rbd", "ls", pool]).split(separator: "\n")
+        #expect(images.sorted() == ["vm-370-disk-0", "vm-371-disk-0"], "images: \(images)")
+    }
+
     @Test func qcow2OnDirUsesQEMUOverlays() async throws {
         let dir = try Integration.require("SNAPDUMP_TEST_DIR")
         let h = try GuestHarness(label: "bk-qcow2")

@@ -51,7 +51,7 @@ struct PluginCase: Sendable, CustomTestStringConvertible {
         case .dir, .btrfs:
             return try ScratchStorage(type: type, fixtureDir: try Fixture.directory(fixture), reflink: reflink, format: format)
         case .rbd:
-            return try ScratchStorage(ceph: try CephFixture.need())
+            return try ScratchStorage(ceph: try CephFixture.require())
         }
     }
 

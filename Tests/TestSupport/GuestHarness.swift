@@ -10,6 +10,7 @@ public final class GuestHarness: @unchecked Sendable {
     public let configDir: String
     public let guestDir: String
     private var storageDirs: [String] = []
+    private var cephPools: [(CephFixture, String)] = []
     private var vmids: Set<Int> = []
 
     public init(label: String) throws {
@@ -51,6 +52,16 @@ public final class GuestHarness: @unchecked Sendable {
         try FileSystem.createDirectory(dir)
         storageDirs.append(dir)
         try must(["storage", "add", type, id, "--path", dir] + extra)
+    }
+
+    /// Adds an rbd storage on a fresh pool of the fixture cluster (removed at teardown); returns the pool.
+    @discardableResult
+    public func addRBD(_ id: String, ceph: CephFixture) throws -> String {
+        let pool = "harness-\(id)-\(UUID().uuidString.prefix(6).lowercased())"
+        try ceph.createPool(pool)
+        cephPools.append((ceph, pool))
+        try must(ceph.storageAddArguments(id, pool: pool))
+        return pool
     }
 
     public func addZFSPool(_ id: String, pool: String) throws {
@@ -102,9 +113,10 @@ public final class GuestHarness: @unchecked Sendable {
     public func checkRecords(volume: String) throws -> [String: String] {
         var path = try must(["volume", "path", volume]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         var tmp: String?
-        if path.hasSuffix(".qcow2") {
+        if path.hasSuffix(".qcow2") || path.hasPrefix("rbd:") {
+            // The checker reads files: a raw copy (an RBD image through QEMU's librbd driver).
             tmp = configDir + "/check-\(UUID().uuidString.prefix(6)).raw"
-            try Command.run(["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", path, tmp!])
+            try Command.run(["qemu-img", "convert", "-U", "-f", path.hasPrefix("rbd:") ? "raw" : "qcow2", "-O", "raw", path, tmp!])
             path = tmp!
         }
         defer { if let tmp { try? FileSystem.remove(tmp) } }
@@ -131,6 +143,7 @@ public final class GuestHarness: @unchecked Sendable {
         for dir in storageDirs {
             try? FileManager.default.removeItem(atPath: dir)
         }
+        for (ceph, pool) in cephPools { ceph.removePool(pool) }
         try? FileManager.default.removeItem(atPath: configDir)
     }
 }

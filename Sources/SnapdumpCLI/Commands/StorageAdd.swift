@@ -3,13 +3,16 @@ import SnapdumpConfig
 import Storage
 
 struct StorageAdd: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "add", abstract: "Add a storage: dir, btrfs or zfspool.")
+    static let configuration = CommandConfiguration(commandName: "add", abstract: "Add a storage: dir, btrfs, zfspool or rbd.")
 
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "Storage type: dir, btrfs, zfspool.") var type: String
+    @Argument(help: "Storage type: dir, btrfs, zfspool, rbd.") var type: String
     @Argument(help: "Storage id.") var storeid: String
     @Option(help: "Directory (dir, btrfs).") var path: String?
-    @Option(help: "ZFS pool or dataset (zfspool).") var pool: String?
+    @Option(help: "ZFS pool or dataset (zfspool); Ceph pool (rbd, default rbd).") var pool: String?
+    @Option(help: "rbd: Ceph monitors, e.g. '10.0.0.1 10.0.0.2:6789' (default: from ceph.conf).") var monhost: String?
+    @Option(help: "rbd: cephx user without 'client.' (default admin).") var username: String?
+    @Option(help: "rbd: keyring file of that user.") var keyring: String?
     @Option(help: "Content types: images,backup.") var content: String?
     @Option(help: "dir only: 1 to snapshot raw files by reflink (XFS or btrfs underneath).") var reflink: Int?
     @Option(help: "Default image format: raw or qcow2.") var format: String?
@@ -36,7 +39,8 @@ struct StorageAdd: ParsableCommand {
         var path = self.path
         if let p = path, !p.hasPrefix("/") { path = FileManagerCWD.absolute(p) }
         let def = StorageDefinition(type: t, id: storeid, path: path, pool: pool, content: contentSet,
-                                    reflink: reflink == 1, format: fmt, pruneBackups: pruneBackups)
+                                    reflink: reflink == 1, format: fmt, pruneBackups: pruneBackups,
+                                    monhost: monhost, username: username, keyring: keyring.map { $0.hasPrefix("/") ? $0 : FileManagerCWD.absolute($0) })
         // Validate through the same rules as loading the file, so what we write we can read.
         // The section is not from a file: report the message alone, without a file:line.
         do {

@@ -190,7 +190,10 @@ public struct RBDPlugin: StoragePlugin {
         var text = "# written by snapdump for storage '\(id)'\n[global]\n"
         if let m = client.monHostOption { text += "mon_host = \(m)\n" }
         if let k = definition.keyring { text += "keyring = \(k)\n" }
-        let dir = Self.clientConfigDir, file = "\(dir)/\(id).conf"
+        // Named by content too: two snapdump configs may give one storage id different clusters.
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in text.utf8 { hash = (hash ^ UInt64(b)) &* 0x100_0000_01b3 }
+        let dir = Self.clientConfigDir, file = "\(dir)/\(id)-\(String(hash, radix: 16)).conf"
         if (try? String(contentsOfFile: file, encoding: .utf8)) == text { return file }
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         // Written aside and renamed: a QEMU starting now reads the old or the new file, never half of one.
