@@ -34,7 +34,7 @@ struct GuestCLITests {
             let config = try h.config(vmid)
             let volid = try #require(config.disk("scsi0")?.volid)
             let image = try h.volumePath(volid)
-            #expect(image.hasSuffix(".\(kind.imageFormat)"))
+            #expect(kind == .rbd ? image.hasPrefix("rbd:") : image.hasSuffix(".\(kind.imageFormat)"), "\(image)")
 
             try await h.startAndWaitForHeartbeats(vmid)
             #expect(try h.mustRun(["vm", "status", String(vmid)]).contains("running"))
@@ -191,6 +191,63 @@ struct GuestCLITests {
         }
     }
 
+    /// The guest's disk moves live dir(raw) → rbd → btrfs while its workload
+    /// writes: the mirror writes into and reads out of an RBD image through
+    /// QEMU's librbd driver. Records are checked on every volume.
+    @Test("move-disk live to and from rbd while the workload writes")
+    func moveDiskToAndFromRBD() async throws {
+        guard Integration.available("SNAPDUMP_TEST_DIR", "SNAPDUMP_TEST_BTRFS", "SNAPDUMP_TEST_CEPH_CONF") else { return }
+        try QEMU.require()
+        let guest = try await TestGuest.outputs()
+        let vmid = 933
+        try await VMHarness.run("move-rbd") { h in
+            try h.addStorage("loc", .dirRaw)
+            try h.addStorage("ceph", .rbd)
+            try h.addStorage("bt", .btrfs)
+            try h.createGuest(vmid, storage: "loc", size: "128M", guest: guest)
+            let locVolume = try #require(try h.config(vmid).disk("scsi0")?.volid)
+            let locPath = try h.volumePath(locVolume)
+            try Self.fill(locPath, from: 32 << 20, count: 32 << 20)
+            try await h.startAndWaitForHeartbeats(vmid)
+            let pid = try #require(h.pid(vmid))
+
+            // 1. dir raw → rbd, live.
+            let before1 = h.lastHeartbeat(vmid)
+            try h.mustRun(["vm", "move-disk", String(vmid), "scsi0", "ceph"])
+            let hb1 = h.lastHeartbeat(vmid)
+            var c = try h.config(vmid)
+            let rbdVolume = try #require(c.disk("scsi0")?.volid)
+            #expect(rbdVolume == "ceph:vm-\(vmid)-disk-0")
+            #expect(c.unused[0] == locVolume)
+            let cmd = try FileSystem.readText("/proc/\(pid)/cmdline")
+            #expect(!cmd.contains("driver=rbd"), "the guest was started on dir, not rbd")
+            try await h.waitForHeartbeat(vmid, above: hb1)
+            let locCheck = try h.checkRecords(locPath, format: "raw", checker: guest.checker)
+            #expect(locCheck.consistent && locCheck.lastContiguous >= before1, "\(locCheck.output)")
+
+            // 2. rbd → btrfs, live, deleting the RBD image.
+            let rbdPath = try h.volumePath(rbdVolume)
+            let snapshotOfRBD = try h.checkRecords(rbdPath, format: "raw", checker: guest.checker)
+            #expect(snapshotOfRBD.consistent, "records on the rbd image while in use: \(snapshotOfRBD.output)")
+            let out2 = try h.mustRun(["vm", "move-disk", String(vmid), "scsi0", "bt", "--delete"])
+            #expect(out2.contains("old volume deleted"), "\(out2)")
+            c = try h.config(vmid)
+            let btVolume = try #require(c.disk("scsi0")?.volid)
+            #expect(btVolume.hasPrefix("bt:"))
+            #expect(try h.run(["volume", "path", rbdVolume]).status != 0, "the rbd image is still there")
+            try await h.waitForHeartbeat(vmid, above: h.lastHeartbeat(vmid))
+
+            // Shut down: every record on the final volume, and the data past the records moved along.
+            try h.mustRun(["vm", "shutdown", String(vmid), "--timeout", "60"])
+            #expect(await h.waitForExit(vmid, pid: pid, timeout: .seconds(10)))
+            let btPath = try h.volumePath(btVolume)
+            let final = try h.checkRecords(btPath, format: "raw", checker: guest.checker)
+            #expect(final.consistent, "\(final.output)")
+            #expect(final.lastContiguous == h.lastHeartbeat(vmid), "\(final.output)")
+            #expect(try Self.sameBytes(locPath, btPath, from: 32 << 20, count: 32 << 20), "the data past the records differs after two moves")
+        }
+    }
+
     /// Bad input that needs no running QEMU: one clear error, exit ≠ 0, nothing changed.
     @Test("unknown VMID, missing volume, locked VM")
     func badInputWithoutQEMU() async throws {
@@ -256,5 +313,23 @@ struct GuestCLITests {
         }
         try f.sync()
         try f.close()
+    }
+
+    /// Whether two files hold the same bytes in `offset..<offset+count`.
+    static func sameBytes(_ a: String, _ b: String, from offset: Int, count: Int) throws -> Bool {
+        let fa = try File.openForReading(a), fb = try File.openForReading(b)
+        defer { try? fa.close(); try? fb.close() }
+        let ba = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        let bb = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { ba.deallocate(); bb.deallocate() }
+        var at = offset
+        while at < offset + count {
+            let n = min(1 << 20, offset + count - at)
+            let ra = try fa.read(into: UnsafeMutableRawBufferPointer(rebasing: ba[0..<n]), at: UInt64(at))
+            let rb = try fb.read(into: UnsafeMutableRawBufferPointer(rebasing: bb[0..<n]), at: UInt64(at))
+            guard ra == n, rb == n, memcmp(ba.baseAddress!, bb.baseAddress!, n) == 0 else { return false }
+            at += n
+        }
+        return true
     }
 }

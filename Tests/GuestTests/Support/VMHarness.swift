@@ -27,7 +27,7 @@ enum GuestCLIBinary {
 
 /// The storages the guest CLI tests boot on, each backed by a fixture.
 enum TestStorageKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
-    case dirRaw, dirQcow2, dirReflinkXFS, btrfs, zfspool
+    case dirRaw, dirQcow2, dirReflinkXFS, btrfs, zfspool, rbd
 
     var testDescription: String { rawValue }
 
@@ -38,6 +38,7 @@ enum TestStorageKind: String, CaseIterable, Sendable, CustomTestStringConvertibl
         case .dirReflinkXFS: return "SNAPDUMP_TEST_XFS"
         case .btrfs: return "SNAPDUMP_TEST_BTRFS"
         case .zfspool: return "SNAPDUMP_TEST_ZPOOL"
+        case .rbd: return "SNAPDUMP_TEST_CEPH_CONF"
         }
     }
 
@@ -57,6 +58,7 @@ final class VMHarness: @unchecked Sendable {
     let tag: String
     private(set) var storageRoots: [(id: String, path: String, kind: String)] = []
     private(set) var zfsDatasets: [String] = []
+    private(set) var cephPools: [(CephFixture, String)] = []
     private(set) var startedPIDs: [(vmid: Int, pid: Int32)] = []
 
     init(_ label: String) throws {
@@ -101,6 +103,12 @@ final class VMHarness: @unchecked Sendable {
             try Command.run(["zfs", "create", dataset])
             zfsDatasets.append(dataset)
             try mustRun(["storage", "add", "zfspool", id, "--pool", dataset])
+        case .rbd:
+            let ceph = try CephFixture.require()
+            let pool = "\(tag)-\(id)"
+            try ceph.createPool(pool)
+            cephPools.append((ceph, pool))
+            try mustRun(ceph.storageAddArguments(id, pool: pool))
         }
     }
 
@@ -115,6 +123,7 @@ final class VMHarness: @unchecked Sendable {
     /// Every file below the storages' directories and datasets (to see what a command left).
     func storageFiles() -> [String] {
         var roots = storageRoots.map(\.path)
+        for (ceph, pool) in cephPools { ceph.removePool(pool) }
         for d in zfsDatasets {
             if let mp = try? Command.run(["zfs", "get", "-H", "-o", "value", "mountpoint", d]) {
                 roots.append(mp.trimmingCharacters(in: .whitespacesAndNewlines))
@@ -268,7 +277,8 @@ final class VMHarness: @unchecked Sendable {
     func checkRecords(_ image: String, format: String, checker: String) throws -> RecordCheck {
         var path = image
         var tmp: String?
-        if format != "raw" {
+        if format != "raw" || image.hasPrefix("rbd:") {
+            // The checker reads files: a raw copy (an RBD image through QEMU's librbd driver).
             let t = configDir + "/check-\(UUID().uuidString.prefix(6)).raw"
             try Command.run(["qemu-img", "convert", "-U", "-f", format, "-O", "raw", image, t])
             path = t
@@ -296,6 +306,7 @@ final class VMHarness: @unchecked Sendable {
             if kind == "btrfs" { Self.deleteSubvolumes(under: path) }
             try? FileManager.default.removeItem(atPath: path)
         }
+        for (ceph, pool) in cephPools { ceph.removePool(pool) }
         for d in zfsDatasets {
             for attempt in 0..<10 {
                 let o = try? Command.capture(["zfs", "destroy", "-r", d])
