@@ -10,6 +10,8 @@ packages=(
   libzstd-dev zlib1g-dev libnbd-dev libnbd-bin nbdkit libssl-dev
   zstd gcc libc6-dev util-linux e2fsprogs hyperfine bc
   python3-aiosmtpd msmtp openssl
+  # rbd storage: librbd to link, QEMU's rbd driver, a single-node cluster for the tests.
+  librbd-dev qemu-block-extra ceph-common ceph-mon ceph-mgr ceph-osd uuid-runtime
 )
 
 missing=()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make test`: builds snapdump and its tests, sets up the real fixtures (loop
-# btrfs/XFS/ext4, zfs-fuse pool, test guest), runs every test with
+# btrfs/XFS/ext4, zfs-fuse pool, single-node Ceph, test guest), runs every test with
 # SNAPDUMP_INTEGRATION=1 so a missing dependency fails instead of skipping,
 # tears the fixtures down again on every exit path, then fuzzes the VMA reader
 # for a bounded time (scripts/fuzz-vma.sh).
@@ -13,9 +13,14 @@ export SNAPDUMP_GUEST_DIR="${SNAPDUMP_GUEST_DIR:-$PWD/.build/test-guest}"
 scripts/install-deps.sh
 swift build --build-tests
 
-cleanup() { scripts/fixtures/teardown.sh || echo "run-tests: fixture teardown failed" >&2; }
+cleanup() {
+  scripts/fixtures/ceph.sh down || echo "run-tests: ceph fixture teardown failed" >&2
+  scripts/fixtures/teardown.sh || echo "run-tests: fixture teardown failed" >&2
+}
 trap cleanup EXIT
 scripts/fixtures/setup.sh
+# One Ceph cluster for the whole run (rbd storage tests); ~12 s.
+scripts/fixtures/ceph.sh up
 scripts/test-guest/build.sh "$SNAPDUMP_GUEST_DIR"
 
 # One test at a time: the integration suites share two cores and the fixtures,

@@ -77,6 +77,23 @@ struct DiskMoveTests {
         ])
     }
 
+    /// An rbd volume's path (QEMU's legacy rbd filename) becomes a `driver=rbd`
+    /// protocol node with pool, image, conf and user; cache=none turns librbd's cache off.
+    @Test func rbdVolumesOpenThroughQEMUsRBDDriver() throws {
+        let disk = try VMDisk.parse(key: "scsi0", value: "ceph:vm-100-disk-0,aio=native", file: "t", line: 1)
+        let path = "rbd:vms/vm-100-disk-0:conf=/run/snap\\:dump/ceph.conf:id=backup"
+        let o = DriveBlockOptions(disk: disk, path: path, directIOSupported: { _ in false })
+        #expect(o.driver == "rbd" && o.direct && o.aio == nil)
+        #expect(o.fileBlockdev(node: "n-file", path: path) == [
+            "node-name": "n-file", "driver": "rbd", "pool": "vms", "image": "vm-100-disk-0",
+            "conf": "/run/snap:dump/ceph.conf", "user": "backup", "cache": ["direct": true],
+        ])
+        #expect(o.fileArgument(node: "n-file", path: path)
+            == "node-name=n-file,driver=rbd,pool=vms,image=vm-100-disk-0,conf=/run/snap:dump/ceph.conf,user=backup,cache.direct=on")
+        #expect(RBDImageSpec("rbd:vms/img") == RBDImageSpec("rbd:vms/img:id=admin").map { var s = $0; s.user = nil; return s })
+        #expect(RBDImageSpec("rbd:vms") == nil && RBDImageSpec("rbd:vms/img:mon_host=x") == nil && RBDImageSpec("/dev/rbd0") == nil)
+    }
+
     // MARK: Checks before anything is touched
 
     /// A config dir with dir storages `a` (raw) and `q` (qcow2 default), a

@@ -69,6 +69,7 @@ struct StorageConfigTests {
         ("dir: local\n\tpath /x\n\tpool tank\n", 3, "unknown key 'pool' for dir 'local'"),
         ("btrfs: a\n\tpath /x\n\treflink 1\n", 3, "unknown key 'reflink' for btrfs 'a'"),
         ("lvm: vg\n", 1, "unknown section type 'lvm'"),
+        ("rbd: c\n\tpath /x\n", 2, "unknown key 'path' for rbd 'c'"),
         ("d!r: local\n", 1, "invalid section type"),
         ("dir: 1local\n", 1, "invalid dir id '1local'"),
         ("dir: lo cal\n", 1, "invalid dir id"),
@@ -110,6 +111,10 @@ struct StorageConfigTests {
         ("dir: a\n\tpath /x\n\tdisable 2\n", "disable must be 0 or 1"),
         ("dir: a\n\tpath /x\n\tcontent images,iso\n", "unknown content type 'iso'"),
         ("dir: a\n\tpath /x\n\tformat vmdk\n", "unknown format 'vmdk'"),
+        ("rbd: a\n\tpool p\n\tkrbd 1\n", "krbd 1 maps images with the kernel rbd module"),
+        ("rbd: a\n\tkrbd yes\n", "krbd must be 0 or 1"),
+        ("rbd: a\n\tcontent images,backup\n", "rbd cannot hold content 'backup'"),
+        ("rbd: a\n\tkeyring ceph.keyring\n", "keyring must be an absolute path, got 'ceph.keyring'"),
     ] as [(String, String)])
     func definitionErrors(text: String, message: String) throws {
         // Value errors name the section's header line; here every section starts on line 1.
@@ -120,6 +125,19 @@ struct StorageConfigTests {
             #expect(e.line == 1 && e.message.contains(message), "\(e)")
             #expect(e.message.contains("'a'") || e.message.contains("key"), "names the storage: \(e)")
         }
+    }
+
+    /// An rbd section as Proxmox writes it (plus snapdump's keyring path): the
+    /// values arrive in the definition, the pool defaults to `rbd`, and it writes back the same.
+    @Test func rbdDefinition() throws {
+        let text = "rbd: ceph\n\tcontent images\n\tkrbd 0\n\tmonhost 10.0.0.1 10.0.0.2;10.0.0.3:6789\n\tpool vms\n\tusername backup\n\tkeyring /etc/pve/priv/ceph/ceph.keyring\n"
+        let d = try #require(try StorageConfigFile.parseForTest(text).first)
+        #expect(d.type == .rbd && d.pool == "vms" && d.username == "backup")
+        #expect(d.monhost == "10.0.0.1 10.0.0.2;10.0.0.3:6789" && d.keyring == "/etc/pve/priv/ceph/ceph.keyring")
+        let again = try StorageDefinition(section: d.section, file: "x")
+        #expect(again == d)
+        let bare = try #require(try StorageConfigFile.parseForTest("rbd: c\n").first)
+        #expect(bare.pool == "rbd" && bare.monhost == nil && bare.content == [.images])
     }
 
     @Test func loadSaveRoundTrip() throws {
