@@ -186,12 +186,18 @@ final class RBDImage: @unchecked Sendable {
         try RBDConnection.check("rbd_flush(\(name))", rbd_flush(image))
     }
 
-    /// Allocated extents in `offset..<offset+length`, from the object map
-    /// (fast-diff) where the image has one: whole objects, never a byte read.
-    func allocatedExtents(offset: UInt64, length: UInt64) throws -> [(offset: UInt64, length: UInt64)] {
+    /// Reads from now on see `snapshot` (nil: the image head).
+    func setSnapshot(_ snapshot: String?) throws {
+        try RBDConnection.check("rbd_snap_set(\(name)@\(snapshot ?? "-"))", rbd_snap_set(image, snapshot))
+    }
+
+    /// Allocated extents in `offset..<offset+length` (those written since `from`,
+    /// a snapshot, when given), from the object map (fast-diff) where the image
+    /// has one: whole objects, never a byte read.
+    func allocatedExtents(offset: UInt64, length: UInt64, from: String? = nil) throws -> [(offset: UInt64, length: UInt64)] {
         final class Box { var extents: [(offset: UInt64, length: UInt64)] = [] }
         let box = Box()
-        let r = rbd_diff_iterate2(image, nil, offset, length, 1, 1, { off, len, exists, arg in
+        let r = rbd_diff_iterate2(image, from, offset, length, 1, 1, { off, len, exists, arg in
             let b = Unmanaged<Box>.fromOpaque(arg!).takeUnretainedValue()
             if exists != 0 { b.extents.append((off, UInt64(len))) }
             return 0

@@ -255,7 +255,9 @@ public struct RBDPlugin: StoragePlugin {
         }
     }
 
-    /// Creation times from librbd; `used` is not reported (RBD would need a diff per snapshot).
+    /// Creation times from librbd; `used` as `rbd du` reports it: the data
+    /// written between the previous snapshot (or the image's creation) and this
+    /// one, from the object map — whole 4 MiB objects.
     public func listSnapshots() throws -> [SnapshotInfo] {
         try withConnection("list snapshots") { c in
             var result: [SnapshotInfo] = []
@@ -263,8 +265,12 @@ public struct RBDPlugin: StoragePlugin {
                 let img: RBDImage
                 do { img = try RBDImage(c, name: n, readOnly: true) } catch let e as RBDCallError where e.errno == ENOENT { continue }
                 defer { img.close() }
+                var previous: String?
                 for s in try img.snapshots() {
-                    result.append(SnapshotInfo(volume: VolumeID(storage: id, volname: n), name: s.name, created: s.created, used: nil))
+                    try img.setSnapshot(s.name)
+                    let used = try? img.allocatedExtents(offset: 0, length: img.size(), from: previous).reduce(UInt64(0)) { $0 + $1.length }
+                    result.append(SnapshotInfo(volume: VolumeID(storage: id, volname: n), name: s.name, created: s.created, used: used))
+                    previous = s.name
                 }
             }
             return result
