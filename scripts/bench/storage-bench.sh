@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Storage benchmark (issue 2): on this machine, measure
 #   1. snapshot creation time per plugin (btrfs, dir reflink on XFS, dir qcow2
-#      offline, zfspool on zfs-fuse) for volumes full of data, median of RUNS;
+#      offline, zfspool on zfs-fuse, rbd on a single-node Ceph of its own) for
+#      volumes full of data, median of RUNS;
 #   2. `snapdump volume export --output - > /dev/null` against
 #      `cat FILE > /dev/null` on the same file, page cache dropped before each
 #      run (cold) and warm, medians and the ratio.
@@ -14,7 +15,8 @@
 #
 # Usage (root): scripts/bench/storage-bench.sh
 # Environment:  RUNS=5 (snapshots)  EXPORT_RUNS=7  SIZES="1 8"  ZFS_SIZES="1 8"  EXPORT_SIZE=4  (GiB)
-#               PLUGINS="btrfs xfs qcow2 zfs"  SKIP_EXPORT=1  SKIP_BUILD=1
+#               PLUGINS="btrfs xfs qcow2 zfs rbd"  SKIP_EXPORT=1  SKIP_BUILD=1
+#               SNAPDUMP_BENCH_BIN=PATH (a snapdump binary to use instead of the release build)
 #               BENCH_RESULTS=FILE (default .build/bench/storage-bench.md)
 # Prints a Markdown report on stdout (progress on stderr) and saves it to BENCH_RESULTS.
 set -euo pipefail
@@ -26,7 +28,7 @@ SIZES=${SIZES:-"1 8"}
 ZFS_SIZES=${ZFS_SIZES:-"1 8"}
 EXPORT_SIZE=${EXPORT_SIZE:-4}
 EXPORT_RUNS=${EXPORT_RUNS:-7}
-PLUGINS=${PLUGINS:-"btrfs xfs qcow2 zfs"}
+PLUGINS=${PLUGINS:-"btrfs xfs qcow2 zfs rbd"}
 BASE=${SNAPDUMP_BENCH_DIR:-/var/tmp}
 WORK="$BASE/snapdump-bench-$$"
 RESULTS=${BENCH_RESULTS:-$ROOT/.build/bench/storage-bench.md}
@@ -43,9 +45,11 @@ done
 # ------------------------------------------------------------------ cleanup
 MOUNTS=()
 ZPOOL=""
+CEPH_UP=""
 cleanup() {
   local m
   set +e
+  [ -n "$CEPH_UP" ] && SNAPDUMP_CEPH_DIR="$WORK/ceph" SNAPDUMP_CEPH_ENV="$WORK/ceph.env" "$ROOT/scripts/fixtures/ceph.sh" down
   if [ -n "$ZPOOL" ]; then
     for _ in 1 2 3 4 5 6 7 8 9 10; do zpool destroy -f "$ZPOOL" 2>/dev/null && break; sleep 1; done
   fi
@@ -62,11 +66,11 @@ mkdir -p "$WORK/cfg"
 CFG="$WORK/cfg"
 
 # ------------------------------------------------------------------ build
-if [ -z "${SKIP_BUILD:-}" ]; then
+if [ -z "${SKIP_BUILD:-}" ] && [ -z "${SNAPDUMP_BENCH_BIN:-}" ]; then
   log "swift build -c release"
   (cd "$ROOT" && swift build -c release --product snapdump >&2)
 fi
-BIN="$ROOT/.build/release/snapdump"
+BIN=${SNAPDUMP_BENCH_BIN:-$ROOT/.build/release/snapdump}
 [ -x "$BIN" ] || die "$BIN not built"
 sd() { "$BIN" "$@" --config-dir "$CFG"; }
 
@@ -89,6 +93,8 @@ fill_volume() { # volid bytes format
   case "$3" in
     raw) data_stream "$2" | dd of="$path" bs=4M iflag=fullblock oflag=direct conv=notrunc,fsync status=none ;;
     qcow2) data_stream "$2" | nbdcopy --flush -- - [ qemu-nbd -f qcow2 "$path" ] ;;
+    # An RBD volume path is QEMU's rbd: filename; qemu-nbd writes it through librbd.
+    rbd) data_stream "$2" | nbdcopy --flush -- - [ qemu-nbd -f raw "$path" ] ;;
   esac
 }
 
@@ -112,7 +118,7 @@ CLI_FLOOR=""
 bench_snapshots() { # label storage format size-GiB
   local label=$1 store=$2 fmt=$3 size=$4 vmid vol i t times=() floor=()
   vmid=$((200 + size))
-  vol=$(sd volume alloc "$store" "$vmid" "${size}G" --format "$fmt")
+  vol=$(sd volume alloc "$store" "$vmid" "${size}G" --format "${fmt/rbd/raw}")
   log "$label: filling $vol with $size GiB of data"
   t=$(now_ns)
   fill_volume "$vol" $((size * GiB)) "$fmt"
@@ -178,6 +184,19 @@ for p in $PLUGINS; do
       sd storage remove bzfs
       for _ in 1 2 3 4 5 6 7 8 9 10; do zpool destroy -f "$ZPOOL" 2>/dev/null && break; sleep 1; done
       ZPOOL=""
+      ;;
+    rbd)
+      # A cluster of its own (ports off the test fixture's), torn down on exit.
+      export SNAPDUMP_CEPH_DIR="$WORK/ceph" SNAPDUMP_CEPH_ENV="$WORK/ceph.env" SNAPDUMP_CEPH_PORT=14300
+      CEPH_UP=1
+      "$ROOT/scripts/fixtures/ceph.sh" up
+      # shellcheck disable=SC1091
+      . "$WORK/ceph.env"
+      sd storage add rbd brbd --pool "$SNAPDUMP_TEST_CEPH_POOL" --monhost "$SNAPDUMP_TEST_CEPH_MONHOST" --keyring "$SNAPDUMP_TEST_CEPH_KEYRING"
+      for s in $SIZES; do bench_snapshots "rbd, single-node Ceph (rbd snap create via librbd)" brbd rbd "$s"; done
+      sd storage remove brbd
+      "$ROOT/scripts/fixtures/ceph.sh" down
+      CEPH_UP=""
       ;;
     *) die "unknown plugin '$p' in PLUGINS" ;;
   esac
