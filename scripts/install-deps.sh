@@ -12,6 +12,8 @@ packages=(
   python3-aiosmtpd msmtp openssl
   # rbd storage: librbd to link, QEMU's rbd driver, a single-node cluster for the tests.
   librbd-dev qemu-block-extra ceph-common ceph-mon ceph-mgr ceph-osd uuid-runtime
+  # lvm, lvmthin: run inside the storage VM (scripts/fixtures/storage-vm.sh), tools copied from the host.
+  lvm2 thin-provisioning-tools
 )
 
 missing=()

@@ -113,7 +113,7 @@ public final class Restore {
             let storeID = options.storage ?? ((try? storages.config.storage(map.storage)) != nil ? map.storage : "local")
             let plugin = try storages.plugin(storeID)
             var format = VolumeFormat(rawValue: map.format) ?? .raw
-            if plugin.definition.type == .zfspool || plugin.definition.type == .rbd { format = .raw }
+            if [.zfspool, .rbd, .lvm, .lvmthin].contains(plugin.definition.type) { format = .raw }
             let vol = try plugin.allocate(vmid: vmid, size: device.size, format: format)
             let (path, fmt) = try plugin.path(of: vol)
             var t = Target(deviceID: device.id, key: map.key, volume: vol, plugin: plugin, format: fmt,

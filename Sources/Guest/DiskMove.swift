@@ -130,7 +130,7 @@ public struct DiskMove: Sendable {
     /// Formats a storage type can hold, the default first.
     public static func formats(of def: StorageDefinition) -> [VolumeFormat] {
         switch def.type {
-        case .zfspool, .rbd: return [.raw]
+        case .zfspool, .rbd, .lvm, .lvmthin: return [.raw]
         case .dir, .btrfs:
             let d = def.format ?? .raw
             return [d] + VolumeFormat.allCases.filter { $0 != d }

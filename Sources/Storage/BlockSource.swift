@@ -55,8 +55,11 @@ public final class FileBlockSource: BlockSource, @unchecked Sendable {
     public let name: String
     private let file: File
     private var onClose: (() throws -> Void)?
+    /// Block devices (LVs, zvols) take no SEEK_DATA (EINVAL): all of one is data.
+    private let isBlockDevice: Bool
 
     public init(path: String, name: String, onClose: (() throws -> Void)? = nil) throws {
+        isBlockDevice = FileSystem.isBlockDevice(path)
         file = try File.openForReading(path)
         file.adviseSequential()
         size = try file.size()
@@ -83,6 +86,7 @@ public final class FileBlockSource: BlockSource, @unchecked Sendable {
 
     public func allocation(offset: UInt64, length: UInt64) throws -> [AllocationRange] {
         let end = min(size, offset + length)
+        if isBlockDevice { return offset < end ? [AllocationRange(offset: offset, length: end - offset, kind: .data)] : [] }
         var ranges: [AllocationRange] = []
         var pos = offset
         while pos < end {

@@ -2,7 +2,7 @@ import SnapdumpConfig
 
 /// Storage types snapdump knows, named as in Proxmox's storage.cfg.
 public enum StorageType: String, CaseIterable, Sendable {
-    case dir, btrfs, zfspool, rbd
+    case dir, btrfs, zfspool, rbd, lvm, lvmthin
 }
 
 /// What a storage may hold (Proxmox `content`).
@@ -34,11 +34,18 @@ public struct StorageDefinition: Sendable, Equatable {
     public var username: String?
     /// `rbd`: the keyring file of that user (Proxmox keeps it in /etc/pve/priv/ceph/<storeid>.keyring).
     public var keyring: String?
+    /// `lvm`, `lvmthin`: the volume group.
+    public var vgname: String?
+    /// `lvmthin`: the thin pool LV in `vgname`.
+    public var thinpool: String?
+    /// `lvm`: zero an LV before removing it.
+    public var saferemove: Bool
 
     public init(type: StorageType, id: String, path: String? = nil, pool: String? = nil,
                 content: Set<ContentType> = [.images], reflink: Bool = false, format: VolumeFormat? = nil,
                 pruneBackups: String? = nil, disabled: Bool = false,
-                monhost: String? = nil, username: String? = nil, keyring: String? = nil) {
+                monhost: String? = nil, username: String? = nil, keyring: String? = nil,
+                vgname: String? = nil, thinpool: String? = nil, saferemove: Bool = false) {
         self.type = type
         self.id = id
         self.path = path
@@ -51,6 +58,9 @@ public struct StorageDefinition: Sendable, Equatable {
         self.monhost = monhost
         self.username = username
         self.keyring = keyring
+        self.vgname = vgname
+        self.thinpool = thinpool
+        self.saferemove = saferemove
     }
 
     /// Keys each type accepts in storage.cfg; anything else is an error.
@@ -59,6 +69,8 @@ public struct StorageDefinition: Sendable, Equatable {
         "btrfs": ["path", "content", "format", "prune-backups", "disable", "nodes", "is_mountpoint"],
         "zfspool": ["pool", "content", "sparse", "blocksize", "mountpoint", "disable", "nodes"],
         "rbd": ["pool", "monhost", "username", "keyring", "krbd", "content", "disable", "nodes"],
+        "lvm": ["vgname", "base", "saferemove", "saferemove_throughput", "content", "disable", "nodes", "shared", "tagged_only"],
+        "lvmthin": ["vgname", "thinpool", "content", "disable", "nodes"],
     ]
 
     /// Builds a definition from a parsed section, checking values; errors name file:line.
@@ -89,7 +101,8 @@ public struct StorageDefinition: Sendable, Equatable {
         }
         self.init(type: type, id: s.id, path: s["path"], pool: s["pool"], content: content,
                   reflink: try bool("reflink"), format: format, pruneBackups: s["prune-backups"],
-                  disabled: try bool("disable"), monhost: s["monhost"], username: s["username"], keyring: s["keyring"])
+                  disabled: try bool("disable"), monhost: s["monhost"], username: s["username"], keyring: s["keyring"],
+                  vgname: s["vgname"], thinpool: s["thinpool"], saferemove: try bool("saferemove"))
         switch type {
         case .dir, .btrfs:
             guard let p = path, p.hasPrefix("/") else {
@@ -99,6 +112,19 @@ public struct StorageDefinition: Sendable, Equatable {
             guard pool != nil else { throw ConfigError(file: file, line: s.line, "storage '\(id)': zfspool needs 'pool'") }
             if content.contains(.backup) {
                 throw ConfigError(file: file, line: s.line, "storage '\(id)': zfspool cannot hold content 'backup'")
+            }
+        case .lvm, .lvmthin:
+            guard let vg = vgname, !vg.isEmpty else {
+                throw ConfigError(file: file, line: s.line, "storage '\(id)': \(type.rawValue) needs 'vgname'")
+            }
+            if type == .lvmthin && (thinpool ?? "").isEmpty {
+                throw ConfigError(file: file, line: s.line, "storage '\(id)': lvmthin needs 'thinpool'")
+            }
+            if content.contains(.backup) {
+                throw ConfigError(file: file, line: s.line, "storage '\(id)': \(type.rawValue) cannot hold content 'backup'")
+            }
+            if s["base"] != nil {
+                throw ConfigError(file: file, line: s.line, "storage '\(id)': 'base' (a VG on an iSCSI LUN) is not supported")
             }
         case .rbd:
             if pool == nil { pool = "rbd" }
@@ -129,6 +155,9 @@ public struct StorageDefinition: Sendable, Equatable {
         s["monhost"] = monhost
         s["username"] = username
         s["keyring"] = keyring
+        s["vgname"] = vgname
+        s["thinpool"] = thinpool
+        if saferemove { s["saferemove"] = "1" }
         return s
     }
 }

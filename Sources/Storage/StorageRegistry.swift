@@ -16,6 +16,7 @@ public struct StorageRegistry: Sendable {
         case .btrfs: return BtrfsPlugin(def)
         case .zfspool: return ZFSPoolPlugin(def)
         case .rbd: return RBDPlugin(def)
+        case .lvm, .lvmthin: return LVMPlugin(def)
         }
     }
 

@@ -68,7 +68,7 @@ struct StorageConfigTests {
         ("dir: local\n\tpath /x\n\tfoo bar\n", 3, "unknown key 'foo' for dir 'local'"),
         ("dir: local\n\tpath /x\n\tpool tank\n", 3, "unknown key 'pool' for dir 'local'"),
         ("btrfs: a\n\tpath /x\n\treflink 1\n", 3, "unknown key 'reflink' for btrfs 'a'"),
-        ("lvm: vg\n", 1, "unknown section type 'lvm'"),
+        ("iscsi: vg\n", 1, "unknown section type 'iscsi'"),
         ("rbd: c\n\tpath /x\n", 2, "unknown key 'path' for rbd 'c'"),
         ("d!r: local\n", 1, "invalid section type"),
         ("dir: 1local\n", 1, "invalid dir id '1local'"),

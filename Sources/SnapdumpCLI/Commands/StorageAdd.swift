@@ -3,16 +3,19 @@ import SnapdumpConfig
 import Storage
 
 struct StorageAdd: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "add", abstract: "Add a storage: dir, btrfs, zfspool or rbd.")
+    static let configuration = CommandConfiguration(commandName: "add", abstract: "Add a storage: dir, btrfs, zfspool, rbd, lvm or lvmthin.")
 
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "Storage type: dir, btrfs, zfspool, rbd.") var type: String
+    @Argument(help: "Storage type: dir, btrfs, zfspool, rbd, lvm, lvmthin.") var type: String
     @Argument(help: "Storage id.") var storeid: String
     @Option(help: "Directory (dir, btrfs).") var path: String?
     @Option(help: "ZFS pool or dataset (zfspool); Ceph pool (rbd, default rbd).") var pool: String?
     @Option(help: "rbd: Ceph monitors, e.g. '10.0.0.1 10.0.0.2:6789' (default: from ceph.conf).") var monhost: String?
     @Option(help: "rbd: cephx user without 'client.' (default admin).") var username: String?
     @Option(help: "rbd: keyring file of that user.") var keyring: String?
+    @Option(help: "lvm, lvmthin: volume group.") var vgname: String?
+    @Option(help: "lvmthin: thin pool LV.") var thinpool: String?
+    @Option(help: "lvm: 1 to zero LVs before removing them.") var saferemove: Int?
     @Option(help: "Content types: images,backup.") var content: String?
     @Option(help: "dir only: 1 to snapshot raw files by reflink (XFS or btrfs underneath).") var reflink: Int?
     @Option(help: "Default image format: raw or qcow2.") var format: String?
@@ -40,7 +43,8 @@ struct StorageAdd: ParsableCommand {
         if let p = path, !p.hasPrefix("/") { path = FileManagerCWD.absolute(p) }
         let def = StorageDefinition(type: t, id: storeid, path: path, pool: pool, content: contentSet,
                                     reflink: reflink == 1, format: fmt, pruneBackups: pruneBackups,
-                                    monhost: monhost, username: username, keyring: keyring.map { $0.hasPrefix("/") ? $0 : FileManagerCWD.absolute($0) })
+                                    monhost: monhost, username: username, keyring: keyring.map { $0.hasPrefix("/") ? $0 : FileManagerCWD.absolute($0) },
+                                    vgname: vgname, thinpool: thinpool, saferemove: saferemove == 1)
         // Validate through the same rules as loading the file, so what we write we can read.
         // The section is not from a file: report the message alone, without a file:line.
         do {

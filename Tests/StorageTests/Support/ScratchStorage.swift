@@ -42,12 +42,19 @@ final class ScratchStorage: @unchecked Sendable {
     /// The Ceph pool made for this test (rbd), and the cluster's config for the CLI.
     let cephPool: String?
     let cephConf: String?
+    /// The volume group (lvm, lvmthin), the thin pool made for this test, and the LVs there before it.
+    let lvmVG: String?
+    let lvmThinPool: String?
+    let lvmBefore: Set<String>
 
     init(type: StorageType, fixtureDir: String? = nil, zpool: String? = nil, reflink: Bool = false, format: VolumeFormat? = nil) throws {
         let tag = Fixture.short()
         let id = "t\(tag)"
         cephPool = nil
         cephConf = nil
+        lvmVG = nil
+        lvmThinPool = nil
+        lvmBefore = []
         switch type {
         case .dir, .btrfs:
             let base = fixtureDir!
@@ -63,8 +70,8 @@ final class ScratchStorage: @unchecked Sendable {
             btrfsMount = nil
             root = try Command.run(["zfs", "get", "-H", "-o", "value", "mountpoint", ds]).trimmingCharacters(in: .whitespacesAndNewlines)
             definition = StorageDefinition(type: .zfspool, id: id, pool: ds, format: format)
-        case .rbd:
-            preconditionFailure("use init(ceph:)")
+        case .rbd, .lvm, .lvmthin:
+            preconditionFailure("use init(ceph:) or init(lvm:vg:)")
         }
         plugin = StorageRegistry.plugin(for: definition)
     }
@@ -79,11 +86,50 @@ final class ScratchStorage: @unchecked Sendable {
         try ceph.createPool(pool)
         cephPool = pool
         cephConf = ceph.conf
+        lvmVG = nil
+        lvmThinPool = nil
+        lvmBefore = []
         dataset = nil
         btrfsMount = nil
         root = ""
         definition = StorageDefinition(type: .rbd, id: "t\(tag)", pool: pool, monhost: ceph.monhost, username: "admin", keyring: ceph.keyring)
         plugin = StorageRegistry.plugin(for: definition)
+    }
+
+    /// An lvm storage on the fixture VG, or an lvmthin one on a thin pool of its own in it.
+    init(lvm type: StorageType, vg: String) throws {
+        let tag = Fixture.short()
+        lvmVG = vg
+        lvmBefore = Set(Self.lvNames(vg))
+        if type == .lvmthin {
+            let pool = "tp\(tag)"
+            try Command.run(["lvm", "lvcreate", "-q", "-L", "192M", "-T", "\(vg)/\(pool)"])
+            lvmThinPool = pool
+        } else {
+            lvmThinPool = nil
+        }
+        cephPool = nil
+        cephConf = nil
+        dataset = nil
+        btrfsMount = nil
+        root = ""
+        definition = StorageDefinition(type: type, id: "t\(tag)", vgname: vg, thinpool: lvmThinPool, saferemove: type == .lvm)
+        plugin = StorageRegistry.plugin(for: definition)
+    }
+
+    static func lvNames(_ vg: String) -> [String] {
+        ((try? Command.run(["lvm", "lvs", "--noheadings", "-o", "lv_name", vg])) ?? "")
+            .split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+
+    /// LVs this test made (beside its thin pool and the pool's hidden parts).
+    func lvmEntries() -> [String: FileTree.Entry] {
+        guard let vg = lvmVG else { return [:] }
+        var entries: [String: FileTree.Entry] = [:]
+        for n in Self.lvNames(vg) where !lvmBefore.contains(n) && n != lvmThinPool {
+            entries[n] = FileTree.Entry(kind: "f", size: 0, digest: "")
+        }
+        return entries
     }
 
     var id: String { definition.id }
@@ -106,7 +152,10 @@ final class ScratchStorage: @unchecked Sendable {
     }
 
     /// Live processes (qemu-nbd) whose command line names something of this storage.
-    func processes() -> [Processes.Entry] { cephPool.map { Processes.matching("rbd:\($0)/") } ?? Processes.matching(root + "/") }
+    func processes() -> [Processes.Entry] {
+        if let vg = lvmVG { return Processes.matching("/dev/\(vg)/") }
+        return cephPool.map { Processes.matching("rbd:\($0)/") } ?? Processes.matching(root + "/")
+    }
 
     /// RBD images and snapshots of the test pool (`rbd ls -l`), and what is in its trash.
     func rbdEntries() -> [String: FileTree.Entry] {
@@ -125,7 +174,8 @@ final class ScratchStorage: @unchecked Sendable {
 
     /// What the storage holds now: its directory tree, or its RBD images and snapshots.
     func capture() throws -> FileTree {
-        cephPool == nil ? try FileTree.capture(root) : FileTree(root: "rbd:" + cephPool!, entries: rbdEntries())
+        if let vg = lvmVG { return FileTree(root: "lvm:" + vg, entries: lvmEntries()) }
+        return cephPool == nil ? try FileTree.capture(root) : FileTree(root: "rbd:" + cephPool!, entries: rbdEntries())
     }
 
     /// Everything the storage layer left behind once all volumes and snapshots are gone:
@@ -134,7 +184,7 @@ final class ScratchStorage: @unchecked Sendable {
     /// (`images`, `images/<vmid>`) are allowed, as Proxmox leaves them too.
     func leftovers() -> [String] {
         var found: [String] = []
-        if cephPool == nil, let tree = try? FileTree.capture(root) {
+        if cephPool == nil, lvmVG == nil, let tree = try? FileTree.capture(root) {
             for (path, e) in tree.entries {
                 let parts = path.split(separator: "/")
                 let allowed = e.kind == "d" && parts[0] == "images" && (parts.count == 1 || parts.count == 2 && Int(parts[1]) != nil)
@@ -144,6 +194,7 @@ final class ScratchStorage: @unchecked Sendable {
         found += subvolumes().map { "btrfs subvolume \($0)" }
         found += zfsChildren().map { "zfs \($0)" }
         found += rbdEntries().keys.map { "rbd \(cephPool!)/\($0)" }
+        found += lvmEntries().keys.map { "lv \(lvmVG!)/\($0)" }
         found += processes().map { "process \($0.pid): \($0.commandLine)" }
         return found.sorted()
     }
@@ -151,6 +202,11 @@ final class ScratchStorage: @unchecked Sendable {
     /// Removes everything this test made (helpers it started, subvolumes, datasets, files).
     func destroy() {
         Processes.terminate(processes().map(\.pid))
+        if let vg = lvmVG {
+            for n in lvmEntries().keys.sorted(by: >) { _ = try? Command.capture(["lvm", "lvremove", "-f", "\(vg)/\(n)"]) }
+            if let pool = lvmThinPool { _ = try? Command.capture(["lvm", "lvremove", "-f", "\(vg)/\(pool)"]) }
+            return
+        }
         if let pool = cephPool, let conf = cephConf {
             CephFixture(conf: conf, monhost: "", keyring: "").removePool(pool)
             for f in (try? FileSystem.list(RBDPlugin.clientConfigDir)) ?? [] where f.hasPrefix(id + "-") {
