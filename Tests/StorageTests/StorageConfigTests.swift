@@ -115,6 +115,11 @@ struct StorageConfigTests {
         ("rbd: a\n\tkrbd yes\n", "krbd must be 0 or 1"),
         ("rbd: a\n\tcontent images,backup\n", "rbd cannot hold content 'backup'"),
         ("rbd: a\n\tkeyring ceph.keyring\n", "keyring must be an absolute path, got 'ceph.keyring'"),
+        ("lvm: a\n\tcontent images\n", "lvm needs 'vgname'"),
+        ("lvmthin: a\n\tvgname pve\n", "lvmthin needs 'thinpool'"),
+        ("lvm: a\n\tvgname pve\n\tsaferemove yes\n", "saferemove must be 0 or 1"),
+        ("lvm: a\n\tvgname pve\n\tbase iscsi:0.0.1.scsi-x\n", "'base' (a VG on an iSCSI LUN) is not supported"),
+        ("lvmthin: a\n\tvgname pve\n\tthinpool data\n\tcontent backup\n", "lvmthin cannot hold content 'backup'"),
     ] as [(String, String)])
     func definitionErrors(text: String, message: String) throws {
         // Value errors name the section's header line; here every section starts on line 1.
@@ -138,6 +143,16 @@ struct StorageConfigTests {
         #expect(again == d)
         let bare = try #require(try StorageConfigFile.parseForTest("rbd: c\n").first)
         #expect(bare.pool == "rbd" && bare.monhost == nil && bare.content == [.images])
+    }
+
+    /// `local-lvm` as a Proxmox installer writes it, and a thick lvm storage: they read and write back the same.
+    @Test func lvmDefinitions() throws {
+        let text = "lvmthin: local-lvm\n\tthinpool data\n\tvgname pve\n\tcontent images\n\nlvm: thick\n\tvgname vg0\n\tcontent images\n\tsaferemove 1\n"
+        let defs = try StorageConfigFile.parseForTest(text)
+        #expect(defs.map(\.type) == [.lvmthin, .lvm])
+        #expect(defs[0].vgname == "pve" && defs[0].thinpool == "data" && !defs[0].saferemove)
+        #expect(defs[1].vgname == "vg0" && defs[1].thinpool == nil && defs[1].saferemove)
+        for d in defs { #expect(try StorageDefinition(section: d.section, file: "x") == d) }
     }
 
     @Test func loadSaveRoundTrip() throws {
