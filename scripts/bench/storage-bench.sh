@@ -260,7 +260,7 @@ fi
 {
   echo "## Storage benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo
-  echo "Command: \`scripts/bench/storage-bench.sh\` (RUNS=$RUNS EXPORT_RUNS=$EXPORT_RUNS SIZES=\"$SIZES\" ZFS_SIZES=\"$ZFS_SIZES\" EXPORT_SIZE=$EXPORT_SIZE), release build, commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'), load average at start: $LOAD_START"
+  echo "Command: \`scripts/bench/storage-bench.sh\` (RUNS=$RUNS EXPORT_RUNS=$EXPORT_RUNS SIZES=\"$SIZES\" ZFS_SIZES=\"$ZFS_SIZES\" EXPORT_SIZE=$EXPORT_SIZE), ${SNAPDUMP_BENCH_BIN:+binary $SNAPDUMP_BENCH_BIN, not }release build, commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'), load average at start: $LOAD_START"
   echo
   src=$(df --output=source "$BASE" | tail -1)
   echo "Machine: $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM, kernel $(uname -r); scratch $BASE on $src ($(findmnt -no FSTYPE --target "$BASE"), $(lsblk -dno SIZE "$src" 2>/dev/null | tr -d ' ') disk, rotational=$(lsblk -dno ROTA "$src" 2>/dev/null | tr -d ' '))"
