@@ -101,7 +101,9 @@ struct CLIBadInputTests {
 
     @Test func unknownStorageType() throws {
         let s = try CLISandbox(label: "type")
-        try s.expectCleanFailure(["storage", "add", "lvm", "x", "--path", s.dataDir], mentions: ["unknown storage type 'lvm'"])
+        try s.expectCleanFailure(["storage", "add", "iscsi", "x", "--path", s.dataDir], mentions: ["unknown storage type 'iscsi'"])
+        try s.expectCleanFailure(["storage", "add", "lvmthin", "x", "--vgname", "pve"], mentions: ["storage 'x'", "lvmthin needs 'thinpool'"])
+        try s.expectCleanFailure(["storage", "add", "rbd", "x", "--keyring", "rel.keyring", "--content", "backup"], mentions: ["storage 'x'", "rbd cannot hold content 'backup'"])
     }
 
     @Test func badStorageAddArguments() throws {
@@ -138,7 +140,7 @@ struct CLIBadInputTests {
         let cases: [(String, Int, String)] = [
             ("dir: local\n\tpath \(s.dataDir)\n\ncontent images\n", 4, "section header"),
             ("dir: local\n\tpath \(s.dataDir)\n\tfoo bar\n", 3, "unknown key 'foo'"),
-            ("dir: local\n\tpath \(s.dataDir)\n\nlvm: vg\n\tvgname x\n", 4, "unknown section type 'lvm'"),
+            ("dir: local\n\tpath \(s.dataDir)\n\niscsi: vg\n\tportal x\n", 4, "unknown section type 'iscsi'"),
             ("dir: local\n\tpath \(s.dataDir)\n\tpath /other\n", 3, "duplicate key 'path'"),
             ("dir: local\n\tpath \(s.dataDir)\n\ndir: local\n\tpath /x\n", 4, "duplicate id 'local'"),
             ("\tpath /x\n", 1, "outside a section"),

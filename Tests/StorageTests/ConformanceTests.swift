@@ -61,7 +61,13 @@ struct PluginCase: Sendable, CustomTestStringConvertible {
             _ = try Fixture.need(fixture)
             return try ScratchStorage(ceph: try CephFixture.require())
         case .lvm, .lvmthin:
-            return try ScratchStorage(lvm: type, vg: try Fixture.need(fixture))
+            // No device-mapper on the host: these cases run inside the storage VM,
+            // and LVMInVMTests fails (under SNAPDUMP_INTEGRATION=1) unless they pass there.
+            guard let vg = Integration.fixture(fixture) else {
+                print("skipped here: \(name) runs inside the storage VM (LVMInVMTests)")
+                try Test.cancel("\(name) runs inside the storage VM (LVMInVMTests)")
+            }
+            return try ScratchStorage(lvm: type, vg: vg)
         }
     }
 
