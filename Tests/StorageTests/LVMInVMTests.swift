@@ -8,7 +8,8 @@ import TestSupport
 /// (scripts/fixtures/storage-vm.sh: Debian's cloud kernel under TCG, a blank
 /// PV disk, this very test bundle on an ext4 payload disk), and this test
 /// reads the guest's console. Each LVM case must have run to its last step,
-/// and none may have failed or been skipped.
+/// and none may have failed or been skipped. The same VM runs LVMReadErrorTests
+/// (a dm `error` segment under an LV).
 @Suite("lvm and lvmthin in the storage VM", .serialized)
 struct LVMInVMTests {
     static let cases = ["lvm (thick LVs)", "lvmthin (thin LVs, thin snapshots)"]
@@ -23,18 +24,23 @@ struct LVMInVMTests {
         let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
         let script = GuestHarness.repositoryRoot + "/scripts/fixtures/storage-vm.sh"
         let t0 = Date()
-        let out = try Command.capture([script, "run", bundle, "ConformanceTests"])
+        let out = try Command.capture([script, "run", bundle, "ConformanceTests|LVMReadErrorTests"])
         let took = Int(Date().timeIntervalSince(t0))
-        let console = out.stdout
+        // One line per console line (a "\r\n" is one Character: split on newlines, not on "\n").
+        let lines = out.stdout.split(whereSeparator: \.isNewline).map(String.init)
+        let console = lines.joined(separator: "\n")
         print("[storage VM] \(took) s, exit \(out.status)")
         #expect(out.status == 0, "storage-vm.sh exited \(out.status): \(out.stderr.suffix(2000))")
         #expect(console.contains("STORAGE-VM tests start"), "the VM did not get to the tests: \(console.suffix(3000))")
         for name in Self.cases {
             #expect(console.contains("[\(name)] conformance: every step ran"), "\(name) did not run to the end:\n\(console.suffix(6000))")
-            let failed = console.split(separator: "\n").filter { $0.contains("✘") && $0.contains(name) }
+            let failed = lines.filter { $0.contains("✘") && $0.contains(name) }
             #expect(failed.isEmpty, "\(name) failed in the VM:\n\(failed.joined(separator: "\n"))")
         }
-        for line in console.split(separator: "\n") where line.hasPrefix("[lvm") || line.hasPrefix("STORAGE-VM") {
+        #expect(console.contains("[lvm read error] export failed as it should"), "the read-error test did not run to the end")
+        let otherFailures = lines.filter { $0.contains("✘") && $0.contains("exportFailsNamingDeviceAndOffset") }
+        #expect(otherFailures.isEmpty, "the read-error test failed in the VM:\n\(otherFailures.joined(separator: "\n"))")
+        for line in lines where line.hasPrefix("[lvm") || line.hasPrefix("STORAGE-VM") {
             print("  vm: \(line)")
         }
     }

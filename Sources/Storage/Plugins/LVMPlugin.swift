@@ -30,7 +30,8 @@ public struct LVMPlugin: StoragePlugin {
 
     func lvm(_ args: [String]) throws -> String {
         do {
-            return try Command.run(["lvm"] + args)
+            // Foundation's Process leaks a socket into children (not close-on-exec); LVM would warn about it.
+            return try Command.run(["lvm"] + args, environment: ["LVM_SUPPRESS_FD_WARNINGS": "1"])
         } catch let e as CommandError {
             let detail = e.stderr.trimmingCharacters(in: .whitespacesAndNewlines)
             if detail.contains("Insufficient free space") || detail.contains("not enough free space") || detail.contains("exceeds the size of thin pool") {
