@@ -5,6 +5,7 @@ public struct Snapdump: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "snapdump",
         abstract: "Back up running QEMU/KVM virtual machines with zero downtime.",
+        version: SnapdumpVersion.current,
         subcommands: [BackupGroupCommand.self, RestoreCommand.self, VMCommand.self, StorageCommand.self, VolumeCommand.self, SnapshotCommand.self,
                       PruneCommand.self, VMACommand.self, JobCommand.self, ScheduleCommand.self, NotifyCommand.self, DaemonCommand.self]
     )
