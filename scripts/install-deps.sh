@@ -14,6 +14,8 @@ packages=(
   librbd-dev qemu-block-extra ceph-common ceph-mon ceph-mgr ceph-osd uuid-runtime
   # lvm, lvmthin: run inside the storage VM (scripts/fixtures/storage-vm.sh), tools copied from the host.
   lvm2 thin-provisioning-tools
+  # the package test: dpkg-deb/dpkg-shlibdeps and a fresh Debian root
+  dpkg-dev debootstrap
 )
 
 missing=()

@@ -51,6 +51,7 @@ install -m 755 "$here/debian/postinst" "$here/debian/prerm" "$here/debian/postrm
 
 deb="$outdir/snapdump_${version}_${arch}.deb"
 rm -f "$outdir"/snapdump_*.deb
-dpkg-deb --root-owner-group -Zxz --build "$root" "$deb.tmp" >/dev/null
+# zstd -9: 10 s here for 42 MB; dpkg-deb's default xz takes minutes for 31 MB.
+dpkg-deb --root-owner-group -Zzstd -z9 --build "$root" "$deb.tmp" >/dev/null
 mv "$deb.tmp" "$deb"
 echo "build-deb: $deb ($(du -h "$deb" | cut -f1); Depends: $(sed -n 's/^Depends: //p' "$root/DEBIAN/control"))" >&2
