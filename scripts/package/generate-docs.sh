@@ -25,7 +25,8 @@ rm -rf "$out/man" "$out/completions"
 mkdir -p "$out/man/man1" "$out/completions/bash" "$out/completions/zsh" "$out/completions/fish"
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+stamp=$(mktemp)
+trap 'rm -f "$log" "$stamp"' EXIT
 if ! "$swift" package plugin generate-manual --configuration debug --multi-page --date "$date" >"$log" 2>&1; then
     cat "$log" >&2
     echo "Error: generate-manual plugin failed (log above)" >&2
@@ -46,11 +47,12 @@ rename_page() {
     sed -e ':a' -e 's/^\(\.\(Dt\|Xr\) [^ .]*\)\./\1-/' -e 'ta' "$1"
 }
 
+# Only this run's pages: the plugin leaves those of removed commands behind.
 for dir in "${dirs[@]}"; do
-    for page in "$dir"/*.1; do
+    while read -r page; do
         name=$(basename "$page" .1)
         rename_page "$page" >"$out/man/man1/${name//./-}.1"
-    done
+    done < <(find "$dir" -maxdepth 1 -name '*.1' -newer "$stamp")
 done
 
 # A command group whose default subcommand has the group's name (`snapdump
