@@ -165,7 +165,8 @@ expect_eq "vm status after the backup" "$(in_root snapdump vm status 100 | head 
 archives=("$root"/srv/backup/dump/vzdump-qemu-100-*.vma.zst)
 [ ${#archives[@]} = 1 ] && [ -f "${archives[0]}" ] || fail "expected one archive in /srv/backup/dump, found: $(ls "$root/srv/backup/dump")"
 archive=/srv/backup/dump/${archives[0]##*/}
-in_root snapdump vma verify "$archive" >/dev/null || fail "vma verify $archive failed"
+in_root snapdump vma verify "$archive" >"$root/tmp/verify.out" 2>&1 ||
+    { cat "$root/tmp/verify.out" >&2; fail "vma verify $archive failed"; }
 in_root snapdump restore "$archive" 101 --storage local >/dev/null 2>&1 || fail "restore of $archive to VM 101 failed"
 restored=$(in_root snapdump volume path local:101/vm-101-disk-0.raw)
 cmp "$root$disk" "$root$restored" || fail "the restored disk differs from the backed-up one"
