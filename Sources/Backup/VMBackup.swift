@@ -338,7 +338,3 @@ final class DowntimeClock: @unchecked Sendable {
         return milliseconds
     }
 }
-
-public enum SnapdumpVersion {
-    public static let current = "0.1.0"
-}

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Backup
 
 /// The `snapdump` command: Proxmox's vzdump, pvesm and qm for any KVM host.
 public struct Snapdump: AsyncParsableCommand {
