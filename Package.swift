@@ -37,6 +37,9 @@ let package = Package(
         .target(name: "Archive", dependencies: ["SnapdumpSystem", "CZstd", "CZlib", "COpenSSL"], exclude: ["README.md"]),
         // Notifications as Proxmox VE 8 sends them: sendmail, SMTP and webhook targets, matchers (notifications.cfg).
         .target(name: "Notify", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "COpenSSL"], exclude: ["README.md"]),
+        // The deduplicating repository (PBS datastore layout): blobs, fixed indexes, manifests,
+        // chunk store, locks, encryption, verify and gc.
+        .target(name: "Repository", dependencies: ["SnapdumpSystem", "Archive", "CZstd", "CZlib", "COpenSSL"], exclude: ["README.md"]),
         // The vzdump engine: modes, fallback, logs, restore.
         .target(name: "Backup", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "Storage", "Guest", "Archive", "Notify"], exclude: ["README.md"]),
         // Backup jobs (jobs.cfg), job state, and the snapdumpd scheduler.
@@ -62,6 +65,7 @@ let package = Package(
         .testTarget(name: "StorageTests", dependencies: ["Storage", "SnapdumpSystem", "SnapdumpConfig", "TestSupport"]),
         .testTarget(name: "GuestTests", dependencies: ["Guest", "Storage", "SnapdumpSystem", "TestSupport"]),
         .testTarget(name: "ArchiveTests", dependencies: ["Archive", "SnapdumpSystem", "TestSupport"], resources: [.copy("Golden")]),
+        .testTarget(name: "RepositoryTests", dependencies: ["Repository", "Archive", "SnapdumpSystem", "TestSupport"]),
         .testTarget(name: "BackupTests", dependencies: ["Backup", "Guest", "Storage", "Archive", "SnapdumpConfig", "SnapdumpSystem", "TestSupport"]),
         .testTarget(name: "NotifyTests", dependencies: ["Notify", "SnapdumpConfig", "TestSupport"]),
         .testTarget(name: "SchedulerTests", dependencies: [

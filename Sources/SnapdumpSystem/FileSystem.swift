@@ -39,11 +39,37 @@ public enum FileSystem {
     /// fsync of the directory. A failure removes the temp file and leaves the
     /// old file untouched.
     public static func writeAtomically(_ path: String, _ contents: String, mode: mode_t = 0o644) throws {
+        try writeAtomically(path, bytes: Array(contents.utf8), mode: mode)
+    }
+
+    public static func readText(_ path: String) throws -> String {
+        String(decoding: try readBytes(path), as: UTF8.self)
+    }
+
+    /// The whole file (sized from fstat, so one allocation for a regular file).
+    public static func readBytes(_ path: String) throws -> [UInt8] {
+        let f = try File.openForReading(path)
+        var bytes = [UInt8](repeating: 0, count: Int((try? f.size()) ?? 0) + 1)
+        var used = 0
+        while true {
+            if used == bytes.count { bytes.append(contentsOf: repeatElement(0, count: max(65536, bytes.count))) }
+            let n = try bytes.withUnsafeMutableBytes { (b) throws in
+                try f.read(into: UnsafeMutableRawBufferPointer(rebasing: b[used...]), at: UInt64(used))
+            }
+            if n == 0 { break }
+            used += n
+        }
+        bytes.removeSubrange(used...)
+        return bytes
+    }
+
+    /// Writes `bytes` atomically as `writeAtomically` does for text.
+    public static func writeAtomically(_ path: String, bytes: [UInt8], mode: mode_t = 0o644) throws {
         let dir = (path as NSString).deletingLastPathComponent
         let tmp = "\(path).tmp.\(getpid())"
         do {
             let f = try File.open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode: mode)
-            try f.writeAll(Array(contents.utf8))
+            try f.writeAll(bytes)
             try f.sync()
             try f.close()
             if Glibc.rename(tmp, path) != 0 { throw SystemError("rename to '\(path)' from", tmp) }
@@ -52,20 +78,6 @@ public enum FileSystem {
             unlink(tmp)
             throw error
         }
-    }
-
-    public static func readText(_ path: String) throws -> String {
-        let f = try File.openForReading(path)
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        var offset: UInt64 = 0
-        while true {
-            let n = try chunk.withUnsafeMutableBytes { (b) throws in try f.read(into: b, at: offset) }
-            if n == 0 { break }
-            bytes.append(contentsOf: chunk[0..<n])
-            offset += UInt64(n)
-        }
-        return String(decoding: bytes, as: UTF8.self)
     }
 
     public static func remove(_ path: String) throws {

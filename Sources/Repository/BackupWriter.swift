@@ -1,0 +1,243 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Synchronization
+import SnapdumpSystem
+import Archive
+
+/// One backup into a repository: a snapshot directory filled with fixed
+/// indexes and blobs, then the manifest, written last (`finish`). Until
+/// then the snapshot does not exist; `abort` (or a killed process) leaves a
+/// directory without manifest, which the next backup of the guest removes
+/// and whose chunks the next gc removes after the cutoff.
+///
+/// Holds the repository's writer lock (gc never removes chunks newer than
+/// this writer's start) and the guest's lock (one backup per guest).
+public final class BackupWriter: @unchecked Sendable {
+    // @unchecked: mutable state (files, stats) is behind `state`; the rest is immutable.
+    public let repository: Repository
+    public let snapshot: SnapshotName
+    public let directory: String
+    private let writerLock: RepositoryLocks.WriterLock
+    private let groupLock: FileLock
+    private let zeroDigest: SHA256Digest
+    private let zeroStored = Atomic<Bool>(false)
+
+    private struct State {
+        var files: [Manifest.FileInfo] = []
+        var stats = Manifest.ChunkUploadStats(count: 0, size: 0, compressedSize: 0, duplicates: 0)
+        var done = false
+    }
+    private let state = Mutex(State())
+
+    /// Starts a backup of `snapshot`. Removes the guest's unfinished
+    /// snapshot directories first (left by killed runs: we hold the guest's
+    /// lock, so no other backup of it is running). `removed` reports them.
+    public init(repository: Repository, snapshot: SnapshotName, lockTimeout: Double = 0,
+                removed: (String) -> Void = { _ in }) throws {
+        self.repository = repository
+        self.snapshot = snapshot
+        directory = repository.directory(of: snapshot)
+        writerLock = try RepositoryLocks.writer(root: repository.root)
+        do {
+            try FileSystem.createDirectory("\(repository.root)/\(snapshot.type)", mode: 0o700)
+            try FileSystem.createDirectory("\(repository.root)/\(snapshot.group)", mode: 0o700)
+        } catch { throw RepositoryError.io(repository.root, "cannot create the guest's directory", error) }
+        groupLock = try RepositoryLocks.group(root: repository.root, group: snapshot.group, timeout: lockTimeout)
+        for old in repository.unfinishedSnapshots(type: snapshot.type, id: snapshot.id) {
+            try? repository.removeDirectory(repository.directory(of: old))
+            removed(old.path)
+        }
+        if FileSystem.exists(directory) {
+            throw RepositoryError(.exists, "snapshot \(snapshot)", "exists already in \(repository.root)")
+        }
+        if mkdir(directory, 0o700) != 0 { throw RepositoryError.io(directory, "cannot create snapshot directory", SystemError("mkdir", directory)) }
+        // Initialised last on purpose: deinit (which removes `directory`) runs
+        // only for a fully initialised writer, never for one that found the
+        // snapshot existing.
+        var zero = [UInt8](repeating: 0, count: Int(FixedIndex.defaultChunkSize))
+        zeroDigest = repository.crypt.map { c in zero.withUnsafeBytes { c.digest($0) } } ?? DeviceDigest.zeroChunkDigest
+        zero = []
+    }
+
+    deinit {
+        let finished = state.withLock { $0.done }
+        if !finished { abort() }
+    }
+
+    public var cryptMode: Manifest.CryptMode { repository.crypt == nil ? .none : .encrypt }
+
+    /// Statistics of the chunks written so far.
+    public var stats: Manifest.ChunkUploadStats { state.withLock { $0.stats } }
+
+    /// The digest a chunk is stored under (keyed when encrypted).
+    public func digest(of chunk: UnsafeRawBufferPointer) -> SHA256Digest {
+        if chunk.count == Int(FixedIndex.defaultChunkSize) && isAllZero(chunk) { return zeroDigest }
+        if let c = repository.crypt { return c.digest(chunk) }
+        return SHA256.digest(chunk)
+    }
+
+    /// Stores one chunk unless the repository has it; returns its digest.
+    /// Thread-safe: disks are uploaded from several threads.
+    public func store(chunk: UnsafeRawBufferPointer) throws -> SHA256Digest {
+        let isZero = chunk.count == Int(FixedIndex.defaultChunkSize) && isAllZero(chunk)
+        let d = isZero ? zeroDigest : (repository.crypt.map { $0.digest(chunk) } ?? SHA256.digest(chunk))
+        if isZero && zeroStored.load(ordering: .relaxed) { countDuplicate(); return d }
+        if repository.chunks.storedSize(d) != nil {
+            repository.chunks.touch(d)
+            if isZero { zeroStored.store(true, ordering: .relaxed) }
+            countDuplicate()
+            return d
+        }
+        let blob = try DataBlob.encode(chunk, compress: true, crypt: repository.crypt)
+        switch try repository.chunks.insert(d, blob: blob) {
+        case .stored(let n):
+            state.withLock { s in
+                s.stats.count += 1
+                s.stats.size += UInt64(chunk.count)
+                s.stats.compressedSize += n
+            }
+        case .duplicate:
+            countDuplicate()
+        }
+        if isZero { zeroStored.store(true, ordering: .relaxed) }
+        return d
+    }
+
+    private func countDuplicate() { state.withLock { $0.stats.duplicates += 1 } }
+
+    /// Reads a disk of `size` bytes in 4 MiB chunks with `read(offset, buffer)`
+    /// (must fill the buffer, thread-safe) on `threads` threads, stores every
+    /// unknown chunk and writes `<name>.fidx`. `knownZero(offset, length)` says
+    /// a range reads as zeros without reading it (holes). `progress` gets the
+    /// bytes done so far. Memory: two chunk buffers per thread.
+    @discardableResult
+    public func addDisk(name: String, size: UInt64, threads: Int = ProcessInfo.processInfo.activeProcessorCount,
+                        read: @escaping @Sendable (UInt64, UnsafeMutableRawBufferPointer) throws -> Void,
+                        knownZero: (@Sendable (UInt64, Int) -> Bool)? = nil,
+                        progress: (@Sendable (UInt64) -> Void)? = nil) throws -> FixedIndex {
+        let fileName = name.hasSuffix(".fidx") ? name : name + ".fidx"
+        let chunkSize = FixedIndex.defaultChunkSize
+        let count = FixedIndex.chunkCount(size: size, chunkSize: chunkSize)
+        let digests = Mutex([SHA256Digest](repeating: SHA256Digest(), count: count))
+        let next = Atomic<Int>(0)
+        let done = Atomic<UInt64>(0)
+        let failure = Mutex<(any Error)?>(nil)
+        let workers = max(1, min(threads, count))
+        let zeroDigest = self.zeroDigest
+        DispatchQueue.concurrentPerform(iterations: workers) { _ in
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(chunkSize), alignment: 4096)
+            defer { buffer.deallocate() }
+            while failure.withLock({ $0 == nil }) {
+                let i = next.add(1, ordering: .relaxed).oldValue
+                guard i < count else { break }
+                let offset = UInt64(i) * chunkSize
+                let len = Int(min(chunkSize, size - offset))
+                do {
+                    let d: SHA256Digest
+                    if len == Int(chunkSize), let knownZero, knownZero(offset, len), zeroStored.load(ordering: .relaxed) {
+                        d = zeroDigest
+                        countDuplicate()
+                    } else {
+                        let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<len])
+                        if len == Int(chunkSize), let knownZero, knownZero(offset, len) {
+                            chunk.initializeMemory(as: UInt8.self, repeating: 0)
+                        } else {
+                            try read(offset, chunk)
+                        }
+                        d = try store(chunk: UnsafeRawBufferPointer(chunk))
+                    }
+                    digests.withLock { $0[i] = d }
+                    let total = done.add(UInt64(len), ordering: .relaxed).newValue
+                    progress?(total)
+                } catch {
+                    failure.withLock { if $0 == nil { $0 = error } }
+                }
+            }
+        }
+        if let e = failure.withLock({ $0 }) { throw e }
+        var uuid = try Random.bytes(16)
+        uuid[6] = (uuid[6] & 0x0F) | 0x40
+        uuid[8] = (uuid[8] & 0x3F) | 0x80
+        let index = FixedIndex(uuid: uuid, ctime: Int64(Date().timeIntervalSince1970), size: size,
+                               chunkSize: chunkSize, digests: digests.withLock { $0 })
+        try index.write(to: directory + "/" + fileName)
+        state.withLock { $0.files.append(Manifest.FileInfo(filename: fileName, cryptMode: cryptMode, size: size, csum: index.indexChecksum.hex)) }
+        return index
+    }
+
+    /// Adds an index built elsewhere (import from a VMA archive).
+    public func addIndex(name: String, _ index: FixedIndex) throws {
+        let fileName = name.hasSuffix(".fidx") ? name : name + ".fidx"
+        try index.write(to: directory + "/" + fileName)
+        state.withLock { $0.files.append(Manifest.FileInfo(filename: fileName, cryptMode: cryptMode, size: index.size, csum: index.indexChecksum.hex)) }
+    }
+
+    /// Writes `<name>` (ending in `.blob`) holding `data`, compressed and
+    /// encrypted like chunks. `inManifest: false` for the task log, which PBS
+    /// keeps beside the manifest's file list.
+    public func addBlob(name: String, data: [UInt8], inManifest: Bool = true) throws {
+        precondition(name.hasSuffix(".blob") && name != Manifest.fileName)
+        let blob = try DataBlob.encode(data, compress: true, crypt: repository.crypt)
+        let path = directory + "/" + name
+        do { try FileSystem.writeAtomically(path, bytes: blob, mode: 0o600) } catch {
+            throw RepositoryError.io(path, "cannot write blob", error)
+        }
+        guard inManifest else { return }
+        state.withLock { $0.files.append(Manifest.FileInfo(filename: name, cryptMode: cryptMode, size: UInt64(blob.count), csum: SHA256.digest(blob).hex)) }
+    }
+
+    /// Makes everything durable (syncfs), then writes the manifest: from
+    /// here on the snapshot exists. `notes` and `protected` as for archives.
+    public func finish(notes: String? = nil, protected: Bool = false) throws -> Manifest {
+        var m = Manifest(snapshot: snapshot, files: state.withLock { $0.files })
+        m.unprotected.notes = (notes?.isEmpty ?? true) ? nil : notes
+        m.unprotected.chunkUploadStats = stats
+        if let c = repository.crypt { try m.sign(c) }
+        do {
+            let dir = try File.open(directory, O_RDONLY | O_DIRECTORY)
+            try dir.syncFilesystem()
+            if protected { try FileSystem.writeAtomically(directory + "/.protected", "", mode: 0o600) }
+            try FileSystem.writeAtomically(directory + "/" + Manifest.fileName, bytes: try m.encodedBlob(), mode: 0o600)
+        } catch {
+            throw RepositoryError.io("snapshot \(snapshot)", "cannot finish the backup", error)
+        }
+        state.withLock { $0.done = true }
+        groupLock.unlock()
+        writerLock.release()
+        return m
+    }
+
+    /// Removes the snapshot directory (nothing of it is visible) and the locks.
+    /// The chunks written stay until gc removes them.
+    public func abort() {
+        let already = state.withLock { s -> Bool in
+            let d = s.done
+            s.done = true
+            return d
+        }
+        guard !already else { return }
+        if let names = try? FileSystem.list(directory) {
+            for n in names { unlink(directory + "/" + n) }
+        }
+        rmdir(directory)
+        groupLock.unlock()
+        writerLock.release()
+    }
+}
+
+@inline(__always)
+func isAllZero(_ b: UnsafeRawBufferPointer) -> Bool {
+    guard let p = b.baseAddress else { return true }
+    var i = 0
+    let n = b.count
+    while i + 32 <= n {
+        let v = p.loadUnaligned(fromByteOffset: i, as: UInt64.self) | p.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self)
+            | p.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self) | p.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self)
+        if v != 0 { return false }
+        i += 32
+    }
+    while i < n { if p.load(fromByteOffset: i, as: UInt8.self) != 0 { return false }; i += 1 }
+    return true
+}

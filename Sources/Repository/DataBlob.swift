@@ -1,0 +1,127 @@
+import CZlib
+
+/// PBS's blob format (`file_formats.rs`, `data_blob.rs`), used for every
+/// chunk and for the manifest, config and log files of a snapshot:
+///
+///     0  magic[8]      which of the four kinds below
+///     8  crc32 u32 LE  IEEE CRC over every byte after the header
+///    12  data          (unencrypted kinds)
+///    12  iv[16], 28 tag[16], 44 ciphertext   (encrypted kinds)
+///
+/// Data is zstd level 1 when that is smaller, else stored as is. Encrypted
+/// blobs are compressed first, then AES-256-GCM encrypted.
+public enum DataBlob {
+    public enum Kind: Sendable, CaseIterable {
+        case plain, zstd, encrypted, encryptedZstd
+
+        /// sha256("Proxmox Backup … v1.0")[0..8]; do not change.
+        public var magic: [UInt8] {
+            switch self {
+            case .plain: [66, 171, 56, 7, 190, 131, 112, 161]
+            case .zstd: [49, 185, 88, 66, 111, 182, 163, 127]
+            case .encrypted: [123, 103, 133, 190, 34, 45, 76, 240]
+            case .encryptedZstd: [230, 89, 27, 191, 11, 191, 216, 11]
+            }
+        }
+
+        public var isEncrypted: Bool { self == .encrypted || self == .encryptedZstd }
+        var isCompressed: Bool { self == .zstd || self == .encryptedZstd }
+        var headerSize: Int { isEncrypted ? 44 : 12 }
+
+        public init?(magic: some Collection<UInt8>) {
+            let m = Array(magic.prefix(8))
+            guard let k = Kind.allCases.first(where: { $0.magic == m }) else { return nil }
+            self = k
+        }
+    }
+
+    /// The largest blob PBS accepts (the code's limit; its docs say 16 MiB).
+    public static let maxSize = 128 * 1024 * 1024
+
+    /// Encodes `data`: compressed if `compress` and smaller, encrypted if `crypt` is given.
+    public static func encode(_ data: UnsafeRawBufferPointer, compress: Bool = true, crypt: CryptConfig? = nil) throws -> [UInt8] {
+        let compressed = compress ? Zstd.compressIfSmaller(data) : nil
+        var out: [UInt8]
+        if let crypt {
+            let kind: Kind = compressed == nil ? .encrypted : .encryptedZstd
+            let sealed: (iv: [UInt8], tag: [UInt8], ciphertext: [UInt8])
+            if let compressed {
+                sealed = try compressed.withUnsafeBytes { try crypt.encrypt($0) }
+            } else {
+                sealed = try crypt.encrypt(data)
+            }
+            out = kind.magic + [0, 0, 0, 0] + sealed.iv + sealed.tag
+            out.append(contentsOf: sealed.ciphertext)
+        } else if let compressed {
+            out = Kind.zstd.magic + [0, 0, 0, 0]
+            out.append(contentsOf: compressed)
+        } else {
+            out = Kind.plain.magic + [0, 0, 0, 0]
+            out.append(contentsOf: data)
+        }
+        let crc = out.withUnsafeBytes { crc32(UnsafeRawBufferPointer(rebasing: $0[12...])) }
+        withUnsafeBytes(of: crc.littleEndian) { c in for i in 0..<4 { out[8 + i] = c[i] } }
+        return out
+    }
+
+    public static func encode(_ data: [UInt8], compress: Bool = true, crypt: CryptConfig? = nil) throws -> [UInt8] {
+        try data.withUnsafeBytes { try encode($0, compress: compress, crypt: crypt) }
+    }
+
+    /// The kind, after checking magic, minimum size and CRC. `object` names the blob in errors.
+    public static func check(_ blob: UnsafeRawBufferPointer, object: String) throws -> Kind {
+        guard blob.count >= 12, let kind = Kind(magic: blob[0..<8]) else {
+            throw RepositoryError(.format, object, "not a blob (unknown magic)")
+        }
+        guard blob.count >= kind.headerSize else { throw RepositoryError(.corrupt, object, "blob truncated (\(blob.count) bytes)") }
+        let stored = UInt32(littleEndian: blob.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+        let actual = crc32(UnsafeRawBufferPointer(rebasing: blob[12...]))
+        guard stored == actual else {
+            throw RepositoryError(.corrupt, object, "CRC mismatch (stored \(hex32(stored)), computed \(hex32(actual)))")
+        }
+        return kind
+    }
+
+    /// The data of a blob: CRC checked, decrypted (needs `crypt`), decompressed.
+    public static func decode(_ blob: UnsafeRawBufferPointer, crypt: CryptConfig?, object: String, limit: Int = maxSize) throws -> [UInt8] {
+        let kind = try check(blob, object: object)
+        var payload: [UInt8]
+        if kind.isEncrypted {
+            guard let crypt else { throw RepositoryError(.crypt, object, "blob is encrypted and no encryption key is configured") }
+            do {
+                payload = try crypt.decrypt(iv: UnsafeRawBufferPointer(rebasing: blob[12..<28]),
+                                            tag: UnsafeRawBufferPointer(rebasing: blob[28..<44]),
+                                            ciphertext: UnsafeRawBufferPointer(rebasing: blob[44...]))
+            } catch let e as RepositoryError {
+                throw RepositoryError(.crypt, object, e.message)
+            }
+        } else {
+            payload = Array(blob[12...])
+        }
+        guard kind.isCompressed else { return payload }
+        do {
+            return try payload.withUnsafeBytes { try Zstd.decompress($0, limit: limit) }
+        } catch {
+            throw RepositoryError(.corrupt, object, "cannot decompress: \(error)")
+        }
+    }
+
+    public static func decode(_ blob: [UInt8], crypt: CryptConfig?, object: String, limit: Int = maxSize) throws -> [UInt8] {
+        try blob.withUnsafeBytes { try decode($0, crypt: crypt, object: object, limit: limit) }
+    }
+
+    static func crc32(_ b: UnsafeRawBufferPointer) -> UInt32 {
+        guard let p = b.baseAddress, b.count > 0 else { return 0 }
+        var crc = CZlib.crc32(0, nil, 0)
+        var off = 0
+        while off < b.count {
+            let n = min(b.count - off, Int(UInt32.max))
+            crc = CZlib.crc32(crc, p.assumingMemoryBound(to: UInt8.self) + off, UInt32(n))
+            off += n
+        }
+        return UInt32(truncatingIfNeeded: crc)
+    }
+
+    private static func hex32(_ v: UInt32) -> String { String(v, radix: 16).leftPadded(8) }
+}
+
