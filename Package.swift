@@ -50,7 +50,7 @@ let package = Package(
         ], exclude: ["README.md"]),
         // ArgumentParser commands, one file per command.
         .target(name: "SnapdumpCLI", dependencies: [
-            "Backup", "Storage", "Guest", "Archive", "SnapdumpConfig", "SnapdumpSystem", "Scheduler", "Notify",
+            "Backup", "Repository", "Storage", "Guest", "Archive", "SnapdumpConfig", "SnapdumpSystem", "Scheduler", "Notify",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], exclude: ["README.md"]),
         // The executable: Entrypoint.swift only.

@@ -131,6 +131,7 @@ public struct DiskMove: Sendable {
     public static func formats(of def: StorageDefinition) -> [VolumeFormat] {
         switch def.type {
         case .zfspool, .rbd, .lvm, .lvmthin: return [.raw]
+        case .repo: return []
         case .dir, .btrfs:
             let d = def.format ?? .raw
             return [d] + VolumeFormat.allCases.filter { $0 != d }

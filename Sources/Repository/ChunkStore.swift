@@ -7,8 +7,9 @@ import SnapdumpSystem
 import Archive
 
 /// `.chunks/<first 4 hex digits>/<digest hex>`: every chunk stored once as
-/// a blob, named by its digest. All 65,536 prefix directories are created
-/// by `create`, as PBS does, so inserting never needs a mkdir.
+/// a blob, named by its digest. A prefix directory is created when its
+/// first chunk is stored (PBS creates all 65,536 up front; creating and
+/// removing them costs seconds on a loaded disk, and PBS reads either form).
 ///
 /// A chunk is written to a temp name in its directory and linked to its
 /// final name: link(2) fails when the name exists, so an existing chunk is
@@ -25,10 +26,6 @@ public final class ChunkStore: Sendable {
         let base = root + "/.chunks"
         do {
             try FileSystem.createDirectory(base, mode: 0o700)
-            for i in 0..<65536 {
-                let d = base + "/" + Self.prefix(i)
-                if mkdir(d, 0o700) != 0 && errno != EEXIST { throw SystemError("mkdir", d) }
-            }
         } catch {
             throw RepositoryError.io(base, "cannot create the chunk store", error)
         }
@@ -67,6 +64,8 @@ public final class ChunkStore: Sendable {
         }
         let tmp = "\(final).tmp_\(getpid())_\(tempCounter.add(1, ordering: .relaxed).newValue)"
         do {
+            let dir = (final as NSString).deletingLastPathComponent
+            if mkdir(dir, 0o700) != 0 && errno != EEXIST { throw SystemError("mkdir", dir) }
             let f = try File.open(tmp, O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
             try f.writeAll(blob)
             try f.close()

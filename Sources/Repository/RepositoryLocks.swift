@@ -2,13 +2,14 @@
 import Glibc
 #endif
 import Foundation
+import Synchronization
 import SnapdumpSystem
 
 /// The repository's locks, all flock(2), so the kernel drops them when a
 /// process dies:
 ///
 /// - `.lock`: every writer holds it shared for its whole run.
-/// - `.writers/<pid>`: each writer's registration, holding its start time and
+/// - `.writers/<pid>-<n>`: each writer's registration, holding its start time and
 ///   itself flocked by the writer. gc reads them to find the oldest running
 ///   writer; a file nobody holds is stale (its writer died: by SIGKILL, say)
 ///   and is removed.
@@ -18,6 +19,8 @@ import SnapdumpSystem
 ///   oldest writer's start time bounds what gc may remove instead.)
 /// - `<type>/<id>/.lock`: one backup (or prune, or forget) of a guest at a time.
 public enum RepositoryLocks {
+    private static let writerCounter = Atomic<Int>(0)
+
     public struct Writer: Sendable {
         public var pid: Int32
         public var started: Int64
@@ -56,9 +59,11 @@ public enum RepositoryLocks {
             guard flock(shared.fd, LOCK_SH) == 0 else { throw SystemError("flock", shared.path) }
             try FileSystem.createDirectory(root + "/.writers", mode: 0o700)
             let started = Int64(Date().timeIntervalSince1970)
-            let path = "\(root)/.writers/\(getpid())"
+            // Unique per writer: two writers of one process (the daemon) must not
+            // share a file, or the second flock would wait for the first.
+            let path = "\(root)/.writers/\(getpid())-\(writerCounter.add(1, ordering: .relaxed).newValue)"
             let reg = try File.open(path, O_RDWR | O_CREAT | O_TRUNC, mode: 0o600)
-            guard flock(reg.fd, LOCK_EX) == 0 else { throw SystemError("flock", path) }
+            guard flock(reg.fd, LOCK_EX | LOCK_NB) == 0 else { throw SystemError("flock", path) }
             try reg.writeAll(Array("\(getpid()) \(started)\n".utf8))
             return WriterLock(shared: shared, registration: reg, path: path, started: started)
         } catch {

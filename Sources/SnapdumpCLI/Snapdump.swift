@@ -8,7 +8,7 @@ public struct Snapdump: AsyncParsableCommand {
         abstract: "Back up running QEMU/KVM virtual machines with zero downtime.",
         version: SnapdumpVersion.current,
         subcommands: [BackupGroupCommand.self, RestoreCommand.self, VMCommand.self, StorageCommand.self, VolumeCommand.self, SnapshotCommand.self,
-                      PruneCommand.self, VMACommand.self, JobCommand.self, ScheduleCommand.self, NotifyCommand.self, DaemonCommand.self]
+                      PruneCommand.self, VMACommand.self, RepoCommand.self, JobCommand.self, ScheduleCommand.self, NotifyCommand.self, DaemonCommand.self]
     )
 
     public init() {}

@@ -3,6 +3,9 @@ import SnapdumpConfig
 /// Storage types snapdump knows, named as in Proxmox's storage.cfg.
 public enum StorageType: String, CaseIterable, Sendable {
     case dir, btrfs, zfspool, rbd, lvm, lvmthin
+    /// snapdump's deduplicating repository (PBS datastore layout) in a local
+    /// directory: content `backup` only, like Proxmox's `pbs` storages.
+    case repo
 }
 
 /// What a storage may hold (Proxmox `content`).
@@ -41,11 +44,16 @@ public struct StorageDefinition: Sendable, Equatable {
     /// `lvm`: zero an LV before removing it.
     public var saferemove: Bool
 
+    /// `repo` only: the key file encrypting new backups (PVE keeps a `pbs`
+    /// storage's key beside storage.cfg; here the path is in the section).
+    public var encryptionKey: String?
+
     public init(type: StorageType, id: String, path: String? = nil, pool: String? = nil,
                 content: Set<ContentType> = [.images], reflink: Bool = false, format: VolumeFormat? = nil,
                 pruneBackups: String? = nil, disabled: Bool = false,
                 monhost: String? = nil, username: String? = nil, keyring: String? = nil,
-                vgname: String? = nil, thinpool: String? = nil, saferemove: Bool = false) {
+                vgname: String? = nil, thinpool: String? = nil, saferemove: Bool = false,
+                encryptionKey: String? = nil) {
         self.type = type
         self.id = id
         self.path = path
@@ -61,6 +69,7 @@ public struct StorageDefinition: Sendable, Equatable {
         self.vgname = vgname
         self.thinpool = thinpool
         self.saferemove = saferemove
+        self.encryptionKey = encryptionKey
     }
 
     /// Keys each type accepts in storage.cfg; anything else is an error.
@@ -71,6 +80,7 @@ public struct StorageDefinition: Sendable, Equatable {
         "rbd": ["pool", "monhost", "username", "keyring", "krbd", "content", "disable", "nodes"],
         "lvm": ["vgname", "base", "saferemove", "saferemove_throughput", "content", "disable", "nodes", "shared", "tagged_only"],
         "lvmthin": ["vgname", "thinpool", "content", "disable", "nodes"],
+        "repo": ["path", "content", "encryption-key", "prune-backups", "disable", "nodes"],
     ]
 
     /// Builds a definition from a parsed section, checking values; errors name file:line.
@@ -86,7 +96,7 @@ public struct StorageDefinition: Sendable, Equatable {
             }
         }
         var content: Set<ContentType> = []
-        for c in (s["content"] ?? "images").split(separator: ",") {
+        for c in (s["content"] ?? (s.type == StorageType.repo.rawValue ? "backup" : "images")).split(separator: ",") {
             guard let ct = ContentType(rawValue: String(c)) else {
                 throw ConfigError(file: file, line: s.line, "storage '\(s.id)': unknown content type '\(c)' (known: images, backup)")
             }
@@ -102,11 +112,22 @@ public struct StorageDefinition: Sendable, Equatable {
         self.init(type: type, id: s.id, path: s["path"], pool: s["pool"], content: content,
                   reflink: try bool("reflink"), format: format, pruneBackups: s["prune-backups"],
                   disabled: try bool("disable"), monhost: s["monhost"], username: s["username"], keyring: s["keyring"],
-                  vgname: s["vgname"], thinpool: s["thinpool"], saferemove: try bool("saferemove"))
+                  vgname: s["vgname"], thinpool: s["thinpool"], saferemove: try bool("saferemove"),
+                  encryptionKey: s["encryption-key"])
         switch type {
         case .dir, .btrfs:
             guard let p = path, p.hasPrefix("/") else {
                 throw ConfigError(file: file, line: s.line, "storage '\(id)': \(type.rawValue) needs an absolute 'path'")
+            }
+        case .repo:
+            guard let p = path, p.hasPrefix("/") else {
+                throw ConfigError(file: file, line: s.line, "storage '\(id)': repo needs an absolute 'path'")
+            }
+            guard content == [.backup] else {
+                throw ConfigError(file: file, line: s.line, "storage '\(id)': a repo holds content 'backup' only")
+            }
+            if let k = encryptionKey, !k.hasPrefix("/") {
+                throw ConfigError(file: file, line: s.line, "storage '\(id)': encryption-key must be an absolute path")
             }
         case .zfspool:
             guard pool != nil else { throw ConfigError(file: file, line: s.line, "storage '\(id)': zfspool needs 'pool'") }
@@ -158,6 +179,7 @@ public struct StorageDefinition: Sendable, Equatable {
         s["vgname"] = vgname
         s["thinpool"] = thinpool
         if saferemove { s["saferemove"] = "1" }
+        s["encryption-key"] = encryptionKey
         return s
     }
 }

@@ -17,6 +17,7 @@ public struct StorageRegistry: Sendable {
         case .zfspool: return ZFSPoolPlugin(def)
         case .rbd: return RBDPlugin(def)
         case .lvm, .lvmthin: return LVMPlugin(def)
+        case .repo: return RepositoryStoragePlugin(def)
         }
     }
 

@@ -59,3 +59,15 @@ func age(_ path: String, seconds: Int) {
     var t = [timespec(tv_sec: st.st_atim.tv_sec - seconds, tv_nsec: 0), timespec(tv_sec: st.st_mtim.tv_sec - seconds, tv_nsec: 0)]
     utimensat(AT_FDCWD, path, &t, 0)
 }
+
+/// The unencrypted chunk digests of a disk image, as the writer computes them.
+enum FixedIndexDigests {
+    static func of(_ disk: [UInt8]) throws -> [SHA256Digest] {
+        let n = FixedIndex.chunkCount(size: UInt64(disk.count))
+        return (0..<n).map { i in
+            let lo = i * Int(FixedIndex.defaultChunkSize)
+            let hi = min(lo + Int(FixedIndex.defaultChunkSize), disk.count)
+            return disk.withUnsafeBytes { DeviceDigest.digest(of: UnsafeRawBufferPointer(rebasing: $0[lo..<hi])) }
+        }
+    }
+}

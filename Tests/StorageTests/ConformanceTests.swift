@@ -68,6 +68,8 @@ struct PluginCase: Sendable, CustomTestStringConvertible {
                 try Test.cancel("\(name) runs inside the storage VM (LVMInVMTests)")
             }
             return try ScratchStorage(lvm: type, vg: vg)
+        case .repo:
+            preconditionFailure("a repo storage holds no images: not a conformance case")
         }
     }
 

@@ -1,14 +1,15 @@
 import ArgumentParser
 import SnapdumpConfig
 import Storage
+import Repository
 
 struct StorageAdd: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "add", abstract: "Add a storage: dir, btrfs, zfspool, rbd, lvm or lvmthin.")
+    static let configuration = CommandConfiguration(commandName: "add", abstract: "Add a storage: dir, btrfs, zfspool, rbd, lvm, lvmthin or repo.")
 
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "Storage type: dir, btrfs, zfspool, rbd, lvm, lvmthin.") var type: String
+    @Argument(help: "Storage type: dir, btrfs, zfspool, rbd, lvm, lvmthin, repo.") var type: String
     @Argument(help: "Storage id.") var storeid: String
-    @Option(help: "Directory (dir, btrfs).") var path: String?
+    @Option(help: "Directory (dir, btrfs, repo).") var path: String?
     @Option(help: "ZFS pool or dataset (zfspool); Ceph pool (rbd, default rbd).") var pool: String?
     @Option(help: "rbd: Ceph monitors, e.g. '10.0.0.1 10.0.0.2:6789' (default: from ceph.conf).") var monhost: String?
     @Option(help: "rbd: cephx user without 'client.' (default admin).") var username: String?
@@ -19,13 +20,15 @@ struct StorageAdd: ParsableCommand {
     @Option(help: "Content types: images,backup.") var content: String?
     @Option(help: "dir only: 1 to snapshot raw files by reflink (XFS or btrfs underneath).") var reflink: Int?
     @Option(help: "Default image format: raw or qcow2.") var format: String?
+    @Option(name: .customLong("encryption-key"), help: "repo only: key file (snapdump repo key create) encrypting new backups.")
+    var encryptionKey: String?
     @Option(name: .customLong("prune-backups"), help: "Retention, e.g. keep-last=3,keep-daily=7.") var pruneBackups: String?
 
     func run() throws {
         guard let t = StorageType(rawValue: type) else {
             throw StorageError(.invalidArgument, "unknown storage type '\(type)' (known: \(StorageType.allCases.map(\.rawValue).joined(separator: ", ")))")
         }
-        var contentSet: Set<ContentType> = [.images]
+        var contentSet: Set<ContentType> = t == .repo ? [.backup] : [.images]
         if let content {
             contentSet = []
             for c in content.split(separator: ",") {
@@ -44,7 +47,11 @@ struct StorageAdd: ParsableCommand {
         let def = StorageDefinition(type: t, id: storeid, path: path, pool: pool, content: contentSet,
                                     reflink: reflink == 1, format: fmt, pruneBackups: pruneBackups,
                                     monhost: monhost, username: username, keyring: keyring.map { $0.hasPrefix("/") ? $0 : FileManagerCWD.absolute($0) },
-                                    vgname: vgname, thinpool: thinpool, saferemove: saferemove == 1)
+                                    vgname: vgname, thinpool: thinpool, saferemove: saferemove == 1,
+                                    encryptionKey: encryptionKey.map(absolutePath))
+        if encryptionKey != nil && t != .repo {
+            throw StorageError(.invalidArgument, "--encryption-key applies to repo storages only")
+        }
         // Validate through the same rules as loading the file, so what we write we can read.
         // The section is not from a file: report the message alone, without a file:line.
         do {
@@ -52,6 +59,8 @@ struct StorageAdd: ParsableCommand {
         } catch let e as ConfigError {
             throw StorageError(.invalidArgument, e.message)
         }
+        // A key file that does not open fails now, not at the first backup.
+        if let k = def.encryptionKey { _ = try KeyFile.crypt(from: k) }
         var cfg = try global.storages().config
         try cfg.add(def)
         try StorageRegistry.plugin(for: def).activate()

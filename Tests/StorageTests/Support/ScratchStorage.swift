@@ -56,7 +56,8 @@ final class ScratchStorage: @unchecked Sendable {
         lvmThinPool = nil
         lvmBefore = []
         switch type {
-        case .dir, .btrfs:
+        case .dir, .btrfs, .repo:
+            precondition(type != .repo, "a repo storage holds no images")
             let base = fixtureDir!
             root = base + "/snapdump-test-" + tag
             try FileSystem.createDirectory(root)
