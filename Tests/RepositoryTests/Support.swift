@@ -71,3 +71,8 @@ enum FixedIndexDigests {
         }
     }
 }
+
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
