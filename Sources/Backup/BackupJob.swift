@@ -40,6 +40,10 @@ public final class BackupJob {
         guard def.content.contains(.backup) else {
             throw BackupError("storage '\(id)' does not support backups (content 'backup' is not enabled)")
         }
+        // Never VMA files inside a repository's directory.
+        if def.type == .repo {
+            throw BackupError("storage '\(id)' is a backup repository: backing up into it is not supported yet (fill it with 'snapdump repo import')")
+        }
         guard let path = def.path else { throw BackupError("storage '\(id)' (\(def.type.rawValue)) has no path for backups") }
         return path + "/dump"
     }

@@ -68,6 +68,13 @@ import Archive
         let factor = status.split(separator: "\n").first { $0.hasPrefix("deduplication factor: ") }
             .flatMap { Double($0.dropFirst("deduplication factor: ".count)) }
         #expect((factor ?? 0) >= 2, "two backups of the same data: factor ≥ 2 (also compressed), got \(status)")
+        let list = try sb.ok(["backup", "list", "r1", "--vmid", "100"])
+        #expect(list.contains("r1:backup/vm/100/2026-11-30T02:00:00Z") && !list.contains("vm/101/"), "\(list)")
+        #expect(try sb.ok(["backup", "list", "r1"]).contains("r1:backup/vm/101/2026-11-30T02:00:00Z"))
+        // The engine's archive commands refuse a repository clearly (integration pending), nothing written.
+        let b = try sb.run(["prune", "r1", "--vmid", "100", "--keep-last", "1"])
+        #expect(b.status != 0 && b.stderr.contains("backup repository"), "\(b)")
+        #expect(!FileSystem.exists(store + "/dump"))
         // Export and check the archive with the VMA tools: same disk, same config.
         let out = sb.scratch.path("export.vma.zst")
         try sb.ok(["repo", "export", "r1:backup/vm/100/2026-11-30T02:00:00Z", "--vma", out])

@@ -1,6 +1,7 @@
 import SnapdumpSystem
 import ArgumentParser
 import Backup
+import Repository
 
 /// `snapdump backup list <storeid> [--vmid N]`: the archives of a storage.
 struct BackupList: ParsableCommand {
@@ -14,6 +15,9 @@ struct BackupList: ParsableCommand {
     @OptionGroup var output: OutputOptions
 
     func run() throws {
+        if let storeid, dumpdir == nil, try global.storages().config.storage(storeid).type == .repo {
+            return try listRepository(storeid)
+        }
         let dump = try BackupLocation.dumpDirectory(storeid: storeid, dumpdir: dumpdir, global: global)
         let records = try dump.archives(vmid: vmid).map { a -> OutputRecord in
             var r = OutputRecord()
@@ -27,5 +31,18 @@ struct BackupList: ParsableCommand {
             return r
         }
         Output.list(records, output.format, columns: ["Volid", "Time", "Size", "VMID", "Protected", "Notes"])
+    }
+
+    /// A repository's snapshots: size is the sum of the disks (logical), as PBS shows it.
+    private func listRepository(_ storeid: String) throws {
+        let repo = try RepositoryAccess.open(storeid, global)
+        let rows = try repo.snapshots(type: "vm", id: vmid.map(String.init)).map { s -> [String] in
+            let m = try repo.manifest(s)
+            let size = m.files.filter { $0.filename.hasSuffix(".fidx") }.reduce(UInt64(0)) { $0 + $1.size }
+            let notes = m.unprotected.notes?.split(separator: "\n").first.map(String.init) ?? ""
+            return [RepositoryVolume(storage: storeid, snapshot: s).description, BackupLocation.time(s.date),
+                    ByteCount.format(size), s.id, repo.isProtected(s) ? "1" : "0", notes]
+        }
+        print(Table.render(["Volid", "Time", "Size", "VMID", "Protected", "Notes"], rows))
     }
 }
