@@ -62,12 +62,25 @@ public enum VMAConversion {
             writer.abort()
             throw RepositoryError(.format, path, "cannot import: \(error)")
         }
+        let metadata: SnapdumpMetadata?
+        do { metadata = try reader.checkedMetadata() } catch {
+            writer.abort()
+            throw RepositoryError(.format, path, "cannot import: \(error)")
+        }
         for d in devices.values.sorted(by: { $0.dev.id < $1.dev.id }) {
             let idx = FixedIndex(uuid: Array(withUnsafeBytes(of: reader.header.uuid.uuid) { Array($0) }), ctime: reader.header.ctime,
                                  size: d.dev.size, digests: d.digests)
+            // Unencrypted chunk digests are snapdump's per-chunk device digests, so the
+            // index checksum must equal the archive's device digest. (Keyed digests of an
+            // encrypted repository cannot be compared: the archive's own MD5s still were.)
+            if repo.crypt == nil, let want = metadata?.device(named: d.dev.name)?.digest, want != idx.indexChecksum {
+                writer.abort()
+                throw RepositoryError(.corrupt, path, "device \(d.dev.name): content digest \(idx.indexChecksum.hex) does not match snapdump.json (\(want.hex)); nothing imported")
+            }
             try writer.addIndex(name: d.dev.name + ".img", idx)
         }
-        for c in reader.header.configs where c.name != SnapdumpMetadata.blobName {
+        // snapdump.json is kept too: it records the backup mode, which an export must carry on.
+        for c in reader.header.configs {
             try writer.addBlob(name: c.name + ".blob", data: c.data)
         }
         _ = try writer.finish(notes: nil)
@@ -76,9 +89,10 @@ public enum VMAConversion {
     }
 
     /// Writes a snapshot as a zstd VMA archive at `path` (written as
-    /// `<path>.dat`, renamed when complete), with `snapdump.json` digests
-    /// when the repository is unencrypted (its chunk digests are exactly
-    /// snapdump's per-chunk device digests).
+    /// `<path>.dat`, renamed when complete). `snapdump.json` is written when
+    /// the snapshot knows its backup mode (it has one) and the repository is
+    /// unencrypted: its chunk digests are exactly snapdump's per-chunk device
+    /// digests, so the index checksum is the device digest.
     public static func exportArchive(_ snapshot: SnapshotName, from repo: Repository, to path: String) throws {
         let m = try repo.manifest(snapshot)
         var devices: [VMADevice] = []
@@ -89,13 +103,16 @@ public enum VMAConversion {
             indexes.append(idx)
         }
         var configs: [VMAConfigBlob] = []
-        for f in m.files where f.filename.hasSuffix(".conf.blob") {
+        for f in m.files where f.filename.hasSuffix(".blob") && f.filename != SnapdumpMetadata.blobName + ".blob" {
             configs.append(VMAConfigBlob(name: String(f.filename.dropLast(".blob".count)), data: try repo.blob(snapshot, file: f.filename, manifest: m)))
         }
         let dat = path + ".dat"
-        let meta: SnapdumpMetadata? = repo.crypt == nil ? SnapdumpMetadata(
-            devices: zip(devices, indexes).map { SnapdumpMetadata.Device(name: $0.name, size: $0.size, sha256: $1.indexChecksum) },
-            mode: "repository-export", downtimeMs: nil, startTime: snapshot.time, snapdumpVersion: "repository") : nil
+        var meta: SnapdumpMetadata?
+        if repo.crypt == nil, m.file(SnapdumpMetadata.blobName + ".blob") != nil,
+           var old = try? SnapdumpMetadata.decode(try repo.blob(snapshot, file: SnapdumpMetadata.blobName + ".blob", manifest: m)) {
+            old.devices = zip(devices, indexes).map { SnapdumpMetadata.Device(name: $0.name, size: $0.size, sha256: $1.indexChecksum) }
+            meta = old
+        }
         let writer = try VMAWriter(path: dat, ctime: snapshot.time, devices: devices, configs: configs,
                                    reservedMetadataSize: meta.map { _ in SnapdumpMetadata.reservedSize(deviceCount: devices.count) },
                                    compression: .zstd(level: 3, workers: 0))

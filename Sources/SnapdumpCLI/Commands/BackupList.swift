@@ -36,13 +36,20 @@ struct BackupList: ParsableCommand {
     /// A repository's snapshots: size is the sum of the disks (logical), as PBS shows it.
     private func listRepository(_ storeid: String) throws {
         let repo = try RepositoryAccess.open(storeid, global)
-        let rows = try repo.snapshots(type: "vm", id: vmid.map(String.init)).map { s -> [String] in
+        let records = try repo.snapshots(type: "vm", id: vmid.map(String.init)).map { s -> OutputRecord in
             let m = try repo.manifest(s)
             let size = m.files.filter { $0.filename.hasSuffix(".fidx") }.reduce(UInt64(0)) { $0 + $1.size }
-            let notes = m.unprotected.notes?.split(separator: "\n").first.map(String.init) ?? ""
-            return [RepositoryVolume(storage: storeid, snapshot: s).description, BackupLocation.time(s.date),
-                    ByteCount.format(size), s.id, repo.isProtected(s) ? "1" : "0", notes]
+            let notes = m.unprotected.notes?.split(separator: "\n").first.map(String.init)
+            var r = OutputRecord()
+            r.add("volid", "Volid", .string(RepositoryVolume(storage: storeid, snapshot: s).description))
+            r.add("ctime", "Time", .of(s.date), text: BackupLocation.time(s.date))
+            r.add("size", "Size", .of(size), text: ByteCount.format(size))
+            r.add("vmid", "VMID", .of(s.vmid ?? 0))
+            r.add("protected", "Protected", .bool(repo.isProtected(s)))
+            r.add("notes", "Notes", .of(notes), text: notes ?? "")
+            r.add("path", nil, .string(repo.directory(of: s)))
+            return r
         }
-        print(Table.render(["Volid", "Time", "Size", "VMID", "Protected", "Notes"], rows))
+        Output.list(records, output.format, columns: ["Volid", "Time", "Size", "VMID", "Protected", "Notes"])
     }
 }
