@@ -86,7 +86,7 @@ public struct BackupParameters: Sendable, Equatable {
         Key(name: "pigz", support: .applied, help: "gzip threads with pigz (0 = gzip).",
             check: { _ = try integer($0, key: "pigz", 0...1024) }),
         Key(name: "fleecing", support: .applied, help: "enabled=0|1,storage=ID (copy-before-write scratch space).",
-            check: { try propertyString($0, key: "fleecing", allowed: ["enabled": .bool, "storage": .id], defaultKey: "enabled") }),
+            check: { _ = try FleecingSettings.parse($0) }),
         Key(name: "performance", support: .applied, help: "max-workers=N,pbs-entries-max=N.",
             check: { try propertyString($0, key: "performance", allowed: ["max-workers": .count, "pbs-entries-max": .count]) }),
         Key(name: "maxfiles", support: .notYetApplied, help: "Deprecated: use prune-backups keep-last.",

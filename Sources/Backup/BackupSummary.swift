@@ -6,6 +6,8 @@ public struct BackupSummary: Sendable, Codable {
     public var mode: BackupMode?
     public var requestedMode: BackupMode
     public var fallbackReason: String?
+    /// How snapshot mode froze the disks when not by storage snapshots: `fleecing`.
+    public var method: String?
     public var downtimeMs: Int64?
     public var downtimeKind: String?
     /// Snapshot mode: milliseconds of each step inside the freeze window (`fs-freeze`, `snapshot`, `fs-thaw`, …).

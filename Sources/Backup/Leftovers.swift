@@ -29,13 +29,27 @@ enum Leftovers {
     }
 
     /// Gives the guest back what a killed run owed it, then removes what that run left on the
-    /// storages and in the dump directory. After a stale lock (`staleLock`): a guest stopped for a
-    /// stop-mode backup is started with `startDrives`, a paused one resumed, frozen filesystems
-    /// thawed. Returns the guest's status afterwards.
-    static func recover(config: VMConfig, staleLock: Bool, disks: [DiskPlan], startDrives: [ResolvedDisk], dumpdir: String,
+    /// storages and in the dump directory. After a stale lock (`staleLock`): a running guest's
+    /// fleecing is removed from QEMU, a guest stopped for a stop-mode backup is started with
+    /// `startDrives`, a paused one resumed, frozen filesystems thawed. Fleecing images of the
+    /// guest on `fleecingStorage` are deleted. Returns the guest's status afterwards.
+    static func recover(config: VMConfig, staleLock: Bool, disks: [DiskPlan], startDrives: [ResolvedDisk],
+                        fleecingStorage: (any StoragePlugin)? = nil, dumpdir: String,
                         paths: SnapdumpPaths, lifecycle: VMLifecycle, log: TaskLog) async throws -> VMStatus {
         let vmid = config.vmid
         var status = try await lifecycle.status(vmid: vmid)
+        if staleLock && status.state != .stopped {
+            // Fleecing inside QEMU first (export, job, nodes): until its job is gone the guest writes
+            // through it, and a guest an I/O error paused is resumed only once it is gone. Only after
+            // a stale lock: the lock is taken before fleecing starts and removed after it ends, and QMP
+            // serves one client at a time.
+            let qmp = try await lifecycle.connectQMP(vmid: vmid)
+            let removed: [String]
+            do { removed = try await Fleecing.removeLeftovers(qmp: qmp, vmid: vmid) } catch { await qmp.close(); throw error }
+            await qmp.close()
+            for what in removed { log.warn("removed \(what), left by an earlier run that was killed") }
+            if !removed.isEmpty { status = try await lifecycle.status(vmid: vmid) }
+        }
         let marker = restartMarker(vmid: vmid, paths: paths)
         if staleLock && status.state == .stopped && FileSystem.exists(marker) {
             log.warn("VM \(vmid) was stopped for a stop-mode backup by the killed run that left the lock - starting it again")
@@ -57,6 +71,11 @@ enum Leftovers {
                 do { _ = try await agent.fsfreezeThaw(timeout: .seconds(30)) } catch { await agent.close(); throw error }
             }
             await agent.close()
+        }
+        if let fleecingStorage {
+            for path in try FleecingBackup.removeLeftoverImages(vmid: vmid, plugin: fleecingStorage) {
+                log.warn("removed fleecing image \(path), left by an earlier run that was killed")
+            }
         }
         try await remove(vmid: vmid, disks: disks, dumpdir: dumpdir, running: status.state != .stopped, lifecycle: lifecycle, log: log)
         return status

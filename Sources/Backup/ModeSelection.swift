@@ -30,8 +30,10 @@ struct ModeDecision {
 
     var mode: BackupMode { method.mode }
 
+    /// `fleecing`: vzdump's `fleecing enabled=1` — snapshot mode fleeces disks
+    /// whose storage cannot snapshot instead of falling back to suspend.
     static func make(requested: BackupMode, state: VMStatus.State, disks: [DiskPlan],
-                     fallback: SnapshotFallback) throws -> ModeDecision {
+                     fallback: SnapshotFallback, fleecing: Bool = false) throws -> ModeDecision {
         // A stopped guest is consistent as it is: every mode reads its volumes (vzdump does the same).
         if state == .stopped { return ModeDecision(method: .stop(shutdown: false)) }
         switch requested {
@@ -40,7 +42,7 @@ struct ModeDecision {
         case .suspend:
             return ModeDecision(method: .suspend(pause: state == .running))
         case .snapshot:
-            switch SnapshotPlan.make(for: disks, running: true) {
+            switch SnapshotPlan.make(for: disks, running: true, fleecing: fleecing) {
             case .success(let plan):
                 return ModeDecision(method: .snapshot(plan))
             case .failure(let unsupported):
@@ -57,15 +59,16 @@ struct ModeDecision {
 
 /// How snapshot mode freezes each disk, decided before the guest is touched.
 struct SnapshotPlan {
-    /// How one disk gets its point-in-time view. Another technique (QEMU
-    /// fleecing, for storages that cannot snapshot) is one more case here,
-    /// chosen in `make`, with its step in `FreezeWindow` and its reader in
-    /// `VMBackup.openSnapshotSources`.
+    /// How one disk gets its point-in-time view: chosen in `make`, with its
+    /// step in `FreezeWindow` and its reader in `VMBackup.openSnapshotSources`.
     enum Technique: Equatable {
         /// The storage snapshots the volume (btrfs, zfs, reflink copy).
         case storageSnapshot
         /// A running qcow2 image on a `dir` storage: QEMU writes to an overlay while the image is read.
         case qemuOverlay
+        /// QEMU backup fleecing (`FleecingBackup`): old data is copied to an image on the
+        /// fleecing storage before the guest overwrites it, and read over QEMU's NBD export.
+        case fleecing
     }
 
     struct Unsupported: Error {
@@ -76,6 +79,8 @@ struct SnapshotPlan {
     /// The guest must be paused so that all views share one point in time
     /// (several storages or techniques, or a storage that snapshots one volume at a time).
     var needsPause: Bool
+    /// Why the disks are fleeced rather than snapshotted (which storages cannot snapshot); nil when they are not.
+    var fleecingReason: String?
 
     /// Volumes to snapshot, grouped per storage (one call per storage).
     var storageGroups: [(plugin: any StoragePlugin, volumes: [VolumeID])] {
@@ -92,7 +97,12 @@ struct SnapshotPlan {
 
     var overlayDisks: [DiskPlan] { disks.filter { $0.technique == .qemuOverlay }.map(\.disk) }
 
-    static func make(for disks: [DiskPlan], running: Bool) -> Result<SnapshotPlan, Unsupported> {
+    var fleecingDisks: [DiskPlan] { disks.filter { $0.technique == .fleecing }.map(\.disk) }
+
+    /// `fleecing` (enabled, and the guest runs): when a disk's storage cannot snapshot,
+    /// every disk is fleeced — one QMP transaction gives them one point in time, so
+    /// the guest is never paused (mixing in storage snapshots would need a pause).
+    static func make(for disks: [DiskPlan], running: Bool, fleecing: Bool = false) -> Result<SnapshotPlan, Unsupported> {
         var problems: [String] = []
         var planned: [(disk: DiskPlan, technique: Technique)] = []
         var perVolume = false
@@ -110,6 +120,10 @@ struct SnapshotPlan {
             case .atomic:
                 planned.append((d, .storageSnapshot))
             }
+        }
+        if !problems.isEmpty && fleecing && running {
+            return .success(SnapshotPlan(disks: disks.map { ($0, .fleecing) }, needsPause: false,
+                                         fleecingReason: "some volumes do not support snapshots (\(problems.joined(separator: "; ")))"))
         }
         if !problems.isEmpty {
             return .failure(Unsupported(message: "mode failure - some volumes do not support snapshots (\(problems.joined(separator: "; ")))"))

@@ -130,14 +130,17 @@ struct SuspendQuiesce {
 }
 
 /// Snapshot mode's window: fs-freeze (guest agent) → pause (when the plan
-/// needs it) → storage snapshots and QEMU overlays → resume → fs-thaw, with
-/// the guest's unavailability measured from the first step to the last.
+/// needs it) → storage snapshots, QEMU overlays or the start of fleecing →
+/// resume → fs-thaw, with the guest's unavailability measured from the first
+/// step to the last.
 ///
 /// The guest-agent connection is opened and synced (ping) before the window
-/// and serves freeze and thaw; one QMP session serves pause, overlays and
-/// resume — no connect falls inside the measured downtime. QEMU serves one
-/// QMP client at a time, so the session is let go while a hook script runs
-/// (a hook may ask `snapdump vm status`).
+/// and serves freeze and thaw; one QMP session serves pause, overlays,
+/// fleecing and resume — no connect falls inside the measured downtime. QEMU
+/// serves one QMP client at a time, so the session is let go while a hook
+/// script runs (a hook may ask `snapdump vm status`). Fleecing keeps the
+/// session after the window, for its watch (threshold, I/O error, pause
+/// events) during the archive; it too lets go while a hook runs.
 final class FreezeWindow {
     let guest: GuestControl
     let config: VMConfig
@@ -148,14 +151,18 @@ final class FreezeWindow {
     private(set) var snapshots: [(plugin: any StoragePlugin, volumes: [VolumeID], name: String)] = []
     /// The overlays made, for the caller to merge back after the archive is read.
     private(set) var overlay: QCOW2Overlay?
+    /// Fleecing of the plan's `.fleecing` disks (made by the caller, which reads and removes it).
+    let fleecing: FleecingBackup?
     private var qmp: QMPClient?
 
-    init(guest: GuestControl, config: VMConfig, state: VMStatus.State, plan: SnapshotPlan, name: String) {
+    init(guest: GuestControl, config: VMConfig, state: VMStatus.State, plan: SnapshotPlan, name: String,
+         fleecing: FleecingBackup? = nil) {
         self.guest = guest
         self.config = config
         self.state = state
         self.plan = plan
         self.name = name
+        self.fleecing = fleecing
     }
 
     private func session() async throws -> QMPClient {
@@ -171,8 +178,11 @@ final class FreezeWindow {
     }
 
     private func hook(_ phase: HookScript.Phase) async throws {
-        if guest.hasHook { await release() }
+        guard guest.hasHook else { return }
+        await release()
+        await fleecing?.letGo()
         try guest.hook(phase)
+        try await fleecing?.watchAgain()
     }
 
     /// The agent, connected and synced, when the guest's filesystems are to be frozen; nil otherwise (logged why).
@@ -244,10 +254,12 @@ final class FreezeWindow {
         let pause = plan.needsPause && state == .running
         let groups = plan.storageGroups
         let overlayDisks = plan.overlayDisks
+        // The images first: qemu-img takes a while, and only QEMU's side belongs in the window.
+        if let fleecing { try await Blocking.run("fleecing-images") { try fleecing.prepare() } }
         try await hook(.preStop)
         await flushHostCaches()
-        if pause || !overlayDisks.isEmpty { _ = try await session() }
-        g.downtime.begin(pause ? "paused for snapshot" : "frozen for snapshot")
+        if pause || !overlayDisks.isEmpty || fleecing != nil { _ = try await session() }
+        g.downtime.begin(pause ? "paused for snapshot" : fleecing != nil ? "frozen for fleecing" : "frozen for snapshot")
         var frozen = 0
         let debts = GuestDebts(vmid: g.vmid, log: g.log)
         do {
@@ -295,6 +307,14 @@ final class FreezeWindow {
                 overlay = o
                 g.log.info("froze \(o.disks.map(\.key).joined(separator: ", ")) with QEMU qcow2 overlays (one QMP transaction)")
             }
+            if let fleecing {
+                try g.interrupt.check()
+                let qmp = try await session()
+                // The session is the fleecing's from here on, whatever happens (its watch, then its teardown).
+                self.qmp = nil
+                try await g.downtime.measure("fleecing") { try await fleecing.start(qmp: qmp, lifecycle: g.lifecycle) }
+                g.log.info("started fleecing of \(fleecing.disks.map(\.key).joined(separator: ", ")) (one QMP transaction)")
+            }
             if guest.hasHook { try await g.downtime.measure("hook") { try await hook(.preRestart) } }
             try await debts.pay()
         } catch {
@@ -304,7 +324,7 @@ final class FreezeWindow {
         }
         g.downtime.end()
         await release()
-        try guest.hook(.postRestart)
+        try await hook(.postRestart)
         // Neither paused nor a filesystem frozen: the guest's I/O was never blocked.
         if !pause && frozen == 0 { g.downtime.reset() }
         if !groups.isEmpty {
@@ -313,7 +333,7 @@ final class FreezeWindow {
         if let line = g.downtime.summaryLine {
             g.log.info(line)
         } else {
-            g.log.info("guest downtime: 0 ms (atomic snapshot; the guest was neither paused nor had a filesystem frozen)")
+            g.log.info("guest downtime: 0 ms (\(fleecing != nil ? "fleecing" : "atomic snapshot"); the guest was neither paused nor had a filesystem frozen)")
         }
     }
 }

@@ -51,6 +51,7 @@ final class VMBackup: @unchecked Sendable {
     private var snapshots: [(plugin: any StoragePlugin, volumes: [VolumeID], name: String)] = []
     private var sources: [any BlockSource] = []
     private var overlays: [QCOW2Overlay] = []
+    private var fleecing: FleecingBackup?
     private var hookGuest: HookScript.Guest?
 
     /// Runs a guest phase of the hook script (no-op without `--script`).
@@ -83,6 +84,7 @@ final class VMBackup: @unchecked Sendable {
             }
             summary.storages = Array(Set(disks.map(\.volume.storage))).sorted()
             let status = try await Leftovers.recover(config: config, staleLock: staleLock, disks: disks, startDrives: startDrives,
+                                                     fleecingStorage: settings.fleecing.storage.flatMap { try? storages.plugin($0) },
                                                      dumpdir: dumpdir, paths: paths, lifecycle: lifecycle, log: log)
             log.info("status = \(status.state.rawValue)")
             if let name = config.name { log.info("VM Name: \(name)") }
@@ -96,15 +98,23 @@ final class VMBackup: @unchecked Sendable {
 
             // Decide the mode before touching the guest.
             let decision = try ModeDecision.make(requested: options.mode, state: status.state, disks: disks,
-                                                 fallback: options.snapshotFallback)
+                                                 fallback: options.snapshotFallback, fleecing: settings.fleecing.enabled)
             if let why = decision.fallbackReason {
                 log.warn(why)
                 log.info("trying 'suspend' mode instead")
                 summary.fallbackReason = why
             }
+            if case .snapshot(let plan) = decision.method, let why = plan.fleecingReason {
+                // The fleecing storage is checked now, before the guest is touched.
+                fleecing = try FleecingBackup(vmid: vmid, disks: plan.fleecingDisks, settings: settings.fleecing, storages: storages,
+                                              socket: "\(paths.qemuRunDir)/\(vmid).fleecing.nbd", log: log)
+                log.info("\(why) - using fleecing instead")
+                summary.method = "fleecing"
+            }
             let mode = decision.mode
             summary.mode = mode
             log.info("backup mode: \(mode.rawValue)")
+            if fleecing != nil { log.info("snapshot method: fleecing (QEMU copy-before-write; the guest is not paused)") }
             if options.bwlimit > 0 { log.info("bandwidth limit: \(options.bwlimit) KiB/s") }
 
             try await lifecycle.lock(vmid: vmid, "backup")
@@ -132,7 +142,7 @@ final class VMBackup: @unchecked Sendable {
                 for d in disks { sources.append(try d.plugin.openBlockSource(d.volume, snapshot: nil)) }
             case .snapshot(let plan):
                 let snapName = "\(Leftovers.snapshotPrefix)\(Int(start.timeIntervalSince1970))"
-                let window = FreezeWindow(guest: guest, config: config, state: status.state, plan: plan, name: snapName)
+                let window = FreezeWindow(guest: guest, config: config, state: status.state, plan: plan, name: snapName, fleecing: fleecing)
                 do { try await window.run() } catch { adopt(window); throw error }
                 adopt(window)
                 try openSnapshotSources(disks, name: snapName)
@@ -140,8 +150,15 @@ final class VMBackup: @unchecked Sendable {
 
             // The archive phase: in snapshot mode the guest runs meanwhile.
             // Reading, hashing and writing block: they run on their own threads, not the cooperative pool.
-            let result = try await Blocking.run("archive") { [config, name, mode] in try self.writeArchive(config: config, disks: disks, path: archivePath, archiveName: name,
+            let result: ArchiveResult
+            do {
+                result = try await Blocking.run("archive") { [config, name, mode] in try self.writeArchive(config: config, disks: disks, path: archivePath, archiveName: name,
                                           mode: mode, downtime: downtime, started: start) }
+            } catch {
+                // The readers failed because the fleecing was aborted: say why.
+                if let why = await fleecing?.failure { throw BackupError(why) }
+                throw error
+            }
             summary.archive = archivePath
             summary.archiveBytes = result.fileBytes
             summary.readBytes = result.readBytes
@@ -186,18 +203,20 @@ final class VMBackup: @unchecked Sendable {
         if let o = window.overlay { overlays.append(o) }
     }
 
-    /// Readers of the frozen views, one per disk in archive order: an overlaid disk's frozen image, else its storage snapshot.
+    /// Readers of the frozen views, one per disk in archive order: an overlaid disk's frozen image,
+    /// a fleeced disk's NBD export in QEMU, else its storage snapshot.
     private func openSnapshotSources(_ disks: [DiskPlan], name: String) throws {
-        var overlaySources: [String: any BlockSource] = [:]
-        for o in overlays { overlaySources.merge(try o.openSources()) { a, _ in a } }
+        var qemuSources: [String: any BlockSource] = [:]
+        for o in overlays { qemuSources.merge(try o.openSources()) { a, _ in a } }
+        if let fleecing { qemuSources.merge(try fleecing.openSources()) { a, _ in a } }
         // Appended one by one, so settle() closes whatever was opened if a later one fails.
         sources = []
         do {
             for d in disks {
-                sources.append(try overlaySources[d.key] ?? d.plugin.openBlockSource(d.volume, snapshot: name))
+                sources.append(try qemuSources[d.key] ?? d.plugin.openBlockSource(d.volume, snapshot: name))
             }
         } catch {
-            for s in overlaySources.values where !sources.contains(where: { $0 === s }) { try? s.close() }
+            for s in qemuSources.values where !sources.contains(where: { $0 === s }) { try? s.close() }
             throw error
         }
     }
@@ -278,6 +297,13 @@ final class VMBackup: @unchecked Sendable {
             }
         }
         overlays = []
+        if let f = fleecing {
+            do { try await f.finish() } catch {
+                log.error("cannot remove fleecing of VM \(vmid): \(error)")
+                firstError = firstError ?? error
+            }
+            fleecing = nil
+        }
         if let firstError { throw firstError }
     }
 }

@@ -29,6 +29,8 @@ struct BackupOptionArguments: ParsableArguments {
     @Option(help: "I/O priority 0-8.") var ionice: String?
     @Option(help: "Mail the report to these addresses.") var mailto: String?
     @Option(help: "always or failure.") var mailnotification: String?
+    @Option(help: "enabled=1,storage=<id>: back up disks whose storage cannot snapshot by QEMU fleecing, without pausing the guest.")
+    var fleecing: String?
 
     /// The options that were given, as vzdump properties named as in jobs.cfg.
     /// Relative directories are made absolute.
@@ -57,6 +59,7 @@ struct BackupOptionArguments: ParsableArguments {
         add("ionice", ionice)
         add("mailto", mailto)
         add("mailnotification", mailnotification)
+        add("fleecing", fleecing)
         return p
     }
 

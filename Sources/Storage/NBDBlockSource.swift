@@ -24,9 +24,15 @@ public final class NBDBlockSource: BlockSource, @unchecked Sendable {
         }
     }
 
-    /// Connects to an existing NBD server on a unix socket.
-    public init(socket: String, name: String) throws {
+    /// Connects to an existing NBD server on a unix socket (`exportName`: the
+    /// export to open, e.g. QEMU's fleecing export of one disk; nil: the default export).
+    public init(socket: String, name: String, exportName: String? = nil) throws {
         guard let h = nbd_create() else { throw Self.error("nbd_create", name) }
+        if let exportName, nbd_set_export_name(h, exportName) != 0 {
+            let e = Self.error("select NBD export '\(exportName)'", name)
+            nbd_close(h)
+            throw e
+        }
         if nbd_add_meta_context(h, "base:allocation") != 0 || nbd_connect_unix(h, socket) != 0 {
             let e = Self.error("connect to NBD socket \(socket)", name)
             nbd_close(h)

@@ -79,6 +79,9 @@ public protocol StoragePlugin: Sendable {
     /// Removes what a killed run left of `volumes`: snapshots whose name starts
     /// with `prefix`, and whatever was made to read them. Returns what it removed.
     func removeLeftovers(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String]
+    /// The directory where backup fleecing images of `vmid` (`vm-<vmid>-fleece-<n>.qcow2`,
+    /// never listed as volumes) are created; throws, naming the storage, when it cannot hold them.
+    func fleecingDirectory(vmid: Int) throws -> String
 }
 
 extension StoragePlugin {
@@ -99,6 +102,10 @@ extension StoragePlugin {
 
     public func removeLeftovers(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String] {
         try removeLeftoverSnapshots(of: volumes, snapshotPrefix: prefix)
+    }
+
+    public func fleecingDirectory(vmid: Int) throws -> String {
+        throw StorageError(.invalidArgument, "storage '\(id)' (\(definition.type.rawValue)) cannot hold fleecing images: use a 'dir' storage with content 'images'")
     }
 
     /// The default part of `removeLeftovers`: delete matching snapshots, one name at a time.

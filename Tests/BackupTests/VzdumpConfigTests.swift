@@ -171,7 +171,8 @@ struct VzdumpConfigTests {
         // mail is sent again (Notify): applied, without a warning
         #expect(e.settings.mailto == ["root"] && e.settings.mailnotification == "failure")
         #expect(!e.warnings.contains { $0.contains("'mailto'") || $0.contains("'mailnotification'") })
-        #expect(e.warnings.contains { $0.contains("'fleecing'") })
+        #expect(!e.warnings.contains { $0.contains("'fleecing'") }, "fleecing is applied now")
+        #expect(e.settings.fleecing == FleecingSettings(enabled: true, storage: nil))
         #expect(e.warnings.contains { $0.contains("'pigz'") })
     }
 

@@ -29,8 +29,8 @@ public struct BackupSettings: Sendable, Equatable {
     public var mailnotification = "always"
     /// Accepted for compatibility; snapdump's gzip is zlib on the calling thread.
     public var pigz = 0
-    /// Accepted for compatibility; snapdump reads storage snapshots, no copy-before-write.
-    public var fleecing: String?
+    /// Backup fleecing for disks whose storage cannot snapshot.
+    public var fleecing = FleecingSettings.disabled
     public var performance: String?
     /// Containers only in Proxmox; accepted and ignored for VMs.
     public var excludePath: [String] = []
@@ -131,7 +131,9 @@ public enum BackupDefaults {
         s.lockwait = pick("lockwait", \.lockwait)?.value ?? 180
         s.ionice = pick("ionice", \.ionice)?.value ?? 7
         s.pigz = pick("pigz", \.pigz)?.value ?? 0
-        s.fleecing = pick("fleecing", \.fleecing)?.value
+        if let f = pick("fleecing", \.fleecing) {
+            do { s.fleecing = try FleecingSettings.parse(f.value) } catch { throw BackupError("\(f.origin): \(error)") }
+        }
         s.performance = pick("performance", \.performance)?.value
         s.stop = pick("stop", \.stop)?.value ?? false
         s.stdexcludes = pick("stdexcludes", \.stdexcludes)?.value ?? true
@@ -140,11 +142,6 @@ public enum BackupDefaults {
 
         if let m = pick("mailto", \.mailto) { s.mailto = m.value }
         if let m = pick("mailnotification", \.mailnotification) { s.mailnotification = m.value }
-        if let f = pick("fleecing", \.fleecing),
-           let ps = try? PropertyString.parse(f.value, defaultKey: "enabled", what: "fleecing"),
-           let enabled = ps["enabled"], PrunePolicy.parseBool(enabled) == true {
-            warnings.append("option 'fleecing' (\(f.origin)) is ignored: snapdump reads storage snapshots, not a copy-before-write target")
-        }
         if s.pigz > 0 && o.compression.kind == .gzip {
             warnings.append("option 'pigz' is ignored: snapdump compresses gzip with zlib")
         }

@@ -153,20 +153,7 @@ public struct VzdumpValues: Sendable, Equatable {
     }
 
     static func checkFleecing(_ value: String, fail: (String) -> ConfigError) throws(ConfigError) -> String {
-        let ps: PropertyString
-        do { ps = try PropertyString.parse(value, defaultKey: "enabled", what: "fleecing") } catch {
-            throw fail("invalid value '\(value)' for fleecing: \(error)")
-        }
-        for (k, v) in ps.items {
-            switch k {
-            case "enabled":
-                guard PrunePolicy.parseBool(v) != nil else { throw fail("invalid value '\(v)' for fleecing enabled: expected 0 or 1") }
-            case "storage":
-                guard SectionConfig.isValidID(v) else { throw fail("invalid storage id '\(v)' in fleecing") }
-            default:
-                throw fail("unknown key '\(k)' in fleecing (known: enabled, storage)")
-            }
-        }
+        do { _ = try FleecingSettings.parse(value) } catch { throw fail("\(error)") }
         return value
     }
 

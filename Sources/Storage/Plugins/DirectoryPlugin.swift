@@ -72,6 +72,17 @@ public struct DirectoryPlugin: StoragePlugin {
 
     public func list(vmid: Int?) throws -> [VolumeInfo] { try layout.list(vmid: vmid) }
 
+    /// Beside the VM's disks, as Proxmox puts `vm-<vmid>-fleece-<n>` images on an images storage.
+    public func fleecingDirectory(vmid: Int) throws -> String {
+        try NameRules.validateVMID(vmid)
+        guard definition.content.contains(.images) else {
+            throw StorageError(.invalidArgument, "storage '\(id)' cannot hold fleecing images: it has no content 'images'")
+        }
+        try activate()
+        try FileSystem.createDirectory(layout.vmDir(vmid))
+        return layout.vmDir(vmid)
+    }
+
     public func path(of volume: VolumeID) throws -> (path: String, format: VolumeFormat) {
         try checkOwnership(volume)
         return try layout.filePath(volume)
