@@ -106,11 +106,14 @@ backup() {
   python3 - "$DEMO/last.json" "$DEMO/beats.txt" >> "$RESULTS" <<'PY'
 import json, sys
 beats = [l.split() for l in open(sys.argv[2]) if len(l.split()) == 2]
+# The longest time between two samples that saw a new heartbeat (or until the end).
 gap, since, last = 0.0, None, None
 for t, hb in beats:
     t = float(t)
-    if hb != last: since, last = t, hb
-    gap = max(gap, t - since)
+    if hb != last:
+        if since is not None: gap = max(gap, t - since)
+        since, last = t, hb
+if since is not None: gap = max(gap, float(beats[-1][0]) - since)
 for x in json.load(open(sys.argv[1])):
     x["heartbeatGap"] = gap
     print(json.dumps(x))
