@@ -5,3 +5,4 @@ cd "$(dirname "$0")/../.."
 swift build -c release 2>&1 | tail -1
 SKIP_BUILD=1 scripts/bench/storage-bench.sh
 SKIP_BUILD=1 scripts/bench/backup-bench.sh
+scripts/bench/fleecing-bench.sh
