@@ -132,8 +132,10 @@ final class FleecingBackup: @unchecked Sendable {
         if firstError == nil {
             for image in images {
                 do {
+                    // Its size is what the guest overwrote meanwhile: the figure for sizing the fleecing storage.
+                    let size = (try? File.openForReading(image.path).size()).map { " (\(Formatting.bytes($0)))" } ?? ""
                     try FileSystem.remove(image.path)
-                    log.info("removed fleecing image \(image.path)")
+                    log.info("removed fleecing image \(image.path)\(size)")
                 } catch { firstError = firstError ?? error }
             }
             images = []
