@@ -96,7 +96,8 @@ extension GuestHarness {
 /// phases listed in `fail`; in the phase named in `signal` (`<phase> <SIG>`)
 /// sends that signal to its parent — snapdump itself — and gives it a moment
 /// to arrive before returning; with `status` present it also records `snapdump
-/// vm status` of the guest at each guest phase.
+/// vm status` of the guest at each guest phase (`state=`) and how long it took
+/// (`statusms=`: 3 s or more when QEMU's monitor was held by someone else).
 struct RecordingHook {
     let dir: String
     var path: String { dir + "/hook.sh" }
@@ -110,7 +111,9 @@ struct RecordingHook {
         phase=$1
         state=
         if [ -e "$d/status" ] && [ -n "$3" ]; then
+            t0=$(date +%s%N)
             state=" state=$('\(SnapdumpBinary.binary)' vm status "$3" --config-dir '\(h.configDir)' 2>&1 | head -1 | sed 's/^status: //')"
+            state="$state statusms=$(( ($(date +%s%N) - t0) / 1000000 ))"
         fi
         echo "$* STOREID=$STOREID DUMPDIR=$DUMPDIR VMTYPE=$VMTYPE HOSTNAME=$HOSTNAME TARGET=$TARGET LOGFILE=$LOGFILE PPID=$PPID PCOMM=$(cat /proc/$PPID/comm)$state" >>"$d/calls"
         if [ -e "$d/signal" ] && [ "$(cut -d' ' -f1 "$d/signal")" = "$phase" ]; then

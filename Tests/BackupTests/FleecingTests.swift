@@ -161,6 +161,9 @@ extension NothingLostTests {
             #expect(err.contains("INFO: started fleecing of scsi0, scsi1 (one QMP transaction)"), "\(err)")
             #expect(err.contains("INFO: guest agent froze 1 filesystem(s)"), "\(err)")
             #expect(s.downtimeKind == "frozen for fleecing" && (s.downtimeMs ?? 99999) < 5000, "\(s)")
+            // The window's steps, fleecing's QMP start among them (on the window's one QMP session).
+            let downtimeLine = err.split(separator: "\n").first { $0.contains("INFO: guest downtime: ") }.map(String.init) ?? ""
+            #expect(downtimeLine.contains("(fs-freeze ") && downtimeLine.contains(", fleecing ") && downtimeLine.contains(", fs-thaw "), "\(downtimeLine)")
             // The backup took seconds (bwlimit); the heartbeats never stopped meanwhile.
             #expect(beats.maxGap < 2.5, "longest heartbeat gap during the fleecing backup: \(beats.maxGap) s")
             #expect(after > before + 100, "the guest wrote only \(after - before) records during the backup")
@@ -176,6 +179,40 @@ extension NothingLostTests {
             #expect(report["status"] == "consistent", "\(report)")
             let last = Int(report["last_contiguous"] ?? "") ?? -1
             #expect(last >= before && last <= after + 10, "last record \(last) not within heartbeats \(before)…\(after)")
+        }
+
+        /// The fleecing's watch holds the backup's QMP session, but hands QEMU's monitor
+        /// back while a hook runs: `vm status` from the hook gets an answer at once.
+        @Test func hookScriptsGetQEMUsMonitorDuringFleecing() async throws {
+            let dir = try Integration.require("SNAPDUMP_TEST_DIR")
+            let vmid = 495
+            let h = try GuestHarness(label: "fleece-hook")
+            defer { h.tearDown() }
+            try h.addStorage("dir", "local", under: dir, extra: ["--content", "images,backup"])
+            try h.addStorage("dir", "fl", under: dir, extra: ["--content", "images"])
+            try h.createGuest(vmid, disk: "local:64M", fsDisk: "local:32M")
+            try await h.bootGuest(vmid)
+            let hook = try RecordingHook(h)
+            try hook.reset(recordStatus: true)
+            let dumpdir = try #require(h.storageLocations()["local"]).location + "/dump"
+            let r = try h.run(["backup", "\(vmid)", "--mode", "snapshot", "--storage", "local", "--fleecing", "enabled=1,storage=fl",
+                               "--script", hook.path, "--output-format", "json"])
+            #expect(r.status == 0, "\(r)")
+            #expect(r.stderr.contains("INFO: started fleecing of scsi0, scsi1 (one QMP transaction)"), "\(r.stderr)")
+            #expect(hook.phases == ["job-init", "job-start", "backup-start", "pre-stop", "pre-restart", "post-restart",
+                                    "backup-end", "log-end", "job-end"], "\(hook.phases)")
+            // pre-restart and post-restart run while fleecing is on: never paused, and the monitor is free.
+            for call in hook.calls where ["pre-stop", "pre-restart", "post-restart", "backup-end"].contains(call[0]) {
+                #expect(hook.env(call, "state") == "running", "\(call)")
+                let ms = Int(hook.env(call, "statusms") ?? "") ?? 99999
+                #expect(ms < 2500, "\(call[0]): 'vm status' took \(ms) ms (QEMU's monitor busy?)")
+            }
+            let summaries = try JSONDecoder().decode([Summary].self, from: Data(r.stdout.utf8))
+            let s = try #require(summaries.first)
+            #expect(s.ok && s.method == "fleecing", "\(s)")
+            #expect(try fleeceImages(h, "fl", vmid).isEmpty, "fleecing images left")
+            let archive = try #require(s.archive)
+            try await expectInvariants(h, vmid, dumpdir: dumpdir, archiveKept: archive)
         }
 
         @Test func fleecingStorageTooSmallFailsTheBackupNotTheGuest() async throws {

@@ -66,6 +66,23 @@ import Testing
     @Test func overlaysAndStorageSnapshotsTogetherNeedAPause() throws {
         let p = try #require(plan([disk("scsi0", rawDir, .qcow2), disk("scsi1", btrfs, .raw)]))
         #expect(p.needsPause && p.disks.map(\.technique) == [.qemuOverlay, .storageSnapshot])
+        #expect(p.fleecingReason == nil && p.fleecingDisks.isEmpty)
+    }
+
+    @Test func withFleecingADiskThatCannotSnapshotFleecesEveryDiskWithoutAPause() throws {
+        let disks = [disk("scsi0", rawDir, .raw), disk("scsi1", btrfs, .raw), disk("scsi2", rawDir, .qcow2)]
+        let p = try SnapshotPlan.make(for: disks, running: true, fleecing: true).get()
+        #expect(p.disks.map(\.technique) == [.fleecing, .fleecing, .fleecing] && !p.needsPause)
+        #expect(p.fleecingDisks.map(\.key) == ["scsi0", "scsi1", "scsi2"] && p.storageGroups.isEmpty && p.overlayDisks.isEmpty)
+        #expect(p.fleecingReason == "some volumes do not support snapshots (scsi0 on local: raw files on dir storage)")
+    }
+
+    @Test func fleecingIsNotUsedWhereStoragesCanSnapshotOrTheGuestIsNotRunning() throws {
+        let p = try SnapshotPlan.make(for: [disk("scsi0", btrfs, .raw)], running: true, fleecing: true).get()
+        #expect(p.disks.map(\.technique) == [.storageSnapshot] && p.fleecingReason == nil)
+        guard case .failure = SnapshotPlan.make(for: [disk("scsi0", rawDir, .raw)], running: false, fleecing: true) else {
+            Issue.record("fleecing planned for a guest that does not run"); return
+        }
     }
 }
 
@@ -103,6 +120,18 @@ import Testing
         #expect(throws: BackupError.self) {
             try ModeDecision.make(requested: .snapshot, state: .running, disks: [disk(rawDir)], fallback: .refuse)
         }
+    }
+
+    @Test func fleecingReplacesTheFallbackAndOnlyInSnapshotMode() throws {
+        for fallback in SnapshotFallback.allCases {
+            let d = try ModeDecision.make(requested: .snapshot, state: .running, disks: [disk(rawDir)], fallback: fallback, fleecing: true)
+            guard case .snapshot(let plan) = d.method else { Issue.record("\(fallback): \(d.method)"); continue }
+            #expect(d.mode == .snapshot && d.fallbackReason == nil && plan.fleecingDisks.map(\.key) == ["scsi0"] && !plan.needsPause)
+        }
+        let suspend = try ModeDecision.make(requested: .suspend, state: .running, disks: [disk(rawDir)], fallback: .suspend, fleecing: true)
+        guard case .suspend(pause: true) = suspend.method else { Issue.record("\(suspend.method)"); return }
+        let stopped = try ModeDecision.make(requested: .snapshot, state: .stopped, disks: [disk(rawDir)], fallback: .suspend, fleecing: true)
+        guard case .stop(shutdown: false) = stopped.method else { Issue.record("\(stopped.method)"); return }
     }
 }
 

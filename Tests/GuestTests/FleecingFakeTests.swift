@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Testing
 @testable import Guest
 
@@ -7,10 +10,10 @@ import Testing
 /// teardown, and the abort on a write-threshold event.
 @Suite("Fleecing with a fake QEMU")
 struct FleecingFakeTests {
-    /// A scripted QEMU over a socketpair.
+    /// A scripted QEMU over a socketpair; one client at a time, a new one after the last went away (`reconnect`).
     final class FakeQEMU: @unchecked Sendable {
         // @unchecked: state is touched only by the serve loop, `commands` read after it (under `lock`).
-        let peer: FakePeer
+        private(set) var peer: FakePeer
         private let lock = NSLock()
         private var _commands: [String] = []
         var nodes: [[String: JSONValue]] = [["node-name": "drive-scsi0", "file": "/img/vm-100-disk-0.raw"]]
@@ -18,8 +21,21 @@ struct FleecingFakeTests {
         var exports: [String] = []
         var status = "running"
         var nbdRunning = false
+        /// Write thresholds by node, as `query-named-block-nodes` reports them (0: none, or fired).
+        var thresholds: [String: Int64] = [:]
 
         init(peer: FakePeer) { self.peer = peer }
+
+        /// A new client on the same QEMU (the old one must have gone: QMP serves one at a time).
+        func reconnect() async throws -> (QMPClient, Task<Void, Never>) {
+            let (c, p) = try await FleecingFakeTests.handshake()
+            peer = p
+            lock.withLock { _connects += 1 }
+            return (c, Task { await self.serve() })
+        }
+
+        private var _connects = 0
+        var connects: Int { lock.withLock { _connects } }
 
         var commands: [String] { lock.withLock { _commands } }
 
@@ -29,6 +45,12 @@ struct FleecingFakeTests {
 
         func event(_ name: String, _ data: JSONValue) async {
             await peer.send(JSONValue.object(["event": .string(name), "data": data]).encoded() + "\r\n")
+        }
+
+        /// An event written at once, past the peer's queue, which the serve loop blocks while it waits for a request.
+        func eventWhileIdle(_ name: String, _ data: JSONValue) {
+            let bytes = Array((JSONValue.object(["event": .string(name), "data": data]).encoded() + "\r\n").utf8)
+            _ = bytes.withUnsafeBytes { Glibc.send(peer.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         }
 
         /// Answers until the client goes away.
@@ -71,8 +93,15 @@ struct FleecingFakeTests {
                 case "block-job-cancel":
                     jobs.removeAll { $0 == a["device"]!.stringValue! }
                     await reply(id, [:])
+                case "block-set-write-threshold":
+                    thresholds[a["node-name"]!.stringValue!] = a["write-threshold"]!.intValue!
+                    await reply(id, [:])
                 case "query-named-block-nodes":
-                    await reply(id, .array(nodes.map { JSONValue.object($0) }))
+                    await reply(id, .array(nodes.map { n in
+                        var n = n
+                        n["write_threshold"] = .int(n["node-name"]?.stringValue.flatMap { thresholds[$0] } ?? 0)
+                        return JSONValue.object(n)
+                    }))
                 case "blockdev-del":
                     let n = a["node-name"]!.stringValue!
                     nodes.removeAll { $0["node-name"]?.stringValue == n || $0["node-name"]?.stringValue == n + "-file" }
@@ -89,15 +118,19 @@ struct FleecingFakeTests {
         }
     }
 
-    func connected() async throws -> (QMPClient, FakeQEMU, Task<Void, Never>) {
+    static func handshake() async throws -> (QMPClient, FakePeer) {
         let (a, b) = try makeSocketPair()
         let peer = FakePeer(fd: b)
         async let client = QMPClient.connect(adoptingSocket: a, label: "fake", timeout: .seconds(5))
         await peer.send(QMPClientFakeTests.greeting)
         let caps = try await peer.readRequest()
         await peer.send(#"{"return": {}, "id": \#(caps["id"]!.encoded())}"# + "\r\n")
+        return (try await client, peer)
+    }
+
+    func connected() async throws -> (QMPClient, FakeQEMU, Task<Void, Never>) {
+        let (c, peer) = try await Self.handshake()
         let qemu = FakeQEMU(peer: peer)
-        let c = try await client
         return (c, qemu, Task { await qemu.serve() })
     }
 
@@ -108,7 +141,7 @@ struct FleecingFakeTests {
 
     @Test func setUpInOneTransactionAndTeardownExportFirst() async throws {
         let (qmp, qemu, server) = try await connected()
-        let f = try await Fleecing.start(qmp: qmp, vmid: 100, disks: [.init(key: "scsi0", image: "/fl/vm-100-fleece-0.qcow2", threshold: 1 << 20)],
+        let f = try await Fleecing.start(qmp: qmp, connect: { throw CancellationError() }, vmid: 100, disks: [.init(key: "scsi0", image: "/fl/vm-100-fleece-0.qcow2", threshold: 1 << 20)],
                                          socket: "/run/x.nbd", log: { _ in })
         #expect(qemu.commands == Self.setUp)
         #expect(qemu.jobs == ["snapdump-fleecing-scsi0"] && qemu.exports == ["snapdump-fleecing-scsi0"] && qemu.nbdRunning)
@@ -124,7 +157,7 @@ struct FleecingFakeTests {
     @Test func writeThresholdAbortsAndResumesAGuestPausedByAnIOError() async throws {
         let (qmp, qemu, server) = try await connected()
         let lines = LineBox()
-        let f = try await Fleecing.start(qmp: qmp, vmid: 100, disks: [.init(key: "scsi0", image: "/fl/vm-100-fleece-0.qcow2", threshold: 1 << 20)],
+        let f = try await Fleecing.start(qmp: qmp, connect: { throw CancellationError() }, vmid: 100, disks: [.init(key: "scsi0", image: "/fl/vm-100-fleece-0.qcow2", threshold: 1 << 20)],
                                          socket: "/run/x.nbd", log: { lines.append($0) })
         qemu.status = "io-error"
         await qemu.event("BLOCK_WRITE_THRESHOLD", ["node-name": "snapdump-fleece-scsi0-file", "write-threshold": 1048576, "amount-exceeded": 4096])
@@ -136,6 +169,51 @@ struct FleecingFakeTests {
         #expect(lines.all.contains { $0.hasPrefix("WARN: VM 100 was paused by an I/O error during fleecing - resumed it") }, "\(lines.all)")
         try await f.teardown()  // the backup's own teardown after the abort: nothing more to do
         #expect(qemu.commands.count == Self.setUp.count + Self.teardown.count + 1)
+    }
+
+    /// While a hook script runs, the fleecing lets QEMU's monitor go (QMP serves one client at a
+    /// time), then watches again on a new session: later events still abort it.
+    @Test func letGoForAHookThenWatchAgainOnANewSession() async throws {
+        let (qmp, qemu, server) = try await connected()
+        let f = try await Fleecing.start(qmp: qmp, connect: { try await qemu.reconnect().0 }, vmid: 100,
+                                         disks: [.init(key: "scsi0", image: "/fl/vm-100-fleece-0.qcow2", threshold: 1 << 20)],
+                                         socket: "/run/x.nbd", log: { _ in })
+        await f.letGo()
+        await server.value  // the session is closed: the monitor is free for the hook's client
+        try await f.watchAgain()
+        #expect(qemu.connects == 1)
+        #expect(await f.failure == nil, "nothing happened meanwhile")
+        #expect(qemu.commands.suffix(3) == ["query-status", "query-block-jobs", "query-named-block-nodes"])
+        qemu.eventWhileIdle("BLOCK_WRITE_THRESHOLD", ["node-name": "snapdump-fleece-scsi0-file", "write-threshold": 1048576, "amount-exceeded": 4096])
+        for _ in 0..<200 where await f.failure == nil { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(await f.failure?.contains("grew past 1.0 MiB") == true)
+        try await f.teardown()
+        #expect(qemu.jobs.isEmpty && qemu.exports.isEmpty && !qemu.nbdRunning)
+    }
+
+    /// Events are lost while nobody listens: what they would have said is asked of QEMU instead
+    /// (a fired threshold reads 0, a paused guest, a job gone), and the fleecing is aborted.
+    @Test func whatHappenedWhileLetGoIsFoundOnWatchingAgain() async throws {
+        for (what, change, says) in [
+            ("threshold", { (q: FakeQEMU) in q.thresholds["snapdump-fleece-scsi0-file"] = 0 }, "grew past 1.0 MiB"),
+            ("io-error", { (q: FakeQEMU) in q.status = "io-error" }, "I/O error during fleecing"),
+            ("paused", { (q: FakeQEMU) in q.status = "paused" }, "the guest was paused during fleecing"),
+            ("job", { (q: FakeQEMU) in q.jobs = [] }, "fleecing job snapdump-fleecing-scsi0 ended by itself"),
+        ] as [(String, (FakeQEMU) -> Void, String)] {
+            let (qmp, qemu, server) = try await connected()
+            let f = try await Fleecing.start(qmp: qmp, connect: { try await qemu.reconnect().0 }, vmid: 100,
+                                             disks: [.init(key: "scsi0", image: "/fl/vm-100-fleece-0.qcow2", threshold: 1 << 20)],
+                                             socket: "/run/x.nbd", log: { _ in })
+            #expect(qemu.thresholds["snapdump-fleece-scsi0-file"] == 1 << 20)
+            await f.letGo()
+            await server.value
+            change(qemu)
+            try await f.watchAgain()
+            let failure = await f.failure
+            #expect(failure?.contains(says) == true, "\(what): \(failure ?? "no failure")")
+            #expect(qemu.jobs.isEmpty && qemu.exports.isEmpty && !qemu.nbdRunning, "\(what)")
+            #expect(qemu.status == "running" || what == "paused", "\(what): an I/O-error pause is resumed")
+        }
     }
 
     @Test func leftoversOfAKilledRunAreFoundByName() async throws {
