@@ -118,6 +118,15 @@ extension NothingLostTests {
             return s[0]
         }
 
+        /// The task log as text: with `--output-format json` stderr carries JSON events (`{"type":"log","level":…,"message":…}`).
+        func logText(_ stderr: String) -> String {
+            stderr.split(separator: "\n", omittingEmptySubsequences: false).map { line -> String in
+                guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], o["type"] as? String == "log",
+                      let level = o["level"] as? String, let message = o["message"] as? String else { return String(line) }
+                return "\(level): \(message)"
+            }.joined(separator: "\n")
+        }
+
         func fleeceImages(_ h: GuestHarness, _ storage: String, _ vmid: Int) throws -> [String] {
             let dir = try #require(h.storageLocations()[storage]).location + "/images/\(vmid)"
             return ((try? FileSystem.list(dir)) ?? []).filter { $0.contains("-fleece-") }
@@ -150,7 +159,7 @@ extension NothingLostTests {
             let end = bg.finish(timeout: 180)
             let after = h.lastHeartbeat(vmid)
             let beats = watch.stop()
-            let err = bg.stderr
+            let err = logText(bg.stderr)
             #expect(end.status == 0 && !end.signaled, "\(err)")
             #expect(sawImages, "no fleecing images on storage 'fl' during the backup")
             let s = try summary(bg)
@@ -203,7 +212,7 @@ extension NothingLostTests {
             let r = try h.run(["backup", "\(vmid)", "--mode", "snapshot", "--storage", "local", "--fleecing", "enabled=1,storage=fl",
                                "--script", hook.path, "--output-format", "json"])
             #expect(r.status == 0, "\(r)")
-            #expect(r.stderr.contains("INFO: started fleecing of scsi0, scsi1 (one QMP transaction)"), "\(r.stderr)")
+            #expect(logText(r.stderr).contains("INFO: started fleecing of scsi0, scsi1 (one QMP transaction)"), "\(r.stderr)")
             #expect(hook.phases == ["job-init", "job-start", "backup-start", "pre-stop", "pre-restart", "post-restart",
                                     "backup-end", "log-end", "job-end"], "\(hook.phases)")
             // pre-restart and post-restart run while fleecing is on: never paused, and the monitor is free.
@@ -246,7 +255,7 @@ extension NothingLostTests {
                                               "--bwlimit", "1024", "--output-format", "json"])
             let end = bg.finish(timeout: 240)
             let beats = watch.stop()
-            let err = bg.stderr
+            let err = logText(bg.stderr)
             #expect(end.status != 0 && !end.signaled, "\(end): \(err)")
             let s = try summary(bg)
             #expect(!s.ok && s.method == "fleecing", "\(s)")
