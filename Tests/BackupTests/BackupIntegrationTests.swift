@@ -35,7 +35,7 @@ struct BackupIntegrationTests {
         let after = h.lastHeartbeat(vmid)
         let s = try JSONDecoder().decode([Summary].self, from: Data(r.stdout.utf8))
         try #require(s.count == 1, "backup output: \(r)")
-        return Outcome(summary: s[0], stderr: r.stderr, before: before, after: after)
+        return Outcome(summary: s[0], stderr: TaskLogEvents.text(r.stderr), before: before, after: after)
     }
 
     /// Restores `archive` to `target` on `storage` and returns the checker's report.

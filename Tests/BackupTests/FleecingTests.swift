@@ -118,14 +118,8 @@ extension NothingLostTests {
             return s[0]
         }
 
-        /// The task log as text: with `--output-format json` stderr carries JSON events (`{"type":"log","level":…,"message":…}`).
-        func logText(_ stderr: String) -> String {
-            stderr.split(separator: "\n", omittingEmptySubsequences: false).map { line -> String in
-                guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], o["type"] as? String == "log",
-                      let level = o["level"] as? String, let message = o["message"] as? String else { return String(line) }
-                return "\(level): \(message)"
-            }.joined(separator: "\n")
-        }
+        /// The task log as text (stderr carries JSON events with `--output-format json`).
+        func logText(_ stderr: String) -> String { TaskLogEvents.text(stderr) }
 
         func fleeceImages(_ h: GuestHarness, _ storage: String, _ vmid: Int) throws -> [String] {
             let dir = try #require(h.storageLocations()[storage]).location + "/images/\(vmid)"

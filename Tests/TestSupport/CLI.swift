@@ -40,3 +40,16 @@ public enum SnapdumpBinary {
         return Result(status: o.status, stdout: o.stdout, stderr: o.stderr)
     }
 }
+
+/// With `--output-format json`, `backup` writes its task log to stderr as JSON
+/// events (`{"type":"log","level":"INFO","message":…}`); this gives the text
+/// lines back (`INFO: …`), leaving lines that are not log events as they are.
+public enum TaskLogEvents {
+    public static func text(_ stderr: String) -> String {
+        stderr.split(separator: "\n", omittingEmptySubsequences: false).map { line -> String in
+            guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], o["type"] as? String == "log",
+                  let level = o["level"] as? String, let message = o["message"] as? String else { return String(line) }
+            return "\(level): \(message)"
+        }.joined(separator: "\n")
+    }
+}
