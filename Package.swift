@@ -54,9 +54,9 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], exclude: ["README.md"]),
         // The executable: Entrypoint.swift only.
-        .executableTarget(name: "snapdump", dependencies: ["SnapdumpCLI"]),
+        .executableTarget(name: "snapdump", dependencies: ["SnapdumpCLI", "SnapdumpSystem"]),
         // The scheduler daemon executable (same as `snapdump daemon`).
-        .executableTarget(name: "snapdumpd", dependencies: ["SnapdumpCLI"]),
+        .executableTarget(name: "snapdumpd", dependencies: ["SnapdumpCLI", "SnapdumpSystem"]),
 
         // Shared test helpers: integration gating, fixture locations, running commands.
         .target(name: "TestSupport", dependencies: ["SnapdumpSystem"], path: "Tests/TestSupport"),

@@ -63,7 +63,7 @@ public enum VMAExtractor {
             let p = targetDir + "/" + deviceFileName(d)
             do {
                 // Readable too: chunks too far out of order are hashed from it afterwards.
-                let f = try File.open(p, O_RDWR | O_CREAT | O_EXCL, mode: 0o644)
+                let f = try File.createNew(p, readable: true)
                 created.append(p)
                 files[d.id] = f
                 try f.truncate(to: d.size)
@@ -97,7 +97,7 @@ public enum VMAExtractor {
 
     private static func writeNew(_ path: String, _ bytes: [UInt8]) throws(ArchiveError) {
         do {
-            let f = try File.open(path, O_WRONLY | O_CREAT | O_EXCL, mode: 0o644)
+            let f = try File.createNew(path)
             try f.writeAll(bytes)
             try f.sync()
             try f.close()

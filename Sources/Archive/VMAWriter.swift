@@ -96,7 +96,7 @@ public final class VMAWriter {
 
         let f: File
         do {
-            f = try File.open(path, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644)
+            f = try File.createNew(path)
         } catch {
             throw ArchiveError(.io, path: path, "cannot create archive", cause: error as? SystemError)
         }

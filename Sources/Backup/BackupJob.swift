@@ -69,6 +69,45 @@ public final class BackupJob {
         }
     }
 
+    /// Names a guest's backup after the first second from now whose names
+    /// are all free, and claims it by creating the `.log` (O_EXCL) for `log`.
+    /// Names have one-second resolution: a second backup of the guest within
+    /// the same second (two jobs due in the same minute, run one after the
+    /// other) waits for the next second instead of writing a whole archive
+    /// that cannot be committed and appending to the first one's log.
+    static func claimName(vmid: Int, dumpdir: String, compression: Compression.Kind, log: TaskLog,
+                          clock: () -> Date = Date.init) async -> (ArchiveName, Date) {
+        var attempts = 0
+        while true {
+            let now = clock()
+            let name = ArchiveName(vmid: UInt32(vmid), date: now, compression: compression)
+            // Any compression: vzdump-qemu-100-T.vma.gz and ….vma.zst would share the log.
+            let taken = Compression.Kind.allCases.contains { kind in
+                var n = name
+                n.compression = kind
+                return FileSystem.exists("\(dumpdir)/\(n.fileName)") || FileSystem.exists("\(dumpdir)/\(n.temporaryName)")
+            }
+            if !taken {
+                do {
+                    try log.attach(file: "\(dumpdir)/\(name.logName)")
+                    return (name, now)
+                } catch let e as SystemError where e.errno == EEXIST && attempts < 60 {
+                    // Another backup's log (or something planted there): never shared.
+                } catch {
+                    log.warn("cannot write log file: \(error)")
+                    return (name, now)
+                }
+            } else if attempts >= 60 {
+                // Cannot happen one second after another for a minute unless something keeps creating the names:
+                // go on, and the commit refuses to replace the archive.
+                return (name, now)
+            }
+            attempts += 1
+            let wait = (now.timeIntervalSince1970 + 1).rounded(.down) - now.timeIntervalSince1970
+            try? await Task.sleep(nanoseconds: UInt64(max(wait, 0.001) * 1e9))
+        }
+    }
+
     public func run() async throws -> [BackupSummary] {
         let storages = try StorageRegistry(paths: paths)
         var vmids = options.vmids
@@ -119,14 +158,13 @@ public final class BackupJob {
                 log.error("job aborted before VM \(vmid): \(Interrupt.Interrupted(signal: sig))")
                 break
             }
-            let now = Date()
-            let name = ArchiveName(vmid: UInt32(vmid), date: now, compression: options.compression.kind)
             let vmLog = TaskLog(echo: !options.quiet, parent: log)
-            do { try vmLog.attach(file: "\(dumpdir)/\(name.logName)") } catch { vmLog.warn("cannot write log file: \(error)") }
+            let (name, now) = await Self.claimName(vmid: vmid, dumpdir: dumpdir, compression: options.compression.kind, log: vmLog)
             let backup = VMBackup(vmid: vmid, options: options, paths: paths, storages: storages, lifecycle: lifecycle,
                                   dumpdir: dumpdir, log: vmLog, interrupt: interrupt, name: name, startTime: now,
                                   settings: settings, hook: hook)
-            let s = await backup.run()
+            var s = await backup.run()
+            s.log = "\(dumpdir)/\(name.logName)"
             vmLog.detach()
             let guestName = (try? VMConfig.load(vmid: vmid, paths: paths))?.name ?? "VM \(vmid)"
             reported.append(.init(summary: s, name: guestName, logFile: "\(dumpdir)/\(name.logName)"))

@@ -13,6 +13,8 @@ public struct BackupSummary: Sendable, Codable {
     /// Snapshot mode: milliseconds of each step inside the freeze window (`fs-freeze`, `snapshot`, `fs-thaw`, …).
     public var downtimeParts: [String: Int64]?
     public var archive: String?
+    /// The guest's task log (`vzdump-qemu-<vmid>-<time>.log` in the dump directory).
+    public var log: String?
     public var archiveBytes: UInt64 = 0
     public var diskBytes: UInt64 = 0
     public var readBytes: UInt64 = 0

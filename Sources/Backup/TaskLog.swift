@@ -29,9 +29,12 @@ public final class TaskLog: @unchecked Sendable {
         self.jsonEvents = jsonEvents || (parent?.jsonEvents ?? false)
     }
 
-    /// From now on lines also go to `path`; lines logged before are written first.
+    /// From now on lines also go to `path`, a new file (root-only) that this
+    /// log creates: an existing file or a symlink at `path` is an error
+    /// (`SystemError` with EEXIST), never appended to, so two backups never
+    /// share a log. Lines logged before are written first.
     public func attach(file path: String) throws {
-        let f = try File.open(path, O_WRONLY | O_CREAT | O_APPEND, mode: 0o644)
+        let f = try File.createNew(path)
         lock.lock()
         defer { lock.unlock() }
         file = f
@@ -71,6 +74,15 @@ public final class TaskLog: @unchecked Sendable {
             FileHandle.standardError.write(Data((out + "\n").utf8))
         }
         parent?.record(line)
+    }
+
+    /// Appends `text` as it is to the file only (no level, no timestamp, no
+    /// echo): for copying another log into this one.
+    public func appendToFile(_ text: String) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let file else { throw BackupError("task log has no file to append to") }
+        try file.writeAll(Array(text.utf8))
     }
 
     /// Keeps a child's line in this log's memory without echoing it again.

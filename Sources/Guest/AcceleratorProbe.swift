@@ -56,7 +56,7 @@ public enum AcceleratorProbe {
 
         let image = "\(workDirectory)/accel-probe.\(getpid()).\(UInt32.random(in: 0...UInt32.max)).img"
         do {
-            let f = try File.open(image, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644)
+            let f = try File.createNew(image)
             try f.writeAll(multibootImage)
             try f.close()
         } catch {

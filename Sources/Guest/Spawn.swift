@@ -27,7 +27,7 @@ enum Spawn {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         let out = outputPath ?? "/dev/null"
-        posix_spawn_file_actions_addopen(&actions, 1, out, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 1, out, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, File.privateMode)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         if let closefrom = addCloseFrom { _ = closefrom(&actions, 3) }
 

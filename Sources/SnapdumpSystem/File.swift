@@ -18,13 +18,34 @@ public final class File: @unchecked Sendable {
         self.path = path
     }
 
-    public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws -> File {
+    /// Owner read/write only: every file snapdump creates holds backup data
+    /// or configuration (DESIGN.md invariant 7).
+    public static let privateMode: mode_t = 0o600
+
+    /// open(2). A call that may create the file (O_CREAT) never follows a
+    /// symlink at `path`: a link planted at a name root is about to write
+    /// (a predictable `.log`, `.dat` or temp name) would otherwise redirect
+    /// the write to its target.
+    public static func open(_ path: String, _ flags: Int32, mode: mode_t = File.privateMode) throws -> File {
+        let f = flags | O_CLOEXEC | (flags & O_CREAT != 0 ? O_NOFOLLOW : 0)
         var fd: Int32
         repeat {
-            fd = Glibc.open(path, flags | O_CLOEXEC, mode)
+            fd = Glibc.open(path, f, mode)
         } while fd < 0 && errno == EINTR
         if fd < 0 { throw SystemError("open", path) }
         return File(adopting: fd, path: path)
+    }
+
+    /// Creates `path`, which must not exist (O_EXCL: not even as a dangling
+    /// symlink), for writing. The one way writers claim a new name: two
+    /// writers of the same name cannot both succeed.
+    public static func createNew(_ path: String, mode: mode_t = File.privateMode, readable: Bool = false) throws -> File {
+        try open(path, (readable ? O_RDWR : O_WRONLY) | O_CREAT | O_EXCL, mode: mode)
+    }
+
+    /// Opens an existing regular file to append to it; never follows a symlink.
+    public static func openForAppending(_ path: String) throws -> File {
+        try open(path, O_WRONLY | O_APPEND | O_NOFOLLOW)
     }
 
     public static func openForReading(_ path: String) throws -> File {

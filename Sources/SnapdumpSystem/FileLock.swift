@@ -25,7 +25,7 @@ public final class FileLock: @unchecked Sendable {
     /// Takes the lock, waiting up to `timeout` seconds (0 = try once).
     public static func acquire(_ path: String, timeout: Double) throws -> FileLock {
         try FileSystem.createDirectory((path as NSString).deletingLastPathComponent)
-        let f = try File.open(path, O_RDWR | O_CREAT, mode: 0o644)
+        let f = try File.open(path, O_RDWR | O_CREAT)
         let deadline = Date().addingTimeInterval(timeout)
         while true {
             if flock(f.fd, LOCK_EX | LOCK_NB) == 0 {

@@ -26,8 +26,12 @@ public enum FileSystem {
         try dir.sync()
     }
 
-    /// mkdir -p.
-    public static func createDirectory(_ path: String, mode: mode_t = 0o755) throws {
+    /// Owner only: the directories snapdump creates (dump and run dirs,
+    /// image dirs, job state) hold backup data, sockets or configuration.
+    public static let privateDirectoryMode: mode_t = 0o700
+
+    /// mkdir -p; directories that already exist keep their mode.
+    public static func createDirectory(_ path: String, mode: mode_t = privateDirectoryMode) throws {
         if isDirectory(path) { return }
         let parent = (path as NSString).deletingLastPathComponent
         if !parent.isEmpty && parent != path { try createDirectory(parent, mode: mode) }
@@ -37,8 +41,9 @@ public enum FileSystem {
     /// Writes `contents` to `path` so that readers see either the old or the
     /// new file, never a half-written one: temp file beside it, fsync, rename,
     /// fsync of the directory. A failure removes the temp file and leaves the
-    /// old file untouched.
-    public static func writeAtomically(_ path: String, _ contents: String, mode: mode_t = 0o644) throws {
+    /// old file untouched. The temp name is unpredictable and created with
+    /// O_EXCL, so nothing planted beside `path` can receive the contents.
+    public static func writeAtomically(_ path: String, _ contents: String, mode: mode_t = File.privateMode) throws {
         try writeAtomically(path, bytes: Array(contents.utf8), mode: mode)
     }
 
@@ -64,11 +69,10 @@ public enum FileSystem {
     }
 
     /// Writes `bytes` atomically as `writeAtomically` does for text.
-    public static func writeAtomically(_ path: String, bytes: [UInt8], mode: mode_t = 0o644) throws {
+    public static func writeAtomically(_ path: String, bytes: [UInt8], mode: mode_t = File.privateMode) throws {
         let dir = (path as NSString).deletingLastPathComponent
-        let tmp = "\(path).tmp.\(getpid())"
+        let (f, tmp) = try createTemporary(beside: path, mode: mode)
         do {
-            let f = try File.open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode: mode)
             try f.writeAll(bytes)
             try f.sync()
             try f.close()
@@ -78,6 +82,49 @@ public enum FileSystem {
             unlink(tmp)
             throw error
         }
+    }
+
+    /// A new file `<path>.tmp.<random>` (O_EXCL, never through a symlink),
+    /// for writing something that is renamed to `path` once complete.
+    public static func createTemporary(beside path: String, mode: mode_t = File.privateMode) throws -> (File, String) {
+        var attempts = 0
+        while true {
+            let tmp = "\(path).tmp.\(randomSuffix())"
+            do {
+                return (try File.createNew(tmp, mode: mode), tmp)
+            } catch let e as SystemError where e.errno == EEXIST && attempts < 100 {
+                attempts += 1
+            }
+        }
+    }
+
+    /// 16 hex digits from the system's random generator.
+    static func randomSuffix() -> String {
+        var g = SystemRandomNumberGenerator()
+        let v = g.next() as UInt64
+        let hex = String(v, radix: 16)
+        return String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
+    /// Makes files and directories created from now on by this process and
+    /// the programs it starts (qemu-img, QEMU's sockets, zfs) owner-only,
+    /// whatever mode they ask for: backup data is readable by root only.
+    public static func restrictNewFilesToOwner() {
+        umask(0o077)
+    }
+
+    public static func readText(_ path: String) throws -> String {
+        let f = try File.openForReading(path)
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        var offset: UInt64 = 0
+        while true {
+            let n = try chunk.withUnsafeMutableBytes { (b) throws in try f.read(into: b, at: offset) }
+            if n == 0 { break }
+            bytes.append(contentsOf: chunk[0..<n])
+            offset += UInt64(n)
+        }
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     public static func remove(_ path: String) throws {

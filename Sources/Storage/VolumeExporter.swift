@@ -5,7 +5,7 @@ import SnapdumpSystem
 
 /// Writes the raw content of a `BlockSource` to a file (sparse: zero runs
 /// become holes) or to a stream (every byte). A file appears under its name
-/// only when complete: it is written as `<name>.part`, fsynced and renamed.
+/// only when complete: it is written as `<name>.tmp.<random>`, fsynced and renamed.
 public enum VolumeExporter {
     public static let chunkSize = 4 << 20
     static let zeroGranule = 64 << 10
@@ -16,9 +16,8 @@ public enum VolumeExporter {
     }
 
     public static func export(_ source: any BlockSource, toFile path: String) throws -> Result {
-        let tmp = path + ".part"
+        let (out, tmp) = try FileSystem.createTemporary(beside: path)
         do {
-            let out = try File.open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o640)
             var data: UInt64 = 0
             try forEachDataChunk(source) { offset, chunk in
                 // Skip zero granules so the output stays sparse.

@@ -57,7 +57,7 @@ struct BackupIntegrationTests {
         _ = try await h.waitForHeartbeat(vmid, above: hb, timeout: .seconds(20))
         let snaps = try h.must(["snapshot", "list"]).stdout.split(separator: "\n").dropFirst()
         #expect(snaps.isEmpty, "snapshots left: \(snaps)")
-        let leftovers = ((try? FileSystem.list(dumpdir)) ?? []).filter { $0.hasSuffix(".dat") || $0.hasSuffix(".part") }
+        let leftovers = ((try? FileSystem.list(dumpdir)) ?? []).filter { $0.hasSuffix(".dat") || $0.contains(".tmp.") }
         #expect(leftovers.isEmpty, "temporary files left in \(dumpdir): \(leftovers)")
     }
 

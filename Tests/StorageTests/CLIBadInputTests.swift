@@ -263,7 +263,7 @@ struct CLIFullFilesystemTests {
         let (volid, _) = try s.volumeWithData(Int(free) + (16 << 20), size: "\((free >> 20) + 32)M")
         let line = try s.expectCleanFailure(["volume", "export", volid, "--output", out + "/vol.raw"],
                                             mentions: ["no space left", volid, out + "/vol.raw"], watch: [out])
-        #expect(try FileSystem.list(out).isEmpty, "no output and no .part left: \(line)")
+        #expect(try FileSystem.list(out).isEmpty, "no output and no temp file left: \(line)")
         #expect(try FileSystem.usage(small).available >= free - (1 << 20), "space given back")
     }
 

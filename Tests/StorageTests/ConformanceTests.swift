@@ -272,7 +272,7 @@ struct ConformanceTests {
         let out = scratch + "/export.raw"
         let result = try withSource(p, v0, snapshot: "conf-1") { try VolumeExporter.export($0, toFile: out) }
         #expect(result.bytes == TestVolume.size)
-        #expect(!FileSystem.exists(out + ".part"))
+        #expect(try FileSystem.list(scratch).filter { $0.hasPrefix("export.raw.tmp.") }.isEmpty, "temp file left")
         let exported = try FileBlockSource(path: out, name: "export")
         #expect(try TestVolume.decode(exported, tag: 1) == expectedSnapshot)
         #expect(try File.openForReading(out).allocatedBytes() <= TestVolume.size - UInt64(TestVolume.tailRange.count), "export is sparse")

@@ -68,7 +68,7 @@ struct ExporterTests {
         let r = try VolumeExporter.export(s, toFile: out)
         #expect(r.bytes == 8 << 20)
         #expect(try Self.readAll(out) == content)
-        #expect(try FileSystem.list(dir).sorted() == ["out.raw", "sparse.raw"], "no .part left")
+        #expect(try FileSystem.list(dir).sorted() == ["out.raw", "sparse.raw"], "no temp file left")
         // Zero runs (holes and written zeros) stay holes: 196 KiB of data.
         #expect(r.dataBytes == (192 << 10) + 4096, "dataBytes \(r.dataBytes)")
         #expect(try File.openForReading(out).allocatedBytes() <= 512 << 10, "sparse output")
@@ -101,7 +101,7 @@ struct ExporterTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let failing = FailingSource(size: 8 << 20, failAt: 4 << 20)
         #expect(throws: StorageError.self) { _ = try VolumeExporter.export(failing, toFile: dir + "/out.raw") }
-        #expect(try FileSystem.list(dir).isEmpty, "no output, no .part")
+        #expect(try FileSystem.list(dir).isEmpty, "no output, no temp file")
         #expect(throws: SystemError.self) { _ = try VolumeExporter.export(failing, toFile: dir + "/missing/out.raw") }
         #expect(try FileSystem.list(dir).isEmpty)
     }

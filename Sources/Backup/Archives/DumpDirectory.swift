@@ -93,7 +93,7 @@ public struct DumpDirectory: Sendable {
         if protected == FileSystem.exists(marker) { return }
         do {
             if protected {
-                let f = try File.open(marker, O_WRONLY | O_CREAT, mode: 0o644)
+                let f = try File.open(marker, O_WRONLY | O_CREAT)
                 try f.close()
             } else {
                 try FileSystem.remove(marker)

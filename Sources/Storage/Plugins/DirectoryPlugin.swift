@@ -118,7 +118,7 @@ public struct DirectoryPlugin: StoragePlugin {
                     do {
                         try FileSystem.createDirectory(dir)
                         let src = try File.openForReading(path)
-                        let dst = try File.open(target, O_WRONLY | O_CREAT | O_EXCL, mode: 0o440)
+                        let dst = try File.createNew(target, mode: 0o400)
                         try dst.cloneContents(of: src)
                         try dst.sync()
                     } catch {

@@ -69,7 +69,7 @@ struct ImageDirectory: Sendable {
     static func createImage(path: String, size: UInt64, format: VolumeFormat) throws {
         switch format {
         case .raw:
-            let f = try File.open(path, O_WRONLY | O_CREAT | O_EXCL, mode: 0o640)
+            let f = try File.createNew(path)
             do {
                 try f.truncate(to: size)
                 try f.sync()
