@@ -50,20 +50,30 @@ public final class BackupJob {
 
     /// The global lock, waited for up to `lockwait` minutes — in slices, so
     /// SIGINT/SIGTERM end the wait at once instead of after up to three hours.
-    private func acquireGlobalLock(hook: HookScript?) throws -> FileLock {
-        let deadline = Date().addingTimeInterval(lockwait * 60)
+    /// The wait sleeps, so it runs on a thread of its own: on the cooperative
+    /// pool (two threads here) it would stall snapdumpd's scheduler.
+    private func acquireGlobalLock(hook: HookScript?) async throws -> FileLock {
+        let path = paths.backupLock, lockwait = self.lockwait, interrupt = self.interrupt
+        do {
+            return try await Blocking.run("global-lock") {
+                try Self.waitForLock(path, minutes: lockwait, interrupt: interrupt)
+            }
+        } catch let e as Interrupt.Interrupted {
+            log.error("Backup job aborted while waiting for lock '\(path)': \(e)")
+            try? await hook?.run(.jobAbort, log: log)
+            throw e
+        }
+    }
+
+    static func waitForLock(_ path: String, minutes: Double, interrupt: Interrupt) throws -> FileLock {
+        let deadline = Date().addingTimeInterval(minutes * 60)
         while true {
             do {
-                return try FileLock.acquire(paths.backupLock, timeout: min(1, max(0, deadline.timeIntervalSinceNow)))
+                return try FileLock.acquire(path, timeout: min(1, max(0, deadline.timeIntervalSinceNow)))
             } catch let e as FileLock.Timeout {
-                if let sig = interrupt.received {
-                    let interrupted = Interrupt.Interrupted(signal: sig)
-                    log.error("Backup job aborted while waiting for lock '\(e.path)': \(interrupted)")
-                    try? hook?.run(.jobAbort, log: log)
-                    throw interrupted
-                }
+                if let sig = interrupt.received { throw Interrupt.Interrupted(signal: sig) }
                 if Date() >= deadline {
-                    throw BackupError("can't acquire lock '\(e.path)' (wait = \(Int(lockwait)) minutes) - got timeout")
+                    throw BackupError("can't acquire lock '\(e.path)' (wait = \(Int(minutes)) minutes) - got timeout")
                 }
             }
         }
@@ -121,9 +131,9 @@ public final class BackupJob {
         let dumpdir = try Self.dumpDirectory(options: options, storages: storages)
         try FileSystem.createDirectory(dumpdir)
         let hook = settings.script.map { HookScript(path: $0, storeID: options.dumpdir == nil ? (options.storage ?? "local") : nil, dumpdir: dumpdir) }
-        try hook?.run(.jobInit, log: log)
+        try await hook?.run(.jobInit, log: log)
 
-        let lock = try acquireGlobalLock(hook: hook)
+        let lock = try await acquireGlobalLock(hook: hook)
         defer { lock.unlock() }
 
         let jobStarted = Date()
@@ -132,9 +142,9 @@ public final class BackupJob {
             + " --compress \(options.compression.kind.rawValue)"
         log.info("starting new backup job: \(commandLine)")
         do {
-            try hook?.run(.jobStart, log: log)
+            try await hook?.run(.jobStart, log: log)
         } catch {
-            try? hook?.run(.jobAbort, log: log)
+            try? await hook?.run(.jobAbort, log: log)
             throw error
         }
         do {
@@ -171,23 +181,23 @@ public final class BackupJob {
             if let hook {
                 let logfile = "\(dumpdir)/\(name.logName)"
                 let hostname = guestName
-                try? hook.run(.logEnd, guest: .init(mode: s.mode ?? options.mode, vmid: vmid, hostname: hostname,
+                try? await hook.run(.logEnd, guest: .init(mode: s.mode ?? options.mode, vmid: vmid, hostname: hostname,
                                                     target: s.archive ?? "\(dumpdir)/\(name.fileName)", logfile: logfile), log: log)
             }
             summaries.append(s)
         }
         if summaries.allSatisfy(\.ok) && interrupt.received == nil {
             do {
-                try hook?.run(.jobEnd, log: log)
+                try await hook?.run(.jobEnd, log: log)
             } catch {
                 log.error("\(error)")
                 jobError = "\(error)"
-                try? hook?.run(.jobAbort, log: log)
+                try? await hook?.run(.jobAbort, log: log)
                 throw error
             }
             log.info("Backup job finished successfully")
         } else {
-            try? hook?.run(.jobAbort, log: log)
+            try? await hook?.run(.jobAbort, log: log)
             if let sig = interrupt.received {
                 let interrupted = Interrupt.Interrupted(signal: sig)
                 log.error("Backup job aborted: \(interrupted)")

@@ -43,17 +43,17 @@ struct GuestControl {
     let debts: GuestDebts
     let downtime: DowntimeClock
     /// Runs a guest phase of the hook script (a no-op without one).
-    let hook: (HookScript.Phase) throws -> Void
+    let hook: (HookScript.Phase) async throws -> Void
     /// Whether a hook script runs at all (it may call `vm status`, which needs the QMP socket).
     let hasHook: Bool
 
     /// pre-restart, `restore`, post-restart: a failing hook fails the backup but never keeps the guest down.
     func restoreGuest(_ restore: () async throws -> Void) async throws {
         var hookError: (any Error)?
-        do { try hook(.preRestart) } catch { hookError = error }
+        do { try await hook(.preRestart) } catch { hookError = error }
         try await restore()
         downtime.end()
-        do { try hook(.postRestart) } catch { hookError = hookError ?? error }
+        do { try await hook(.postRestart) } catch { hookError = hookError ?? error }
         if let hookError { throw hookError }
     }
 }
@@ -71,7 +71,7 @@ struct StopQuiesce {
 
     func run() async throws {
         let g = guest
-        try g.hook(.preStop)
+        try await g.hook(.preStop)
         try FileSystem.createDirectory((restartMarker as NSString).deletingLastPathComponent)
         try FileSystem.writeAtomically(restartMarker, "\(g.vmid)\n")
         let startDrives = self.startDrives, marker = restartMarker
@@ -116,7 +116,7 @@ struct SuspendQuiesce {
 
     func run() async throws {
         let g = guest
-        try g.hook(.preStop)
+        try await g.hook(.preStop)
         g.log.info("suspending guest")
         g.downtime.begin("paused")
         try await g.lifecycle.suspend(vmid: g.vmid, allowLock: "backup")
@@ -181,7 +181,7 @@ final class FreezeWindow {
         guard guest.hasHook else { return }
         await release()
         await fleecing?.letGo()
-        try guest.hook(phase)
+        try await guest.hook(phase)
         try await fleecing?.watchAgain()
     }
 

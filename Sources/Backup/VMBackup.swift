@@ -57,9 +57,9 @@ final class VMBackup: @unchecked Sendable {
     /// Runs a guest phase of the hook script (no-op without `--script`).
     /// A hook can take long: a SIGINT/SIGTERM that came meanwhile stops the
     /// backup right after it (a safe point), not only at the next chunk read.
-    private func runHook(_ phase: HookScript.Phase) throws {
+    private func runHook(_ phase: HookScript.Phase) async throws {
         guard let hook, let g = hookGuest else { return }
-        try hook.run(phase, guest: g, log: log)
+        try await hook.run(phase, guest: g, log: log)
         if phase != .backupAbort { try interrupt.check() }
     }
 
@@ -124,28 +124,28 @@ final class VMBackup: @unchecked Sendable {
             let archivePath = "\(dumpdir)/\(name.fileName)"
             hookGuest = HookScript.Guest(mode: mode, vmid: vmid, hostname: config.name ?? "VM \(vmid)", target: archivePath,
                                          logfile: "\(dumpdir)/\(name.logName)")
-            try runHook(.backupStart)
+            try await runHook(.backupStart)
             log.info("creating vzdump archive '\(archivePath)'")
 
             let downtime = DowntimeClock()
             let guest = GuestControl(vmid: vmid, lifecycle: lifecycle, log: log, interrupt: interrupt, debts: debts, downtime: downtime,
-                                     hook: { [unowned self] in try self.runHook($0) }, hasHook: hook != nil)
+                                     hook: { [unowned self] in try await self.runHook($0) }, hasHook: hook != nil)
             switch decision.method {
             case .stop(let shutdown):
                 if shutdown {
                     try await StopQuiesce(guest: guest, stopwait: .seconds(options.stopwait * 60), startDrives: startDrives,
                                           restartMarker: Leftovers.restartMarker(vmid: vmid, paths: paths)).run()
                 }
-                for d in disks { sources.append(try d.plugin.openBlockSource(d.volume, snapshot: nil)) }
+                try await openSources(disks)
             case .suspend(let pause):
                 if pause { try await SuspendQuiesce(guest: guest).run() }
-                for d in disks { sources.append(try d.plugin.openBlockSource(d.volume, snapshot: nil)) }
+                try await openSources(disks)
             case .snapshot(let plan):
                 let snapName = "\(Leftovers.snapshotPrefix)\(Int(start.timeIntervalSince1970))"
                 let window = FreezeWindow(guest: guest, config: config, state: status.state, plan: plan, name: snapName, fleecing: fleecing)
                 do { try await window.run() } catch { adopt(window); throw error }
                 adopt(window)
-                try openSnapshotSources(disks, name: snapName)
+                try await openSnapshotSources(disks, name: snapName)
             }
 
             // The archive phase: in snapshot mode the guest runs meanwhile.
@@ -170,7 +170,7 @@ final class VMBackup: @unchecked Sendable {
             }
             try BackupLifecycle.afterCommit(archivePath: archivePath, vmid: vmid, guestName: config.name,
                                             storage: options.dumpdir == nil ? options.storage : nil, settings: settings, log: log)
-            try runHook(.backupEnd)
+            try await runHook(.backupEnd)
             summary.ok = true
         } catch {
             let message = "\(error)"
@@ -182,7 +182,7 @@ final class VMBackup: @unchecked Sendable {
                 log.info("archive '\(archive)' is complete and is kept; only what came after it failed")
             }
             do { try await settle() } catch { log.error("cleanup failed: \(error)") }
-            try? runHook(.backupAbort)
+            try? await runHook(.backupAbort)
         }
         if locked {
             do { try await lifecycle.unlock(vmid: vmid) } catch { log.error("cannot remove lock of VM \(vmid): \(error)") }
@@ -197,6 +197,15 @@ final class VMBackup: @unchecked Sendable {
         return summary
     }
 
+    /// Opens the disks' block sources one by one (so settle() closes whatever
+    /// was opened if a later one fails), each on a thread of its own: opening
+    /// may start qemu-nbd, clone a dataset or wait for a device node.
+    private func openSources(_ disks: [DiskPlan], snapshot: String? = nil) async throws {
+        for d in disks {
+            sources.append(try await Blocking.run("open-source") { try d.plugin.openBlockSource(d.volume, snapshot: snapshot) })
+        }
+    }
+
     /// What the freeze window made, to be read and then removed by settle() on every path out.
     private func adopt(_ window: FreezeWindow) {
         snapshots += window.snapshots
@@ -205,7 +214,7 @@ final class VMBackup: @unchecked Sendable {
 
     /// Readers of the frozen views, one per disk in archive order: an overlaid disk's frozen image,
     /// a fleeced disk's NBD export in QEMU, else its storage snapshot.
-    private func openSnapshotSources(_ disks: [DiskPlan], name: String) throws {
+    private func openSnapshotSources(_ disks: [DiskPlan], name: String) async throws {
         var qemuSources: [String: any BlockSource] = [:]
         for o in overlays { qemuSources.merge(try o.openSources()) { a, _ in a } }
         if let fleecing { qemuSources.merge(try fleecing.openSources()) { a, _ in a } }
@@ -213,7 +222,8 @@ final class VMBackup: @unchecked Sendable {
         sources = []
         do {
             for d in disks {
-                sources.append(try qemuSources[d.key] ?? d.plugin.openBlockSource(d.volume, snapshot: name))
+                if let q = qemuSources[d.key] { sources.append(q); continue }
+                try await openSources([d], snapshot: name)
             }
         } catch {
             for s in qemuSources.values where !sources.contains(where: { $0 === s }) { try? s.close() }

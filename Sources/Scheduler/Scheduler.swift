@@ -77,7 +77,8 @@ public actor Scheduler {
     private var loadedText: String?
     private var loaded = false
     private var jobs: [BackupJobDefinition] = []
-    private var lastLoadError: String?
+    /// The content of jobs.cfg last rejected, so it is logged once, not every minute.
+    private var rejectedText: String?
     private var started = false
     private var stopping = false
     private var current: Interrupt?
@@ -213,26 +214,35 @@ public actor Scheduler {
     }
 
     /// Re-reads jobs.cfg when its content changed. A file that does not parse
-    /// is reported once and the previous jobs stay in force.
+    /// keeps the previous jobs in force; each rejected content is logged once
+    /// (as an error), and so is the return to a valid file — also when it is
+    /// the text that was in force before, which needs no reload.
     func reloadIfChanged() {
         let path = paths.jobsConfig
         let text = FileSystem.exists(path) ? (try? FileSystem.readText(path)) : ""
         guard let text else { return }
-        if loaded && text == loadedText { return }
+        if text == rejectedText { return }
+        if loaded && text == loadedText {
+            if rejectedText != nil {
+                logger.info("\(path) is valid again: keeping its \(jobs.count) job(s)")
+                rejectedText = nil
+            }
+            return
+        }
         do {
             let cfg = try JobsConfig.parse(text, file: path)
-            if loaded { logger.info("\(path) changed: \(cfg.jobs.count) job(s)") }
+            if rejectedText != nil {
+                logger.info("\(path) is valid again: \(cfg.jobs.count) job(s)")
+            } else if loaded {
+                logger.info("\(path) changed: \(cfg.jobs.count) job(s)")
+            }
             jobs = cfg.jobs
             loadedText = text
             loaded = true
-            lastLoadError = nil
+            rejectedText = nil
         } catch {
-            let message = "\(error)"
-            if message != lastLoadError {
-                logger.error("cannot load jobs, keeping the previous ones: \(message)")
-                lastLoadError = message
-            }
-            if !loaded { loadedText = nil }
+            logger.error("cannot load jobs, keeping the previous ones: \(error)")
+            rejectedText = text
         }
     }
 

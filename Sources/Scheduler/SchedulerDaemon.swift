@@ -2,10 +2,11 @@ import Logging
 import SnapdumpConfig
 
 /// snapdumpd: the scheduler with the backup engine as runner, logging to
-/// stderr (journald under systemd), until SIGTERM or SIGINT.
+/// stderr (to the journal with priorities under systemd: `DaemonLogHandler`),
+/// until SIGTERM or SIGINT.
 public enum SchedulerDaemon {
     public static func run(paths: SnapdumpPaths) async throws {
-        LoggingSystem.bootstrap(StreamLogHandler.standardError)
+        LoggingSystem.bootstrap { _ in DaemonLogHandler.standardError() }
         var logger = Logger(label: "snapdumpd")
         logger.logLevel = .info
         let scheduler = Scheduler(paths: paths, runner: BackupJobRunner(echo: false), logger: logger)

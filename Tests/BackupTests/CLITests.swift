@@ -7,14 +7,8 @@ import TestSupport
 // The archive commands run as the built binary (`.build/debug/snapdump`),
 // with a temporary --config-dir and archives written by VMAWriter here.
 
-/// The snapdump executable built beside the test bundle (or $SNAPDUMP_BIN).
-let snapdumpBinary: String = {
-    if let b = ProcessInfo.processInfo.environment["SNAPDUMP_BIN"] { return b }
-    let besideTests = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("snapdump").path
-    if FileManager.default.isExecutableFile(atPath: besideTests) { return besideTests }
-    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    return root.appendingPathComponent(".build/debug/snapdump").path
-}()
+/// The snapdump executable (one locator for every suite: `SnapdumpBinary`).
+let snapdumpBinary = SnapdumpBinary.binary
 
 /// A config dir with a `dir` storage `local` (content images,backup) whose dump dir is `dump`.
 final class CLIFixture {

@@ -15,16 +15,11 @@ import TestSupport
 /// two cores and boots under TCG take 4–9 s.
 @Suite("Guests through the CLI (real QEMU)", .serialized, .enabled(if: TestGuest.enabled))
 struct GuestCLITests {
-    static func fixturesAvailable(_ kind: TestStorageKind) -> Bool { Integration.available(kind.fixture) }
-    static var moveFixturesAvailable: Bool {
-        Integration.available("SNAPDUMP_TEST_DIR", "SNAPDUMP_TEST_BTRFS", "SNAPDUMP_TEST_ZPOOL", "SNAPDUMP_TEST_SMALLFS")
-    }
-
     /// Boot, heartbeats, suspend (they stop), resume (they go on), `vm shutdown`
     /// (QEMU exits, the disk's records are consistent up to the last heartbeat).
     @Test("boot, suspend, resume and shut down on each storage type", arguments: TestStorageKind.allCases)
     func lifecycleOnStorage(_ kind: TestStorageKind) async throws {
-        guard Self.fixturesAvailable(kind) else { return }
+        try Integration.need(kind.fixture)
         try QEMU.require()
         let guest = try await TestGuest.outputs()
         let vmid = 931
@@ -70,7 +65,7 @@ struct GuestCLITests {
     /// checked on every volume the data passed through.
     @Test("move-disk live across storages while the workload writes, and offline")
     func moveDiskLiveAndOffline() async throws {
-        guard Self.moveFixturesAvailable else { return }
+        try Integration.need("SNAPDUMP_TEST_DIR", "SNAPDUMP_TEST_BTRFS", "SNAPDUMP_TEST_ZPOOL", "SNAPDUMP_TEST_SMALLFS")
         try QEMU.require()
         let guest = try await TestGuest.outputs()
         let vmid = 932
@@ -251,7 +246,7 @@ struct GuestCLITests {
     /// Bad input that needs no running QEMU: one clear error, exit ≠ 0, nothing changed.
     @Test("unknown VMID, missing volume, locked VM")
     func badInputWithoutQEMU() async throws {
-        guard Integration.available("SNAPDUMP_TEST_DIR", "SNAPDUMP_TEST_BTRFS") else { return }
+        try Integration.need("SNAPDUMP_TEST_DIR", "SNAPDUMP_TEST_BTRFS")
         let guest = try await TestGuest.outputs()
         try await VMHarness.run("bad") { h in
             try h.addStorage("loc", .dirRaw)

@@ -11,35 +11,15 @@ import TestSupport
 /// The project's test guest (scripts/test-guest): kernel, busybox initramfs,
 /// qemu-ga and a disk-writing workload.
 enum TestGuest {
-    static var repositoryRoot: String {
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-    }
-    static var buildScript: String { repositoryRoot + "/scripts/test-guest/build.sh" }
-    /// SNAPDUMP_GUEST_DIR: where build.sh puts (or has put) its outputs.
-    static var outputDirectory: String? { Integration.fixture("SNAPDUMP_GUEST_DIR") }
-
     static var enabled: Bool {
         guard QEMU.enabled else { return false }
-        if Integration.required || FileSystem.exists(buildScript) { return true }
-        return outputDirectory.map { FileSystem.exists($0 + "/vmlinuz") } ?? false
+        return Integration.required || TestGuestImage.obtainable
     }
 
-    /// (kernel, initrd, checker) — builds them when the builder is in the
-    /// repository (idempotent, fast when up to date).
+    /// (kernel, initrd, checker), built when the builder is in the repository (`TestGuestImage`).
     static func outputs() async throws -> (kernel: String, initrd: String, checker: String) {
-        let dir: String
-        if FileSystem.exists(buildScript) {
-            dir = outputDirectory ?? repositoryRoot + "/scripts/test-guest/out"
-            let script = buildScript
-            _ = try await Blocking.run("build-test-guest") { try Command.run([script, dir]) }
-        } else if let d = outputDirectory {
-            dir = d
-        } else {
-            throw TestFailure("test guest missing: no \(buildScript) and no SNAPDUMP_GUEST_DIR")
-        }
-        let r = (dir + "/vmlinuz", dir + "/initramfs.gz", dir + "/snapdump-record-check")
-        for f in [r.0, r.1] where !FileSystem.exists(f) { throw TestFailure("test guest: \(f) missing") }
-        return r
+        let f = try await TestGuestImage.files()
+        return (f.kernel, f.initrd, f.checker)
     }
 }
 
@@ -50,15 +30,7 @@ struct TestGuestBootTests {
     }
 
     func heartbeats(_ path: String) -> [Int] {
-        let text = (try? FileSystem.readText(path)) ?? ""
-        // Lines end in "\r\n" (one Character in Swift). Skip a last line
-        // without its newline: it may be cut short.
-        var lines = text.split(whereSeparator: \.isNewline)
-        if let last = text.last, !last.isNewline, !lines.isEmpty { lines.removeLast() }
-        return lines.compactMap { l in
-            let s = l.trimmingCharacters(in: .whitespacesAndNewlines)
-            return s.hasPrefix("HB ") ? Int(s.dropFirst(3)) : nil
-        }
+        Heartbeats.parse((try? FileSystem.readText(path)) ?? "")
     }
 
     @Test func bootsAgentAnswersAndACPIShutdownStopsIt() async throws {

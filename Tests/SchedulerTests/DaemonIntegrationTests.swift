@@ -14,16 +14,9 @@ import TestSupport
 /// with status 0. Runs with SNAPDUMP_INTEGRATION=1 (then missing binaries
 /// fail it); takes up to about 70 s, waiting for the next minute.
 @Suite(.serialized) struct DaemonIntegrationTests {
-    /// The built executables: $SNAPDUMP_BIN_DIR, else the package's .build/debug.
-    static var binDir: String {
-        if let d = ProcessInfo.processInfo.environment["SNAPDUMP_BIN_DIR"], !d.isEmpty { return d }
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        return root.appendingPathComponent(".build/debug").path
-    }
-
     @Test(.enabled(if: Integration.required), .timeLimit(.minutes(3)))
     func daemonRunsAJobEveryMinute() async throws {
-        let snapdump = Self.binDir + "/snapdump", snapdumpd = Self.binDir + "/snapdumpd"
+        let snapdump = SnapdumpBinary.binary, snapdumpd = SnapdumpBinary.path("snapdumpd")
         guard FileManager.default.isExecutableFile(atPath: snapdump), FileManager.default.isExecutableFile(atPath: snapdumpd) else {
             Issue.record("integration: \(snapdump) and \(snapdumpd) are missing (swift build first)")
             return

@@ -105,12 +105,14 @@ struct SchedulerFixture {
     let runner: FakeRunner
     let scheduler: Scheduler
 
+    let log = LogCapture()
+
     init(start: String, jobs: String = "", zone: String = "UTC") throws {
         dir = try Integration.scratchDirectory("sched")
         paths = SnapdumpPaths(configDir: dir, runDir: dir + "/run")
         clock = ManualClock(utc(start))
         runner = FakeRunner(clock: clock)
-        scheduler = Scheduler(paths: paths, clock: clock, runner: runner, logger: Scheduler.silentLogger,
+        scheduler = Scheduler(paths: paths, clock: clock, runner: runner, logger: log.logger,
                               timeZone: TimeZone(identifier: zone)!, hostname: "testhost")
         if !jobs.isEmpty { try writeJobs(jobs) }
     }
@@ -146,4 +148,29 @@ func utc(_ s: String) -> Date { Civil.parse(s)!.date(in: TimeZone(identifier: "U
 /// A jobs.cfg section; `extra` are `key value` lines.
 func job(_ id: String, _ schedule: String, _ extra: String...) -> String {
     "vzdump: \(id)\n\tschedule \(schedule)\n\tvmid 100\n\tstorage local\n" + extra.map { "\t\($0)\n" }.joined() + "\n"
+}
+
+/// Log lines a scheduler wrote, as `<priority>message` (journal style).
+final class LogCapture: @unchecked Sendable {
+    // @unchecked: all state is behind `lock`.
+    private let lock = NSLock()
+    private var _lines: [String] = []
+
+    var lines: [String] { lock.withLock { _lines } }
+
+    var logger: Logger {
+        var l = Logger(label: "snapdumpd") { _ in
+            DaemonLogHandler(journal: true) { [self] line in self.lock.withLock { self._lines.append(line) } }
+        }
+        l.logLevel = .info
+        return l
+    }
+
+    /// The lines logged since the last call.
+    func take() -> [String] {
+        lock.withLock {
+            defer { _lines = [] }
+            return _lines
+        }
+    }
 }

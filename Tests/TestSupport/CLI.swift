@@ -16,17 +16,24 @@ public enum SnapdumpBinary {
         public var description: String { "exit \(status), stdout: \(stdout.debugDescription), stderr: \(stderr.debugDescription)" }
     }
 
-    /// The binary: `SNAPDUMP_BIN`, else `snapdump` beside the test bundle
-    /// (`swift test` builds it into the same directory), else `.build/debug/snapdump`.
+    /// The `snapdump` binary every suite runs: `SNAPDUMP_BIN`, else `path("snapdump")`.
     public static var binary: String {
         if let b = ProcessInfo.processInfo.environment["SNAPDUMP_BIN"], !b.isEmpty { return b }
+        return path("snapdump")
+    }
+
+    /// A built executable of the package (`snapdump`, `snapdumpd`): in
+    /// `SNAPDUMP_BIN_DIR`, else beside the test bundle (`swift test` builds
+    /// them into the same directory), else in the repository's `.build/debug`.
+    public static func path(_ name: String) -> String {
+        if let d = ProcessInfo.processInfo.environment["SNAPDUMP_BIN_DIR"], !d.isEmpty { return d + "/" + name }
         let testBinary = (CommandLine.arguments.first.map { (try? FileSystem.realPath($0)) ?? $0 }) ?? ""
         var dir = (testBinary as NSString).deletingLastPathComponent
         // On Linux the runner is `<build>/<name>PackageTests.xctest`; step out of a bundle if there is one.
         while dir.hasSuffix(".xctest") || dir.hasSuffix("/Contents/MacOS") { dir = (dir as NSString).deletingLastPathComponent }
-        let beside = dir + "/snapdump"
+        let beside = dir + "/" + name
         if FileManager.default.isExecutableFile(atPath: beside) { return beside }
-        return FileManager.default.currentDirectoryPath + "/.build/debug/snapdump"
+        return Repository.root + "/.build/debug/" + name
     }
 
     /// Runs `snapdump <args>` with `--config-dir` prepended when given; never throws for a non-zero exit.

@@ -4,7 +4,11 @@ import SnapdumpSystem
 /// A throw-away snapdump installation (its own `--config-dir`) with storages
 /// and test-guest VMs, driven through the real `snapdump` binary as a user
 /// would. `tearDown()` stops every QEMU it started — by the PID in its
-/// pidfile, never by name — destroys its VMs and removes its storages' data.
+/// pidfile, never by name — destroys its VMs and removes its storages' data
+/// (btrfs subvolumes and read-only snapshots included: `StorageCleanup`).
+/// The GuestTests' `VMHarness` shares its binary locator (`SnapdumpBinary`),
+/// test guest (`TestGuestImage`), heartbeat parser (`Heartbeats`) and storage
+/// cleanup with it.
 public final class GuestHarness: @unchecked Sendable {
     // @unchecked: used from one test at a time.
     public let configDir: String
@@ -20,15 +24,10 @@ public final class GuestHarness: @unchecked Sendable {
 
     /// Builds the test guest (idempotent) and returns its directory.
     public static func buildGuest() throws -> String {
-        let root = repositoryRoot
-        let dir = Integration.fixture("SNAPDUMP_GUEST_DIR") ?? root + "/.build/test-guest"
-        try Command.run([root + "/scripts/test-guest/build.sh", dir])
-        return dir
+        try TestGuestImage.files().directory
     }
 
-    public static var repositoryRoot: String {
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-    }
+    public static var repositoryRoot: String { Repository.root }
 
     public var checker: String { guestDir + "/snapdump-record-check" }
 
@@ -82,11 +81,7 @@ public final class GuestHarness: @unchecked Sendable {
 
     /// The last `HB <seq>` in the guest's console, or 0.
     public func lastHeartbeat(_ vmid: Int) -> Int {
-        guard let text = try? FileSystem.readText(console(vmid)) else { return 0 }
-        for line in text.split(whereSeparator: \.isNewline).reversed() where line.hasPrefix("HB ") {
-            if let n = Int(line.dropFirst(3).trimmingCharacters(in: .whitespaces)) { return n }
-        }
-        return 0
+        Heartbeats.last(inConsole: console(vmid))
     }
 
     /// Waits until the guest's heartbeat exceeds `above`.
@@ -139,9 +134,9 @@ public final class GuestHarness: @unchecked Sendable {
             if let pid = qemuPID(vmid) { Processes.terminate([pid]) }
             _ = try? run(["vm", "destroy", "\(vmid)"])
         }
-        // vm destroy freed the volumes (and a btrfs VM's subvolume with its last volume).
+        // vm destroy freed the volumes; what is left (a killed run's read-only snapshot) goes too.
         for dir in storageDirs {
-            try? FileManager.default.removeItem(atPath: dir)
+            StorageCleanup.remove(dir)
         }
         for (ceph, pool) in cephPools { ceph.removePool(pool) }
         try? FileManager.default.removeItem(atPath: configDir)

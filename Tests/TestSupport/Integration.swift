@@ -1,5 +1,6 @@
 import Foundation
 import SnapdumpSystem
+import Testing
 
 /// Integration tests use real things (loop filesystems, zfs-fuse, QEMU).
 /// `scripts/fixtures/setup.sh` prepares them and writes their locations to an
@@ -49,6 +50,22 @@ public enum Integration {
     public static func require(_ name: String) throws -> String {
         guard let v = fixture(name) else { throw Missing(what: name) }
         return v
+    }
+
+    /// The fixtures a test needs, checked where the test starts: a missing one
+    /// fails it under SNAPDUMP_INTEGRATION=1 and otherwise cancels it, so it
+    /// is reported as skipped — never as passed. Returns the values in order.
+    @discardableResult
+    public static func need(_ names: String...) throws -> [String] {
+        var values: [String] = []
+        for name in names {
+            if let v = fixture(name) { values.append(v); continue }
+            if required { throw Missing(what: name) }
+            // Cancelled cases of a parameterized test are not listed by name: say it here too.
+            print("skipped: fixture \(name) is not set up (scripts/fixtures/setup.sh)")
+            try Test.cancel("fixture \(name) is not set up (scripts/fixtures/setup.sh); skipped")
+        }
+        return values
     }
 
     /// A fresh scratch directory under `base` (default /tmp), removed by the caller.

@@ -29,7 +29,10 @@ struct HookScript {
     let storeID: String?
     let dumpdir: String
 
-    func run(_ phase: Phase, guest: Guest? = nil, log: TaskLog) throws {
+    /// Runs the script for `phase` and waits for it on a thread of its own:
+    /// a hook may take minutes, and on the cooperative pool it would stall
+    /// snapdumpd's scheduler (two pool threads here).
+    func run(_ phase: Phase, guest: Guest? = nil, log: TaskLog) async throws {
         var argv = [path, phase.rawValue]
         var env = ["DUMPDIR": dumpdir, "STOREID": storeID ?? ""]
         if let g = guest {
@@ -41,7 +44,7 @@ struct HookScript {
         }
         let out: Command.Output
         do {
-            out = try Command.capture(argv, environment: env)
+            out = try await Blocking.run("hook") { [argv, env] in try Command.capture(argv, environment: env) }
         } catch {
             try fail(phase, "hook script '\(path)' could not be run: \(error)", log: log)
             return

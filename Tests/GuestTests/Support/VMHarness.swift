@@ -8,15 +8,9 @@ import SnapdumpSystem
 import TestSupport
 @testable import Guest
 
-/// The built `snapdump` executable the guest CLI tests drive: $SNAPDUMP_BIN,
-/// else beside the test bundle, else `.build/debug/snapdump`.
+/// The built `snapdump` executable the guest CLI tests drive (`SnapdumpBinary`).
 enum GuestCLIBinary {
-    static let path: String = {
-        if let b = ProcessInfo.processInfo.environment["SNAPDUMP_BIN"] { return b }
-        let beside = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("snapdump").path
-        if FileManager.default.isExecutableFile(atPath: beside) { return beside }
-        return TestGuest.repositoryRoot + "/.build/debug/snapdump"
-    }()
+    static var path: String { SnapdumpBinary.binary }
 
     static func require() throws {
         guard FileManager.default.isExecutableFile(atPath: path) else {
@@ -231,13 +225,7 @@ final class VMHarness: @unchecked Sendable {
 
     /// Sequence numbers of complete `HB <seq>` lines so far.
     func heartbeats(_ vmid: Int) -> [Int] {
-        let text = (try? FileSystem.readText(consoleLog(vmid))) ?? ""
-        var lines = text.split(whereSeparator: \.isNewline)
-        if let last = text.last, !last.isNewline, !lines.isEmpty { lines.removeLast() }
-        return lines.compactMap { l in
-            let s = l.trimmingCharacters(in: .whitespacesAndNewlines)
-            return s.hasPrefix("HB ") ? Int(s.dropFirst(3)) : nil
-        }
+        Heartbeats.parse((try? FileSystem.readText(consoleLog(vmid))) ?? "")
     }
 
     func lastHeartbeat(_ vmid: Int) -> Int { heartbeats(vmid).last ?? 0 }
@@ -302,10 +290,7 @@ final class VMHarness: @unchecked Sendable {
         for (vmid, pid) in targets where ProcessTable.signal(pid, SIGKILL, ifMentioning: paths.qmpSocket(vmid)) {
             _ = await ProcessTable.waitForExit(pid, mentioning: paths.qmpSocket(vmid), timeout: .seconds(10))
         }
-        for (_, path, kind) in storageRoots {
-            if kind == "btrfs" { Self.deleteSubvolumes(under: path) }
-            try? FileManager.default.removeItem(atPath: path)
-        }
+        for (_, path, _) in storageRoots { StorageCleanup.remove(path) }
         for (ceph, pool) in cephPools { ceph.removePool(pool) }
         for d in zfsDatasets {
             for attempt in 0..<10 {
@@ -315,20 +300,6 @@ final class VMHarness: @unchecked Sendable {
             }
         }
         removeTree(configDir)
-    }
-
-    /// btrfs subvolumes (images/<vmid>, snapshots) below `root`, deepest first.
-    static func deleteSubvolumes(under root: String) {
-        guard let e = FileManager.default.enumerator(atPath: root) else { return }
-        var subvolumes: [String] = []
-        while let f = e.nextObject() as? String {
-            let p = "\(root)/\(f)"
-            var st = stat()
-            if lstat(p, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, st.st_ino == 256 { subvolumes.append(p) }
-        }
-        for s in subvolumes.sorted(by: { $0.count > $1.count }) {
-            _ = try? Command.capture(["btrfs", "-q", "subvolume", "delete", s])
-        }
     }
 }
 

@@ -8,11 +8,7 @@ import TestSupport
 /// failure under SNAPDUMP_INTEGRATION=1 and a cancelled (skipped) test otherwise.
 enum Fixture {
     static func need(_ name: String) throws -> String {
-        if let v = Integration.fixture(name) { return v }
-        if Integration.required { return try Integration.require(name) }
-        // Cancelled test cases of a parameterized test are not listed by name: say it here too.
-        print("skipped: fixture \(name) is not set up (scripts/fixtures/setup.sh)")
-        try Test.cancel("fixture \(name) is not set up (scripts/fixtures/setup.sh); skipped")
+        try Integration.need(name)[0]
     }
 
     /// A fixture that is a directory (mount point): it must exist when it is configured.
