@@ -114,7 +114,8 @@ public final class Restore {
             let plugin = try storages.plugin(storeID)
             var format = VolumeFormat(rawValue: map.format) ?? .raw
             if [.zfspool, .rbd, .lvm, .lvmthin].contains(plugin.definition.type) { format = .raw }
-            let vol = try plugin.allocate(vmid: vmid, size: device.size, format: format)
+            // Allocation runs zfs/btrfs/lvm/qemu-img: off the cooperative pool, as the writing below.
+            let vol = try await Blocking.run("allocate") { [format] in try plugin.allocate(vmid: vmid, size: device.size, format: format) }
             let (path, fmt) = try plugin.path(of: vol)
             var t = Target(deviceID: device.id, key: map.key, volume: vol, plugin: plugin, format: fmt,
                            writePath: path, file: nil, volumePath: path)
@@ -161,15 +162,19 @@ public final class Restore {
         } else {
             log.warn("archive has no snapdump.json: content digests not checked (not written by snapdump?)")
         }
-        for i in targets.indices {
-            try targets[i].file?.sync()
-            try targets[i].file?.close()
-            targets[i].file = nil
-            if targets[i].writePath != targets[i].volumePath {
-                try Command.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", targets[i].writePath, targets[i].volumePath])
-                try FileSystem.remove(targets[i].writePath)
+        // fsync and qemu-img convert take minutes on big disks: on their own thread too.
+        let written = targets
+        try await Blocking.run("restore-finish") {
+            for t in written {
+                try t.file?.sync()
+                try t.file?.close()
+                if t.writePath != t.volumePath {
+                    try Command.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", t.writePath, t.volumePath])
+                    try FileSystem.remove(t.writePath)
+                }
             }
         }
+        for i in targets.indices { targets[i].file = nil }
 
         // Point the config's disks at the new volumes; drop what the archive does not restore.
         let restored = Dictionary(targets.map { ($0.key, $0.volume) }, uniquingKeysWith: { a, _ in a })

@@ -33,6 +33,11 @@ struct GuestCLITests {
 
             try await h.startAndWaitForHeartbeats(vmid)
             #expect(try h.mustRun(["vm", "status", String(vmid)]).contains("running"))
+            // Invariant 7: the run dir, the QMP socket, the console log and the disk are root's only.
+            for p in [h.paths.runDir, h.paths.qemuRunDir, h.paths.qmpSocket(vmid), h.paths.consoleLog(vmid), image] {
+                var st = stat()
+                #expect(lstat(p, &st) == 0 && st.st_mode & 0o077 == 0, "\(p) is \(String(st.st_mode & 0o7777, radix: 8))")
+            }
 
             // Suspend: no heartbeat for over a second.
             try h.mustRun(["vm", "suspend", String(vmid)])
