@@ -126,12 +126,11 @@ public final class GuestHarness: @unchecked Sendable {
 
     public func registerVM(_ vmid: Int) { vmids.insert(vmid) }
 
-    /// Stops every VM we created (QMP, then SIGKILL by pid), destroys them, removes storage data and the config dir.
+    /// Kills every QEMU of this config dir (`GuestCleanup`), destroys our VMs, removes storage data and the config dir.
     public func tearDown() {
+        GuestCleanup.killQEMUs(runDir: configDir + "/run")
         for vmid in vmids.sorted() {
             _ = try? run(["vm", "unlock", "\(vmid)"])
-            _ = try? run(["vm", "stop", "\(vmid)"])
-            if let pid = qemuPID(vmid) { Processes.terminate([pid]) }
             _ = try? run(["vm", "destroy", "\(vmid)"])
         }
         // vm destroy freed the volumes; what is left (a killed run's read-only snapshot) goes too.

@@ -25,6 +25,12 @@ public enum Processes {
         return result
     }
 
+    /// The argument list of `pid`, empty when it is gone.
+    public static func commandLine(_ pid: Int32) -> [String] {
+        guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return [] }
+        return data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+    }
+
     /// Whether `pid` still exists and is not a zombie.
     public static func isAlive(_ pid: Int32) -> Bool {
         guard let stat = try? FileSystem.readText("/proc/\(pid)/stat") else { return false }

@@ -97,3 +97,21 @@ public enum StorageCleanup {
         }
     }
 }
+
+/// The end of a test's guests: every QEMU serving a socket in `runDir/qemu`
+/// (found by its pidfile, verified by its command line naming that socket,
+/// never by program name) gets SIGKILL and is waited for.
+public enum GuestCleanup {
+    public static func killQEMUs(runDir: String) {
+        let qemuDir = runDir + "/qemu"
+        for name in (try? FileSystem.list(qemuDir)) ?? [] where name.hasSuffix(".pid") {
+            let vmid = String(name.dropLast(4))
+            guard let text = try? FileSystem.readText("\(qemuDir)/\(name)"),
+                  let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { continue }
+            let socket = "\(qemuDir)/\(vmid).qmp"
+            guard Processes.isAlive(pid), Processes.commandLine(pid).contains(where: { $0.contains(socket) }) else { continue }
+            kill(pid, SIGKILL)
+            for _ in 0..<200 where Processes.isAlive(pid) { usleep(50_000) }
+        }
+    }
+}

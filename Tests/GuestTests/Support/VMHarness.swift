@@ -290,6 +290,7 @@ final class VMHarness: @unchecked Sendable {
         for (vmid, pid) in targets where ProcessTable.signal(pid, SIGKILL, ifMentioning: paths.qmpSocket(vmid)) {
             _ = await ProcessTable.waitForExit(pid, mentioning: paths.qmpSocket(vmid), timeout: .seconds(10))
         }
+        GuestCleanup.killQEMUs(runDir: paths.runDir)
         for (_, path, _) in storageRoots { StorageCleanup.remove(path) }
         for (ceph, pool) in cephPools { ceph.removePool(pool) }
         for d in zfsDatasets {
