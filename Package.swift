@@ -59,7 +59,7 @@ let package = Package(
         .executableTarget(name: "snapdumpd", dependencies: ["SnapdumpCLI", "SnapdumpSystem"]),
 
         // Shared test helpers: integration gating, fixture locations, running commands.
-        .target(name: "TestSupport", dependencies: ["SnapdumpSystem"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "Guest"], path: "Tests/TestSupport"),
         .testTarget(name: "SnapdumpSystemTests", dependencies: ["SnapdumpSystem", "TestSupport"]),
         .testTarget(name: "SnapdumpConfigTests", dependencies: ["SnapdumpConfig", "TestSupport"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "SnapdumpSystem", "SnapdumpConfig", "TestSupport"]),

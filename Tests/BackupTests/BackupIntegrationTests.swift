@@ -41,7 +41,6 @@ struct BackupIntegrationTests {
     /// Restores `archive` to `target` on `storage` and returns the checker's report.
     func restoreAndCheck(_ h: GuestHarness, archive: String, target: Int, storage: String) throws -> [String: String] {
         try h.must(["restore", archive, "\(target)", "--storage", storage])
-        h.registerVM(target)
         let config = try h.must(["vm", "config", "\(target)"]).stdout
         let line = try #require(config.split(separator: "\n").first { $0.hasPrefix("scsi0:") })
         let volid = String(line.dropFirst("scsi0: ".count).split(separator: ",")[0])
@@ -223,12 +222,12 @@ struct BackupIntegrationTests {
         defer { h.tearDown() }
         try h.addStorage("btrfs", "bt", under: btrfs, extra: ["--content", "images,backup"])
         try await h.startGuest(360, disk: "bt:128M")
-        let pidBefore = h.qemuPID(360)
+        let pidBefore = h.pid(360)
         let o = try backup(h, 360, ["--mode", "stop", "--storage", "bt", "--stopwait", "1"])
         #expect(o.summary.ok, "\(o.stderr)")
         #expect(o.summary.mode == "stop" && o.summary.downtimeKind == "stopped")
         #expect(o.stderr.contains("stopping virtual guest"))
-        let pidAfter = h.qemuPID(360)
+        let pidAfter = h.pid(360)
         #expect(pidAfter != nil && pidAfter != pidBefore, "guest not restarted")
         let archive = try #require(o.summary.archive)
         try await expectClean(h, 360, dumpdir: (archive as NSString).deletingLastPathComponent)

@@ -157,9 +157,8 @@ extension NothingLostTests {
             defer { h.tearDown() }
             try h.addStorage("dir", "local", under: dir, extra: ["--content", "images,backup"])
             try h.must(["vm", "create", "\(vmid)", "--memory", "128", "--scsi0", "local:16M"])
-            h.registerVM(vmid)
             try h.must(["vm", "start", "\(vmid)"])
-            let pidBefore = try #require(h.qemuPID(vmid))
+            let pidBefore = try #require(h.pid(vmid))
 
             let bg = try BackgroundBackup(h, ["\(vmid)", "--mode", "stop", "--storage", "local", "--stopwait", "1"])
             let waiting = bg.wait(until: { bg.stderr.contains("INFO: stopping virtual guest") })
@@ -174,7 +173,7 @@ extension NothingLostTests {
             #expect(bg.stderr.contains("interrupted by signal SIGTERM"), "\(bg.stderr)")
             let status = try h.must(["vm", "status", "\(vmid)"]).stdout
             #expect(status.contains("status: running") && !status.contains("lock:"), "\(status)")
-            #expect(h.qemuPID(vmid) != pidBefore, "the guest was not restarted")
+            #expect(h.pid(vmid) != pidBefore, "the guest was not restarted")
             let dumpdir = try #require(h.storageLocations()["local"]).location + "/dump"
             #expect(!hasDat(dumpdir, vmid))
         }

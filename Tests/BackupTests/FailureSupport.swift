@@ -18,9 +18,6 @@ import TestSupport
 struct NothingLostTests {}
 
 extension GuestHarness {
-    /// The paths the CLI derives from `--config-dir` (the engine must use the same QMP sockets and pidfiles).
-    var paths: SnapdumpPaths { SnapdumpPaths.resolve(configDir: configDir, environment: [:]) }
-
     /// Creates VM `vmid` (not started): the test guest with disk `disk`, and with
     /// `fsDisk` an ext4 disk mounted in the guest, so fs-freeze has something to freeze.
     func createGuest(_ vmid: Int, disk: String, fsDisk: String? = nil, intervalMs: Int = 10) throws {
@@ -32,7 +29,6 @@ extension GuestHarness {
             append += " snapdump.fsdisk=/dev/sdb"
         }
         try must(args + ["--append", append])
-        registerVM(vmid)
     }
 
     func bootGuest(_ vmid: Int) async throws {
@@ -45,10 +41,6 @@ extension GuestHarness {
         let config = try FileSystem.readText(paths.vmConfig(vmid))
         let line = try #require(config.split(separator: "\n").first { $0.hasPrefix(key + ":") })
         return String(line.dropFirst(key.count + 1).trimmingCharacters(in: .whitespaces).split(separator: ",")[0])
-    }
-
-    func volumePath(_ volid: String) throws -> String {
-        try must(["volume", "path", volid]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// Writes `mib` MiB of random data at `offsetMiB` into a stopped VM's disk

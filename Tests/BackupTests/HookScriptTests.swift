@@ -95,7 +95,7 @@ extension NothingLostTests {
             // Job phases before any guest: the job fails, the guest is never touched.
             for (fail, calls) in [("job-init", ["job-init"]), ("job-start", ["job-init", "job-start", "job-abort"])] {
                 try hook.reset(fail: [fail, "job-abort"])
-                let pid = h.qemuPID(vmid)
+                let pid = h.pid(vmid)
                 let r = await runJob(h, vmid, storage: "xfs", script: hook.path)
                 let error = try #require(r.error, "\(fail): the job must fail: \(r.text)")
                 #expect("\(error)".contains("hook script '\(hook.path)' failed in phase '\(fail)' (exit code 3)"), "\(error)")
@@ -104,7 +104,7 @@ extension NothingLostTests {
                 if fail == "job-start" {
                     #expect(r.text.contains("WARN: hook script '\(hook.path)' failed in phase 'job-abort'"), "job-abort failure is a warning: \(r.text)")
                 }
-                #expect(h.qemuPID(vmid) == pid)
+                #expect(h.pid(vmid) == pid)
                 #expect(try FileSystem.readText(h.paths.vmConfig(vmid)) == configBefore)
                 try await expectInvariants(h, vmid, dumpdir: dumpdir)
             }
@@ -171,12 +171,12 @@ extension NothingLostTests {
             // Stop mode, pre-restart failing: the guest is started all the same.
             try hook.reset(fail: ["pre-restart"])
             nextSecond()
-            let pidBefore = h.qemuPID(vmid)
+            let pidBefore = h.pid(vmid)
             r = await runJob(h, vmid, mode: .stop, storage: "xfs", script: hook.path)
             let s = try #require(r.summaries.first)
             #expect(!s.ok && s.error?.contains("phase 'pre-restart'") == true, "\(r.text)")
             #expect(hook.phases.contains("post-restart"), "post-restart runs once the guest is back: \(hook.phases)")
-            let pidAfter = h.qemuPID(vmid)
+            let pidAfter = h.pid(vmid)
             #expect(pidAfter != nil && pidAfter != pidBefore, "guest not restarted")
             // In stop mode the archive is committed before the restart: complete, kept.
             try await expectInvariants(h, vmid, dumpdir: dumpdir, archiveKept: s.archive)

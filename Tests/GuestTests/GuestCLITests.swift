@@ -23,7 +23,7 @@ struct GuestCLITests {
         try QEMU.require()
         let guest = try await TestGuest.outputs()
         let vmid = 931
-        try await VMHarness.run("life-\(kind.rawValue)") { h in
+        try await GuestHarness.run("life-\(kind.rawValue)") { h in
             try h.addStorage("st", kind)
             try h.createGuest(vmid, storage: "st", guest: guest)
             let config = try h.config(vmid)
@@ -77,7 +77,7 @@ struct GuestCLITests {
         try QEMU.require()
         let guest = try await TestGuest.outputs()
         let vmid = 932
-        try await VMHarness.run("move") { h in
+        try await GuestHarness.run("move") { h in
             try h.addStorage("loc", .dirRaw)
             try h.addStorage("bt", .btrfs)
             try h.addStorage("zp", .zfspool)
@@ -256,7 +256,7 @@ struct GuestCLITests {
     func badInputWithoutQEMU() async throws {
         try Integration.need("SNAPDUMP_TEST_DIR", "SNAPDUMP_TEST_BTRFS")
         let guest = try await TestGuest.outputs()
-        try await VMHarness.run("bad") { h in
+        try await GuestHarness.run("bad") { h in
             try h.addStorage("loc", .dirRaw)
             try h.addStorage("bt", .btrfs)
             for args in [["vm", "start", "4242"], ["vm", "destroy", "4242"], ["vm", "shutdown", "4242"],
@@ -289,7 +289,7 @@ struct GuestCLITests {
     // MARK: Helpers
 
     /// Named block nodes of the running VM, sorted.
-    static func nodes(_ h: VMHarness, _ vmid: Int) async throws -> [String] {
+    static func nodes(_ h: GuestHarness, _ vmid: Int) async throws -> [String] {
         // QEMU serves one QMP client at a time: close before the next command.
         let qmp = try await QMPClient.connect(path: h.paths.qmpSocket(vmid), timeout: .seconds(5))
         let names = await asyncResult { try await DriveNodes.names(qmp: qmp).sorted() }
@@ -298,7 +298,7 @@ struct GuestCLITests {
     }
 
     /// The node scsi0's device uses now.
-    static func activeNode(_ h: VMHarness, _ vmid: Int) async throws -> String? {
+    static func activeNode(_ h: GuestHarness, _ vmid: Int) async throws -> String? {
         let qmp = try await QMPClient.connect(path: h.paths.qmpSocket(vmid), timeout: .seconds(5))
         let node = await asyncResult { try await DriveNodes.formatNode(key: "scsi0", qmp: qmp) }
         await qmp.close()

@@ -203,22 +203,3 @@ func connectQMP(_ path: String, within timeout: Duration = .seconds(10)) async t
         }
     }
 }
-
-/// The test guest's serial console, as the tests read it.
-enum Console {
-    /// Polls the console log at `path` until a line starts with `prefix`; returns that line.
-    static func waitForLine(_ path: String, _ prefix: String, timeout: Duration, label: String = "") async throws -> String {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            if let text = try? FileSystem.readText(path),
-               let line = text.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix(prefix) }) {
-                return line.trimmingCharacters(in: .whitespacesAndNewlines)
-            }
-            if ContinuousClock.now >= deadline {
-                let tail = ((try? FileSystem.readText(path)) ?? "").split(whereSeparator: \.isNewline).suffix(15).joined(separator: "\n")
-                throw TestFailure("\(label)no '\(prefix)' in \(path) within \(timeout); console tail:\n\(tail)")
-            }
-            try await Task.sleep(for: .milliseconds(100))
-        }
-    }
-}
