@@ -255,11 +255,11 @@ struct BackupIntegrationTests {
         try h.createGuest(362, disk: "bt:128M", fsDisk: "bt:32M")
         try editConfig(h, 362, "scsi1") { $0 + ",backup=0" }
         try await h.bootGuest(362)
-        let pidBefore = h.qemuPID(362)
+        let pidBefore = h.pid(362)
         let o = try backup(h, 362, ["--mode", "stop", "--storage", "bt", "--stopwait", "1"])
         #expect(o.summary.ok, "\(o.stderr)")
         #expect(o.stderr.contains("exclude disk 'scsi1'"), "\(o.stderr)")
-        let pidAfter = try #require(h.qemuPID(362), "guest left stopped: \(o.stderr)")
+        let pidAfter = try #require(h.pid(362), "guest left stopped: \(o.stderr)")
         #expect(pidAfter != pidBefore)
         // Restarted with the excluded disk too.
         let cmdline = try FileSystem.readText("/proc/\(pidAfter)/cmdline").replacingOccurrences(of: "\0", with: " ")
