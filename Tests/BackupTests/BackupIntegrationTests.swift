@@ -178,7 +178,7 @@ struct BackupIntegrationTests {
         let pool = try h.addRBD("ceph", ceph: ceph)
         try h.addStorage("dir", "local", under: dir, extra: ["--content", "images,backup"])
         try await h.startGuest(370, disk: "ceph:128M")
-        let qemu = try #require(h.qemuPID(370).flatMap { try? FileSystem.readText("/proc/\($0)/cmdline") })
+        let qemu = try #require(h.pid(370).flatMap { try? FileSystem.readText("/proc/\($0)/cmdline") })
         #expect(qemu.contains("driver=rbd,pool=\(pool),image=vm-370-disk-0"), "QEMU does not open the image through librbd: \(qemu)")
 
         let o = try backup(h, 370, ["--mode", "snapshot", "--storage", "local", "--compress", "zstd"])

@@ -203,7 +203,7 @@ struct GuestCLITests {
         try QEMU.require()
         let guest = try await TestGuest.outputs()
         let vmid = 933
-        try await VMHarness.run("move-rbd") { h in
+        try await GuestHarness.run("move-rbd") { h in
             try h.addStorage("loc", .dirRaw)
             try h.addStorage("ceph", .rbd)
             try h.addStorage("bt", .btrfs)
