@@ -113,20 +113,6 @@ public enum FileSystem {
         umask(0o077)
     }
 
-    public static func readText(_ path: String) throws -> String {
-        let f = try File.openForReading(path)
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        var offset: UInt64 = 0
-        while true {
-            let n = try chunk.withUnsafeMutableBytes { (b) throws in try f.read(into: b, at: offset) }
-            if n == 0 { break }
-            bytes.append(contentsOf: chunk[0..<n])
-            offset += UInt64(n)
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
-
     public static func remove(_ path: String) throws {
         if unlink(path) != 0 && errno != ENOENT { throw SystemError("unlink", path) }
     }

@@ -66,7 +66,7 @@ final class HeartbeatWatch: @unchecked Sendable {
     }
 
     init(_ h: GuestHarness, _ vmid: Int) {
-        let console = h.console(vmid)
+        let console = h.consoleLog(vmid)
         Thread.detachNewThread { [self] in
             while lock.withLock({ running }) {
                 let s = (Date().timeIntervalSince1970, Self.lastHeartbeat(console))
@@ -177,7 +177,6 @@ extension NothingLostTests {
             try await expectInvariants(h, vmid, dumpdir: dumpdir, archiveKept: archive)
 
             try h.must(["restore", archive, "\(vmid + 1)", "--storage", "local"])
-            h.registerVM(vmid + 1)
             // The guest writes its records to the first SCSI disk *it* names sda; the kernel probes
             // disks asynchronously, so under load that can be scsi1. Check the disk that has them.
             let boot = { (r: [String: String]) in (Int(r["max_seq"] ?? "") ?? 0) > 0 }
@@ -261,7 +260,7 @@ extension NothingLostTests {
                 #expect(!err.contains(sign), "\(err)")
             }
             #expect(beats.maxGap < 2.5, "longest heartbeat gap: \(beats.maxGap) s")
-            let console = try FileSystem.readText(h.console(vmid))
+            let console = try FileSystem.readText(h.consoleLog(vmid))
             #expect(!console.contains("WORKLOAD ERROR"), "the guest saw a write error")
             print("overflow: longest heartbeat gap \(String(format: "%.2f", beats.maxGap)) s, heartbeats \(beats.first)…\(beats.last)")
             #expect(try fleeceImages(h, "fl", vmid).isEmpty, "fleecing images left")

@@ -22,7 +22,7 @@ struct LVMInVMTests {
             return
         }
         let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
-        let script = Repository.root + "/scripts/fixtures/storage-vm.sh"
+        let script = SourceTree.root + "/scripts/fixtures/storage-vm.sh"
         let t0 = Date()
         let out = try Command.capture([script, "run", bundle, "ConformanceTests|LVMReadErrorTests"])
         let took = Int(Date().timeIntervalSince(t0))

@@ -33,7 +33,7 @@ public enum SnapdumpBinary {
         while dir.hasSuffix(".xctest") || dir.hasSuffix("/Contents/MacOS") { dir = (dir as NSString).deletingLastPathComponent }
         let beside = dir + "/" + name
         if FileManager.default.isExecutableFile(atPath: beside) { return beside }
-        return Repository.root + "/.build/debug/" + name
+        return SourceTree.root + "/.build/debug/" + name
     }
 
     /// Runs `snapdump <args>` with `--config-dir` prepended when given; never throws for a non-zero exit.

@@ -4,8 +4,8 @@ import Glibc
 import Foundation
 import SnapdumpSystem
 
-/// The repository this test code belongs to.
-public enum Repository {
+/// The source checkout this test code belongs to (not the backup `Repository` module).
+public enum SourceTree {
     public static var root: String {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
     }
@@ -21,7 +21,7 @@ public enum TestGuestImage {
         public var checker: String { directory + "/snapdump-record-check" }
     }
 
-    public static var buildScript: String { Repository.root + "/scripts/test-guest/build.sh" }
+    public static var buildScript: String { SourceTree.root + "/scripts/test-guest/build.sh" }
 
     /// SNAPDUMP_GUEST_DIR: where build.sh puts (or has put) its outputs.
     public static var outputDirectory: String? { Integration.fixture("SNAPDUMP_GUEST_DIR") }
@@ -37,7 +37,7 @@ public enum TestGuestImage {
     public static func files() throws -> Files {
         let dir: String
         if FileSystem.exists(buildScript) {
-            dir = outputDirectory ?? Repository.root + "/scripts/test-guest/out"
+            dir = outputDirectory ?? SourceTree.root + "/scripts/test-guest/out"
             try Command.run([buildScript, dir])
         } else if let d = outputDirectory {
             dir = d
