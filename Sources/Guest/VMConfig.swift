@@ -179,7 +179,14 @@ public struct VMConfig: Sendable, Equatable {
         return config
     }
 
-    private mutating func apply(key: String, value: String, file: String, line: Int) throws {
+    /// Checks one key and value with the rules `parse` applies, for values
+    /// about to be written (`vm create --name`); `what` names the option.
+    public static func check(key: String, value: String, what: String) throws {
+        var scratch = VMConfig(vmid: vmidRange.lowerBound)
+        try scratch.apply(key: key, value: value, file: what, line: nil)
+    }
+
+    private mutating func apply(key: String, value: String, file: String, line: Int?) throws {
         func fail(_ message: String) -> ConfigError { ConfigError(file: file, line: line, message) }
         func int(_ range: ClosedRange<Int>) throws -> Int {
             guard let n = Int(value), range.contains(n) else {
@@ -192,6 +199,7 @@ public struct VMConfig: Sendable, Equatable {
             return value
         }
         if value.isEmpty && key != "append" { throw fail("\(key): empty value") }
+        if let problem = ConfigValue.problem(value) { throw fail("\(key): \(problem)") }
 
         if VMDisk.isDiskKey(key) {
             setDisk(try VMDisk.parse(key: key, value: value, file: file, line: line))
@@ -296,6 +304,19 @@ public struct VMConfig: Sendable, Equatable {
     /// The config text: description comments, then keys sorted (as Proxmox
     /// writes them), then any snapshot sections.
     public func serialized() -> String {
+        var out = ""
+        if let description {
+            for l in description.split(separator: "\n", omittingEmptySubsequences: false) { out += "#\(l)\n" }
+        }
+        for (k, v) in entries { out += v.isEmpty ? "\(k):\n" : "\(k): \(v)\n" }
+        if !trailingSections.isEmpty {
+            out += "\n" + trailingSections
+        }
+        return out
+    }
+
+    /// The `key: value` entries, sorted by key as Proxmox writes them.
+    var entries: [(key: String, value: String)] {
         var entries: [(String, String)] = []
         func add(_ k: String, _ v: String?) { if let v { entries.append((k, v)) } }
         add("name", name)
@@ -317,16 +338,14 @@ public struct VMConfig: Sendable, Equatable {
         for (n, v) in unused { add("unused\(n)", v) }
         for (k, v) in passive { add(k, v) }
         entries.sort { $0.0 < $1.0 }
+        return entries
+    }
 
-        var out = ""
-        if let description {
-            for l in description.split(separator: "\n", omittingEmptySubsequences: false) { out += "#\(l)\n" }
-        }
-        for (k, v) in entries { out += v.isEmpty ? "\(k):\n" : "\(k): \(v)\n" }
-        if !trailingSections.isEmpty {
-            out += "\n" + trailingSections
-        }
-        return out
+    /// Checks every value with the rules `parse` applies, so what is written
+    /// reads back (`name: bad name`, `cores: 0`, or a newline that would
+    /// inject a `scsi5: /dev/vda` line, are refused before writing).
+    public func validate(file: String) throws {
+        for (k, v) in entries { try VMConfig.check(key: k, value: v, what: file) }
     }
 
     /// Writes the config atomically to `<config-dir>/qemu/<vmid>.conf`.
@@ -336,19 +355,14 @@ public struct VMConfig: Sendable, Equatable {
     }
 
     public func save(to path: String) throws {
+        try validate(file: path)
         try FileSystem.writeAtomically(path, serialized())
     }
 
     // MARK: Value rules
 
     /// Proxmox booleans: 1/0, on/off, yes/no, true/false.
-    public static func parseBool(_ s: String) -> Bool? {
-        switch s.lowercased() {
-        case "1", "on", "yes", "true": return true
-        case "0", "off", "no", "false": return false
-        default: return nil
-        }
-    }
+    public static func parseBool(_ s: String) -> Bool? { ConfigValue.bool(s) }
 
     /// A DNS name: labels of letters, digits and inner `-`, joined by `.`.
     public static func isValidName(_ s: String) -> Bool {

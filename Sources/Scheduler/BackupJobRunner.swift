@@ -53,8 +53,8 @@ public struct BackupJobRunner: JobRunner {
     func appendGuestLogs(_ summaries: [BackupSummary], start: Date, parameters: BackupParameters,
                          paths: SnapdumpPaths, log: TaskLog, taskLog: String) {
         let dumpdir: String? = {
-            guard let o = try? parameters.options(), let reg = try? StorageRegistry(paths: paths) else { return nil }
-            return try? BackupJob.dumpDirectory(options: o, storages: reg)
+            guard let o = try? parameters.effective(paths: paths).options, let reg = try? StorageRegistry(paths: paths) else { return nil }
+            return try? o.target.directory(storages: reg)
         }()
         for s in summaries {
             var path: String?

@@ -2,10 +2,12 @@ import ArgumentParser
 import Backup
 
 /// The vzdump options shared by `backup`, `job add` and `job set`. Values stay
-/// strings here: `BackupParameters` (in Backup) validates and maps them, so
-/// the command line and jobs.cfg accept exactly the same things.
+/// strings here: `VzdumpOption.table` (in Backup) parses and range-checks
+/// them, so the command line, jobs.cfg and vzdump.conf accept exactly the
+/// same things. `--all` and `--quiet` also take Proxmox's `--all 1` form
+/// (`ProxmoxArguments`).
 struct BackupOptionArguments: ParsableArguments {
-    @Flag(help: "Back up all guests.") var all = false
+    @Flag(help: "Back up all guests (also --all 1).") var all = false
     @Option(help: "Exclude these VMIDs (implies --all), comma-separated.") var exclude: String?
     @Option(help: "stop, suspend or snapshot (default snapshot).") var mode: String?
     @Option(help: "Backup storage (content 'backup'); default 'local'.") var storage: String?
@@ -18,7 +20,7 @@ struct BackupOptionArguments: ParsableArguments {
     @Option(name: .customLong("snapshot-fallback"), help: "When a disk cannot be snapshotted: suspend (default, as Proxmox) or refuse.")
     var snapshotFallback: String?
     @Option(help: "Minutes to wait for the global backup lock (default 180).") var lockwait: String?
-    @Flag(help: "Be quiet: log to the .log files only.") var quiet = false
+    @Flag(help: "Be quiet: log to the .log files only (also --quiet 1).") var quiet = false
     @Option(name: .customLong("prune-backups"), help: "Retention, e.g. keep-last=3,keep-daily=7.")
     var pruneBackups: String?
     @Option(help: "Prune old backups after this one: 0 or 1.") var remove: String?
@@ -29,6 +31,9 @@ struct BackupOptionArguments: ParsableArguments {
     @Option(help: "I/O priority 0-8.") var ionice: String?
     @Option(help: "Mail the report to these addresses.") var mailto: String?
     @Option(help: "always or failure.") var mailnotification: String?
+    @Option(help: "enabled=0|1,storage=ID: copy-before-write scratch space.") var fleecing: String?
+    @Option(help: "gzip threads with pigz (accepted; snapdump compresses gzip with zlib).") var pigz: String?
+    @Option(help: "max-workers=N,pbs-entries-max=N (accepted for compatibility).") var performance: String?
 
     /// The options that were given, as vzdump properties named as in jobs.cfg.
     /// Relative directories are made absolute.
@@ -57,6 +62,9 @@ struct BackupOptionArguments: ParsableArguments {
         add("ionice", ionice)
         add("mailto", mailto)
         add("mailnotification", mailnotification)
+        add("fleecing", fleecing)
+        add("pigz", pigz)
+        add("performance", performance)
         return p
     }
 

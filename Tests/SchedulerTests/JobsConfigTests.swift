@@ -168,6 +168,12 @@ import SnapdumpConfig
     }
 }
 
+extension BackupParameters {
+    /// These parameters over the table's defaults alone (no vzdump.conf, no storage retention).
+    func options() throws -> BackupOptions { try effective(vzdumpConf: VzdumpValues()).options }
+    var lockwait: Int { (try? effective(vzdumpConf: VzdumpValues()).settings.lockwait) ?? -1 }
+}
+
 @Suite struct BackupParametersTests {
     @Test func defaultsAreProxmoxs() throws {
         let o = try BackupParameters([("vmid", "100")]).options()
@@ -178,11 +184,11 @@ import SnapdumpConfig
 
     @Test func mapping() throws {
         let p = try BackupParameters([("exclude", "101 102;103"), ("compress", "zstd"), ("zstd", "4"), ("mode", "suspend"),
-                                      ("lockwait", "0.5"), ("quiet", "yes")])
+                                      ("lockwait", "30"), ("quiet", "yes")])
         let o = try p.options()
         #expect(o.exclude == [101, 102, 103] && o.mode == .suspend && o.quiet)
         #expect(o.compression == .zstd(level: 3, workers: 4) && o.zstdThreads == 4)
-        #expect(p.lockwait == 0.5)
+        #expect(p.lockwait == 30)
     }
 
     @Test func rejects() {
@@ -193,6 +199,8 @@ import SnapdumpConfig
         #expect(throws: BackupError.self) { try BackupParameters([("all", "1"), ("all", "1")]) }
         #expect(throws: BackupError.self) { try BackupParameters([("all", "1"), ("notes-template", String(repeating: "x", count: 1025))]) }
         #expect(throws: BackupError.self) { try BackupParameters([("all", "1"), ("fleecing", "enabled=1,storage=-x")]) }
+        // lockwait is whole minutes everywhere, as in Proxmox (the job parser took 0.5, vzdump.conf did not).
+        #expect(throws: BackupError.self) { try BackupParameters([("all", "1"), ("lockwait", "0.5")]) }
     }
 }
 
