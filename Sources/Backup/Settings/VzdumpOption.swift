@@ -12,6 +12,8 @@ public struct VzdumpOption: Sendable {
         case boolean
         case integer(ClosedRange<Int>)
         case choice([String])
+        /// `compress`: Proxmox's values, of which snapdump refuses lzo (no maintained library).
+        case compression
         case absolutePath
         case storageID
         case vmidList
@@ -80,7 +82,7 @@ public struct VzdumpOption: Sendable {
         .init("mode", .choice(BackupMode.allCases.map(\.rawValue)), default: "snapshot", help: "stop, suspend or snapshot (default snapshot)."),
         .init("storage", .storageID, default: "local", help: "Backup storage (content 'backup'); default 'local'."),
         .init("dumpdir", .absolutePath, help: "Write archives to this directory instead of a storage."),
-        .init("compress", .choice(["0", "1", "gzip", "lzo", "zstd"]), default: "0", help: "0, 1, gzip, lzo or zstd (default 0)."),
+        .init("compress", .compression, default: "0", help: "0, 1, gzip, lzo or zstd (default 0)."),
         .init("zstd", .integer(0...maxThreads), default: "1", help: "zstd threads; 0 = half of the cores (default 1)."),
         .init("pigz", .integer(0...maxThreads), default: "0", help: "gzip threads with pigz (0 = gzip)."),
         .init("stopwait", .integer(0...int32), default: "10", help: "Minutes to wait for a clean shutdown in stop mode (default 10)."),
@@ -136,6 +138,9 @@ public struct VzdumpOption: Sendable {
             return .int(try Self.integer(text, name: name, range))
         case .choice(let allowed):
             guard allowed.contains(text) else { throw invalid(Self.list(allowed)) }
+            return .text(text)
+        case .compression:
+            do { _ = try BackupOptions.parseCompress(text, zstdThreads: 1) } catch { throw Invalid("\(error)") }
             return .text(text)
         case .absolutePath:
             guard text.hasPrefix("/") else { throw invalid("an absolute path") }
