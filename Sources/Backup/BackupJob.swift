@@ -71,7 +71,7 @@ public final class BackupJob {
         case .storage(let id): add("storage", id)
         case .dumpdir(let d): add("dumpdir", d)
         }
-        add("compress", options.compression.kind.rawValue)
+        add("compress", options.compression.kind == .none ? "0" : options.compression.kind.rawValue)
         if options.compression.kind == .zstd { addIfSet("zstd", String(options.zstdThreads)) }
         addIfSet("bwlimit", String(options.bwlimit))
         addIfSet("stopwait", String(options.stopwait))

@@ -72,7 +72,7 @@ struct BackupOptionArguments: ParsableArguments {
     /// where the VMIDs are known).
     func validateValues() throws {
         for (k, v) in properties() {
-            do { try BackupParameters.check(key: k, value: v) } catch { throw ValidationError("--\(k): \(error)") }
+            do { try BackupParameters.check(key: k, value: v) } catch { throw CLIError("--\(k): \(error)") }
         }
     }
 }

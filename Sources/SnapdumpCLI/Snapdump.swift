@@ -8,6 +8,7 @@ public struct Snapdump: AsyncParsableCommand {
         commandName: "snapdump",
         abstract: "Back up running QEMU/KVM virtual machines with zero downtime.",
         discussion: "Global options (--config-dir DIR) may also come before the subcommand: snapdump --config-dir DIR vm list.",
+        // The one version constant, also recorded in each archive's snapdump.json.
         version: SnapdumpVersion.current,
         subcommands: [BackupGroupCommand.self, RestoreCommand.self, VMCommand.self, StorageCommand.self, VolumeCommand.self, SnapshotCommand.self,
                       PruneCommand.self, VMACommand.self, RepoCommand.self, JobCommand.self, ScheduleCommand.self, NotifyCommand.self, DaemonCommand.self]

@@ -26,7 +26,7 @@ struct BackupCommand: AsyncParsableCommand {
     func parameters() throws -> BackupParameters {
         var props = options.properties()
         if !vmids.isEmpty { props.insert(("vmid", vmids.map(String.init).joined(separator: ",")), at: 0) }
-        do { return try BackupParameters(props) } catch { throw ValidationError("\(error)") }
+        do { return try BackupParameters(props) } catch { throw CLIError("\(error)") }
     }
 
     func run() async throws {

@@ -36,12 +36,12 @@ struct JobScheduleArguments: ParsableArguments {
     /// The schedule parses; every value fits on its jobs.cfg line; booleans are Proxmox's.
     func validate() throws {
         for (k, v) in properties() {
-            if let problem = ConfigValue.problem(v) { throw ValidationError("--\(k): \(problem)") }
+            if let problem = ConfigValue.problem(v) { throw CLIError("--\(k): \(problem)") }
         }
         for (k, v) in [("enabled", enabled), ("repeat-missed", repeatMissed)] {
-            if let v, ConfigValue.bool(v) == nil { throw ValidationError("--\(k): invalid value '\(v)': expected 0 or 1") }
+            if let v, ConfigValue.bool(v) == nil { throw CLIError("--\(k): invalid value '\(v)': expected 0 or 1") }
         }
-        if let vmid { do { _ = try BackupParameters.vmidList(vmid, key: "vmid") } catch { throw ValidationError("--vmid: \(error)") } }
+        if let vmid { do { _ = try BackupParameters.vmidList(vmid, key: "vmid") } catch { throw CLIError("--vmid: \(error)") } }
         guard let schedule else { return }
         do { _ = try CalendarEvent(schedule) } catch let e as CalendarEventError { throw CLIError(e) }
     }

@@ -30,11 +30,11 @@ struct VMCreate: AsyncParsableCommand {
         ]
         for case let (key, value?) in given {
             do { try VMConfig.check(key: key, value: value, what: "--\(key)") } catch let e as ConfigError {
-                throw ValidationError("--\(key): \(e.message)")
+                throw CLIError("--\(e.message)") // the message starts with the key
             }
         }
         for (key, spec) in [("scsi0", scsi0), ("scsi1", scsi1), ("virtio0", virtio0), ("virtio1", virtio1)] {
-            if let spec, let problem = ConfigValue.problem(spec) { throw ValidationError("--\(key): \(problem)") }
+            if let spec, let problem = ConfigValue.problem(spec) { throw CLIError("--\(key): \(problem)") }
         }
     }
 
@@ -67,7 +67,7 @@ struct VMCreate: AsyncParsableCommand {
                     volid = vol.description
                     size = new.bytes
                 } else {
-                    throw ValidationError("--\(key) '\(spec)': expected STOREID:SIZE_GB or an existing volume id")
+                    throw CLIError("--\(key) '\(spec)': expected STOREID:SIZE_GB or an existing volume id")
                 }
                 var opts = PropertyString()
                 opts["size"] = VMDiskSize.format(size)
