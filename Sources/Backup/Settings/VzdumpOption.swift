@@ -82,7 +82,7 @@ public struct VzdumpOption: Sendable {
         .init("mode", .choice(BackupMode.allCases.map(\.rawValue)), default: "snapshot", help: "stop, suspend or snapshot (default snapshot)."),
         .init("storage", .storageID, default: "local", help: "Backup storage (content 'backup'); default 'local'."),
         .init("dumpdir", .absolutePath, help: "Write archives to this directory instead of a storage."),
-        .init("compress", .compression, default: "0", help: "0, 1, gzip, lzo or zstd (default 0)."),
+        .init("compress", .compression, default: "0", help: "0, gzip or zstd (default 0); 1 and lzo are refused (no maintained LZO library)."),
         .init("zstd", .integer(0...maxThreads), default: "1", help: "zstd threads; 0 = half of the cores (default 1)."),
         .init("pigz", .integer(0...maxThreads), default: "0", help: "gzip threads with pigz (0 = gzip)."),
         .init("stopwait", .integer(0...int32), default: "10", help: "Minutes to wait for a clean shutdown in stop mode (default 10)."),
