@@ -15,7 +15,7 @@ public final class BackupJob {
     public let log: TaskLog
     public let interrupt: Interrupt
     /// Minutes to wait for the global lock (vzdump's `lockwait`).
-    public var lockwait = 180
+    public var lockwait: Double = 180
     /// vzdump options beyond BackupOptions: retention, notes, protection, hook script.
     public var settings = BackupSettings()
     /// The scheduled job this run belongs to (`job-id` for notification matchers).
@@ -37,7 +37,7 @@ public final class BackupJob {
     /// The global lock, waited for up to `lockwait` minutes — in slices, so
     /// SIGINT/SIGTERM end the wait at once instead of after up to three hours.
     private func acquireGlobalLock(hook: HookScript?) throws -> FileLock {
-        let deadline = Date().addingTimeInterval(Double(lockwait) * 60)
+        let deadline = Date().addingTimeInterval(lockwait * 60)
         while true {
             do {
                 return try FileLock.acquire(paths.backupLock, timeout: min(1, max(0, deadline.timeIntervalSinceNow)))
@@ -84,7 +84,7 @@ public final class BackupJob {
         addIfSet("protected", settings.protected ? "1" : "0")
         addIfSet("script", settings.script)
         addIfSet("ionice", String(settings.ionice))
-        addIfSet("lockwait", String(lockwait))
+        addIfSet("lockwait", VzdumpOption.format(lockwait))
         addIfSet("pigz", String(settings.pigz))
         addIfSet("performance", settings.performance)
         addIfSet("quiet", options.quiet ? "1" : "0")

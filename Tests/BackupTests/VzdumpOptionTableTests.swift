@@ -52,7 +52,7 @@ struct VzdumpOptionTableTests {
             ("zstd: 3000000000\n", 1, "invalid value '3000000000' for zstd: expected an integer 0-256"),
             ("bwlimit: 9223372036854775807\n", 1, "invalid value '9223372036854775807' for bwlimit"),
             ("# retention\nprune-backups: keep-last=9223372036854775807,keep-daily=9223372036854775807\n", 2, "for keep-last"),
-            ("lockwait: 0.5\n", 1, "invalid value '0.5' for lockwait"),
+            ("lockwait: 1e300\n", 1, "invalid value '1e300' for lockwait"),
         ] {
             #expect(throws: ConfigError.self) { try VzdumpValues.parse(text, file: "/etc/snapdump/vzdump.conf") }
             do { _ = try VzdumpValues.parse(text, file: "/etc/snapdump/vzdump.conf") } catch {
@@ -66,6 +66,15 @@ struct VzdumpOptionTableTests {
         // The largest counts allowed still sum without overflow (`remove 0` limit).
         let all = PrunePolicy.Option.allCases.map { "\($0.rawValue)=\(VzdumpOption.maxKeep)" }.joined(separator: ",")
         #expect(try PrunePolicy(parsing: all).backupLimit == 6 * VzdumpOption.maxKeep)
+    }
+
+    /// lockwait: one type (minutes, fractions allowed) for the command line, jobs.cfg and vzdump.conf.
+    @Test func lockwaitIsOneTypeEverywhere() throws {
+        #expect(try VzdumpValues.parse("lockwait: 0.05\n", file: "vzdump.conf").lockwait == 0.05)
+        #expect(try BackupParameters([("all", "1"), ("lockwait", "0.05")]).effective(vzdumpConf: VzdumpValues()).settings.lockwait == 0.05)
+        for bad in ["-1", "1e3", "inf", "nan", "0x1", "1.2.3", "3000000000"] {
+            #expect(throws: VzdumpOption.Invalid.self, "\(bad)") { try VzdumpOption.named("lockwait")!.parse(bad) }
+        }
     }
 
     /// A newline or other control character in any value is refused, whatever the key.

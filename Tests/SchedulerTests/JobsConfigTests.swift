@@ -171,7 +171,7 @@ import SnapdumpConfig
 extension BackupParameters {
     /// These parameters over the table's defaults alone (no vzdump.conf, no storage retention).
     func options() throws -> BackupOptions { try effective(vzdumpConf: VzdumpValues()).options }
-    var lockwait: Int { (try? effective(vzdumpConf: VzdumpValues()).settings.lockwait) ?? -1 }
+    var lockwait: Double { (try? effective(vzdumpConf: VzdumpValues()).settings.lockwait) ?? -1 }
 }
 
 @Suite struct BackupParametersTests {
@@ -191,7 +191,7 @@ extension BackupParameters {
         #expect(p.lockwait == 30)
     }
 
-    @Test func rejects() {
+    @Test func rejects() throws {
         #expect(throws: BackupError.self) { try BackupParameters([("vmid", "99")]) }
         #expect(throws: BackupError.self) { try BackupParameters([("vmid", "100"), ("exclude", "101")]) }
         #expect(throws: BackupError.self) { try BackupParameters([("all", "1"), ("compress", "1")]) }
@@ -199,8 +199,10 @@ extension BackupParameters {
         #expect(throws: BackupError.self) { try BackupParameters([("all", "1"), ("all", "1")]) }
         #expect(throws: BackupError.self) { try BackupParameters([("all", "1"), ("notes-template", String(repeating: "x", count: 1025))]) }
         #expect(throws: BackupError.self) { try BackupParameters([("all", "1"), ("fleecing", "enabled=1,storage=-x")]) }
-        // lockwait is whole minutes everywhere, as in Proxmox (the job parser took 0.5, vzdump.conf did not).
-        #expect(throws: BackupError.self) { try BackupParameters([("all", "1"), ("lockwait", "0.5")]) }
+        // lockwait is one type everywhere (the job parser took 0.5, vzdump.conf did not; Double vs Int).
+        #expect(try BackupParameters([("all", "1"), ("lockwait", "0.5")]).lockwait == 0.5)
+        #expect(throws: BackupError.self) { try BackupParameters([("all", "1"), ("lockwait", "1e300")]) }
+        #expect(throws: BackupError.self) { try BackupParameters([("all", "1"), ("lockwait", "inf")]) }
     }
 }
 

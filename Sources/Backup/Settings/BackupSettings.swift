@@ -20,7 +20,7 @@ public struct BackupSettings: Sendable, Equatable {
     /// Hook script (`script <phase> [<mode> <vmid>]`).
     public var script: String?
     /// Minutes to wait for the global backup lock.
-    public var lockwait = 180
+    public var lockwait: Double = 180
     /// ionice priority 0–8 (8 = idle class).
     public var ionice = 7
     /// vzdump's mail: the job's report to these addresses through the host's sendmail

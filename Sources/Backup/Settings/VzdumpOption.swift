@@ -11,6 +11,8 @@ public struct VzdumpOption: Sendable {
     public enum Kind: Sendable {
         case boolean
         case integer(ClosedRange<Int>)
+        /// A decimal number (`0.05`): `lockwait`, whose fractions tests and impatient admins use.
+        case decimal(ClosedRange<Double>)
         case choice([String])
         /// `compress`: Proxmox's values, of which snapdump refuses lzo (no maintained library).
         case compression
@@ -90,7 +92,9 @@ public struct VzdumpOption: Sendable {
         .init("tmpdir", .absolutePath, help: "Temporary directory (accepted for compatibility)."),
         .init("snapshot-fallback", .choice(SnapshotFallback.allCases.map(\.rawValue)), default: "suspend",
               help: "When a disk cannot be snapshotted: suspend (default, as Proxmox) or refuse."),
-        .init("lockwait", .integer(0...int32), default: "180", help: "Minutes to wait for the global backup lock (default 180)."),
+        // Proxmox takes whole minutes; snapdump also takes fractions (0.05 = 3 s), in every source alike.
+        .init("lockwait", .decimal(0...Double(int32)), default: "180",
+              help: "Minutes to wait for the global backup lock (default 180; fractions allowed)."),
         .init("quiet", .boolean, default: "0", help: "Log to the .log files only (0|1)."),
         .init("prune-backups", .pruneBackups, default: "keep-all=1",
               help: "Retention, e.g. keep-last=3,keep-daily=7 (default keep-all=1)."),
@@ -136,6 +140,13 @@ public struct VzdumpOption: Sendable {
             return .bool(b)
         case .integer(let range):
             return .int(try Self.integer(text, name: name, range))
+        case .decimal(let range):
+            // Digits with at most one dot: no exponents, signs, `inf` or `nan`.
+            guard text.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }), text.filter({ $0 == "." }).count <= 1,
+                  let d = Double(text), d.isFinite, range.contains(d) else {
+                throw invalid("a number \(Self.format(range.lowerBound))-\(Self.format(range.upperBound))")
+            }
+            return .number(d)
         case .choice(let allowed):
             guard allowed.contains(text) else { throw invalid(Self.list(allowed)) }
             return .text(text)
@@ -209,6 +220,8 @@ public struct VzdumpOption: Sendable {
         }
     }
 
+    static func format(_ d: Double) -> String { d == d.rounded() ? String(Int(d)) : String(d) }
+
     static func list(_ words: [String]) -> String {
         words.count <= 1 ? words.joined() : words.dropLast().joined(separator: ", ") + " or " + words.last!
     }
@@ -218,6 +231,7 @@ public struct VzdumpOption: Sendable {
 public enum VzdumpValue: Sendable, Equatable {
     case bool(Bool)
     case int(Int)
+    case number(Double)
     case text(String)
     case vmids([Int])
     case prune(PrunePolicy)
@@ -226,6 +240,7 @@ public enum VzdumpValue: Sendable, Equatable {
 
     public var bool: Bool? { if case .bool(let v) = self { return v } else { return nil } }
     public var int: Int? { if case .int(let v) = self { return v } else { return nil } }
+    public var number: Double? { if case .number(let v) = self { return v } else { return nil } }
     public var text: String? { if case .text(let v) = self { return v } else { return nil } }
     public var vmids: [Int]? { if case .vmids(let v) = self { return v } else { return nil } }
     public var prune: PrunePolicy? { if case .prune(let v) = self { return v } else { return nil } }

@@ -18,7 +18,8 @@ public struct VzdumpValues: Sendable, Equatable {
     public var script: String?
     public var bwlimit: Int?
     public var ionice: Int?
-    public var lockwait: Int?
+    /// Minutes; fractions allowed.
+    public var lockwait: Double?
     public var stopwait: Int?
     public var pruneBackups: PrunePolicy?
     public var remove: Bool?
@@ -65,7 +66,7 @@ public struct VzdumpValues: Sendable, Equatable {
         case "script": script = v.text
         case "bwlimit": bwlimit = v.int
         case "ionice": ionice = v.int
-        case "lockwait": lockwait = v.int
+        case "lockwait": lockwait = v.number
         case "stopwait": stopwait = v.int
         case "prune-backups": pruneBackups = v.prune
         case "remove": remove = v.bool
