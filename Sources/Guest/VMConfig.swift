@@ -20,6 +20,7 @@ import SnapdumpSystem
 public struct VMConfig: Sendable, Equatable {
     public static let vmidRange = 100...999_999_999
     public static let defaultMemory = 512
+    public static let memoryRange = 16...4_178_944
     /// `lock:` values Proxmox uses.
     public static let lockValues: Set<String> = [
         "backup", "clone", "create", "disk", "migrate", "rollback", "snapshot", "snapshot-delete", "suspending", "suspended",
@@ -218,7 +219,10 @@ public struct VMConfig: Sendable, Equatable {
             // Proxmox 8 also writes `memory: current=2048`.
             var v = value
             if v.hasPrefix("current=") { v = String(v.dropFirst(8)) }
-            guard let n = Int(v), n >= 16 else { throw fail("memory: expected MiB (at least 16), got '\(value)'") }
+            // qemu-server's bounds (16 MiB to 4178944 MiB): the MiB are multiplied into bytes downstream.
+            guard let n = Int(v), VMConfig.memoryRange.contains(n) else {
+                throw fail("memory: expected MiB (\(VMConfig.memoryRange.lowerBound)-\(VMConfig.memoryRange.upperBound)), got '\(value)'")
+            }
             memory = n
         case "cores": cores = try int(1...8192)
         case "sockets": sockets = try int(1...64)

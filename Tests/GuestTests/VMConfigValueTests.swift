@@ -30,6 +30,13 @@ struct VMConfigValueTests {
         }
     }
 
+    @Test func memoryIsBounded() {
+        for bad in ["9223372036854775807", "4178945", "15", "current=99999999999"] {
+            #expect(throws: ConfigError.self, "\(bad)") { try VMConfig.parse("memory: \(bad)\n", vmid: 100, file: "100.conf") }
+        }
+        #expect((try? VMConfig.parse("memory: current=2048\n", vmid: 100, file: "100.conf"))?.memory == 2048)
+    }
+
     /// What `save` writes, `load` reads: the same rules, checked before the file is touched.
     @Test func saveRefusesWhatLoadWouldRefuse() throws {
         let dir = try scratch("vmcfg-values")
@@ -44,6 +51,7 @@ struct VMConfigValueTests {
         var c = good; c.name = "bad name"; cases.append(("name", c))
         c = good; c.cores = 0; cases.append(("cores", c))
         c = good; c.memory = 1; cases.append(("memory", c))
+        c = good; c.memory = Int.max; cases.append(("memory", c))
         c = good; c.append = "console=ttyS0\nscsi5: /dev/vda"; cases.append(("append", c))
         c = good; c.kernel = "/boot/vmlinuz\u{1B}"; cases.append(("kernel", c))
         for (key, config) in cases {
