@@ -145,6 +145,24 @@ import TestSupport
         #expect(vms.status == 0, "\(vms)")
     }
 
+    /// `ProxmoxArguments.booleanFlags` names every boolean flag of every command (from the binary's own help dump).
+    @Test func booleanFlagListIsComplete() throws {
+        defer { cleanup() }
+        let dump = try SnapdumpBinary.run(["--experimental-dump-help"])
+        let root = try #require(try JSONSerialization.jsonObject(with: Data(dump.stdout.utf8)) as? [String: Any])
+        var flags = Set<String>()
+        func walk(_ command: [String: Any]) {
+            for a in command["arguments"] as? [[String: Any]] ?? [] where a["kind"] as? String == "flag" {
+                for n in a["names"] as? [[String: Any]] ?? [] where n["kind"] as? String == "long" {
+                    flags.insert("--" + (n["name"] as? String ?? ""))
+                }
+            }
+            for sub in command["subcommands"] as? [[String: Any]] ?? [] { walk(sub) }
+        }
+        walk(try #require(root["command"] as? [String: Any]))
+        #expect(flags.subtracting(["--help", "--version"]) == ProxmoxArguments.booleanFlags)
+    }
+
     /// Proxmox booleans on flags: `--all 1`, `--quiet 1`, `--all 0`, `--force=1`; `--remove 0` as before.
     @Test func proxmoxBooleans() throws {
         defer { cleanup() }
