@@ -92,6 +92,8 @@ import TestSupport
             (["storage", "add", "dir", "other", "--path", dataDir, "--prune-backups", "keep-last=1\n\tpath /etc"],
              ["--prune-backups", "control character"]),
             (["storage", "add", "dir", "other", "--path", dataDir, "--prune-backups", "keep-lats=1"], ["--prune-backups", "keep-lats"]),
+            (["notify", "target", "add", "sendmail", "ops", "--mailto", "root@localhost", "--comment", "x\n\tmailto evil@example.com"],
+             ["comment", "control character"]),
         ]
         for (args, mentions) in cases { try expectCleanFailure(args, mentions: mentions) }
     }
