@@ -31,21 +31,7 @@ public final class BackupJob {
     /// The directory archives go to: `--dumpdir`, or `<path>/dump` of the
     /// backup storage (`--storage`, default `local`).
     public static func dumpDirectory(options: BackupOptions, storages: StorageRegistry) throws -> String {
-        if let d = options.dumpdir {
-            if options.storage != nil { throw BackupError("options 'storage' and 'dumpdir' are mutually exclusive") }
-            return d
-        }
-        let id = options.storage ?? "local"
-        let def = try storages.config.storage(id)
-        guard def.content.contains(.backup) else {
-            throw BackupError("storage '\(id)' does not support backups (content 'backup' is not enabled)")
-        }
-        // Never VMA files inside a repository's directory.
-        if def.type == .repo {
-            throw BackupError("storage '\(id)' is a backup repository: backing up into it is not supported yet (fill it with 'snapdump repo import')")
-        }
-        guard let path = def.path else { throw BackupError("storage '\(id)' (\(def.type.rawValue)) has no path for backups") }
-        return path + "/dump"
+        try options.target.directory(storages: storages)
     }
 
     /// The global lock, waited for up to `lockwait` minutes — in slices, so
@@ -118,6 +104,48 @@ public final class BackupJob {
         }
     }
 
+    /// The effective command, as vzdump logs it when a job starts: the guests,
+    /// mode, target and compression always, then every other option whose
+    /// value in effect differs from `VzdumpOption.table`'s default —
+    /// wherever it came from (command line, job, vzdump.conf, storage).
+    public func commandLine(vmids: [Int]) -> String {
+        var words = ["snapdump", "backup"] + vmids.map(String.init)
+        func add(_ key: String, _ value: String) { words += ["--\(key)", Self.quoted(value)] }
+        func addIfSet(_ key: String, _ value: String?) {
+            guard let value, value != VzdumpOption.named(key)?.defaultValue else { return }
+            add(key, value)
+        }
+        add("mode", options.mode.rawValue)
+        switch options.target {
+        case .storage(let id): add("storage", id)
+        case .dumpdir(let d): add("dumpdir", d)
+        }
+        add("compress", options.compression.kind == .none ? "0" : options.compression.kind.rawValue)
+        if options.compression.kind == .zstd { addIfSet("zstd", String(options.zstdThreads)) }
+        addIfSet("bwlimit", String(options.bwlimit))
+        addIfSet("stopwait", String(options.stopwait))
+        addIfSet("snapshot-fallback", options.snapshotFallback.rawValue)
+        addIfSet("tmpdir", options.tmpdir)
+        addIfSet("fleecing", options.fleecing.enabled ? options.fleecing.description : nil)
+        addIfSet("prune-backups", settings.pruneBackups.propertyString)
+        addIfSet("remove", settings.pruneBackups.keepsEverything ? nil : (settings.remove ? "1" : "0"))
+        addIfSet("notes-template", settings.notesTemplate)
+        addIfSet("protected", settings.protected ? "1" : "0")
+        addIfSet("script", settings.script)
+        addIfSet("ionice", String(settings.ionice))
+        addIfSet("lockwait", VzdumpOption.format(lockwait))
+        addIfSet("pigz", String(settings.pigz))
+        addIfSet("performance", settings.performance)
+        addIfSet("quiet", options.quiet ? "1" : "0")
+        return words.joined(separator: " ")
+    }
+
+    /// Shell-quotes a value that has spaces or quotes, so the logged command can be copied.
+    static func quoted(_ s: String) -> String {
+        guard s.isEmpty || s.contains(where: { " \t'\"\\$`;&|<>(){}*?#~".contains($0) }) else { return s }
+        return "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'"
+    }
+
     public func run() async throws -> [BackupSummary] {
         let storages = try StorageRegistry(paths: paths)
         var vmids = options.vmids
@@ -130,16 +158,14 @@ public final class BackupJob {
         }
         let dumpdir = try Self.dumpDirectory(options: options, storages: storages)
         try FileSystem.createDirectory(dumpdir)
-        let hook = settings.script.map { HookScript(path: $0, storeID: options.dumpdir == nil ? (options.storage ?? "local") : nil, dumpdir: dumpdir) }
+        let hook = settings.script.map { HookScript(path: $0, storeID: options.target.storageID, dumpdir: dumpdir) }
         try await hook?.run(.jobInit, log: log)
 
         let lock = try await acquireGlobalLock(hook: hook)
         defer { lock.unlock() }
 
         let jobStarted = Date()
-        let commandLine = "snapdump backup \(vmids.map(String.init).joined(separator: " ")) --mode \(options.mode.rawValue)"
-            + (options.storage.map { " --storage \($0)" } ?? "") + (options.dumpdir.map { " --dumpdir \($0)" } ?? "")
-            + " --compress \(options.compression.kind.rawValue)"
+        let commandLine = self.commandLine(vmids: vmids)
         log.info("starting new backup job: \(commandLine)")
         do {
             try await hook?.run(.jobStart, log: log)

@@ -19,9 +19,12 @@ public struct BackupOptions: Sendable {
     public var all = false
     public var exclude: [Int] = []
     public var mode: BackupMode = .snapshot
-    /// Backup storage id; with neither storage nor dumpdir, `local`.
-    public var storage: String?
-    public var dumpdir: String?
+    /// Where archives go; `local` unless the command line, job or vzdump.conf says otherwise.
+    public var target: BackupTarget = .local
+    /// The target's storage id, nil for a dump directory.
+    public var storage: String? { target.storageID }
+    /// The target's directory when it is a `dumpdir`.
+    public var dumpdir: String? { target.dumpdir }
     public var compression: Compression = .none
     /// `zstd` threads; 0 = half the cores (Proxmox's default is 1).
     public var zstdThreads = 1
@@ -33,6 +36,8 @@ public struct BackupOptions: Sendable {
     public var tmpdir: String?
     public var snapshotFallback: SnapshotFallback = .suspend
     public var quiet = false
+    /// Copy-before-write scratch space (`fleecing`); off by default.
+    public var fleecing = FleecingSettings()
 
     public init() {}
 
@@ -41,7 +46,7 @@ public struct BackupOptions: Sendable {
         switch value {
         case "0": return .none
         case "gzip": return .gzip
-        case "zstd": return .zstd(level: Int32(level), workers: Int32(zstdThreads))
+        case "zstd": return .zstd(level: Int32(clamping: level), workers: Int32(clamping: zstdThreads))
         case "1", "lzo": throw BackupError("compress '\(value)': \(Compression.lzoUnsupported); use zstd or gzip")
         default: throw BackupError("invalid value '\(value)' for compress: 0, 1, gzip, lzo or zstd")
         }

@@ -84,7 +84,7 @@ final class VMBackup: @unchecked Sendable {
             }
             summary.storages = Array(Set(disks.map(\.volume.storage))).sorted()
             let status = try await Leftovers.recover(config: config, staleLock: staleLock, disks: disks, startDrives: startDrives,
-                                                     fleecingStorage: settings.fleecing.storage.flatMap { try? storages.plugin($0) },
+                                                     fleecingStorage: options.fleecing.storage.flatMap { try? storages.plugin($0) },
                                                      dumpdir: dumpdir, paths: paths, lifecycle: lifecycle, log: log)
             log.info("status = \(status.state.rawValue)")
             if let name = config.name { log.info("VM Name: \(name)") }
@@ -98,7 +98,7 @@ final class VMBackup: @unchecked Sendable {
 
             // Decide the mode before touching the guest.
             let decision = try ModeDecision.make(requested: options.mode, state: status.state, disks: disks,
-                                                 fallback: options.snapshotFallback, fleecing: settings.fleecing.enabled)
+                                                 fallback: options.snapshotFallback, fleecing: options.fleecing.enabled)
             if let why = decision.fallbackReason {
                 log.warn(why)
                 log.info("trying 'suspend' mode instead")
@@ -106,7 +106,7 @@ final class VMBackup: @unchecked Sendable {
             }
             if case .snapshot(let plan) = decision.method, let why = plan.fleecingReason {
                 // The fleecing storage is checked now, before the guest is touched.
-                fleecing = try FleecingBackup(vmid: vmid, disks: plan.fleecingDisks, settings: settings.fleecing, storages: storages,
+                fleecing = try FleecingBackup(vmid: vmid, disks: plan.fleecingDisks, settings: options.fleecing, storages: storages,
                                               socket: "\(paths.qemuRunDir)/\(vmid).fleecing.nbd", log: log)
                 log.info("\(why) - using fleecing instead")
                 summary.method = "fleecing"

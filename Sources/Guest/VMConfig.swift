@@ -20,6 +20,7 @@ import SnapdumpSystem
 public struct VMConfig: Sendable, Equatable {
     public static let vmidRange = 100...999_999_999
     public static let defaultMemory = 512
+    public static let memoryRange = 16...4_178_944
     /// `lock:` values Proxmox uses.
     public static let lockValues: Set<String> = [
         "backup", "clone", "create", "disk", "migrate", "rollback", "snapshot", "snapshot-delete", "suspending", "suspended",
@@ -179,7 +180,14 @@ public struct VMConfig: Sendable, Equatable {
         return config
     }
 
-    private mutating func apply(key: String, value: String, file: String, line: Int) throws {
+    /// Checks one key and value with the rules `parse` applies, for values
+    /// about to be written (`vm create --name`); `what` names the option.
+    public static func check(key: String, value: String, what: String) throws {
+        var scratch = VMConfig(vmid: vmidRange.lowerBound)
+        try scratch.apply(key: key, value: value, file: what, line: nil)
+    }
+
+    private mutating func apply(key: String, value: String, file: String, line: Int?) throws {
         func fail(_ message: String) -> ConfigError { ConfigError(file: file, line: line, message) }
         func int(_ range: ClosedRange<Int>) throws -> Int {
             guard let n = Int(value), range.contains(n) else {
@@ -192,6 +200,7 @@ public struct VMConfig: Sendable, Equatable {
             return value
         }
         if value.isEmpty && key != "append" { throw fail("\(key): empty value") }
+        if let problem = ConfigValue.problem(value) { throw fail("\(key): \(problem)") }
 
         if VMDisk.isDiskKey(key) {
             setDisk(try VMDisk.parse(key: key, value: value, file: file, line: line))
@@ -210,7 +219,10 @@ public struct VMConfig: Sendable, Equatable {
             // Proxmox 8 also writes `memory: current=2048`.
             var v = value
             if v.hasPrefix("current=") { v = String(v.dropFirst(8)) }
-            guard let n = Int(v), n >= 16 else { throw fail("memory: expected MiB (at least 16), got '\(value)'") }
+            // qemu-server's bounds (16 MiB to 4178944 MiB): the MiB are multiplied into bytes downstream.
+            guard let n = Int(v), VMConfig.memoryRange.contains(n) else {
+                throw fail("memory: expected MiB (\(VMConfig.memoryRange.lowerBound)-\(VMConfig.memoryRange.upperBound)), got '\(value)'")
+            }
             memory = n
         case "cores": cores = try int(1...8192)
         case "sockets": sockets = try int(1...64)
@@ -296,6 +308,19 @@ public struct VMConfig: Sendable, Equatable {
     /// The config text: description comments, then keys sorted (as Proxmox
     /// writes them), then any snapshot sections.
     public func serialized() -> String {
+        var out = ""
+        if let description {
+            for l in description.split(separator: "\n", omittingEmptySubsequences: false) { out += "#\(l)\n" }
+        }
+        for (k, v) in entries { out += v.isEmpty ? "\(k):\n" : "\(k): \(v)\n" }
+        if !trailingSections.isEmpty {
+            out += "\n" + trailingSections
+        }
+        return out
+    }
+
+    /// The `key: value` entries, sorted by key as Proxmox writes them.
+    var entries: [(key: String, value: String)] {
         var entries: [(String, String)] = []
         func add(_ k: String, _ v: String?) { if let v { entries.append((k, v)) } }
         add("name", name)
@@ -317,16 +342,14 @@ public struct VMConfig: Sendable, Equatable {
         for (n, v) in unused { add("unused\(n)", v) }
         for (k, v) in passive { add(k, v) }
         entries.sort { $0.0 < $1.0 }
+        return entries
+    }
 
-        var out = ""
-        if let description {
-            for l in description.split(separator: "\n", omittingEmptySubsequences: false) { out += "#\(l)\n" }
-        }
-        for (k, v) in entries { out += v.isEmpty ? "\(k):\n" : "\(k): \(v)\n" }
-        if !trailingSections.isEmpty {
-            out += "\n" + trailingSections
-        }
-        return out
+    /// Checks every value with the rules `parse` applies, so what is written
+    /// reads back (`name: bad name`, `cores: 0`, or a newline that would
+    /// inject a `scsi5: /dev/vda` line, are refused before writing).
+    public func validate(file: String) throws {
+        for (k, v) in entries { try VMConfig.check(key: k, value: v, what: file) }
     }
 
     /// Writes the config atomically to `<config-dir>/qemu/<vmid>.conf`.
@@ -336,19 +359,14 @@ public struct VMConfig: Sendable, Equatable {
     }
 
     public func save(to path: String) throws {
+        try validate(file: path)
         try FileSystem.writeAtomically(path, serialized())
     }
 
     // MARK: Value rules
 
     /// Proxmox booleans: 1/0, on/off, yes/no, true/false.
-    public static func parseBool(_ s: String) -> Bool? {
-        switch s.lowercased() {
-        case "1", "on", "yes", "true": return true
-        case "0", "off", "no", "false": return false
-        default: return nil
-        }
-    }
+    public static func parseBool(_ s: String) -> Bool? { ConfigValue.bool(s) }
 
     /// A DNS name: labels of letters, digits and inner `-`, joined by `.`.
     public static func isValidName(_ s: String) -> Bool {

@@ -40,7 +40,7 @@ public struct VMDisk: Sendable, Equatable {
     /// `size=` as written (`32G`), informational as in Proxmox.
     public var size: String? { options["size"] }
     /// `size=` in bytes.
-    public var sizeBytes: UInt64? { size.flatMap(VMDisk.parseSize) }
+    public var sizeBytes: UInt64? { size.flatMap { VMDisk.parseSize($0) } }
     /// `cache=`: none (the default), writethrough, writeback, unsafe, directsync.
     public var cache: String? { options["cache"] }
     /// `format=` (raw, qcow2, …) when written.
@@ -100,7 +100,7 @@ public struct VMDisk: Sendable, Equatable {
     }()
 
     /// Parses a drive value; errors name `file:line` and the key.
-    public static func parse(key: String, value: String, file: String, line: Int) throws -> VMDisk {
+    public static func parse(key: String, value: String, file: String, line: Int?) throws -> VMDisk {
         let props: PropertyString
         do {
             props = try PropertyString.parse(value, defaultKey: "file", what: key)
@@ -137,12 +137,27 @@ public struct VMDisk: Sendable, Equatable {
             && !name.contains(where: { $0 == " " || $0 == "\t" || $0 == "," || $0 == "=" })
     }
 
-    /// `32G`, `512M`, `100K`, `1.5T`, or plain bytes.
-    public static func parseSize(_ s: String) -> UInt64? {
-        guard let last = s.last else { return nil }
+    /// The largest disk size accepted (64 PiB): beyond any storage, and small
+    /// enough that sums over a VM's drives never overflow.
+    public static let maxSizeBytes: UInt64 = 1 << 56
+
+    /// `32G`, `512M`, `100K`, `1.5T`, or plain bytes (`defaultUnit` when no
+    /// suffix), at most `maxSizeBytes`; nil for anything else.
+    public static func parseSize(_ s: String, defaultUnit: Character? = nil) -> UInt64? {
         let units: [Character: Double] = ["K": 1024, "M": 1_048_576, "G": 1_073_741_824, "T": 1_099_511_627_776]
-        let (digits, mult) = units[last].map { (String(s.dropLast()), $0) } ?? (s, 1)
-        guard !digits.isEmpty, digits.allSatisfy({ $0.isNumber || $0 == "." }), let v = Double(digits), v >= 0 else { return nil }
-        return UInt64((v * mult).rounded())
+        let upper = s.uppercased()
+        guard let last = upper.last else { return nil }
+        let (digits, mult): (Substring, Double)
+        if let u = units[last] {
+            (digits, mult) = (upper.dropLast(), u)
+        } else {
+            (digits, mult) = (Substring(upper), defaultUnit.flatMap { units[$0] } ?? 1)
+        }
+        // Digits and one dot only: no exponents (`1e30`), signs, `inf` or `nan`.
+        guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }),
+              digits.filter({ $0 == "." }).count <= 1, let v = Double(digits) else { return nil }
+        let bytes = (v * mult).rounded(.up)
+        guard bytes.isFinite, bytes <= Double(maxSizeBytes) else { return nil }
+        return UInt64(bytes)
     }
 }

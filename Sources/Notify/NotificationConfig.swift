@@ -55,15 +55,19 @@ public struct NotificationConfig: Sendable {
 
     public func save() throws {
         try check()
+        // A value with a newline (`--comment`) would inject a line: refused before writing.
+        try sectionConfig.validate(file: file)
         // Root-only: webhook headers and URLs often carry tokens.
         try FileSystem.writeAtomically(file, serialized(), mode: 0o600)
     }
 
-    public func serialized() -> String {
+    public func serialized() -> String { sectionConfig.serialized() }
+
+    var sectionConfig: SectionConfig {
         var sections: [SectionConfig.Section] = []
         for t in targets { sections.append(Self.section(t)) }
         for m in matchers { sections.append(Self.section(m)) }
-        return SectionConfig(sections: sections).serialized()
+        return SectionConfig(sections: sections)
     }
 
     // MARK: parsing one section

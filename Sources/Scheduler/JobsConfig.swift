@@ -201,6 +201,7 @@ public struct JobsConfig: Sendable, Equatable {
 
     /// Writes the file atomically.
     public func save() throws {
+        try config.validate(file: file, validID: BackupJobDefinition.isValidID)
         try FileSystem.createDirectory((file as NSString).deletingLastPathComponent)
         try FileSystem.writeAtomically(file, config.serialized())
     }

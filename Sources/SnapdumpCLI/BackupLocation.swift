@@ -11,9 +11,7 @@ enum BackupLocation {
     static func dumpDirectory(storeid: String?, dumpdir: String?, global: GlobalOptions) throws -> DumpDirectory {
         switch (storeid, dumpdir) {
         case let (id?, nil):
-            var o = BackupOptions()
-            o.storage = id
-            return DumpDirectory(path: try BackupJob.dumpDirectory(options: o, storages: global.storages()), storage: id)
+            return DumpDirectory(path: try BackupTarget.storage(id).directory(storages: global.storages()), storage: id)
         case let (nil, dir?):
             return DumpDirectory(path: dir.hasPrefix("/") ? dir : FileManagerCWD.absolute(dir))
         default:

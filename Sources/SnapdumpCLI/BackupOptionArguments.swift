@@ -2,35 +2,35 @@ import ArgumentParser
 import Backup
 
 /// The vzdump options shared by `backup`, `job add` and `job set`. Values stay
-/// strings here: `BackupParameters` (in Backup) validates and maps them, so
-/// the command line and jobs.cfg accept exactly the same things.
+/// strings here: `VzdumpOption.table` (in Backup) parses and range-checks
+/// them, so the command line, jobs.cfg and vzdump.conf accept exactly the
+/// same things. `--all` and `--quiet` also take Proxmox's `--all 1` form
+/// (`ProxmoxArguments`).
 struct BackupOptionArguments: ParsableArguments {
-    @Flag(help: "Back up all guests.") var all = false
-    @Option(help: "Exclude these VMIDs (implies --all), comma-separated.") var exclude: String?
-    @Option(help: "stop, suspend or snapshot (default snapshot).") var mode: String?
-    @Option(help: "Backup storage (content 'backup'); default 'local'.") var storage: String?
-    @Option(help: "Write archives to this directory instead of a storage.") var dumpdir: String?
-    @Option(help: "0, 1, gzip, lzo or zstd (default 0).") var compress: String?
-    @Option(help: "zstd threads; 0 = half of the cores (default 1).") var zstd: String?
-    @Option(help: "Minutes to wait for a clean shutdown in stop mode (default 10).") var stopwait: String?
-    @Option(help: "Read limit in KiB/s; 0 = unlimited.") var bwlimit: String?
-    @Option(help: "Temporary directory (accepted for compatibility).") var tmpdir: String?
-    @Option(name: .customLong("snapshot-fallback"), help: "When a disk cannot be snapshotted: suspend (default, as Proxmox) or refuse.")
-    var snapshotFallback: String?
-    @Option(help: "Minutes to wait for the global backup lock (default 180).") var lockwait: String?
-    @Flag(help: "Be quiet: log to the .log files only.") var quiet = false
-    @Option(name: .customLong("prune-backups"), help: "Retention, e.g. keep-last=3,keep-daily=7.")
-    var pruneBackups: String?
-    @Option(help: "Prune old backups after this one: 0 or 1.") var remove: String?
-    @Option(name: .customLong("notes-template"), help: "Notes template, {{vmid}}, {{guestname}}….")
-    var notesTemplate: String?
-    @Option(help: "1 marks the new backup protected.") var protected: String?
-    @Option(help: "Hook script.") var script: String?
-    @Option(help: "I/O priority 0-8.") var ionice: String?
-    @Option(help: "Mail the report to these addresses.") var mailto: String?
-    @Option(help: "always or failure.") var mailnotification: String?
-    @Option(help: "enabled=1,storage=<id>: back up disks whose storage cannot snapshot by QEMU fleecing, without pausing the guest.")
-    var fleecing: String?
+    @Flag(help: .vzdump("all", "also --all 1")) var all = false
+    @Option(help: .vzdump("exclude")) var exclude: String?
+    @Option(help: .vzdump("mode")) var mode: String?
+    @Option(help: .vzdump("storage")) var storage: String?
+    @Option(help: .vzdump("dumpdir")) var dumpdir: String?
+    @Option(help: .vzdump("compress")) var compress: String?
+    @Option(help: .vzdump("zstd")) var zstd: String?
+    @Option(help: .vzdump("stopwait")) var stopwait: String?
+    @Option(help: .vzdump("bwlimit")) var bwlimit: String?
+    @Option(help: .vzdump("tmpdir")) var tmpdir: String?
+    @Option(name: .customLong("snapshot-fallback"), help: .vzdump("snapshot-fallback")) var snapshotFallback: String?
+    @Option(help: .vzdump("lockwait")) var lockwait: String?
+    @Flag(help: .vzdump("quiet", "also --quiet 1")) var quiet = false
+    @Option(name: .customLong("prune-backups"), help: .vzdump("prune-backups")) var pruneBackups: String?
+    @Option(help: .vzdump("remove")) var remove: String?
+    @Option(name: .customLong("notes-template"), help: .vzdump("notes-template")) var notesTemplate: String?
+    @Option(help: .vzdump("protected")) var protected: String?
+    @Option(help: .vzdump("script")) var script: String?
+    @Option(help: .vzdump("ionice")) var ionice: String?
+    @Option(help: .vzdump("mailto")) var mailto: String?
+    @Option(help: .vzdump("mailnotification")) var mailnotification: String?
+    @Option(help: .vzdump("fleecing")) var fleecing: String?
+    @Option(help: .vzdump("pigz")) var pigz: String?
+    @Option(help: .vzdump("performance")) var performance: String?
 
     /// The options that were given, as vzdump properties named as in jobs.cfg.
     /// Relative directories are made absolute.
@@ -60,6 +60,8 @@ struct BackupOptionArguments: ParsableArguments {
         add("mailto", mailto)
         add("mailnotification", mailnotification)
         add("fleecing", fleecing)
+        add("pigz", pigz)
+        add("performance", performance)
         return p
     }
 
@@ -67,7 +69,18 @@ struct BackupOptionArguments: ParsableArguments {
     /// where the VMIDs are known).
     func validateValues() throws {
         for (k, v) in properties() {
-            do { try BackupParameters.check(key: k, value: v) } catch { throw ValidationError("--\(k): \(error)") }
+            do { try BackupParameters.check(key: k, value: v) } catch { throw CLIError("--\(k): \(error)") }
         }
+    }
+}
+
+extension ArgumentHelp {
+    /// The help of a vzdump option, from `VzdumpOption.table`, with its range.
+    static func vzdump(_ key: String, _ note: String? = nil) -> ArgumentHelp {
+        guard let option = VzdumpOption.named(key) else { preconditionFailure("no vzdump key '\(key)'") }
+        var text = option.help
+        if case .integer(let range) = option.kind { text += " Range \(range.lowerBound)-\(range.upperBound)." }
+        if let note { text += " (\(note))" }
+        return ArgumentHelp(text)
     }
 }

@@ -44,3 +44,75 @@ enum Table {
 }
 
 import Foundation
+
+/// The command line as Proxmox's tools take it, rewritten into what
+/// ArgumentParser parses:
+/// - global options before the subcommand (`snapdump --config-dir DIR vm list`)
+///   move behind it (`snapdump vm list --config-dir DIR`);
+/// - boolean flags take Proxmox's value form too: `--all 1`, `--quiet yes`,
+///   `--force=1` mean the flag, `--all 0` means its absence. The value is
+///   read by `ConfigValue.bool`, the one boolean parser; a word that is not
+///   a boolean stays an argument (`--quiet 100` is `--quiet` and VMID 100).
+enum ProxmoxArguments {
+    /// Options of `GlobalOptions`, each taking one value.
+    static let globalOptions: Set<String> = ["--config-dir"]
+    /// Every `@Flag` of the commands (Proxmox booleans that default to off).
+    static let booleanFlags: Set<String> = [
+        "--all", "--quiet", "--dry-run", "--delete", "--force", "--start", "--unique", "--purge", "--force-stop",
+    ]
+
+    static func normalize(_ args: [String], root: any ParsableCommand.Type) -> [String] {
+        var globals: [String] = []
+        var rest: [String] = []
+        var i = 0
+        // Leading global options, up to the first word that is not one.
+        while i < args.count {
+            let a = args[i]
+            if globalOptions.contains(a), i + 1 < args.count {
+                globals += [a, args[i + 1]]
+                i += 2
+            } else if let eq = a.firstIndex(of: "="), globalOptions.contains(String(a[..<eq])) {
+                globals.append(a)
+                i += 1
+            } else {
+                break
+            }
+        }
+        // The subcommand path, then the global options right behind it.
+        var command = root
+        while i < args.count, let sub = command.configuration.subcommands.first(where: { name(of: $0) == args[i] }) {
+            rest.append(args[i])
+            command = sub
+            i += 1
+        }
+        rest += globals
+        while i < args.count {
+            let a = args[i]
+            i += 1
+            if a == "--" {
+                rest += args[(i - 1)...]
+                break
+            }
+            if let eq = a.firstIndex(of: "="), booleanFlags.contains(String(a[..<eq])) {
+                let flag = String(a[..<eq])
+                switch ConfigValue.bool(String(a[a.index(after: eq)...])) {
+                case true?: rest.append(flag)
+                case false?: break
+                case nil: rest.append(a) // ArgumentParser names the bad value
+                }
+                continue
+            }
+            if booleanFlags.contains(a), i < args.count, let value = ConfigValue.bool(args[i]) {
+                if value { rest.append(a) }
+                i += 1
+                continue
+            }
+            rest.append(a)
+        }
+        return rest
+    }
+
+    static func name(of command: any ParsableCommand.Type) -> String {
+        command.configuration.commandName ?? String(describing: command).lowercased()
+    }
+}

@@ -43,10 +43,9 @@ enum NewDiskSpec {
     static func parse(_ text: String) -> (storage: String, bytes: UInt64)? {
         guard let colon = text.firstIndex(of: ":") else { return nil }
         let store = String(text[..<colon])
-        var size = String(text[text.index(after: colon)...]).uppercased()
-        var unit: Double = 1_073_741_824
-        if size.hasSuffix("M") { unit = 1_048_576; size.removeLast() } else if size.hasSuffix("G") { size.removeLast() }
-        guard !store.isEmpty, let n = Double(size), n > 0 else { return nil }
-        return (store, UInt64((n * unit).rounded(.up)))
+        // A bare number is GiB, as `qm create --scsi0 local:32`.
+        guard !store.isEmpty, let bytes = VMDisk.parseSize(String(text[text.index(after: colon)...]), defaultUnit: "G"),
+              bytes > 0 else { return nil }
+        return (store, bytes)
     }
 }

@@ -121,6 +121,8 @@ public struct CalendarEvent: Sendable, Equatable, CustomStringConvertible {
     /// event fires, evaluated in `timeZone` (ignored for `… UTC` events), or
     /// nil when it never fires again (`2021-02-29`, `02-30`).
     public func next(after date: Date, in timeZone: TimeZone = .current) -> Date? {
+        // Outside Civil's years the arithmetic below would overflow; nothing fires there anyway (years ≤ 2199).
+        guard Civil.supportedSeconds.contains(date.timeIntervalSince1970) else { return nil }
         let zone = utc ? TimeZone(identifier: "UTC")! : timeZone
         // Whole seconds: the result is > date, so it is ≥ floor(date) + 1.
         var t = Int64(date.timeIntervalSince1970.rounded(.down)) + 1
@@ -222,6 +224,12 @@ public struct CalendarEvent: Sendable, Equatable, CustomStringConvertible {
 public struct Civil: Comparable, Hashable, Sendable, CustomStringConvertible {
     public var year, month, day, hour, minute, second: Int
 
+    /// The years times are given and computed in; bounded so that seconds
+    /// since the epoch never overflow (`--starttime` far in the future).
+    public static let supportedYears = 1...9999
+    /// Seconds since the epoch of `supportedYears` (UTC; one day of margin at each end for time zones).
+    public static let supportedSeconds: ClosedRange<Double> = (-62_135_596_800 + 86400)...(253_402_300_799 - 86400)
+
     public init(year: Int, month: Int, day: Int, hour: Int = 0, minute: Int = 0, second: Int = 0) {
         (self.year, self.month, self.day, self.hour, self.minute, self.second) = (year, month, day, hour, minute, second)
     }
@@ -318,7 +326,7 @@ public struct Civil: Comparable, Hashable, Sendable, CustomStringConvertible {
         let parts = t.split(whereSeparator: { $0 == " " || $0 == "T" }).map(String.init)
         guard parts.count == 1 || parts.count == 2 else { return nil }
         let date = parts[0].split(separator: "-", omittingEmptySubsequences: false).map { Int($0) }
-        guard date.count == 3, let y = date[0], let m = date[1], let d = date[2],
+        guard date.count == 3, let y = date[0], let m = date[1], let d = date[2], supportedYears.contains(y),
               (1...12).contains(m), d >= 1, d <= daysInMonth(year: y, month: m) else { return nil }
         var h = 0, mi = 0, s = 0
         if parts.count == 2 {

@@ -49,6 +49,9 @@ public struct KeyValueConfig: Equatable, Sendable {
             guard !key.isEmpty, key.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
                 throw ConfigError(file: file, line: n, "invalid key '\(key)'")
             }
+            if let problem = ConfigValue.problem(value) {
+                throw ConfigError(file: file, line: n, "\(key): \(problem)")
+            }
             guard seen.insert(key).inserted else {
                 throw ConfigError(file: file, line: n, "duplicate key '\(key)'")
             }

@@ -104,6 +104,9 @@ public struct SectionConfig: Equatable, Sendable {
                 if let schema, let allowed = schema[current!.type], !allowed.contains(key) {
                     throw ConfigError(file: file, line: lineNo, "unknown key '\(key)' for \(current!.type) '\(current!.id)'")
                 }
+                if let problem = ConfigValue.problem(value) {
+                    throw ConfigError(file: file, line: lineNo, "\(key): \(problem)")
+                }
                 if current![key] != nil, !repeatable.contains(key) {
                     throw ConfigError(file: file, line: lineNo, "duplicate key '\(key)' in \(current!.type) '\(current!.id)'")
                 }
@@ -112,6 +115,24 @@ public struct SectionConfig: Equatable, Sendable {
         }
         if let c = current { result.append(c) }
         return SectionConfig(sections: result)
+    }
+
+    /// Checks that `serialized()` reads back as these sections: ids and keys
+    /// of the allowed characters, values without control characters (a
+    /// newline in a value would inject a line). Call before writing; errors
+    /// name `file`, the section and the key.
+    public func validate(file: String, validID: (String) -> Bool = SectionConfig.isValidID) throws(ConfigError) {
+        func isKey(_ k: String) -> Bool { !k.isEmpty && k.allSatisfy { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" } }
+        for s in sections {
+            guard isKey(s.type) else { throw ConfigError(file: file, "invalid section type '\(s.type)'") }
+            guard validID(s.id) else { throw ConfigError(file: file, "invalid \(s.type) id '\(s.id)'") }
+            for p in s.properties {
+                guard isKey(p.key) else { throw ConfigError(file: file, "invalid key '\(p.key)' in \(s.type) '\(s.id)'") }
+                if let problem = ConfigValue.problem(p.value) {
+                    throw ConfigError(file: file, "\(s.type) '\(s.id)': \(p.key): \(problem)")
+                }
+            }
+        }
     }
 
     /// The text form, as Proxmox writes it: header, tab-indented keys, blank line.

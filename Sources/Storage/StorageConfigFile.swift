@@ -45,7 +45,9 @@ public struct StorageConfigFile: Sendable {
     public func save() throws {
         do {
             try FileSystem.createDirectory((path as NSString).deletingLastPathComponent)
-            try FileSystem.writeAtomically(path, SectionConfig(sections: storages.map(\.section)).serialized())
+            let config = SectionConfig(sections: storages.map(\.section))
+            try config.validate(file: path)
+            try FileSystem.writeAtomically(path, config.serialized())
         } catch let e as SystemError {
             // Name the file, not the temp file the error is about; the old file is untouched.
             throw StorageError(e.isNoSpace ? .noSpace : .backend, "cannot save \(path) (left unchanged): \(e)")

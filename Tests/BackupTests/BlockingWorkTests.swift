@@ -34,7 +34,7 @@ struct BlockingWorkTests {
             let task = Task.detached {
                 var options = BackupOptions()
                 options.vmids = [100]
-                options.storage = "local"
+                options.target = .storage("local")
                 options.mode = .stop
                 let job = BackupJob(options: options, paths: paths, log: TaskLog(echo: false), interrupt: interrupt)
                 job.lockwait = lockwait

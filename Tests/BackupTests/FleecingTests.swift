@@ -6,14 +6,14 @@ import TestSupport
 @testable import Backup
 
 @Suite("Fleecing settings and limits")
-struct FleecingSettingsTests {
+struct FleecingTests {
     @Test func parsesProxmoxSyntax() throws {
-        #expect(try FleecingSettings.parse("enabled=1,storage=local") == FleecingSettings(enabled: true, storage: "local"))
-        #expect(try FleecingSettings.parse("1") == FleecingSettings(enabled: true, storage: nil))
-        #expect(try FleecingSettings.parse("0,storage=fl") == FleecingSettings(enabled: false, storage: "fl"))
+        #expect(try FleecingSettings(parsing: "enabled=1,storage=local") == FleecingSettings(enabled: true, storage: "local"))
+        #expect(try FleecingSettings(parsing: "1") == FleecingSettings(enabled: true, storage: nil))
+        #expect(try FleecingSettings(parsing: "0,storage=fl") == FleecingSettings(enabled: false, storage: "fl"))
         for (bad, says) in [("enabled=2", "fleecing enabled"), ("storage=-x", "invalid storage id '-x'"), ("speed=1", "unknown key 'speed'")] {
             do {
-                _ = try FleecingSettings.parse(bad)
+                _ = try FleecingSettings(parsing: bad)
                 Issue.record("'\(bad)' accepted")
             } catch {
                 #expect("\(error)".contains(says), "\(error)")
@@ -25,7 +25,7 @@ struct FleecingSettingsTests {
         var cli = VzdumpValues()
         try cli.set("fleecing", "enabled=1,storage=fl", file: "--fleecing")
         let e = try BackupDefaults.merge(commandLine: cli, file: VzdumpValues(), storagePruneBackups: { _ in nil })
-        #expect(e.settings.fleecing == FleecingSettings(enabled: true, storage: "fl"))
+        #expect(e.options.fleecing == FleecingSettings(enabled: true, storage: "fl"))
         #expect(e.warnings.isEmpty, "\(e.warnings)")
         #expect(throws: BackupError.self) { try BackupParameters([("all", "1"), ("fleecing", "enabled=yes please")]) }
     }

@@ -43,7 +43,7 @@ struct VzdumpConfigTests {
         #expect(v.pruneBackups == (try PrunePolicy(parsing: "keep-daily=7,keep-last=3")))
         #expect(v.remove == true && v.protected == false && v.quiet == true && v.stop == false && v.stdexcludes == false)
         #expect(v.notesTemplate == "{{guestname}} on {{node}}")
-        #expect(v.fleecing == "enabled=1,storage=local" && v.performance == "max-workers=8")
+        #expect(v.fleecing == FleecingSettings(enabled: true, storage: "local") && v.performance == "max-workers=8")
         #expect(v.mailto == ["root@localhost", "admin@example.com"] && v.mailnotification == "failure")
         #expect(v.excludePath == ["/tmp/?*", "/var/cache/my dir"])
         #expect(v.snapshotFallback == .refuse)
@@ -172,7 +172,7 @@ struct VzdumpConfigTests {
         #expect(e.settings.mailto == ["root"] && e.settings.mailnotification == "failure")
         #expect(!e.warnings.contains { $0.contains("'mailto'") || $0.contains("'mailnotification'") })
         #expect(!e.warnings.contains { $0.contains("'fleecing'") }, "fleecing is applied now")
-        #expect(e.settings.fleecing == FleecingSettings(enabled: true, storage: nil))
+        #expect(e.options.fleecing == FleecingSettings(enabled: true, storage: nil))
         #expect(e.warnings.contains { $0.contains("'pigz'") })
     }
 

@@ -127,7 +127,7 @@ struct VMConfigTests {
 
     @Test func malformedValues() {
         expectConfigError("memory: lots\n", line: 1, "memory")
-        expectConfigError("memory: 8\n", line: 1, "at least 16")
+        expectConfigError("memory: 8\n", line: 1, "16-4178944")
         expectConfigError("cores: 0\n", line: 1, "cores")
         expectConfigError("name: web_1\n", line: 1, "not a valid DNS name")
         expectConfigError("lock: party\n", line: 1, "unknown lock 'party'")

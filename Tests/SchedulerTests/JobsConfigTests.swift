@@ -89,10 +89,10 @@ import SnapdumpConfig
         Bad(text: "vzdump: a\n\tvmid 100\n", line: 1, message: "job 'a' has no 'schedule'"),
         Bad(text: "vzdump: a\n\tvmid 100\n\tschedule 0 2 * * *\n", line: 3, message: "cron syntax, which calendar events do not use; write '02:00'"),
         Bad(text: "vzdump: a\n\tschedule mon..fry\n\tvmid 100\n", line: 2, message: "at 'fry' (column 6)"),
-        Bad(text: "vzdump: a\n\tschedule daily\n\tvmid 100\n\tmode fast\n", line: 4, message: "invalid value 'fast' for 'mode'"),
+        Bad(text: "vzdump: a\n\tschedule daily\n\tvmid 100\n\tmode fast\n", line: 4, message: "invalid value 'fast' for mode"),
         Bad(text: "vzdump: a\n\tschedule daily\n\tvmid 100,x\n", line: 3, message: "invalid VMID 'x'"),
         Bad(text: "vzdump: a\n\tschedule daily\n\tvmid 100\n\tcompress lzo\n", line: 4, message: "lzo not supported"),
-        Bad(text: "vzdump: a\n\tschedule daily\n\tvmid 100\n\tenabled maybe\n", line: 4, message: "invalid value 'maybe' for 'enabled'"),
+        Bad(text: "vzdump: a\n\tschedule daily\n\tvmid 100\n\tenabled maybe\n", line: 4, message: "invalid value 'maybe' for enabled"),
         Bad(text: "vzdump: a\n\tschedule daily\n\tvmid 100\n\tprune-backups keep-daly=7\n", line: 4, message: "unknown key 'keep-daly'"),
         Bad(text: "vzdump: a\n\tschedule daily\n\tvmid 100\n\tdumpdir dump\n", line: 4, message: "expected an absolute path"),
         Bad(text: "vzdump: a\n\tschedule daily\n\tvmid 100\n\tionice 9\n", line: 4, message: "expected an integer 0-8"),
@@ -168,6 +168,12 @@ import SnapdumpConfig
     }
 }
 
+extension BackupParameters {
+    /// These parameters over the table's defaults alone (no vzdump.conf, no storage retention).
+    func options() throws -> BackupOptions { try effective(vzdumpConf: VzdumpValues()).options }
+    var lockwait: Double { (try? effective(vzdumpConf: VzdumpValues()).settings.lockwait) ?? -1 }
+}
+
 @Suite struct BackupParametersTests {
     @Test func defaultsAreProxmoxs() throws {
         let o = try BackupParameters([("vmid", "100")]).options()
@@ -178,14 +184,14 @@ import SnapdumpConfig
 
     @Test func mapping() throws {
         let p = try BackupParameters([("exclude", "101 102;103"), ("compress", "zstd"), ("zstd", "4"), ("mode", "suspend"),
-                                      ("lockwait", "0.5"), ("quiet", "yes")])
+                                      ("lockwait", "30"), ("quiet", "yes")])
         let o = try p.options()
         #expect(o.exclude == [101, 102, 103] && o.mode == .suspend && o.quiet)
         #expect(o.compression == .zstd(level: 3, workers: 4) && o.zstdThreads == 4)
-        #expect(p.lockwait == 0.5)
+        #expect(p.lockwait == 30)
     }
 
-    @Test func rejects() {
+    @Test func rejects() throws {
         #expect(throws: BackupError.self) { try BackupParameters([("vmid", "99")]) }
         #expect(throws: BackupError.self) { try BackupParameters([("vmid", "100"), ("exclude", "101")]) }
         #expect(throws: BackupError.self) { try BackupParameters([("all", "1"), ("compress", "1")]) }
@@ -193,6 +199,10 @@ import SnapdumpConfig
         #expect(throws: BackupError.self) { try BackupParameters([("all", "1"), ("all", "1")]) }
         #expect(throws: BackupError.self) { try BackupParameters([("all", "1"), ("notes-template", String(repeating: "x", count: 1025))]) }
         #expect(throws: BackupError.self) { try BackupParameters([("all", "1"), ("fleecing", "enabled=1,storage=-x")]) }
+        // lockwait is one type everywhere (the job parser took 0.5, vzdump.conf did not; Double vs Int).
+        #expect(try BackupParameters([("all", "1"), ("lockwait", "0.5")]).lockwait == 0.5)
+        #expect(throws: BackupError.self) { try BackupParameters([("all", "1"), ("lockwait", "1e300")]) }
+        #expect(throws: BackupError.self) { try BackupParameters([("all", "1"), ("lockwait", "inf")]) }
     }
 }
 

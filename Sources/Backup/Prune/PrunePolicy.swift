@@ -78,7 +78,7 @@ public struct PrunePolicy: Hashable, Sendable, CustomStringConvertible {
         }
         for (key, value) in ps.items {
             if key == "keep-all" {
-                guard let b = Self.parseBool(value) else {
+                guard let b = ConfigValue.bool(value) else {
                     throw ConfigError(file: what, "invalid value '\(value)' for keep-all: expected 0 or 1")
                 }
                 keepAll = b
@@ -88,22 +88,14 @@ public struct PrunePolicy: Hashable, Sendable, CustomStringConvertible {
                 let known = (["keep-all"] + Option.allCases.map(\.rawValue)).joined(separator: ", ")
                 throw ConfigError(file: what, "unknown key '\(key)' (known: \(known))")
             }
-            guard let n = Int(value), n >= 0 else {
-                throw ConfigError(file: what, "invalid value '\(value)' for \(key): expected an integer >= 0")
+            // Bounded: the counts are summed for `remove 0` (`backupLimit`).
+            guard value.first != "+", let n = Int(value), (0...VzdumpOption.maxKeep).contains(n) else {
+                throw ConfigError(file: what, "invalid value '\(value)' for \(key): expected an integer 0-\(VzdumpOption.maxKeep)")
             }
             counts[option] = n
         }
         if keepAll == true && counts.values.contains(where: { $0 > 0 }) {
             throw ConfigError(file: what, "keep-all cannot be set together with other options")
-        }
-    }
-
-    /// Proxmox booleans: 1/0, yes/no, on/off, true/false.
-    static func parseBool(_ s: String) -> Bool? {
-        switch s.lowercased() {
-        case "1", "yes", "on", "true": return true
-        case "0", "no", "off", "false": return false
-        default: return nil
         }
     }
 }

@@ -20,7 +20,7 @@ public struct BackupSettings: Sendable, Equatable {
     /// Hook script (`script <phase> [<mode> <vmid>]`).
     public var script: String?
     /// Minutes to wait for the global backup lock.
-    public var lockwait = 180
+    public var lockwait: Double = 180
     /// ionice priority 0–8 (8 = idle class).
     public var ionice = 7
     /// vzdump's mail: the job's report to these addresses through the host's sendmail
@@ -29,8 +29,6 @@ public struct BackupSettings: Sendable, Equatable {
     public var mailnotification = "always"
     /// Accepted for compatibility; snapdump's gzip is zlib on the calling thread.
     public var pigz = 0
-    /// Backup fleecing for disks whose storage cannot snapshot.
-    public var fleecing = FleecingSettings.disabled
     public var performance: String?
     /// Containers only in Proxmox; accepted and ignored for VMs.
     public var excludePath: [String] = []
@@ -66,82 +64,91 @@ public enum BackupDefaults {
         var warnings: [String] = []
         var o = base
         var s = BackupSettings()
+        let defaults = VzdumpValues.defaults
 
         func pick<T>(_ key: String, _ path: KeyPath<VzdumpValues, T?>) -> (value: T, origin: String)? {
             if let v = cli[keyPath: path] { return (v, cli.origins[key] ?? "command line") }
             if let v = file[keyPath: path] { return (v, file.origins[key] ?? "vzdump.conf") }
             return nil
         }
+        /// A key with a default in `VzdumpOption.table`: given, or that default.
+        func value<T>(_ key: String, _ path: KeyPath<VzdumpValues, T?>) -> T {
+            guard let v = pick(key, path)?.value ?? defaults[keyPath: path] else {
+                preconditionFailure("vzdump key '\(key)' has no default in VzdumpOption.table")
+            }
+            return v
+        }
 
-        o.mode = pick("mode", \.mode)?.value ?? .snapshot
-        o.snapshotFallback = pick("snapshot-fallback", \.snapshotFallback)?.value ?? .suspend
-        o.zstdThreads = pick("zstd", \.zstd)?.value ?? 1
-        let compress = pick("compress", \.compress) ?? ("0", "default")
+        o.mode = value("mode", \.mode)
+        o.snapshotFallback = value("snapshot-fallback", \.snapshotFallback)
+        o.zstdThreads = value("zstd", \.zstd)
+        let compress = pick("compress", \.compress) ?? (value("compress", \.compress), "default")
         do {
             o.compression = try BackupOptions.parseCompress(compress.value, zstdThreads: o.zstdThreads, level: base.zstdLevel)
         } catch {
             throw BackupError("\(compress.origin): \(error)")
         }
-        o.stopwait = pick("stopwait", \.stopwait)?.value ?? 10
-        o.bwlimit = pick("bwlimit", \.bwlimit)?.value ?? 0
+        o.stopwait = value("stopwait", \.stopwait)
+        o.bwlimit = value("bwlimit", \.bwlimit)
         o.tmpdir = pick("tmpdir", \.tmpdir)?.value
-        o.quiet = pick("quiet", \.quiet)?.value ?? false
+        o.quiet = value("quiet", \.quiet)
+        o.fleecing = value("fleecing", \.fleecing)
 
-        // Target: storage and dumpdir travel together.
+        // Target, decided once: storage and dumpdir travel together.
         if cli.storage != nil || cli.dumpdir != nil {
             if cli.storage != nil && cli.dumpdir != nil {
                 throw BackupError("cannot use options 'storage' and 'dumpdir' at the same time")
             }
-            o.storage = cli.storage
-            o.dumpdir = cli.dumpdir
+            o.target = cli.storage.map(BackupTarget.storage) ?? .dumpdir(cli.dumpdir!)
         } else if let st = file.storage {
             if file.dumpdir != nil {
                 warnings.append("both 'storage' and 'dumpdir' defined in '\(file.origins["dumpdir"] ?? "vzdump.conf")' - ignoring 'dumpdir'")
             }
-            o.storage = st
-            o.dumpdir = nil
+            o.target = .storage(st)
         } else if let d = file.dumpdir {
-            o.storage = nil
-            o.dumpdir = d
+            o.target = .dumpdir(d)
         } else {
-            o.storage = "local"
-            o.dumpdir = nil
+            o.target = .storage(value("storage", \.storage))
         }
 
         // Retention: command line → vzdump.conf → storage → keep everything.
         if let p = pick("prune-backups", \.pruneBackups) {
             s.pruneBackups = p.value
             s.pruneBackupsOrigin = p.origin
-        } else if let st = o.storage, let raw = try storagePruneBackups(st) {
+        } else if let st = o.target.storageID, let raw = try storagePruneBackups(st) {
             do {
-                s.pruneBackups = try PrunePolicy(parsing: raw, what: "storage '\(st)' prune-backups")
+                s.pruneBackups = try VzdumpValues.storagePruneBackups(raw, storage: st)
             } catch {
                 throw BackupError(error.description)
             }
             s.pruneBackupsOrigin = "storage '\(st)'"
+        } else {
+            s.pruneBackups = value("prune-backups", \.pruneBackups)
         }
-        s.remove = pick("remove", \.remove)?.value ?? true
+        s.remove = value("remove", \.remove)
         // As vzdump: keep-all never triggers the remove code path.
         if s.pruneBackups.keepsEverything { s.remove = false }
 
         s.notesTemplate = pick("notes-template", \.notesTemplate)?.value
         if s.notesTemplate?.isEmpty == true { s.notesTemplate = nil }
-        s.protected = pick("protected", \.protected)?.value ?? false
+        s.protected = value("protected", \.protected)
         s.script = pick("script", \.script)?.value
-        s.lockwait = pick("lockwait", \.lockwait)?.value ?? 180
-        s.ionice = pick("ionice", \.ionice)?.value ?? 7
-        s.pigz = pick("pigz", \.pigz)?.value ?? 0
-        if let f = pick("fleecing", \.fleecing) {
-            do { s.fleecing = try FleecingSettings.parse(f.value) } catch { throw BackupError("\(f.origin): \(error)") }
-        }
+        s.lockwait = value("lockwait", \.lockwait)
+        s.ionice = value("ionice", \.ionice)
+        s.pigz = value("pigz", \.pigz)
         s.performance = pick("performance", \.performance)?.value
-        s.stop = pick("stop", \.stop)?.value ?? false
-        s.stdexcludes = pick("stdexcludes", \.stdexcludes)?.value ?? true
+        s.stop = value("stop", \.stop)
+        s.stdexcludes = value("stdexcludes", \.stdexcludes)
         // exclude-path adds up, as in vzdump.
         s.excludePath = (file.excludePath ?? []) + (cli.excludePath ?? [])
 
         if let m = pick("mailto", \.mailto) { s.mailto = m.value }
-        if let m = pick("mailnotification", \.mailnotification) { s.mailnotification = m.value }
+        s.mailnotification = value("mailnotification", \.mailnotification)
+        // Deprecated keys that were given, each with the table's reason.
+        for option in VzdumpOption.table {
+            guard let reason = option.deprecated, let origin = cli.origins[option.name] ?? file.origins[option.name] else { continue }
+            warnings.append("option '\(option.name)' (\(origin)) is deprecated and ignored: \(reason)")
+        }
         if s.pigz > 0 && o.compression.kind == .gzip {
             warnings.append("option 'pigz' is ignored: snapdump compresses gzip with zlib")
         }

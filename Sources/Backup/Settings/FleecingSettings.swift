@@ -1,13 +1,11 @@
 import SnapdumpConfig
 
-/// vzdump's `fleecing` option (`enabled=1,storage=<id>`), typed. With fleecing
-/// enabled, snapshot mode of a running guest whose disks cannot be snapshotted
-/// by their storage uses QEMU backup fleecing (`FleecingBackup`) instead of the
-/// suspend fallback; the fleecing images go to `storage`.
-public struct FleecingSettings: Sendable, Equatable {
-    public var enabled = false
-    /// Storage for the fleecing images (content `images`); a backup that needs
-    /// fleecing fails before touching the guest when it is missing.
+/// vzdump's `fleecing` option, Proxmox property string
+/// `[[enabled=]<1|0>][,storage=<id>]`: copy-before-write scratch space on a
+/// storage, so a slow backup target does not slow the guest's writes.
+public struct FleecingSettings: Sendable, Equatable, CustomStringConvertible {
+    public var enabled: Bool
+    /// The storage the fleecing images go to.
     public var storage: String?
 
     public init(enabled: Bool = false, storage: String? = nil) {
@@ -15,28 +13,31 @@ public struct FleecingSettings: Sendable, Equatable {
         self.storage = storage
     }
 
-    public static let disabled = FleecingSettings()
-
-    /// The one parser of the property string (`1`, `enabled=1,storage=local`);
-    /// errors name the value and the key at fault.
-    public static func parse(_ value: String) throws -> FleecingSettings {
+    /// Parses the property string; the message names the item at fault.
+    public init(parsing text: String) throws(VzdumpOption.Invalid) {
         let ps: PropertyString
-        do { ps = try PropertyString.parse(value, defaultKey: "enabled", what: "fleecing") } catch {
-            throw BackupError("invalid value '\(value)' for fleecing: \(error)")
+        do { ps = try PropertyString.parse(text, defaultKey: "enabled", what: "fleecing") } catch {
+            throw VzdumpOption.Invalid("invalid value '\(text)' for fleecing: \((error as? ConfigError)?.message ?? "\(error)")")
         }
-        var s = FleecingSettings()
+        self.init()
         for (k, v) in ps.items {
             switch k {
             case "enabled":
-                guard let b = PrunePolicy.parseBool(v) else { throw BackupError("invalid value '\(v)' for fleecing enabled: expected 0 or 1") }
-                s.enabled = b
+                guard let b = ConfigValue.bool(v) else {
+                    throw VzdumpOption.Invalid("invalid value '\(v)' for fleecing enabled: expected 0 or 1")
+                }
+                enabled = b
             case "storage":
-                guard SectionConfig.isValidID(v) else { throw BackupError("invalid storage id '\(v)' in fleecing") }
-                s.storage = v
+                guard SectionConfig.isValidID(v) else { throw VzdumpOption.Invalid("invalid storage id '\(v)' in fleecing") }
+                storage = v
             default:
-                throw BackupError("unknown key '\(k)' in fleecing (known: enabled, storage)")
+                throw VzdumpOption.Invalid("unknown key '\(k)' in fleecing (known: enabled, storage)")
             }
         }
-        return s
+    }
+
+    /// As Proxmox writes it: `enabled=1,storage=local`.
+    public var description: String {
+        "enabled=\(enabled ? 1 : 0)" + (storage.map { ",storage=\($0)" } ?? "")
     }
 }

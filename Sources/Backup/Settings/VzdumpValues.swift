@@ -18,14 +18,14 @@ public struct VzdumpValues: Sendable, Equatable {
     public var script: String?
     public var bwlimit: Int?
     public var ionice: Int?
-    public var lockwait: Int?
+    /// Minutes; fractions allowed.
+    public var lockwait: Double?
     public var stopwait: Int?
     public var pruneBackups: PrunePolicy?
     public var remove: Bool?
     public var notesTemplate: String?
     public var protected: Bool?
-    /// `[[enabled=]<1|0>][,storage=<id>]`, as written.
-    public var fleecing: String?
+    public var fleecing: FleecingSettings?
     /// `max-workers=<1-256>,pbs-entries-max=<n>`, as written.
     public var performance: String?
     public var mailto: [String]?
@@ -42,88 +42,68 @@ public struct VzdumpValues: Sendable, Equatable {
 
     public init() {}
 
-    /// The keys vzdump.conf accepts: Proxmox's, plus `snapshot-fallback`.
-    public static let keys: [String] = [
-        "bwlimit", "compress", "dumpdir", "exclude-path", "fleecing", "ionice", "lockwait", "mailnotification",
-        "mailto", "mode", "notes-template", "performance", "pigz", "protected", "prune-backups", "quiet", "remove",
-        "script", "snapshot-fallback", "stdexcludes", "stop", "stopwait", "storage", "tmpdir", "zstd",
-    ]
+    /// The keys vzdump.conf accepts: Proxmox's, plus `snapshot-fallback` (from `VzdumpOption.table`).
+    public static var keys: [String] { VzdumpOption.vzdumpConfKeys }
 
-    /// Sets `key` from its text form. `file`/`line` name the origin in
-    /// errors: for the command line pass the option (`--mode`) and no line.
+    /// Sets `key` from its text form, parsed by the key's entry in
+    /// `VzdumpOption.table`. `file`/`line` name the origin in errors: for the
+    /// command line pass the option (`--mode`) and no line.
     public mutating func set(_ key: String, _ value: String, file: String, line: Int? = nil) throws(ConfigError) {
         func fail(_ message: String) -> ConfigError { ConfigError(file: file, line: line, message) }
-        func int(_ range: ClosedRange<Int>) throws(ConfigError) -> Int {
-            guard let n = Int(value), range.contains(n) else {
-                let bound = range.upperBound == Int.max ? "an integer >= \(range.lowerBound)" : "an integer \(range.lowerBound)-\(range.upperBound)"
-                throw fail("invalid value '\(value)' for \(key): expected \(bound)")
-            }
-            return n
-        }
-        func bool() throws(ConfigError) -> Bool {
-            guard let b = PrunePolicy.parseBool(value) else { throw fail("invalid value '\(value)' for \(key): expected 0 or 1") }
-            return b
-        }
-        func path() throws(ConfigError) -> String {
-            guard value.hasPrefix("/") else { throw fail("invalid value '\(value)' for \(key): expected an absolute path") }
-            return value
-        }
-        func oneOf(_ allowed: [String]) throws(ConfigError) -> String {
-            guard allowed.contains(value) else {
-                throw fail("invalid value '\(value)' for \(key): expected one of \(allowed.joined(separator: ", "))")
-            }
-            return value
-        }
-
-        switch key {
-        case "mode":
-            guard let m = BackupMode(rawValue: value) else { throw fail("invalid value '\(value)' for mode: expected stop, suspend or snapshot") }
-            mode = m
-        case "compress": compress = try oneOf(["0", "1", "gzip", "lzo", "zstd"])
-        case "zstd": zstd = try int(0...Int.max)
-        case "pigz": pigz = try int(0...Int.max)
-        case "storage":
-            guard SectionConfig.isValidID(value) else { throw fail("invalid storage id '\(value)'") }
-            storage = value
-        case "dumpdir": dumpdir = try path()
-        case "tmpdir": tmpdir = try path()
-        case "script": script = try path()
-        case "bwlimit": bwlimit = try int(0...Int.max)
-        case "ionice": ionice = try int(0...8)
-        case "lockwait": lockwait = try int(0...Int.max)
-        case "stopwait": stopwait = try int(0...Int.max)
-        case "prune-backups":
-            do {
-                pruneBackups = try PrunePolicy(parsing: value, what: key)
-            } catch {
-                throw fail(error.description)
-            }
-        case "remove": remove = try bool()
-        case "notes-template":
-            if let problem = NotesTemplate.validate(value) { throw fail(problem) }
-            notesTemplate = value
-        case "protected": protected = try bool()
-        case "fleecing": fleecing = try Self.checkFleecing(value, fail: fail)
-        case "performance": performance = try Self.checkPerformance(value, fail: fail)
-        case "mailto":
-            let list = value.split(whereSeparator: { $0 == "," || $0 == ";" || $0 == " " || $0 == "\t" }).map(String.init)
-            guard !list.isEmpty else { throw fail("invalid value '\(value)' for mailto: expected e-mail addresses") }
-            mailto = list
-        case "mailnotification": mailnotification = try oneOf(["always", "failure"])
-        case "quiet": quiet = try bool()
-        case "stop": stop = try bool()
-        case "exclude-path":
-            do { excludePath = try Self.splitArguments(value) } catch { throw fail("invalid value for exclude-path: \(error.message)") }
-        case "stdexcludes": stdexcludes = try bool()
-        case "snapshot-fallback":
-            guard let f = SnapshotFallback(rawValue: value) else {
-                throw fail("invalid value '\(value)' for snapshot-fallback: expected suspend or refuse")
-            }
-            snapshotFallback = f
-        default:
+        guard let option = VzdumpOption.named(key), option.inVzdumpConf else {
             throw fail("unknown key '\(key)' (known: \(Self.keys.joined(separator: ", ")))")
         }
+        let v: VzdumpValue
+        do { v = try option.parse(value) } catch { throw fail(error.message) }
+        switch key {
+        case "mode": mode = v.text.flatMap(BackupMode.init(rawValue:))
+        case "compress": compress = v.text
+        case "zstd": zstd = v.int
+        case "pigz": pigz = v.int
+        case "storage": storage = v.text
+        case "dumpdir": dumpdir = v.text
+        case "tmpdir": tmpdir = v.text
+        case "script": script = v.text
+        case "bwlimit": bwlimit = v.int
+        case "ionice": ionice = v.int
+        case "lockwait": lockwait = v.number
+        case "stopwait": stopwait = v.int
+        case "prune-backups": pruneBackups = v.prune
+        case "remove": remove = v.bool
+        case "notes-template": notesTemplate = v.text
+        case "protected": protected = v.bool
+        case "fleecing": fleecing = v.fleecing
+        case "performance": performance = v.text
+        case "mailto": mailto = v.list
+        case "mailnotification": mailnotification = v.text
+        case "quiet": quiet = v.bool
+        case "stop": stop = v.bool
+        case "exclude-path": excludePath = v.list
+        case "stdexcludes": stdexcludes = v.bool
+        case "snapshot-fallback": snapshotFallback = v.text.flatMap(SnapshotFallback.init(rawValue:))
+        default: preconditionFailure("vzdump key '\(key)' is in the table but has no field")
+        }
         origins[key] = line.map { "\(file):\($0)" } ?? file
+    }
+
+    /// Every key of `VzdumpOption.table` that has a default, set to it (origin `default`).
+    public static let defaults: VzdumpValues = {
+        var v = VzdumpValues()
+        for option in VzdumpOption.table where option.inVzdumpConf {
+            guard let d = option.defaultValue else { continue }
+            do { try v.set(option.name, d, file: "default") } catch { preconditionFailure("default of '\(option.name)': \(error)") }
+        }
+        return v
+    }()
+
+    /// A storage's `prune-backups` (storage.cfg), parsed by the same table entry as the option.
+    public static func storagePruneBackups(_ raw: String, storage: String) throws(ConfigError) -> PrunePolicy {
+        do {
+            guard let p = try VzdumpOption.named("prune-backups")!.parse(raw).prune else { preconditionFailure("prune-backups is not a policy") }
+            return p
+        } catch {
+            throw ConfigError(file: "storage '\(storage)'", error.message)
+        }
     }
 
     /// Parses `vzdump.conf` text: `key: value` lines, `#` comments. Unknown
@@ -150,29 +130,6 @@ public struct VzdumpValues: Sendable, Equatable {
         let text: String
         do { text = try FileSystem.readText(path) } catch { throw ConfigError(file: path, "cannot read: \(error)") }
         return try parse(text, file: path)
-    }
-
-    static func checkFleecing(_ value: String, fail: (String) -> ConfigError) throws(ConfigError) -> String {
-        do { _ = try FleecingSettings.parse(value) } catch { throw fail("\(error)") }
-        return value
-    }
-
-    static func checkPerformance(_ value: String, fail: (String) -> ConfigError) throws(ConfigError) -> String {
-        let ps: PropertyString
-        do { ps = try PropertyString.parse(value, what: "performance") } catch {
-            throw fail("invalid value '\(value)' for performance: \(error)")
-        }
-        for (k, v) in ps.items {
-            switch k {
-            case "max-workers":
-                guard let n = Int(v), (1...256).contains(n) else { throw fail("invalid value '\(v)' for performance max-workers: expected an integer 1-256") }
-            case "pbs-entries-max":
-                guard let n = Int(v), n >= 1 else { throw fail("invalid value '\(v)' for performance pbs-entries-max: expected an integer >= 1") }
-            default:
-                throw fail("unknown key '\(k)' in performance (known: max-workers, pbs-entries-max)")
-            }
-        }
-        return value
     }
 
     /// Shell-like word splitting (Proxmox's `split_args`): whitespace

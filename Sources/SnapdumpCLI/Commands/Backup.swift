@@ -26,16 +26,18 @@ struct BackupCommand: AsyncParsableCommand {
     func parameters() throws -> BackupParameters {
         var props = options.properties()
         if !vmids.isEmpty { props.insert(("vmid", vmids.map(String.init).joined(separator: ",")), at: 0) }
-        do { return try BackupParameters(props) } catch { throw ValidationError("\(error)") }
+        do { return try BackupParameters(props) } catch { throw CLIError("\(error)") }
     }
 
     func run() async throws {
         let params = try parameters()
-        let log = TaskLog(echo: !(try params.options().quiet), jsonEvents: output.format != .text)
+        // vzdump.conf's `quiet` counts too, so resolve before the log exists.
+        let effective = try params.effective(paths: global.paths)
+        let log = TaskLog(echo: !effective.options.quiet, jsonEvents: output.format != .text)
         params.warnNotApplied(log)
         let interrupt = Interrupt()
         interrupt.install()
-        let job = try params.makeJob(paths: global.paths, log: log, interrupt: interrupt)
+        let job = try params.makeJob(paths: global.paths, log: log, interrupt: interrupt, effective: effective)
         let summaries = try await job.run()
         if output.format != .text {
             let enc = JSONEncoder()

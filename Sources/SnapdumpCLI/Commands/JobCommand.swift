@@ -33,7 +33,15 @@ struct JobScheduleArguments: ParsableArguments {
         return p
     }
 
-    func validateSchedule() throws {
+    /// The schedule parses; every value fits on its jobs.cfg line; booleans are Proxmox's.
+    func validate() throws {
+        for (k, v) in properties() {
+            if let problem = ConfigValue.problem(v) { throw CLIError("--\(k): \(problem)") }
+        }
+        for (k, v) in [("enabled", enabled), ("repeat-missed", repeatMissed)] {
+            if let v, ConfigValue.bool(v) == nil { throw CLIError("--\(k): invalid value '\(v)': expected 0 or 1") }
+        }
+        if let vmid { do { _ = try BackupParameters.vmidList(vmid, key: "vmid") } catch { throw CLIError("--vmid: \(error)") } }
         guard let schedule else { return }
         do { _ = try CalendarEvent(schedule) } catch let e as CalendarEventError { throw CLIError(e) }
     }
@@ -83,7 +91,7 @@ struct JobAdd: ParsableCommand {
         if let id, !BackupJobDefinition.isValidID(id) {
             throw ValidationError("invalid job id '\(id)': a letter, then letters, digits, '-' or '_'")
         }
-        try job.validateSchedule()
+        try job.validate()
         try options.validateValues()
     }
 
@@ -181,7 +189,7 @@ struct JobSet: ParsableCommand {
     @Option(help: "Keys to remove, comma-separated (e.g. 'comment,bwlimit').") var delete: String?
 
     func validate() throws {
-        try job.validateSchedule()
+        try job.validate()
         try options.validateValues()
     }
 
@@ -225,7 +233,7 @@ struct JobRun: AsyncParsableCommand {
         if let s = try store.read(job.id), s.isRunning, let pid = s.lastRun?.pid, kill(pid, 0) == 0 {
             throw CLIError("job '\(job.id)' is running (pid \(pid))")
         }
-        let quiet = (try? job.parameters.options().quiet) ?? false
+        let quiet = (try? job.parameters.effective(paths: paths).options.quiet) ?? false
         let scheduler = Scheduler(paths: paths, runner: BackupJobRunner(echo: !quiet), logger: Scheduler.silentLogger)
         let signals = [SIGINT, SIGTERM].map { sig -> DispatchSourceSignal in
             signal(sig, SIG_IGN)

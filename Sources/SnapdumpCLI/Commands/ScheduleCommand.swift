@@ -68,9 +68,15 @@ struct ScheduleAnalyze: ParsableCommand {
 
     static func parseStart(_ text: String?, zone: TimeZone) throws -> Date {
         guard let text else { return Date() }
-        if let epoch = Int64(text) { return Date(timeIntervalSince1970: TimeInterval(epoch)) }
+        let years = "\(Civil.supportedYears.lowerBound)-\(Civil.supportedYears.upperBound)"
+        if let epoch = Int64(text) {
+            guard Civil.supportedSeconds.contains(Double(epoch)) else {
+                throw CLIError("invalid --starttime '\(text)': seconds since the epoch must lie in the years \(years)")
+            }
+            return Date(timeIntervalSince1970: TimeInterval(epoch))
+        }
         guard let c = Civil.parse(text) else {
-            throw ValidationError("invalid --starttime '\(text)': expected \"YYYY-MM-DD HH:MM[:SS]\" (local time) or seconds since the epoch")
+            throw CLIError("invalid --starttime '\(text)': expected \"YYYY-MM-DD HH:MM[:SS]\" (local time, years \(years)) or seconds since the epoch")
         }
         // Events strictly after the start; a start at a whole second counts from that second.
         return c.date(in: zone)

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Backup
 import SnapdumpConfig
 import Storage
 import Repository
@@ -18,7 +19,7 @@ struct StorageAdd: ParsableCommand {
     @Option(help: "lvmthin: thin pool LV.") var thinpool: String?
     @Option(help: "lvm: 1 to zero LVs before removing them.") var saferemove: Int?
     @Option(help: "Content types: images,backup.") var content: String?
-    @Option(help: "dir only: 1 to snapshot raw files by reflink (XFS or btrfs underneath).") var reflink: Int?
+    @Option(help: "dir only: 1 to snapshot raw files by reflink (XFS or btrfs underneath).") var reflink: String?
     @Option(help: "Default image format: raw or qcow2.") var format: String?
     @Option(name: .customLong("encryption-key"), help: "repo only: key file (snapdump repo key create) encrypting new backups.")
     var encryptionKey: String?
@@ -36,7 +37,22 @@ struct StorageAdd: ParsableCommand {
                 contentSet.insert(ct)
             }
         }
-        if let reflink, reflink != 0 && reflink != 1 { throw StorageError(.invalidArgument, "--reflink must be 0 or 1") }
+        var useReflink = false
+        if let reflink {
+            guard let b = ConfigValue.bool(reflink) else { throw StorageError(.invalidArgument, "--reflink must be 0 or 1") }
+            useReflink = b
+        }
+        for (option, value) in [("path", path), ("pool", pool), ("content", content), ("prune-backups", pruneBackups),
+                                ("monhost", monhost), ("username", username), ("keyring", keyring), ("vgname", vgname),
+                                ("thinpool", thinpool)] {
+            if let value, let problem = ConfigValue.problem(value) { throw StorageError(.invalidArgument, "--\(option): \(problem)") }
+        }
+        if let pruneBackups {
+            // The same table entry as `backup --prune-backups` and vzdump.conf.
+            do { _ = try VzdumpValues.storagePruneBackups(pruneBackups, storage: storeid) } catch {
+                throw StorageError(.invalidArgument, "--prune-backups: \(error.message)")
+            }
+        }
         var fmt: VolumeFormat?
         if let format {
             guard let f = VolumeFormat(rawValue: format) else { throw StorageError(.invalidArgument, "unknown format '\(format)' (raw, qcow2)") }
@@ -45,7 +61,7 @@ struct StorageAdd: ParsableCommand {
         var path = self.path
         if let p = path, !p.hasPrefix("/") { path = FileManagerCWD.absolute(p) }
         let def = StorageDefinition(type: t, id: storeid, path: path, pool: pool, content: contentSet,
-                                    reflink: reflink == 1, format: fmt, pruneBackups: pruneBackups,
+                                    reflink: useReflink, format: fmt, pruneBackups: pruneBackups,
                                     monhost: monhost, username: username, keyring: keyring.map { $0.hasPrefix("/") ? $0 : FileManagerCWD.absolute($0) },
                                     vgname: vgname, thinpool: thinpool, saferemove: saferemove == 1,
                                     encryptionKey: encryptionKey.map(absolutePath))

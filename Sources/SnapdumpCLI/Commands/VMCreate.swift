@@ -1,5 +1,6 @@
 import ArgumentParser
 import Guest
+import SnapdumpConfig
 import Storage
 
 struct VMCreate: AsyncParsableCommand {
@@ -14,10 +15,28 @@ struct VMCreate: AsyncParsableCommand {
     @Option(help: "STOREID:SIZE_GB or volume id.") var scsi1: String?
     @Option(help: "STOREID:SIZE_GB or volume id.") var virtio0: String?
     @Option(help: "STOREID:SIZE_GB or volume id.") var virtio1: String?
-    @Option(help: "1 to enable the QEMU guest agent.") var agent: Int?
+    @Option(help: "1 to enable the QEMU guest agent, or enabled=1,freeze-fs-on-backup=0,….") var agent: String?
     @Option(help: "Kernel for direct boot.") var kernel: String?
     @Option var initrd: String?
     @Option(help: "Kernel command line.") var append: String?
+
+    /// The config keys given, checked by the rules `vm` commands apply when
+    /// they read the config back — before any disk is allocated.
+    func validate() throws {
+        let given: [(String, String?)] = [
+            ("name", name), ("memory", memory.map(String.init)), ("cores", cores.map(String.init)), ("agent", agent),
+            ("kernel", kernel.map(FileManagerCWD.absoluteIfRelative)), ("initrd", initrd.map(FileManagerCWD.absoluteIfRelative)),
+            ("append", append),
+        ]
+        for case let (key, value?) in given {
+            do { try VMConfig.check(key: key, value: value, what: "--\(key)") } catch let e as ConfigError {
+                throw CLIError("--\(e.message)") // the message starts with the key
+            }
+        }
+        for (key, spec) in [("scsi0", scsi0), ("scsi1", scsi1), ("virtio0", virtio0), ("virtio1", virtio1)] {
+            if let spec, let problem = ConfigValue.problem(spec) { throw CLIError("--\(key): \(problem)") }
+        }
+    }
 
     func run() async throws {
         let ctx = try VMContext(global)
@@ -27,7 +46,7 @@ struct VMCreate: AsyncParsableCommand {
         config.name = name
         config.memory = memory
         config.cores = cores
-        if let agent { config.agent = try .parse(agent == 1 ? "1" : "0", defaultKey: "enabled", what: "agent") }
+        if let agent { config.agent = try .parse(agent, defaultKey: "enabled", what: "agent") }
         config.kernel = kernel.map(FileManagerCWD.absoluteIfRelative)
         config.initrd = initrd.map(FileManagerCWD.absoluteIfRelative)
         config.append = append
@@ -48,7 +67,7 @@ struct VMCreate: AsyncParsableCommand {
                     volid = vol.description
                     size = new.bytes
                 } else {
-                    throw ValidationError("--\(key) '\(spec)': expected STOREID:SIZE_GB or an existing volume id")
+                    throw CLIError("--\(key) '\(spec)': expected STOREID:SIZE_GB or an existing volume id")
                 }
                 var opts = PropertyString()
                 opts["size"] = VMDiskSize.format(size)
