@@ -43,12 +43,11 @@ struct FleecingFakeTests {
             await peer.send(JSONValue.object(["return": value, "id": id]).encoded() + "\r\n")
         }
 
-        func event(_ name: String, _ data: JSONValue) async {
-            await peer.send(JSONValue.object(["event": .string(name), "data": data]).encoded() + "\r\n")
-        }
-
-        /// An event written at once, past the peer's queue, which the serve loop blocks while it waits for a request.
-        func eventWhileIdle(_ name: String, _ data: JSONValue) {
+        /// An event, written at once rather than through the peer's queue: while the serve loop waits for a
+        /// request, its read holds that queue for up to 30 s, and an event queued behind it would reach the
+        /// client only after the fake had stopped serving. (A reply is written before any event that
+        /// follows it: `reply` returns once it is sent.)
+        func event(_ name: String, _ data: JSONValue) {
             let bytes = Array((JSONValue.object(["event": .string(name), "data": data]).encoded() + "\r\n").utf8)
             _ = bytes.withUnsafeBytes { Glibc.send(peer.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         }
@@ -84,7 +83,7 @@ struct FleecingFakeTests {
                     let x = a["id"]!.stringValue!
                     exports.removeAll { $0 == x }
                     await reply(id, [:])
-                    await event("BLOCK_EXPORT_DELETED", ["id": .string(x)])
+                    event("BLOCK_EXPORT_DELETED", ["id": .string(x)])
                 case "nbd-server-stop":
                     nbdRunning = false
                     await reply(id, [:])
@@ -160,7 +159,7 @@ struct FleecingFakeTests {
         let f = try await Fleecing.start(qmp: qmp, connect: { throw CancellationError() }, vmid: 100, disks: [.init(key: "scsi0", image: "/fl/vm-100-fleece-0.qcow2", threshold: 1 << 20)],
                                          socket: "/run/x.nbd", log: { lines.append($0) })
         qemu.status = "io-error"
-        await qemu.event("BLOCK_WRITE_THRESHOLD", ["node-name": "snapdump-fleece-scsi0-file", "write-threshold": 1048576, "amount-exceeded": 4096])
+        qemu.event("BLOCK_WRITE_THRESHOLD", ["node-name": "snapdump-fleece-scsi0-file", "write-threshold": 1048576, "amount-exceeded": 4096])
         await server.value  // the abort closes the connection
         let failure = try #require(await f.failure)
         #expect(failure.contains("fleecing image /fl/vm-100-fleece-0.qcow2 of scsi0 grew past 1.0 MiB"), "\(failure)")
@@ -184,7 +183,7 @@ struct FleecingFakeTests {
         #expect(qemu.connects == 1)
         #expect(await f.failure == nil, "nothing happened meanwhile")
         #expect(qemu.commands.suffix(3) == ["query-status", "query-block-jobs", "query-named-block-nodes"])
-        qemu.eventWhileIdle("BLOCK_WRITE_THRESHOLD", ["node-name": "snapdump-fleece-scsi0-file", "write-threshold": 1048576, "amount-exceeded": 4096])
+        qemu.event("BLOCK_WRITE_THRESHOLD", ["node-name": "snapdump-fleece-scsi0-file", "write-threshold": 1048576, "amount-exceeded": 4096])
         for _ in 0..<200 where await f.failure == nil { try await Task.sleep(for: .milliseconds(10)) }
         #expect(await f.failure?.contains("grew past 1.0 MiB") == true)
         try await f.teardown()
