@@ -6,7 +6,7 @@ import TestSupport
 @testable import Backup
 
 @Suite("Fleecing settings and limits")
-struct FleecingTests {
+struct FleecingSettingsTests {
     @Test func parsesProxmoxSyntax() throws {
         #expect(try FleecingSettings(parsing: "enabled=1,storage=local") == FleecingSettings(enabled: true, storage: "local"))
         #expect(try FleecingSettings(parsing: "1") == FleecingSettings(enabled: true, storage: nil))
