@@ -1,8 +1,10 @@
 import SnapdumpConfig
 
 /// vzdump's `fleecing` option, Proxmox property string
-/// `[[enabled=]<1|0>][,storage=<id>]`: copy-before-write scratch space on a
-/// storage, so a slow backup target does not slow the guest's writes.
+/// `[[enabled=]<1|0>][,storage=<id>]`, parsed once (`VzdumpOption.table`).
+/// Enabled, snapshot mode of a running guest whose disks cannot be
+/// snapshotted by their storage uses QEMU backup fleecing (`FleecingBackup`)
+/// instead of the suspend fallback; the fleecing images go to `storage`.
 public struct FleecingSettings: Sendable, Equatable, CustomStringConvertible {
     public var enabled: Bool
     /// The storage the fleecing images go to.
