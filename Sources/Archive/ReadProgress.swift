@@ -10,8 +10,10 @@ public final class ReadProgress: @unchecked Sendable {
     private let total: UInt64
     private let interval: TimeInterval
     private let emit: (String) -> Void
-    private let started = Date()
-    private var lastLine = Date.distantPast
+    private let started: Date
+    /// The first line comes after `interval` (or at the end), not at 0 %: a
+    /// quick read, or one that fails at once, prints no progress at all.
+    private var lastLine: Date
     private var lastPercent = -1
     public private(set) var bytesRead: UInt64 = 0
     public private(set) var sparseBytes: UInt64 = 0
@@ -20,6 +22,8 @@ public final class ReadProgress: @unchecked Sendable {
         self.total = total
         self.interval = interval
         self.emit = emit
+        started = Date()
+        lastLine = started
     }
 
     func add(_ c: VMAReader.Cluster) {
