@@ -101,7 +101,15 @@ backup() {
   shift
   say "$label"
   watch_heartbeats & local watcher=$!
-  "$SD" backup 100 --mode snapshot --storage local --compress zstd --zstd 0 --output-format json "$@" > "$DEMO/last.json"
+  # The summary as JSON on stdout; the task log (JSON events on stderr) shown as vzdump's text lines.
+  "$SD" backup 100 --mode snapshot --storage local --compress zstd --zstd 0 --output-format json "$@" > "$DEMO/last.json" \
+    2> >(python3 -c 'import json, sys
+for line in sys.stdin:
+    try:
+        e = json.loads(line)
+        print(e["level"] + ": " + e["message"], file=sys.stderr, flush=True)
+    except (ValueError, KeyError):
+        print(line, end="", file=sys.stderr, flush=True)')
   kill "$watcher"; wait "$watcher" 2>/dev/null || true
   python3 - "$DEMO/last.json" "$DEMO/beats.txt" >> "$RESULTS" <<'PY'
 import json, sys
