@@ -41,7 +41,9 @@ build: deps
 # Self-contained binaries: only Debian's libraries (libc, libzstd, libnbd, libssl, zlib) are
 # loaded, and only from the system's directories (no $ORIGIN run path).
 release: deps
-	$(SWIFT) build -c release --static-swift-stdlib --disable-local-rpath --scratch-path $(STATIC_BUILD)
+	# By product: a plain build would also build TestSupport, which needs swift-testing (tests only).
+	$(SWIFT) build -c release --static-swift-stdlib --disable-local-rpath --scratch-path $(STATIC_BUILD) --product snapdump
+	$(SWIFT) build -c release --static-swift-stdlib --disable-local-rpath --scratch-path $(STATIC_BUILD) --product snapdumpd
 	scripts/package/check-static.sh $(STATIC_BIN)/snapdump $(STATIC_BIN)/snapdumpd
 
 # Man pages and shell completions from the ArgumentParser definitions.

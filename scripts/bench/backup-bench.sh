@@ -27,7 +27,7 @@ log() { echo "bench: $*" >&2; }
 
 cleanup() { rm -rf "$WORK"; }
 trap cleanup EXIT
-[ -n "${SKIP_BUILD:-}" ] || (cd "$ROOT" && swift build -c release 2>&1 | tail -1 >&2)
+[ -n "${SKIP_BUILD:-}" ] || (cd "$ROOT" && swift build -c release --product snapdump 2>&1 | tail -1 >&2)
 mkdir -p "$WORK/store" "$WORK/out"
 export SNAPDUMP_CONFIG_DIR=$WORK/etc
 "$SD" storage add dir local --path "$WORK/store" --content images,backup

@@ -43,7 +43,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 [ "$(id -u)" = 0 ] || { echo "fleecing-bench: needs root (loop XFS)" >&2; exit 1; }
-[ -x "$SD" ] || (cd "$ROOT" && swift build -c release 2>&1 | tail -1 >&2)
+[ -x "$SD" ] || (cd "$ROOT" && swift build -c release --product snapdump 2>&1 | tail -1 >&2)
 "$ROOT/scripts/test-guest/build.sh" "$GUEST" >/dev/null
 
 mkdir -p "$WORK/xfs" "$WORK/fl" "$WORK/bk"

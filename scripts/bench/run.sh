@@ -2,7 +2,7 @@
 # `make bench`: every benchmark, release build; reports go to stdout and .build/bench/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-swift build -c release 2>&1 | tail -1
+swift build -c release --product snapdump 2>&1 | tail -1
 SKIP_BUILD=1 scripts/bench/storage-bench.sh
 SKIP_BUILD=1 scripts/bench/backup-bench.sh
 scripts/bench/fleecing-bench.sh
