@@ -12,11 +12,7 @@ struct RestoreTests {
     func makeBackup(_ label: String, compress: String = "zstd") throws -> (dir: String, archive: String, disk: String) {
         let dir = try Integration.scratchDirectory("restore-\(label)")
         try FileSystem.createDirectory(dir + "/store")
-        func must(_ a: [String]) throws -> SnapdumpBinary.Result {
-            let r = try SnapdumpBinary.run(a, configDir: dir)
-            guard r.status == 0 else { throw HarnessError("\(a): \(r)") }
-            return r
-        }
+        func must(_ a: [String]) throws -> SnapdumpBinary.Result { try SnapdumpBinary.must(a, configDir: dir) }
         _ = try must(["storage", "add", "dir", "local", "--path", dir + "/store", "--content", "images,backup"])
         _ = try must(["vm", "create", "100", "--name", "web", "--memory", "128", "--scsi0", "local:24M"])
         let disk = try must(["volume", "path", "local:100/vm-100-disk-0.raw"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)

@@ -36,6 +36,20 @@ public enum SnapdumpBinary {
         return SourceTree.root + "/.build/debug/" + name
     }
 
+    /// Runs `snapdump <args>` and throws (with the whole result) unless it exits 0: for set-up steps.
+    @discardableResult
+    public static func must(_ args: [String], configDir: String? = nil) throws -> Result {
+        let r = try run(args, configDir: configDir)
+        guard r.status == 0 else { throw Failed(args: args, result: r) }
+        return r
+    }
+
+    public struct Failed: Error, CustomStringConvertible {
+        public var args: [String]
+        public var result: Result
+        public var description: String { "snapdump \(args.joined(separator: " ")): \(result)" }
+    }
+
     /// Runs `snapdump <args>` with `--config-dir` prepended when given; never throws for a non-zero exit.
     public static func run(_ args: [String], configDir: String? = nil, environment: [String: String] = [:]) throws -> Result {
         var argv = [binary] + args
