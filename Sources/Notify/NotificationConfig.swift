@@ -74,8 +74,8 @@ public struct NotificationConfig: Sendable {
 
     static func bool(_ s: SectionConfig.Section, _ key: String) throws -> Bool {
         guard let v = s[key] else { return false }
-        switch v { case "1": return true; case "0": return false
-        default: throw NotifyError("invalid value '\(v)' for \(key): expected 0 or 1") }
+        guard let b = ConfigValue.bool(v) else { throw NotifyError("invalid value '\(v)' for \(key): expected 0 or 1") }
+        return b
     }
 
     static func addresses(_ s: SectionConfig.Section) throws -> [String] {

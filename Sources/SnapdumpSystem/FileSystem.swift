@@ -15,6 +15,14 @@ public enum FileSystem {
         return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
     }
 
+    /// A directory on another filesystem than its parent, or `/` (the test
+    /// `mountpoint -q` makes; bind mounts of the same filesystem are not seen).
+    public static func isMountPoint(_ path: String) -> Bool {
+        var st = stat(), parent = stat()
+        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, stat(path + "/..", &parent) == 0 else { return false }
+        return st.st_dev != parent.st_dev || st.st_ino == parent.st_ino
+    }
+
     public static func isBlockDevice(_ path: String) -> Bool {
         var st = stat()
         return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFBLK

@@ -27,6 +27,13 @@ public struct StorageDefinition: Sendable, Equatable {
     public var content: Set<ContentType>
     /// `dir` only: snapshots by FICLONE of raw files (XFS or btrfs underneath).
     public var reflink: Bool
+    /// `dir`: create the path when it is missing (Proxmox's `create-base-path`,
+    /// formerly `mkdir`; default 1).
+    public var createBasePath: Bool
+    /// `dir`: the path (`yes`/`1`) or another directory that must be a mount
+    /// point for the storage to be active (Proxmox's `is_mountpoint`), so a
+    /// backup never lands on the root filesystem when a disk is not mounted.
+    public var isMountpoint: String?
     /// Default format for new volumes (`dir`: raw unless set).
     public var format: VolumeFormat?
     public var pruneBackups: String?
@@ -53,7 +60,7 @@ public struct StorageDefinition: Sendable, Equatable {
                 pruneBackups: String? = nil, disabled: Bool = false,
                 monhost: String? = nil, username: String? = nil, keyring: String? = nil,
                 vgname: String? = nil, thinpool: String? = nil, saferemove: Bool = false,
-                encryptionKey: String? = nil) {
+                encryptionKey: String? = nil, createBasePath: Bool = true, isMountpoint: String? = nil) {
         self.type = type
         self.id = id
         self.path = path
@@ -70,11 +77,25 @@ public struct StorageDefinition: Sendable, Equatable {
         self.thinpool = thinpool
         self.saferemove = saferemove
         self.encryptionKey = encryptionKey
+        self.createBasePath = createBasePath
+        self.isMountpoint = isMountpoint
+    }
+
+    /// The directory that must be a mount point, if any: `is_mountpoint yes`
+    /// means the storage's path itself.
+    public var requiredMountPoint: String? {
+        guard let m = isMountpoint else { return nil }
+        switch ConfigValue.bool(m) {
+        case true?: return path
+        case false?: return nil
+        case nil: return m
+        }
     }
 
     /// Keys each type accepts in storage.cfg; anything else is an error.
     public static let schema: SectionConfig.Schema = [
-        "dir": ["path", "content", "reflink", "format", "prune-backups", "disable", "shared", "nodes", "mkdir", "is_mountpoint"],
+        "dir": ["path", "content", "reflink", "format", "prune-backups", "disable", "shared", "nodes", "mkdir",
+                "create-base-path", "create-subdirs", "is_mountpoint"],
         "btrfs": ["path", "content", "format", "prune-backups", "disable", "nodes", "is_mountpoint"],
         "zfspool": ["pool", "content", "sparse", "blocksize", "mountpoint", "disable", "nodes"],
         "rbd": ["pool", "monhost", "username", "keyring", "krbd", "content", "disable", "nodes"],
@@ -88,12 +109,12 @@ public struct StorageDefinition: Sendable, Equatable {
         guard let type = StorageType(rawValue: s.type) else {
             throw ConfigError(file: file, line: s.line, "unknown storage type '\(s.type)'")
         }
-        func bool(_ key: String) throws -> Bool {
-            switch s[key] {
-            case nil, "0": return false
-            case "1": return true
-            case let v?: throw ConfigError(file: file, line: s.line, "storage '\(s.id)': \(key) must be 0 or 1, got '\(v)'")
+        func bool(_ key: String, default d: Bool = false) throws -> Bool {
+            guard let v = s[key] else { return d }
+            guard let b = ConfigValue.bool(v) else {
+                throw ConfigError(file: file, line: s.line, "storage '\(s.id)': \(key) must be 0 or 1, got '\(v)'")
             }
+            return b
         }
         var content: Set<ContentType> = []
         for c in (s["content"] ?? (s.type == StorageType.repo.rawValue ? "backup" : "images")).split(separator: ",") {
@@ -113,7 +134,13 @@ public struct StorageDefinition: Sendable, Equatable {
                   reflink: try bool("reflink"), format: format, pruneBackups: s["prune-backups"],
                   disabled: try bool("disable"), monhost: s["monhost"], username: s["username"], keyring: s["keyring"],
                   vgname: s["vgname"], thinpool: s["thinpool"], saferemove: try bool("saferemove"),
-                  encryptionKey: s["encryption-key"])
+                  encryptionKey: s["encryption-key"],
+                  // `mkdir` is the older name; Proxmox lets create-base-path win when both are set.
+                  createBasePath: try bool(s["create-base-path"] != nil ? "create-base-path" : "mkdir", default: true),
+                  isMountpoint: s["is_mountpoint"])
+        if let m = isMountpoint, ConfigValue.bool(m) == nil, !m.hasPrefix("/") {
+            throw ConfigError(file: file, line: s.line, "storage '\(id)': is_mountpoint must be yes, no or an absolute path, got '\(m)'")
+        }
         switch type {
         case .dir, .btrfs:
             guard let p = path, p.hasPrefix("/") else {
@@ -180,6 +207,8 @@ public struct StorageDefinition: Sendable, Equatable {
         s["thinpool"] = thinpool
         if saferemove { s["saferemove"] = "1" }
         s["encryption-key"] = encryptionKey
+        if !createBasePath { s["create-base-path"] = "0" }
+        s["is_mountpoint"] = isMountpoint
         return s
     }
 }

@@ -112,7 +112,10 @@ struct CLIBadInputTests {
         let cases: [([String], [String])] = [
             (["storage", "add", "dir", "bad/id", "--path", s.dataDir], ["invalid storage id 'bad/id'"]),
             (["storage", "add", "dir", "9x", "--path", s.dataDir], ["invalid storage id '9x'"]),
-            (["storage", "add", "dir", "x", "--path", "/nonexistent/snapdump-test"], ["'x'", "/nonexistent/snapdump-test"]),
+            // A missing path is created (as pvesm does) unless create-base-path is 0.
+            (["storage", "add", "dir", "x", "--path", "/nonexistent/snapdump-test", "--create-base-path", "0"], ["'x'", "/nonexistent/snapdump-test"]),
+            (["storage", "add", "dir", "x", "--path", "/nonexistent/snapdump-test", "--is_mountpoint", "yes"], ["'x'", "/nonexistent/snapdump-test", "not mounted"]),
+            (["storage", "add", "zfspool", "x", "--pool", zpool, "--create-base-path", "1"], ["dir storages only"]),
             (["storage", "add", "dir", "x", "--path", s.dataDir, "--content", "images,isos"], ["unknown content type 'isos'"]),
             (["storage", "add", "dir", "x", "--path", s.dataDir, "--format", "vmdk"], ["unknown format 'vmdk'"]),
             (["storage", "add", "dir", "x", "--path", s.dataDir, "--reflink", "2"], ["reflink", "0 or 1"]),
@@ -144,7 +147,7 @@ struct CLIBadInputTests {
             ("dir: local\n\tpath \(s.dataDir)\n\tpath /other\n", 3, "duplicate key 'path'"),
             ("dir: local\n\tpath \(s.dataDir)\n\ndir: local\n\tpath /x\n", 4, "duplicate id 'local'"),
             ("\tpath /x\n", 1, "outside a section"),
-            ("dir: local\n\tpath \(s.dataDir)\n\treflink yes\n", 1, "reflink must be 0 or 1"),
+            ("dir: local\n\tpath \(s.dataDir)\n\treflink maybe\n", 1, "reflink must be 0 or 1"),
         ]
         for (text, line, what) in cases {
             try Data(text.utf8).write(to: URL(fileURLWithPath: s.storageConfig))

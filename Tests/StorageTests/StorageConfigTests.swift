@@ -107,17 +107,19 @@ struct StorageConfigTests {
         ("btrfs: a\n", "needs an absolute 'path'"),
         ("zfspool: a\n\tcontent images\n", "zfspool needs 'pool'"),
         ("zfspool: a\n\tpool tank\n\tcontent backup\n", "cannot hold content 'backup'"),
-        ("dir: a\n\tpath /x\n\treflink yes\n", "reflink must be 0 or 1, got 'yes'"),
+        ("dir: a\n\tpath /x\n\treflink maybe\n", "reflink must be 0 or 1, got 'maybe'"),
+        ("dir: a\n\tpath /x\n\tis_mountpoint mnt/backup\n", "is_mountpoint must be yes, no or an absolute path"),
+        ("dir: a\n\tpath /x\n\tcreate-base-path 2\n", "create-base-path must be 0 or 1"),
         ("dir: a\n\tpath /x\n\tdisable 2\n", "disable must be 0 or 1"),
         ("dir: a\n\tpath /x\n\tcontent images,iso\n", "unknown content type 'iso'"),
         ("dir: a\n\tpath /x\n\tformat vmdk\n", "unknown format 'vmdk'"),
         ("rbd: a\n\tpool p\n\tkrbd 1\n", "krbd 1 maps images with the kernel rbd module"),
-        ("rbd: a\n\tkrbd yes\n", "krbd must be 0 or 1"),
+        ("rbd: a\n\tkrbd 2\n", "krbd must be 0 or 1"),
         ("rbd: a\n\tcontent images,backup\n", "rbd cannot hold content 'backup'"),
         ("rbd: a\n\tkeyring ceph.keyring\n", "keyring must be an absolute path, got 'ceph.keyring'"),
         ("lvm: a\n\tcontent images\n", "lvm needs 'vgname'"),
         ("lvmthin: a\n\tvgname pve\n", "lvmthin needs 'thinpool'"),
-        ("lvm: a\n\tvgname pve\n\tsaferemove yes\n", "saferemove must be 0 or 1"),
+        ("lvm: a\n\tvgname pve\n\tsaferemove sure\n", "saferemove must be 0 or 1"),
         ("lvm: a\n\tvgname pve\n\tbase iscsi:0.0.1.scsi-x\n", "'base' (a VG on an iSCSI LUN) is not supported"),
         ("lvmthin: a\n\tvgname pve\n\tthinpool data\n\tcontent backup\n", "lvmthin cannot hold content 'backup'"),
     ] as [(String, String)])
@@ -153,6 +155,48 @@ struct StorageConfigTests {
         #expect(defs[0].vgname == "pve" && defs[0].thinpool == "data" && !defs[0].saferemove)
         #expect(defs[1].vgname == "vg0" && defs[1].thinpool == nil && defs[1].saferemove)
         for d in defs { #expect(try StorageDefinition(section: d.section, file: "x") == d) }
+    }
+
+    /// Booleans as Proxmox writes them (`yes`, `on`, `true`), and the dir
+    /// activation keys: `mkdir` is the old name of `create-base-path`.
+    @Test func proxmoxBooleansAndDirActivationKeys() throws {
+        let text = "dir: a\n\tpath /x\n\treflink yes\n\tmkdir 0\n\tis_mountpoint yes\n\ndir: b\n\tpath /y\n\tis_mountpoint /mnt/usb\n\tcreate-base-path off\n\tmkdir 1\n"
+        let defs = try StorageConfigFile.parseForTest(text)
+        #expect(defs[0].reflink && !defs[0].createBasePath && defs[0].requiredMountPoint == "/x")
+        #expect(!defs[1].createBasePath && defs[1].requiredMountPoint == "/mnt/usb")
+        let plain = try #require(try StorageConfigFile.parseForTest("dir: c\n\tpath /z\n\tis_mountpoint no\n").first)
+        #expect(plain.createBasePath && plain.requiredMountPoint == nil)
+        for d in defs + [plain] { #expect(try StorageDefinition(section: d.section, file: "x") == d) }
+    }
+
+    /// A missing path is created on activation (as pvesm does) unless
+    /// `create-base-path 0`; `is_mountpoint` keeps a storage whose disk is not
+    /// mounted inactive, and then nothing is created under the mount point.
+    @Test func dirActivationCreatesPathOrRefuses() throws {
+        let dir = try Integration.scratchDirectory("dir-activate")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let made = "\(dir)/new/store"
+        try DirectoryPlugin(StorageDefinition(type: .dir, id: "a", path: made)).activate()
+        #expect(FileSystem.isDirectory(made))
+
+        let refused = "\(dir)/missing"
+        #expect(throws: StorageError.self) {
+            try DirectoryPlugin(StorageDefinition(type: .dir, id: "b", path: refused, createBasePath: false)).activate()
+        }
+        #expect(!FileSystem.exists(refused))
+
+        let notMounted = "\(dir)/usb"
+        let d = StorageDefinition(type: .dir, id: "usb", path: "\(notMounted)/dump", isMountpoint: notMounted)
+        do {
+            try DirectoryPlugin(d).activate()
+            Issue.record("a storage on an unmounted mount point was activated")
+        } catch let e as StorageError {
+            #expect(e.message.contains("storage 'usb'") && e.message.contains("not mounted"), "\(e)")
+        }
+        #expect(!FileSystem.exists(notMounted))
+        #expect(try DirectoryPlugin(d).status().active == false)
+        // `/` is a mount point: the same storage below it is active.
+        #expect(FileSystem.isMountPoint("/") && !FileSystem.isMountPoint(dir))
     }
 
     @Test func loadSaveRoundTrip() throws {

@@ -23,6 +23,10 @@ struct StorageAdd: ParsableCommand {
     @Option(help: "Default image format: raw or qcow2.") var format: String?
     @Option(name: .customLong("encryption-key"), help: "repo only: key file (snapdump repo key create) encrypting new backups.")
     var encryptionKey: String?
+    @Option(name: .customLong("create-base-path"), help: "dir only: 0 to refuse a missing path instead of creating it (default 1).")
+    var createBasePath: String?
+    @Option(name: .customLong("is_mountpoint"), help: "dir only: yes, or a directory, that must be a mount point for the storage to be active.")
+    var isMountpoint: String?
     @Option(name: .customLong("prune-backups"), help: "Retention, e.g. keep-last=3,keep-daily=7.") var pruneBackups: String?
 
     func run() throws {
@@ -44,7 +48,7 @@ struct StorageAdd: ParsableCommand {
         }
         for (option, value) in [("path", path), ("pool", pool), ("content", content), ("prune-backups", pruneBackups),
                                 ("monhost", monhost), ("username", username), ("keyring", keyring), ("vgname", vgname),
-                                ("thinpool", thinpool)] {
+                                ("thinpool", thinpool), ("is_mountpoint", isMountpoint)] {
             if let value, let problem = ConfigValue.problem(value) { throw StorageError(.invalidArgument, "--\(option): \(problem)") }
         }
         if let pruneBackups {
@@ -52,6 +56,14 @@ struct StorageAdd: ParsableCommand {
             do { _ = try VzdumpValues.storagePruneBackups(pruneBackups, storage: storeid) } catch {
                 throw StorageError(.invalidArgument, "--prune-backups: \(error.message)")
             }
+        }
+        var createBase = true
+        if let createBasePath {
+            guard let b = ConfigValue.bool(createBasePath) else { throw StorageError(.invalidArgument, "--create-base-path must be 0 or 1") }
+            createBase = b
+        }
+        if (createBasePath != nil || isMountpoint != nil) && t != .dir {
+            throw StorageError(.invalidArgument, "--create-base-path and --is_mountpoint apply to dir storages only")
         }
         var fmt: VolumeFormat?
         if let format {
@@ -64,7 +76,8 @@ struct StorageAdd: ParsableCommand {
                                     reflink: useReflink, format: fmt, pruneBackups: pruneBackups,
                                     monhost: monhost, username: username, keyring: keyring.map { $0.hasPrefix("/") ? $0 : FileManagerCWD.absolute($0) },
                                     vgname: vgname, thinpool: thinpool, saferemove: saferemove == 1,
-                                    encryptionKey: encryptionKey.map(absolutePath))
+                                    encryptionKey: encryptionKey.map(absolutePath),
+                                    createBasePath: createBase, isMountpoint: isMountpoint)
         if encryptionKey != nil && t != .repo {
             throw StorageError(.invalidArgument, "--encryption-key applies to repo storages only")
         }

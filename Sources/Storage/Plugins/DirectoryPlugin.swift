@@ -19,6 +19,13 @@ public struct DirectoryPlugin: StoragePlugin {
     var root: String { layout.root }
 
     public func activate() throws {
+        if let m = definition.requiredMountPoint, !FileSystem.isMountPoint(m) {
+            throw StorageError(.backend, "storage '\(id)': directory \(m) is expected to be a mount point but is not mounted")
+        }
+        if !FileSystem.isDirectory(root) && definition.createBasePath && !FileSystem.exists(root) {
+            // As pvesm: the base path is made on activation (mode 0755 like mkpath; data below it stays 0700).
+            try FileSystem.createDirectory(root, mode: 0o755)
+        }
         guard FileSystem.isDirectory(root) else {
             throw StorageError(.backend, "storage '\(id)': path \(root) does not exist or is not a directory")
         }
@@ -42,7 +49,7 @@ public struct DirectoryPlugin: StoragePlugin {
     }
 
     public func status() throws -> StorageStatus {
-        let active = FileSystem.isDirectory(root)
+        let active = FileSystem.isDirectory(root) && definition.requiredMountPoint.map(FileSystem.isMountPoint) != false
         let u = active ? try FileSystem.usage(root) : (0, 0, 0)
         let snaps = definition.reflink ? "raw (reflink), qcow2 (offline)" : "qcow2 (offline) only"
         return StorageStatus(id: id, type: .dir, active: active, total: u.0, used: u.1, available: u.2, snapshots: snaps)
