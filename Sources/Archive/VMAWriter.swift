@@ -15,6 +15,13 @@ import SnapdumpSystem
 /// interleave), `finish` (flush, rewrite header, fsync), `commit(to:)`
 /// (rename, fsync directory). `abort()` — or dropping an uncommitted writer —
 /// removes the `.dat`. Used from one thread at a time (not Sendable).
+///
+/// Streaming (`init(stream:…)`, `backup --stdout`): the archive goes to a
+/// pipe in one pass — the same header region and extents, written in order,
+/// never rewritten. So it carries no `snapdump.json` (its digests are known
+/// only at the end). `finish` ends the stream and closes it; there is no
+/// `commit`. `abort()` closes the stream where it is: the reader sees a cut
+/// archive (a missing cluster, or a zstd/gzip stream without its end).
 public final class VMAWriter {
     public struct Statistics: Sendable {
         /// Clusters added (data and zero).
@@ -43,6 +50,11 @@ public final class VMAWriter {
 
     private enum State { case open, finished, committed, aborted, failed }
     private var state = State.open
+    /// Where the archive goes: a new `.dat` file, or a stream written in order.
+    private enum Target { case file, stream }
+    private let target: Target
+    /// True for a writer made with `init(stream:…)`.
+    public var isStreaming: Bool { target == .stream }
     private var file: File?
     private var output: any CompressingOutput
     private let regionSize: Int
@@ -64,8 +76,24 @@ public final class VMAWriter {
     /// Creates (or truncates) the `.dat` file at `path` and writes the
     /// header region. `configs` must not include `snapdump.json`; pass
     /// `reservedMetadataSize` to reserve its room (see `SnapdumpMetadata.reservedSize`).
-    public init(path: String, uuid: UUID = UUID(), ctime: Int64, devices: [VMADevice], configs: [VMAConfigBlob],
-                reservedMetadataSize: Int?, compression: Compression) throws(ArchiveError) {
+    public convenience init(path: String, uuid: UUID = UUID(), ctime: Int64, devices: [VMADevice], configs: [VMAConfigBlob],
+                            reservedMetadataSize: Int?, compression: Compression) throws(ArchiveError) {
+        try self.init(target: .file, path: path, stream: nil, uuid: uuid, ctime: ctime, devices: devices, configs: configs,
+                      reservedMetadataSize: reservedMetadataSize, compression: compression)
+    }
+
+    /// Writes the archive to `stream` (a pipe, or any descriptor written in
+    /// order; the writer owns and closes it): the header at once, then the
+    /// extents as clusters are added. No `snapdump.json`: see the type's doc.
+    public convenience init(stream: File, uuid: UUID = UUID(), ctime: Int64, devices: [VMADevice], configs: [VMAConfigBlob],
+                            compression: Compression) throws(ArchiveError) {
+        try self.init(target: .stream, path: stream.path, stream: stream, uuid: uuid, ctime: ctime, devices: devices, configs: configs,
+                      reservedMetadataSize: nil, compression: compression)
+    }
+
+    private init(target: Target, path: String, stream: File?, uuid: UUID, ctime: Int64, devices: [VMADevice], configs: [VMAConfigBlob],
+                 reservedMetadataSize: Int?, compression: Compression) throws(ArchiveError) {
+        self.target = target
         self.path = path
         self.compression = compression
         self.uuid = uuid
@@ -95,17 +123,21 @@ public final class VMAWriter {
         regionSize = region.count
 
         let f: File
-        do {
-            f = try File.createNew(path)
-        } catch {
-            throw ArchiveError(.io, path: path, "cannot create archive", cause: error as? SystemError)
+        if let stream {
+            f = stream
+        } else {
+            do {
+                f = try File.createNew(path)
+            } catch {
+                throw ArchiveError(.io, path: path, "cannot create archive", cause: error as? SystemError)
+            }
         }
         do throws(ArchiveError) {
             try withBytes(region) { (b) throws(ArchiveError) in try writeFile(f, b, at: 0) }
             output = try makeOutput(compression, file: f, startOffset: UInt64(region.count))
         } catch {
             try? f.close()
-            unlink(path)
+            if target == .file { unlink(path) }
             throw error
         }
         file = f
@@ -254,6 +286,7 @@ public final class VMAWriter {
             }
         }
         guard let file else { throw ArchiveError(.invalidArgument, path: path, "archive file closed") }
+        if target == .stream { return try finishStream(file) }
         do throws(ArchiveError) {
             try flushExtent()
             let end = try output.finish()
@@ -276,9 +309,28 @@ public final class VMAWriter {
         state = .finished
     }
 
+    /// A stream's end: the last extent and the compressed stream's end, then
+    /// the stream is closed (its reader sees the end of the archive). Nothing
+    /// to rewrite, rename or fsync: the stream is complete once written.
+    private func finishStream(_ file: File) throws(ArchiveError) {
+        do throws(ArchiveError) {
+            try flushExtent()
+            statistics.fileBytes = try output.finish()
+            do { try file.close() } catch {
+                throw ArchiveError(.io, path: path, "cannot close archive stream", cause: error as? SystemError)
+            }
+        } catch {
+            state = .failed
+            throw error
+        }
+        self.file = nil
+        state = .committed
+    }
+
     /// Renames the finished `.dat` to `finalPath` (which must not exist) and
     /// fsyncs its directory: only now is the archive visible.
     public func commit(to finalPath: String) throws(ArchiveError) {
+        guard target == .file else { throw ArchiveError(.invalidArgument, path: path, "a stream has no commit: finish ends it") }
         guard state == .finished else {
             throw ArchiveError(.invalidArgument, path: path, "commit before finish")
         }
@@ -299,13 +351,13 @@ public final class VMAWriter {
         }
     }
 
-    /// Closes and removes the `.dat` file (on error or cancel). Idempotent;
-    /// does nothing after `commit`.
+    /// Closes and removes the `.dat` file (on error or cancel); a stream is
+    /// only closed. Idempotent; does nothing after `commit` (or a stream's `finish`).
     public func abort() {
         guard state != .committed && state != .aborted else { return }
         if let file { try? file.close() }
         file = nil
-        unlink(path)
+        if target == .file { unlink(path) }
         state = .aborted
     }
 }

@@ -20,6 +20,10 @@ public final class BackupJob {
     public var settings = BackupSettings()
     /// The scheduled job this run belongs to (`job-id` for notification matchers).
     public var jobID: String?
+    /// `--stdout`: the one guest's archive is written to this stream (the
+    /// job owns it from now on) — no archive file, no `.log` beside it, no
+    /// prune, notes or protection; the task log goes to stderr only.
+    public var stream: File?
 
     public init(options: BackupOptions, paths: SnapdumpPaths, log: TaskLog, interrupt: Interrupt = Interrupt()) {
         self.options = options
@@ -156,8 +160,17 @@ public final class BackupJob {
         for v in vmids where !VMConfig.exists(vmid: v, paths: paths) {
             throw BackupError("unable to find configuration file for VM \(v) (\(paths.vmConfig(v)))")
         }
-        let dumpdir = try Self.dumpDirectory(options: options, storages: storages)
-        try FileSystem.createDirectory(dumpdir)
+        if stream != nil && vmids.count != 1 {
+            throw BackupError("you can only backup a single VM with option --stdout (selected: \(vmids.map(String.init).joined(separator: ", ")))")
+        }
+        let dumpdir: String
+        if stream == nil {
+            dumpdir = try Self.dumpDirectory(options: options, storages: storages)
+            try FileSystem.createDirectory(dumpdir)
+        } else {
+            // Nothing is written there; it only names where a killed file-mode run may have left a `.dat`.
+            dumpdir = (try? Self.dumpDirectory(options: options, storages: storages)) ?? ""
+        }
         let hook = settings.script.map { HookScript(path: $0, storeID: options.target.storageID, dumpdir: dumpdir) }
         try await hook?.run(.jobInit, log: log)
 
@@ -195,15 +208,17 @@ public final class BackupJob {
                 break
             }
             let vmLog = TaskLog(echo: !options.quiet, parent: log)
-            let (name, now) = await Self.claimName(vmid: vmid, dumpdir: dumpdir, compression: options.compression.kind, log: vmLog)
+            let (name, now) = stream == nil
+                ? await Self.claimName(vmid: vmid, dumpdir: dumpdir, compression: options.compression.kind, log: vmLog)
+                : { let now = Date(); return (ArchiveName(vmid: UInt32(vmid), date: now, compression: options.compression.kind), now) }()
             let backup = VMBackup(vmid: vmid, options: options, paths: paths, storages: storages, lifecycle: lifecycle,
                                   dumpdir: dumpdir, log: vmLog, interrupt: interrupt, name: name, startTime: now,
-                                  settings: settings, hook: hook)
+                                  settings: settings, hook: hook, stream: stream)
             var s = await backup.run()
-            s.log = "\(dumpdir)/\(name.logName)"
+            if stream == nil { s.log = "\(dumpdir)/\(name.logName)" }
             vmLog.detach()
             let guestName = (try? VMConfig.load(vmid: vmid, paths: paths))?.name ?? "VM \(vmid)"
-            reported.append(.init(summary: s, name: guestName, logFile: "\(dumpdir)/\(name.logName)"))
+            reported.append(.init(summary: s, name: guestName, logFile: "\(dumpdir)/\(name.logName)", lines: stream == nil ? nil : vmLog.lines))
             if let hook {
                 let logfile = "\(dumpdir)/\(name.logName)"
                 let hostname = guestName

@@ -28,10 +28,14 @@ final class VMBackup: @unchecked Sendable {
     let startTime: Date
     let settings: BackupSettings
     let hook: HookScript?
+    /// `--stdout`: the archive goes to this stream instead of a file in
+    /// `dumpdir`; no prune, notes or protection (there is no archive file).
+    let stream: File?
 
     init(vmid: Int, options: BackupOptions, paths: SnapdumpPaths, storages: StorageRegistry,
          lifecycle: VMLifecycle, dumpdir: String, log: TaskLog, interrupt: Interrupt, name: ArchiveName, startTime: Date,
-         settings: BackupSettings = BackupSettings(), hook: HookScript? = nil) {
+         settings: BackupSettings = BackupSettings(), hook: HookScript? = nil, stream: File? = nil) {
+        self.stream = stream
         self.settings = settings
         self.hook = hook
         self.name = name
@@ -75,8 +79,10 @@ final class VMBackup: @unchecked Sendable {
             if let lock = config.lock {
                 throw BackupError("VM \(vmid) is locked (\(lock)); if nothing is using it, clear it with 'snapdump vm unlock \(vmid)'")
             }
-            try BackupLifecycle.checkBeforeBackup(vmid: vmid, dumpdir: dumpdir, storage: options.dumpdir == nil ? options.storage : nil,
-                                                  settings: settings)
+            if stream == nil {
+                try BackupLifecycle.checkBeforeBackup(vmid: vmid, dumpdir: dumpdir, storage: options.dumpdir == nil ? options.storage : nil,
+                                                      settings: settings)
+            }
             let storages = self.storages
             // One decision (GuestDrives) for what the backup reads and what the guest is (re)started with.
             let (disks, startDrives) = try await Blocking.run("resolve-disks") { [config] in
@@ -121,7 +127,8 @@ final class VMBackup: @unchecked Sendable {
             locked = true
 
             let start = startTime
-            let archivePath = "\(dumpdir)/\(name.fileName)"
+            // vzdump names the target '-' when it writes to standard output.
+            let archivePath = stream == nil ? "\(dumpdir)/\(name.fileName)" : "-"
             hookGuest = HookScript.Guest(mode: mode, vmid: vmid, hostname: config.name ?? "VM \(vmid)", target: archivePath,
                                          logfile: "\(dumpdir)/\(name.logName)")
             try await runHook(.backupStart)
@@ -168,15 +175,17 @@ final class VMBackup: @unchecked Sendable {
                 summary.downtimeKind = downtime.kind
                 summary.downtimeParts = downtime.partsByName
             }
-            try BackupLifecycle.afterCommit(archivePath: archivePath, vmid: vmid, guestName: config.name,
-                                            storage: options.dumpdir == nil ? options.storage : nil, settings: settings, log: log)
+            if stream == nil {
+                try BackupLifecycle.afterCommit(archivePath: archivePath, vmid: vmid, guestName: config.name,
+                                                storage: options.dumpdir == nil ? options.storage : nil, settings: settings, log: log)
+            }
             try await runHook(.backupEnd)
             summary.ok = true
         } catch {
             let message = "\(error)"
             log.error("Backup of VM \(vmid) failed - \(message)")
             summary.error = message
-            if let archive = summary.archive {
+            if let archive = summary.archive, stream == nil {
                 // Failed after the commit (restart, hook, signal): the archive is whole and retention may have
                 // counted it already; deleting it could lose the newest backup.
                 log.info("archive '\(archive)' is complete and is kept; only what came after it failed")
@@ -248,10 +257,16 @@ final class VMBackup: @unchecked Sendable {
         if case let .zstd(level, workers) = compression {
             compression = .zstd(level: level, workers: Int32(BackupOptions.zstdWorkers(Int(workers), cores: ProcessInfo.processInfo.activeProcessorCount)))
         }
-        let writer = try VMAWriter(path: datPath, ctime: Int64(started.timeIntervalSince1970), devices: devices,
-                                   configs: [VMAConfigBlob(name: "qemu-server.conf", data: Array(conf.utf8))],
+        let configs = [VMAConfigBlob(name: "qemu-server.conf", data: Array(conf.utf8))]
+        let ctime = Int64(started.timeIntervalSince1970)
+        let writer: VMAWriter
+        if let stream {
+            writer = try VMAWriter(stream: stream, ctime: ctime, devices: devices, configs: configs, compression: compression)
+        } else {
+            writer = try VMAWriter(path: datPath, ctime: ctime, devices: devices, configs: configs,
                                    reservedMetadataSize: SnapdumpMetadata.reservedSize(deviceCount: devices.count),
                                    compression: compression)
+        }
         do {
             let t0 = Date()
             let progress = ProgressReporter(log: log)
@@ -263,8 +278,13 @@ final class VMBackup: @unchecked Sendable {
                 devices: devices.map { SnapdumpMetadata.Device(name: $0.name, size: $0.size, sha256: r.digests[$0.id]!) },
                 mode: mode.rawValue, downtimeMs: downtime.projectedMilliseconds, startTime: Int64(started.timeIntervalSince1970),
                 snapdumpVersion: SnapdumpVersion.current, downtimeParts: downtime.partsByName)
-            try writer.finish(snapdumpJSON: try meta.encoded())
-            try writer.commit(to: path)
+            if writer.isStreaming {
+                // The header went out first: the digests have no place in the stream, only in the log.
+                try writer.finish(snapdumpJSON: nil)
+            } else {
+                try writer.finish(snapdumpJSON: try meta.encoded())
+                try writer.commit(to: path)
+            }
             let secs = Date().timeIntervalSince(t0)
             let size = writer.statistics.fileBytes
             if let sparse = progress.sparseLine() { log.info(sparse) }

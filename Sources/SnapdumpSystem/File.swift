@@ -11,11 +11,15 @@ public final class File: @unchecked Sendable {
     // I/O (pread/pwrite) on one descriptor is safe from several threads.
     public let fd: Int32
     public let path: String
+    /// A descriptor that cannot seek (a pipe: `backup --stdout`): writers
+    /// that know positions write its bytes in order instead (`writeAll`).
+    public let isStream: Bool
     private var closed = false
 
-    public init(adopting fd: Int32, path: String) {
+    public init(adopting fd: Int32, path: String, isStream: Bool = false) {
         self.fd = fd
         self.path = path
+        self.isStream = isStream
     }
 
     /// Owner read/write only: every file snapdump creates holds backup data

@@ -35,10 +35,12 @@ final class PlainOutput: CompressingOutput {
     func finish() throws(ArchiveError) -> UInt64 { fileOffset }
 }
 
-/// pwrite with the error mapped to ArchiveError.
+/// pwrite with the error mapped to ArchiveError. A `streaming` file (a
+/// pipe: `backup --stdout`) cannot seek: its bytes are written in order at
+/// its current position, and the offsets only count them.
 func writeFile(_ file: File, _ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws(ArchiveError) {
     do {
-        try file.write(bytes, at: offset)
+        if file.isStream { try file.writeAll(bytes) } else { try file.write(bytes, at: offset) }
     } catch {
         throw ArchiveError(.io, path: file.path, "cannot write", cause: error as? SystemError)
     }

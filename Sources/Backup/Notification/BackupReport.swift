@@ -9,6 +9,8 @@ struct BackupReport {
         var summary: BackupSummary
         var name: String
         var logFile: String
+        /// The task log's lines when it has no file (`--stdout`).
+        var lines: [String]? = nil
     }
 
     var guests: [Guest]
@@ -45,7 +47,8 @@ struct BackupReport {
         out += "\nLogs\n====\n\(commandLine)\n"
         for g in guests {
             out += "\n"
-            let text = (try? FileSystem.readText(g.logFile)) ?? "(task log '\(g.logFile)' cannot be read)\n"
+            let text = g.lines.map { $0.joined(separator: "\n") }
+                ?? (try? FileSystem.readText(g.logFile)) ?? "(task log '\(g.logFile)' cannot be read)\n"
             for line in text.split(separator: "\n") { out += "\(g.summary.vmid): \(line)\n" }
         }
         return out
