@@ -78,6 +78,9 @@ public struct QEMUCommandLine: Sendable {
         argv += ["-nodefaults", "-display", "none", "-monitor", "none"]
         argv += ["-chardev", "socket,id=qmp,path=\(Self.escape(paths.qmpSocket(vmid))),server=on,wait=off",
                  "-mon", "chardev=qmp,mode=control"]
+        // `vm status` asks here: a backup may hold the first monitor for minutes (fleecing's watch).
+        argv += ["-chardev", "socket,id=qmp-status,path=\(Self.escape(paths.qmpStatusSocket(vmid))),server=on,wait=off",
+                 "-mon", "chardev=qmp-status,mode=control"]
         argv += ["-pidfile", paths.pidFile(vmid)]
         argv += ["-chardev", "file,id=serial0,path=\(Self.escape(paths.consoleLog(vmid)))", "-serial", "chardev:serial0"]
         if daemonize { argv.append("-daemonize") }

@@ -121,6 +121,9 @@ public struct VMLifecycle: Sendable {
     // MARK: Status
 
     /// running / paused / stopped, with pid and uptime. Works on locked VMs.
+    /// Asks QEMU's status monitor, which no one holds for long, so it answers
+    /// at once while a backup holds the main one; a QEMU started without it
+    /// (by an older snapdump) is asked on the main monitor, waiting up to 3 s.
     public func status(vmid: Int) async throws -> VMStatus {
         let config = try VMConfig.load(vmid: vmid, paths: paths)
         var s = VMStatus(vmid: vmid, state: .stopped, lock: config.lock, name: config.name)
@@ -128,7 +131,8 @@ public struct VMLifecycle: Sendable {
         s.pid = pid
         s.uptime = ProcessTable.uptime(pid)
         s.state = .running
-        if let qmp = try? await QMPClient.connect(path: paths.qmpSocket(vmid), timeout: .seconds(3)) {
+        let monitor = FileSystem.exists(paths.qmpStatusSocket(vmid)) ? paths.qmpStatusSocket(vmid) : paths.qmpSocket(vmid)
+        if let qmp = try? await QMPClient.connect(path: monitor, timeout: .seconds(3)) {
             if let r = try? await qmp.execute("query-status", timeout: .seconds(3)), let st = r["status"]?.stringValue {
                 s.qmpStatus = st
                 s.state = st == "running" ? .running : .paused
@@ -296,14 +300,14 @@ public struct VMLifecycle: Sendable {
     @discardableResult
     public func cleanupStale(vmid: Int) throws -> Bool {
         guard runningPID(vmid) == nil else { return false }
-        let files = [paths.qmpSocket(vmid), paths.guestAgentSocket(vmid), paths.pidFile(vmid)]
+        let files = [paths.qmpSocket(vmid), paths.qmpStatusSocket(vmid), paths.guestAgentSocket(vmid), paths.pidFile(vmid)]
         let present = files.filter(FileSystem.exists)
         try cleanupFiles(vmid)
         return !present.isEmpty
     }
 
     private func cleanupFiles(_ vmid: Int) throws {
-        for f in [paths.qmpSocket(vmid), paths.guestAgentSocket(vmid), paths.pidFile(vmid)] {
+        for f in [paths.qmpSocket(vmid), paths.qmpStatusSocket(vmid), paths.guestAgentSocket(vmid), paths.pidFile(vmid)] {
             try wrap(vmid, "cannot remove stale \(f)") { try FileSystem.remove(f) }
         }
     }

@@ -38,6 +38,9 @@ public struct SnapdumpPaths: Sendable, Equatable {
 
     public var qemuRunDir: String { runDir + "/qemu" }
     public func qmpSocket(_ vmid: Int) -> String { "\(qemuRunDir)/\(vmid).qmp" }
+    /// A second QMP monitor for `vm status` only: QEMU serves one client per
+    /// monitor, and a backup may hold the first one for its whole run (fleecing).
+    public func qmpStatusSocket(_ vmid: Int) -> String { "\(qemuRunDir)/\(vmid).status.qmp" }
     public func guestAgentSocket(_ vmid: Int) -> String { "\(qemuRunDir)/\(vmid).qga" }
     public func pidFile(_ vmid: Int) -> String { "\(qemuRunDir)/\(vmid).pid" }
     public func consoleLog(_ vmid: Int) -> String { "\(qemuRunDir)/\(vmid).serial.log" }

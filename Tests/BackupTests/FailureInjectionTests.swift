@@ -147,6 +147,32 @@ extension NothingLostTests {
             }
         }
 
+        /// `--stdout` in snapshot mode into a reader that goes away after 1 MiB
+        /// (`head`): the write fails with EPIPE, the backup fails cleanly with
+        /// a non-zero exit (not killed by SIGPIPE), the snapshot is removed, the
+        /// guest keeps running and writing, and nothing is left behind.
+        @Test func stdoutReaderGoesAwayMidArchive() async throws {
+            let btrfs = try Integration.require("SNAPDUMP_TEST_BTRFS")
+            let vmid = 435
+            let h = try GuestHarness(label: "fail-stdout")
+            defer { h.tearDown() }
+            try h.addStorage("btrfs", "bt", under: btrfs, extra: ["--content", "images,backup"])
+            try h.createGuest(vmid, disk: "bt:128M")
+            try h.prefill(vmid, mib: 16, atMiB: 64)
+            try await h.bootGuest(vmid)
+            let dumpdir = try #require(h.storageLocations()["bt"]).location + "/dump"
+            let err = h.configDir + "/stdout.err"
+            let script = "\"$0\" backup \(vmid) --mode snapshot --storage bt --stdout --compress 0 --config-dir \"$1\" 2>\"$2\" "
+                + "| head -c 1048576 >/dev/null; echo \"status=${PIPESTATUS[0]}\""
+            let r = try Command.capture(["bash", "-c", script, SnapdumpBinary.binary, h.configDir, err])
+            let stderr = (try? FileSystem.readText(err)) ?? ""
+            #expect(r.stdout.contains("status=1"), "snapdump's exit: \(r.stdout) \(stderr)")
+            #expect(stderr.contains("ERROR: Backup of VM \(vmid) failed") && stderr.contains("Broken pipe"), "\(stderr)")
+            #expect(stderr.contains("removed storage snapshot 'snapdump-"), "\(stderr)")
+            #expect(((try? FileSystem.list(dumpdir)) ?? []).allSatisfy { !$0.hasPrefix("vzdump-qemu-\(vmid)-") }, "files in \(dumpdir)")
+            try await expectInvariants(h, vmid, dumpdir: dumpdir)
+        }
+
         /// Stop mode waits up to `stopwait` minutes for an ACPI shutdown; a guest
         /// that ignores the power button (here: a VM in SeaBIOS, no OS) must not
         /// keep SIGTERM waiting. The guest is stopped hard and started again.

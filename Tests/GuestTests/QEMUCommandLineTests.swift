@@ -45,10 +45,11 @@ struct QEMUCommandLineTests {
         #expect(values(argv, "-pidfile") == ["/run/snapdump/qemu/100.pid"])
         #expect(values(argv, "-chardev") == [
             "socket,id=qmp,path=/run/snapdump/qemu/100.qmp,server=on,wait=off",
+            "socket,id=qmp-status,path=/run/snapdump/qemu/100.status.qmp,server=on,wait=off",
             "file,id=serial0,path=/run/snapdump/qemu/100.serial.log",
             "socket,id=qga0,path=/run/snapdump/qemu/100.qga,server=on,wait=off",
         ])
-        #expect(values(argv, "-mon") == ["chardev=qmp,mode=control"])
+        #expect(values(argv, "-mon") == ["chardev=qmp,mode=control", "chardev=qmp-status,mode=control"])
         #expect(values(argv, "-serial") == ["chardev:serial0"])
         #expect(values(argv, "-kernel") == ["/srv/vmlinuz"])
         #expect(values(argv, "-initrd") == ["/srv/initramfs.gz"])

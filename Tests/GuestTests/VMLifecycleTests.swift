@@ -173,6 +173,30 @@ struct VMLifecycleQEMUTests {
         }
     }
 
+    /// A backup may hold QEMU's main monitor for its whole run (fleecing's
+    /// watch): `status` asks the second, status-only monitor and answers at
+    /// once with the true state, which the holder may have changed.
+    @Test func statusAnswersAtOnceWhileTheMonitorIsHeld() async throws {
+        try QEMU.require()
+        try await VMFixture("status-held").run { f in
+            let l = f.lifecycle
+            _ = try await l.start(vmid: 100, disks: [])
+            #expect(FileSystem.exists(f.paths.qmpStatusSocket(100)))
+            let held = try await l.connectQMP(vmid: 100)
+            let (running, t1) = await timed { try? await l.status(vmid: 100) }
+            #expect(running?.state == .running && running?.qmpStatus == "running", "\(String(describing: running))")
+            #expect(t1 < .seconds(1), "status took \(t1) while the main monitor was held")
+            _ = try await held.execute("stop")
+            let (paused, t2) = await timed { try? await l.status(vmid: 100) }
+            #expect(paused?.state == .paused && paused?.qmpStatus == "paused", "\(String(describing: paused))")
+            #expect(t2 < .seconds(1), "status took \(t2) while the main monitor was held")
+            _ = try await held.execute("cont")
+            await held.close()
+            try await l.stop(vmid: 100)
+            #expect(!FileSystem.exists(f.paths.qmpStatusSocket(100)) && !FileSystem.exists(f.paths.qmpSocket(100)))
+        }
+    }
+
     /// Disks, agent socket, stop: QEMU accepts the generated -blockdev /
     /// -device arguments, the node names are there for block jobs, a silent
     /// agent (no guest OS) is reported within 3 s, and stop ends QEMU.
