@@ -141,6 +141,7 @@ public final class BackupJob {
         addIfSet("pigz", String(settings.pigz))
         addIfSet("performance", settings.performance)
         addIfSet("quiet", options.quiet ? "1" : "0")
+        if stream != nil { add("stdout", "1") }
         return words.joined(separator: " ")
     }
 

@@ -48,6 +48,8 @@ struct StdoutBackupTests {
         let r = try Self.shell("\"$SNAPDUMP\" backup 100 --stdout --compress \(compress) --config-dir \"$CONF\" 2>\(dir)/err | cat >\(stream)", dir: dir)
         let err = try FileSystem.readText(dir + "/err")
         try #require(r.status == 0, "\(r) \(err)")
+        #expect(err.contains("INFO: starting new backup job: snapdump backup 100 --mode snapshot --storage local --compress \(compress)"), "\(err)")
+        #expect(err.contains(" --stdout 1\n"), "the logged command names --stdout: \(err)")
         #expect(err.contains("INFO: creating vzdump archive '-'"), "\(err)")
         #expect(err.contains("INFO: Finished Backup of VM 100"), "\(err)")
         // The summary went to stderr too: stdout carried the archive only.
