@@ -102,6 +102,14 @@ struct StdoutBackupTests {
         #expect(((try? FileSystem.list(dump)) ?? []).isEmpty)
     }
 
+    /// `-` as an archive (stdin, as `qmrestore -`) is refused with a way out, not "no such file '/cwd/-'".
+    @Test(arguments: [["vma", "verify", "-"], ["vma", "list", "-"], ["vma", "extract", "-", "/nonexistent-target"], ["restore", "-", "101"]])
+    func stdinArchiveIsRefused(args: [String]) throws {
+        let r = try SnapdumpBinary.run(args, configDir: "/nonexistent-config")
+        #expect(r.status != 0, "\(r)")
+        #expect(r.errorLines == ["Error: reading an archive from standard input is not supported: save the stream to a file first (snapdump backup … --stdout > FILE)"], "\(r)")
+    }
+
     /// The reader stops after 64 KiB (`head`): the next write fails with
     /// EPIPE (SIGPIPE is ignored), the backup fails with a clear error and a
     /// non-zero exit instead of dying of the signal, and leaves nothing behind.

@@ -19,7 +19,7 @@ struct RestoreCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var o = Restore.Options(archive: archive.hasPrefix("/") ? archive : FileManagerCWD.absolute(archive), vmid: vmid)
+        var o = Restore.Options(archive: try archivePath(archive), vmid: vmid)
         o.storage = storage
         o.force = force
         o.start = start

@@ -11,3 +11,13 @@ struct VMACommand: ParsableCommand {
 
 /// Makes a command-line path absolute.
 func absolutePath(_ p: String) -> String { p.hasPrefix("/") ? p : FileManagerCWD.absolute(p) }
+
+/// An archive argument as an absolute path. `-` (stdin, as `qmrestore -`) is
+/// refused with a way out: the readers seek (header peek, parallel frames),
+/// so a `backup --stdout` stream is read once it is in a file.
+func archivePath(_ p: String) throws -> String {
+    if p == "-" {
+        throw CLIError("reading an archive from standard input is not supported: save the stream to a file first (snapdump backup … --stdout > FILE)")
+    }
+    return absolutePath(p)
+}

@@ -10,7 +10,7 @@ struct VMAConfigCommand: ParsableCommand {
     var config = "qemu-server.conf"
 
     func run() throws {
-        let reader = try VMAReader(path: absolutePath(archive))
+        let reader = try VMAReader(path: archivePath(archive))
         guard let data = reader.config(named: config) else {
             let names = reader.header.configs.map(\.name).joined(separator: ", ")
             throw ValidationError("archive '\(archive)' has no config '\(config)' (it has: \(names.isEmpty ? "none" : names))")

@@ -11,7 +11,7 @@ struct VMAExtract: ParsableCommand {
     @Argument(help: "Target directory; must not exist.") var targetdir: String
 
     func run() throws {
-        let r = try VMAExtractor.extract(archive: absolutePath(archive), to: absolutePath(targetdir)) { printError($0) }
+        let r = try VMAExtractor.extract(archive: archivePath(archive), to: absolutePath(targetdir)) { printError($0) }
         for c in r.configs { print("CFG: \(c)") }
         for d in r.devices { print("DEV: \(d.path) \(d.device.size) sha256 \(d.digest.hex)") }
         if r.metadataChecked {

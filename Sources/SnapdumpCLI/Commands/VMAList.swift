@@ -10,7 +10,7 @@ struct VMAList: ParsableCommand {
     @OptionGroup var output: OutputOptions
 
     func run() throws {
-        let reader = try VMAReader(path: absolutePath(archive))
+        let reader = try VMAReader(path: archivePath(archive))
         let h = reader.header
         // Checked before printing anything: a bad archive prints its error only.
         let meta = try reader.snapdumpMetadata()

@@ -11,7 +11,7 @@ struct VMAVerify: ParsableCommand {
     @Argument(help: "Archive file.") var archive: String
 
     func run() throws {
-        let path = absolutePath(archive)
+        let path = try archivePath(archive)
         let v: VMAReader.Verification
         do {
             let reader = try VMAReader(path: path)
