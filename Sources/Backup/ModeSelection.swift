@@ -77,7 +77,7 @@ struct SnapshotPlan {
 
     var disks: [(disk: DiskPlan, technique: Technique)]
     /// The guest must be paused so that all views share one point in time
-    /// (several storages or techniques, or a storage that snapshots one volume at a time).
+    /// (several storages or techniques, or several volumes of a storage that snapshots one volume at a time).
     var needsPause: Bool
     /// Why the disks are fleeced rather than snapshotted (which storages cannot snapshot); nil when they are not.
     var fleecingReason: String?
@@ -105,7 +105,8 @@ struct SnapshotPlan {
     static func make(for disks: [DiskPlan], running: Bool, fleecing: Bool = false) -> Result<SnapshotPlan, Unsupported> {
         var problems: [String] = []
         var planned: [(disk: DiskPlan, technique: Technique)] = []
-        var perVolume = false
+        // Storages that snapshot one volume at a time, with how many of this guest's volumes each holds.
+        var perVolumeCounts: [String: Int] = [:]
         for d in disks {
             if running && d.format == .qcow2 && d.plugin.definition.type == .dir {
                 planned.append((d, .qemuOverlay))
@@ -115,7 +116,7 @@ struct SnapshotPlan {
             case .unsupported(let reason):
                 problems.append("\(d.key) on \(d.volume.storage): \(reason)")
             case .perVolume:
-                perVolume = true
+                perVolumeCounts[d.plugin.id, default: 0] += 1
                 planned.append((d, .storageSnapshot))
             case .atomic:
                 planned.append((d, .storageSnapshot))
@@ -128,7 +129,10 @@ struct SnapshotPlan {
         if !problems.isEmpty {
             return .failure(Unsupported(message: "mode failure - some volumes do not support snapshots (\(problems.joined(separator: "; ")))"))
         }
-        var plan = SnapshotPlan(disks: planned, needsPause: perVolume)
+        // One volume's snapshot is atomic on every storage (an rbd snapshot is taken by the
+        // image's lock owner, QEMU, between two of its writes; a thin snapshot suspends the LV;
+        // FICLONE locks the file): only several volumes of one such storage need the pause.
+        var plan = SnapshotPlan(disks: planned, needsPause: perVolumeCounts.values.contains { $0 > 1 })
         if plan.storageGroups.count + (plan.overlayDisks.isEmpty ? 0 : 1) > 1 { plan.needsPause = true }
         return .success(plan)
     }

@@ -184,7 +184,11 @@ struct BackupIntegrationTests {
         let o = try backup(h, 370, ["--mode", "snapshot", "--storage", "local", "--compress", "zstd"])
         #expect(o.summary.ok, "\(o.summary.error ?? "") \(o.stderr)")
         #expect(o.summary.mode == "snapshot" && o.summary.fallbackReason == nil, "\(o.stderr)")
-        print("[rbd] guest downtime \(o.summary.downtimeMs ?? -1) ms (\(o.summary.downtimeKind ?? "?"))")
+        print("[rbd] guest downtime \(o.summary.downtimeMs ?? -1) ms (\(o.summary.downtimeKind ?? "?")): \(o.summary.downtimeParts ?? [:])")
+        // One image: its rbd snapshot is atomic by itself, so the guest is frozen (agent), never paused.
+        #expect(o.summary.downtimeKind == "frozen for snapshot", "\(o.stderr)")
+        let parts = try #require(o.summary.downtimeParts, "\(o.stderr)")
+        #expect(parts["pause"] == nil && parts["resume"] == nil && parts["snapshot"] != nil, "downtime parts: \(parts)")
         let archive = try #require(o.summary.archive)
         try await expectClean(h, 370, dumpdir: (archive as NSString).deletingLastPathComponent)
         let left = try ceph.snapshots(pool)

@@ -36,6 +36,8 @@ import Testing
     let reflinkDir = StorageDefinition(type: .dir, id: "xfs", path: "/b", reflink: true)
     let btrfs = StorageDefinition(type: .btrfs, id: "bt", path: "/c")
     let zfs = StorageDefinition(type: .zfspool, id: "tank", pool: "tank")
+    let rbd = StorageDefinition(type: .rbd, id: "ceph", pool: "rbd")
+    let lvmthin = StorageDefinition(type: .lvmthin, id: "thin", vgname: "vg0", thinpool: "data")
 
     func plan(_ disks: [DiskPlan]) -> SnapshotPlan? { try? SnapshotPlan.make(for: disks, running: true).get() }
 
@@ -51,10 +53,22 @@ import Testing
         #expect(p.storageGroups.count == 1 && p.storageGroups[0].volumes.count == 2 && p.overlayDisks.isEmpty && !p.needsPause)
     }
 
-    @Test func reflinkOrSeveralStoragesNeedAPause() throws {
-        #expect(try #require(plan([disk("scsi0", reflinkDir, .raw)])).needsPause)
+    @Test func severalVolumesOfAPerVolumeStorageOrSeveralStoragesNeedAPause() throws {
+        #expect(try #require(plan([disk("scsi0", reflinkDir, .raw), disk("scsi1", reflinkDir, .raw)])).needsPause)
+        #expect(try #require(plan([disk("scsi0", rbd, .raw), disk("scsi1", rbd, .raw)])).needsPause)
+        #expect(try #require(plan([disk("scsi0", lvmthin, .raw), disk("scsi1", lvmthin, .raw)])).needsPause)
         let two = try #require(plan([disk("scsi0", btrfs, .raw), disk("scsi1", zfs, .raw)]))
         #expect(two.needsPause && two.storageGroups.count == 2)
+    }
+
+    /// One image's snapshot is atomic by itself: a guest with a single rbd, lvmthin or reflink disk is not paused.
+    @Test func oneVolumeOfAPerVolumeStorageNeedsNoPause() throws {
+        for def in [rbd, lvmthin, reflinkDir] {
+            let p = try #require(plan([disk("scsi0", def, .raw)]))
+            #expect(p.storageGroups.count == 1 && !p.needsPause, "\(def.type)")
+        }
+        // Volumes on two per-volume storages, one each: two snapshot calls, so a pause.
+        #expect(try #require(plan([disk("scsi0", rbd, .raw), disk("scsi1", lvmthin, .raw)])).needsPause)
     }
 
     @Test func runningQcow2OnDirUsesQEMUOverlays() throws {
