@@ -5,7 +5,8 @@ import Storage
 
 /// Snapshot mode without a storage snapshot: QEMU backup fleecing (`Guest.Fleecing`)
 /// of every disk, with the fleecing images on the fleecing storage
-/// (`<images>/<vmid>/vm-<vmid>-fleece-<n>.qcow2`). The guest is never paused;
+/// (`<images>/<vmid>/vm-<vmid>-fleece-<n>.qcow2` on `dir`, thin LVs
+/// `vm-<vmid>-fleece-<n>` holding the qcow2 on `lvmthin`). The guest is never paused;
 /// its downtime is the fs-freeze window only.
 ///
 /// Each image gets a write threshold: the fleecing storage's free space minus
@@ -19,7 +20,7 @@ final class FleecingBackup: @unchecked Sendable {
     let plugin: any StoragePlugin
     let socket: String
     let log: TaskLog
-    private(set) var images: [(key: String, path: String)] = []
+    private(set) var images: [(key: String, image: FleecingImage)] = []
     private var thresholds: [String: UInt64] = [:]
     private var session: Fleecing?
 
@@ -33,13 +34,7 @@ final class FleecingBackup: @unchecked Sendable {
         self.disks = disks
         self.socket = socket
         self.log = log
-        _ = try plugin.fleecingDirectory(vmid: vmid)
-    }
-
-    static func imageName(vmid: Int, index: Int) -> String { "vm-\(vmid)-fleece-\(index).qcow2" }
-
-    static func isImage(_ name: String, vmid: Int) -> Bool {
-        name.hasPrefix("vm-\(vmid)-fleece-") && name.hasSuffix(".qcow2")
+        _ = try plugin.fleecingSpace(vmid: vmid)
     }
 
     /// The room left after the reserve, shared by the disks in proportion to their
@@ -55,27 +50,25 @@ final class FleecingBackup: @unchecked Sendable {
 
     /// Creates the images (before the freeze: `qemu-img` takes a while) and their limits.
     func prepare() throws {
-        let dir = try plugin.fleecingDirectory(vmid: vmid)
-        let taken = Set((try? FileSystem.list(dir)) ?? [])
-        var index = 0
         for d in disks {
-            while taken.contains(Self.imageName(vmid: vmid, index: index)) { index += 1 }
-            let path = dir + "/" + Self.imageName(vmid: vmid, index: index)
-            index += 1
+            let image = try plugin.allocateFleecingImage(vmid: vmid, size: d.size)
+            // Recorded first: `finish` frees it whatever happens next.
+            images.append((d.key, image))
             // The recorded backing is informational (QEMU is given the live node); -u: do not open it.
-            try Command.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", d.path, "-F", d.format.rawValue, path, "\(d.size)"])
-            images.append((d.key, path))
+            try Command.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", d.path, "-F", d.format.rawValue, image.path, "\(d.size)"])
         }
-        let available = try FileSystem.usage(dir).available
+        let available = try plugin.fleecingSpace(vmid: vmid)
         guard let shares = Self.limits(available: available, sizes: disks.map(\.size)) else {
             throw BackupError("fleecing storage '\(plugin.id)' has only \(Formatting.bytes(available)) free: too little for fleecing images")
         }
         for (i, image) in images.enumerated() {
-            let base = (try? File.openForReading(image.path).size()) ?? 0
+            // The threshold is an offset in the image's file node: where the new qcow2 ends (a file's
+            // size; on a block device its metadata, well under the 1 MiB counted, comes first).
+            let base = image.image.isBlockDevice ? 1 << 20 : (try? File.openForReading(image.image.path).size()) ?? 0
             thresholds[image.key] = base + shares[i]
         }
         let limit = shares.reduce(0, +)
-        log.info("fleecing images on storage '\(plugin.id)': \(images.map { ($0.path as NSString).lastPathComponent }.joined(separator: ", ")),"
+        log.info("fleecing images on storage '\(plugin.id)': \(images.map { ($0.image.path as NSString).lastPathComponent }.joined(separator: ", ")),"
                  + " limited to \(Formatting.bytes(limit)) of \(Formatting.bytes(available)) free")
         let diskBytes = disks.reduce(0) { $0 + $1.size }
         if limit < diskBytes {
@@ -90,7 +83,8 @@ final class FleecingBackup: @unchecked Sendable {
         let log = self.log, vmid = self.vmid
         try? FileSystem.remove(socket)
         session = try await Fleecing.start(qmp: qmp, connect: { try await lifecycle.connectQMP(vmid: vmid) }, vmid: vmid,
-                                           disks: images.map { Fleecing.Disk(key: $0.key, image: $0.path, threshold: thresholds[$0.key]) },
+                                           disks: images.map { Fleecing.Disk(key: $0.key, image: $0.image.path, blockDevice: $0.image.isBlockDevice,
+                                                                                               threshold: thresholds[$0.key]) },
                                            socket: socket, log: { line in
             if line.hasPrefix("ERROR: ") { log.error(String(line.dropFirst(7))) } else if line.hasPrefix("WARN: ") { log.warn(String(line.dropFirst(6))) } else { log.info(line) }
         })
@@ -130,11 +124,11 @@ final class FleecingBackup: @unchecked Sendable {
         try? FileSystem.remove(socket)
         // An image QEMU may still have open is kept (removing it would not free the space anyway).
         if firstError == nil {
-            for image in images {
+            for (_, image) in images {
                 do {
-                    // Its size is what the guest overwrote meanwhile: the figure for sizing the fleecing storage.
-                    let size = (try? File.openForReading(image.path).size()).map { " (\(Formatting.bytes($0)))" } ?? ""
-                    try FileSystem.remove(image.path)
+                    // A file's size is what the guest overwrote meanwhile: the figure for sizing the fleecing storage.
+                    let size = image.isBlockDevice ? "" : (try? File.openForReading(image.path).size()).map { " (\(Formatting.bytes($0)))" } ?? ""
+                    try plugin.freeFleecingImage(image)
                     log.info("removed fleecing image \(image.path)\(size)")
                 } catch { firstError = firstError ?? error }
             }
@@ -146,12 +140,8 @@ final class FleecingBackup: @unchecked Sendable {
     /// Fleecing images of `vmid` on `plugin` left by a killed run (QEMU's side is
     /// removed first, by `Fleecing.removeLeftovers`). Returns the removed paths.
     static func removeLeftoverImages(vmid: Int, plugin: any StoragePlugin) throws -> [String] {
-        guard let dir = try? plugin.fleecingDirectory(vmid: vmid) else { return [] }
-        var removed: [String] = []
-        for name in try FileSystem.list(dir) where isImage(name, vmid: vmid) {
-            try FileSystem.remove(dir + "/" + name)
-            removed.append(dir + "/" + name)
-        }
-        return removed
+        guard let images = try? plugin.fleecingImages(vmid: vmid) else { return [] }
+        for image in images { try plugin.freeFleecingImage(image) }
+        return images.map(\.path)
     }
 }

@@ -30,12 +30,15 @@ public actor Fleecing {
         public var key: String
         /// The fleecing image, created by the caller: qcow2, the disk's virtual size.
         public var image: String
+        /// The image is a block device (a thin LV holding the qcow2), opened with `host_device`.
+        public var blockDevice: Bool
         /// Abort when the image file grows past this many bytes; nil: no limit.
         public var threshold: UInt64?
 
-        public init(key: String, image: String, threshold: UInt64?) {
+        public init(key: String, image: String, blockDevice: Bool = false, threshold: UInt64?) {
             self.key = key
             self.image = image
+            self.blockDevice = blockDevice
             self.threshold = threshold
         }
     }
@@ -94,7 +97,8 @@ public actor Fleecing {
             }
             try await run(qmp, "blockdev-add", [
                 "driver": .string("qcow2"), "node-name": .string(Self.node(d.key)),
-                "file": .object(["driver": .string("file"), "node-name": .string(Self.fileNode(d.key)), "filename": .string(d.image)]),
+                "file": .object(["driver": .string(d.blockDevice ? "host_device" : "file"), "node-name": .string(Self.fileNode(d.key)),
+                                 "filename": .string(d.image)]),
                 "backing": .string(live),
             ], what: "open fleecing image \(d.image)")
             actions.append(.object(["type": .string("blockdev-backup"), "data": .object([

@@ -1,4 +1,5 @@
 import Foundation
+import SnapdumpSystem
 
 /// Status of a storage (`pvesm status`).
 public struct StorageStatus: Sendable {
@@ -27,6 +28,36 @@ public struct SnapshotInfo: Sendable {
     public var created: Date
     /// Bytes held only by the snapshot; nil when the storage cannot tell.
     public var used: UInt64?
+}
+
+/// A backup fleecing image (`vm-<vmid>-fleece-<n>`, as Proxmox names it; never
+/// listed as a volume): a qcow2 file, or a thin LV that holds one.
+public struct FleecingImage: Sendable, Equatable {
+    /// What `qemu-img create` formats and QEMU opens.
+    public var path: String
+    /// QEMU opens a block device with `host_device`, a file with `file`.
+    public var isBlockDevice: Bool
+
+    public init(path: String, isBlockDevice: Bool) {
+        self.path = path
+        self.isBlockDevice = isBlockDevice
+    }
+
+    public static func name(vmid: Int, index: Int) -> String { "vm-\(vmid)-fleece-\(index)" }
+
+    /// `vm-<vmid>-fleece-<n>` (+ `suffix`, ".qcow2" for files) taken apart; nil for any other name.
+    public static func parse(_ name: String, suffix: String = "") -> (vmid: Int, index: Int)? {
+        guard name.hasSuffix(suffix) else { return nil }
+        let p = name.dropLast(suffix.count).split(separator: "-", omittingEmptySubsequences: false)
+        guard p.count == 4, p[0] == "vm", p[2] == "fleece", let v = Int(p[1]), let i = Int(p[3]), v >= 0, i >= 0,
+              Self.name(vmid: v, index: i) + suffix == name else { return nil }
+        return (v, i)
+    }
+
+    /// The index of `name` if it is one of `vmid`'s images.
+    public static func index(of name: String, vmid: Int, suffix: String = "") -> Int? {
+        parse(name, suffix: suffix).flatMap { $0.vmid == vmid ? $0.index : nil }
+    }
 }
 
 /// How a storage can snapshot a volume of a given format.
@@ -82,6 +113,14 @@ public protocol StoragePlugin: Sendable {
     /// The directory where backup fleecing images of `vmid` (`vm-<vmid>-fleece-<n>.qcow2`,
     /// never listed as volumes) are created; throws, naming the storage, when it cannot hold them.
     func fleecingDirectory(vmid: Int) throws -> String
+    /// Room for the next fleecing image of `vmid`, for a disk of `size` bytes (the
+    /// default: an empty file in `fleecingDirectory`, which `qemu-img create` formats).
+    func allocateFleecingImage(vmid: Int, size: UInt64) throws -> FleecingImage
+    /// The fleecing images of `vmid` on this storage (what a killed run left).
+    func fleecingImages(vmid: Int) throws -> [FleecingImage]
+    func freeFleecingImage(_ image: FleecingImage) throws
+    /// Bytes left for fleecing images; throws, naming the storage, when it cannot hold them.
+    func fleecingSpace(vmid: Int) throws -> UInt64
 }
 
 extension StoragePlugin {
@@ -105,8 +144,29 @@ extension StoragePlugin {
     }
 
     public func fleecingDirectory(vmid: Int) throws -> String {
-        throw StorageError(.invalidArgument, "storage '\(id)' (\(definition.type.rawValue)) cannot hold fleecing images: use a 'dir' storage with content 'images'")
+        throw StorageError(.invalidArgument, "storage '\(id)' (\(definition.type.rawValue)) cannot hold fleecing images: use a 'dir' storage with content 'images', or an 'lvmthin' one")
     }
+
+    public func allocateFleecingImage(vmid: Int, size: UInt64) throws -> FleecingImage {
+        let dir = try fleecingDirectory(vmid: vmid)
+        let taken = Set(try fleecingImages(vmid: vmid).map(\.path))
+        var index = 0
+        while taken.contains("\(dir)/\(FleecingImage.name(vmid: vmid, index: index)).qcow2") { index += 1 }
+        let path = "\(dir)/\(FleecingImage.name(vmid: vmid, index: index)).qcow2"
+        // Created at once, so the next image of the same backup takes the next name.
+        try File.createNew(path).close()
+        return FleecingImage(path: path, isBlockDevice: false)
+    }
+
+    public func fleecingImages(vmid: Int) throws -> [FleecingImage] {
+        let dir = try fleecingDirectory(vmid: vmid)
+        return try FileSystem.list(dir).filter { FleecingImage.index(of: $0, vmid: vmid, suffix: ".qcow2") != nil }.sorted()
+            .map { FleecingImage(path: "\(dir)/\($0)", isBlockDevice: false) }
+    }
+
+    public func freeFleecingImage(_ image: FleecingImage) throws { try FileSystem.remove(image.path) }
+
+    public func fleecingSpace(vmid: Int) throws -> UInt64 { try FileSystem.usage(try fleecingDirectory(vmid: vmid)).available }
 
     /// The default part of `removeLeftovers`: delete matching snapshots, one name at a time.
     public func removeLeftoverSnapshots(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String] {

@@ -1,4 +1,4 @@
-import Storage
+@testable import Storage
 import Testing
 
 @Suite("Volume ids, disk names, name rules")
@@ -56,6 +56,26 @@ struct VolumeIDTests {
         for bad in [-1, 0, 99, 1_000_000_000] {
             let e = #expect(throws: StorageError.self) { try NameRules.validateVMID(bad) }
             #expect(e?.message.contains("\(bad)") == true)
+        }
+    }
+}
+
+@Suite struct FleecingImageNameTests {
+    @Test func namesAsProxmoxAndOnlyThose() {
+        #expect(FleecingImage.name(vmid: 100, index: 2) == "vm-100-fleece-2")
+        #expect(FleecingImage.parse("vm-100-fleece-2").map { $0.vmid == 100 && $0.index == 2 } == true)
+        #expect(FleecingImage.index(of: "vm-100-fleece-0.qcow2", vmid: 100, suffix: ".qcow2") == 0)
+        #expect(FleecingImage.index(of: "vm-100-fleece-0.qcow2", vmid: 101, suffix: ".qcow2") == nil)
+        for other in ["vm-100-disk-0", "vm-100-fleece-", "vm-100-fleece-01", "vm-100-fleece-+1", "vm-100-fleece-0.raw", "xvm-100-fleece-0"] {
+            #expect(FleecingImage.parse(other, suffix: other.hasSuffix(".raw") ? ".qcow2" : "") == nil, "\(other)")
+        }
+    }
+
+    /// A thin LV for a fleecing image holds the largest qcow2 of the disk: data plus metadata, in 4 MiB extents.
+    @Test func thinLVHoldsTheLargestQcow2() {
+        for size: UInt64 in [1 << 20, 32 << 20, 1 << 30, 8 << 30] {
+            let lv = LVMPlugin.fleecingLVSize(size)
+            #expect(lv >= size + size / 8192 + (1 << 20) && lv % (4 << 20) == 0 && lv <= size + size / 100 + (12 << 20), "\(size) → \(lv)")
         }
     }
 }
