@@ -9,7 +9,8 @@ import TestSupport
 /// PV disk, this very test bundle on an ext4 payload disk), and this test
 /// reads the guest's console. Each LVM case must have run to its last step,
 /// and none may have failed or been skipped. The same VM runs LVMReadErrorTests
-/// (a dm `error` segment under an LV).
+/// (a dm `error` segment under an LV) and LVMGuestTests (nested QEMU guests on
+/// LVs: backups, restore, live moves).
 @Suite("lvm and lvmthin in the storage VM", .serialized)
 struct LVMInVMTests {
     static let cases = ["lvm (thick LVs)", "lvmthin (thin LVs, thin snapshots)"]
@@ -24,7 +25,7 @@ struct LVMInVMTests {
         let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
         let script = SourceTree.root + "/scripts/fixtures/storage-vm.sh"
         let t0 = Date()
-        let out = try Command.capture([script, "run", bundle, "ConformanceTests|LVMReadErrorTests"])
+        let out = try Command.capture([script, "run", bundle, "ConformanceTests|LVMReadErrorTests|LVMGuestTests"])
         let took = Int(Date().timeIntervalSince(t0))
         // One line per console line (a "\r\n" is one Character: split on newlines, not on "\n").
         let lines = out.stdout.split(whereSeparator: \.isNewline).map(String.init)
@@ -40,6 +41,12 @@ struct LVMInVMTests {
         #expect(console.contains("[lvm read error] export failed as it should"), "the read-error test did not run to the end")
         let otherFailures = lines.filter { $0.contains("✘") && $0.contains("exportFailsNamingDeviceAndOffset") }
         #expect(otherFailures.isEmpty, "the read-error test failed in the VM:\n\(otherFailures.joined(separator: "\n"))")
+        // Guests on LVs (Tests/BackupTests/LVMGuestTests): each case printed its last line, none failed.
+        for marker in ["[lvm guest] lvmthin case took", "[lvm guest] lvm case (refuse, fallback, fleecing) took"] {
+            #expect(console.contains(marker), "guest test did not run to '\(marker)':\n\(console.suffix(6000))")
+        }
+        let guestFailures = lines.filter { $0.contains("✘") && ($0.contains("lvmthinSnapshotBackupAndLiveMoves") || $0.contains("lvmSnapshotModeRefusesFallsBackOrFleeces")) }
+        #expect(guestFailures.isEmpty, "guest tests failed in the VM:\n\(guestFailures.joined(separator: "\n"))")
         for line in lines where line.hasPrefix("[lvm") || line.hasPrefix("STORAGE-VM") {
             print("  vm: \(line)")
         }

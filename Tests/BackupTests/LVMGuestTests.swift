@@ -1,0 +1,377 @@
+import Foundation
+import Guest
+import SnapdumpSystem
+import Testing
+import TestSupport
+
+/// Guests whose disks are LVs, inside the storage VM only (LVMInVMTests boots
+/// it: this host's kernel has no device-mapper). The guest is QEMU nested
+/// under TCG running a 60-byte program that halts (`idleImage`) — no OS is
+/// needed to check blocks: the disk is filled with known data while the guest is stopped, and
+/// "the guest writes" through QEMU's own block layer (HMP `qemu-io` on the
+/// guest's device, the path a guest write takes, copy-before-write filter
+/// included). A hook script holds the backup right after its freeze window
+/// (`post-restart`, before the archive is read) while the test writes.
+@Suite("Guests on lvm and lvmthin (storage VM only)", .serialized)
+struct LVMGuestTests {
+    struct Summary: Decodable {
+        var ok: Bool
+        var mode: String?
+        var method: String?
+        var fallbackReason: String?
+        var downtimeMs: Int64?
+        var downtimeKind: String?
+        var downtimeParts: [String: Int64]?
+        var archive: String?
+        var error: String?
+    }
+
+    static let mib = 1 << 20
+    static let diskSize = 32 << 20
+    /// Where the test writes "as the guest" during a backup.
+    static let guestWrite = (offset: 8 << 20, length: 1 << 20)
+
+    /// Known content: pseudo-random from `seed`, but the first 4 KiB zero (the
+    /// firmware must find no boot sector and simply wait).
+    static func pattern(seed: UInt64) -> [UInt8] {
+        var x = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+        var out = [UInt8](repeating: 0, count: diskSize)
+        out.withUnsafeMutableBytes { raw in
+            let words = raw.bindMemory(to: UInt64.self)
+            for i in (4096 / 8)..<words.count {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17
+                words[i] = x
+            }
+        }
+        return out
+    }
+
+    static func write(_ bytes: [UInt8], to device: String) throws {
+        let f = try #require(FileHandle(forWritingAtPath: device), "cannot open \(device) for writing")
+        defer { try? f.close() }
+        try f.write(contentsOf: Data(bytes))
+        try f.synchronize()
+    }
+
+    static func read(_ device: String, count: Int = diskSize) throws -> [UInt8] {
+        let f = try #require(FileHandle(forReadingAtPath: device), "cannot open \(device)")
+        defer { try? f.close() }
+        return [UInt8](try f.read(upToCount: count) ?? Data())
+    }
+
+    /// The first differing byte, for a message that says where.
+    static func firstDifference(_ a: [UInt8], _ b: [UInt8]) -> String {
+        guard a.count == b.count else { return "sizes \(a.count) and \(b.count)" }
+        guard let i = a.indices.first(where: { a[$0] != b[$0] }) else { return "none" }
+        return "at byte \(i) (MiB \(i >> 20))"
+    }
+
+    /// `bytes` as the guest sees them after the test's write during a backup.
+    static func afterGuestWrite(_ bytes: [UInt8], value: UInt8) -> [UInt8] {
+        var b = bytes
+        for i in guestWrite.offset..<(guestWrite.offset + guestWrite.length) { b[i] = value }
+        return b
+    }
+
+    /// Writes `value` over `guestWrite` through QEMU's block layer: the guest's own write path.
+    static func writeAsGuest(_ h: GuestHarness, _ vmid: Int, value: UInt8) async throws {
+        let qmp = try await QMPClient.connect(path: h.paths.qmpSocket(vmid), timeout: .seconds(10))
+        let r = await asyncResult {
+            try await qmp.execute("human-monitor-command", arguments: [
+                "command-line": .string("qemu-io -d scsi0 \"write -P \(value) \(guestWrite.offset) \(guestWrite.length)\"")],
+                timeout: .seconds(60))
+        }
+        await qmp.close()
+        _ = try r.get()
+    }
+
+    /// A hook that stops the backup at `post-restart` (the guest runs again, the
+    /// point-in-time views exist, nothing is read yet) until the test lets it go.
+    struct HoldingHook {
+        let dir: String
+        var path: String { dir + "/hook.sh" }
+        var reached: Bool { FileSystem.exists(dir + "/held") }
+
+        init(_ h: GuestHarness) throws {
+            dir = h.configDir + "/hold"
+            try FileSystem.createDirectory(dir)
+            try FileSystem.writeAtomically(path, """
+            #!/bin/sh
+            [ "$1" = post-restart ] || exit 0
+            touch '\(dir)/held'
+            i=0
+            while [ ! -e '\(dir)/go' ] && [ $i -lt 600 ]; do sleep 1; i=$((i + 1)); done
+            exit 0
+
+            """, mode: 0o755)
+        }
+
+        func release() throws { try FileSystem.writeAtomically(dir + "/go", "") }
+    }
+
+    func summary(_ bg: BackgroundBackup) throws -> Summary {
+        let out = try FileSystem.readText(bg.stdoutPath)
+        let s = try JSONDecoder().decode([Summary].self, from: Data(out.utf8))
+        try #require(s.count == 1, "\(out)")
+        return s[0]
+    }
+
+    func summary(_ r: SnapdumpBinary.Result) throws -> Summary {
+        let s = try JSONDecoder().decode([Summary].self, from: Data(r.stdout.utf8))
+        try #require(s.count == 1, "\(r)")
+        return s[0]
+    }
+
+    func lvNames(_ vg: String) throws -> [String] {
+        try Command.run(["lvm", "lvs", "--noheadings", "-o", "lv_name", vg])
+            .split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+
+    func expectRunning(_ h: GuestHarness, _ vmid: Int, _ when: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let status = try h.must(["vm", "status", "\(vmid)"]).stdout
+        #expect(status.contains("status: running") && !status.contains("lock:"), "VM \(vmid) \(when): \(status)", sourceLocation: sourceLocation)
+    }
+
+    /// The restored disk of `target` (its scsi0), read whole.
+    func restoredDisk(_ h: GuestHarness, _ archive: String, _ target: Int, storage: String) throws -> [UInt8] {
+        try h.must(["restore", archive, "\(target)", "--storage", storage])
+        let line = try #require(try h.configText(target).split(separator: "\n").first { $0.hasPrefix("scsi0:") })
+        let volid = String(line.dropFirst("scsi0: ".count).split(separator: ",")[0])
+        return try Self.read(try h.volumePath(volid))
+    }
+
+    /// The guest's whole program, a multiboot image loaded at 1 MiB: write
+    /// "IDLE\n" to COM1, then halt with interrupts off. A halted vCPU costs
+    /// nested TCG nothing (firmware waiting for a boot disk polls, and took the
+    /// storage VM's only CPU), and QEMU still reports the guest as running.
+    static let idleImage: [UInt8] = {
+        let code: [UInt8] = [0x66, 0xBA, 0xF8, 0x03]                          // mov dx, 0x3f8
+            + Array("IDLE\n".utf8).flatMap { [0xB0, $0, 0xEE] }             // mov al, c; out dx, al
+            + [0xFA, 0xF4, 0xEB, 0xFD]                                        // cli; hlt; jmp hlt
+        let base: UInt32 = 0x10_0000
+        let magic: UInt32 = 0x1BAD_B002, flags: UInt32 = 0x0001_0000
+        let end = base + 32 + UInt32(code.count)
+        let header: [UInt32] = [magic, flags, 0 &- (magic &+ flags), base, base, end, end, base + 32]
+        var bytes: [UInt8] = []
+        for w in header { withUnsafeBytes(of: w.littleEndian) { bytes += $0 } }
+        return bytes + code
+    }()
+
+    /// Starts VM `vmid` (the idle image) with a 32 MiB disk on `storage` holding `content`; returns its volume id.
+    func startGuest(_ h: GuestHarness, _ vmid: Int, storage: String, content: [UInt8]) async throws -> String {
+        let kernel = h.configDir + "/idle.img"
+        if !FileSystem.exists(kernel) { try FileSystem.writeAtomically(kernel, bytes: Self.idleImage) }
+        try h.must(["vm", "create", "\(vmid)", "--memory", "32", "--agent", "0", "--kernel", kernel, "--scsi0", "\(storage):32M"])
+        let line = try #require(try h.configText(vmid).split(separator: "\n").first { $0.hasPrefix("scsi0:") })
+        let volid = String(line.dropFirst("scsi0: ".count).split(separator: ",")[0])
+        try Self.write(content, to: try h.volumePath(volid))
+        let t0 = Date()
+        try h.start(vmid)
+        try await h.waitForConsole(vmid, "IDLE", timeout: .seconds(120))
+        print("[lvm guest] VM \(vmid) on \(storage) started and idle in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s")
+        try expectRunning(h, vmid, "after start")
+        return volid
+    }
+
+    /// lvmthin: snapshot mode takes one thin snapshot of the running guest's disk
+    /// without pausing it, the guest's writes during the backup stay out of the
+    /// archive, the restore holds exactly the snapshot's content; then live
+    /// `move-disk` lvmthin → dir → lvm keeps the data and frees each source.
+    @Test func lvmthinSnapshotBackupAndLiveMoves() async throws {
+        guard let vg = Integration.fixture("SNAPDUMP_TEST_LVM_VG") else { return }
+        let t0 = Date()
+        let pool = "tpg\(UUID().uuidString.prefix(6).lowercased())"
+        try Command.run(["lvm", "lvcreate", "-q", "-L", "160M", "-T", "\(vg)/\(pool)"])
+        defer { _ = try? Command.capture(["lvm", "lvremove", "-q", "-f", "\(vg)/\(pool)"]) }
+        let h = try GuestHarness("lvm-thin")
+        defer { h.tearDown() }
+        let scratch = try Integration.scratchDirectory("lvm-guest")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try h.must(["storage", "add", "lvmthin", "thin", "--vgname", vg, "--thinpool", pool])
+        try h.must(["storage", "add", "lvm", "thick", "--vgname", vg])
+        try h.addStorage("dir", "local", under: scratch, extra: ["--content", "images,backup"])
+        let vmid = 700
+        let before = Self.pattern(seed: 1)
+        let volid = try await startGuest(h, vmid, storage: "thin", content: before)
+        #expect(volid == "thin:vm-\(vmid)-disk-0")
+
+        let hook = try HoldingHook(h)
+        let bg = try BackgroundBackup(h, ["\(vmid)", "--mode", "snapshot", "--storage", "local", "--script", hook.path, "--output-format", "json"])
+        #expect(bg.wait(until: { hook.reached }, timeout: 300), "the backup never reached post-restart: \(bg.stderr)")
+        let during = try lvNames(vg)
+        #expect(during.contains { $0.hasPrefix("snap_vm-\(vmid)-disk-0_snapdump") }, "no thin snapshot during the backup: \(during)")
+        try await Self.writeAsGuest(h, vmid, value: 0x5a)
+        let live = try Self.read(try h.volumePath(volid))
+        let expectedLive = Self.afterGuestWrite(before, value: 0x5a)
+        #expect(live == expectedLive, "the guest's write did not reach its LV: difference \(Self.firstDifference(live, expectedLive))")
+        try hook.release()
+        let end = bg.finish(timeout: 600)
+        let log = TaskLogEvents.text(bg.stderr)
+        #expect(end.status == 0 && !end.signaled, "\(end): \(log)")
+        let s = try summary(bg)
+        #expect(s.ok && s.mode == "snapshot" && s.fallbackReason == nil, "\(s)")
+        // One thin LV: its snapshot is atomic by itself; no agent, so nothing frozen either.
+        #expect(s.downtimeMs == nil && s.downtimeParts == nil, "\(s)")
+        #expect(log.contains("(atomic snapshot; the guest was neither paused nor had a filesystem frozen)"), "\(log)")
+        #expect(log.contains("created storage snapshot") && log.contains("removed storage snapshot"), "\(log)")
+        try expectRunning(h, vmid, "after the backup")
+        let after = try lvNames(vg)
+        #expect(!after.contains { $0.hasPrefix("snap_") }, "snapshots left: \(after)")
+        let archive = try #require(s.archive)
+
+        let restored = try restoredDisk(h, archive, vmid + 1, storage: "thin")
+        #expect(restored == before, "restored disk is not the snapshot's content: difference \(Self.firstDifference(restored, before))")
+        print("[lvm guest] lvmthin snapshot backup + restore done at \(Int(Date().timeIntervalSince(t0))) s")
+
+        // Live moves: lvmthin → dir → lvm, the old volume deleted each time.
+        for (target, gone) in [("local", "vm-\(vmid)-disk-0"), ("thick", "")] {
+            let m0 = Date()
+            let r = try h.run(["vm", "move-disk", "\(vmid)", "scsi0", target, "--delete"])
+            #expect(r.status == 0, "move-disk to \(target): \(r)")
+            try expectRunning(h, vmid, "after moving to \(target)")
+            let line = try #require(try h.configText(vmid).split(separator: "\n").first { $0.hasPrefix("scsi0:") })
+            let now = String(line.dropFirst("scsi0: ".count).split(separator: ",")[0])
+            #expect(now.hasPrefix(target + ":"), "scsi0 is \(now) after the move to \(target)")
+            let moved = try Self.read(try h.volumePath(now))
+            #expect(moved == expectedLive, "data after the move to \(target): difference \(Self.firstDifference(moved, expectedLive))")
+            if !gone.isEmpty {
+                let lvs = try lvNames(vg)
+                #expect(!lvs.contains(gone), "source LV \(gone) not freed: \(lvs)")
+            } else {
+                let files = h.storageFiles().filter { $0.contains("/images/") }
+                #expect(files.isEmpty, "source file on dir not freed: \(files)")
+            }
+            print("[lvm guest] live move-disk to \(target) in \(String(format: "%.1f", Date().timeIntervalSince(m0))) s")
+        }
+        print("[lvm guest] lvmthin case took \(Int(Date().timeIntervalSince(t0))) s")
+    }
+
+    /// Plain lvm cannot snapshot: snapshot mode refuses with `--snapshot-fallback refuse`,
+    /// falls back to suspend loudly by default, and with fleecing keeps the guest running
+    /// while the guest's writes during the backup stay out of the archive — with the
+    /// fleecing images on a dir storage, and on an lvmthin one (issue 9: "or thin volumes").
+    @Test func lvmSnapshotModeRefusesFallsBackOrFleeces() async throws {
+        guard let vg = Integration.fixture("SNAPDUMP_TEST_LVM_VG") else { return }
+        let t0 = Date()
+        var pools: [String] = []
+        defer { for p in pools { _ = try? Command.capture(["lvm", "lvremove", "-q", "-f", "\(vg)/\(p)"]) } }
+        let h = try GuestHarness("lvm-thick")
+        defer { h.tearDown() }
+        let scratch = try Integration.scratchDirectory("lvm-guest")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try h.must(["storage", "add", "lvm", "thick", "--vgname", vg])
+        try h.addStorage("dir", "local", under: scratch, extra: ["--content", "images,backup"])
+        try h.addStorage("dir", "fl", under: scratch, extra: ["--content", "images"])
+        let pool = "tpf\(UUID().uuidString.prefix(6).lowercased())"
+        try Command.run(["lvm", "lvcreate", "-q", "-L", "128M", "-T", "\(vg)/\(pool)"])
+        pools.append(pool)
+        try h.must(["storage", "add", "lvmthin", "thinfl", "--vgname", vg, "--thinpool", pool])
+        let vmid = 710
+        let before = Self.pattern(seed: 2)
+        _ = try await startGuest(h, vmid, storage: "thick", content: before)
+
+        let refused = try h.run(["backup", "\(vmid)", "--mode", "snapshot", "--storage", "local", "--snapshot-fallback", "refuse"])
+        #expect(refused.status != 0, "\(refused)")
+        #expect(refused.stderr.contains("thick LVM volumes have no snapshots") && refused.stderr.contains("refusing (--snapshot-fallback refuse)"),
+                "\(refused.stderr)")
+        try expectRunning(h, vmid, "after the refused backup")
+
+        let fallback = try h.run(["backup", "\(vmid)", "--mode", "snapshot", "--storage", "local", "--output-format", "json"])
+        let fs = try summary(fallback)
+        #expect(fallback.status == 0 && fs.ok && fs.mode == "suspend", "\(fallback)")
+        #expect(fs.fallbackReason?.contains("scsi0 on thick: thick LVM volumes have no snapshots") == true, "\(fs)")
+        #expect(TaskLogEvents.text(fallback.stderr).contains("trying 'suspend' mode"), "\(fallback.stderr)")
+        try expectRunning(h, vmid, "after the suspend fallback")
+
+        // Fleecing, its images on a dir storage (qcow2 files) and on an lvmthin one (thin LVs holding the qcow2).
+        let hook = try HoldingHook(h)
+        var pointInTime = before
+        for (fl, value) in [("fl", UInt8(0xa5)), ("thinfl", UInt8(0x3c))] {
+            try? FileSystem.remove(hook.dir + "/go")
+            try? FileSystem.remove(hook.dir + "/held")
+            let bg = try BackgroundBackup(h, ["\(vmid)", "--mode", "snapshot", "--storage", "local", "--fleecing", "enabled=1,storage=\(fl)",
+                                              "--script", hook.path, "--output-format", "json"])
+            #expect(bg.wait(until: { hook.reached }, timeout: 300), "\(fl): the backup never reached post-restart: \(bg.stderr)")
+            let images = fl == "fl" ? h.storageFiles().filter { $0.contains("/vm-\(vmid)-fleece-0.qcow2") }
+                                    : try lvNames(vg).filter { $0 == "vm-\(vmid)-fleece-0" }
+            #expect(images.count == 1, "\(fl): no fleecing image during the backup")
+            try await Self.writeAsGuest(h, vmid, value: value)
+            try hook.release()
+            let end = bg.finish(timeout: 600)
+            let log = TaskLogEvents.text(bg.stderr)
+            #expect(end.status == 0 && !end.signaled, "\(fl): \(end): \(log)")
+            let s = try summary(bg)
+            #expect(s.ok && s.mode == "snapshot" && s.method == "fleecing", "\(fl): \(s)")
+            #expect(log.contains("INFO: snapshot method: fleecing") && log.contains("using fleecing instead"), "\(log)")
+            #expect(log.contains("fleecing images on storage '\(fl)': vm-\(vmid)-fleece-0"), "\(log)")
+            #expect(!log.contains("paused for") && !log.contains("suspending") && s.downtimeParts?["pause"] == nil, "\(log)")
+            try expectRunning(h, vmid, "after the fleecing backup (\(fl))")
+            let leftFiles = h.storageFiles().filter { $0.contains("-fleece-") }, leftLVs = try lvNames(vg).filter { $0.contains("-fleece-") }
+            #expect(leftFiles.isEmpty && leftLVs.isEmpty, "\(fl): fleecing images left: \(leftFiles) \(leftLVs)")
+            let live = try Self.read(try h.volumePath("thick:vm-\(vmid)-disk-0"))
+            let expectedLive = Self.afterGuestWrite(pointInTime, value: value)
+            #expect(live == expectedLive, "\(fl): the guest's write did not reach its LV")
+            let restored = try restoredDisk(h, try #require(s.archive), vmid + (fl == "fl" ? 1 : 2), storage: "thick")
+            #expect(restored == pointInTime, "\(fl): restored disk is not the point-in-time content: difference \(Self.firstDifference(restored, pointInTime))")
+            pointInTime = expectedLive
+            nextSecond()
+        }
+        print("[lvm guest] lvm case (refuse, fallback, fleecing) took \(Int(Date().timeIntervalSince(t0))) s")
+    }
+
+    /// A real read error under a running guest's LV (its device-mapper table
+    /// reloaded with an `error` target over MiB 8, QEMU keeping it open): the
+    /// backup — suspend fallback reading the LV, and fleecing reading it through
+    /// QEMU's NBD export — fails naming the volume and the offset; the guest
+    /// runs on, nothing is left (no archive, no fleecing image, no lock).
+    @Test func readErrorUnderARunningGuestFailsTheBackupCleanly() async throws {
+        guard let vg = Integration.fixture("SNAPDUMP_TEST_LVM_VG") else { return }
+        let t0 = Date()
+        let h = try GuestHarness("lvm-err")
+        defer { h.tearDown() }
+        let scratch = try Integration.scratchDirectory("lvm-guest")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try h.must(["storage", "add", "lvm", "thick", "--vgname", vg])
+        try h.addStorage("dir", "local", under: scratch, extra: ["--content", "images,backup"])
+        try h.addStorage("dir", "fl", under: scratch, extra: ["--content", "images"])
+        let vmid = 720
+        _ = try await startGuest(h, vmid, storage: "thick", content: Self.pattern(seed: 3))
+
+        // The LV's own dm device: one linear segment on the PV, split around the bad MiB.
+        let dm = "\(vg.replacingOccurrences(of: "-", with: "--"))-vm--\(vmid)--disk--0"
+        let env = ["DM_DISABLE_UDEV": "1"]
+        let original = try Command.run(["dmsetup", "table", dm], environment: env)
+        let f = original.split(whereSeparator: \.isWhitespace).map(String.init)
+        try #require(f.count == 5 && f[2] == "linear", "LV \(dm) is not one linear segment: \(original)")
+        let sectors = try #require(Int(f[1])), start = try #require(Int(f[4]))
+        let bad = Self.guestWrite.offset / 512, badLen = Self.mib / 512
+        let table = "0 \(bad) linear \(f[3]) \(start)\n\(bad) \(badLen) error\n\(bad + badLen) \(sectors - bad - badLen) linear \(f[3]) \(start + bad + badLen)\n"
+        func load(_ t: String) throws {
+            try Command.run(["dmsetup", "suspend", dm], environment: env)
+            defer { _ = try? Command.capture(["dmsetup", "resume", dm], environment: env) }
+            try Command.run(["dmsetup", "load", dm], environment: env, input: t)
+        }
+        try load(table)
+        defer { try? load(original) }
+
+        let dumpdir = scratch + "/\(h.tag)-local/dump"
+        for (label, extra) in [("suspend fallback", [String]()), ("fleecing", ["--fleecing", "enabled=1,storage=fl"])] {
+            let r = try h.run(["backup", "\(vmid)", "--mode", "snapshot", "--storage", "local", "--output-format", "json"] + extra)
+            let log = TaskLogEvents.text(r.stderr)
+            #expect(r.status != 0, "\(label): backup over an unreadable MiB succeeded: \(log)")
+            let s = try summary(r)
+            let message = s.error ?? ""
+            print("[lvm guest] read error, \(label): \(message)")
+            #expect(!s.ok && (message.contains("vm-\(vmid)-disk-0") || message.contains("scsi0")), "\(label): \(s)")
+            let offset = message.split(whereSeparator: { !$0.isNumber }).compactMap { UInt64($0) }.first { $0 >= 4 << 20 && $0 <= 9 << 20 }
+            #expect(offset != nil, "\(label): no offset near MiB 8 in '\(message)'")
+            #expect(label != "fleecing" || s.method == "fleecing", "\(s)")
+            try expectRunning(h, vmid, "after the failed backup (\(label))")
+            let files = (try? FileSystem.list(dumpdir)) ?? []
+            let left = files.filter { $0.contains(".vma") || $0.contains(".dat") || $0.contains(".tmp") }
+            #expect(left.isEmpty, "\(label): archive files left in \(dumpdir): \(left)")
+            #expect(h.storageFiles().filter { $0.contains("-fleece-") }.isEmpty, "\(label): fleecing image left")
+        }
+        print("[lvm guest] read error case took \(Int(Date().timeIntervalSince(t0))) s")
+    }
+}
