@@ -362,6 +362,7 @@ struct LVMGuestTests {
             let s = try summary(r)
             let message = s.error ?? ""
             print("[lvm guest] read error, \(label): \(message)")
+            for line in log.split(separator: "\n") where line.contains("ERROR") || line.contains("WARN") { print("[lvm guest]   log: \(line)") }
             #expect(!s.ok && (message.contains("vm-\(vmid)-disk-0") || message.contains("scsi0")), "\(label): \(s)")
             let offset = message.split(whereSeparator: { !$0.isNumber }).compactMap { UInt64($0) }.first { $0 >= 4 << 20 && $0 <= 9 << 20 }
             #expect(offset != nil, "\(label): no offset near MiB 8 in '\(message)'")
