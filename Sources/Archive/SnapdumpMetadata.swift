@@ -5,6 +5,10 @@ import Foundation
 /// not know it ignore it.
 public struct SnapdumpMetadata: Codable, Hashable, Sendable {
     public static let blobName = "snapdump.json"
+    /// A streamed archive (`backup --stdout`) cannot carry digests known only
+    /// at the end; it records how it was taken under this name instead, with
+    /// no devices, so no reader mistakes it for a damaged `snapdump.json`.
+    public static let streamBlobName = "snapdump-stream.json"
     public static let currentVersion = 1
 
     public struct Device: Codable, Hashable, Sendable {

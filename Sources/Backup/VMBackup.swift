@@ -257,10 +257,18 @@ final class VMBackup: @unchecked Sendable {
         if case let .zstd(level, workers) = compression {
             compression = .zstd(level: level, workers: Int32(BackupOptions.zstdWorkers(Int(workers), cores: ProcessInfo.processInfo.activeProcessorCount)))
         }
-        let configs = [VMAConfigBlob(name: "qemu-server.conf", data: Array(conf.utf8))]
+        var configs = [VMAConfigBlob(name: "qemu-server.conf", data: Array(conf.utf8))]
         let ctime = Int64(started.timeIntervalSince1970)
         let writer: VMAWriter
         if let stream {
+            // Invariant 5: the mode is in the archive's metadata, streamed too. The
+            // header goes out first, so only what is known now: in snapshot mode the
+            // window is over; in stop/suspend mode the guest is still down (no downtime yet).
+            let known = SnapdumpMetadata(devices: [], mode: mode.rawValue,
+                                         downtimeMs: mode == .snapshot ? downtime.projectedMilliseconds : nil,
+                                         startTime: ctime, snapdumpVersion: SnapdumpVersion.current,
+                                         downtimeParts: mode == .snapshot ? downtime.partsByName : nil)
+            configs.append(VMAConfigBlob(name: SnapdumpMetadata.streamBlobName, data: try known.encoded()))
             writer = try VMAWriter(stream: stream, ctime: ctime, devices: devices, configs: configs, compression: compression)
         } else {
             writer = try VMAWriter(path: datPath, ctime: ctime, devices: devices, configs: configs,

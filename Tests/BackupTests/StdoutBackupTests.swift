@@ -1,4 +1,5 @@
 import Archive
+import Backup
 import Foundation
 import SnapdumpSystem
 import Testing
@@ -63,11 +64,15 @@ struct StdoutBackupTests {
         #expect(verify.status == 0, "\(verify)")
         let list = try SnapdumpBinary.run(["vma", "list", stream])
         #expect(list.status == 0 && list.stdout.contains("qemu-server.conf") && !list.stdout.contains("snapdump.json"), "\(list)")
+        #expect(list.stdout.contains("snapdump-stream.json"), "the mode is recorded in the stream: \(list)")
 
         let extracted = dir + "/x"
         let x = try SnapdumpBinary.run(["vma", "extract", stream, extracted])
         try #require(x.status == 0, "\(x)")
         #expect(try Self.bytes(extracted + "/disk-drive-scsi0.raw") == Self.bytes(disk), "extracted disk differs from the source")
+        let streamMeta = try JSONDecoder().decode(SnapdumpMetadata.self, from: try Self.bytes(extracted + "/snapdump-stream.json"))
+        // The guest is stopped: snapshot mode was asked, stop mode used (as vzdump), and the stream says so.
+        #expect(streamMeta.mode == "stop" && streamMeta.devices.isEmpty && streamMeta.snapdumpVersion == SnapdumpVersion.current, "\(streamMeta)")
 
         let restore = try run(["restore", stream, "101", "--storage", "local"])
         try #require(restore.status == 0, "\(restore)")
