@@ -41,7 +41,7 @@ let package = Package(
         // chunk store, locks, encryption, verify and gc.
         .target(name: "Repository", dependencies: ["SnapdumpSystem", "Archive", "CZstd", "CZlib", "COpenSSL"], exclude: ["README.md"]),
         // The vzdump engine: modes, fallback, logs, restore.
-        .target(name: "Backup", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "Storage", "Guest", "Archive", "Notify"], exclude: ["README.md"]),
+        .target(name: "Backup", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "Storage", "Guest", "Archive", "Notify", "Repository"], exclude: ["README.md"]),
         // Backup jobs (jobs.cfg), job state, and the snapdumpd scheduler.
         .target(name: "Scheduler", dependencies: [
             "Backup", "Storage", "Archive", "SnapdumpConfig", "SnapdumpSystem",
@@ -66,7 +66,7 @@ let package = Package(
         .testTarget(name: "GuestTests", dependencies: ["Guest", "Storage", "SnapdumpSystem", "TestSupport"]),
         .testTarget(name: "ArchiveTests", dependencies: ["Archive", "SnapdumpSystem", "TestSupport"], resources: [.copy("Golden")]),
         .testTarget(name: "RepositoryTests", dependencies: ["Repository", "Archive", "SnapdumpSystem", "TestSupport"]),
-        .testTarget(name: "BackupTests", dependencies: ["Backup", "Guest", "Storage", "Archive", "SnapdumpConfig", "SnapdumpSystem", "TestSupport"]),
+        .testTarget(name: "BackupTests", dependencies: ["Backup", "Guest", "Storage", "Archive", "Repository", "SnapdumpConfig", "SnapdumpSystem", "TestSupport"]),
         .testTarget(name: "NotifyTests", dependencies: ["Notify", "SnapdumpConfig", "TestSupport"]),
         .testTarget(name: "SchedulerTests", dependencies: [
             "Scheduler", "SnapdumpCLI", "Backup", "Archive", "SnapdumpConfig", "SnapdumpSystem", "TestSupport",

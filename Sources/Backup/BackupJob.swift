@@ -2,6 +2,7 @@ import Archive
 import Foundation
 import Guest
 import Notify
+import Repository
 import SnapdumpConfig
 import SnapdumpSystem
 import Storage
@@ -108,6 +109,43 @@ public final class BackupJob {
         }
     }
 
+    private enum OpenedDestination {
+        case dumpDirectory(String, storage: String?)
+        case repository(RepositoryStore)
+
+        var dumpdir: String? {
+            if case .dumpDirectory(let d, _) = self { return d }
+            return nil
+        }
+    }
+
+    /// Names a guest's repository backup after the first second from now
+    /// that no finished snapshot of it has, and attaches `log` to
+    /// `<logDir>/qemu-<vmid>.log` (vzdump's log for PBS backups: replaced
+    /// by each backup of the guest; the global lock keeps backups of one
+    /// host apart). A snapshot must be newer than the guest's last one.
+    static func claimSnapshot(vmid: Int, store: RepositoryStore, logDir: String, log: TaskLog,
+                              clock: () -> Date = Date.init) async -> (SnapshotName, Date, String) {
+        let last = (try? store.snapshots(vmid: vmid).first?.time) ?? Int64.min
+        var now = clock()
+        for _ in 0..<60 {
+            let s = SnapshotName(vmid: vmid, time: now)
+            if s.time > last && !store.repository.exists(s) { break }
+            let wait = (now.timeIntervalSince1970 + 1).rounded(.down) - now.timeIntervalSince1970
+            try? await Task.sleep(nanoseconds: UInt64(max(wait, 0.001) * 1e9))
+            now = clock()
+        }
+        let logFile = "\(logDir)/qemu-\(vmid).log"
+        do {
+            try FileSystem.createDirectory(logDir, mode: 0o700)
+            try? FileSystem.remove(logFile)
+            try log.attach(file: logFile)
+        } catch {
+            log.warn("cannot write log file: \(error)")
+        }
+        return (SnapshotName(vmid: vmid, time: now), now, logFile)
+    }
+
     /// The effective command, as vzdump logs it when a job starts: the guests,
     /// mode, target and compression always, then every other option whose
     /// value in effect differs from `VzdumpOption.table`'s default —
@@ -164,15 +202,24 @@ public final class BackupJob {
         if stream != nil && vmids.count != 1 {
             throw BackupError("you can only backup a single VM with option --stdout (selected: \(vmids.map(String.init).joined(separator: ", ")))")
         }
-        let dumpdir: String
-        if stream == nil {
-            dumpdir = try Self.dumpDirectory(options: options, storages: storages)
-            try FileSystem.createDirectory(dumpdir)
-        } else {
+        // A repository is opened once for the job: a missing one, or its key, fails before any guest is touched.
+        let opened: OpenedDestination
+        if stream != nil {
             // Nothing is written there; it only names where a killed file-mode run may have left a `.dat`.
-            dumpdir = (try? Self.dumpDirectory(options: options, storages: storages)) ?? ""
+            opened = .dumpDirectory((try? Self.dumpDirectory(options: options, storages: storages)) ?? "", storage: options.target.storageID)
+        } else {
+            switch try options.target.destination(storages: storages) {
+            case .dumpDirectory(let dir, let storage):
+                try FileSystem.createDirectory(dir)
+                opened = .dumpDirectory(dir, storage: storage)
+            case .repository(let id, let path, let key):
+                do { opened = .repository(try RepositoryStore(storage: id, path: path, encryptionKey: key)) } catch {
+                    throw BackupError("storage '\(id)': \(error)")
+                }
+            }
         }
-        let hook = settings.script.map { HookScript(path: $0, storeID: options.target.storageID, dumpdir: dumpdir) }
+        // DUMPDIR is empty for a repository, as vzdump leaves it for PBS.
+        let hook = settings.script.map { HookScript(path: $0, storeID: options.target.storageID, dumpdir: opened.dumpdir ?? "") }
         try await hook?.run(.jobInit, log: log)
 
         let lock = try await acquireGlobalLock(hook: hook)
@@ -209,22 +256,41 @@ public final class BackupJob {
                 break
             }
             let vmLog = TaskLog(echo: !options.quiet, parent: log)
-            let (name, now) = stream == nil
-                ? await Self.claimName(vmid: vmid, dumpdir: dumpdir, compression: options.compression.kind, log: vmLog)
-                : { let now = Date(); return (ArchiveName(vmid: UInt32(vmid), date: now, compression: options.compression.kind), now) }()
+            let target: GuestTarget
+            let now: Date
+            switch opened {
+            case .dumpDirectory(let dumpdir, let storage):
+                if let stream {
+                    now = Date()
+                    target = .stream(stream, dumpdir: dumpdir, name: ArchiveName(vmid: UInt32(vmid), date: now, compression: options.compression.kind))
+                } else {
+                    let (name, time) = await Self.claimName(vmid: vmid, dumpdir: dumpdir, compression: options.compression.kind, log: vmLog)
+                    target = .archive(dumpdir: dumpdir, storage: storage, name: name)
+                    now = time
+                }
+            case .repository(let store):
+                let (snapshot, time, logFile) = await Self.claimSnapshot(vmid: vmid, store: store, logDir: paths.taskLogDir, log: vmLog)
+                target = .repository(store, snapshot: snapshot, logFile: logFile)
+                now = time
+            }
             let backup = VMBackup(vmid: vmid, options: options, paths: paths, storages: storages, lifecycle: lifecycle,
-                                  dumpdir: dumpdir, log: vmLog, interrupt: interrupt, name: name, startTime: now,
-                                  settings: settings, hook: hook, stream: stream)
+                                  target: target, log: vmLog, interrupt: interrupt, startTime: now,
+                                  settings: settings, hook: hook)
             var s = await backup.run()
-            if stream == nil { s.log = "\(dumpdir)/\(name.logName)" }
+            if stream == nil { s.log = target.logFile }
             vmLog.detach()
+            if s.ok, case .repository(let store, let snapshot, let logFile) = target {
+                // PBS keeps the client's log beside the manifest, uploaded once the backup is done.
+                do { try store.repository.addLog(snapshot, try FileSystem.readBytes(logFile)) } catch {
+                    log.warn("cannot store the task log in backup '\(store.volume(snapshot))': \(error)")
+                }
+            }
             let guestName = (try? VMConfig.load(vmid: vmid, paths: paths))?.name ?? "VM \(vmid)"
-            reported.append(.init(summary: s, name: guestName, logFile: "\(dumpdir)/\(name.logName)", lines: stream == nil ? nil : vmLog.lines))
+            reported.append(.init(summary: s, name: guestName, logFile: target.logFile, lines: stream == nil ? nil : vmLog.lines))
             if let hook {
-                let logfile = "\(dumpdir)/\(name.logName)"
                 let hostname = guestName
                 try? await hook.run(.logEnd, guest: .init(mode: s.mode ?? options.mode, vmid: vmid, hostname: hostname,
-                                                    target: s.archive ?? "\(dumpdir)/\(name.fileName)", logfile: logfile), log: log)
+                                                    target: s.archive ?? target.location, logfile: target.logFile), log: log)
             }
             summaries.append(s)
         }

@@ -21,4 +21,17 @@ public struct BackupSummary: Sendable, Codable {
     public var seconds: Double = 0
     public var storages: [String] = []
     public var error: String?
+    /// A backup into a repository: chunks written and found.
+    public var chunks: Chunks?
+
+    public struct Chunks: Sendable, Codable, Equatable {
+        /// Chunks the repository did not have, written now.
+        public var new: Int
+        /// Chunks found in the repository (or the zero chunk again), not written.
+        public var reused: Int
+        /// Bytes of the new chunks before compression.
+        public var newBytes: UInt64
+        /// Bytes written for them (compressed blobs).
+        public var storedBytes: UInt64
+    }
 }

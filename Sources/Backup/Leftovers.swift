@@ -34,7 +34,7 @@ enum Leftovers {
     /// `startDrives`, a paused one resumed, frozen filesystems thawed. Fleecing images of the
     /// guest on `fleecingStorage` are deleted. Returns the guest's status afterwards.
     static func recover(config: VMConfig, staleLock: Bool, disks: [DiskPlan], startDrives: [ResolvedDisk],
-                        fleecingStorage: (any StoragePlugin)? = nil, dumpdir: String,
+                        fleecingStorage: (any StoragePlugin)? = nil, dumpdir: String?,
                         paths: SnapdumpPaths, lifecycle: VMLifecycle, log: TaskLog) async throws -> VMStatus {
         let vmid = config.vmid
         var status = try await lifecycle.status(vmid: vmid)
@@ -81,7 +81,7 @@ enum Leftovers {
         return status
     }
 
-    private static func remove(vmid: Int, disks: [DiskPlan], dumpdir: String, running: Bool,
+    private static func remove(vmid: Int, disks: [DiskPlan], dumpdir: String?, running: Bool,
                        lifecycle: VMLifecycle, log: TaskLog) async throws {
         // Storage snapshots and what was made to read them.
         var byStorage: [String: (plugin: any StoragePlugin, volumes: [VolumeID])] = [:]
@@ -110,7 +110,8 @@ enum Leftovers {
                 log.warn("merged overlay \(overlay) back into \(d.path), left by an earlier run that was killed")
             }
         }
-        // Unfinished archives of this guest.
+        // Unfinished archives of this guest (a repository's unfinished snapshots: BackupWriter removes them).
+        guard let dumpdir else { return }
         for name in (try? FileSystem.list(dumpdir)) ?? [] where name.hasPrefix("vzdump-qemu-\(vmid)-") && name.hasSuffix(".dat") {
             try FileSystem.remove(dumpdir + "/" + name)
             log.warn("removed unfinished archive \(dumpdir)/\(name), left by an earlier run that was killed")

@@ -1,17 +1,58 @@
 import Archive
 import Foundation
 import Guest
+import Repository
 import SnapdumpConfig
 import SnapdumpSystem
 import Storage
 
-/// Backs up one guest in stop, suspend or snapshot mode into a VMA archive.
+/// Where one guest's backup goes: a VMA archive in a dump directory, or a
+/// snapshot in a repository. Decided by the job (`BackupDestination`) and
+/// named before the guest is touched.
+enum GuestTarget {
+    case archive(dumpdir: String, storage: String?, name: ArchiveName)
+    /// `logFile` is written during the backup and stored in the snapshot as `client.log.blob` after it.
+    case repository(RepositoryStore, snapshot: SnapshotName, logFile: String)
+    /// `--stdout`: the archive goes to the stream; `dumpdir` only names where a killed
+    /// file-mode run may have left a `.dat` (nothing is written there).
+    case stream(File, dumpdir: String, name: ArchiveName)
+
+    /// The archive's path, or the snapshot's volume id (`repo1:backup/vm/100/…`): the hook's TARGET.
+    var location: String {
+        switch self {
+        case .archive(let dir, _, let name): return "\(dir)/\(name.fileName)"
+        case .repository(let store, let s, _): return store.volume(s).description
+        // vzdump names the target '-' when it writes to standard output.
+        case .stream: return "-"
+        }
+    }
+
+    var logFile: String {
+        switch self {
+        case .archive(let dir, _, let name): return "\(dir)/\(name.logName)"
+        case .repository(_, _, let f): return f
+        case .stream(_, let dir, let name): return "\(dir)/\(name.logName)"
+        }
+    }
+
+    var dumpdir: String? {
+        switch self {
+        case .archive(let dir, _, _), .stream(_, let dir, _): return dir
+        case .repository: return nil
+        }
+    }
+}
+
+/// Backs up one guest in stop, suspend or snapshot mode into a VMA archive
+/// or a repository snapshot.
 ///
 /// Invariants (DESIGN.md): a guest this code paused, froze or stopped is
 /// resumed, thawed or restarted on every path out; every snapshot it creates
 /// is deleted on every path out; the archive gets its final name only when
-/// complete and fsynced, and a failure leaves no `.dat`/`.vma*` behind; the
-/// mode actually used is logged, stored in the archive and returned.
+/// complete and fsynced, and a failure leaves no `.dat`/`.vma*` behind (a
+/// repository snapshot exists only once its manifest is written, after a
+/// syncfs; a failure removes its directory); the mode actually used is
+/// logged, stored in the archive and returned.
 final class VMBackup: @unchecked Sendable {
     // @unchecked: one backup runs in one task; blocking steps are handed to a
     // thread with Blocking.run while that task awaits them, so state is never
@@ -21,31 +62,31 @@ final class VMBackup: @unchecked Sendable {
     let paths: SnapdumpPaths
     let storages: StorageRegistry
     let lifecycle: VMLifecycle
-    let dumpdir: String
+    let target: GuestTarget
     let log: TaskLog
     let interrupt: Interrupt
-    let name: ArchiveName
     let startTime: Date
     let settings: BackupSettings
     let hook: HookScript?
     /// `--stdout`: the archive goes to this stream instead of a file in
     /// `dumpdir`; no prune, notes or protection (there is no archive file).
-    let stream: File?
+    var stream: File? {
+        if case .stream(let f, _, _) = target { return f }
+        return nil
+    }
 
     init(vmid: Int, options: BackupOptions, paths: SnapdumpPaths, storages: StorageRegistry,
-         lifecycle: VMLifecycle, dumpdir: String, log: TaskLog, interrupt: Interrupt, name: ArchiveName, startTime: Date,
-         settings: BackupSettings = BackupSettings(), hook: HookScript? = nil, stream: File? = nil) {
-        self.stream = stream
+         lifecycle: VMLifecycle, target: GuestTarget, log: TaskLog, interrupt: Interrupt, startTime: Date,
+         settings: BackupSettings = BackupSettings(), hook: HookScript? = nil) {
         self.settings = settings
         self.hook = hook
-        self.name = name
+        self.target = target
         self.startTime = startTime
         self.vmid = vmid
         self.options = options
         self.paths = paths
         self.storages = storages
         self.lifecycle = lifecycle
-        self.dumpdir = dumpdir
         self.log = log
         self.interrupt = interrupt
     }
@@ -79,9 +120,13 @@ final class VMBackup: @unchecked Sendable {
             if let lock = config.lock {
                 throw BackupError("VM \(vmid) is locked (\(lock)); if nothing is using it, clear it with 'snapdump vm unlock \(vmid)'")
             }
-            if stream == nil {
-                try BackupLifecycle.checkBeforeBackup(vmid: vmid, dumpdir: dumpdir, storage: options.dumpdir == nil ? options.storage : nil,
-                                                      settings: settings)
+            switch target {
+            case .archive(let dumpdir, let storage, _):
+                try BackupLifecycle.checkBeforeBackup(vmid: vmid, dumpdir: dumpdir, storage: storage, settings: settings)
+            case .repository(let store, _, _):
+                try store.checkBackupLimit(vmid: vmid, policy: settings.pruneBackups, remove: settings.remove, protected: settings.protected)
+            case .stream:
+                break
             }
             let storages = self.storages
             // One decision (GuestDrives) for what the backup reads and what the guest is (re)started with.
@@ -91,7 +136,7 @@ final class VMBackup: @unchecked Sendable {
             summary.storages = Array(Set(disks.map(\.volume.storage))).sorted()
             let status = try await Leftovers.recover(config: config, staleLock: staleLock, disks: disks, startDrives: startDrives,
                                                      fleecingStorage: options.fleecing.storage.flatMap { try? storages.plugin($0) },
-                                                     dumpdir: dumpdir, paths: paths, lifecycle: lifecycle, log: log)
+                                                     dumpdir: target.dumpdir, paths: paths, lifecycle: lifecycle, log: log)
             log.info("status = \(status.state.rawValue)")
             if let name = config.name { log.info("VM Name: \(name)") }
             for d in config.disks where !d.isIncluded(in: .backup) && !d.isCDROM {
@@ -127,12 +172,14 @@ final class VMBackup: @unchecked Sendable {
             locked = true
 
             let start = startTime
-            // vzdump names the target '-' when it writes to standard output.
-            let archivePath = stream == nil ? "\(dumpdir)/\(name.fileName)" : "-"
+            let archivePath = target.location
             hookGuest = HookScript.Guest(mode: mode, vmid: vmid, hostname: config.name ?? "VM \(vmid)", target: archivePath,
-                                         logfile: "\(dumpdir)/\(name.logName)")
+                                         logfile: target.logFile)
             try await runHook(.backupStart)
-            log.info("creating vzdump archive '\(archivePath)'")
+            switch target {
+            case .archive, .stream: log.info("creating vzdump archive '\(archivePath)'")
+            case .repository: log.info("creating repository backup '\(archivePath)'")
+            }
 
             let downtime = DowntimeClock()
             let guest = GuestControl(vmid: vmid, lifecycle: lifecycle, log: log, interrupt: interrupt, debts: debts, downtime: downtime,
@@ -159,8 +206,16 @@ final class VMBackup: @unchecked Sendable {
             // Reading, hashing and writing block: they run on their own threads, not the cooperative pool.
             let result: ArchiveResult
             do {
-                result = try await Blocking.run("archive") { [config, name, mode] in try self.writeArchive(config: config, disks: disks, path: archivePath, archiveName: name,
-                                          mode: mode, downtime: downtime, started: start) }
+                result = try await Blocking.run("archive") { [config, target, mode] in
+                    switch target {
+                    case .archive(_, _, let name), .stream(_, _, let name):
+                        return try self.writeArchive(config: config, disks: disks, path: archivePath, archiveName: name,
+                                                     mode: mode, downtime: downtime, started: start)
+                    case .repository(let store, let snapshot, _):
+                        return try self.upload(config: config, disks: disks, store: store, snapshot: snapshot,
+                                               mode: mode, downtime: downtime, started: start)
+                    }
+                }
             } catch {
                 // The readers failed because the fleecing was aborted: say why.
                 if let why = await fleecing?.failure { throw BackupError(why) }
@@ -169,15 +224,21 @@ final class VMBackup: @unchecked Sendable {
             summary.archive = archivePath
             summary.archiveBytes = result.fileBytes
             summary.readBytes = result.readBytes
+            summary.chunks = result.chunks
             try await settle()
             if let ms = downtime.milliseconds {
                 summary.downtimeMs = ms
                 summary.downtimeKind = downtime.kind
                 summary.downtimeParts = downtime.partsByName
             }
-            if stream == nil {
+            switch target {
+            case .archive(_, let storage, _):
                 try BackupLifecycle.afterCommit(archivePath: archivePath, vmid: vmid, guestName: config.name,
-                                                storage: options.dumpdir == nil ? options.storage : nil, settings: settings, log: log)
+                                                storage: storage, settings: settings, log: log)
+            case .repository(let store, let snapshot, _):
+                try BackupLifecycle.afterCommit(snapshot: snapshot, in: store, guestName: config.name, settings: settings, log: log)
+            case .stream:
+                break
             }
             try await runHook(.backupEnd)
             summary.ok = true
@@ -243,11 +304,52 @@ final class VMBackup: @unchecked Sendable {
     private struct ArchiveResult {
         var fileBytes: UInt64
         var readBytes: UInt64
+        var chunks: BackupSummary.Chunks? = nil
+    }
+
+    /// The archive phase into a repository: disks, then the config and
+    /// snapdump.json as blobs, then the manifest (the commit). On any error
+    /// the snapshot directory is removed; chunks already written stay for gc.
+    private func upload(config: VMConfig, disks: [DiskPlan], store: RepositoryStore, snapshot: SnapshotName,
+                        mode: BackupMode, downtime: DowntimeClock, started: Date) throws -> ArchiveResult {
+        let log = self.log
+        let writer = try BackupWriter(repository: store.repository, snapshot: snapshot, lockTimeout: 10) { old in
+            log.warn("removed unfinished backup '\(store.storage):backup/\(old)', left by an earlier run that was killed")
+        }
+        do {
+            let t0 = Date()
+            let progress = ProgressReporter(log: log)
+            let upload = RepositoryUpload(writer: writer, disks: zip(disks, sources).map { .init(name: $0.deviceName, size: $0.size, source: $1) },
+                                          bwlimitKiB: options.bwlimit, progress: progress, interrupt: interrupt)
+            let r = try upload.run()
+            try writer.addBlob(name: "qemu-server.conf.blob", data: Array(VMAConfigFile.render(config, disks: disks).utf8))
+            // snapdump.json as in an archive (mode, downtime); a device's digest is its index checksum, which for
+            // an unencrypted repository equals the archive's device digest.
+            let meta = SnapdumpMetadata(
+                devices: zip(disks, r.indexes).map { SnapdumpMetadata.Device(name: $0.deviceName, size: $0.size, sha256: $1.indexChecksum) },
+                mode: mode.rawValue, downtimeMs: downtime.projectedMilliseconds, startTime: Int64(started.timeIntervalSince1970),
+                snapdumpVersion: SnapdumpVersion.current, downtimeParts: downtime.partsByName)
+            try writer.addBlob(name: SnapdumpMetadata.blobName + ".blob", data: try meta.encoded())
+            try interrupt.check()
+            _ = try writer.finish()
+            let secs = Date().timeIntervalSince(t0)
+            let stats = writer.stats
+            if let sparse = progress.sparseLine() { log.info(sparse) }
+            log.info("transferred \(Formatting.bytes(r.bytesTotal)) in \(Int(secs.rounded())) seconds (\(Formatting.rate(r.bytesTotal, seconds: secs)))")
+            log.info("read \(Formatting.bytes(r.bytesRead)); chunks: \(stats.count) new (\(Formatting.bytes(stats.size))), "
+                     + "\(stats.duplicates) reused; stored \(Formatting.bytes(stats.compressedSize))")
+            for (d, idx) in zip(disks, r.indexes) { log.info("\(d.deviceName): index checksum \(idx.indexChecksum.hex)") }
+            return ArchiveResult(fileBytes: stats.compressedSize, readBytes: r.bytesRead,
+                                 chunks: .init(new: stats.count, reused: stats.duplicates, newBytes: stats.size, storedBytes: stats.compressedSize))
+        } catch {
+            writer.abort()
+            throw error
+        }
     }
 
     private func writeArchive(config: VMConfig, disks: [DiskPlan], path: String, archiveName: ArchiveName,
                               mode: BackupMode, downtime: DowntimeClock, started: Date) throws -> ArchiveResult {
-        let datPath = "\(dumpdir)/\(archiveName.temporaryName)"
+        let datPath = "\((path as NSString).deletingLastPathComponent)/\(archiveName.temporaryName)"
         // Whole sectors, as QEMU and Proxmox see a disk: the pipeline reads a raw file's odd tail as zeros.
         let devices = disks.enumerated().map {
             VMADevice(id: UInt8($0.offset + 1), name: $0.element.deviceName, size: VMAFormat.paddedDeviceSize($0.element.size))

@@ -134,6 +134,29 @@ public struct Repository: Sendable {
         return try DataBlob.decode(bytes, crypt: crypt, object: "snapshot \(s) file \(file)")
     }
 
+    /// Stores a finished backup's task log as `client.log.blob` (compressed,
+    /// encrypted like the other blobs). As in PBS it is written after the
+    /// manifest and not listed in it; an existing log is never replaced.
+    public func addLog(_ s: SnapshotName, _ text: [UInt8]) throws {
+        guard exists(s) else { throw RepositoryError(.notFound, "snapshot \(s)", "does not exist in \(root)") }
+        let path = directory(of: s) + "/" + Self.logBlobName
+        if FileSystem.exists(path) { throw RepositoryError(.exists, "snapshot \(s)", "has a task log already") }
+        do {
+            try FileSystem.writeAtomically(path, bytes: try DataBlob.encode(text, compress: true, crypt: crypt), mode: 0o600)
+        } catch let e as RepositoryError { throw e } catch {
+            throw RepositoryError.io(path, "cannot write the task log", error)
+        }
+    }
+
+    /// A snapshot's task log, if it has one.
+    public func log(_ s: SnapshotName) throws -> [UInt8]? {
+        let path = directory(of: s) + "/" + Self.logBlobName
+        guard FileSystem.exists(path) else { return nil }
+        return try blob(s, file: Self.logBlobName)
+    }
+
+    public static let logBlobName = "client.log.blob"
+
     public func isProtected(_ s: SnapshotName) -> Bool { FileSystem.exists(directory(of: s) + "/.protected") }
 
     public func setProtected(_ s: SnapshotName, _ on: Bool) throws {

@@ -46,4 +46,7 @@ public struct SnapdumpPaths: Sendable, Equatable {
     public func consoleLog(_ vmid: Int) -> String { "\(qemuRunDir)/\(vmid).serial.log" }
     public var lockDir: String { runDir + "/lock" }
     public var backupLock: String { runDir + "/vzdump.lock" }
+    /// Task logs of backups into a repository while they run (`qemu-<vmid>.log`, as vzdump's
+    /// /var/log/vzdump for PBS); a finished backup keeps a copy in its snapshot.
+    public var taskLogDir: String { configDir == Self.defaultConfigDir ? "/var/log/snapdump" : configDir + "/log" }
 }

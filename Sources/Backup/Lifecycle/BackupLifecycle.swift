@@ -1,4 +1,5 @@
 import Foundation
+import Repository
 
 /// The steps around one guest's backup that vzdump takes besides writing
 /// the archive, for the engine (`VMBackup`) to call:
@@ -62,6 +63,34 @@ public enum BackupLifecycle {
             let results = try dump.prune(vmid: vmid, policy: settings.pruneBackups) { level, message in
                 log.log(level, message)
             }
+            let pruned = results.filter { $0.mark == .remove }.count
+            log.info("pruned \(pruned) backup(s)" + (pruned > 0 ? " not covered by keep-retention policy" : ""))
+        }
+    }
+
+    /// `afterCommit` for a repository snapshot (its manifest is written):
+    /// notes into the manifest's unprotected part, `.protected`, then prune
+    /// of this guest's snapshots in the repository — same rules and lines.
+    public static func afterCommit(snapshot: SnapshotName, in store: RepositoryStore, guestName: String?,
+                                   settings: BackupSettings, log: TaskLog, node: String = NotesTemplate.nodeName()) throws {
+        let vmid = snapshot.vmid ?? 0
+        if let template = settings.notesTemplate, !template.isEmpty {
+            log.info("adding notes to backup")
+            do {
+                try store.repository.setNotes(snapshot, try NotesTemplate.render(template, .init(vmid: vmid, guestName: guestName, node: node)))
+            } catch {
+                log.warn("unable to add notes - \(error)")
+            }
+        }
+        if settings.protected {
+            log.info("marking backup as protected")
+            do { try store.repository.setProtected(snapshot, true) } catch {
+                throw BackupError("unable to set protected flag - \(error)")
+            }
+        }
+        if settings.remove && !settings.pruneBackups.keepsEverything {
+            log.info("prune older backups with retention: \(settings.pruneBackups)")
+            let results = try store.prune(vmid: vmid, policy: settings.pruneBackups) { level, message in log.log(level, message) }
             let pruned = results.filter { $0.mark == .remove }.count
             log.info("pruned \(pruned) backup(s)" + (pruned > 0 ? " not covered by keep-retention policy" : ""))
         }

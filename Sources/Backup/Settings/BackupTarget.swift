@@ -33,11 +33,28 @@ public enum BackupTarget: Sendable, Equatable, CustomStringConvertible {
             }
             // Never VMA files inside a repository's directory.
             if def.type == .repo {
-                throw BackupError("storage '\(id)' is a backup repository: backing up into it is not supported yet (fill it with 'snapdump repo import')")
+                throw BackupError("storage '\(id)' is a backup repository, not a dump directory (its backups are named '\(id):backup/vm/<vmid>/<time>')")
             }
             guard let path = def.path else { throw BackupError("storage '\(id)' (\(def.type.rawValue)) has no path for backups") }
             return path + "/dump"
         }
+    }
+
+    /// What the target is: a dump directory for VMA archives, or a
+    /// deduplicating repository (a storage of type `repo`). The engine
+    /// branches on this once per step, never on the storage type itself.
+    public func destination(storages: StorageRegistry) throws -> BackupDestination {
+        if case .storage(let id) = self {
+            let def = try storages.config.storage(id)
+            if def.type == .repo {
+                guard def.content.contains(.backup) else {
+                    throw BackupError("storage '\(id)' does not support backups (content 'backup' is not enabled)")
+                }
+                guard let path = def.path else { throw BackupError("storage '\(id)' (repo) has no path") }
+                return .repository(storage: id, path: path, encryptionKey: def.encryptionKey)
+            }
+        }
+        return .dumpDirectory(path: try directory(storages: storages), storage: storageID)
     }
 
     /// As a command-line option: `--storage local`, `--dumpdir /srv/dump`.
@@ -46,5 +63,21 @@ public enum BackupTarget: Sendable, Equatable, CustomStringConvertible {
         case .storage(let id): return "--storage \(id)"
         case .dumpdir(let d): return "--dumpdir \(d)"
         }
+    }
+}
+
+/// Where one backup run writes, resolved from a `BackupTarget`.
+public enum BackupDestination: Sendable, Equatable {
+    /// VMA archives, logs, notes and `.protected` files in a directory;
+    /// `storage` is the storage id (nil for `--dumpdir`).
+    case dumpDirectory(path: String, storage: String?)
+    /// Snapshots `vm/<vmid>/<time>` in the repository at `path` (storage
+    /// type `repo`), encrypted with the key file at `encryptionKey` if set.
+    case repository(storage: String, path: String, encryptionKey: String?)
+
+    /// The dump directory, for a VMA destination.
+    public var dumpdir: String? {
+        if case .dumpDirectory(let p, _) = self { return p }
+        return nil
     }
 }

@@ -1,0 +1,82 @@
+import Foundation
+import Repository
+
+/// A repository storage (type `repo`) as the backup engine and the
+/// `backup …`/`prune` commands see it: the counterpart of `DumpDirectory`
+/// for snapshots `vm/<vmid>/<time>`, named `<storage>:backup/vm/<vmid>/<time>`.
+/// Retention, notes and protection follow the same rules as for archives.
+public struct RepositoryStore: Sendable {
+    public let storage: String
+    public let repository: Repository
+    /// Prune periods (days, weeks) are counted in this zone, as for archives.
+    public let timeZone: TimeZone
+
+    public init(storage: String, repository: Repository, timeZone: TimeZone = .current) {
+        self.storage = storage
+        self.repository = repository
+        self.timeZone = timeZone
+    }
+
+    /// Opens the repository at `path`, with the storage's key file if it has one.
+    public init(storage: String, path: String, encryptionKey: String?, timeZone: TimeZone = .current) throws {
+        let crypt = try encryptionKey.map { try KeyFile.crypt(from: $0) }
+        self.init(storage: storage, repository: try Repository(root: path, crypt: crypt), timeZone: timeZone)
+    }
+
+    public func volume(_ s: SnapshotName) -> RepositoryVolume { RepositoryVolume(storage: storage, snapshot: s) }
+
+    /// The finished snapshots of guest `vmid` (every guest when nil), newest first.
+    public func snapshots(vmid: Int? = nil) throws -> [SnapshotName] {
+        try repository.snapshots(type: "vm", id: vmid.map(String.init))
+            .sorted { $0.time != $1.time ? $0.time > $1.time : $0.id < $1.id }
+    }
+
+    /// One snapshot and what prune does (or did) with it.
+    public struct PruneResult: Sendable {
+        public var snapshot: SnapshotName
+        public var mark: PruneMark
+    }
+
+    /// Proxmox's prune marks, each guest its own group; protected snapshots
+    /// are marked `protected` and never removed. Newest first.
+    public func pruneMarks(vmid: Int?, policy: PrunePolicy) throws -> [PruneResult] {
+        let all = try snapshots(vmid: vmid)
+        var marks = [PruneMark](repeating: .keep, count: all.count)
+        for (_, indices) in Dictionary(grouping: all.indices, by: { all[$0].id }) {
+            let m = policy.mark(indices.map { PrunePolicy.Entry(date: all[$0].date, isProtected: repository.isProtected(all[$0])) },
+                                timeZone: timeZone)
+            for (k, i) in indices.enumerated() { marks[i] = m[k] }
+        }
+        return all.indices.map { PruneResult(snapshot: all[$0], mark: marks[$0]) }
+    }
+
+    /// Prunes like `DumpDirectory.prune`: a removal that fails is logged, the
+    /// others still run, then it throws. Chunks stay until `repo gc`.
+    @discardableResult
+    public func prune(vmid: Int?, policy: PrunePolicy, dryRun: Bool = false,
+                      log: (TaskLog.Level, String) -> Void = { _, _ in }) throws -> [PruneResult] {
+        let results = try pruneMarks(vmid: vmid, policy: policy)
+        guard !dryRun else { return results }
+        var failed = false
+        for r in results where r.mark == .remove {
+            log(.info, "removing backup '\(volume(r.snapshot))'")
+            do { try repository.remove(r.snapshot) } catch {
+                log(.error, "error when removing backup '\(volume(r.snapshot))' - \(error)")
+                failed = true
+            }
+        }
+        if failed { throw BackupError("error pruning backups - check log") }
+        return results
+    }
+
+    /// vzdump's `remove 0` limit, counted over the guest's unprotected snapshots.
+    public func checkBackupLimit(vmid: Int, policy: PrunePolicy, remove: Bool, protected: Bool) throws {
+        let limit = policy.backupLimit
+        guard limit > 0, !remove, !protected else { return }
+        let count = try snapshots(vmid: vmid).filter { !repository.isProtected($0) }.count
+        if count >= limit {
+            throw BackupError("There is a max backup limit of \(limit) enforced by the target storage or the vzdump parameters. "
+                              + "Either increase the limit or delete old backups.")
+        }
+    }
+}
