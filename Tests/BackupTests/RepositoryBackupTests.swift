@@ -1,0 +1,180 @@
+import Archive
+import Foundation
+import Guest
+import Repository
+import SnapdumpSystem
+import Testing
+import TestSupport
+@testable import Backup
+
+/// Helpers for backups into a repository storage through the real binary.
+extension GuestHarness {
+    /// Adds repository storage `id` in a fresh directory below the harness and initialises it; returns its root.
+    func addRepository(_ id: String, extra: [String] = []) throws -> String {
+        let root = configDir + "/repo-\(id)"
+        try must(["storage", "add", "repo", id, "--path", root] + extra)
+        try must(["repo", "init", id])
+        return root
+    }
+}
+
+/// Chunk files in a repository (`.chunks/xxxx/<64 hex>`), `.bad` ones not counted.
+func chunkFiles(_ root: String) -> [String] {
+    var out: [String] = []
+    for prefix in (try? FileSystem.list(root + "/.chunks")) ?? [] {
+        for name in (try? FileSystem.list(root + "/.chunks/" + prefix)) ?? [] where name.count == 64 {
+            out.append(prefix + "/" + name)
+        }
+    }
+    return out.sorted()
+}
+
+/// The summaries `snapdump backup --output-format json` prints.
+func backupSummaries(_ stdout: String) throws -> [BackupSummary] {
+    try JSONDecoder().decode([BackupSummary].self, from: Data(stdout.utf8))
+}
+
+/// Reads snapshot `s`'s disk back into a file and returns its path.
+func restoreDisk(_ repo: Repository, _ s: SnapshotName, to path: String, file: String = "drive-scsi0.img.fidx") throws -> String {
+    let index = try repo.index(s, file: file)
+    let out = try File.open(path, O_RDWR | O_CREAT | O_TRUNC, mode: 0o600)
+    try out.truncate(to: index.size)
+    try ChunkReader(repository: repo, snapshot: s).restore(index, sparse: true) { offset, bytes in
+        try out.write(bytes, at: offset)
+    }
+    try out.close()
+    return path
+}
+
+extension NothingLostTests {
+    /// `snapdump backup --storage <repo>`: the whole engine, a repository as target.
+    @Suite("Backups into a repository", .serialized,
+           .enabled(if: Integration.available("SNAPDUMP_TEST_DIR", "SNAPDUMP_TEST_BTRFS")))
+    struct RepositoryBackupTests {
+        /// Stop mode of a stopped guest: the snapshot holds the disk exactly (restored and compared), the
+        /// config, snapdump.json and the task log; a second backup of the unchanged disk writes no chunk;
+        /// notes-template, protected and prune-backups apply to repository snapshots.
+        @Test func stopModeDedupNotesProtectedPrune() async throws {
+            let dirBase = try Integration.require("SNAPDUMP_TEST_DIR")
+            let vmid = 470
+            let h = try GuestHarness(label: "repo-stop")
+            defer { h.tearDown() }
+            try h.addStorage("dir", "d", under: dirBase)
+            let root = try h.addRepository("r1")
+            try h.createGuest(vmid, disk: "d:64M")
+            try h.prefill(vmid, mib: 12, atMiB: 20)
+            let disk = try h.volumePath(try h.volume(vmid))
+
+            let r = try h.run(["backup", "\(vmid)", "--mode", "stop", "--storage", "r1", "--output-format", "json",
+                               "--notes-template", "{{guestname}} on {{node}}"])
+            #expect(r.status == 0, "\(r)")
+            let s1 = try #require(try backupSummaries(r.stdout).first)
+            let chunks1 = try #require(s1.chunks, "no chunk statistics in \(r.stdout)")
+            // 12 MiB of random data spans 3 or 4 chunks of 4 MiB, plus the zero chunk once.
+            #expect(chunks1.new >= 3 && chunks1.new <= 5, "\(chunks1)")
+            #expect(chunks1.new + chunks1.reused == 16, "64 MiB = 16 chunks: \(chunks1)")
+            #expect(chunkFiles(root).count == chunks1.new)
+            #expect(chunks1.storedBytes >= 12 << 20, "random data does not compress: \(chunks1)")
+            #expect(s1.readBytes < 64 << 20, "holes are not read: \(s1.readBytes)")
+
+            let repo = try Repository(root: root)
+            let snaps = try repo.snapshots()
+            try #require(snaps.count == 1, "\(snaps)")
+            let snap = snaps[0]
+            #expect(s1.archive == "r1:backup/\(snap)")
+            let files = Set(try FileSystem.list(repo.directory(of: snap)))
+            for f in ["drive-scsi0.img.fidx", "qemu-server.conf.blob", "snapdump.json.blob", "index.json.blob", "client.log.blob"] {
+                #expect(files.contains(f), "\(f) missing in \(files)")
+            }
+            let restored = try restoreDisk(repo, snap, to: h.configDir + "/restored.raw")
+            #expect(try Command.run(["cmp", disk, restored]).isEmpty, "restored disk differs")
+            let conf = String(decoding: try repo.blob(snap, file: "qemu-server.conf.blob"), as: UTF8.self)
+            #expect(conf.contains("name: guest\(vmid)"), "\(conf)")
+            let meta = try SnapdumpMetadata.decode(try repo.blob(snap, file: "snapdump.json.blob"))
+            #expect(meta.mode == "stop")
+            #expect(meta.devices.first?.digest == (try repo.index(snap, file: "drive-scsi0.img.fidx")).indexChecksum)
+            let logText = String(decoding: try #require(try repo.log(snap)), as: UTF8.self)
+            #expect(logText.contains("INFO: creating repository backup 'r1:backup/\(snap)'"), "\(logText)")
+            #expect(logText.contains("INFO: Finished Backup of VM \(vmid)"), "\(logText)")
+            #expect(try repo.notes(snap) == "guest\(vmid) on \(NotesTemplate.nodeName())")
+
+            // Unchanged disk: only index, blobs and manifest are written.
+            nextSecond()
+            let before = chunkFiles(root)
+            let r2 = try h.run(["backup", "\(vmid)", "--mode", "stop", "--storage", "r1", "--output-format", "json", "--protected", "1"])
+            #expect(r2.status == 0, "\(r2)")
+            let chunks2 = try #require(try backupSummaries(r2.stdout).first?.chunks)
+            #expect(chunks2.new == 0 && chunks2.storedBytes == 0 && chunks2.reused == 16, "\(chunks2)")
+            #expect(chunkFiles(root) == before, "a backup of an unchanged disk wrote chunks")
+            let snaps2 = try repo.snapshots()
+            try #require(snaps2.count == 2)
+            #expect(repo.isProtected(snaps2[1]))
+
+            // Retention on the repository: keep-last=1 keeps the newest and the protected one, removes the first.
+            nextSecond()
+            let r3 = try h.run(["backup", "\(vmid)", "--mode", "stop", "--storage", "r1", "--prune-backups", "keep-last=1"])
+            #expect(r3.status == 0, "\(r3)")
+            #expect(r3.stderr.contains("INFO: removing backup 'r1:backup/\(snap)'"), "\(r3.stderr)")
+            let snaps3 = try repo.snapshots()
+            #expect(snaps3.count == 2 && !snaps3.contains(snap) && snaps3.contains(snaps2[1]), "\(snaps3)")
+        }
+
+        /// Snapshot mode of a running guest on btrfs: the storage snapshot is read while the guest
+        /// runs, removed after; the backup is a consistent image of the disk. SIGTERM during the upload:
+        /// no snapshot appears, nothing is left, the guest runs. SIGKILL during the upload: no snapshot
+        /// appears; the next backup removes the unfinished directory, verify is clean.
+        @Test func snapshotModeSignalsAndKill() async throws {
+            let btrfs = try Integration.require("SNAPDUMP_TEST_BTRFS")
+            let vmid = 471
+            let h = try GuestHarness(label: "repo-snap")
+            defer { h.tearDown() }
+            try h.addStorage("btrfs", "bt", under: btrfs)
+            let root = try h.addRepository("r1")
+            try h.createGuest(vmid, disk: "bt:128M")
+            try h.prefill(vmid, mib: 24, atMiB: 64)
+            try await h.bootGuest(vmid)
+            let repo = try Repository(root: root)
+            let noDumpdir = h.configDir + "/no-dumpdir"
+
+            let r = try h.run(["backup", "\(vmid)", "--mode", "snapshot", "--storage", "r1"])
+            #expect(r.status == 0, "\(r)")
+            #expect(r.stderr.contains("INFO: guest downtime:"), "\(r.stderr)")
+            #expect(r.stderr.contains("removed storage snapshot 'snapdump-"), "\(r.stderr)")
+            try #require(try repo.snapshots().count == 1)
+            try await expectInvariants(h, vmid, dumpdir: noDumpdir)
+
+            // SIGTERM while the chunks are uploaded (slowed by --bwlimit).
+            for (sig, name) in [(SIGTERM, "SIGTERM"), (SIGKILL, "SIGKILL")] {
+                nextSecond()
+                let bg = try BackgroundBackup(h, ["\(vmid)", "--mode", "snapshot", "--storage", "r1", "--bwlimit", "2048"])
+                let reached = bg.wait(until: {
+                    bg.stderr.contains("INFO: guest downtime:") && !repo.unfinishedSnapshots(type: "vm", id: "\(vmid)").isEmpty
+                        && bg.stderr.contains("% (")
+                })
+                try #require(reached, "never reached the upload: \(bg.stderr)")
+                bg.signal(sig)
+                let end = bg.finish(timeout: 60)
+                #expect(try repo.snapshots().count == 1, "\(name): a snapshot appeared")
+                if sig == SIGTERM {
+                    #expect(!end.signaled && end.status != 0, "\(end) \(bg.stderr)")
+                    #expect(bg.stderr.contains("interrupted by signal SIGTERM"), "\(bg.stderr)")
+                    #expect(repo.unfinishedSnapshots(type: "vm", id: "\(vmid)").isEmpty, "SIGTERM left a snapshot directory")
+                    try await expectInvariants(h, vmid, dumpdir: noDumpdir)
+                } else {
+                    #expect(end.signaled, "\(end)")
+                    #expect(repo.unfinishedSnapshots(type: "vm", id: "\(vmid)").count == 1, "the killed run's directory")
+                }
+            }
+            // The run after the kill: removes the leftovers (lock, storage snapshot, unfinished directory).
+            nextSecond()
+            let r2 = try h.run(["backup", "\(vmid)", "--mode", "snapshot", "--storage", "r1"])
+            #expect(r2.status == 0, "\(r2)")
+            #expect(r2.stderr.contains("WARN: removed unfinished backup 'r1:backup/vm/\(vmid)/"), "\(r2.stderr)")
+            #expect(repo.unfinishedSnapshots(type: "vm", id: "\(vmid)").isEmpty)
+            #expect(try repo.snapshots().count == 2)
+            try await expectInvariants(h, vmid, dumpdir: noDumpdir)
+            let v = try h.run(["repo", "verify", "r1"])
+            #expect(v.status == 0, "\(v)")
+        }
+    }
+}
