@@ -28,8 +28,13 @@ public final class ReadProgress: @unchecked Sendable {
 
     func add(_ c: VMAReader.Cluster) {
         let valid = UInt64(c.validBytes)
-        bytesRead += valid
-        sparseBytes += valid - min(valid, UInt64(c.mask.nonzeroBitCount * VMAFormat.blockSize))
+        add(bytes: valid, sparse: valid - min(valid, UInt64(c.mask.nonzeroBitCount * VMAFormat.blockSize)))
+    }
+
+    /// `bytes` more read, `sparse` of them zeros (a repository restore reports whole chunks).
+    public func add(bytes: UInt64, sparse: UInt64) {
+        bytesRead += bytes
+        sparseBytes += sparse
         guard total > 0 else { return }
         let percent = Int(bytesRead * 100 / total)
         let now = Date()

@@ -1,11 +1,12 @@
 import Archive
 import Foundation
 import Guest
+import Repository
 import SnapdumpConfig
 import SnapdumpSystem
 import Storage
 
-/// `qmrestore`: a VMA archive back into a VM.
+/// `qmrestore`: a VMA archive, or a repository snapshot, back into a VM.
 ///
 /// Disks go to the `#qmdump#map` storages unless `--storage` names one. The
 /// volumes are written sparsely (zero blocks are never written into a freshly
@@ -27,9 +28,17 @@ public final class Restore {
         public var unique = false
         /// KiB/s, 0 = unlimited (qmrestore's `--bwlimit`).
         public var bwlimit = 0
+        /// Set instead of `archive`: a repository snapshot (`repo1:backup/vm/100/…`).
+        public var repositoryBackup: RepositoryVolume?
 
         public init(archive: String, vmid: Int) {
             self.archive = archive
+            self.vmid = vmid
+        }
+
+        public init(repositoryBackup: RepositoryVolume, vmid: Int) {
+            self.archive = repositoryBackup.description
+            self.repositoryBackup = repositoryBackup
             self.vmid = vmid
         }
     }
@@ -83,15 +92,12 @@ public final class Restore {
             oldConfig = old
         }
 
-        let reader = try VMAReader(path: options.archive)
-        // A snapdump.json that does not match the header fails now, before anything is allocated.
-        _ = try reader.checkedMetadata()
-        guard let confBytes = reader.config(named: "qemu-server.conf") else {
-            throw BackupError("archive '\(options.archive)' has no qemu-server.conf: not a VM backup")
-        }
-        let (confText, maps) = VMAConfigFile.parse(String(decoding: confBytes.prefix { $0 != 0 }, as: UTF8.self))
-        let config = try VMConfig.parse(confText, vmid: vmid, file: "\(options.archive):qemu-server.conf")
-        log.info("restore vma archive: \(options.archive)")
+        // A snapdump.json that does not match the header, or a manifest that does not match its
+        // indexes, fails now, before anything is allocated.
+        let input = try RestoreInput.open(options, storages: storages)
+        let (confText, maps) = VMAConfigFile.parse(try input.configText())
+        let config = try VMConfig.parse(confText, vmid: vmid, file: "\(input.label):qemu-server.conf")
+        log.info(input.logLine)
 
         var targets: [Target] = []
         var done = false
@@ -106,9 +112,10 @@ public final class Restore {
             }
         }
 
-        for device in reader.header.devices {
+        let devices = try input.devices
+        for device in devices {
             guard let map = maps.first(where: { $0.device == device.name }) else {
-                throw BackupError("archive '\(options.archive)': device \(device.name) has no #qmdump#map line")
+                throw BackupError("archive '\(input.label)': device \(device.name) has no #qmdump#map line")
             }
             let storeID = options.storage ?? ((try? storages.config.storage(map.storage)) != nil ? map.storage : "local")
             let plugin = try storages.plugin(storeID)
@@ -139,25 +146,18 @@ public final class Restore {
         }
 
         let files = Dictionary(uniqueKeysWithValues: targets.map { ($0.deviceID, $0.file!) })
-        let readable = files.compactMapValues { ($0 as? FileVolumeWriter)?.file }
         // Decompressing, hashing and writing block: run them on their own thread, not the cooperative pool.
-        let job = ReaderBox(reader)
-        let total = reader.header.devices.reduce(UInt64(0)) { $0 + $1.size }
+        let job = InputBox(input)
+        let total = devices.reduce(UInt64(0)) { $0 + $1.size }
         let progress = ReadProgress(total: total) { [log] in log.info($0) }
         let bwlimit = options.bwlimit
         if bwlimit > 0 { log.info("restore limited to \(bwlimit) KiB/s") }
-        let (verification, bytes) = try await Blocking.run("restore") {
-            var bytes: UInt64 = 0
-            let limit = BandwidthLimit(kibPerSecond: bwlimit)
-            let v = try job.reader.verify(targets: readable, progress: progress) { c in
-                guard let file = files[c.deviceID] else { return }
-                // Zero blocks stay holes in the fresh volume.
-                bytes += try c.writeStoredBlocks { try file.write($0, at: $1) }
-                limit?.wait(afterTotal: progress.bytesRead) { false }
-            }
-            return (v, bytes)
+        let (checked, bytes) = try await Blocking.run("restore") {
+            try job.input.write(files: files, progress: progress, bwlimitKiB: bwlimit)
         }
-        if verification.metadataChecked {
+        if case .repository = input {
+            log.info("verified SHA-256 of every chunk of \(targets.count) device(s)")
+        } else if checked {
             log.info("verified SHA-256 of \(targets.count) device(s)")
         } else {
             log.warn("archive has no snapdump.json: content digests not checked (not written by snapdump?)")
@@ -212,14 +212,14 @@ public final class Restore {
             _ = try await lifecycle.start(vmid: vmid, disks: try GuestDrives.resolve(newConfig, storages: storages).map(\.resolved))
             log.info("started VM \(vmid)")
         }
-        return Result(vmid: vmid, volumes: targets.map(\.volume.description), digestsChecked: verification.metadataChecked,
+        return Result(vmid: vmid, volumes: targets.map(\.volume.description), digestsChecked: checked,
                       bytes: bytes, seconds: secs)
     }
 }
 
-/// Hands a VMA reader to the one thread that reads it.
-private final class ReaderBox: @unchecked Sendable {
-    // @unchecked: the reader is used by exactly one thread (Blocking.run's) while the caller awaits it.
-    let reader: VMAReader
-    init(_ reader: VMAReader) { self.reader = reader }
+/// Hands the input (a VMA reader) to the one thread that reads it.
+private final class InputBox: @unchecked Sendable {
+    // @unchecked: the input is used by exactly one thread (Blocking.run's) while the caller awaits it.
+    let input: RestoreInput
+    init(_ input: RestoreInput) { self.input = input }
 }

@@ -119,6 +119,49 @@ extension NothingLostTests {
             #expect(snaps3.count == 2 && !snaps3.contains(snap) && snaps3.contains(snaps2[1]), "\(snaps3)")
         }
 
+        /// `restore repo1:backup/vm/<vmid>/<time> <new vmid>`: the disk comes back identical, on the storage
+        /// asked for; a flipped byte in a chunk fails the restore with the chunk's digest and the snapshot named,
+        /// and leaves no config and no volume behind.
+        @Test func restoreFromRepositoryAndCorruptChunk() async throws {
+            let dirBase = try Integration.require("SNAPDUMP_TEST_DIR")
+            let vmid = 472
+            let h = try GuestHarness(label: "repo-restore")
+            defer { h.tearDown() }
+            try h.addStorage("dir", "d", under: dirBase)
+            try h.addStorage("dir", "d2", under: dirBase)
+            let root = try h.addRepository("r1")
+            try h.createGuest(vmid, disk: "d:48M")
+            try h.prefill(vmid, mib: 10, atMiB: 8)
+            try h.must(["backup", "\(vmid)", "--mode", "stop", "--storage", "r1"])
+            let repo = try Repository(root: root)
+            let snap = try #require(try repo.snapshots().first)
+
+            let r = try h.run(["restore", "r1:backup/\(snap)", "473", "--storage", "d2"])
+            #expect(r.status == 0, "\(r)")
+            #expect(r.stderr.contains("restore repository backup: r1:backup/\(snap)"), "\(r.stderr)")
+            #expect(r.stderr.contains("progress 100%"), "\(r.stderr)")
+            #expect(r.stderr.contains("verified SHA-256 of every chunk"), "\(r.stderr)")
+            let newVolume = try h.volume(473)
+            #expect(newVolume.hasPrefix("d2:"), "\(newVolume)")
+            #expect(try Command.run(["cmp", try h.volumePath(try h.volume(vmid)), try h.volumePath(newVolume)]).isEmpty)
+            #expect(try h.configText(473).contains("name: guest\(vmid)"))
+
+            // A byte flipped inside a data chunk's blob.
+            let index = try repo.index(snap, file: "drive-scsi0.img.fidx")
+            let bad = try #require(index.digests.first { $0 != DeviceDigest.zeroChunkDigest })
+            let path = "\(root)/.chunks/\(bad.hex.prefix(4))/\(bad.hex)"
+            var blob = try FileSystem.readBytes(path)
+            blob[blob.count - 100] ^= 0x40
+            chmod(path, 0o600)
+            try FileSystem.writeAtomically(path, bytes: blob, mode: 0o600)
+            let volumesBefore = try h.must(["volume", "list", "d2"]).stdout
+            let f = try h.run(["restore", "r1:backup/\(snap)", "474", "--storage", "d2"])
+            #expect(f.status != 0, "\(f)")
+            #expect(f.stderr.contains("chunk \(bad.hex) of snapshot \(snap)"), "the error names chunk and snapshot: \(f.stderr)")
+            #expect(!VMConfig.exists(vmid: 474, paths: h.paths), "a config was written")
+            #expect(try h.must(["volume", "list", "d2"]).stdout == volumesBefore, "a volume was left")
+        }
+
         /// Snapshot mode of a running guest on btrfs: the storage snapshot is read while the guest
         /// runs, removed after; the backup is a consistent image of the disk. SIGTERM during the upload:
         /// no snapshot appears, nothing is left, the guest runs. SIGKILL during the upload: no snapshot

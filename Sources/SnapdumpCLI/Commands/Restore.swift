@@ -1,12 +1,14 @@
 import ArgumentParser
 import Backup
+import Repository
 
 /// `snapdump restore`: qmrestore.
 struct RestoreCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "restore", abstract: "Restore a VMA archive into a VM (qmrestore).")
+    static let configuration = CommandConfiguration(commandName: "restore", abstract: "Restore a VMA archive or a repository backup into a VM (qmrestore).")
 
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "Archive file (.vma, .vma.zst, .vma.gz).") var archive: String
+    @Argument(help: "Archive file (.vma, .vma.zst, .vma.gz), or a repository backup (repo1:backup/vm/100/2026-11-30T02:00:00Z).")
+    var archive: String
     @Argument(help: "Target VMID.") var vmid: Int
     @Option(help: "Put all disks on this storage.") var storage: String?
     @Flag(help: "Replace an existing VM.") var force = false
@@ -19,7 +21,9 @@ struct RestoreCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var o = Restore.Options(archive: try archivePath(archive), vmid: vmid)
+        // `repo1:backup/vm/100/<time>` names a repository backup; anything else is an archive file.
+        let volume = archive.hasPrefix("/") || archive.hasPrefix(".") ? nil : RepositoryVolume(parsing: archive)
+        var o = if let volume { Restore.Options(repositoryBackup: volume, vmid: vmid) } else { Restore.Options(archive: try archivePath(archive), vmid: vmid) }
         o.storage = storage
         o.force = force
         o.start = start
