@@ -1,6 +1,7 @@
 import ArgumentParser
 import Backup
 import Foundation
+import Repository
 import Storage
 
 /// Where the `backup …` and `prune` commands find archives: a storage's
@@ -34,6 +35,29 @@ enum BackupLocation {
         let dir = (path as NSString).deletingLastPathComponent
         let dump = DumpDirectory(path: dir)
         return (dump, try dump.archive(named: (path as NSString).lastPathComponent))
+    }
+
+    /// A repository backup named as `repo1:backup/vm/100/<time>` (nil for anything else): its
+    /// storage opened with its key, and the snapshot, which must exist.
+    static func repositoryBackup(_ text: String, global: GlobalOptions) throws -> (RepositoryStore, SnapshotName)? {
+        guard !text.hasPrefix("/"), !text.hasPrefix("."), let volume = RepositoryVolume(parsing: text) else { return nil }
+        let store = try repositoryStore(volume.storage, global: global)
+        guard store.repository.exists(volume.snapshot) else {
+            throw ValidationError("backup '\(volume)' does not exist (no finished snapshot \(volume.snapshot) in \(store.repository.root))")
+        }
+        return (store, volume.snapshot)
+    }
+
+    /// Repository storage `storeid` as the backup commands use it.
+    static func repositoryStore(_ storeid: String, global: GlobalOptions) throws -> RepositoryStore {
+        let def = try RepositoryAccess.definition(storeid, global)
+        return try RepositoryStore(storage: storeid, path: def.path!, encryptionKey: def.encryptionKey)
+    }
+
+    /// Whether `storeid` names a repository storage.
+    static func isRepository(_ storeid: String?, global: GlobalOptions) throws -> Bool {
+        guard let storeid else { return false }
+        return try global.storages().config.storage(storeid).type == .repo
     }
 
     static func time(_ date: Date) -> String {

@@ -162,6 +162,54 @@ extension NothingLostTests {
             #expect(try h.must(["volume", "list", "d2"]).stdout == volumesBefore, "a volume was left")
         }
 
+        /// The backup commands and jobs name repository backups like archives: `backup list` (text and
+        /// JSON), `backup notes|protect|unprotect|remove`, `prune` (--dry-run, keep-last, protected kept),
+        /// and a jobs.cfg job with `storage <repo>` run by `job run`.
+        @Test func commandsAndJobsOnRepositoryBackups() async throws {
+            let dirBase = try Integration.require("SNAPDUMP_TEST_DIR")
+            let vmid = 475
+            let h = try GuestHarness(label: "repo-cmds")
+            defer { h.tearDown() }
+            try h.addStorage("dir", "d", under: dirBase)
+            _ = try h.addRepository("r1")
+            try h.createGuest(vmid, disk: "d:16M")
+            try h.prefill(vmid, mib: 2, atMiB: 4)
+            try h.must(["job", "add", "--id", "j1", "--schedule", "sat 02:00", "--vmid", "\(vmid)", "--mode", "stop", "--storage", "r1"])
+            var volids: [String] = []
+            for _ in 0..<3 {
+                nextSecond()
+                let r = try h.run(["job", "run", "j1"])
+                #expect(r.status == 0, "\(r)")
+            }
+            let list = try h.must(["backup", "list", "r1", "--output-format", "json"]).stdout
+            let entries = try #require(try JSONSerialization.jsonObject(with: Data(list.utf8)) as? [[String: Any]])
+            volids = entries.compactMap { $0["volid"] as? String }.sorted()
+            try #require(volids.count == 3, "\(list)")
+            #expect(volids.allSatisfy { $0.hasPrefix("r1:backup/vm/\(vmid)/") }, "\(volids)")
+            #expect(entries.allSatisfy { ($0["size"] as? Int) == 16 << 20 }, "\(list)")
+
+            try h.must(["backup", "notes", volids[0], "--set", "first one"])
+            #expect(try h.must(["backup", "notes", volids[0]]).stdout == "first one\n")
+            #expect(try h.must(["backup", "list", "r1"]).stdout.contains("first one"))
+            try h.must(["backup", "protect", volids[0]])
+
+            // keep-last=1: the newest kept, the oldest protected, the middle one removed — not with --dry-run.
+            let dry = try h.must(["prune", "r1", "--keep-last", "1", "--dry-run", "--output-format", "json"]).stdout
+            #expect(dry.contains("\"mark\":\"protected\"") && dry.contains("\"mark\":\"remove\"") && dry.contains("\"mark\":\"keep\""), "\(dry)")
+            #expect(try h.must(["backup", "list", "r1"]).stdout.contains(volids[1]), "dry run removed a backup")
+            try h.must(["prune", "r1", "--keep-last", "1"])
+            let after = try h.must(["backup", "list", "r1"]).stdout
+            #expect(after.contains(volids[0]) && !after.contains(volids[1]) && after.contains(volids[2]), "\(after)")
+
+            let refused = try h.run(["backup", "remove", volids[0]])
+            #expect(refused.status != 0 && refused.stderr.contains("protected"), "\(refused)")
+            try h.must(["backup", "unprotect", volids[0]])
+            try h.must(["backup", "remove", volids[0]])
+            #expect(!(try h.must(["backup", "list", "r1"]).stdout.contains(volids[0])))
+            let missing = try h.run(["backup", "notes", volids[0]])
+            #expect(missing.status != 0 && missing.stderr.contains("does not exist"), "\(missing)")
+        }
+
         /// Snapshot mode of a running guest on btrfs: the storage snapshot is read while the guest
         /// runs, removed after; the backup is a consistent image of the disk. SIGTERM during the upload:
         /// no snapshot appears, nothing is left, the guest runs. SIGKILL during the upload: no snapshot

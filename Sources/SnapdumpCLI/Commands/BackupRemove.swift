@@ -7,9 +7,16 @@ struct BackupRemove: ParsableCommand {
         commandName: "remove", abstract: "Remove a backup archive with its .log and .notes (refused while protected).")
 
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "Volume id (local:backup/vzdump-qemu-100-….vma.zst) or path.") var archive: String
+    @Argument(help: "Volume id (local:backup/vzdump-qemu-100-….vma.zst, repo1:backup/vm/100/<time>) or path.") var archive: String
 
     func run() throws {
+        if let backup = try BackupLocation.repositoryBackup(archive, global: global) {
+            let (store, s) = backup
+            // Its chunks stay until `repo gc` finds them unreferenced.
+            try store.repository.remove(s)
+            print("removed '\(store.volume(s))'")
+            return
+        }
         let (dump, a) = try BackupLocation.archive(archive, global: global)
         for w in try dump.remove(a) { printError("WARN: \(w)") }
         print("removed '\(dump.label(a))'")

@@ -26,7 +26,6 @@ struct PruneCommand: ParsableCommand {
     @OptionGroup var output: OutputOptions
 
     func run() throws {
-        let dump = try BackupLocation.dumpDirectory(storeid: storeid, dumpdir: dumpdir, global: global)
         let given: [(String, String?)] = [
             ("keep-all", keepAll), ("keep-last", keepLast.map(String.init)), ("keep-hourly", keepHourly.map(String.init)),
             ("keep-daily", keepDaily.map(String.init)), ("keep-weekly", keepWeekly.map(String.init)),
@@ -42,6 +41,10 @@ struct PruneCommand: ParsableCommand {
             policy = .keepEverything
         }
         printError("retention: \(policy)")
+        if let storeid, dumpdir == nil, try BackupLocation.isRepository(storeid, global: global) {
+            return try pruneRepository(storeid, policy: policy)
+        }
+        let dump = try BackupLocation.dumpDirectory(storeid: storeid, dumpdir: dumpdir, global: global)
         let results = try dump.prune(vmid: vmid, policy: policy, dryRun: dryRun) { level, message in
             printError("\(level.rawValue): \(message)")
         }
@@ -50,6 +53,27 @@ struct PruneCommand: ParsableCommand {
             r.add("volid", "Volid", .string(dump.label(p.archive)))
             r.add("ctime", "Time", .of(p.archive.date), text: BackupLocation.time(p.archive.date))
             r.add("vmid", "VMID", .of(p.archive.vmid))
+            r.add("mark", "Mark", .string(p.mark.rawValue))
+            r.add("type", nil, .string("qemu"))
+            return r
+        }
+        Output.list(records, output.format, columns: ["Volid", "Time", "VMID", "Mark"])
+        if !dryRun {
+            printError("pruned \(results.filter { $0.mark == .remove }.count) backup(s)")
+        }
+    }
+
+    /// The same over a repository's snapshots (each guest its own group); chunks stay until `repo gc`.
+    private func pruneRepository(_ storeid: String, policy: PrunePolicy) throws {
+        let store = try BackupLocation.repositoryStore(storeid, global: global)
+        let results = try store.prune(vmid: vmid, policy: policy, dryRun: dryRun) { level, message in
+            printError("\(level.rawValue): \(message)")
+        }
+        let records = results.map { p -> OutputRecord in
+            var r = OutputRecord()
+            r.add("volid", "Volid", .string(store.volume(p.snapshot).description))
+            r.add("ctime", "Time", .of(p.snapshot.date), text: BackupLocation.time(p.snapshot.date))
+            r.add("vmid", "VMID", .of(p.snapshot.vmid ?? 0))
             r.add("mark", "Mark", .string(p.mark.rawValue))
             r.add("type", nil, .string("qemu"))
             return r
