@@ -10,8 +10,8 @@ import TestSupport
 /// Helpers for backups into a repository storage through the real binary.
 extension GuestHarness {
     /// Adds repository storage `id` in a fresh directory below the harness and initialises it; returns its root.
-    func addRepository(_ id: String, extra: [String] = []) throws -> String {
-        let root = configDir + "/repo-\(id)"
+    func addRepository(_ id: String, under base: String? = nil, extra: [String] = []) throws -> String {
+        let root = (base ?? configDir) + "/repo-\(id)-\(tag)"
         try must(["storage", "add", "repo", id, "--path", root] + extra)
         try must(["repo", "init", id])
         return root
@@ -208,6 +208,78 @@ extension NothingLostTests {
             #expect(!(try h.must(["backup", "list", "r1"]).stdout.contains(volids[0])))
             let missing = try h.run(["backup", "notes", volids[0]])
             #expect(missing.status != 0 && missing.stderr.contains("does not exist"), "\(missing)")
+        }
+
+        /// SIGKILL while chunks are uploaded: no snapshot appears, verify is clean, and gc (cutoff 0) removes
+        /// the killed run's chunks. gc started during a running backup (that started before it and ends after
+        /// it) removes none of its chunks: the backup restores bit for bit and verify is clean.
+        @Test func sigkillThenGCAndGCDuringABackup() async throws {
+            let dirBase = try Integration.require("SNAPDUMP_TEST_DIR")
+            let vmid = 476
+            let h = try GuestHarness(label: "repo-gc")
+            defer { h.tearDown() }
+            try h.addStorage("dir", "d", under: dirBase)
+            let root = try h.addRepository("r1")
+            try h.createGuest(vmid, disk: "d:64M")
+            try h.prefill(vmid, mib: 40, atMiB: 8)
+            let repo = try Repository(root: root)
+
+            let killed = try BackgroundBackup(h, ["\(vmid)", "--mode", "stop", "--storage", "r1", "--bwlimit", "4096"])
+            try #require(killed.wait(until: { chunkFiles(root).count >= 3 }), "no chunks written: \(killed.stderr)")
+            killed.signal(SIGKILL)
+            #expect(killed.finish(timeout: 30).signaled)
+            #expect(try repo.snapshots().isEmpty, "a killed backup became visible")
+            #expect(repo.unfinishedSnapshots(type: "vm", id: "\(vmid)").count == 1)
+            let orphans = chunkFiles(root)
+            #expect(orphans.count >= 3)
+            let v = try h.run(["repo", "verify", "r1"])
+            #expect(v.status == 0, "\(v)")
+            nextSecond()
+            let gc = try h.run(["repo", "gc", "r1", "--atime-cutoff", "0"])
+            #expect(gc.status == 0, "\(gc)")
+            #expect(gc.stdout.contains("removed stale writer registration"), "\(gc.stdout)")
+            #expect(chunkFiles(root).isEmpty, "orphans left after gc: \(chunkFiles(root))")
+
+            // A backup that starts before gc and ends after it.
+            nextSecond()
+            let running = try BackgroundBackup(h, ["\(vmid)", "--mode", "stop", "--storage", "r1", "--bwlimit", "4096"])
+            try #require(running.wait(until: { chunkFiles(root).count >= 3 }), "no chunks written: \(running.stderr)")
+            let gc2 = try h.run(["repo", "gc", "r1", "--atime-cutoff", "0"])
+            #expect(gc2.status == 0, "\(gc2)")
+            #expect(gc2.stdout.contains("cutoff moved before it"), "\(gc2.stdout)")
+            #expect(gc2.stdout.contains("removed: 0 chunks"), "\(gc2.stdout)")
+            let end = running.finish(timeout: 120)
+            #expect(end.status == 0 && !end.signaled, "\(running.stderr)")
+            #expect(running.stderr.contains("WARN: removed unfinished backup 'r1:backup/vm/\(vmid)/"), "\(running.stderr)")
+            let snap = try #require(try repo.snapshots().first)
+            let restored = try restoreDisk(repo, snap, to: h.configDir + "/restored.raw")
+            #expect(try Command.run(["cmp", try h.volumePath(try h.volume(vmid)), restored]).isEmpty)
+            let v2 = try h.run(["repo", "verify", "r1"])
+            #expect(v2.status == 0, "\(v2)")
+        }
+
+        /// The repository's filesystem fills up mid-backup: the backup fails naming the cause, no snapshot
+        /// and no snapshot directory is left, the guest is not locked.
+        @Test func repositoryFilesystemFull() async throws {
+            let dirBase = try Integration.require("SNAPDUMP_TEST_DIR")
+            let small = try Integration.require("SNAPDUMP_TEST_SMALLFS")
+            let vmid = 477
+            let h = try GuestHarness(label: "repo-full")
+            defer { h.tearDown() }
+            try h.addStorage("dir", "d", under: dirBase)
+            let root = try h.addRepository("r1", under: small)
+            defer { try? FileManager.default.removeItem(atPath: root) }
+            try h.createGuest(vmid, disk: "d:128M")
+            // 100 MiB of random data: more than the 64 MiB filesystem holds.
+            try h.prefill(vmid, mib: 100, atMiB: 16)
+            let r = try h.run(["backup", "\(vmid)", "--mode", "stop", "--storage", "r1"])
+            #expect(r.status != 0, "\(r)")
+            let error = try #require(r.stderr.split(separator: "\n").first { $0.hasPrefix("ERROR: Backup of VM \(vmid) failed") }, "\(r.stderr)")
+            #expect(error.localizedCaseInsensitiveContains("no space left on device"), "\(error)")
+            let repo = try Repository(root: root)
+            #expect(try repo.snapshots().isEmpty)
+            #expect(repo.unfinishedSnapshots(type: "vm", id: "\(vmid)").isEmpty, "the failed run's directory is left")
+            #expect(!(try h.configText(vmid)).contains("lock:"))
         }
 
         /// Snapshot mode of a running guest on btrfs: the storage snapshot is read while the guest
