@@ -65,9 +65,12 @@ extension NothingLostTests {
             try h.prefill(vmid, mib: 12, atMiB: 20)
             let disk = try h.volumePath(try h.volume(vmid))
 
+            let hook = try RecordingHook(h)
+            try hook.reset()
             let r = try h.run(["backup", "\(vmid)", "--mode", "stop", "--storage", "r1", "--output-format", "json",
-                               "--notes-template", "{{guestname}} on {{node}}"])
+                               "--notes-template", "{{guestname}} on {{node}}", "--script", hook.path])
             #expect(r.status == 0, "\(r)")
+            #expect(hook.phases == ["job-init", "job-start", "backup-start", "backup-end", "log-end", "job-end"], "\(hook.phases)")
             let s1 = try #require(try backupSummaries(r.stdout).first)
             let chunks1 = try #require(s1.chunks, "no chunk statistics in \(r.stdout)")
             // 12 MiB of random data spans 3 or 4 chunks of 4 MiB, plus the zero chunk once.
@@ -93,6 +96,10 @@ extension NothingLostTests {
             let meta = try SnapdumpMetadata.decode(try repo.blob(snap, file: "snapdump.json.blob"))
             #expect(meta.mode == "stop")
             #expect(meta.devices.first?.digest == (try repo.index(snap, file: "drive-scsi0.img.fidx")).indexChecksum)
+            let start = try #require(hook.calls.first { $0.first == "backup-start" })
+            #expect(hook.env(start, "TARGET") == "r1:backup/\(snap)")
+            #expect(hook.env(start, "LOGFILE") == h.paths.taskLogDir + "/qemu-\(vmid).log")
+            #expect(hook.env(start, "STOREID") == "r1" && hook.env(start, "DUMPDIR") == "")
             let logText = String(decoding: try #require(try repo.log(snap)), as: UTF8.self)
             #expect(logText.contains("INFO: creating repository backup 'r1:backup/\(snap)'"), "\(logText)")
             #expect(logText.contains("INFO: Finished Backup of VM \(vmid)"), "\(logText)")
@@ -306,6 +313,16 @@ extension NothingLostTests {
             try #require(try repo.snapshots().count == 1)
             try await expectInvariants(h, vmid, dumpdir: noDumpdir)
 
+            // Suspend mode: the guest is paused while its disk is read, running again after.
+            nextSecond()
+            let sus = try h.run(["backup", "\(vmid)", "--mode", "suspend", "--storage", "r1"])
+            #expect(sus.status == 0, "\(sus)")
+            #expect(sus.stderr.contains("INFO: backup mode: suspend"), "\(sus.stderr)")
+            try #require(try repo.snapshots().count == 2)
+            let meta = try SnapdumpMetadata.decode(try repo.blob(try repo.snapshots()[1], file: "snapdump.json.blob"))
+            #expect(meta.mode == "suspend" && (meta.downtimeMs ?? 0) > 0, "\(meta)")
+            try await expectInvariants(h, vmid, dumpdir: noDumpdir)
+
             // SIGTERM while the chunks are uploaded (slowed by --bwlimit).
             for (sig, name) in [(SIGTERM, "SIGTERM"), (SIGKILL, "SIGKILL")] {
                 nextSecond()
@@ -317,7 +334,7 @@ extension NothingLostTests {
                 try #require(reached, "never reached the upload: \(bg.stderr)")
                 bg.signal(sig)
                 let end = bg.finish(timeout: 60)
-                #expect(try repo.snapshots().count == 1, "\(name): a snapshot appeared")
+                #expect(try repo.snapshots().count == 2, "\(name): a snapshot appeared")
                 if sig == SIGTERM {
                     #expect(!end.signaled && end.status != 0, "\(end) \(bg.stderr)")
                     #expect(bg.stderr.contains("interrupted by signal SIGTERM"), "\(bg.stderr)")
@@ -334,7 +351,7 @@ extension NothingLostTests {
             #expect(r2.status == 0, "\(r2)")
             #expect(r2.stderr.contains("WARN: removed unfinished backup 'r1:backup/vm/\(vmid)/"), "\(r2.stderr)")
             #expect(repo.unfinishedSnapshots(type: "vm", id: "\(vmid)").isEmpty)
-            #expect(try repo.snapshots().count == 2)
+            #expect(try repo.snapshots().count == 3)
             try await expectInvariants(h, vmid, dumpdir: noDumpdir)
             let v = try h.run(["repo", "verify", "r1"])
             #expect(v.status == 0, "\(v)")
