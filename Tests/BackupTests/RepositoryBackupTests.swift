@@ -289,6 +289,32 @@ extension NothingLostTests {
             #expect(!(try h.configText(vmid)).contains("lock:"))
         }
 
+        /// An encrypted repository (key without passphrase): every chunk written by a backup is an
+        /// encrypted blob, the manifest is signed, and the restore with the key gives the disk back.
+        @Test func encryptedRepositoryBackupAndRestore() async throws {
+            let dirBase = try Integration.require("SNAPDUMP_TEST_DIR")
+            let vmid = 478
+            let h = try GuestHarness(label: "repo-enc")
+            defer { h.tearDown() }
+            try h.addStorage("dir", "d", under: dirBase)
+            let key = h.configDir + "/enc.key"
+            _ = try Command.run([SnapdumpBinary.binary, "repo", "key", "create", key])
+            let root = try h.addRepository("enc", extra: ["--encryption-key", key])
+            try h.createGuest(vmid, disk: "d:24M")
+            try h.prefill(vmid, mib: 6, atMiB: 2)
+            try h.must(["backup", "\(vmid)", "--mode", "stop", "--storage", "enc"])
+            let plain = try Repository(root: root)
+            for (d, _) in try plain.chunks.allChunks() {
+                #expect(DataBlob.Kind(magic: try plain.chunks.read(d))!.isEncrypted, "chunk \(d.hex) is not encrypted")
+            }
+            let snap = try #require(try plain.snapshots().first)
+            let m = try Repository(root: root, crypt: try KeyFile.crypt(from: key)).manifest(snap)
+            #expect(m.signature != nil && m.files.allSatisfy { $0.cryptMode == .encrypt }, "\(m.files)")
+            let r = try h.run(["restore", "enc:backup/\(snap)", "479", "--storage", "d"])
+            #expect(r.status == 0, "\(r)")
+            #expect(try Command.run(["cmp", try h.volumePath(try h.volume(vmid)), try h.volumePath(try h.volume(479))]).isEmpty)
+        }
+
         /// Snapshot mode of a running guest on btrfs: the storage snapshot is read while the guest
         /// runs, removed after; the backup is a consistent image of the disk. SIGTERM during the upload:
         /// no snapshot appears, nothing is left, the guest runs. SIGKILL during the upload: no snapshot

@@ -8,7 +8,7 @@ import Foundation
 struct BackupCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backup",
-        abstract: "Back up guests into VMA archives (vzdump): stop, suspend or snapshot mode."
+        abstract: "Back up guests into VMA archives or a repository storage (vzdump): stop, suspend or snapshot mode."
     )
 
     @OptionGroup var global: GlobalOptions
