@@ -208,8 +208,8 @@ final class VMBackup: @unchecked Sendable {
             do {
                 result = try await Blocking.run("archive") { [config, target, mode] in
                     switch target {
-                    case .archive(_, _, let name), .stream(_, _, let name):
-                        return try self.writeArchive(config: config, disks: disks, path: archivePath, archiveName: name,
+                    case .archive(let dumpdir, _, let name), .stream(_, let dumpdir, let name):
+                        return try self.writeArchive(config: config, disks: disks, dumpdir: dumpdir, path: archivePath, archiveName: name,
                                                      mode: mode, downtime: downtime, started: start)
                     case .repository(let store, let snapshot, _):
                         return try self.upload(config: config, disks: disks, store: store, snapshot: snapshot,
@@ -347,9 +347,9 @@ final class VMBackup: @unchecked Sendable {
         }
     }
 
-    private func writeArchive(config: VMConfig, disks: [DiskPlan], path: String, archiveName: ArchiveName,
+    private func writeArchive(config: VMConfig, disks: [DiskPlan], dumpdir: String, path: String, archiveName: ArchiveName,
                               mode: BackupMode, downtime: DowntimeClock, started: Date) throws -> ArchiveResult {
-        let datPath = "\((path as NSString).deletingLastPathComponent)/\(archiveName.temporaryName)"
+        let datPath = "\(dumpdir)/\(archiveName.temporaryName)"
         // Whole sectors, as QEMU and Proxmox see a disk: the pipeline reads a raw file's odd tail as zeros.
         let devices = disks.enumerated().map {
             VMADevice(id: UInt8($0.offset + 1), name: $0.element.deviceName, size: VMAFormat.paddedDeviceSize($0.element.size))
