@@ -208,32 +208,29 @@ final class FreezeWindow {
         }
     }
 
-    /// syncfs of every filesystem the plan snapshots, while the guest still runs: a snapshot
-    /// inside the window then has no dirty host pages of these disks to write out first (a
-    /// btrfs snapshot commits its transaction; issue 15 measured 2.2 s windows without this).
-    /// A failure only costs time inside the window: it is logged, not fatal.
-    private func flushHostCaches() async {
-        let paths = plan.disks.map(\.disk.path)
-        let log = guest.log
+    /// Each storage's snapshot made ready while the guest still runs: the checks, its
+    /// connections, and a flush of what the host caches of the disks (syncfs), so the snapshot
+    /// inside the window has nothing left to write (a btrfs snapshot commits its transaction;
+    /// issue 15 measured 2.2 s windows without this). A failed flush only costs window time.
+    private func prepareSnapshots() async throws -> [PreparedSnapshot] {
+        let groups = plan.storageGroups, name = self.name, log = guest.log
+        // QEMU flushes an overlaid image inside its snapshot transaction: its host pages too, now.
+        let overlaid = plan.overlayDisks.map(\.path)
         let t0 = ContinuousClock.now
-        _ = try? await Blocking.run("syncfs") {
-            var seen = Set<UInt64>()
-            for p in paths {
-                var st = stat()
-                guard stat(p, &st) == 0 else { continue }
-                // A block device (zvol): its own page cache; a file: the whole filesystem, once.
-                let block = (st.st_mode & S_IFMT) == S_IFBLK
-                guard block || seen.insert(UInt64(st.st_dev)).inserted else { continue }
-                do {
-                    let f = try File.openForReading(p)
-                    if block { try f.sync() } else { try f.syncFilesystem() }
-                    try f.close()
-                } catch {
-                    log.warn("cannot flush \(p) before the freeze: \(error)")
-                }
+        let (prepared, overlayWarnings) = try await Blocking.run("prepare-snapshots") {
+            let overlayWarnings = PreparedSnapshot.flushHostCaches(overlaid)
+            var done: [PreparedSnapshot] = []
+            do {
+                for g in groups { done.append(try g.plugin.prepareSnapshot(g.volumes, name: name)) }
+            } catch {
+                for p in done { p.release() }
+                throw error
             }
+            return (done, overlayWarnings)
         }
-        log.info("flushed host caches of \(paths.count) disk(s) before the freeze (\(Formatting.milliseconds(ContinuousClock.now - t0)) ms)")
+        for w in overlayWarnings + prepared.flatMap(\.warnings) { log.warn(w) }
+        log.info("flushed host caches of \(plan.disks.count) disk(s) before the freeze (\(Formatting.milliseconds(ContinuousClock.now - t0)) ms)")
+        return prepared
     }
 
     func run() async throws {
@@ -257,7 +254,8 @@ final class FreezeWindow {
         // The images first: qemu-img takes a while, and only QEMU's side belongs in the window.
         if let fleecing { try await Blocking.run("fleecing-images") { try fleecing.prepare() } }
         try await hook(.preStop)
-        await flushHostCaches()
+        let prepared = try await prepareSnapshots()
+        defer { for p in prepared { p.release() } }
         if pause || !overlayDisks.isEmpty || fleecing != nil { _ = try await session() }
         g.downtime.begin(pause ? "paused for snapshot" : fleecing != nil ? "frozen for fleecing" : "frozen for snapshot")
         var frozen = 0
@@ -291,13 +289,12 @@ final class FreezeWindow {
                     }
                 }
             }
-            for group in groups {
+            for (group, snapshot) in zip(groups, prepared) {
                 try g.interrupt.check()
-                let plugin = group.plugin, volumes = group.volumes, name = self.name
                 try await g.downtime.measure("snapshot") {
-                    try await Blocking.run("snapshot") { try plugin.createSnapshot(volumes, name: name) }
+                    try await Blocking.run("snapshot") { try snapshot.take() }
                 }
-                snapshots.append((plugin, volumes, name))
+                snapshots.append((group.plugin, group.volumes, name))
             }
             if !overlayDisks.isEmpty {
                 try g.interrupt.check()
@@ -315,7 +312,6 @@ final class FreezeWindow {
                 try await g.downtime.measure("fleecing") { try await fleecing.start(qmp: qmp, lifecycle: g.lifecycle) }
                 g.log.info("started fleecing of \(fleecing.disks.map(\.key).joined(separator: ", ")) (one QMP transaction)")
             }
-            if guest.hasHook { try await g.downtime.measure("hook") { try await hook(.preRestart) } }
             try await debts.pay()
         } catch {
             try? await debts.pay()
@@ -324,6 +320,9 @@ final class FreezeWindow {
         }
         g.downtime.end()
         await release()
+        // After the window, as Proxmox runs it for a VM (its freeze is inside the archive step):
+        // a hook process never adds to the guest's downtime.
+        try await hook(.preRestart)
         try await hook(.postRestart)
         // Neither paused nor a filesystem frozen: the guest's I/O was never blocked.
         if !pause && frozen == 0 { g.downtime.reset() }

@@ -5,6 +5,8 @@
 #include <sys/ioctl.h>
 #include <linux/fs.h>
 #include <linux/fiemap.h>
+#include <linux/btrfs.h>
+#include <errno.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -58,4 +60,15 @@ int snapdump_ioprio_get_self(void) {
 
 int snapdump_syncfs(int fd) {
     return syncfs(fd);
+}
+
+int snapdump_btrfs_snapshot(int parent_fd, int source_fd, const char *name, int read_only) {
+    struct btrfs_ioctl_vol_args_v2 args;
+    memset(&args, 0, sizeof args);
+    size_t len = strlen(name);
+    if (len == 0 || len >= sizeof args.name) { errno = ENAMETOOLONG; return -1; }
+    memcpy(args.name, name, len);
+    args.fd = source_fd;
+    args.flags = read_only ? BTRFS_SUBVOL_RDONLY : 0;
+    return ioctl(parent_fd, BTRFS_IOC_SNAP_CREATE_V2, &args);
 }

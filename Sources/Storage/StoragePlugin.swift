@@ -99,6 +99,9 @@ public protocol StoragePlugin: Sendable {
     func path(of volume: VolumeID) throws -> (path: String, format: VolumeFormat)
     func snapshotCapability(for format: VolumeFormat) -> SnapshotCapability
     func createSnapshot(_ volumes: [VolumeID], name: String) throws
+    /// `createSnapshot` split around a guest's freeze window: checks, the storage's flush
+    /// and connections happen now, while the guest runs; only `take()` is left for the window.
+    func prepareSnapshot(_ volumes: [VolumeID], name: String) throws -> PreparedSnapshot
     func deleteSnapshot(_ volumes: [VolumeID], name: String) throws
     func listSnapshots() throws -> [SnapshotInfo]
     func openBlockSource(_ volume: VolumeID, snapshot: String?) throws -> any BlockSource
@@ -123,8 +126,64 @@ public protocol StoragePlugin: Sendable {
     func fleecingSpace(vmid: Int) throws -> UInt64
 }
 
+/// A storage snapshot made ready before a guest's freeze window: `take()` is
+/// the one step left for inside it (an ioctl, a librbd call, a `zfs snapshot`),
+/// with nothing of the guest's left in host caches for it to write out first.
+/// Whatever preparing holds (a Ceph connection) is let go by `release()` or deinit.
+public final class PreparedSnapshot: @unchecked Sendable {
+    // @unchecked: one backup task uses it, one call at a time.
+    private let takeBody: () throws -> Void
+    private var releaseBody: (() -> Void)?
+    /// Flushes that failed while preparing: they cost time inside the window, not correctness.
+    public let warnings: [String]
+
+    public init(warnings: [String] = [], take: @escaping () throws -> Void, release: (() -> Void)? = nil) {
+        self.warnings = warnings
+        takeBody = take
+        releaseBody = release
+    }
+
+    public func take() throws { try takeBody() }
+
+    public func release() {
+        releaseBody?()
+        releaseBody = nil
+    }
+
+    deinit { release() }
+
+    /// syncfs of each filesystem holding one of `paths` (once per filesystem), fsync of a
+    /// block device: a snapshot taken next has no dirty host pages of them to write first
+    /// (a btrfs snapshot commits its transaction: issue 15 measured 2.2 s windows without this).
+    /// Returns what could not be flushed; other paths (rbd: filenames for QEMU) are skipped.
+    public static func flushHostCaches(_ paths: [String]) -> [String] {
+        var seen = Set<UInt64>(), warnings: [String] = []
+        for p in paths {
+            var st = stat()
+            guard stat(p, &st) == 0 else { continue }
+            let block = (st.st_mode & S_IFMT) == S_IFBLK
+            guard block || seen.insert(UInt64(st.st_dev)).inserted else { continue }
+            do {
+                let f = try File.openForReading(p)
+                if block { try f.sync() } else { try f.syncFilesystem() }
+                try f.close()
+            } catch {
+                warnings.append("cannot flush \(p) before the freeze: \(error)")
+            }
+        }
+        return warnings
+    }
+}
+
 extension StoragePlugin {
     public var id: String { definition.id }
+
+    /// The default: the volumes' host caches flushed, then `createSnapshot` in the window.
+    public func prepareSnapshot(_ volumes: [VolumeID], name: String) throws -> PreparedSnapshot {
+        let warnings = PreparedSnapshot.flushHostCaches(try volumes.map { try path(of: $0).path })
+        return PreparedSnapshot(warnings: warnings) { try createSnapshot(volumes, name: name) }
+    }
+
 
     public func size(of volume: VolumeID) throws -> UInt64 {
         let (path, format) = try path(of: volume)

@@ -26,4 +26,9 @@ int snapdump_ioprio_get_self(void);
 /// Returns 0 or -1 with errno set. (glibc declares it only with _GNU_SOURCE.)
 int snapdump_syncfs(int fd);
 
+/// BTRFS_IOC_SNAP_CREATE_V2: a snapshot of the subvolume open as `source_fd`, named
+/// `name` in the directory open as `parent_fd` (read-only when `read_only`), in one
+/// ioctl — what `btrfs subvolume snapshot` does, without a process. Returns 0 or -1 with errno.
+int snapdump_btrfs_snapshot(int parent_fd, int source_fd, const char *name, int read_only);
+
 #endif

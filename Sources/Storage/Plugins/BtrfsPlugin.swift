@@ -72,6 +72,18 @@ public struct BtrfsPlugin: StoragePlugin {
 
     /// Snapshots every VM subvolume that holds one of `volumes`, one subvolume per VM.
     public func createSnapshot(_ volumes: [VolumeID], name: String) throws {
+        try takeSnapshot(vmids: try checkedSnapshot(volumes, name: name), name: name)
+    }
+
+    /// The checks and a syncfs of the storage before the window; inside it one ioctl.
+    public func prepareSnapshot(_ volumes: [VolumeID], name: String) throws -> PreparedSnapshot {
+        let vmids = try checkedSnapshot(volumes, name: name)
+        let warnings = PreparedSnapshot.flushHostCaches([root])
+        return PreparedSnapshot(warnings: warnings) { try takeSnapshot(vmids: vmids, name: name) }
+    }
+
+    /// The VM whose subvolume a snapshot `name` of `volumes` is taken of; throws what would make it fail.
+    private func checkedSnapshot(_ volumes: [VolumeID], name: String) throws -> [Int] {
         try NameRules.validateSnapshotName(name)
         try activate()
         var vmids: [Int] = []
@@ -88,11 +100,16 @@ public struct BtrfsPlugin: StoragePlugin {
         for vmid in vmids where FileSystem.exists(snapshotDir(vmid: vmid, name: name)) {
             throw StorageError(.alreadyExists, "snapshot '\(name)' of VM \(vmid) on storage '\(id)' already exists")
         }
+        return vmids
+    }
+
+    private func takeSnapshot(vmids: [Int], name: String) throws {
         var made: [String] = []
         do {
             for vmid in vmids {
                 let dest = snapshotDir(vmid: vmid, name: name)
-                try Command.run(["btrfs", "-q", "subvolume", "snapshot", "-r", layout.vmDir(vmid), dest])
+                // The ioctl, not `btrfs subvolume snapshot`: this runs inside the guest's freeze window.
+                try FileSystem.createBtrfsSnapshot(of: layout.vmDir(vmid), at: dest)
                 made.append(dest)
             }
         } catch {

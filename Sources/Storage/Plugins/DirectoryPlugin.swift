@@ -105,6 +105,17 @@ public struct DirectoryPlugin: StoragePlugin {
     func reflinkSnapshotDir(vmid: Int, name: String) -> String { "\(layout.vmDir(vmid))/.snapshots/\(name)" }
 
     public func createSnapshot(_ volumes: [VolumeID], name: String) throws {
+        try snapshot(volumes, name: name, durable: true)
+    }
+
+    /// The volumes' filesystems flushed before the window; inside it a FICLONE per raw volume,
+    /// not fsynced (an XFS log force): the clone lives only while the backup reads it.
+    public func prepareSnapshot(_ volumes: [VolumeID], name: String) throws -> PreparedSnapshot {
+        let warnings = PreparedSnapshot.flushHostCaches(try volumes.map { try path(of: $0).path })
+        return PreparedSnapshot(warnings: warnings) { try snapshot(volumes, name: name, durable: false) }
+    }
+
+    private func snapshot(_ volumes: [VolumeID], name: String, durable: Bool) throws {
         try NameRules.validateSnapshotName(name)
         var done: [VolumeID] = []
         do {
@@ -127,7 +138,7 @@ public struct DirectoryPlugin: StoragePlugin {
                         let src = try File.openForReading(path)
                         let dst = try File.createNew(target, mode: 0o400)
                         try dst.cloneContents(of: src)
-                        try dst.sync()
+                        if durable { try dst.sync() }
                     } catch {
                         // Leave no empty snapshot directories behind (rmdir fails on non-empty ones).
                         try? FileSystem.remove(target)

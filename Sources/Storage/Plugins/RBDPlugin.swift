@@ -29,19 +29,23 @@ public struct RBDPlugin: StoragePlugin {
 
     /// Runs `body` on a fresh connection to the pool; librbd errors become StorageErrors naming the storage.
     func withConnection<T>(_ what: String, _ body: (RBDConnection) throws -> T) throws -> T {
-        let c: RBDConnection
-        do {
-            c = try RBDConnection(client, pool: pool)
-        } catch let e as RBDCallError {
-            let hint = e.errno == ENOENT && e.call.hasPrefix("rados_ioctx_create") ? "pool '\(pool)' does not exist"
-                : "cannot connect to the Ceph cluster (monhost \(definition.monhost ?? "from ceph.conf"), user \(client.username)): \(e.text)"
-            throw StorageError(.backend, "storage '\(id)': \(hint)")
-        }
+        let c = try connect()
         defer { c.close() }
         do {
             return try body(c)
         } catch let e as RBDCallError {
             throw mapError(e, what)
+        }
+    }
+
+    /// A connection to the pool; the caller closes it.
+    func connect() throws -> RBDConnection {
+        do {
+            return try RBDConnection(client, pool: pool)
+        } catch let e as RBDCallError {
+            let hint = e.errno == ENOENT && e.call.hasPrefix("rados_ioctx_create") ? "pool '\(pool)' does not exist"
+                : "cannot connect to the Ceph cluster (monhost \(definition.monhost ?? "from ceph.conf"), user \(client.username)): \(e.text)"
+            throw StorageError(.backend, "storage '\(id)': \(hint)")
         }
     }
 
@@ -212,11 +216,21 @@ public struct RBDPlugin: StoragePlugin {
 
     /// `rbd snap create` for each image; if one fails, those made so far are removed.
     public func createSnapshot(_ volumes: [VolumeID], name: String) throws {
+        let prepared = try prepareSnapshot(volumes, name: name)
+        defer { prepared.release() }
+        try prepared.take()
+    }
+
+    /// Connected, the images opened and checked before the window; inside it one
+    /// rbd_snap_create per image on the open handles (no connect in the window;
+    /// librbd has the image's lock owner, QEMU, flush its cache before the snapshot).
+    public func prepareSnapshot(_ volumes: [VolumeID], name: String) throws -> PreparedSnapshot {
         try NameRules.validateSnapshotName(name)
         let names = try volumes.map { try image($0) }
-        try withConnection("snapshot '\(name)'") { c in
-            var images: [RBDImage] = []
-            defer { for i in images { i.close() } }
+        let c = try connect()
+        var images: [RBDImage] = []
+        let release = { for i in images { i.close() }; c.close() }
+        do {
             for (v, n) in zip(volumes, names) {
                 do {
                     images.append(try RBDImage(c, name: n, readOnly: false))
@@ -227,17 +241,29 @@ public struct RBDPlugin: StoragePlugin {
                     throw StorageError(.alreadyExists, "snapshot '\(pool)/\(n)@\(name)' already exists on storage '\(id)'")
                 }
             }
+        } catch let e as RBDCallError {
+            release()
+            throw mapError(e, "snapshot '\(name)'")
+        } catch {
+            release()
+            throw error
+        }
+        let opened = images
+        return PreparedSnapshot(take: { [self] in
             var made: [RBDImage] = []
             do {
-                for img in images {
+                for img in opened {
                     try img.createSnapshot(name)
                     made.append(img)
                 }
+            } catch let e as RBDCallError {
+                for img in made { try? img.removeSnapshot(name) }
+                throw mapError(e, "snapshot '\(name)'")
             } catch {
                 for img in made { try? img.removeSnapshot(name) }
                 throw error
             }
-        }
+        }, release: { for i in opened { i.close() }; c.close() })
     }
 
     public func deleteSnapshot(_ volumes: [VolumeID], name: String) throws {

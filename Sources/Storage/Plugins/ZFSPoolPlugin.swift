@@ -160,23 +160,32 @@ public struct ZFSPoolPlugin: StoragePlugin {
 
     /// One `zfs snapshot` command for all volumes: ZFS makes it atomic.
     public func createSnapshot(_ volumes: [VolumeID], name: String) throws {
+        try prepareSnapshot(volumes, name: name).take()
+    }
+
+    /// The checks (each a `zfs` process) and the flush before the window; inside it the one
+    /// `zfs snapshot` (zfs-fuse's ioctls go through its daemon's socket: no library to call here).
+    public func prepareSnapshot(_ volumes: [VolumeID], name: String) throws -> PreparedSnapshot {
         try NameRules.validateSnapshotName(name)
-        var targets: [String] = []
+        var targets: [String] = [], paths: [String] = []
         for v in volumes {
             try checkOwnership(v)
-            _ = try path(of: v)
+            paths.append(try path(of: v).path)
             let t = try snapshotTarget(v)
             if !targets.contains(t) { targets.append(t) }
         }
         for t in targets where datasetExists("\(t)@\(name)") {
             throw StorageError(.alreadyExists, "snapshot '\(t)@\(name)' already exists on storage '\(id)'")
         }
-        do {
-            _ = try zfs(["snapshot"] + targets.map { "\($0)@\(name)" })
-        } catch let e as StorageError where targets.count > 1 && e.message.contains("too many arguments") {
-            // zfs-fuse's `zfs snapshot` takes one dataset; nothing was created.
-            let vmids = Set(try volumes.map { try parseDisk($0).vmid }).sorted().map(String.init)
-            throw StorageError(.invalidArgument, "storage '\(id)': this zfs (zfs-fuse) snapshots one dataset per command, so volumes of VMs \(vmids.joined(separator: ", ")) cannot be snapshotted atomically together; snapshot each VM separately")
+        let vmids = Set(try volumes.map { try parseDisk($0).vmid }).sorted().map(String.init)
+        let warnings = PreparedSnapshot.flushHostCaches(paths)
+        return PreparedSnapshot(warnings: warnings) { [self] in
+            do {
+                _ = try zfs(["snapshot"] + targets.map { "\($0)@\(name)" })
+            } catch let e as StorageError where targets.count > 1 && e.message.contains("too many arguments") {
+                // zfs-fuse's `zfs snapshot` takes one dataset; nothing was created.
+                throw StorageError(.invalidArgument, "storage '\(id)': this zfs (zfs-fuse) snapshots one dataset per command, so volumes of VMs \(vmids.joined(separator: ", ")) cannot be snapshotted atomically together; snapshot each VM separately")
+            }
         }
     }
 
