@@ -7,6 +7,7 @@
 #include <linux/fiemap.h>
 #include <linux/btrfs.h>
 #include <errno.h>
+#include <malloc.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -71,4 +72,12 @@ int snapdump_btrfs_snapshot(int parent_fd, int source_fd, const char *name, int 
     args.fd = source_fd;
     args.flags = read_only ? BTRFS_SUBVOL_RDONLY : 0;
     return ioctl(parent_fd, BTRFS_IOC_SNAP_CREATE_V2, &args);
+}
+
+int snapdump_malloc_arena_max(int arenas) {
+    return mallopt(M_ARENA_MAX, arenas) == 1 ? 0 : -1;
+}
+
+int snapdump_malloc_trim(void) {
+    return malloc_trim(0);
 }

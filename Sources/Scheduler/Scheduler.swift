@@ -192,6 +192,9 @@ public actor Scheduler {
         if stopping { interrupt.raise(SIGTERM) }
         let outcome = await runner.run(JobRun(job: job, paths: paths, taskLog: taskLog, interrupt: interrupt, trigger: trigger))
         current = nil
+        // A run's buffers are freed by now; without a trim glibc keeps them, and snapdumpd idles at the run's peak.
+        ProcessMemory.returnFreedMemory()
+        if let rss = ProcessMemory.residentBytes() { logger.info("job \(job.id): resident memory \(rss >> 20) MiB after the run") }
         let end = clock.now()
         do {
             try store.update(job.id, now: end) { s in

@@ -31,4 +31,13 @@ int snapdump_syncfs(int fd);
 /// ioctl — what `btrfs subvolume snapshot` does, without a process. Returns 0 or -1 with errno.
 int snapdump_btrfs_snapshot(int parent_fd, int source_fd, const char *name, int read_only);
 
+/// mallopt(M_ARENA_MAX, arenas): at most `arenas` glibc malloc arenas. Every new
+/// thread may otherwise get an arena of its own (up to 8 per core), each keeping the
+/// memory freed into it. Returns 0, or -1 when glibc refused.
+int snapdump_malloc_arena_max(int arenas);
+
+/// malloc_trim(0): gives the free memory of every glibc arena back to the kernel
+/// (also from the middle of a heap, by MADV_DONTNEED). Returns 1 if any was released.
+int snapdump_malloc_trim(void);
+
 #endif
