@@ -74,8 +74,8 @@ int snapdump_btrfs_snapshot(int parent_fd, int source_fd, const char *name, int 
     return ioctl(parent_fd, BTRFS_IOC_SNAP_CREATE_V2, &args);
 }
 
-int snapdump_malloc_arena_max(int arenas) {
-    return mallopt(M_ARENA_MAX, arenas) == 1 ? 0 : -1;
+int snapdump_malloc_long_running(int arenas, int mmap_threshold) {
+    return mallopt(M_ARENA_MAX, arenas) == 1 && mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1 ? 0 : -1;
 }
 
 int snapdump_malloc_trim(void) {

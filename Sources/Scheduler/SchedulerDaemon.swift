@@ -8,7 +8,7 @@ import SnapdumpSystem
 public enum SchedulerDaemon {
     public static func run(paths: SnapdumpPaths) async throws {
         // Before any thread starts: a long-running process keeps what its arenas hold.
-        ProcessMemory.limitArenas()
+        ProcessMemory.configureForLongRunningProcess()
         LoggingSystem.bootstrap { _ in DaemonLogHandler.standardError() }
         var logger = Logger(label: "snapdumpd")
         logger.logLevel = .info

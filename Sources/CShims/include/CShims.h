@@ -31,10 +31,13 @@ int snapdump_syncfs(int fd);
 /// ioctl — what `btrfs subvolume snapshot` does, without a process. Returns 0 or -1 with errno.
 int snapdump_btrfs_snapshot(int parent_fd, int source_fd, const char *name, int read_only);
 
-/// mallopt(M_ARENA_MAX, arenas): at most `arenas` glibc malloc arenas. Every new
-/// thread may otherwise get an arena of its own (up to 8 per core), each keeping the
-/// memory freed into it. Returns 0, or -1 when glibc refused.
-int snapdump_malloc_arena_max(int arenas);
+/// mallopt(M_ARENA_MAX, arenas) and mallopt(M_MMAP_THRESHOLD, mmap_threshold): at most
+/// `arenas` glibc malloc arenas (a new thread may otherwise get one of its own, up to 8
+/// per core, each keeping what is freed into it), and every allocation of
+/// `mmap_threshold` bytes or more mapped on its own and unmapped when freed (a fixed
+/// threshold: glibc's default one rises to the largest block freed so far, after
+/// which multi-MiB buffers come from the heap and fragment it). Returns 0, or -1.
+int snapdump_malloc_long_running(int arenas, int mmap_threshold);
 
 /// malloc_trim(0): gives the free memory of every glibc arena back to the kernel
 /// (also from the middle of a heap, by MADV_DONTNEED). Returns 1 if any was released.
