@@ -27,7 +27,7 @@ public enum ProcessMemory {
     public static func residentBytes() -> UInt64? {
         guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
         for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {
-            let kib = line.dropFirst("VmRSS:".count).split(separator: " ").first.flatMap { UInt64($0) }
+            let kib = line.dropFirst("VmRSS:".count).split(whereSeparator: { $0 == " " || $0 == "\t" }).first.flatMap { UInt64($0) }
             return kib.map { $0 * 1024 }
         }
         return nil
