@@ -231,9 +231,14 @@ struct ConformanceTests {
             var running = true
             defer { if running { try? writer.stop() } }
             try writer.waitForWrites(300)
+            // As a backup takes it: prepared (checks, flush, connection) while the writer runs on,
+            // then taken; what the writer completed between the two must be in the snapshot.
+            let prepared = try p.prepareSnapshot([v0], name: "conf-1")
+            defer { prepared.release() }
+            try writer.waitForWrites(100)
             let completedBefore = writer.completed
             let t0 = Date()
-            try p.createSnapshot([v0], name: "conf-1")
+            try prepared.take()
             let took = Date().timeIntervalSince(t0)
             let startedAfter = writer.started
             try writer.waitForWrites(300)
