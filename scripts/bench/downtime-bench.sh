@@ -133,13 +133,16 @@ bench_state() { # label size state dirty-target
     sn=$(echo "$s" | jq -r '(.downtimeParts["snapshot"] // 0) + (.downtimeParts["overlay"] // 0)')
     host=$((total - f - th))
     fl=$(grep -ao 'flushed host caches of [0-9]* disk(s) before the freeze ([0-9]* ms)' "$WORK/backup.err" | grep -o '([0-9]* ms)' | tr -dc 0-9)
-    log "$label $size GiB $state #$i: $(grep -a 'guest downtime' "$WORK/backup.err" | sed 's/.*guest downtime/guest downtime/') — host part $host ms, flush before ${fl:-?} ms"
+    log "$label $size GiB $state #$i: $(grep -a 'guest downtime' "$WORK/backup.err" | sed "s/.*guest downtime/guest downtime/; s/\".*//") — host part $host ms, flush before ${fl:-?} ms"
     totals+=("$total"); freezes+=("$f"); snaps+=("$sn"); thaws+=("$th"); hosts+=("$host"); flushes+=("${fl:-0}")
     rm -f "$WORK"/dump/dump/vzdump-qemu-$VMID-* "$WORK"/dump/vzdump-qemu-$VMID-* 2>/dev/null || true
+    # btrfs frees a deleted snapshot's extents in the background: wait, or the next rewrite runs out of room.
+    [ -n "${BTRFS_MNT:-}" ] && btrfs subvolume sync "$BTRFS_MNT" >/dev/null 2>&1 || true
     sleep 1 # archive names have a one-second resolution
   done
   m() { printf '%s\n' "$@" | median; }
   ROWS+=("| $label | $size GiB | $state | $(m "${totals[@]}") | $(m "${freezes[@]}") | $(m "${snaps[@]}") | $(m "${thaws[@]}") | **$(m "${hosts[@]}")** | $(m "${flushes[@]}") | ${totals[*]} / ${hosts[*]} |")
+  log "row: ${ROWS[-1]}"
 }
 
 bench_storage() { # label storage size format
@@ -163,12 +166,14 @@ for s in $SIZES; do [ "$s" -gt "$max_size" ] && max_size=$s; done
 for st in $STORAGES; do
   case "$st" in
     btrfs)
-      loop_fs btrfs $((max_size + 3)) mkfs.btrfs -q -f
+      loop_fs btrfs $((2 * max_size + 3)) mkfs.btrfs -q -f
+      BTRFS_MNT=$mnt
       sd storage add btrfs dbtrfs --path "$mnt" --content images >/dev/null
       for s in $SIZES; do bench_storage "btrfs (subvolume snapshot ioctl)" dbtrfs "$s"; done
+      BTRFS_MNT=""
       ;;
     xfs)
-      loop_fs xfs $((max_size + 3)) mkfs.xfs -q -f -m reflink=1
+      loop_fs xfs $((2 * max_size + 3)) mkfs.xfs -q -f -m reflink=1
       sd storage add dir dxfs --path "$mnt" --content images --reflink 1 >/dev/null
       for s in $SIZES; do bench_storage "dir reflink on XFS (FICLONE)" dxfs "$s"; done
       ;;
@@ -185,7 +190,7 @@ for st in $STORAGES; do
       fi
       zmax=0
       for s in $ZFS_SIZES; do [ "$s" -gt "$zmax" ] && zmax=$s; done
-      truncate -s $((zmax + 3))G "$WORK/zpool.img"
+      truncate -s $((2 * zmax + 3))G "$WORK/zpool.img"
       ZPOOL="snapdumpdt$$"
       mkdir -p "$WORK/zmnt"
       zpool create -m "$WORK/zmnt" "$ZPOOL" "$WORK/zpool.img"
