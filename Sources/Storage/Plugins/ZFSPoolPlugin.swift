@@ -178,7 +178,19 @@ public struct ZFSPoolPlugin: StoragePlugin {
             throw StorageError(.alreadyExists, "snapshot '\(t)@\(name)' already exists on storage '\(id)'")
         }
         let vmids = Set(try volumes.map { try parseDisk($0).vmid }).sorted().map(String.init)
-        let warnings = PreparedSnapshot.flushHostCaches(paths)
+        var warnings = PreparedSnapshot.flushHostCaches(paths)
+        // A snapshot waits for its transaction group to be written out, and the kernel's syncfs
+        // never reaches zfs-fuse's own cache (FUSE): a throwaway snapshot now writes out what the
+        // host wrote, so the one in the window has only the moments since. (Named under the
+        // backup's prefix: a killed run's leftover is removed with the rest.)
+        for t in targets {
+            do {
+                _ = try zfs("snapshot", "\(t)@\(name)-flush")
+                try retryingBusy { _ = try zfs("destroy", "\(t)@\(name)-flush") }
+            } catch {
+                warnings.append("cannot flush \(t) before the freeze: \(error)")
+            }
+        }
         return PreparedSnapshot(warnings: warnings) { [self] in
             do {
                 _ = try zfs(["snapshot"] + targets.map { "\($0)@\(name)" })
