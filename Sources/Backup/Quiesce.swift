@@ -257,6 +257,13 @@ final class FreezeWindow {
         let prepared = try await prepareSnapshots()
         defer { for p in prepared { p.release() } }
         if pause || !overlayDisks.isEmpty || fleecing != nil { _ = try await session() }
+        // The overlays' nodes asked of QEMU now: inside the window only their transaction.
+        var overlays: QCOW2Overlay?
+        if !overlayDisks.isEmpty {
+            let o = QCOW2Overlay(vmid: g.vmid, disks: overlayDisks.map { ($0.key, $0.path) }, tag: name, log: g.log.overlayLog)
+            try await o.prepare(qmp: try await session())
+            overlays = o
+        }
         g.downtime.begin(pause ? "paused for snapshot" : fleecing != nil ? "frozen for fleecing" : "frozen for snapshot")
         var frozen = 0
         let debts = GuestDebts(vmid: g.vmid, log: g.log)
@@ -296,9 +303,8 @@ final class FreezeWindow {
                 }
                 snapshots.append((group.plugin, group.volumes, name))
             }
-            if !overlayDisks.isEmpty {
+            if let o = overlays {
                 try g.interrupt.check()
-                let o = QCOW2Overlay(vmid: g.vmid, disks: overlayDisks.map { ($0.key, $0.path) }, tag: name, log: g.log.overlayLog)
                 let qmp = try await session()
                 try await g.downtime.measure("overlay") { try await o.create(qmp: qmp) }
                 overlay = o

@@ -47,12 +47,21 @@ public final class QCOW2Overlay: @unchecked Sendable {
         }
     }
 
-    /// One transaction: every disk gets its overlay at the same instant, or none does.
-    public func create(qmp: QMPClient) async throws {
+    private var prepared = false
+
+    /// What `create` needs from QEMU and the disk, asked before a guest's freeze window:
+    /// the nodes (a QMP round trip each) and that no overlay file is in the way.
+    public func prepare(qmp: QMPClient) async throws {
         try await resolveNodes(qmp: qmp)
         for d in disks where FileSystem.exists(d.overlay) {
             throw GuestError(vmid: vmid, .invalidArgument, "overlay \(d.overlay) already exists (left by an earlier run?): remove it after checking VM \(vmid) does not use it")
         }
+        prepared = true
+    }
+
+    /// One transaction: every disk gets its overlay at the same instant, or none does.
+    public func create(qmp: QMPClient) async throws {
+        if !prepared { try await prepare(qmp: qmp) }
         let actions: [JSONValue] = disks.map { d in
             .object(["type": .string("blockdev-snapshot-sync"),
                      "data": .object(["node-name": .string(d.node), "snapshot-file": .string(d.overlay),
