@@ -49,7 +49,7 @@ public struct RBDPlugin: StoragePlugin {
         let errors = Errors(images.count)
         DispatchQueue.concurrentPerform(iterations: images.count) { i in
             var failure: (any Error)?
-            do { try images[i].createSnapshot(name) } catch { failure = error }
+            do { try images[i].createSnapshotSkippingQuiesce(name) } catch { failure = error }
             errors.lock.withLock { errors.each[i] = failure }
         }
         return errors.each
