@@ -214,8 +214,8 @@ final class FreezeWindow {
     /// issue 15 measured 2.2 s windows without this). A failed flush only costs window time.
     private func prepareSnapshots() async throws -> [PreparedSnapshot] {
         let groups = plan.storageGroups, name = self.name, log = guest.log
-        // QEMU flushes an overlaid image inside its snapshot transaction: its host pages too, now.
-        let overlaid = plan.overlayDisks.map(\.path)
+        // QEMU flushes an overlaid or fleeced image inside its transaction: its host pages too, now.
+        let overlaid = (plan.overlayDisks + plan.fleecingDisks).map(\.path)
         let t0 = ContinuousClock.now
         let (prepared, overlayWarnings) = try await Blocking.run("prepare-snapshots") {
             let overlayWarnings = PreparedSnapshot.flushHostCaches(overlaid)
