@@ -79,8 +79,11 @@ fi
 "$SD" storage status
 
 say "VM 100: the test guest on raw dir storage 'local'"
-"$SD" vm create 100 --name demo --memory 256 --scsi0 local:1G --agent 1 \
-  --kernel "$GUEST/vmlinuz" --initrd "$GUEST/initramfs.gz" --append "console=ttyS0 quiet panic=-1 snapdump.interval_ms=10"
+# scsi1 holds a filesystem the guest mounts (snapdump.fsdisk), so the agent's
+# fs-freeze has something to freeze and the downtime shown is a real one.
+"$SD" vm create 100 --name demo --memory 256 --scsi0 local:1G --scsi1 local:64M --agent 1 \
+  --kernel "$GUEST/vmlinuz" --initrd "$GUEST/initramfs.gz" \
+  --append "console=ttyS0 quiet panic=-1 snapdump.interval_ms=10 snapdump.fsdisk=/dev/sdb"
 # Give the disk some real data (as an installed system would have), far from where the workload writes.
 dd if=/dev/urandom of="$("$SD" volume path local:100/vm-100-disk-0.raw)" bs=1M count=256 seek=512 conv=notrunc status=none
 "$SD" vm start 100
@@ -132,7 +135,8 @@ backup "snapshot-mode backup on raw dir storage (cannot snapshot: loud fallback 
 backup "the same with fleecing on raw dir storage (QEMU copy-before-write; the guest is not paused)" --fleecing enabled=1,storage=local
 say "moving scsi0 live to $TARGET while the guest writes"
 "$SD" vm move-disk 100 scsi0 "$TARGET" --format "$TARGET_FORMAT" --delete
-"$SD" vm config 100 | grep scsi0
+"$SD" vm move-disk 100 scsi1 "$TARGET" --format "$TARGET_FORMAT" --delete
+"$SD" vm config 100 | grep scsi
 sleep 2
 BEFORE=$(last_hb)
 backup "snapshot-mode backup on $TARGET (storage snapshot, milliseconds of downtime)"
@@ -166,6 +170,8 @@ out = []
 for r in rows:
     mode = f'{r["requestedMode"]} → {r.get("mode", "-")}' + (f' ({r["method"]})' if r.get("method") else "")
     dt = f'{r["downtimeMs"]} ms ({r.get("downtimeKind", "")})' if "downtimeMs" in r else "0 ms"
+    if r.get("downtimeParts"):
+        dt += " = " + ", ".join(f"{k} {v} ms" for k, v in r["downtimeParts"].items())
     tp = size(r["diskBytes"] / r["seconds"]) + "/s" if r["seconds"] > 0 else "-"
     out.append([mode, ",".join(r["storages"]), dt, f'{r["heartbeatGap"]:.2f} s', size(r["archiveBytes"]), tp])
 w = [max(len(x[i]) for x in out + [hdr]) for i in range(len(hdr))]
