@@ -66,6 +66,10 @@ med() { local -n arr=$1; echo "${arr[$2]}" | median; }
 run_size() {  # run_size SIZE_MIB
   local size=$1 img disk arch single out=$WORK/out
   img=$("$HERE/real-disk.sh" image "$size")
+  # The disk, the outputs of a run, a restored disk, and the three compressed files the restores read.
+  local need=$((size * 4)) avail
+  avail=$(df -m --output=avail "$(dirname "$WORK")" | tail -1)
+  [ "$avail" -ge "$need" ] || die "$size MiB: $need MiB free needed under $(dirname "$WORK"), $avail MiB free"
   rm -rf "$WORK/store" "$WORK/etc" "$WORK/arch" "$out"
   mkdir -p "$WORK/store" "$WORK/arch" "$out"
   export SNAPDUMP_CONFIG_DIR=$WORK/etc
