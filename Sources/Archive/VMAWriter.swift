@@ -57,6 +57,8 @@ public final class VMAWriter {
     public var isStreaming: Bool { target == .stream }
     private var file: File?
     private var output: any CompressingOutput
+    /// The stream after the header region, written past the page cache.
+    private var appender: DirectAppender?
     private let regionSize: Int
 
     private let extent: UnsafeMutableRawBufferPointer
@@ -134,7 +136,16 @@ public final class VMAWriter {
         }
         do throws(ArchiveError) {
             try withBytes(region) { (b) throws(ArchiveError) in try writeFile(f, b, at: 0) }
-            output = try makeOutput(compression, file: f, startOffset: UInt64(region.count))
+            // A stream (a pipe) is written in order as it is: O_DIRECT on a pipe means packet mode.
+            let sink: any OutputSink
+            if target == .file {
+                let a = region.withUnsafeBytes { DirectAppender(file: f, start: UInt64($0.count), prefix: $0) }
+                appender = a
+                sink = a
+            } else {
+                sink = f
+            }
+            output = try makeOutput(compression, file: sink, startOffset: UInt64(region.count))
         } catch {
             try? f.close()
             if target == .file { unlink(path) }
@@ -290,6 +301,11 @@ public final class VMAWriter {
         do throws(ArchiveError) {
             try flushExtent()
             let end = try output.finish()
+            do {
+                try appender?.finish()
+            } catch {
+                throw ArchiveError(.io, path: path, "cannot write", cause: error as? SystemError)
+            }
             let header = try Self.encodeHeader(path: path, uuid: uuid, ctime: ctime, devices: devices, configs: configs, metadata: metadata)
             let region = HeaderRegion.wrap(header, compression.kind)
             precondition(region.count == regionSize, "header region changed size")
@@ -355,6 +371,7 @@ public final class VMAWriter {
     /// only closed. Idempotent; does nothing after `commit` (or a stream's `finish`).
     public func abort() {
         guard state != .committed && state != .aborted else { return }
+        appender?.close()  // no queued write may outlive the descriptor
         if let file { try? file.close() }
         file = nil
         if target == .file { unlink(path) }

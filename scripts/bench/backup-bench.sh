@@ -1,93 +1,155 @@
 #!/usr/bin/env bash
-# Backup benchmark (issue 4): the archive phase of `snapdump backup` against
-# the tools a sysadmin would otherwise pipe together, on the same disk image,
-# page cache warm, runs interleaved, median of RUNS:
-#   none:   snapdump backup --compress 0              vs  cp --sparse=always disk file; sync file
-#   zstd:   snapdump backup --compress zstd --zstd 1  vs  zstd -3 -T1 disk -o file; sync file
-#   zstd/2: snapdump backup --compress zstd --zstd 0  vs  zstd -3 -T2 …; sync file (both use both cores)
-#   restore: snapdump restore (digest checked)        vs  zstd -d archive -o file; sync file
-# snapdump fsyncs its archive before renaming it (an archive is only visible
-# when complete and durable), so every baseline syncs its output too.
-# The guest is stopped (stop mode reads the disk as it is), so this measures
-# snapdump's read → hash → VMA → compress → write pipeline, not QEMU.
-# The disk holds SIZE_MIB of data: half random, half base64 text (compressible),
-# and a hole of the same size (never read).
+# Backup and restore against like-for-like baselines (issue 15), on a raw
+# disk holding a full ext4 of real trees (scripts/bench/real-disk.sh), at each
+# size in SIZES, stop mode, release build, page cache warm:
 #
-# Usage (root or not): scripts/bench/backup-bench.sh
-# Environment: RUNS=5 SIZE_MIB=1024 SKIP_BUILD=1 SNAPDUMP_BENCH_DIR=/var/tmp
+#   backup --compress zstd --zstd 2 (level 3)   vs  zstd -3 -T2 disk -o f && sync f
+#   backup --compress zstd --zstd 2             vs  zstd -1 -T2 …            (context)
+#   backup --compress 0                         vs  cp --sparse=always disk f && sync f
+#   restore of snapdump's archive               vs  zstd -d --sparse disk.zst -o f && sync f
+#   restore of a single-frame archive           vs  the same zstd -d
+#     (snapdump's VMA stream recompressed by `zstd -3 -T2` into one frame, as
+#     Proxmox's vzdump writes it)
+#
+# The baselines read the same file the backup reads; `disk.zst` is
+# `zstd -3 -T2` of the disk, so both restores rebuild the same disk from a
+# compressed file of the same size. snapdump fsyncs what it writes, so every
+# baseline syncs its output. Each pair runs A/B, the next round B/A; the table
+# has the median of RUNS for wall time, CPU time (user + sys of the process and
+# its children, from /usr/bin/time) and peak RSS. Ratios are throughput
+# ratios: baseline time / snapdump time (> 1: snapdump is faster).
+#
+# Usage (root: the image is built through a loop mount): scripts/bench/backup-bench.sh
+# Environment: RUNS=3 SIZES="2048 8192" SKIP_BUILD=1 SNAPDUMP_BENCH_DIR=/var/tmp
+#              SNAPDUMP_BENCH_IMAGES (real-disk.sh's cache) BENCH_RESULTS=file
 set -euo pipefail
 HERE=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 ROOT=$(readlink -f "$HERE/../..")
-RUNS=${RUNS:-5}
-SIZE_MIB=${SIZE_MIB:-1024}
+RUNS=${RUNS:-3}
+SIZES=${SIZES:-2048 8192}
 WORK="${SNAPDUMP_BENCH_DIR:-/var/tmp}/snapdump-backup-bench-$$"
 RESULTS=${BENCH_RESULTS:-$ROOT/.build/bench/backup-bench.md}
-SD=$ROOT/.build/release/snapdump
+# SNAPDUMP_BENCH_BIN: a snapdump binary to measure instead of building one (e.g. an older commit's).
+SD=${SNAPDUMP_BENCH_BIN:-$ROOT/.build/release/snapdump}
+[ -z "${SNAPDUMP_BENCH_BIN:-}" ] || SKIP_BUILD=1
+TIME=/usr/bin/time
 log() { echo "bench: $*" >&2; }
+die() { echo "Error: $*" >&2; exit 1; }
 
-cleanup() { rm -rf "$WORK"; }
+[ "$(id -u)" = 0 ] || die "backup-bench.sh needs root (real-disk.sh loop-mounts the image it builds)"
+for tool in zstd cp sync bc awk; do command -v "$tool" >/dev/null || die "'$tool' not found (install it; the bench installs nothing)"; done
+[ -x "$TIME" ] || die "$TIME not found (Debian package 'time'); the bench needs it for CPU time and peak RSS"
+
+cleanup() {
+  [ -n "${SNAPDUMP_CONFIG_DIR:-}" ] && [ -x "$SD" ] && { "$SD" vm destroy 101 >/dev/null 2>&1 || true; }
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 [ -n "${SKIP_BUILD:-}" ] || (cd "$ROOT" && swift build -c release --product snapdump 2>&1 | tail -1 >&2)
-mkdir -p "$WORK/store" "$WORK/out"
-export SNAPDUMP_CONFIG_DIR=$WORK/etc
-"$SD" storage add dir local --path "$WORK/store" --content images,backup
-"$SD" vm create 100 --scsi0 "local:$((SIZE_MIB * 2))M" >/dev/null
-DISK=$("$SD" volume path local:100/vm-100-disk-0.raw)
-HALF=$((SIZE_MIB / 2))
-log "writing $SIZE_MIB MiB of data into $DISK"
-head -c $((HALF << 20)) /dev/urandom | dd of="$DISK" bs=4M conv=notrunc status=none
-head -c $((HALF * 3 / 4 << 20)) /dev/urandom | base64 -w 0 | head -c $((HALF << 20)) |
-  dd of="$DISK" bs=4M seek=$((HALF / 4)) conv=notrunc status=none
-# The other SIZE_MIB stay a hole; prime the page cache.
-cat "$DISK" > /dev/null
+[ -x "$SD" ] || die "$SD not built (run without SKIP_BUILD)"
 
-now() { date +%s.%N; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-declare -A T
-run() {  # run NAME CMD…  (time of one run, appended to T[NAME])
+declare -A WALL CPU RSS
+# measure NAME CMD…: one run; appends wall s, cpu s (user+sys, children included) and peak RSS KiB.
+measure() {
   local name=$1; shift
-  rm -rf "$WORK/out"/* "$WORK/store/dump"
-  local t0 t1; t0=$(now); "$@" >/dev/null 2>&1; t1=$(now)
-  T[$name]+="$(echo "$t1 - $t0" | bc) "
+  local t="$WORK/time.$name"
+  "$TIME" -f '%e %U %S %M' -o "$t" "$@" >/dev/null 2>"$WORK/err.$name" ||
+    { cat "$WORK/err.$name" >&2; die "run '$name' failed: $*"; }
+  read -r e u s m <"$t"
+  WALL[$name]+="$e "
+  CPU[$name]+="$(echo "$u + $s" | bc) "
+  RSS[$name]+="$m "
+}
+median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+med() { local -n arr=$1; echo "${arr[$2]}" | median; }
+
+run_size() {  # run_size SIZE_MIB
+  local size=$1 img disk arch single out=$WORK/out
+  img=$("$HERE/real-disk.sh" image "$size")
+  # The disk, the outputs of a run, a restored disk, and the three compressed files the restores read.
+  local need=$((size * 4)) avail
+  avail=$(df -m --output=avail "$(dirname "$WORK")" | tail -1)
+  [ "$avail" -ge "$need" ] || die "$size MiB: $need MiB free needed under $(dirname "$WORK"), $avail MiB free"
+  rm -rf "$WORK/store" "$WORK/etc" "$WORK/arch" "$out"
+  mkdir -p "$WORK/store" "$WORK/arch" "$out"
+  export SNAPDUMP_CONFIG_DIR=$WORK/etc
+  "$SD" storage add dir local --path "$WORK/store" --content images,backup
+  "$SD" vm create 100 --scsi0 "local:${size}M" >/dev/null
+  disk=$("$SD" volume path local:100/vm-100-disk-0.raw)
+  cp --sparse=always "$img" "$disk"
+  log "$size MiB: disk $disk ($(du -m "$disk" | cut -f1) MiB allocated), copy of $img"
+  cat "$disk" >/dev/null
+
+  # The compressed files the restores read, made once.
+  "$SD" backup 100 --dumpdir "$WORK/arch" --compress zstd --zstd 2 --quiet >/dev/null
+  arch=$(ls "$WORK"/arch/*.vma.zst)
+  mkdir -p "$WORK/single"
+  single="$WORK/single/$(basename "$arch")"
+  zstd -q -d -c "$arch" | zstd -q -3 -T2 -o "$single"
+  zstd -q -3 -T2 "$disk" -o "$WORK/disk.zst"
+  log "$size MiB: archive $(du -m "$arch" | cut -f1) MiB, single-frame $(du -m "$single" | cut -f1) MiB, disk.zst $(du -m "$WORK/disk.zst" | cut -f1) MiB"
+  cat "$arch" "$single" "$WORK/disk.zst" >/dev/null
+
+  local p="$size:"
+  sd_zstd() { rm -rf "$out"/*; measure "${p}sd-zstd" "$SD" backup 100 --dumpdir "$out" --compress zstd --zstd 2 --quiet; }
+  zstd3() { rm -rf "$out"/*; measure "${p}zstd3" sh -c "zstd -q -3 -T2 '$disk' -o '$out/disk.zst' && sync '$out/disk.zst'"; }
+  zstd1() { rm -rf "$out"/*; measure "${p}zstd1" sh -c "zstd -q -1 -T2 '$disk' -o '$out/disk.zst' && sync '$out/disk.zst'"; }
+  sd_none() { rm -rf "$out"/*; measure "${p}sd-none" "$SD" backup 100 --dumpdir "$out" --compress 0 --quiet; }
+  cpsparse() { rm -rf "$out"/*; measure "${p}cp" sh -c "cp --sparse=always '$disk' '$out/copy' && sync '$out/copy'"; }
+  sd_restore() { "$SD" vm destroy 101 >/dev/null 2>&1 || true; measure "${p}sd-restore" "$SD" restore "$arch" 101; }
+  sd_restore1() { "$SD" vm destroy 101 >/dev/null 2>&1 || true; measure "${p}sd-restore1" "$SD" restore "$single" 101; }
+  unzstd() { rm -rf "$out"/*; measure "${p}unzstd" sh -c "zstd -q -d -f --sparse '$WORK/disk.zst' -o '$out/disk.raw' && sync '$out/disk.raw'"; }
+
+  local i
+  for i in $(seq 1 "$RUNS"); do
+    log "$size MiB: round $i of $RUNS"
+    if [ $((i % 2)) = 1 ]; then
+      sd_zstd; zstd3; zstd1; sd_none; cpsparse; sd_restore; unzstd; sd_restore1
+    else
+      zstd1; zstd3; sd_zstd; cpsparse; sd_none; sd_restore1; unzstd; sd_restore
+    fi
+  done
+  "$SD" vm destroy 101 >/dev/null 2>&1 || true
+  rm -rf "$out"/* "$WORK/arch" "$WORK/single" "$WORK/disk.zst"
+  "$SD" vm destroy 100 >/dev/null 2>&1 || true
 }
 
-ARCHIVE_ZST=""
-for i in $(seq 1 "$RUNS"); do
-  log "round $i of $RUNS"
-  run sd-none  "$SD" backup 100 --dumpdir "$WORK/out" --compress 0 --quiet
-  run cat      sh -c "cp --sparse=always '$DISK' '$WORK/out/copy' && sync '$WORK/out/copy'"
-  run sd-zstd1 "$SD" backup 100 --dumpdir "$WORK/out" --compress zstd --zstd 1 --quiet
-  run zstd1    sh -c "zstd -q -3 -T1 '$DISK' -o '$WORK/out/disk.zst' && sync '$WORK/out/disk.zst'"
-  run sd-zstd2 "$SD" backup 100 --dumpdir "$WORK/out" --compress zstd --zstd 0 --quiet
-  run zstd2    sh -c "zstd -q -3 -T2 '$DISK' -o '$WORK/out/disk.zst' && sync '$WORK/out/disk.zst'"
-done
-"$SD" backup 100 --dumpdir "$WORK/arch" --compress zstd --zstd 0 --quiet >/dev/null
-ARCHIVE_ZST=$(ls "$WORK"/arch/*.vma.zst)
-for i in $(seq 1 "$RUNS"); do
-  "$SD" vm destroy 101 >/dev/null 2>&1 || true
-  run sd-restore "$SD" restore "$ARCHIVE_ZST" 101
-  "$SD" vm destroy 101 >/dev/null 2>&1 || true
-  run unzstd     sh -c "zstd -q -d -f --sparse '$ARCHIVE_ZST' -o '$WORK/out/disk.raw' && sync '$WORK/out/disk.raw'"
-done
-
-med() { echo "${T[$1]}" | tr ' ' '\n' | grep . | median; }
-row() {  # row LABEL SNAPDUMP BASELINE BASELINE-LABEL
-  local a b; a=$(med "$2"); b=$(med "$3")
-  printf '| %s | %.2f s | %.0f MiB/s | %s | %.2f s | %.0f MiB/s | %.2f× |\n' "$1" "$a" "$(echo "$SIZE_MIB / $a" | bc -l)" \
-    "$4" "$b" "$(echo "$SIZE_MIB / $b" | bc -l)" "$(echo "$b / $a" | bc -l)"
+row() {  # row SIZE LABEL SNAPDUMP BASELINE BASELINE-LABEL
+  local p="$1:" aw ac am bw bc bm
+  aw=$(med WALL "$p$3"); ac=$(med CPU "$p$3"); am=$(med RSS "$p$3")
+  bw=$(med WALL "$p$4"); bc=$(med CPU "$p$4"); bm=$(med RSS "$p$4")
+  printf '| %s | %.2f s | %.2f s | %d MiB | %s | %.2f s | %.2f s | %d MiB | **%.2f×** | %.2f× |\n' \
+    "$2" "$aw" "$ac" "$((am / 1024))" "$5" "$bw" "$bc" "$((bm / 1024))" \
+    "$(echo "$bw / $aw" | bc -l)" "$(echo "$bc / $ac" | bc -l)"
 }
+
+mkdir -p "$WORK"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+for size in $SIZES; do run_size "$size"; done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
 mkdir -p "$(dirname "$RESULTS")"
 {
-  echo "Disk: $((SIZE_MIB * 2)) MiB raw, $SIZE_MIB MiB data (half random, half base64), the rest a hole. Median of $RUNS, warm cache."
-  echo "MiB/s are of data ($SIZE_MIB MiB). Ratio = baseline time / snapdump time (> 1: snapdump is faster)."
+  echo "Commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average before $LOAD_BEFORE, after $LOAD_AFTER."
+  echo "Disk: raw image of a full ext4 of real trees (scripts/bench/real-disk.sh), stop mode, release build, warm cache;"
+  echo "median of $RUNS alternating runs. CPU = user + sys (children included). Ratio = baseline time / snapdump time (> 1: snapdump is faster)."
+  for size in $SIZES; do
+    echo
+    echo "**$size MiB disk**"
+    echo
+    echo "| snapdump | wall | cpu | peak RSS | baseline | wall | cpu | peak RSS | ratio wall | ratio cpu |"
+    echo "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"
+    row "$size" "backup --compress zstd (level 3, 2 threads)" sd-zstd zstd3 "zstd -3 -T2 + sync"
+    row "$size" "backup --compress zstd (context)" sd-zstd zstd1 "zstd -1 -T2 + sync"
+    row "$size" "backup --compress 0" sd-none cp "cp --sparse=always + sync"
+    row "$size" "restore of snapdump's archive" sd-restore unzstd "zstd -d --sparse + sync"
+    row "$size" "restore of a single-frame archive" sd-restore1 unzstd "zstd -d --sparse + sync"
+  done
   echo
-  echo "| snapdump | time | rate | baseline | time | rate | ratio |"
-  echo "|---|---:|---:|---|---:|---:|---:|"
-  row "backup --compress 0" sd-none cat "cp --sparse=always + sync"
-  row "backup --compress zstd --zstd 1" sd-zstd1 zstd1 "zstd -3 -T1 + sync"
-  row "backup --compress zstd --zstd 0 (2 threads)" sd-zstd2 zstd2 "zstd -3 -T2 + sync"
-  row "restore (SHA-256 checked)" sd-restore unzstd "zstd -d --sparse + sync"
-  echo
-  echo "Single runs (s):"
-  for k in sd-none cat sd-zstd1 zstd1 sd-zstd2 zstd2 sd-restore unzstd; do echo "- $k: ${T[$k]}"; done
+  echo "Single runs (wall s / cpu s / RSS KiB):"
+  for size in $SIZES; do
+    for k in sd-zstd zstd3 zstd1 sd-none cp sd-restore sd-restore1 unzstd; do
+      echo "- $size $k: ${WALL[$size:$k]}/ ${CPU[$size:$k]}/ ${RSS[$size:$k]}"
+    done
+  done
 } | tee "$RESULTS"

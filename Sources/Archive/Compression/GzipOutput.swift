@@ -4,14 +4,14 @@ import SnapdumpSystem
 /// Streaming gzip compression through zlib (`deflateInit2` with the gzip
 /// wrapper, windowBits 15 + 16).
 final class GzipOutput: CompressingOutput {
-    private let file: File
+    private let file: any OutputSink
     // zlib keeps a pointer back to its z_stream: it must not move.
     private let stream: UnsafeMutablePointer<z_stream>
     private let out: UnsafeMutableRawBufferPointer
     private(set) var fileOffset: UInt64
     private(set) var bytesIn: UInt64 = 0
 
-    init(file: File, startOffset: UInt64, level: Int32) throws(ArchiveError) {
+    init(file: any OutputSink, startOffset: UInt64, level: Int32) throws(ArchiveError) {
         self.file = file
         self.fileOffset = startOffset
         stream = .allocate(capacity: 1)

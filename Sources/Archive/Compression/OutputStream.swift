@@ -17,11 +17,11 @@ protocol CompressingOutput: AnyObject {
 
 /// Writes bytes as they are.
 final class PlainOutput: CompressingOutput {
-    private let file: File
+    private let file: any OutputSink
     private(set) var fileOffset: UInt64
     private(set) var bytesIn: UInt64 = 0
 
-    init(file: File, startOffset: UInt64) {
+    init(file: any OutputSink, startOffset: UInt64) {
         self.file = file
         self.fileOffset = startOffset
     }
@@ -38,16 +38,16 @@ final class PlainOutput: CompressingOutput {
 /// pwrite with the error mapped to ArchiveError. A `streaming` file (a
 /// pipe: `backup --stdout`) cannot seek: its bytes are written in order at
 /// its current position, and the offsets only count them.
-func writeFile(_ file: File, _ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws(ArchiveError) {
+func writeFile(_ file: any OutputSink, _ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws(ArchiveError) {
     do {
-        if file.isStream { try file.writeAll(bytes) } else { try file.write(bytes, at: offset) }
+        if let stream = file as? File, stream.isStream { try stream.writeAll(bytes) } else { try file.write(bytes, at: offset) }
     } catch {
         throw ArchiveError(.io, path: file.path, "cannot write", cause: error as? SystemError)
     }
 }
 
 /// Creates the output for `compression`, starting at `startOffset` of `file`.
-func makeOutput(_ compression: Compression, file: File, startOffset: UInt64) throws(ArchiveError) -> any CompressingOutput {
+func makeOutput(_ compression: Compression, file: any OutputSink, startOffset: UInt64) throws(ArchiveError) -> any CompressingOutput {
     switch compression {
     case .none: return PlainOutput(file: file, startOffset: startOffset)
     case .gzip: return try GzipOutput(file: file, startOffset: startOffset, level: 6)

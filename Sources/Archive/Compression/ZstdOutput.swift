@@ -4,13 +4,13 @@ import SnapdumpSystem
 /// Streaming zstd compression through libzstd (`ZSTD_compressStream2`),
 /// multithreaded with `ZSTD_c_nbWorkers`, content checksum on.
 final class ZstdOutput: CompressingOutput {
-    private let file: File
+    private let file: any OutputSink
     private let cctx: OpaquePointer
     private let out: UnsafeMutableRawBufferPointer
     private(set) var fileOffset: UInt64
     private(set) var bytesIn: UInt64 = 0
 
-    init(file: File, startOffset: UInt64, level: Int32, workers: Int32) throws(ArchiveError) {
+    init(file: any OutputSink, startOffset: UInt64, level: Int32, workers: Int32) throws(ArchiveError) {
         guard let cctx = ZSTD_createCCtx() else {
             throw ArchiveError(.compression, path: file.path, "ZSTD_createCCtx failed")
         }
