@@ -29,6 +29,9 @@ public final class DigestAssembler {
         var buffer: UnsafeMutableRawBufferPointer
         /// Bit k: cluster k of the chunk arrived (64 clusters per chunk).
         var received: UInt64
+        /// Bit k: cluster k arrived as zeros and is not in `buffer` yet
+        /// (filled only if the chunk turns out not to be all zero).
+        var zeros: UInt64 = 0
         var nonZero: Bool
         var lastUse: UInt64
     }
@@ -95,7 +98,11 @@ public final class DigestAssembler {
         } else {
             p = Pending(buffer: try takeBuffer(), received: 0, nonZero: false, lastUse: 0)
         }
-        Self.expand(mask: mask, blocks: blocks, into: p.buffer.baseAddress! + index * VMAFormat.clusterSize)
+        if mask == 0 {
+            p.zeros |= 1 << UInt64(index)
+        } else {
+            Self.expand(mask: mask, blocks: blocks, into: p.buffer.baseAddress! + index * VMAFormat.clusterSize)
+        }
         p.received |= 1 << UInt64(index)
         p.nonZero = p.nonZero || mask != 0
         p.lastUse = tick
@@ -105,10 +112,49 @@ public final class DigestAssembler {
         }
         let digest = digests[device]!
         let len = digest.chunkLength(key.chunk)
-        digest.record(chunk: key.chunk, digest: (!p.nonZero && len == DeviceDigest.chunkSize)
-                      ? DeviceDigest.zeroChunkDigest
-                      : DeviceDigest.digest(of: UnsafeRawBufferPointer(rebasing: p.buffer[0..<len])))
+        if !p.nonZero && len == DeviceDigest.chunkSize {
+            digest.record(chunk: key.chunk, digest: DeviceDigest.zeroChunkDigest)
+        } else {
+            Self.fillZeros(p.zeros, in: p.buffer)
+            digest.record(chunk: key.chunk, digest: DeviceDigest.digest(of: UnsafeRawBufferPointer(rebasing: p.buffer[0..<len])))
+        }
         pool.append(p.buffer)
+    }
+
+    /// Adds `count` consecutive clusters of zeros from `firstCluster` on. A
+    /// whole chunk of them that nothing else touched is recorded as the zero
+    /// chunk at once, without a buffer: the cost follows the data, not the
+    /// device size.
+    public func addZeroRun(device: UInt8, firstCluster: UInt32, count: UInt32) throws(ArchiveError) {
+        let perChunk = UInt64(DeviceDigest.clustersPerChunk)
+        var cluster = UInt64(firstCluster)
+        let end = cluster + UInt64(count)
+        precondition(end <= clusterCounts[device] ?? 0, "clusters \(firstCluster)..<\(end) of device \(device) beyond the device")
+        let digest = digests[device]!
+        while cluster < end {
+            let chunk = Int(cluster / perChunk)
+            let chunkEnd = min(UInt64(chunk + 1) * perChunk, end)
+            let key = Key(device: device, chunk: chunk)
+            if cluster % perChunk == 0 && chunkEnd - cluster == perChunk && digest.chunkLength(chunk) == DeviceDigest.chunkSize
+                && pending[key] == nil && deferred[key] == nil {
+                digest.record(chunk: chunk, digest: DeviceDigest.zeroChunkDigest)
+            } else {
+                for c in cluster..<chunkEnd {
+                    try add(device: device, cluster: UInt32(c), mask: 0, blocks: UnsafeRawBufferPointer(start: nil, count: 0))
+                }
+            }
+            cluster = chunkEnd
+        }
+    }
+
+    /// Zeroes the clusters of `buffer` whose bits are set in `zeros`.
+    private static func fillZeros(_ zeros: UInt64, in buffer: UnsafeMutableRawBufferPointer) {
+        var z = zeros
+        while z != 0 {
+            let i = z.trailingZeroBitCount
+            z &= z - 1
+            (buffer.baseAddress! + i * VMAFormat.clusterSize).initializeMemory(as: UInt8.self, repeating: 0, count: VMAFormat.clusterSize)
+        }
     }
 
     /// Adds a whole 64 KiB cluster (bytes past the device end are ignored).
@@ -163,7 +209,8 @@ public final class DigestAssembler {
             let slot = spillSlots
             spillSlots += 1
             deferred[key] = slot
-            var received = p.received
+            // Zero clusters are not in the buffer: the sparse spill file reads them back as zeros.
+            var received = p.received & ~p.zeros
             while received != 0 {
                 let i = received.trailingZeroBitCount
                 received &= received - 1

@@ -15,6 +15,7 @@ public final class ReadProgress: @unchecked Sendable {
     /// quick read, or one that fails at once, prints no progress at all.
     private var lastLine: Date
     private var lastPercent = -1
+    private var calls: UInt = 0
     public private(set) var bytesRead: UInt64 = 0
     public private(set) var sparseBytes: UInt64 = 0
 
@@ -28,17 +29,30 @@ public final class ReadProgress: @unchecked Sendable {
 
     func add(_ c: VMAReader.Cluster) {
         let valid = UInt64(c.validBytes)
-        add(bytes: valid, sparse: valid - min(valid, UInt64(c.mask.nonzeroBitCount * VMAFormat.blockSize)))
+        add(bytes: valid, sparse: valid - min(valid, UInt64(c.mask.nonzeroBitCount * VMAFormat.blockSize)), perCluster: true)
+    }
+
+    func add(_ run: VMAReader.ZeroRun) {
+        add(bytes: run.validBytes, sparse: run.validBytes)
     }
 
     /// `bytes` more read, `sparse` of them zeros (a repository restore reports whole chunks).
     public func add(bytes: UInt64, sparse: UInt64) {
+        add(bytes: bytes, sparse: sparse, perCluster: false)
+    }
+
+    private func add(bytes: UInt64, sparse: UInt64, perCluster: Bool) {
         bytesRead += bytes
         sparseBytes += sparse
         guard total > 0 else { return }
         let percent = Int(bytesRead * 100 / total)
+        guard percent != lastPercent else { return }
+        // Called for every cluster, the clock is read once every 256 of them (16 MiB), and at the end;
+        // for a run of zero clusters or a repository chunk at each call.
+        calls &+= 1
+        guard calls & 255 == 0 || !perCluster || bytesRead >= total else { return }
         let now = Date()
-        if percent != lastPercent && (now.timeIntervalSince(lastLine) >= interval || bytesRead >= total) {
+        if now.timeIntervalSince(lastLine) >= interval || bytesRead >= total {
             emit("progress \(percent)% (read \(bytesRead) bytes, duration \(Int(now.timeIntervalSince(started))) sec)")
             lastPercent = percent
             lastLine = now

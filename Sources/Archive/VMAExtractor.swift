@@ -75,10 +75,11 @@ public enum VMAExtractor {
 
         var bytes: UInt64 = 0
         let total = reader.header.devices.reduce(UInt64(0)) { $0 + $1.size }
+        // Zero clusters stay holes of the fresh file: nothing to do for them.
         let verification = try reader.verify(targets: files, progress: progress.map { ReadProgress(total: total, emit: $0) }) { c in
             guard let file = files[c.deviceID] else { return }
             bytes += try c.writeStoredBlocks(to: file)
-        }
+        } zeroRuns: { _ in }
         for (id, f) in files {
             do {
                 try f.sync()

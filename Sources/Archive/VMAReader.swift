@@ -64,6 +64,17 @@ public final class VMAReader {
         }
     }
 
+    /// Consecutive clusters of one device that store no block (mask 0, all
+    /// zero), delivered as one run so that the cost of a restore follows the
+    /// data, not the disk size.
+    public struct ZeroRun: Sendable {
+        public var deviceID: UInt8
+        public var firstCluster: UInt32
+        public var count: UInt32
+        /// Bytes of these clusters inside the device.
+        public var validBytes: UInt64
+    }
+
     public struct Summary: Sendable {
         public var extents: UInt64 = 0
         public var clusters: UInt64 = 0
@@ -121,8 +132,12 @@ public final class VMAReader {
     /// Checks extent magic, uuid, MD5 and block count, that every cluster of
     /// every device appears exactly once, and that no stored block lies past
     /// its device's end. Can be called once.
+    ///
+    /// With `zeroRuns`, clusters that store no block go there instead, runs
+    /// of consecutive ones of a device as one call, each run before the
+    /// cluster that follows it in the stream.
     @discardableResult
-    public func readClusters(_ body: (Cluster) throws -> Void) throws -> Summary {
+    public func readClusters(_ body: (Cluster) throws -> Void, zeroRuns: ((ZeroRun) throws -> Void)? = nil) throws -> Summary {
         precondition(!consumed, "readClusters can be called once")
         consumed = true
         var summary = Summary()
@@ -143,6 +158,14 @@ public final class VMAReader {
         let md5 = EVPHasher.md5()
         var md5Out = (UInt64(0), UInt64(0))
         let uuid = withUnsafeBytes(of: header.uuid.uuid) { Array($0) }
+
+        var run: ZeroRun?
+        func flushRun() throws {
+            if let r = run, let zeroRuns {
+                run = nil
+                try zeroRuns(r)
+            }
+        }
 
         while true {
             let start = input.offset
@@ -201,14 +224,26 @@ public final class VMAReader {
                 guard dev.seen.insert(info.cluster) else { throw fail(.duplicateCluster, "duplicated cluster \(info.cluster) of \(name())") }
                 let bytes = info.mask.nonzeroBitCount * VMAFormat.blockSize
                 let validBytes = Int(min(UInt64(VMAFormat.clusterSize), dev.device.size - UInt64(info.cluster) * UInt64(VMAFormat.clusterSize)))
+                summary.clusters += 1
+                if info.mask == 0 && zeroRuns != nil {
+                    if let r = run, r.deviceID == info.deviceID, UInt64(r.firstCluster) + UInt64(r.count) == UInt64(info.cluster) {
+                        run!.count += 1
+                        run!.validBytes += UInt64(validBytes)
+                    } else {
+                        try flushRun()
+                        run = ZeroRun(deviceID: info.deviceID, firstCluster: info.cluster, count: 1, validBytes: UInt64(validBytes))
+                    }
+                    continue
+                }
+                try flushRun()
                 try body(Cluster(deviceID: info.deviceID, cluster: info.cluster, mask: info.mask,
                                  blocks: UnsafeRawBufferPointer(rebasing: data[pos..<pos + bytes]), validBytes: validBytes))
                 pos += bytes
-                summary.clusters += 1
             }
             summary.storedBlocks += UInt64(blockCount)
             summary.extents += 1
         }
+        try flushRun()
         summary.streamBytes = input.offset
         for case let d? in devs {
             guard let missing = d.seen.firstMissing() else { continue }
@@ -248,7 +283,11 @@ public final class VMAReader {
 
     /// Reads the whole archive, computes each device's content digest and
     /// compares it with `snapdump.json` when present (a mismatch throws
-    /// `.digestMismatch`). `body`, if given, also sees every cluster.
+    /// `.digestMismatch`). `body`, if given, also sees every cluster — or,
+    /// with `zeroRuns`, every cluster that stores a block, the clusters of
+    /// zeros going to `zeroRuns` as runs (`ZeroRun`): a restore into a
+    /// target that starts zeroed has nothing to do for them, so its cost
+    /// follows the data, not the disk size.
     ///
     /// `targets[id]`: a readable file that `body` writes every cluster of
     /// device `id` to. Chunks whose clusters come too far out of order are
@@ -258,14 +297,29 @@ public final class VMAReader {
     /// and targets nothing is hashed.
     @discardableResult
     public func verify(targets: [UInt8: File] = [:], spillDirectory: String? = nil, progress: ReadProgress? = nil,
-                       _ body: ((Cluster) throws -> Void)? = nil) throws -> Verification {
+                       _ body: ((Cluster) throws -> Void)? = nil, zeroRuns: ((ZeroRun) throws -> Void)? = nil) throws -> Verification {
         let metadata = try checkedMetadata()
         let assembler = metadata != nil || !targets.isEmpty
             ? DigestAssembler(devices: header.devices, targets: targets, spillDirectory: spillDirectory) : nil
+        let sizes = Dictionary(uniqueKeysWithValues: header.devices.map { ($0.id, $0.size) })
         let summary = try readClusters { c in
             try body?(c)
             progress?.add(c)
             try assembler?.add(device: c.deviceID, cluster: c.cluster, mask: c.mask, blocks: c.blocks)
+        } zeroRuns: { run in
+            if let zeroRuns {
+                try zeroRuns(run)
+            } else if let body {
+                // A caller that wants every cluster gets the run cluster by cluster.
+                let size = sizes[run.deviceID]!
+                for c in run.firstCluster..<(run.firstCluster + run.count) {
+                    let offset = UInt64(c) * UInt64(VMAFormat.clusterSize)
+                    try body(Cluster(deviceID: run.deviceID, cluster: c, mask: 0, blocks: UnsafeRawBufferPointer(start: nil, count: 0),
+                                     validBytes: Int(min(UInt64(VMAFormat.clusterSize), size - offset))))
+                }
+            }
+            progress?.add(run)
+            try assembler?.addZeroRun(device: run.deviceID, firstCluster: run.firstCluster, count: run.count)
         }
         progress?.finish()
         let digests = try assembler?.finish() ?? [:]

@@ -97,6 +97,9 @@ enum RestoreInput {
                 // Zero blocks stay holes in the fresh volume.
                 bytes += try c.writeStoredBlocks { try file.write($0, at: $1) }
                 limit?.wait(afterTotal: progress.bytesRead) { false }
+            } zeroRuns: { _ in
+                // Runs of zero clusters stay holes too, and cost nothing but the pacing.
+                limit?.wait(afterTotal: progress.bytesRead) { false }
             }
             return (v.metadataChecked, bytes)
         case .repository(let store, let s, let m):

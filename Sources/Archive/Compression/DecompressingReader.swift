@@ -7,8 +7,10 @@ import Glibc
 
 /// Reads an archive file as its decompressed byte stream. The format is
 /// detected from the first bytes (zstd, gzip, raw VMA; lzop is refused).
-/// Concatenated zstd frames and gzip members are one stream. Buffers are
-/// allocated once; `read` decompresses straight into the caller's buffer.
+/// Concatenated zstd frames and gzip members are one stream. zstd is
+/// decompressed on background threads, frames in parallel
+/// (`ParallelZstdDecoder`); gzip and raw VMA are read on the caller's thread,
+/// straight into its buffer.
 public final class DecompressingReader {
     public let path: String
     public let compression: Compression.Kind
@@ -51,7 +53,11 @@ public final class DecompressingReader {
     }
 
     /// Reads the already open `file` from offset 0.
-    public init(file: File) throws(ArchiveError) {
+    public convenience init(file: File) throws(ArchiveError) {
+        try self.init(file: file, zstdLimits: .standard)
+    }
+
+    init(file: File, zstdLimits: ParallelZstdDecoder.Limits) throws(ArchiveError) {
         self.file = file
         self.path = file.path
         var head = [UInt8](repeating: 0, count: 4)
@@ -69,7 +75,7 @@ public final class DecompressingReader {
         compression = kind
         switch kind {
         case .none: decoder = RawDecoder(file: file)
-        case .zstd: decoder = try ZstdDecoder(file: file)
+        case .zstd: decoder = try ParallelZstdDecoder(file: file, limits: zstdLimits)
         case .gzip: decoder = try GzipDecoder(file: file)
         case .lzo: throw ArchiveError(.unsupported, path: file.path, Compression.lzoUnsupported)
         }
@@ -148,51 +154,6 @@ final class RawDecoder: StreamDecoder {
         } catch {
             throw ArchiveError(.io, path: file.path, offset: streamOffset, "cannot read", cause: error as? SystemError)
         }
-    }
-}
-
-final class ZstdDecoder: StreamDecoder {
-    private let dctx: OpaquePointer
-    private var source: CompressedSource
-    private var input = ZSTD_inBuffer(src: nil, size: 0, pos: 0)
-    /// The last ZSTD_decompressStream result: 0 exactly at a frame end.
-    private var lastHint = 0
-
-    init(file: File) throws(ArchiveError) {
-        guard let d = ZSTD_createDCtx() else { throw ArchiveError(.compression, path: file.path, "ZSTD_createDCtx failed") }
-        dctx = d
-        source = CompressedSource(file: file)
-    }
-
-    deinit {
-        ZSTD_freeDCtx(dctx)
-        source.deallocate()
-    }
-
-    func read(into dst: UnsafeMutableRawBufferPointer, streamOffset: UInt64) throws(ArchiveError) -> Int {
-        var filled = 0
-        while filled < dst.count {
-            if input.pos == input.size && !source.eof {
-                let n = try source.refill()
-                input = ZSTD_inBuffer(src: source.buffer.baseAddress, size: n, pos: 0)
-            }
-            if input.pos == input.size && source.eof && lastHint == 0 { break }
-            var output = ZSTD_outBuffer(dst: dst.baseAddress! + filled, size: dst.count - filled, pos: 0)
-            let before = input.pos
-            let r = ZSTD_decompressStream(dctx, &output, &input)
-            if ZSTD_isError(r) != 0 {
-                throw ArchiveError(.compression, path: source.file.path, offset: streamOffset + UInt64(filled),
-                                   "zstd: \(String(cString: ZSTD_getErrorName(r)))")
-            }
-            lastHint = r
-            filled += output.pos
-            if output.pos == 0 && input.pos == before && input.pos == input.size && source.eof {
-                // No progress and no more input: the frame was cut short.
-                if r != 0 { throw ArchiveError.truncated(source.file.path, at: streamOffset + UInt64(filled)) }
-                break
-            }
-        }
-        return filled
     }
 }
 

@@ -3,20 +3,37 @@ import SnapdumpSystem
 
 /// Streaming zstd compression through libzstd (`ZSTD_compressStream2`),
 /// multithreaded with `ZSTD_c_nbWorkers`, content checksum on.
+///
+/// The stream is cut into independent frames of `frameSize` uncompressed
+/// bytes each (the last one shorter): a standard multi-frame file that
+/// `zstd -d` and Proxmox's tools read as one stream, and that a restore can
+/// decompress frame by frame on several cores (`ParallelZstdDecoder`).
 final class ZstdOutput: CompressingOutput {
+    /// 32 MiB: the ratio loss against one frame is 0.2 % on a disk of real
+    /// data (BENCHMARKS.md, "Restore"), small enough that a restore holds a
+    /// few frames in memory at once.
+    static let defaultFrameSize = 32 << 20
+
     private let file: any OutputSink
     private let cctx: OpaquePointer
     private let out: UnsafeMutableRawBufferPointer
+    private let frameSize: UInt64
+    /// Uncompressed bytes in the frame being written.
+    private var frameBytes: UInt64 = 0
     private(set) var fileOffset: UInt64
     private(set) var bytesIn: UInt64 = 0
+    /// Frames ended so far.
+    private(set) var frames = 0
 
-    init(file: any OutputSink, startOffset: UInt64, level: Int32, workers: Int32) throws(ArchiveError) {
+    init(file: any OutputSink, startOffset: UInt64, level: Int32, workers: Int32, frameSize: Int = ZstdOutput.defaultFrameSize) throws(ArchiveError) {
+        precondition(frameSize > 0)
         guard let cctx = ZSTD_createCCtx() else {
             throw ArchiveError(.compression, path: file.path, "ZSTD_createCCtx failed")
         }
         self.cctx = cctx
         self.file = file
         self.fileOffset = startOffset
+        self.frameSize = UInt64(frameSize)
         self.out = .allocate(byteCount: max(ZSTD_CStreamOutSize(), 1 << 20), alignment: 64)
         try check(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level), "compression level \(level)")
         try check(ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1), "checksum flag")
@@ -43,18 +60,24 @@ final class ZstdOutput: CompressingOutput {
     }
 
     func write(_ bytes: UnsafeRawBufferPointer) throws(ArchiveError) {
-        guard bytes.count > 0 else { return }
-        var input = ZSTD_inBuffer(src: bytes.baseAddress, size: bytes.count, pos: 0)
-        while input.pos < input.size {
-            var output = ZSTD_outBuffer(dst: out.baseAddress, size: out.count, pos: 0)
-            let r = ZSTD_compressStream2(cctx, &output, &input, ZSTD_e_continue)
-            try check(r, "compress")
-            try drain(output)
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        var done = 0
+        while done < bytes.count {
+            let n = Int(min(UInt64(bytes.count - done), frameSize - frameBytes))
+            var input = ZSTD_inBuffer(src: base + done, size: n, pos: 0)
+            while input.pos < input.size {
+                var output = ZSTD_outBuffer(dst: out.baseAddress, size: out.count, pos: 0)
+                try check(ZSTD_compressStream2(cctx, &output, &input, ZSTD_e_continue), "compress")
+                try drain(output)
+            }
+            done += n
+            frameBytes += UInt64(n)
+            if frameBytes == frameSize { try endFrame() }
         }
         bytesIn += UInt64(bytes.count)
     }
 
-    func finish() throws(ArchiveError) -> UInt64 {
+    private func endFrame() throws(ArchiveError) {
         var input = ZSTD_inBuffer(src: nil, size: 0, pos: 0)
         while true {
             var output = ZSTD_outBuffer(dst: out.baseAddress, size: out.count, pos: 0)
@@ -63,6 +86,13 @@ final class ZstdOutput: CompressingOutput {
             try drain(output)
             if remaining == 0 { break }
         }
+        frames += 1
+        frameBytes = 0
+    }
+
+    func finish() throws(ArchiveError) -> UInt64 {
+        // A stream that ended exactly at a frame boundary has nothing left to end.
+        if frameBytes > 0 || frames == 0 { try endFrame() }
         return fileOffset
     }
 }

@@ -1,0 +1,445 @@
+import CZstd
+import Foundation
+import SnapdumpSystem
+
+/// Decompresses a zstd file on background threads, delivering the stream in
+/// order to the one caller of `read`.
+///
+/// A *splitter* thread reads the file in order and finds where each frame
+/// ends (`ZSTD_findFrameCompressedSize`, which walks the block headers);
+/// each complete frame of at most `maxFrameOutput` decompressed bytes
+/// (`ZSTD_decompressBound`, 64 MiB) becomes a piece that the first free of
+/// `workers` threads decompresses in one call. snapdump writes 32 MiB frames
+/// (`ZstdOutput`), so both cores decompress while the caller verifies and
+/// writes. A frame too big for that — the single frame of a Proxmox archive
+/// or of an older snapdump one — is decompressed by the splitter itself as a
+/// stream, in pieces of `streamPieceSize`: still on a thread of its own,
+/// beside the caller.
+///
+/// Memory is bounded whatever the archive says: at most `maxPieces` pieces
+/// are in flight (decoded, decoding or read), each holding at most its
+/// compressed frame and `maxFrameOutput` bytes; buffers are reused.
+final class ParallelZstdDecoder: StreamDecoder {
+    private let shared: Shared
+    private var current: Piece?
+    private var currentPos = 0
+
+    /// Sizes that bound memory; small ones in tests reach every path with small archives.
+    struct Limits: Sendable {
+        /// Frames that decompress to more than this are streamed by the splitter.
+        var maxFrameOutput = 64 << 20
+        /// A frame not ended within this many compressed bytes is streamed.
+        var maxFrameInput = 64 << 20
+        var readSize = 4 << 20
+        var streamPieceSize = 8 << 20
+        static let standard = Limits()
+    }
+
+    init(file: File, workers: Int = ParallelZstdDecoder.defaultWorkers, limits: Limits = .standard) throws(ArchiveError) {
+        precondition(workers >= 1 && limits.streamPieceSize <= limits.maxFrameOutput)
+        shared = Shared(file: file, maxPieces: workers + 2, limits: limits)
+        try shared.start(workers: workers)
+    }
+
+    deinit {
+        if let current { shared.release(current) }
+        shared.stop()
+    }
+
+    /// One per core, at least two (the splitter and the caller are mostly idle or waiting on them).
+    static var defaultWorkers: Int { max(2, ProcessInfo.processInfo.activeProcessorCount) }
+
+    func read(into dst: UnsafeMutableRawBufferPointer, streamOffset: UInt64) throws(ArchiveError) -> Int {
+        var filled = 0
+        while filled < dst.count {
+            if let piece = current, currentPos < piece.count {
+                let n = min(dst.count - filled, piece.count - currentPos)
+                (dst.baseAddress! + filled).copyMemory(from: piece.output!.baseAddress! + currentPos, byteCount: n)
+                currentPos += n
+                filled += n
+                continue
+            }
+            if let piece = current {
+                shared.release(piece)
+                current = nil
+            }
+            guard let next = try shared.next(streamOffset: streamOffset + UInt64(filled)) else { break }
+            current = next
+            currentPos = 0
+        }
+        return filled
+    }
+}
+
+/// A frame (or, for a frame streamed by the splitter, part of one) in stream order.
+private final class Piece {
+    enum State { case queued, decoding, done }
+    /// Where its frame starts in the file, for error messages.
+    let fileOffset: UInt64
+    var state: State
+    /// The whole compressed frame, while queued or decoding.
+    var input: Buffer?
+    var inputCount = 0
+    var output: UnsafeMutableRawBufferPointer?
+    var count = 0
+    /// libzstd's error for this frame, turned into an ArchiveError by the reader, who knows the stream offset.
+    var failure: String?
+
+    init(fileOffset: UInt64, state: State) {
+        self.fileOffset = fileOffset
+        self.state = state
+    }
+}
+
+/// malloc'd memory: pages count as resident only once touched, so a buffer
+/// sized for the largest frame costs what the frames really use.
+private struct Buffer {
+    let base: UnsafeMutableRawPointer
+    let capacity: Int
+
+    init(capacity: Int) {
+        base = malloc(capacity)!
+        self.capacity = capacity
+    }
+
+    func free() { Glibc.free(base) }
+}
+
+/// A ZSTD_DCtx handed to the one thread that uses it.
+private final class DecompressionContext: @unchecked Sendable {
+    // @unchecked: used by exactly one thread after it is created.
+    let dctx: OpaquePointer
+    init?() {
+        guard let d = ZSTD_createDCtx() else { return nil }
+        dctx = d
+    }
+    deinit { ZSTD_freeDCtx(dctx) }
+}
+
+private final class Shared: @unchecked Sendable {
+    // @unchecked: every mutable field is guarded by `lock`, except the
+    // splitter's own read state (used by the splitter thread only).
+
+    /// ZSTD_CONTENTSIZE_ERROR, a macro Swift does not import.
+    static let contentSizeError = UInt64.max - 1
+
+    let file: File
+    let maxPieces: Int
+    private let lock = NSCondition()
+    private let threads = DispatchGroup()
+    private var pieces: [Piece] = []
+    /// Pieces queued and not yet released by the reader.
+    private var outstanding = 0
+    private var splitterDone = false
+    private var splitterError: (@Sendable (UInt64) -> ArchiveError)?
+    private var cancelled = false
+    private var outputPool: [UnsafeMutableRawBufferPointer] = []
+    private var inputPool: [Buffer] = []
+
+    let limits: ParallelZstdDecoder.Limits
+
+    init(file: File, maxPieces: Int, limits: ParallelZstdDecoder.Limits) {
+        self.file = file
+        self.maxPieces = maxPieces
+        self.limits = limits
+    }
+
+    deinit {
+        for p in pieces {
+            p.input?.free()
+            p.output.map { Glibc.free($0.baseAddress!) }
+        }
+        for b in outputPool { Glibc.free(b.baseAddress!) }
+        for b in inputPool { b.free() }
+    }
+
+    func start(workers: Int) throws(ArchiveError) {
+        var contexts: [DecompressionContext] = []
+        for _ in 0..<(workers + 1) {
+            guard let d = DecompressionContext() else { throw ArchiveError(.compression, path: file.path, "ZSTD_createDCtx failed") }
+            contexts.append(d)
+        }
+        let splitter = contexts.removeLast()
+        spawn("zstd-split") { [self] in split(splitter.dctx) }
+        for (i, d) in contexts.enumerated() {
+            spawn("zstd-\(i)") { [self] in work(d.dctx) }
+        }
+    }
+
+    private func spawn(_ name: String, _ body: @escaping @Sendable () -> Void) {
+        threads.enter()
+        let t = Thread { [threads] in
+            body()
+            threads.leave()
+        }
+        t.name = name
+        t.start()
+    }
+
+    /// Stops the threads and waits for them: nothing touches the file or the buffers afterwards.
+    func stop() {
+        lock.lock()
+        cancelled = true
+        lock.broadcast()
+        lock.unlock()
+        threads.wait()
+    }
+
+    // MARK: reader side
+
+    /// The next piece in stream order once it is decoded; nil at the end.
+    func next(streamOffset: UInt64) throws(ArchiveError) -> Piece? {
+        lock.lock()
+        defer { lock.unlock() }
+        while true {
+            if let p = pieces.first, p.state == .done {
+                pieces.removeFirst()
+                if let failure = p.failure {
+                    throw ArchiveError(.compression, path: file.path, offset: streamOffset,
+                                       "zstd frame at file offset \(p.fileOffset): \(failure)")
+                }
+                return p
+            }
+            if pieces.isEmpty && splitterDone {
+                if let e = splitterError { throw e(streamOffset) }
+                return nil
+            }
+            lock.wait()
+        }
+    }
+
+    /// The reader is done with `piece`: its buffer goes back to the pool.
+    func release(_ piece: Piece) {
+        lock.lock()
+        if let out = piece.output { outputPool.append(out) }
+        piece.output = nil
+        outstanding -= 1
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    // MARK: workers
+
+    private func work(_ dctx: OpaquePointer) {
+        lock.lock()
+        while true {
+            if cancelled { break }
+            guard let p = pieces.first(where: { $0.state == .queued }) else {
+                if splitterDone { break }
+                lock.wait()
+                continue
+            }
+            p.state = .decoding
+            let output = takeOutput()
+            lock.unlock()
+            let input = p.input!
+            let r = ZSTD_decompressDCtx(dctx, output.baseAddress, output.count, input.base, p.inputCount)
+            lock.lock()
+            p.output = output
+            if ZSTD_isError(r) != 0 {
+                p.failure = String(cString: ZSTD_getErrorName(r))
+            } else {
+                p.count = r
+            }
+            inputPool.append(input)
+            p.input = nil
+            p.state = .done
+            lock.broadcast()
+        }
+        lock.unlock()
+    }
+
+    /// Under `lock`.
+    private func takeOutput() -> UnsafeMutableRawBufferPointer {
+        if let b = outputPool.popLast() { return b }
+        return UnsafeMutableRawBufferPointer(start: malloc(limits.maxFrameOutput)!, count: limits.maxFrameOutput)
+    }
+
+    // MARK: splitter
+
+    /// Waits for room for one more piece; false when cancelled. Under `lock`.
+    private func waitForRoom() -> Bool {
+        while outstanding >= maxPieces && !cancelled { lock.wait() }
+        return !cancelled
+    }
+
+    /// Queues `piece` once there is room; false (and its buffers back in the pools) when cancelled.
+    private func enqueue(_ piece: Piece) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        guard waitForRoom() else {
+            recycleLocked(piece)
+            return false
+        }
+        pieces.append(piece)
+        outstanding += 1
+        lock.broadcast()
+        return true
+    }
+
+    private func recycle(_ piece: Piece) {
+        lock.lock()
+        recycleLocked(piece)
+        lock.unlock()
+    }
+
+    private func recycleLocked(_ piece: Piece) {
+        if let out = piece.output { outputPool.append(out) }
+        if let input = piece.input { inputPool.append(input) }
+        piece.output = nil
+        piece.input = nil
+    }
+
+    private func takeInput() -> Buffer {
+        lock.lock()
+        defer { lock.unlock() }
+        return inputPool.popLast() ?? Buffer(capacity: limits.maxFrameInput + limits.readSize)
+    }
+
+    private func finishSplitting(_ error: (@Sendable (UInt64) -> ArchiveError)?) {
+        lock.lock()
+        splitterDone = true
+        splitterError = error
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    private var isCancelled: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return cancelled
+    }
+
+    private struct SplitError: Error {
+        let make: @Sendable (UInt64) -> ArchiveError
+    }
+
+    /// Reads into `buffer` at `count`; 0 at the end of the file.
+    private func fill(_ buffer: Buffer, from count: Int, fileOffset: UInt64) throws(SplitError) -> Int {
+        let room = UnsafeMutableRawBufferPointer(start: buffer.base + count, count: min(limits.readSize, buffer.capacity - count))
+        do {
+            return try file.read(into: room, at: fileOffset)
+        } catch {
+            let path = file.path, cause = error as? SystemError
+            throw SplitError { ArchiveError(.io, path: path, offset: $0, "cannot read at file offset \(fileOffset)", cause: cause) }
+        }
+    }
+
+    private func split(_ dctx: OpaquePointer) {
+        var buffer = takeInput()
+        var count = 0
+        /// File offset of buffer[0].
+        var start: UInt64 = 0
+        var eof = false
+        let path = file.path
+        do throws(SplitError) {
+            while !isCancelled {
+                if count > 0 {
+                    let size = ZSTD_findFrameCompressedSize(buffer.base, count)
+                    if ZSTD_isError(size) == 0 {
+                        let bound = ZSTD_decompressBound(buffer.base, size)
+                        if bound != Self.contentSizeError && bound <= UInt64(limits.maxFrameOutput) {
+                            // A complete frame: it keeps this buffer; what follows it moves to a new one.
+                            let piece = Piece(fileOffset: start, state: .queued)
+                            let next = takeInput()
+                            next.base.copyMemory(from: buffer.base + size, byteCount: count - size)
+                            piece.input = buffer
+                            piece.inputCount = size
+                            buffer = next
+                            count -= size
+                            start += UInt64(size)
+                            guard enqueue(piece) else { break }
+                        } else {
+                            try stream(dctx, &buffer, &count, &start, &eof)
+                        }
+                        continue
+                    }
+                    if ZSTD_getErrorCode(size) != ZSTD_error_srcSize_wrong {
+                        let frame = start, name = String(cString: ZSTD_getErrorName(size))
+                        throw SplitError { ArchiveError(.compression, path: path, offset: $0, "zstd frame at file offset \(frame): \(name)") }
+                    }
+                    if count >= limits.maxFrameInput {
+                        try stream(dctx, &buffer, &count, &start, &eof)
+                        continue
+                    }
+                }
+                if eof {
+                    if count > 0 {
+                        let frame = start
+                        throw SplitError { ArchiveError(.truncated, path: path, offset: $0, "zstd frame at file offset \(frame) is cut short: unexpected end of archive") }
+                    }
+                    break
+                }
+                let n = try fill(buffer, from: count, fileOffset: start + UInt64(count))
+                if n == 0 { eof = true }
+                count += n
+            }
+            buffer.free()
+            finishSplitting(nil)
+        } catch {
+            buffer.free()
+            finishSplitting(error.make)
+        }
+    }
+
+    /// Decompresses the frame at the start of `buffer` as a stream, reading
+    /// more of the file into `buffer` as needed; leaves what follows the
+    /// frame at the start of `buffer`.
+    private func stream(_ dctx: OpaquePointer, _ buffer: inout Buffer, _ count: inout Int, _ start: inout UInt64,
+                        _ eof: inout Bool) throws(SplitError) {
+        let path = file.path, frame = start
+        ZSTD_DCtx_reset(dctx, ZSTD_reset_session_only)
+        var input = ZSTD_inBuffer(src: buffer.base, size: count, pos: 0)
+        var ended = false
+        while !ended {
+            lock.lock()
+            guard waitForRoom() else { lock.unlock(); return }
+            let output = takeOutput()
+            lock.unlock()
+            let piece = Piece(fileOffset: frame, state: .done)
+            piece.output = output
+            var out = ZSTD_outBuffer(dst: output.baseAddress, size: limits.streamPieceSize, pos: 0)
+            while out.pos < out.size {
+                if input.pos == input.size {
+                    start += UInt64(input.size)
+                    count = 0
+                    let n = try fill(buffer, from: 0, fileOffset: start)
+                    if n == 0 {
+                        eof = true
+                        piece.failure = "cut short: unexpected end of archive"
+                        break
+                    }
+                    count = n
+                    input = ZSTD_inBuffer(src: buffer.base, size: n, pos: 0)
+                }
+                let r = ZSTD_decompressStream(dctx, &out, &input)
+                if ZSTD_isError(r) != 0 {
+                    piece.failure = String(cString: ZSTD_getErrorName(r))
+                    break
+                }
+                if r == 0 {
+                    ended = true
+                    break
+                }
+            }
+            piece.count = out.pos
+            if let failure = piece.failure {
+                // The data before the failure is delivered, then the error.
+                piece.failure = nil
+                if out.pos > 0 {
+                    guard enqueue(piece) else { return }
+                } else {
+                    recycle(piece)
+                }
+                let code: ArchiveError.Code = failure.hasPrefix("cut short") ? .truncated : .compression
+                throw SplitError { ArchiveError(code, path: path, offset: $0, "zstd frame at file offset \(frame): \(failure)") }
+            }
+            guard enqueue(piece) else { return }
+        }
+        // What follows the frame moves to the start of the buffer.
+        let rest = input.size - input.pos
+        if rest > 0 { buffer.base.copyMemory(from: buffer.base + input.pos, byteCount: rest) }
+        start += UInt64(input.pos)
+        count = rest
+    }
+}
