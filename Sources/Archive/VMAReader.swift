@@ -202,8 +202,15 @@ public final class VMAReader {
                 throw fail(.format, "extent block_count \(blockCount) does not match its masks (\(masks) blocks)")
             }
             let dataBytes = blockCount * VMAFormat.blockSize
-            let got = try input.read(into: UnsafeMutableRawBufferPointer(rebasing: data[0..<dataBytes]))
-            if got < dataBytes { throw ArchiveError.truncated(path, at: input.offset) }
+            // Straight from the decoder's buffer when it holds the whole extent (no copy), else copied.
+            let payload: UnsafeRawBufferPointer
+            if let borrowed = try input.borrow(count: dataBytes) {
+                payload = borrowed
+            } else {
+                let got = try input.read(into: UnsafeMutableRawBufferPointer(rebasing: data[0..<dataBytes]))
+                if got < dataBytes { throw ArchiveError.truncated(path, at: input.offset) }
+                payload = UnsafeRawBufferPointer(rebasing: data[0..<dataBytes])
+            }
 
             var pos = 0
             for i in 0..<VMAFormat.clustersPerExtent {
@@ -237,7 +244,7 @@ public final class VMAReader {
                 }
                 try flushRun()
                 try body(Cluster(deviceID: info.deviceID, cluster: info.cluster, mask: info.mask,
-                                 blocks: UnsafeRawBufferPointer(rebasing: data[pos..<pos + bytes]), validBytes: validBytes))
+                                 blocks: UnsafeRawBufferPointer(rebasing: payload[pos..<pos + bytes]), validBytes: validBytes))
                 pos += bytes
             }
             summary.storedBlocks += UInt64(blockCount)
@@ -307,6 +314,8 @@ public final class VMAReader {
             progress?.add(c)
             try assembler?.add(device: c.deviceID, cluster: c.cluster, mask: c.mask, blocks: c.blocks)
         } zeroRuns: { run in
+            // Counted first: a caller pacing itself by `progress` (bwlimit) sees the run.
+            progress?.add(run)
             if let zeroRuns {
                 try zeroRuns(run)
             } else if let body {
@@ -318,7 +327,6 @@ public final class VMAReader {
                                      validBytes: Int(min(UInt64(VMAFormat.clusterSize), size - offset))))
                 }
             }
-            progress?.add(run)
             try assembler?.addZeroRun(device: run.deviceID, firstCluster: run.firstCluster, count: run.count)
         }
         progress?.finish()

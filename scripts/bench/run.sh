@@ -9,3 +9,4 @@ SKIP_BUILD=1 scripts/bench/backup-bench.sh
 scripts/bench/fleecing-bench.sh
 SKIP_BUILD=1 scripts/bench/downtime-bench.sh
 scripts/bench/daemon-rss.sh
+SKIP_BUILD=1 scripts/bench/restore-bench.sh

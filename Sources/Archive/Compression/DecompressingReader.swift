@@ -91,6 +91,15 @@ public final class DecompressingReader {
         return n
     }
 
+    /// The next `count` bytes without a copy, when the decoder holds them in
+    /// one piece (zstd frames): valid until the next `read` or `borrow`. nil
+    /// when it does not; then `read` them.
+    public func borrow(count: Int) throws(ArchiveError) -> UnsafeRawBufferPointer? {
+        guard let b = try decoder.borrow(count, streamOffset: offset) else { return nil }
+        offset += UInt64(count)
+        return b
+    }
+
     /// Reads exactly `buffer.count` bytes; a short stream throws
     /// "unexpected end of archive at offset N".
     public func readExactly(into buffer: UnsafeMutableRawBufferPointer) throws(ArchiveError) {
@@ -111,6 +120,12 @@ public final class DecompressingReader {
 protocol StreamDecoder: AnyObject {
     /// As `DecompressingReader.read`; `streamOffset` is for error messages.
     func read(into dst: UnsafeMutableRawBufferPointer, streamOffset: UInt64) throws(ArchiveError) -> Int
+    /// As `DecompressingReader.borrow`.
+    func borrow(_ count: Int, streamOffset: UInt64) throws(ArchiveError) -> UnsafeRawBufferPointer?
+}
+
+extension StreamDecoder {
+    func borrow(_ count: Int, streamOffset: UInt64) throws(ArchiveError) -> UnsafeRawBufferPointer? { nil }
 }
 
 /// Compressed input read with pread into one reused buffer.

@@ -46,8 +46,25 @@ final class ParallelZstdDecoder: StreamDecoder {
         shared.stop()
     }
 
-    /// One per core, at least two (the splitter and the caller are mostly idle or waiting on them).
-    static var defaultWorkers: Int { max(2, ProcessInfo.processInfo.activeProcessorCount) }
+    /// One per core, two to three: the caller (SHA-256, writes) cannot take
+    /// more than three decompress, and each worker holds up to two frames'
+    /// buffers in flight.
+    static var defaultWorkers: Int { min(3, max(2, ProcessInfo.processInfo.activeProcessorCount)) }
+
+    func borrow(_ count: Int, streamOffset: UInt64) throws(ArchiveError) -> UnsafeRawBufferPointer? {
+        if let piece = current, currentPos == piece.count {
+            shared.release(piece)
+            current = nil
+        }
+        if current == nil {
+            guard let next = try shared.next(streamOffset: streamOffset) else { return nil }
+            current = next
+            currentPos = 0
+        }
+        guard let piece = current, piece.count - currentPos >= count else { return nil }
+        defer { currentPos += count }
+        return UnsafeRawBufferPointer(start: piece.output!.baseAddress! + currentPos, count: count)
+    }
 
     func read(into dst: UnsafeMutableRawBufferPointer, streamOffset: UInt64) throws(ArchiveError) -> Int {
         var filled = 0
