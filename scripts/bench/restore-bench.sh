@@ -7,7 +7,8 @@
 #     recompressed as ONE frame (`zstd -3 -T2`, what Proxmox's vzdump and
 #     older snapdump wrote), each against `zstd -d --sparse` + sync of the
 #     same archive. Runs alternate A/B; medians of wall time, CPU time
-#     (user + sys) and peak RSS; one `perf stat` instruction count each.
+#     (user + sys) and peak RSS; one `perf stat` instruction count each
+#     ("n/a" where the VM has no hardware counters).
 #  2. A thin disk (THIN_GIB, default 256 GiB) holding 100 MiB of real data:
 #     backup and restore time (cost must follow the data), the restored
 #     volume checked sparse and equal where the data is (restore itself
@@ -47,12 +48,12 @@ measure() {  # measure NAME CMD…: wall, user+sys CPU, peak RSS of one run
 }
 instructions() {  # instructions NAME CMD…: user-space instructions of one run (repeatable on a loaded machine)
   local name=$1; shift
-  INSN[$name]=$(perf stat -x, -e instructions:u -o "$WORK/perf" "$@" >/dev/null 2>&1 && awk -F, '/instructions/ {printf "%.2f", $1 / 1e9}' "$WORK/perf" || echo "n/a")
+  INSN[$name]=$(perf stat -x, -e instructions:u -o "$WORK/perf" "$@" >/dev/null 2>&1 && awk -F, '/instructions/ {print ($1 ~ /^[0-9.]+$/) ? sprintf("%.2f", $1 / 1e9) : "n/a"}' "$WORK/perf" || echo "n/a")
 }
 med() { echo "${!1}" | tr ' ' '\n' | grep . | median; }
-restore_cmd() { echo "$SD" restore "$1" 101; }
 fresh() { "$SD" vm destroy 101 >/dev/null 2>&1 || true; rm -f "$WORK/out/stream"; }
-unzstd() { zstd -q -d -f --sparse "$1" -o "$WORK/out/stream" && sync "$WORK/out/stream"; }
+# The baseline: zstd -d --sparse ARCHIVE -o OUT, then sync OUT (as restore fsyncs its volume).
+UNZSTD=(sh -c 'zstd -q -d -f --sparse "$0" -o "$1" && sync "$1"')
 
 mkdir -p "$(dirname "$RESULTS")"
 : > "$RESULTS.tmp"
@@ -70,6 +71,7 @@ for SIZE in $SIZES; do
   MULTI=$(ls "$WORK"/arch/*.vma.zst)
   SINGLE=${MULTI%.vma.zst}-single.vma.zst
   zstd -q -d -c "$MULTI" | zstd -q -3 -T2 -o "$SINGLE"
+  "$SD" vm destroy 100 >/dev/null   # the source disk is not needed any more (keeps a tmpfs run small)
   frames() { zstd -lv "$1" 2>/dev/null | awk '/^# Zstandard Frames/ {print $NF}'; }
   log "$SIZE MiB: multi-frame $(stat -c %s "$MULTI") bytes ($(frames "$MULTI") frames), single-frame $(stat -c %s "$SINGLE") bytes"
   WALL=(); CPU=(); RSS=(); INSN=()
@@ -78,13 +80,13 @@ for SIZE in $SIZES; do
     for A in MULTI SINGLE; do
       ARCHIVE_IN_USE=${!A}
       fresh; measure "sd-$A" "$SD" restore "${!A}" 101
-      fresh; measure "zstd-$A" unzstd "${!A}"
+      fresh; measure "zstd-$A" "${UNZSTD[@]}" "${!A}" "$WORK/out/stream"
     done
   done
   for A in MULTI SINGLE; do
     ARCHIVE_IN_USE=${!A}
     fresh; instructions "sd-$A" "$SD" restore "${!A}" 101
-    fresh; instructions "zstd-$A" unzstd "${!A}"
+    fresh; instructions "zstd-$A" "${UNZSTD[@]}" "${!A}" "$WORK/out/stream"
   done
   fresh
   {
