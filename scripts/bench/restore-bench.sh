@@ -2,7 +2,7 @@
 # Restore against its like-for-like baseline (issue 15), release build:
 #
 #  1. A raw disk full of real data (real-disk.sh image SIZE: ext4 holding
-#     copies of /usr/lib, /opt …), backed up with --compress zstd (32 MiB
+#     copies of /usr/lib, /opt …), backed up with --compress zstd (16 MiB
 #     frames). Restored from that archive and from the same VMA stream
 #     recompressed as ONE frame (`zstd -3 -T2`, what Proxmox's vzdump and
 #     older snapdump wrote), each against `zstd -d --sparse` + sync of the
@@ -100,7 +100,7 @@ for SIZE in $SIZES; do
     for A in MULTI SINGLE; do
       sw=$(med "WALL[sd-$A]"); sc=$(med "CPU[sd-$A]"); zw=$(med "WALL[zstd-$A]"); zc=$(med "CPU[zstd-$A]")
       printf '| %s | %.2f s | %.2f s | %s MiB | %s | %.2f s | %.2f s | %s MiB | %s | **%.2f×** | %.2f× |\n' \
-        "$([ $A = MULTI ] && echo "snapdump, 32 MiB frames" || echo "one frame (zstd -3 -T2)")" \
+        "$([ $A = MULTI ] && echo "snapdump, 16 MiB frames" || echo "one frame (zstd -3 -T2)")" \
         "$sw" "$sc" "$(med "RSS[sd-$A]")" "${INSN[sd-$A]}" "$zw" "$zc" "$(med "RSS[zstd-$A]")" "${INSN[zstd-$A]}" \
         "$(echo "$zw / $sw" | bc -l)" "$(echo "$zc / $sc" | bc -l)"
     done

@@ -9,7 +9,7 @@ import SnapdumpSystem
 /// ends (`ZSTD_findFrameCompressedSize`, which walks the block headers);
 /// each complete frame of at most `maxFrameOutput` decompressed bytes
 /// (`ZSTD_decompressBound`, 64 MiB) becomes a piece that the first free of
-/// `workers` threads decompresses in one call. snapdump writes 32 MiB frames
+/// `workers` threads decompresses in one call. snapdump writes 16 MiB frames
 /// (`ZstdOutput`), so both cores decompress while the caller verifies and
 /// writes. A frame too big for that — the single frame of a Proxmox archive
 /// or of an older snapdump one — is decompressed by the splitter itself as a
@@ -37,7 +37,7 @@ final class ParallelZstdDecoder: StreamDecoder {
 
     init(file: File, workers: Int = ParallelZstdDecoder.defaultWorkers, limits: Limits = .standard) throws(ArchiveError) {
         precondition(workers >= 1 && limits.streamPieceSize <= limits.maxFrameOutput)
-        // One piece per worker and the one the caller reads: peak RSS 308 → 230 MiB on a 2 GiB restore.
+        // One piece per worker and the one the caller reads (bounds peak RSS).
         shared = Shared(file: file, maxPieces: workers + 1, limits: limits)
         try shared.start(workers: workers)
     }
