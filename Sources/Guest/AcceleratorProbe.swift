@@ -97,12 +97,6 @@ public enum AcceleratorProbe {
             0xF4,                   // hlt
             0xEB, 0xFD,             // jmp hlt
         ]
-        let base: UInt32 = 0x10_0000
-        let magic: UInt32 = 0x1BAD_B002, flags: UInt32 = 0x0001_0000
-        let end = base + 32 + UInt32(code.count)
-        let header: [UInt32] = [magic, flags, 0 &- (magic &+ flags), base, base, end, end, base + 32]
-        var bytes: [UInt8] = []
-        for w in header { withUnsafeBytes(of: w.littleEndian) { bytes += $0 } }
-        return bytes + code
+        return MultibootImage.make(code: code)
     }()
 }

@@ -148,13 +148,7 @@ struct LVMGuestTests {
         let code: [UInt8] = [0x66, 0xBA, 0xF8, 0x03]                          // mov dx, 0x3f8
             + Array("IDLE\n".utf8).flatMap { [0xB0, $0, 0xEE] }             // mov al, c; out dx, al
             + [0xFA, 0xF4, 0xEB, 0xFD]                                        // cli; hlt; jmp hlt
-        let base: UInt32 = 0x10_0000
-        let magic: UInt32 = 0x1BAD_B002, flags: UInt32 = 0x0001_0000
-        let end = base + 32 + UInt32(code.count)
-        let header: [UInt32] = [magic, flags, 0 &- (magic &+ flags), base, base, end, end, base + 32]
-        var bytes: [UInt8] = []
-        for w in header { withUnsafeBytes(of: w.littleEndian) { bytes += $0 } }
-        return bytes + code
+        return MultibootImage.make(code: code)
     }()
 
     /// Starts VM `vmid` (the idle image) with a 32 MiB disk on `storage` holding `content`; returns its volume id.

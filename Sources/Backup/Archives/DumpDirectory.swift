@@ -168,17 +168,10 @@ public struct DumpDirectory: Sendable {
         return results
     }
 
-    /// vzdump's check before a backup with `remove 0`: with a finite
-    /// retention, refuse when the guest's unprotected archives already reach
-    /// the sum of the keep values. A backup that will be protected is never
-    /// refused (it does not count against the retention).
+    /// vzdump's `remove 0` limit (`PrunePolicy.checkBackupLimit`), over the guest's archives.
     public func checkBackupLimit(vmid: Int, policy: PrunePolicy, remove: Bool, protected: Bool) throws {
-        let limit = policy.backupLimit
-        guard limit > 0, !remove, !protected else { return }
-        let count = try archives(vmid: vmid).filter { !$0.isProtected }.count
-        if count >= limit {
-            throw BackupError("There is a max backup limit of \(limit) enforced by the target storage or the vzdump parameters. "
-                              + "Either increase the limit or delete old backups.")
+        try policy.checkBackupLimit(remove: remove, protected: protected) {
+            try archives(vmid: vmid).filter { !$0.isProtected }.count
         }
     }
 }

@@ -69,14 +69,10 @@ public struct RepositoryStore: Sendable {
         return results
     }
 
-    /// vzdump's `remove 0` limit, counted over the guest's unprotected snapshots.
+    /// vzdump's `remove 0` limit (`PrunePolicy.checkBackupLimit`), over the guest's snapshots.
     public func checkBackupLimit(vmid: Int, policy: PrunePolicy, remove: Bool, protected: Bool) throws {
-        let limit = policy.backupLimit
-        guard limit > 0, !remove, !protected else { return }
-        let count = try snapshots(vmid: vmid).filter { !repository.isProtected($0) }.count
-        if count >= limit {
-            throw BackupError("There is a max backup limit of \(limit) enforced by the target storage or the vzdump parameters. "
-                              + "Either increase the limit or delete old backups.")
+        try policy.checkBackupLimit(remove: remove, protected: protected) {
+            try snapshots(vmid: vmid).filter { !repository.isProtected($0) }.count
         }
     }
 }

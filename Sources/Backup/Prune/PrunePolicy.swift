@@ -48,6 +48,20 @@ public struct PrunePolicy: Hashable, Sendable, CustomStringConvertible {
         keepsEverything ? 0 : counts.values.reduce(0, +)
     }
 
+    /// vzdump's check before a backup with `remove 0`: with a finite
+    /// retention, refuse when the guest's unprotected backups already reach
+    /// `backupLimit`. A backup that will be protected is never refused (it
+    /// does not count against the retention). `unprotectedCount` is asked
+    /// only when the check applies (it lists the target).
+    public func checkBackupLimit(remove: Bool, protected: Bool, unprotectedCount: () throws -> Int) throws {
+        let limit = backupLimit
+        guard limit > 0, !remove, !protected else { return }
+        if try unprotectedCount() >= limit {
+            throw BackupError("There is a max backup limit of \(limit) enforced by the target storage or the vzdump parameters. "
+                              + "Either increase the limit or delete old backups.")
+        }
+    }
+
     /// The property string with keys sorted: `keep-daily=7,keep-last=3`.
     public var propertyString: String {
         var items: [(String, String)] = counts.map { ($0.key.rawValue, String($0.value)) }

@@ -1,3 +1,4 @@
+import Foundation
 import ArgumentParser
 import Backup
 import SnapdumpConfig
@@ -48,18 +49,23 @@ struct PruneCommand: ParsableCommand {
         let results = try dump.prune(vmid: vmid, policy: policy, dryRun: dryRun) { level, message in
             printError("\(level.rawValue): \(message)")
         }
-        let records = results.map { p -> OutputRecord in
+        report(results.map { (dump.label($0.archive), $0.archive.date, $0.archive.vmid, $0.mark) })
+    }
+
+    /// One line a backup, as `pvesm prune-backups` prints them.
+    private func report(_ rows: [(volid: String, date: Date, vmid: Int, mark: PruneMark)]) {
+        let records = rows.map { p -> OutputRecord in
             var r = OutputRecord()
-            r.add("volid", "Volid", .string(dump.label(p.archive)))
-            r.add("ctime", "Time", .of(p.archive.date), text: BackupLocation.time(p.archive.date))
-            r.add("vmid", "VMID", .of(p.archive.vmid))
+            r.add("volid", "Volid", .string(p.volid))
+            r.add("ctime", "Time", .of(p.date), text: BackupLocation.time(p.date))
+            r.add("vmid", "VMID", .of(p.vmid))
             r.add("mark", "Mark", .string(p.mark.rawValue))
             r.add("type", nil, .string("qemu"))
             return r
         }
         Output.list(records, output.format, columns: ["Volid", "Time", "VMID", "Mark"])
         if !dryRun {
-            printError("pruned \(results.filter { $0.mark == .remove }.count) backup(s)")
+            printError("pruned \(rows.filter { $0.mark == PruneMark.remove }.count) backup(s)")
         }
     }
 
@@ -69,18 +75,6 @@ struct PruneCommand: ParsableCommand {
         let results = try store.prune(vmid: vmid, policy: policy, dryRun: dryRun) { level, message in
             printError("\(level.rawValue): \(message)")
         }
-        let records = results.map { p -> OutputRecord in
-            var r = OutputRecord()
-            r.add("volid", "Volid", .string(store.volume(p.snapshot).description))
-            r.add("ctime", "Time", .of(p.snapshot.date), text: BackupLocation.time(p.snapshot.date))
-            r.add("vmid", "VMID", .of(p.snapshot.vmid ?? 0))
-            r.add("mark", "Mark", .string(p.mark.rawValue))
-            r.add("type", nil, .string("qemu"))
-            return r
-        }
-        Output.list(records, output.format, columns: ["Volid", "Time", "VMID", "Mark"])
-        if !dryRun {
-            printError("pruned \(results.filter { $0.mark == .remove }.count) backup(s)")
-        }
+        report(results.map { (store.volume($0.snapshot).description, $0.snapshot.date, $0.snapshot.vmid ?? 0, $0.mark) })
     }
 }
