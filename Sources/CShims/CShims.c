@@ -49,6 +49,29 @@ int snapdump_fiemap_shared(int fd, uint64_t *bytes, uint64_t *shared_bytes) {
     return 0;
 }
 
+int snapdump_fiemap(int fd, uint64_t start, struct snapdump_extent *out, uint32_t max, uint32_t *count, int *last) {
+    size_t len = sizeof(struct fiemap) + (size_t)max * sizeof(struct fiemap_extent);
+    struct fiemap *fm = calloc(1, len);
+    if (!fm) return -1;
+    fm->fm_start = start;
+    fm->fm_length = ~0ULL - start;
+    fm->fm_flags = FIEMAP_FLAG_SYNC;
+    fm->fm_extent_count = max;
+    if (ioctl(fd, FS_IOC_FIEMAP, fm) < 0) { free(fm); return -1; }
+    *count = fm->fm_mapped_extents;
+    *last = fm->fm_mapped_extents == 0;
+    for (uint32_t i = 0; i < fm->fm_mapped_extents; i++) {
+        struct fiemap_extent *e = &fm->fm_extents[i];
+        out[i].logical = e->fe_logical;
+        out[i].physical = e->fe_physical;
+        out[i].length = e->fe_length;
+        out[i].flags = e->fe_flags;
+        if (e->fe_flags & FIEMAP_EXTENT_LAST) *last = 1;
+    }
+    free(fm);
+    return 0;
+}
+
 int snapdump_ioprio_set_self(int idle, int level) {
     /* linux/ioprio.h: class in bits 13-15; IOPRIO_CLASS_BE = 2, IOPRIO_CLASS_IDLE = 3; IOPRIO_WHO_PROCESS = 1. */
     int prio = idle ? (3 << 13) : ((2 << 13) | (level & 7));

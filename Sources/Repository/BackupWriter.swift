@@ -26,6 +26,7 @@ public final class BackupWriter: @unchecked Sendable {
 
     private struct State {
         var files: [Manifest.FileInfo] = []
+        var bases: [Manifest.BaseSnapshotRecord] = []
         var stats = Manifest.ChunkUploadStats(count: 0, size: 0, compressedSize: 0, duplicates: 0)
         var done = false
     }
@@ -117,12 +118,57 @@ public final class BackupWriter: @unchecked Sendable {
                         read: @escaping @Sendable (UInt64, UnsafeMutableRawBufferPointer) throws -> Void,
                         knownZero: (@Sendable (UInt64, Int) -> Bool)? = nil,
                         progress: (@Sendable (UInt64) -> Void)? = nil) throws -> FixedIndex {
+        try upload(name: name, size: size, threads: threads, reuse: nil, read: read, knownZero: knownZero, progress: progress).index
+    }
+
+    /// What an incremental `addDisk` did: chunks read (and hashed) vs digests
+    /// taken from the previous backup's index.
+    public struct DiskUpload: Sendable {
+        public var index: FixedIndex
+        public var chunksRead: Int
+        public var chunksReused: Int
+        public var bytesRead: UInt64
+    }
+
+    /// An incremental backup of a disk: reads and hashes only the chunks in
+    /// `changed` (the storage's answer since the base snapshot that `previous`
+    /// was read from) and takes every other digest from `previous`, then
+    /// writes a complete index, as a full backup would. A chunk is read anyway
+    /// when `previous` has no chunk of the same length at its place (the disk
+    /// grew or shrank) or when the repository no longer holds its chunk;
+    /// reused chunks are touched, so a gc running now keeps them.
+    public func addDisk(name: String, size: UInt64, previous: FixedIndex, changed: IndexSet,
+                        threads: Int = ProcessInfo.processInfo.activeProcessorCount,
+                        read: @escaping @Sendable (UInt64, UnsafeMutableRawBufferPointer) throws -> Void,
+                        knownZero: (@Sendable (UInt64, Int) -> Bool)? = nil,
+                        progress: (@Sendable (UInt64) -> Void)? = nil) throws -> DiskUpload {
+        guard previous.chunkSize == FixedIndex.defaultChunkSize else {
+            throw RepositoryError(.invalidArgument, "previous index of \(name)", "has chunk size \(previous.chunkSize), not \(FixedIndex.defaultChunkSize)")
+        }
+        let chunks = repository.chunks
+        let reuse: @Sendable (Int, Int) -> SHA256Digest? = { i, length in
+            guard !changed.contains(i), i < previous.chunkCount, previous.chunkLength(i) == length else { return nil }
+            let d = previous.digests[i]
+            // Touching is the existence check too: a chunk gone from the store (removed by hand) is read again.
+            return chunks.touch(d) ? d : nil
+        }
+        return try upload(name: name, size: size, threads: threads, reuse: reuse, read: read, knownZero: knownZero, progress: progress)
+    }
+
+    private func upload(name: String, size: UInt64, threads: Int,
+                        reuse: (@Sendable (Int, Int) -> SHA256Digest?)?,
+                        read: @escaping @Sendable (UInt64, UnsafeMutableRawBufferPointer) throws -> Void,
+                        knownZero: (@Sendable (UInt64, Int) -> Bool)?,
+                        progress: (@Sendable (UInt64) -> Void)?) throws -> DiskUpload {
         let fileName = name.hasSuffix(".fidx") ? name : name + ".fidx"
         let chunkSize = FixedIndex.defaultChunkSize
         let count = FixedIndex.chunkCount(size: size, chunkSize: chunkSize)
         let digests = Mutex([SHA256Digest](repeating: SHA256Digest(), count: count))
         let next = Atomic<Int>(0)
         let done = Atomic<UInt64>(0)
+        let chunksRead = Atomic<Int>(0)
+        let bytesRead = Atomic<UInt64>(0)
+        let chunksReused = Atomic<Int>(0)
         let failure = Mutex<(any Error)?>(nil)
         let workers = max(1, min(threads, count))
         let zeroDigest = self.zeroDigest
@@ -136,7 +182,10 @@ public final class BackupWriter: @unchecked Sendable {
                 let len = Int(min(chunkSize, size - offset))
                 do {
                     let d: SHA256Digest
-                    if len == Int(chunkSize), let knownZero, knownZero(offset, len), zeroStored.load(ordering: .relaxed) {
+                    if let reuse, let r = reuse(i, len) {
+                        d = r
+                        chunksReused.add(1, ordering: .relaxed)
+                    } else if len == Int(chunkSize), let knownZero, knownZero(offset, len), zeroStored.load(ordering: .relaxed) {
                         d = zeroDigest
                         countDuplicate()
                     } else {
@@ -145,6 +194,8 @@ public final class BackupWriter: @unchecked Sendable {
                             chunk.initializeMemory(as: UInt8.self, repeating: 0)
                         } else {
                             try read(offset, chunk)
+                            chunksRead.add(1, ordering: .relaxed)
+                            bytesRead.add(UInt64(len), ordering: .relaxed)
                         }
                         d = try store(chunk: UnsafeRawBufferPointer(chunk))
                     }
@@ -164,7 +215,8 @@ public final class BackupWriter: @unchecked Sendable {
                                chunkSize: chunkSize, digests: digests.withLock { $0 })
         try index.write(to: directory + "/" + fileName)
         state.withLock { $0.files.append(Manifest.FileInfo(filename: fileName, cryptMode: cryptMode, size: size, csum: index.indexChecksum.hex)) }
-        return index
+        return DiskUpload(index: index, chunksRead: chunksRead.load(ordering: .relaxed),
+                          chunksReused: chunksReused.load(ordering: .relaxed), bytesRead: bytesRead.load(ordering: .relaxed))
     }
 
     /// Adds an index built elsewhere (import from a VMA archive).
@@ -188,12 +240,22 @@ public final class BackupWriter: @unchecked Sendable {
         state.withLock { $0.files.append(Manifest.FileInfo(filename: name, cryptMode: cryptMode, size: UInt64(blob.count), csum: SHA256.digest(blob).hex)) }
     }
 
+    /// Records that disk index `name` was read from storage snapshot
+    /// `snapshot` of `volume`, kept as the next backup's base (in the
+    /// manifest's unprotected part).
+    public func recordBase(name: String, volume: String, snapshot: String) {
+        let fileName = name.hasSuffix(".fidx") ? name : name + ".fidx"
+        state.withLock { $0.bases.append(Manifest.BaseSnapshotRecord(filename: fileName, volume: volume, snapshot: snapshot)) }
+    }
+
     /// Makes everything durable (syncfs), then writes the manifest: from
     /// here on the snapshot exists. `notes` and `protected` as for archives.
     public func finish(notes: String? = nil, protected: Bool = false) throws -> Manifest {
         var m = Manifest(snapshot: snapshot, files: state.withLock { $0.files })
         m.unprotected.notes = (notes?.isEmpty ?? true) ? nil : notes
         m.unprotected.chunkUploadStats = stats
+        let bases = state.withLock { $0.bases }
+        m.unprotected.baseSnapshots = bases.isEmpty ? nil : bases
         if let c = repository.crypt { try m.sign(c) }
         do {
             let dir = try File.open(directory, O_RDONLY | O_DIRECTORY)

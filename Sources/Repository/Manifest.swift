@@ -52,11 +52,15 @@ public struct Manifest: Codable, Sendable, Equatable {
         public var verifyState: VerifyState?
         public var notes: String?
         public var chunkUploadStats: ChunkUploadStats?
+        /// The storage snapshot each disk was read from, kept as the base of
+        /// the next (incremental) backup. snapdump's own key; PBS ignores it.
+        public var baseSnapshots: [BaseSnapshotRecord]?
 
         public init() {}
 
         enum CodingKeys: String, CodingKey {
             case notes
+            case baseSnapshots = "snapdump-base-snapshots"
             case keyFingerprint = "key-fingerprint"
             case verifyState = "verify_state"
             case chunkUploadStats = "chunk_upload_stats"
@@ -80,6 +84,20 @@ public struct Manifest: Codable, Sendable, Equatable {
         enum CodingKeys: String, CodingKey {
             case count, size, duplicates
             case compressedSize = "compressed_size"
+        }
+    }
+
+    /// A disk's base snapshot: the index `filename` was read from snapshot
+    /// `snapshot` of storage volume `volume` (`tank:vm-100-disk-0`).
+    public struct BaseSnapshotRecord: Codable, Sendable, Equatable {
+        public var filename: String
+        public var volume: String
+        public var snapshot: String
+
+        public init(filename: String, volume: String, snapshot: String) {
+            self.filename = filename
+            self.volume = volume
+            self.snapshot = snapshot
         }
     }
 

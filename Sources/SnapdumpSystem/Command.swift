@@ -92,6 +92,47 @@ public enum Command {
                       stderr: String(decoding: errData, as: UTF8.self))
     }
 
+    /// Runs `argv` and hands its stdout to `consume` piece by piece as it
+    /// arrives (`zfs send`: a stream too big to hold); throws `CommandError`
+    /// with its stderr when it exits non-zero.
+    public static func stream(_ argv: [String], consume: (UnsafeRawBufferPointer) -> Void) throws {
+        precondition(!argv.isEmpty)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: resolve(argv[0]))
+        p.arguments = Array(argv.dropFirst())
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        p.standardInput = FileHandle.nullDevice
+        do {
+            try p.run()
+        } catch {
+            throw CommandError(commandLine: argv.joined(separator: " "), status: 127, stderr: "cannot start: \(error)")
+        }
+        let box = DataBox()
+        let group = DispatchGroup()
+        group.enter()
+        Thread.detachNewThread {
+            box.data = err.fileHandleForReading.readDataToEndOfFile()
+            group.leave()
+        }
+        let fd = out.fileHandleForReading.fileDescriptor
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        defer { buffer.deallocate() }
+        while true {
+            let n = Glibc.read(fd, buffer.baseAddress!, buffer.count)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            consume(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+        }
+        group.wait()
+        p.waitUntilExit()
+        if p.terminationStatus != 0 {
+            throw CommandError(commandLine: argv.joined(separator: " "), status: p.terminationStatus,
+                               stderr: String(decoding: box.data, as: UTF8.self))
+        }
+    }
+
     /// Runs `argv`; throws `CommandError` with its stderr when it exits non-zero.
     @discardableResult
     public static func run(_ argv: [String], environment: [String: String]? = nil, input: String? = nil) throws -> String {

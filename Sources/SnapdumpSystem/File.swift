@@ -201,6 +201,56 @@ public final class File: @unchecked Sendable {
         return (total, shared)
     }
 
+    /// One extent of a file's block map (FIEMAP).
+    public struct Extent: Sendable, Equatable {
+        public var logical: UInt64
+        public var physical: UInt64
+        public var length: UInt64
+        public var flags: UInt32
+
+        public init(logical: UInt64, physical: UInt64, length: UInt64, flags: UInt32) {
+            self.logical = logical
+            self.physical = physical
+            self.length = length
+            self.flags = flags
+        }
+
+        // linux/fiemap.h
+        public static let last: UInt32 = 0x1
+        public static let unknown: UInt32 = 0x2
+        public static let delalloc: UInt32 = 0x4
+        public static let encoded: UInt32 = 0x8
+        public static let encrypted: UInt32 = 0x80
+        public static let notAligned: UInt32 = 0x100
+        public static let inline: UInt32 = 0x200
+        public static let tail: UInt32 = 0x400
+        public static let unwritten: UInt32 = 0x800
+        public static let merged: UInt32 = 0x1000
+        public static let shared: UInt32 = 0x2000
+    }
+
+    /// The file's extents in logical order (FIEMAP with FIEMAP_FLAG_SYNC, so
+    /// delayed allocations are written first). Holes are the gaps between them.
+    public func extents() throws -> [Extent] {
+        let batch: UInt32 = 512
+        var out: [Extent] = []
+        var buffer = [snapdump_extent](repeating: snapdump_extent(), count: Int(batch))
+        var start: UInt64 = 0
+        while true {
+            var count: UInt32 = 0
+            var last: Int32 = 0
+            if snapdump_fiemap(fd, start, &buffer, batch, &count, &last) != 0 { throw SystemError("FIEMAP", path) }
+            for e in buffer.prefix(Int(count)) {
+                // An extent may begin before `start` (the kernel reports whole extents): keep it once.
+                if let prev = out.last, e.logical < prev.logical + prev.length { continue }
+                out.append(Extent(logical: e.logical, physical: e.physical, length: e.length, flags: e.flags))
+            }
+            guard last == 0, let end = out.last.map({ $0.logical + $0.length }), end > start else { break }
+            start = end
+        }
+        return out
+    }
+
     /// Tells the kernel we read sequentially, so readahead grows.
     public func adviseSequential() {
         _ = posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL)

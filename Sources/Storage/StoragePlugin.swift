@@ -124,6 +124,13 @@ public protocol StoragePlugin: Sendable {
     func freeFleecingImage(_ image: FleecingImage) throws
     /// Bytes left for fleecing images; throws, naming the storage, when it cannot hold them.
     func fleecingSpace(vmid: Int) throws -> UInt64
+    /// Which `chunkSize` chunks of `volume` may differ between its snapshots
+    /// `base` and `snapshot` (incremental backups, change-tracking.md). A
+    /// superset is correct, a missing chunk is data loss. `.unknown(reason:)`
+    /// when the storage cannot tell (the base is gone, the file was replaced,
+    /// the storage has no way): the caller reads everything. Throws when
+    /// `snapshot` does not exist.
+    func changedChunks(_ volume: VolumeID, base: String, snapshot: String, chunkSize: UInt64) throws -> ChangeTracking
 }
 
 /// A storage snapshot made ready before a guest's freeze window: `take()` is
@@ -226,6 +233,10 @@ extension StoragePlugin {
     public func freeFleecingImage(_ image: FleecingImage) throws { try FileSystem.remove(image.path) }
 
     public func fleecingSpace(vmid: Int) throws -> UInt64 { try FileSystem.usage(try fleecingDirectory(vmid: vmid)).available }
+
+    public func changedChunks(_ volume: VolumeID, base: String, snapshot: String, chunkSize: UInt64) throws -> ChangeTracking {
+        .unknown(reason: "storage '\(id)' (\(definition.type.rawValue)) cannot tell which blocks changed between snapshots")
+    }
 
     /// The default part of `removeLeftovers`: delete matching snapshots, one name at a time.
     public func removeLeftoverSnapshots(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String] {

@@ -13,6 +13,20 @@ int snapdump_blkgetsize64(int fd, uint64_t *size);
 /// with another file (FIEMAP_EXTENT_SHARED). Returns 0 or -1 with errno set.
 int snapdump_fiemap_shared(int fd, uint64_t *bytes, uint64_t *shared_bytes);
 
+/// One extent as FS_IOC_FIEMAP reports it (struct fiemap_extent without padding).
+struct snapdump_extent {
+    uint64_t logical;
+    uint64_t physical;
+    uint64_t length;
+    uint32_t flags;
+};
+
+/// FS_IOC_FIEMAP with FIEMAP_FLAG_SYNC from byte `start` to the end: up to
+/// `max` extents into `out`, their number into `count`, and `last` = 1 when
+/// the last of them is the file's last extent (or there are none). Call again
+/// from the end of the last extent for more. Returns 0 or -1 with errno set.
+int snapdump_fiemap(int fd, uint64_t start, struct snapdump_extent *out, uint32_t max, uint32_t *count, int *last);
+
 /// ioprio_set(IOPRIO_WHO_PROCESS, 0, …) for the calling process: `idle` selects
 /// the idle class, else the best-effort class at `level` (0 highest … 7 lowest).
 /// Returns 0 or -1 with errno set. (syscall is variadic, which Swift cannot call.)

@@ -231,4 +231,27 @@ public struct DirectoryPlugin: StoragePlugin {
             return try FileBlockSource(path: path, name: label)
         }
     }
+
+    /// Raw files with `reflink 1`: the block maps (FIEMAP) of the base clone and
+    /// the new clone compared (`ExtentComparison`). qcow2: not tracked here.
+    public func changedChunks(_ volume: VolumeID, base: String, snapshot: String, chunkSize: UInt64) throws -> ChangeTracking {
+        try checkOwnership(volume)
+        let p = try layout.parse(volume)
+        let newFile = "\(reflinkSnapshotDir(vmid: p.vmid, name: snapshot))/\(p.file)"
+        let baseFile = "\(reflinkSnapshotDir(vmid: p.vmid, name: base))/\(p.file)"
+        guard p.format == .raw, definition.reflink else {
+            return .unknown(reason: "storage '\(id)' tracks changes of raw files with reflink 1 only (volume '\(volume)' is \(p.format.rawValue))")
+        }
+        guard FileSystem.exists(newFile) else {
+            throw StorageError(.notFound, "snapshot '\(snapshot)' of volume '\(volume)' does not exist")
+        }
+        guard FileSystem.exists(baseFile) else {
+            return .unknown(reason: "base snapshot '\(base)' of volume '\(volume)' does not exist (deleted by hand?)")
+        }
+        do {
+            return .changed(try ExtentComparison.changes(basePath: baseFile, newPath: newFile, chunkSize: chunkSize))
+        } catch let e as SystemError {
+            return .unknown(reason: "cannot compare the block maps of '\(base)' and '\(snapshot)' of volume '\(volume)': \(e)")
+        }
+    }
 }

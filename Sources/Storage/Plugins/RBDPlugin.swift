@@ -332,6 +332,26 @@ public struct RBDPlugin: StoragePlugin {
         }
     }
 
+    /// `rbd_diff_iterate2` on the new snapshot from the base snapshot: what
+    /// `rbd diff --from-snap` lists, in whole objects.
+    public func changedChunks(_ volume: VolumeID, base: String, snapshot: String, chunkSize: UInt64) throws -> ChangeTracking {
+        let name = try image(volume)
+        return try withConnection("changes of \(volume) from \(base) to \(snapshot)") { c in
+            let img: RBDImage
+            do { img = try RBDImage(c, name: name, snapshot: snapshot, readOnly: true) } catch let e as RBDCallError where e.errno == ENOENT {
+                throw StorageError(.notFound, "snapshot '\(snapshot)' of volume '\(volume)' does not exist")
+            }
+            guard try img.snapshots().contains(where: { $0.name == base }) else {
+                return .unknown(reason: "base snapshot '\(base)' of volume '\(volume)' does not exist (deleted by hand?)")
+            }
+            let size = try img.size()
+            let baseSize = try RBDImage(c, name: name, snapshot: base, readOnly: true).size()
+            var result = ChangedChunks(chunkSize: chunkSize, baseSize: baseSize, size: size, method: "rbd diff")
+            for e in try img.changedExtents(since: base, length: size) { result.insert(offset: e.offset, length: e.length) }
+            return .changed(result)
+        }
+    }
+
     public func openForWriting(_ volume: VolumeID) throws -> any VolumeWriter {
         let name = try image(volume)
         let c: RBDConnection

@@ -305,4 +305,50 @@ public struct ZFSPoolPlugin: StoragePlugin {
         }
         return removed + (try removeLeftoverSnapshots(of: volumes, snapshotPrefix: prefix))
     }
+
+    /// The WRITE and FREE records of `zfs send -i <base> <new>` for the
+    /// volume's object (`ZFSSendStream`): a zvol's data object 1, or on
+    /// zfs-fuse the raw file's object, looked up in a temporary clone of the
+    /// new snapshot (the live file may have been replaced since).
+    public func changedChunks(_ volume: VolumeID, base: String, snapshot: String, chunkSize: UInt64) throws -> ChangeTracking {
+        try checkOwnership(volume)
+        let target = try snapshotTarget(volume)
+        guard datasetExists("\(target)@\(snapshot)") else {
+            throw StorageError(.notFound, "snapshot '\(snapshot)' of volume '\(volume)' does not exist")
+        }
+        guard datasetExists("\(target)@\(base)") else {
+            return .unknown(reason: "base snapshot '\(base)' of volume '\(volume)' does not exist (deleted by hand?)")
+        }
+        let object: UInt64, size: UInt64, baseSize: UInt64, baseTXG: UInt64?
+        if usesZvols {
+            // ZVOL_OBJ: a zvol's data is object 1 of its dataset; a zvol cannot be replaced under its snapshots.
+            object = 1
+            size = UInt64(try zfs("get", "-H", "-p", "-o", "value", "volsize", "\(target)@\(snapshot)").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+            baseSize = UInt64(try zfs("get", "-H", "-p", "-o", "value", "volsize", "\(target)@\(base)").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+            baseTXG = nil
+        } else {
+            let txg = try zfs("get", "-H", "-p", "-o", "value", "createtxg", "\(target)@\(base)").trimmingCharacters(in: .whitespacesAndNewlines)
+            guard let t = UInt64(txg) else { return .unknown(reason: "zfs: no createtxg for '\(target)@\(base)' ('\(txg)')") }
+            baseTXG = t
+            // Named like a read clone of a leftover `snapdump-` snapshot, so a killed run's clone is found and removed.
+            let clone = "\(pool)/\(Self.clonePrefix)\(try parseDisk(volume).vmid)-snapdump-track-\(getpid())-\(UUID().uuidString.prefix(8).lowercased())"
+            _ = try zfs("clone", "-o", "readonly=on", "\(target)@\(snapshot)", clone)
+            defer { try? retryingBusy { _ = try zfs("destroy", clone) } }
+            let file = try File.openForReading("\(try mountpoint(clone))/\(volume.volname).raw")
+            var st = stat()
+            guard fstat(file.fd, &st) == 0 else { throw SystemError("stat", file.path) }
+            object = UInt64(st.st_ino)
+            size = UInt64(st.st_size)
+            // Sizes are not in the stream for an unchanged file; the writer re-reads chunks whose length changed.
+            baseSize = size
+        }
+        var parser = ZFSSendStream(object: object, baseTXG: baseTXG,
+                                   result: ChangedChunks(chunkSize: chunkSize, baseSize: baseSize, size: size, method: "zfs send"))
+        do {
+            try Command.stream(["zfs", "send", "-i", "\(target)@\(base)", "\(target)@\(snapshot)"]) { parser.feed($0) }
+        } catch let e as CommandError {
+            return .unknown(reason: "zfs send -i \(target)@\(base) \(target)@\(snapshot) failed: \(e.stderr.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+        return parser.finish()
+    }
 }
