@@ -62,7 +62,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "Guest"], path: "Tests/TestSupport"),
         .testTarget(name: "SnapdumpSystemTests", dependencies: ["SnapdumpSystem", "TestSupport"]),
         .testTarget(name: "SnapdumpConfigTests", dependencies: ["SnapdumpConfig", "TestSupport"]),
-        .testTarget(name: "StorageTests", dependencies: ["Storage", "SnapdumpSystem", "SnapdumpConfig", "TestSupport"]),
+        .testTarget(name: "StorageTests", dependencies: ["Storage", "Repository", "SnapdumpSystem", "SnapdumpConfig", "TestSupport"]),
         .testTarget(name: "GuestTests", dependencies: ["Guest", "Storage", "SnapdumpSystem", "TestSupport"]),
         .testTarget(name: "ArchiveTests", dependencies: ["Archive", "SnapdumpSystem", "TestSupport"], resources: [.copy("Golden")]),
         .testTarget(name: "RepositoryTests", dependencies: ["Repository", "Archive", "SnapdumpSystem", "TestSupport"]),

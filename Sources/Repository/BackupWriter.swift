@@ -128,6 +128,13 @@ public final class BackupWriter: @unchecked Sendable {
         public var chunksRead: Int
         public var chunksReused: Int
         public var bytesRead: UInt64
+
+        public init(index: FixedIndex, chunksRead: Int, chunksReused: Int, bytesRead: UInt64) {
+            self.index = index
+            self.chunksRead = chunksRead
+            self.chunksReused = chunksReused
+            self.bytesRead = bytesRead
+        }
     }
 
     /// An incremental backup of a disk: reads and hashes only the chunks in

@@ -1,0 +1,183 @@
+import Foundation
+import Repository
+import SnapdumpSystem
+import Storage
+import Synchronization
+import Testing
+import TestSupport
+
+/// A storage the change tracking runs on, and what it can do to a volume.
+struct TrackingCase: Sendable, CustomTestStringConvertible {
+    var plugin: PluginCase
+    var method: String
+    /// fallocate PUNCH_HOLE works on the volume's file (not zfs-fuse: "keep size mode is unsupported"; not rbd).
+    var punchesHoles: Bool
+    var testDescription: String { plugin.name }
+
+    static let all: [TrackingCase] = [
+        TrackingCase(plugin: PluginCase.all[2], method: "FIEMAP", punchesHoles: true),
+        TrackingCase(plugin: PluginCase.all[3], method: "FIEMAP", punchesHoles: true),
+        TrackingCase(plugin: PluginCase.all[4], method: "btrfs send", punchesHoles: true),
+        TrackingCase(plugin: PluginCase.all[5], method: "zfs send", punchesHoles: false),
+        TrackingCase(plugin: PluginCase.all[6], method: "rbd diff", punchesHoles: false),
+    ]
+}
+
+/// The bytes of a volume or snapshot.
+private func contents(_ plugin: any StoragePlugin, _ volume: VolumeID, snapshot: String?) throws -> [UInt8] {
+    try withSource(plugin, volume, snapshot: snapshot) { s in
+        var out = [UInt8](repeating: 0, count: Int(s.size))
+        let n = try out.withUnsafeMutableBytes { try s.read(at: 0, into: $0) }
+        #expect(n == out.count)
+        return out
+    }
+}
+
+private func randomBytes(_ n: Int, seed: UInt64) -> [UInt8] {
+    var s = seed
+    return (0..<n).map { _ in
+        s = s &* 6364136223846793005 &+ 1442695040888963407
+        return UInt8(truncatingIfNeeded: s >> 33)
+    }
+}
+
+/// Chunks whose bytes differ between two images (of possibly different sizes).
+private func differingChunks(_ a: [UInt8], _ b: [UInt8], chunk: Int) -> IndexSet {
+    var out = IndexSet()
+    for i in 0..<(b.count + chunk - 1) / chunk {
+        let lo = i * chunk, hi = min(b.count, lo + chunk)
+        if hi > a.count || a[lo..<hi] != b[lo..<hi] { out.insert(i) }
+    }
+    return out
+}
+
+/// Backs up `volume` at `snapshot` into `repo` (incrementally when `base` says so); returns the upload and the snapshot name.
+private func backup(_ repo: Repository, time: Int64, plugin: any StoragePlugin, volume: VolumeID, snapshot: String,
+                    previous: FixedIndex? = nil, changed: IndexSet? = nil) throws -> (BackupWriter.DiskUpload, SnapshotName) {
+    let name = SnapshotName(type: "vm", id: "100", time: time)
+    let w = try BackupWriter(repository: repo, snapshot: name)
+    let upload: BackupWriter.DiskUpload = try withSource(plugin, volume, snapshot: snapshot) { src in
+        let read: @Sendable (UInt64, UnsafeMutableRawBufferPointer) throws -> Void = { off, buf in
+            let n = try src.read(at: off, into: buf)
+            guard n == buf.count else { throw TestFailure("short read at \(off) of \(volume)@\(snapshot)") }
+        }
+        if let previous, let changed {
+            return try w.addDisk(name: "drive-scsi0.img", size: src.size, previous: previous, changed: changed, threads: 2, read: read)
+        }
+        let index = try w.addDisk(name: "drive-scsi0.img", size: src.size, threads: 2, read: read)
+        return BackupWriter.DiskUpload(index: index, chunksRead: index.chunkCount, chunksReused: 0, bytesRead: src.size)
+    }
+    w.recordBase(name: "drive-scsi0.img", volume: volume.description, snapshot: snapshot)
+    _ = try w.finish()
+    return (upload, name)
+}
+
+private func restored(_ repo: Repository, _ s: SnapshotName) throws -> [UInt8] {
+    let idx = try repo.index(s, file: "drive-scsi0.img.fidx")
+    let out = Mutex([UInt8](repeating: 0, count: Int(idx.size)))
+    try ChunkReader(repository: repo, snapshot: s).restore(idx, sparse: true) { off, b in
+        out.withLock { o in o.withUnsafeMutableBytes { d in
+            UnsafeMutableRawBufferPointer(rebasing: d[Int(off)..<Int(off) + b.count]).copyMemory(from: b)
+        } }
+    }
+    return out.withLock { $0 }
+}
+
+@Suite("Change tracking between snapshots (real fixtures)", .serialized)
+struct ChangeTrackingTests {
+    static let chunk = 4 << 20
+
+    @Test(arguments: TrackingCase.all)
+    func changedChunksAndIncrementalBackup(_ c: TrackingCase) throws {
+        let storage = try c.plugin.makeStorage()
+        defer { storage.destroy() }
+        let p = storage.plugin
+        let repoDir = try Integration.scratchDirectory("i11-repo")
+        defer { try? FileManager.default.removeItem(atPath: repoDir) }
+        let repo = try Repository.create(root: repoDir + "/repo")
+
+        // 8 whole chunks and a 12 KiB tail: the last chunk is short.
+        let size = UInt64(8 * Self.chunk + 12288)
+        let volume = try p.allocate(vmid: 100, size: size, format: .raw)
+        let initial = randomBytes(Int(size), seed: c.plugin.seed)
+        do {
+            let w = try p.openForWriting(volume)
+            try initial.withUnsafeBytes { try w.write($0, at: 0) }
+            try w.sync()
+            try w.close()
+        }
+        let t0: Int64 = 1_790_000_000
+        let base = BaseSnapshot.name(backupTime: t0)
+        try p.createSnapshot([volume], name: base)
+        let (_, first) = try backup(repo, time: t0, plugin: p, volume: volume, snapshot: base)
+
+        // Chunk 0, 6, 7 untouched. 1: a 4 KiB write. 2: a punched hole (zeros written where the storage
+        // cannot punch). 3: identical data written again. 4: a zeroed range. 5: a 1 MiB write.
+        // 8 (the short last chunk): a write ending at the very end of the disk.
+        let w = try p.openForWriting(volume)
+        try randomBytes(4096, seed: 99).withUnsafeBytes { try w.write($0, at: UInt64(Self.chunk + 8192)) }
+        let same = Array(initial[3 * Self.chunk + 65536..<3 * Self.chunk + 131072])
+        try same.withUnsafeBytes { try w.write($0, at: UInt64(3 * Self.chunk + 65536)) }
+        try [UInt8](repeating: 0, count: 131072).withUnsafeBytes { try w.write($0, at: UInt64(4 * Self.chunk + 4096)) }
+        try randomBytes(1 << 20, seed: 98).withUnsafeBytes { try w.write($0, at: UInt64(5 * Self.chunk + 512 * 1024)) }
+        try randomBytes(4096, seed: 97).withUnsafeBytes { try w.write($0, at: size - 4096) }
+        if !c.punchesHoles {
+            try [UInt8](repeating: 0, count: 262144).withUnsafeBytes { try w.write($0, at: UInt64(2 * Self.chunk + 1 << 20)) }
+        }
+        try w.sync()
+        try w.close()
+        if c.punchesHoles {
+            let path = try p.path(of: volume).path
+            try Command.run(["fallocate", "--punch-hole", "--offset", String(2 * Self.chunk + 1 << 20), "--length", "262144", path])
+        }
+        let t1 = t0 + 86400
+        let new = BaseSnapshot.name(backupTime: t1)
+        try p.createSnapshot([volume], name: new)
+
+        let tracking = try p.changedChunks(volume, base: base, snapshot: new, chunkSize: UInt64(Self.chunk))
+        guard let changed = tracking.changedChunks else {
+            Issue.record("no answer from \(c.plugin.name): \(tracking.reason ?? "")")
+            return
+        }
+        #expect(changed.method == c.method)
+        let before = try contents(p, volume, snapshot: base), after = try contents(p, volume, snapshot: new)
+        #expect(after.count == Int(size))
+        let differing = differingChunks(before, after, chunk: Self.chunk)
+        #expect(differing == IndexSet([1, 2, 4, 5, 8]), "the test's own changes")
+        // (a) every differing chunk reported; (b) the only extra one allowed is the rewrite of identical data.
+        #expect(differing.subtracting(changed.indices).isEmpty, "missed: \(Array(differing.subtracting(changed.indices)))")
+        let extra = changed.indices.subtracting(differing)
+        #expect(extra.isSubset(of: IndexSet([3])), "extra chunks reported: \(Array(extra))")
+        print("\(c.plugin.name): \(changed.method) reported \(changed.indices.count) of \(changed.chunkCount) chunks, \(differing.count) differ, extra \(Array(extra))")
+
+        // The next backup: incremental from the base the first one recorded, restored byte for byte.
+        guard case .incremental(let prev, let index, let b) = IncrementalBase.find(
+            repository: repo, id: "100", file: "drive-scsi0.img", volume: volume.description,
+            baseExists: { try BaseSnapshot.exists($0, of: volume, on: p) }) else {
+            Issue.record("expected an incremental backup")
+            return
+        }
+        #expect(prev == first && b == base)
+        let (upload, second) = try backup(repo, time: t1, plugin: p, volume: volume, snapshot: new, previous: index, changed: changed.indices)
+        #expect(upload.chunksRead == changed.indices.count)
+        #expect(upload.chunksReused == changed.chunkCount - changed.indices.count)
+        #expect(try restored(repo, second) == after)
+        #expect(try restored(repo, first) == before)
+        #expect(try BaseSnapshot.drop([volume], on: p, keep: new) == [base])
+        #expect(try BaseSnapshot.list(volume, on: p).map(\.name) == [new])
+
+        // A base deleted by hand: the storage cannot tell, and the next backup is full, saying why.
+        try p.deleteSnapshot([volume], name: new)
+        let newer = BaseSnapshot.name(backupTime: t1 + 86400)
+        try p.createSnapshot([volume], name: newer)
+        let gone = try p.changedChunks(volume, base: new, snapshot: newer, chunkSize: UInt64(Self.chunk))
+        #expect(gone.changedChunks == nil)
+        #expect(gone.reason?.contains("does not exist") == true, "\(gone)")
+        let plan = IncrementalBase.find(repository: repo, id: "100", file: "drive-scsi0.img", volume: volume.description,
+                                        baseExists: { try BaseSnapshot.exists($0, of: volume, on: p) })
+        #expect(plan.reason?.contains("no longer exists") == true, "\(plan)")
+        try p.deleteSnapshot([volume], name: newer)
+        try p.free(volume)
+        #expect(storage.leftovers().isEmpty, "\(storage.leftovers())")
+    }
+}
