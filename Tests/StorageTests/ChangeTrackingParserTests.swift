@@ -1,0 +1,144 @@
+import Foundation
+import SnapdumpSystem
+import Storage
+import Testing
+
+/// The readers of storage change reports, on inputs a storage would give
+/// (the dump lines are real `btrfs receive --dump` output of btrfs-progs 6.2).
+@Suite("Change tracking readers")
+struct ChangeTrackingParserTests {
+    static let mib: UInt64 = 1 << 20
+    static func empty(size: UInt64 = 40 << 20, baseSize: UInt64? = nil) -> ChangedChunks {
+        ChangedChunks(chunkSize: 4 * mib, baseSize: baseSize ?? size, size: size, method: "test")
+    }
+
+    @Test func sizeChangesMarkTheOldLastChunkAndAllAfter() {
+        #expect(Self.empty(size: 40 << 20, baseSize: 30 << 20).indices == IndexSet(integersIn: 7..<10))
+        #expect(Self.empty(size: 30 << 20, baseSize: 40 << 20).indices == IndexSet(integer: 7))
+        var c = Self.empty(size: 10 << 20)
+        c.insert(offset: 8 << 20, length: UInt64.max)
+        c.insert(offset: 4 * Self.mib - 1, length: 2)
+        #expect(c.indices == IndexSet([0, 1, 2]))
+        c.insert(offset: 20 << 20, length: 4096)
+        #expect(c.indices == IndexSet([0, 1, 2]), "past the end: clipped away")
+    }
+
+    @Test func btrfsDumpUpdateExtentsTruncateAndMetadata() {
+        let dump = """
+        snapshot        ./100@b                         uuid=049f3335-8f96-824e-a29d-03169fac91e8 transid=12 parent_uuid=01ded14a-c50d-9745-8710-335d9a268aff parent_transid=10
+        update_extent   ./100@b/vm-100-disk-0.raw       offset=1228800 len=4096
+        update_extent   ./100@b/vm-100-disk-1.raw       offset=0 len=4096
+        update_extent   ./100@b/vm-100-disk-0.raw       offset=8192000 len=8388608
+        truncate        ./100@b/vm-100-disk-0.raw       size=30000000
+        utimes          ./100@b/vm-100-disk-0.raw       atime=2026-11-30T05:04:02+0000 mtime=2026-11-30T05:04:03+0000 ctime=2026-11-30T05:04:03+0000
+        clone           ./100@b/other                   offset=0 len=1228800 from=./100@b/vm-100-disk-0.raw clone_offset=0
+        """
+        var c = Self.empty()
+        let r = BtrfsSendDump.changes(dump: dump, path: "./100@b/vm-100-disk-0.raw", into: &c)
+        // 1228800 → chunk 0; 8192000 + 8 MiB → chunks 1…3; truncate at 30000000 → chunk 7 and after.
+        #expect(r.changedChunks?.indices == IndexSet([0, 1, 2, 3, 7, 8, 9]))
+    }
+
+    @Test func btrfsDumpFileReplacedIsUnknown() {
+        var c = Self.empty()
+        let renamed = BtrfsSendDump.changes(dump: "rename          ./100@b/o258-14-0               dest=./100@b/vm-100-disk-0.raw\n",
+                                            path: "./100@b/vm-100-disk-0.raw", into: &c)
+        #expect(renamed.reason?.contains("replaced") == true)
+        let made = BtrfsSendDump.changes(dump: "mkfile          ./100@b/vm-100-disk-0.raw\n", path: "./100@b/vm-100-disk-0.raw", into: &c)
+        #expect(made.reason?.contains("mkfile") == true)
+        let bad = BtrfsSendDump.changes(dump: "update_extent   ./100@b/vm-100-disk-0.raw       offset=x len=1\n", path: "./100@b/vm-100-disk-0.raw", into: &c)
+        #expect(bad.changedChunks == nil)
+    }
+
+    static func record(_ type: UInt32, _ fields: [(Int, UInt64)], bytes: [(Int, UInt8)] = []) -> [UInt8] {
+        var r = [UInt8](repeating: 0, count: ZFSSendStream.recordSize)
+        r.withUnsafeMutableBytes { b in
+            b.storeBytes(of: type.littleEndian, toByteOffset: 0, as: UInt32.self)
+            for (o, v) in fields { b.storeBytes(of: v.littleEndian, toByteOffset: o, as: UInt64.self) }
+            for (o, v) in bytes { b[o] = v }
+        }
+        return r
+    }
+
+    static func begin() -> [UInt8] { record(0, [(8, 0x2F5bacbac)]) }
+    static func object(_ obj: UInt64, gen: UInt64) -> [UInt8] {
+        var r = record(1, [(8, obj)])
+        r.withUnsafeMutableBytes { b in
+            b.storeBytes(of: UInt32(17).littleEndian, toByteOffset: 20, as: UInt32.self)
+            b.storeBytes(of: UInt32(264).littleEndian, toByteOffset: 28, as: UInt32.self)
+        }
+        var bonus = [UInt8](repeating: 0, count: 264)
+        bonus.withUnsafeMutableBytes { $0.storeBytes(of: gen.littleEndian, toByteOffset: 64, as: UInt64.self) }
+        return r + bonus
+    }
+    static func write(_ obj: UInt64, _ off: UInt64, _ len: UInt64) -> [UInt8] {
+        record(3, [(8, obj), (24, off), (32, len)]) + [UInt8](repeating: 0xab, count: Int(len))
+    }
+    static func free(_ obj: UInt64, _ off: UInt64, _ len: UInt64) -> [UInt8] { record(4, [(8, obj), (16, off), (24, len)]) }
+    static func end() -> [UInt8] { record(5, []) }
+
+    static func parse(_ stream: [UInt8], piece: Int, object: UInt64 = 5, baseTXG: UInt64? = 40) -> ChangeTracking {
+        var p = ZFSSendStream(object: object, baseTXG: baseTXG, result: empty())
+        var i = 0
+        while i < stream.count {
+            let n = min(piece, stream.count - i)
+            stream[i..<i + n].withUnsafeBytes { p.feed($0) }
+            i += n
+        }
+        return p.finish()
+    }
+
+    @Test(arguments: [1, 7, 312, 100_000])
+    func zfsStreamWritesAndFreesOfTheObject(piece: Int) {
+        let stream = Self.begin() + Self.object(5, gen: 37) + Self.free(5, 40 << 20, UInt64.max)
+            + Self.write(5, 1_179_648, 131_072) + Self.write(6, 0, 131_072) + Self.free(5, 12 << 20, 256 << 10)
+            + Self.free(4, 0, UInt64.max) + Self.end()
+        #expect(Self.parse(stream, piece: piece).changedChunks?.indices == IndexSet([0, 3]))
+    }
+
+    @Test func zfsStreamNewFileFreedObjectOrCutStreamIsUnknown() {
+        let recreated = Self.begin() + Self.object(5, gen: 41) + Self.write(5, 0, 4096) + Self.end()
+        #expect(Self.parse(recreated, piece: 4096).reason?.contains("after the base snapshot") == true)
+        #expect(Self.parse(recreated, piece: 4096, baseTXG: nil).changedChunks != nil, "a zvol: no znode to check")
+        let freed = Self.begin() + Self.record(2, [(8, 3), (16, 4)]) + Self.end()
+        #expect(Self.parse(freed, piece: 4096).reason?.contains("freed") == true)
+        let cut = Self.begin() + Self.write(5, 0, 131_072)
+        #expect(Self.parse(Array(cut.dropLast(10)), piece: 4096).reason?.contains("ended early") == true)
+        #expect(Self.parse(Self.end(), piece: 4096).reason?.contains("BEGIN") == true)
+        let unknown = Self.begin() + Self.record(42, []) + Self.end()
+        #expect(Self.parse(unknown, piece: 4096).reason?.contains("unknown record type 42") == true)
+    }
+
+    static func extent(_ l: UInt64, _ p: UInt64, _ n: UInt64, _ f: UInt32 = 0) -> File.Extent {
+        File.Extent(logical: l * mib, physical: p * mib, length: n * mib, flags: f)
+    }
+
+    @Test func extentMapsCompareByPhysicalAddress() {
+        // 40 MiB: base one extent at 100 MiB; new the same but 9..10 MiB moved (a COW write),
+        // 17..18 MiB a hole in the new file (punched), 30..40 the same data split in two extents.
+        let base = [Self.extent(0, 100, 40)]
+        let new = [Self.extent(0, 100, 9), Self.extent(9, 500, 1), Self.extent(10, 110, 7),
+                   Self.extent(18, 118, 12), Self.extent(30, 130, 5), Self.extent(35, 135, 5, File.Extent.last)]
+        var c = Self.empty()
+        ExtentComparison.compare(base: base, new: new, into: &c)
+        #expect(c.indices == IndexSet([2, 4]))
+    }
+
+    @Test func untrustedFlagsAndEncodedExtentsCountAsChanged() {
+        var c = Self.empty()
+        ExtentComparison.compare(base: [Self.extent(0, 100, 8)], new: [Self.extent(0, 100, 4), Self.extent(4, 104, 4, File.Extent.delalloc)], into: &c)
+        #expect(c.indices == IndexSet([1]))
+        c = Self.empty()
+        // Compressed extents: btrfs reports the compressed extent's start, so only identical extents are equal.
+        let enc = File.Extent.encoded
+        ExtentComparison.compare(base: [Self.extent(0, 100, 4, enc), Self.extent(4, 200, 4, enc)],
+                                 new: [Self.extent(0, 100, 4, enc), Self.extent(4, 200, 2, enc), Self.extent(6, 200, 2, enc)], into: &c)
+        #expect(c.indices == IndexSet([1]))
+        c = Self.empty()
+        ExtentComparison.compare(base: [Self.extent(0, 100, 4)], new: [Self.extent(0, 100, 4, File.Extent.unwritten)], into: &c)
+        #expect(c.indices == IndexSet([0]))
+        c = Self.empty()
+        ExtentComparison.compare(base: [], new: [], into: &c)
+        #expect(c.indices.isEmpty, "holes in both: equal")
+    }
+}
