@@ -141,4 +141,23 @@ struct ChangeTrackingParserTests {
         ExtentComparison.compare(base: [], new: [], into: &c)
         #expect(c.indices.isEmpty, "holes in both: equal")
     }
+
+    @Test func thinDeltaEverythingButSameDiffers() {
+        let xml = """
+        <superblock uuid="" time="2" transaction="4" flags="0" version="2" data_block_size="128" nr_data_blocks="3072">
+          <diff left="1" right="3">
+            <same begin="0" length="64"/>
+            <different begin="64" length="1"/>
+            <same begin="65" length="200"/>
+            <right_only begin="300" length="2"/>
+            <left_only begin="639" length="1"/>
+          </diff>
+        </superblock>
+        """
+        // 64 KiB blocks: 64 → 4 MiB (chunk 1); 300 → 18.75 MiB (chunk 4); 639 → 39.9 MiB (chunk 9).
+        var c = Self.empty()
+        #expect(ThinDelta.changes(xml: xml, into: &c).changedChunks?.indices == IndexSet([1, 4, 9]))
+        #expect(ThinDelta.changes(xml: "", into: &c).reason?.contains("no <diff>") == true)
+        #expect(ThinDelta.changes(xml: "<superblock data_block_size=\"128\">\n<diff>\n<weird begin=\"1\"/>", into: &c).changedChunks == nil)
+    }
 }

@@ -25,7 +25,7 @@ struct LVMInVMTests {
         let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
         let script = SourceTree.root + "/scripts/fixtures/storage-vm.sh"
         let t0 = Date()
-        let out = try Command.capture([script, "run", bundle, "ConformanceTests|LVMReadErrorTests|LVMGuestTests"])
+        let out = try Command.capture([script, "run", bundle, "ConformanceTests|LVMReadErrorTests|LVMGuestTests|ChangeTrackingTests"])
         let took = Int(Date().timeIntervalSince(t0))
         // One line per console line (a "\r\n" is one Character: split on newlines, not on "\n").
         let lines = out.stdout.split(whereSeparator: \.isNewline).map(String.init)
@@ -39,6 +39,8 @@ struct LVMInVMTests {
             #expect(failed.isEmpty, "\(name) failed in the VM:\n\(failed.joined(separator: "\n"))")
         }
         #expect(console.contains("[lvm read error] export failed as it should"), "the read-error test did not run to the end")
+        let thin = Self.cases[1]
+        #expect(console.contains("[\(thin)] change tracking: every step ran"), "thin_delta change tracking did not run to the end:\n\(console.suffix(6000))")
         let otherFailures = lines.filter { $0.contains("✘") && $0.contains("exportFailsNamingDeviceAndOffset") }
         #expect(otherFailures.isEmpty, "the read-error test failed in the VM:\n\(otherFailures.joined(separator: "\n"))")
         // Guests on LVs (Tests/BackupTests/LVMGuestTests): each case printed its last line, none failed.

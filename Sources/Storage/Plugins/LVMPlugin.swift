@@ -249,4 +249,47 @@ public struct LVMPlugin: StoragePlugin {
             throw error
         }
     }
+
+    /// lvmthin: `thin_delta` between the two thin snapshots' device ids, read
+    /// from a metadata snapshot of the live pool (reserved with a dm message
+    /// and released after, as the pool's metadata may change meanwhile).
+    public func changedChunks(_ volume: VolumeID, base: String, snapshot: String, chunkSize: UInt64) throws -> ChangeTracking {
+        guard thin else {
+            return .unknown(reason: "storage '\(id)' (lvm) has no snapshots to compare")
+        }
+        _ = try parseDisk(volume)
+        let all = try lvs()
+        let newLV = Self.snapshotLV(volume.volname, snapshot), baseLV = Self.snapshotLV(volume.volname, base)
+        guard let new = all.first(where: { $0.name == newLV && $0.origin == volume.volname }) else {
+            throw StorageError(.notFound, "snapshot '\(snapshot)' of volume '\(volume)' does not exist")
+        }
+        guard let old = all.first(where: { $0.name == baseLV && $0.origin == volume.volname }) else {
+            return .unknown(reason: "base snapshot '\(base)' of volume '\(volume)' does not exist (deleted by hand?)")
+        }
+        var ids: [String: String] = [:]
+        for line in try lvm(["lvs", "--noheadings", "--separator", "|", "-o", "lv_name,thin_id", vg]).split(separator: "\n") {
+            let f = line.trimmingCharacters(in: .whitespaces).split(separator: "|").map(String.init)
+            if f.count == 2 { ids[f[0]] = f[1] }
+        }
+        guard let a = ids[baseLV], let b = ids[newLV], !a.isEmpty, !b.isEmpty else {
+            return .unknown(reason: "lvs shows no thin device ids for \(vg)/\(baseLV) and \(vg)/\(newLV)")
+        }
+        // device-mapper names double the dashes inside VG and LV names.
+        func dm(_ s: String) -> String { s.replacingOccurrences(of: "-", with: "--") }
+        let pool = "\(dm(vg))-\(dm(thinpool))"
+        do {
+            try Command.run(["dmsetup", "message", "\(pool)-tpool", "0", "reserve_metadata_snap"])
+        } catch let e as CommandError {
+            return .unknown(reason: "cannot reserve a metadata snapshot of thin pool \(vg)/\(thinpool): \(e.stderr.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+        defer { _ = try? Command.run(["dmsetup", "message", "\(pool)-tpool", "0", "release_metadata_snap"]) }
+        let xml: String
+        do {
+            xml = try Command.run(["thin_delta", "--metadata-snap", "--snap1", a, "--snap2", b, "/dev/mapper/\(pool)_tmeta"])
+        } catch let e as CommandError {
+            return .unknown(reason: "thin_delta of \(vg)/\(baseLV) and \(vg)/\(newLV) failed: \(e.stderr.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+        var result = ChangedChunks(chunkSize: chunkSize, baseSize: old.size, size: new.size, method: "thin_delta")
+        return ThinDelta.changes(xml: xml, into: &result)
+    }
 }
