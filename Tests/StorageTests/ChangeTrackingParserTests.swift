@@ -32,11 +32,17 @@ struct ChangeTrackingParserTests {
         truncate        ./100@b/vm-100-disk-0.raw       size=30000000
         utimes          ./100@b/vm-100-disk-0.raw       atime=2026-11-30T05:04:02+0000 mtime=2026-11-30T05:04:03+0000 ctime=2026-11-30T05:04:03+0000
         clone           ./100@b/other                   offset=0 len=1228800 from=./100@b/vm-100-disk-0.raw clone_offset=0
+        clone           ./100@b/vm-100-disk-0.raw       offset=20971520 len=5242880 from=./100@b/vm-100-disk-0.raw clone_offset=20971520
+        clone           ./100@b/vm-100-disk-0.raw       offset=33554432 len=4096 from=./100@b/vm-100-disk-0.raw clone_offset=0
         """
         var c = Self.empty()
         let r = BtrfsSendDump.changes(dump: dump, path: "./100@b/vm-100-disk-0.raw", into: &c)
-        // 1228800 → chunk 0; 8192000 + 8 MiB → chunks 1…3; truncate at 30000000 → chunk 7 and after.
+        // 1228800 → chunk 0; 8192000 + 8 MiB → chunks 1…3; truncate at 30000000 → chunk 7 and after;
+        // the file cloned onto itself at the same offset (20 MiB, chunks 5-6) changes nothing, at another offset it does (chunk 8).
         #expect(r.changedChunks?.indices == IndexSet([0, 1, 2, 3, 7, 8, 9]))
+        var d = Self.empty()
+        let clones = BtrfsSendDump.changes(dump: dump.split(separator: "\n").suffix(2).joined(separator: "\n"), path: "./100@b/vm-100-disk-0.raw", into: &d)
+        #expect(clones.changedChunks?.indices == IndexSet([8]))
     }
 
     @Test func btrfsDumpFileReplacedIsUnknown() {
