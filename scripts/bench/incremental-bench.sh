@@ -45,6 +45,9 @@ log "snapdump on btrfs, reflink XFS and zfs-fuse ($SIZE MiB, $PCT % $MODE, seed 
 
 if [ -n "${SKIP_BASELINES:-}" ]; then { echo "### incremental-bench $(date -u +%FT%TZ): $SIZE MiB, $PCT % ($MODE, seed $SEED)"; cat "$out"; } | tee -a "$RESULTS"; exit 0; fi
 # restic and borg: the same image, backed up, changed the same way, backed up again.
+for tool in restic borg bc; do
+  command -v "$tool" >/dev/null || { log "installing restic, borgbackup, bc"; apt-get install -y -q restic borgbackup bc >&2; break; }
+done
 cp --sparse=always "$IMG" "$W/disk.raw"
 secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
 export RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
