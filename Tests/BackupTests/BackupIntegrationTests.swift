@@ -129,12 +129,15 @@ struct BackupIntegrationTests {
         try await expectClean(h, 320, dumpdir: dir)
     }
 
+    /// Two disks cloned one by one: the guest is paused around the clones
+    /// (one disk alone is not: a FICLONE is atomic by itself, see
+    /// SnapshotPlanTests).
     @Test func reflinkOnXFSPausesForMilliseconds() async throws {
         let xfs = try Integration.require("SNAPDUMP_TEST_XFS")
         let h = try GuestHarness(label: "bk-xfs")
         defer { h.tearDown() }
         try h.addStorage("dir", "xfs", under: xfs, extra: ["--content", "images,backup", "--reflink", "1"])
-        try await h.startGuest(330, disk: "xfs:128M")
+        try await h.startGuest(330, disk: "xfs:128M", more: ["xfs:16M"])
         let o = try backup(h, 330, ["--mode", "snapshot", "--storage", "xfs", "--compress", "gzip"])
         #expect(o.summary.ok, "\(o.stderr)")
         #expect(o.summary.mode == "snapshot")

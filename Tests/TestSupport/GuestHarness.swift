@@ -217,11 +217,13 @@ public final class GuestHarness: @unchecked Sendable {
     }
 
     /// Creates VM `vmid` running the test guest with a new disk `storage:size`, starts it and waits for a heartbeat.
-    public func startGuest(_ vmid: Int, disk: String, agent: Bool = true, intervalMs: Int = 10) async throws {
+    /// `more` are further disks (`scsi1`, …), not written by the workload.
+    public func startGuest(_ vmid: Int, disk: String, more: [String] = [], agent: Bool = true, intervalMs: Int = 10) async throws {
         let g = try guestFiles()
-        try must(["vm", "create", "\(vmid)", "--name", "guest\(vmid)", "--memory", "256", "--scsi0", disk,
-                  "--agent", agent ? "1" : "0", "--kernel", g.kernel, "--initrd", g.initrd,
-                  "--append", "console=ttyS0 quiet panic=-1 snapdump.interval_ms=\(intervalMs)"])
+        let extra = more.enumerated().flatMap { ["--scsi\($0.offset + 1)", $0.element] }
+        try must(["vm", "create", "\(vmid)", "--name", "guest\(vmid)", "--memory", "256", "--scsi0", disk] + extra
+                 + ["--agent", agent ? "1" : "0", "--kernel", g.kernel, "--initrd", g.initrd,
+                    "--append", "console=ttyS0 quiet panic=-1 snapdump.interval_ms=\(intervalMs)"])
         try must(["vm", "start", "\(vmid)"])
         _ = try await waitForHeartbeat(vmid, above: 0, timeout: .seconds(90))
     }
