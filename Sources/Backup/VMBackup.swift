@@ -192,21 +192,20 @@ final class VMBackup: @unchecked Sendable {
                     try await StopQuiesce(guest: guest, stopwait: .seconds(options.stopwait * 60), startDrives: startDrives,
                                           restartMarker: Leftovers.restartMarker(vmid: vmid, paths: paths)).run()
                 }
-                try await openSources(disks)
+                if let base = try await incrementalBase(disks) {
+                    // The guest is down: a storage snapshot now is the same data, and it is kept as the next base.
+                    try await takeStorageSnapshots(disks, name: base)
+                    try await openSources(disks, snapshot: base)
+                } else {
+                    try await openSources(disks)
+                }
             case .suspend(let pause):
                 if pause { try await SuspendQuiesce(guest: guest).run() }
                 try await openSources(disks)
             case .snapshot(let plan):
                 var snapName = "\(Leftovers.snapshotPrefix)\(Int(start.timeIntervalSince1970))"
-                // Into a repository, from storages that track changes: the snapshot is kept as the next base.
-                if case .repository(let store, let snapshot, _) = target,
-                   plan.disks.allSatisfy({ $0.technique == .storageSnapshot && IncrementalForever.tracks($0.disk) }) {
-                    let log = self.log
-                    let inc = try await Blocking.run("incremental-base") {
-                        IncrementalForever.prepare(disks: disks, store: store, snapshot: snapshot, log: log)
-                    }
-                    incremental = inc
-                    snapName = inc.newBase
+                if plan.disks.allSatisfy({ $0.technique == .storageSnapshot }), let base = try await incrementalBase(disks) {
+                    snapName = base
                 }
                 let window = FreezeWindow(guest: guest, config: config, state: status.state, plan: plan, name: snapName, fleecing: fleecing)
                 do { try await window.run() } catch { adopt(window); throw error }
@@ -291,6 +290,38 @@ final class VMBackup: @unchecked Sendable {
     private func openSources(_ disks: [DiskPlan], snapshot: String? = nil) async throws {
         for d in disks {
             sources.append(try await Blocking.run("open-source") { try d.plugin.openBlockSource(d.volume, snapshot: snapshot) })
+        }
+    }
+
+    /// Into a repository, from storages that track changes: decides per disk
+    /// whether the previous backup's base can be used and names the snapshot
+    /// this backup keeps as the next base (`IncrementalForever`); nil otherwise.
+    private func incrementalBase(_ disks: [DiskPlan]) async throws -> String? {
+        guard case .repository(let store, let snapshot, _) = target, !disks.isEmpty, disks.allSatisfy(IncrementalForever.tracks) else {
+            return nil
+        }
+        let log = self.log
+        let inc = try await Blocking.run("incremental-base") {
+            IncrementalForever.prepare(disks: disks, store: store, snapshot: snapshot, log: log)
+        }
+        incremental = inc
+        return inc.newBase
+    }
+
+    /// Stop mode with incremental forever: snapshots of the stopped guest's disks, one call per storage,
+    /// recorded at once so settle() removes them if the backup fails.
+    private func takeStorageSnapshots(_ disks: [DiskPlan], name: String) async throws {
+        var groups: [(plugin: any StoragePlugin, volumes: [VolumeID])] = []
+        for d in disks {
+            if let i = groups.firstIndex(where: { $0.plugin.id == d.plugin.id }) { groups[i].volumes.append(d.volume) } else {
+                groups.append((d.plugin, [d.volume]))
+            }
+        }
+        for g in groups {
+            let plugin = g.plugin, volumes = g.volumes
+            try await Blocking.run("snapshot") { try plugin.createSnapshot(volumes, name: name) }
+            snapshots.append((plugin, volumes, name))
+            log.info("created storage snapshot '\(name)' on \(plugin.id) (kept as the base of the next backup)")
         }
     }
 
