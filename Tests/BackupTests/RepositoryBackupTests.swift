@@ -392,11 +392,20 @@ extension NothingLostTests {
         /// why. A run killed after its new snapshot: the next one removes that snapshot, stays
         /// incremental from the base the last finished backup recorded.
         @Test func incrementalForeverOnBtrfs() async throws {
-            let btrfs = try Integration.require("SNAPDUMP_TEST_BTRFS")
-            let vmid = 472
-            let h = try GuestHarness(label: "repo-incr")
+            try await checkIncrementalForever(vmid: 472, type: "btrfs", fixture: "SNAPDUMP_TEST_BTRFS", method: "btrfs send")
+        }
+
+        /// The same on a `reflink 1` directory on XFS: the block maps of the two clones compared.
+        @Test func incrementalForeverOnReflinkXFS() async throws {
+            try await checkIncrementalForever(vmid: 473, type: "dir", fixture: "SNAPDUMP_TEST_XFS", method: "FIEMAP",
+                                              extra: ["--content", "images,backup", "--reflink", "1"])
+        }
+
+        private func checkIncrementalForever(vmid: Int, type: String, fixture: String, method: String, extra: [String] = []) async throws {
+            let base = try Integration.require(fixture)
+            let h = try GuestHarness(label: "repo-incr-\(type)")
             defer { h.tearDown() }
-            try h.addStorage("btrfs", "bt", under: btrfs)
+            try h.addStorage(type, "bt", under: base, extra: extra)
             let root = try h.addRepository("r1")
             try h.createGuest(vmid, disk: "bt:64M")
             try h.prefill(vmid, mib: 40, atMiB: 8)
@@ -436,7 +445,7 @@ extension NothingLostTests {
             // Three chunks changed: two holes written (chunks 0 and 15), one data chunk overwritten (5).
             for offset in [1 * mib, 21 * mib, 62 * mib] { try write(at: offset) }
             let second = try backup()
-            #expect(second.stderr.contains("drive-scsi0: incremental: 3 of 16 chunks read (btrfs send)"), "\(second.stderr)")
+            #expect(second.stderr.contains("drive-scsi0: incremental: 3 of 16 chunks read (\(method))"), "\(second.stderr)")
             #expect(second.summary.chunks?.read == 3 && second.summary.chunks?.fromPrevious == 13, "\(String(describing: second.summary.chunks))")
             try restoredEqualsDisk()
             #expect(try bases() == [BaseSnapshot.name(backupTime: try repo.snapshots()[1].time)], "old base not dropped")
@@ -465,7 +474,7 @@ extension NothingLostTests {
             try write(at: 50 * mib)
             let fifth = try backup()
             #expect(fifth.stderr.contains("removed base snapshot '\(leftover)'"), "\(fifth.stderr)")
-            #expect(fifth.stderr.contains("drive-scsi0: incremental: 2 of 16 chunks read (btrfs send)"), "\(fifth.stderr)")
+            #expect(fifth.stderr.contains("drive-scsi0: incremental: 2 of 16 chunks read (\(method))"), "\(fifth.stderr)")
             try restoredEqualsDisk()
             #expect(try bases() == [BaseSnapshot.name(backupTime: try repo.snapshots().last!.time)])
             try await expectInvariants(h, vmid, dumpdir: noDumpdir, expectRunning: false)
