@@ -1,8 +1,10 @@
 import Foundation
+import Guest
 import Repository
+import SnapdumpSystem
 import Storage
 
-/// Incremental forever for a snapshot-mode backup into a repository (issue 11;
+/// Incremental forever for a stop- or snapshot-mode backup into a repository (issue 11;
 /// the call sequence is in `Sources/Repository/README.md`). The storage
 /// snapshot the backup reads is named `snapdump_base_<time>` and kept after
 /// the manifest as the base of the next backup; the next backup asks the
@@ -84,5 +86,33 @@ struct IncrementalForever {
                 log.warn("cannot remove old base snapshots of '\(d.volume)' (the next backup tries again): \(error)")
             }
         }
+    }
+}
+
+/// `vm unlock` after a killed backup: base snapshots of the guest's disks
+/// that the newest backup of the guest in no repository records are a
+/// killed run's new snapshot (or a base a chain left behind) and go; the
+/// recorded ones stay. Every repository storage is read (manifests as
+/// stored, unverified: only to know what to keep); one that cannot be read
+/// means nothing is removed, since its backup may need its base.
+public enum UnrecordedBases {
+    public static func remove(vmid: Int, config: VMConfig, storages: StorageRegistry) throws -> [String] {
+        var recorded = Set<String>()   // "<volume>@<snapshot>"
+        for def in storages.config.storages where def.type == .repo {
+            guard let path = def.path else { continue }
+            let repo = try Repository(root: path)
+            guard let last = try repo.snapshots(type: "vm", id: "\(vmid)").last else { continue }
+            let file = repo.directory(of: last) + "/" + Manifest.fileName
+            let manifest = try Manifest(blob: try FileSystem.readBytes(file), object: "snapshot \(last) manifest in '\(def.id)'")
+            for b in manifest.unprotected.baseSnapshots ?? [] { recorded.insert("\(b.volume)@\(b.snapshot)") }
+        }
+        var removed: [String] = []
+        for d in try DiskPlan.resolve(config, storages: storages) where IncrementalForever.tracks(d) {
+            for s in try BaseSnapshot.list(d.volume, on: d.plugin) where !recorded.contains("\(d.volume)@\(s.name)") {
+                try d.plugin.deleteSnapshot([d.volume], name: s.name)
+                removed.append("base snapshot '\(s.name)' of '\(d.volume)'")
+            }
+        }
+        return removed
     }
 }

@@ -389,7 +389,7 @@ extension NothingLostTests {
         /// Incremental forever on btrfs (issue 11), stop mode of a stopped guest (read from a storage snapshot all the same): the second backup
         /// reads exactly the chunks written between the two; each restore equals the disk byte for byte;
         /// one base snapshot is left. A base deleted by hand: the next backup reads everything and says
-        /// why. A run killed after its new snapshot: the next one removes that snapshot, stays
+        /// why. A run killed after its new snapshot: the next one (or `vm unlock`) removes that snapshot, stays
         /// incremental from the base the last finished backup recorded.
         @Test func incrementalForeverOnBtrfs() async throws {
             try await checkIncrementalForever(vmid: 472, type: "btrfs", fixture: "SNAPDUMP_TEST_BTRFS", method: "btrfs send")
@@ -477,6 +477,25 @@ extension NothingLostTests {
             #expect(fifth.stderr.contains("drive-scsi0: incremental: 2 of 16 chunks read (\(method))"), "\(fifth.stderr)")
             try restoredEqualsDisk()
             #expect(try bases() == [BaseSnapshot.name(backupTime: try repo.snapshots().last!.time)])
+            try await expectInvariants(h, vmid, dumpdir: noDumpdir, expectRunning: false)
+
+            // Killed again: `vm unlock` removes the killed run's snapshot and keeps the recorded base.
+            let recorded = try bases()[0]
+            try write(at: 55 * mib)
+            nextSecond()
+            let bg2 = try BackgroundBackup(h, ["\(vmid)", "--mode", "stop", "--storage", "r1", "--bwlimit", "1"])
+            try #require(bg2.wait(until: { ((try? bases()) ?? []).count == 2 && !repo.unfinishedSnapshots(type: "vm", id: "\(vmid)").isEmpty }),
+                         "never took its snapshot: \(bg2.stderr)")
+            bg2.signal(SIGKILL)
+            #expect(bg2.finish(timeout: 30).signaled)
+            let leftover2 = try #require(try bases().first { $0 != recorded })
+            let unlock = try h.must(["vm", "unlock", "\(vmid)"])
+            #expect(unlock.stderr.contains("removed base snapshot '\(leftover2)'"), "\(unlock.stderr)")
+            #expect(try bases() == [recorded])
+            try write(at: 3 * mib)
+            let sixth = try backup()
+            #expect(sixth.stderr.contains("drive-scsi0: incremental: 2 of 16 chunks read (\(method))"), "\(sixth.stderr)")
+            try restoredEqualsDisk()
             try await expectInvariants(h, vmid, dumpdir: noDumpdir, expectRunning: false)
             let v = try h.run(["repo", "verify", "r1"])
             #expect(v.status == 0, "\(v)")
