@@ -499,6 +499,9 @@ extension NothingLostTests {
             try await expectInvariants(h, vmid, dumpdir: noDumpdir, expectRunning: false)
             let v = try h.run(["repo", "verify", "r1"])
             #expect(v.status == 0, "\(v)")
+            // The base goes with the disk.
+            try h.must(["vm", "destroy", "\(vmid)"])
+            #expect(try bases().isEmpty)
         }
     }
 }
