@@ -33,5 +33,9 @@ public struct BackupSummary: Sendable, Codable {
         public var newBytes: UInt64
         /// Bytes written for them (compressed blobs).
         public var storedBytes: UInt64
+        /// Chunks read from the disks (the rest were holes, or taken from the previous backup).
+        public var read: Int? = nil
+        /// Incremental forever: chunks whose digest came from the previous backup's index, not read.
+        public var fromPrevious: Int? = nil
     }
 }

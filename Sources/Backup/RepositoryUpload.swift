@@ -11,12 +11,25 @@ import Synchronization
 /// only chunks the repository lacks written. Ranges the storage reports as
 /// holes are not read: they are the zero chunk, stored at most once.
 ///
+/// Incremental (`Disk.previous`): only the changed chunks are read, every
+/// other digest comes from the previous index (`BackupWriter.addDisk(previous:changed:)`).
+///
 /// Reads are counted against `--bwlimit` and stop at SIGINT/SIGTERM.
 final class RepositoryUpload {
     struct Disk {
         var name: String
         var size: UInt64
         var source: any BlockSource
+        /// Incremental: the previous backup's index, and the chunks the storage says changed since its base.
+        var previous: FixedIndex? = nil
+        var changed: IndexSet? = nil
+    }
+
+    /// Per disk: chunks read from the source, and digests taken from the previous index unread.
+    struct DiskCounts {
+        var chunks: Int
+        var read: Int
+        var fromPrevious: Int
     }
 
     struct Result {
@@ -24,10 +37,11 @@ final class RepositoryUpload {
         var bytesRead: UInt64
         var bytesTotal: UInt64
         var zeroBytes: UInt64
+        var disks: [DiskCounts]
     }
 
     let writer: BackupWriter
-    let disks: [Disk]
+    var disks: [Disk]
     let bwlimitKiB: Int
     let progress: ProgressReporter?
     let interrupt: Interrupt
@@ -62,13 +76,15 @@ final class RepositoryUpload {
         let progressLock = Mutex(())
         let interrupt = self.interrupt
         var indexes: [FixedIndex] = []
+        var counts: [DiskCounts] = []
         var base: UInt64 = 0
         for (di, d) in disks.enumerated() {
             let needs = plans[di], source = d.source, size = d.size, diskBase = base
             let readLock = Mutex(())
             // addDisk may ask twice for one chunk: count each hole once.
             let counted = Mutex([Bool](repeating: false, count: needs.count))
-            let index = try writer.addDisk(name: d.name + ".img", size: size, read: { offset, buffer in
+            let chunksRead = Atomic<Int>(0)
+            let read: @Sendable (UInt64, UnsafeMutableRawBufferPointer) throws -> Void = { offset, buffer in
                 if let sig = interrupt.received { throw Interrupt.Interrupted(signal: sig) }
                 // Past the source's end (an odd tail) the disk reads as zeros.
                 let inSource = offset < source.size ? Int(min(UInt64(buffer.count), source.size - offset)) : 0
@@ -86,27 +102,41 @@ final class RepositoryUpload {
                 if inSource < buffer.count {
                     (buffer.baseAddress! + inSource).initializeMemory(as: UInt8.self, repeating: 0, count: buffer.count - inSource)
                 }
+                chunksRead.add(1, ordering: .relaxed)
                 let sofar = readBytes.add(UInt64(buffer.count), ordering: .relaxed).newValue
                 limit?.wait(afterTotal: sofar) { interrupt.received != nil }
-            }, knownZero: { offset, length in
+            }
+            let knownZero: @Sendable (UInt64, Int) -> Bool = { offset, length in
                 let c = Int(offset / chunk)
                 guard !needs[c] else { return false }
                 if counted.withLock({ let first = !$0[c]; $0[c] = true; return first }) {
                     zeroBytes.add(UInt64(length), ordering: .relaxed)
                 }
                 return true
-            }, progress: { [progress] done in
+            }
+            let report: @Sendable (UInt64) -> Void = { [progress] done in
                 guard let progress else { return }
                 progressLock.withLock { _ in
                     progress.update(done: diskBase + done, zero: zeroBytes.load(ordering: .relaxed))
                 }
-            })
+            }
+            let index: FixedIndex
+            var fromPrevious = 0
+            if let previous = d.previous, let changed = d.changed {
+                let u = try writer.addDisk(name: d.name + ".img", size: size, previous: previous, changed: changed,
+                                           read: read, knownZero: knownZero, progress: report)
+                index = u.index
+                fromPrevious = u.chunksReused
+            } else {
+                index = try writer.addDisk(name: d.name + ".img", size: size, read: read, knownZero: knownZero, progress: report)
+            }
             if let sig = interrupt.received { throw Interrupt.Interrupted(signal: sig) }
             indexes.append(index)
+            counts.append(DiskCounts(chunks: needs.count, read: chunksRead.load(ordering: .relaxed), fromPrevious: fromPrevious))
             base += size
         }
         progress?.finish()
         return Result(indexes: indexes, bytesRead: readBytes.load(ordering: .relaxed), bytesTotal: total,
-                      zeroBytes: zeroBytes.load(ordering: .relaxed))
+                      zeroBytes: zeroBytes.load(ordering: .relaxed), disks: counts)
     }
 }

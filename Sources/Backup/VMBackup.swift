@@ -98,6 +98,8 @@ final class VMBackup: @unchecked Sendable {
     private var overlays: [QCOW2Overlay] = []
     private var fleecing: FleecingBackup?
     private var hookGuest: HookScript.Guest?
+    /// Set when this backup keeps its storage snapshot as the next backup's base (incremental forever).
+    private var incremental: IncrementalForever?
 
     /// Runs a guest phase of the hook script (no-op without `--script`).
     /// A hook can take long: a SIGINT/SIGTERM that came meanwhile stops the
@@ -190,12 +192,21 @@ final class VMBackup: @unchecked Sendable {
                     try await StopQuiesce(guest: guest, stopwait: .seconds(options.stopwait * 60), startDrives: startDrives,
                                           restartMarker: Leftovers.restartMarker(vmid: vmid, paths: paths)).run()
                 }
-                try await openSources(disks)
+                if let base = try await incrementalBase(disks) {
+                    // The guest is down: a storage snapshot now is the same data, and it is kept as the next base.
+                    try await takeStorageSnapshots(disks, name: base)
+                    try await openSources(disks, snapshot: base)
+                } else {
+                    try await openSources(disks)
+                }
             case .suspend(let pause):
                 if pause { try await SuspendQuiesce(guest: guest).run() }
                 try await openSources(disks)
             case .snapshot(let plan):
-                let snapName = "\(Leftovers.snapshotPrefix)\(Int(start.timeIntervalSince1970))"
+                var snapName = "\(Leftovers.snapshotPrefix)\(Int(start.timeIntervalSince1970))"
+                if plan.disks.allSatisfy({ $0.technique == .storageSnapshot }), let base = try await incrementalBase(disks) {
+                    snapName = base
+                }
                 let window = FreezeWindow(guest: guest, config: config, state: status.state, plan: plan, name: snapName, fleecing: fleecing)
                 do { try await window.run() } catch { adopt(window); throw error }
                 adopt(window)
@@ -220,6 +231,12 @@ final class VMBackup: @unchecked Sendable {
                 // The readers failed because the fleecing was aborted: say why.
                 if let why = await fleecing?.failure { throw BackupError(why) }
                 throw error
+            }
+            if let inc = incremental {
+                // The manifest exists: the new snapshot is the recorded base, settle() must not remove it.
+                snapshots.removeAll { $0.name == inc.newBase }
+                let log = self.log
+                try await Blocking.run("drop-old-base") { inc.dropOldBases(disks, log: log) }
             }
             summary.archive = archivePath
             summary.archiveBytes = result.fileBytes
@@ -276,6 +293,38 @@ final class VMBackup: @unchecked Sendable {
         }
     }
 
+    /// Into a repository, from storages that track changes: decides per disk
+    /// whether the previous backup's base can be used and names the snapshot
+    /// this backup keeps as the next base (`IncrementalForever`); nil otherwise.
+    private func incrementalBase(_ disks: [DiskPlan]) async throws -> String? {
+        guard case .repository(let store, let snapshot, _) = target, !disks.isEmpty, disks.allSatisfy(IncrementalForever.tracks) else {
+            return nil
+        }
+        let log = self.log
+        let inc = try await Blocking.run("incremental-base") {
+            IncrementalForever.prepare(disks: disks, store: store, snapshot: snapshot, log: log)
+        }
+        incremental = inc
+        return inc.newBase
+    }
+
+    /// Stop mode with incremental forever: snapshots of the stopped guest's disks, one call per storage,
+    /// recorded at once so settle() removes them if the backup fails.
+    private func takeStorageSnapshots(_ disks: [DiskPlan], name: String) async throws {
+        var groups: [(plugin: any StoragePlugin, volumes: [VolumeID])] = []
+        for d in disks {
+            if let i = groups.firstIndex(where: { $0.plugin.id == d.plugin.id }) { groups[i].volumes.append(d.volume) } else {
+                groups.append((d.plugin, [d.volume]))
+            }
+        }
+        for g in groups {
+            let plugin = g.plugin, volumes = g.volumes
+            try await Blocking.run("snapshot") { try plugin.createSnapshot(volumes, name: name) }
+            snapshots.append((plugin, volumes, name))
+            log.info("created storage snapshot '\(name)' on \(plugin.id) (kept as the base of the next backup)")
+        }
+    }
+
     /// What the freeze window made, to be read and then removed by settle() on every path out.
     private func adopt(_ window: FreezeWindow) {
         snapshots += window.snapshots
@@ -319,9 +368,29 @@ final class VMBackup: @unchecked Sendable {
         do {
             let t0 = Date()
             let progress = ProgressReporter(log: log)
+            var methods = [String?](repeating: nil, count: disks.count)
             let upload = RepositoryUpload(writer: writer, disks: zip(disks, sources).map { .init(name: $0.deviceName, size: $0.size, source: $1) },
                                           bwlimitKiB: options.bwlimit, progress: progress, interrupt: interrupt)
+            if let inc = incremental {
+                for (i, d) in disks.enumerated() {
+                    switch inc.read(d) {
+                    case .incremental(let previous, let changed):
+                        upload.disks[i].previous = previous
+                        upload.disks[i].changed = changed.indices
+                        methods[i] = changed.method
+                    case .full(let reason):
+                        log.info("\(d.deviceName): full read: \(reason)")
+                    }
+                }
+            }
             let r = try upload.run()
+            if let inc = incremental {
+                for (i, d) in disks.enumerated() {
+                    let c = r.disks[i]
+                    if let m = methods[i] { log.info("\(d.deviceName): incremental: \(c.read) of \(c.chunks) chunks read (\(m))") }
+                    writer.recordBase(name: d.deviceName + ".img", volume: d.volume.description, snapshot: inc.newBase)
+                }
+            }
             try writer.addBlob(name: "qemu-server.conf.blob", data: Array(VMAConfigFile.render(config, disks: disks).utf8))
             // snapdump.json as in an archive (mode, downtime); a device's digest is its index checksum, which for
             // an unencrypted repository equals the archive's device digest.
@@ -336,11 +405,15 @@ final class VMBackup: @unchecked Sendable {
             let stats = writer.stats
             if let sparse = progress.sparseLine() { log.info(sparse) }
             log.info("transferred \(Formatting.bytes(r.bytesTotal)) in \(Int(secs.rounded())) seconds (\(Formatting.rate(r.bytesTotal, seconds: secs)))")
-            log.info("read \(Formatting.bytes(r.bytesRead)); chunks: \(stats.count) new (\(Formatting.bytes(stats.size))), "
+            let fromPrevious = r.disks.reduce(0) { $0 + $1.fromPrevious }
+            log.info("read \(Formatting.bytes(r.bytesRead)) (\(r.disks.reduce(0) { $0 + $1.read }) chunks"
+                     + (fromPrevious > 0 ? ", \(fromPrevious) taken from the previous backup unread" : "")
+                     + "); chunks: \(stats.count) new (\(Formatting.bytes(stats.size))), "
                      + "\(stats.duplicates) reused; stored \(Formatting.bytes(stats.compressedSize))")
             for (d, idx) in zip(disks, r.indexes) { log.info("\(d.deviceName): index checksum \(idx.indexChecksum.hex)") }
             return ArchiveResult(fileBytes: stats.compressedSize, readBytes: r.bytesRead,
-                                 chunks: .init(new: stats.count, reused: stats.duplicates, newBytes: stats.size, storedBytes: stats.compressedSize))
+                                 chunks: .init(new: stats.count, reused: stats.duplicates, newBytes: stats.size, storedBytes: stats.compressedSize,
+                                               read: r.disks.reduce(0) { $0 + $1.read }, fromPrevious: r.disks.reduce(0) { $0 + $1.fromPrevious }))
         } catch {
             writer.abort()
             throw error

@@ -3,6 +3,7 @@ import Foundation
 import Guest
 import Repository
 import SnapdumpSystem
+import Storage
 import Testing
 import TestSupport
 @testable import Backup
@@ -335,7 +336,9 @@ extension NothingLostTests {
             let r = try h.run(["backup", "\(vmid)", "--mode", "snapshot", "--storage", "r1"])
             #expect(r.status == 0, "\(r)")
             #expect(r.stderr.contains("INFO: guest downtime:"), "\(r.stderr)")
-            #expect(r.stderr.contains("removed storage snapshot 'snapdump-"), "\(r.stderr)")
+            // btrfs tracks changes: the snapshot read is kept as the next backup's base.
+            #expect(r.stderr.contains("INFO: drive-scsi0: full read: no previous backup"), "\(r.stderr)")
+            #expect(!r.stderr.contains("removed storage snapshot"), "\(r.stderr)")
             try #require(try repo.snapshots().count == 1)
             try await expectInvariants(h, vmid, dumpdir: noDumpdir)
 
@@ -381,6 +384,124 @@ extension NothingLostTests {
             try await expectInvariants(h, vmid, dumpdir: noDumpdir)
             let v = try h.run(["repo", "verify", "r1"])
             #expect(v.status == 0, "\(v)")
+        }
+
+        /// Incremental forever on btrfs (issue 11), stop mode of a stopped guest (read from a storage snapshot all the same): the second backup
+        /// reads exactly the chunks written between the two; each restore equals the disk byte for byte;
+        /// one base snapshot is left. A base deleted by hand: the next backup reads everything and says
+        /// why. A run killed after its new snapshot: the next one (or `vm unlock`) removes that snapshot, stays
+        /// incremental from the base the last finished backup recorded.
+        @Test func incrementalForeverOnBtrfs() async throws {
+            try await checkIncrementalForever(vmid: 472, type: "btrfs", fixture: "SNAPDUMP_TEST_BTRFS", method: "btrfs send")
+        }
+
+        /// The same on a `reflink 1` directory on XFS: the block maps of the two clones compared.
+        @Test func incrementalForeverOnReflinkXFS() async throws {
+            try await checkIncrementalForever(vmid: 473, type: "dir", fixture: "SNAPDUMP_TEST_XFS", method: "FIEMAP",
+                                              extra: ["--content", "images,backup", "--reflink", "1"])
+        }
+
+        private func checkIncrementalForever(vmid: Int, type: String, fixture: String, method: String, extra: [String] = []) async throws {
+            let base = try Integration.require(fixture)
+            let h = try GuestHarness(label: "repo-incr-\(type)")
+            defer { h.tearDown() }
+            try h.addStorage(type, "bt", under: base, extra: extra)
+            let root = try h.addRepository("r1")
+            try h.createGuest(vmid, disk: "bt:64M")
+            try h.prefill(vmid, mib: 40, atMiB: 8)
+            let repo = try Repository(root: root)
+            let volid = try h.volume(vmid)
+            let disk = try h.volumePath(volid)
+            let noDumpdir = h.configDir + "/no-dumpdir"
+            /// 4 KiB of random data at `offset` of the disk: one chunk changed.
+            func write(at offset: Int) throws {
+                try Command.run(["dd", "if=/dev/urandom", "of=\(disk)", "bs=4096", "seek=\(offset / 4096)", "count=1",
+                                 "conv=notrunc,fsync", "status=none"])
+            }
+            func bases() throws -> [String] {
+                try h.must(["snapshot", "list", "bt"]).stdout.split(separator: "\n")
+                    .filter { $0.contains(BaseSnapshot.prefix) }
+                    .compactMap { $0.split(separator: " ").first { $0.hasPrefix(BaseSnapshot.prefix) }.map(String.init) }
+            }
+            func backup() throws -> (stderr: String, summary: BackupSummary) {
+                nextSecond()
+                // JSON: the summary on stdout, the log as JSON lines on stderr.
+                let r = try h.run(["backup", "\(vmid)", "--mode", "stop", "--storage", "r1", "--output-format", "json"])
+                try #require(r.status == 0, "\(r)")
+                return (r.stderr, try #require(try backupSummaries(r.stdout).first))
+            }
+            func restoredEqualsDisk() throws {
+                let last = try #require(try repo.snapshots().last)
+                let restored = try restoreDisk(repo, last, to: h.configDir + "/restored.raw")
+                #expect(try Command.run(["cmp", disk, restored]).isEmpty, "restore of \(last) differs from the disk")
+            }
+            let mib = 1 << 20
+
+            let first = try backup()
+            #expect(first.stderr.contains("drive-scsi0: full read: no previous backup of vm/\(vmid)"), "\(first.stderr)")
+            try restoredEqualsDisk()
+            #expect(try bases() == [BaseSnapshot.name(backupTime: try repo.snapshots()[0].time)])
+
+            // Three chunks changed: two holes written (chunks 0 and 15), one data chunk overwritten (5).
+            for offset in [1 * mib, 21 * mib, 62 * mib] { try write(at: offset) }
+            let second = try backup()
+            #expect(second.stderr.contains("drive-scsi0: incremental: 3 of 16 chunks read (\(method))"), "\(second.stderr)")
+            #expect(second.summary.chunks?.read == 3 && second.summary.chunks?.fromPrevious == 13, "\(String(describing: second.summary.chunks))")
+            try restoredEqualsDisk()
+            #expect(try bases() == [BaseSnapshot.name(backupTime: try repo.snapshots()[1].time)], "old base not dropped")
+            try await expectInvariants(h, vmid, dumpdir: noDumpdir, expectRunning: false)
+
+            // The base deleted by hand: a full read, with the reason.
+            let gone = try bases()[0]
+            try h.must(["snapshot", "delete", volid, "--name", gone])
+            try write(at: 30 * mib)
+            let third = try backup()
+            #expect(third.stderr.contains("drive-scsi0: full read: base snapshot '\(gone)' of \(volid) no longer exists"), "\(third.stderr)")
+            #expect(third.summary.chunks?.fromPrevious == 0)
+            try restoredEqualsDisk()
+            #expect(try bases().count == 1)
+
+            // Killed after its new snapshot (stalled in the upload by --bwlimit): the old base stays.
+            let kept = try bases()[0]
+            try write(at: 45 * mib)
+            nextSecond()
+            let bg = try BackgroundBackup(h, ["\(vmid)", "--mode", "stop", "--storage", "r1", "--bwlimit", "1"])
+            try #require(bg.wait(until: { ((try? bases()) ?? []).count == 2 && !repo.unfinishedSnapshots(type: "vm", id: "\(vmid)").isEmpty }),
+                         "never took its snapshot: \(bg.stderr)")
+            bg.signal(SIGKILL)
+            #expect(bg.finish(timeout: 30).signaled)
+            let leftover = try #require(try bases().first { $0 != kept })
+            try write(at: 50 * mib)
+            let fifth = try backup()
+            #expect(fifth.stderr.contains("removed base snapshot '\(leftover)'"), "\(fifth.stderr)")
+            #expect(fifth.stderr.contains("drive-scsi0: incremental: 2 of 16 chunks read (\(method))"), "\(fifth.stderr)")
+            try restoredEqualsDisk()
+            #expect(try bases() == [BaseSnapshot.name(backupTime: try repo.snapshots().last!.time)])
+            try await expectInvariants(h, vmid, dumpdir: noDumpdir, expectRunning: false)
+
+            // Killed again: `vm unlock` removes the killed run's snapshot and keeps the recorded base.
+            let recorded = try bases()[0]
+            try write(at: 55 * mib)
+            nextSecond()
+            let bg2 = try BackgroundBackup(h, ["\(vmid)", "--mode", "stop", "--storage", "r1", "--bwlimit", "1"])
+            try #require(bg2.wait(until: { ((try? bases()) ?? []).count == 2 && !repo.unfinishedSnapshots(type: "vm", id: "\(vmid)").isEmpty }),
+                         "never took its snapshot: \(bg2.stderr)")
+            bg2.signal(SIGKILL)
+            #expect(bg2.finish(timeout: 30).signaled)
+            let leftover2 = try #require(try bases().first { $0 != recorded })
+            let unlock = try h.must(["vm", "unlock", "\(vmid)"])
+            #expect(unlock.stderr.contains("removed base snapshot '\(leftover2)'"), "\(unlock.stderr)")
+            #expect(try bases() == [recorded])
+            try write(at: 3 * mib)
+            let sixth = try backup()
+            #expect(sixth.stderr.contains("drive-scsi0: incremental: 2 of 16 chunks read (\(method))"), "\(sixth.stderr)")
+            try restoredEqualsDisk()
+            try await expectInvariants(h, vmid, dumpdir: noDumpdir, expectRunning: false)
+            let v = try h.run(["repo", "verify", "r1"])
+            #expect(v.status == 0, "\(v)")
+            // The base goes with the disk.
+            try h.must(["vm", "destroy", "\(vmid)"])
+            #expect(try bases().isEmpty)
         }
     }
 }

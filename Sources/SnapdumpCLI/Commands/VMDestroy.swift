@@ -21,7 +21,12 @@ struct VMDestroy: AsyncParsableCommand {
         let owned = (c.disks.map(\.volid) + c.unused.values.sorted()).compactMap { try? VolumeID(parsing: $0) }
             .filter { $0.vmid == vm.vmid }
         for vol in owned {
-            do { try ctx.storages.plugin(for: vol).free(vol) } catch let e as StorageError where e.code == .notFound {
+            do {
+                let plugin = try ctx.storages.plugin(for: vol)
+                // The base snapshots incremental repository backups keep go with the disk (other snapshots still refuse).
+                try BaseSnapshot.drop([vol], on: plugin, keep: nil)
+                try plugin.free(vol)
+            } catch let e as StorageError where e.code == .notFound {
                 FileHandle.standardError.write(Data("warning: \(vol) already gone\n".utf8))
             }
         }

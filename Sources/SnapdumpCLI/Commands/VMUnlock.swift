@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Backup
 import Guest
 import SnapdumpSystem
 
@@ -15,7 +16,27 @@ struct VMUnlock: AsyncParsableCommand {
         if config.lock == "backup" && ctx.lifecycle.runningPID(vm.vmid) != nil {
             try await removeFleecingLeftovers(ctx)
         }
+        if config.lock == "backup" { removeUnrecordedBases(ctx, config) }
         try await ctx.lifecycle.unlock(vmid: vm.vmid)
+    }
+
+    /// A repository backup killed after its snapshot left a base snapshot no finished backup records;
+    /// it goes with the stale lock, unless a backup still runs (that snapshot is its own).
+    private func removeUnrecordedBases(_ ctx: VMContext, _ config: VMConfig) {
+        let globalLock: FileLock
+        do { globalLock = try FileLock.acquire(ctx.paths.backupLock, timeout: 0) } catch {
+            FileHandle.standardError.write(Data("WARN: a backup is running: base snapshots of VM \(vm.vmid) are left alone\n".utf8))
+            return
+        }
+        defer { globalLock.unlock() }
+        do {
+            for what in try UnrecordedBases.remove(vmid: vm.vmid, config: config, storages: ctx.storages) {
+                FileHandle.standardError.write(Data("WARN: removed \(what), left by a backup that was killed\n".utf8))
+            }
+        } catch {
+            // Not fatal: the next backup of the guest removes them as well.
+            FileHandle.standardError.write(Data("WARN: base snapshots of VM \(vm.vmid) left alone: \(error)\n".utf8))
+        }
     }
 
     /// A backup killed while fleecing left a job, an export and an image inside
