@@ -107,6 +107,13 @@ private final class Piece {
         self.fileOffset = fileOffset
         self.state = state
     }
+
+    /// Buffers still held go with the piece: one the reader never released
+    /// (it stopped at an error) or one of a frame that failed to decode.
+    deinit {
+        input?.free()
+        output.map { Glibc.free($0.baseAddress!) }
+    }
 }
 
 /// malloc'd memory: pages count as resident only once touched, so a buffer
@@ -163,10 +170,7 @@ private final class Shared: @unchecked Sendable {
     }
 
     deinit {
-        for p in pieces {
-            p.input?.free()
-            p.output.map { Glibc.free($0.baseAddress!) }
-        }
+        // Pieces free their own buffers (Piece.deinit); the pools are ours.
         for b in outputPool { Glibc.free(b.baseAddress!) }
         for b in inputPool { b.free() }
     }
