@@ -28,11 +28,12 @@ mount_image() {  # mount_image IMAGE DIR
 }
 
 build_image() {  # build_image SIZE_MIB
-  local size=$1 img="$CACHE/ext4-$1.raw" tmp mnt
+  local size=$1 img="$CACHE/ext4-$1.raw"
   [ -s "$img" ] && { echo "$img"; return; }
   mkdir -p "$CACHE"
+  # Globals: the EXIT trap (which also runs when set -e stops the script) reads them.
   tmp="$img.tmp.$$"; mnt="$CACHE/mnt.$$"
-  trap 'umount "$mnt" 2>/dev/null || true; rmdir "$mnt" 2>/dev/null || true; rm -f "$tmp"' RETURN
+  trap 'umount "$mnt" 2>/dev/null || true; rmdir "$mnt" 2>/dev/null || true; rm -f "$tmp"' EXIT
   truncate -s "${size}M" "$tmp"
   mkfs.ext4 -q -F -m 0 -E lazy_itable_init=0,lazy_journal_init=0 "$tmp"
   mount_image "$tmp" "$mnt"
@@ -63,10 +64,11 @@ change_extents() {  # change_extents IMAGE PCT SEED
 }
 
 change_image() {  # change_image IMAGE PCT SEED [files|extents]
-  local img=$1 pct=$2 seed=$3 mnt="$CACHE/chg.$$" total target done_bytes=0
+  local img=$1 pct=$2 seed=$3 total target done_bytes=0
+  mnt="$CACHE/chg.$$"   # global: the EXIT trap reads it
   if [ "${4:-files}" = extents ]; then change_extents "$img" "$pct" "$seed"; return; fi
   mount_image "$img" "$mnt"
-  trap 'umount "$mnt" 2>/dev/null || true; rmdir "$mnt" 2>/dev/null || true' RETURN
+  trap 'umount "$mnt" 2>/dev/null || true; rmdir "$mnt" 2>/dev/null || true' EXIT
   total=$(stat -c %s "$img")
   target=$(awk -v t="$total" -v p="$pct" 'BEGIN {printf "%d", t * p / 100}')
   # Files of 64 KiB–8 MiB, in a fixed pseudo-random order.
