@@ -154,17 +154,7 @@ public struct DumpDirectory: Sendable {
                       log: (TaskLog.Level, String) -> Void = { _, _ in }) throws -> [PruneResult] {
         let results = try pruneMarks(vmid: vmid, policy: policy)
         guard !dryRun else { return results }
-        var failed = false
-        for r in results where r.mark == .remove {
-            log(.info, "removing backup '\(label(r.archive))'")
-            do {
-                for w in try remove(r.archive) { log(.warn, w) }
-            } catch {
-                log(.error, "error when removing backup '\(label(r.archive))' - \(error)")
-                failed = true
-            }
-        }
-        if failed { throw BackupError("error pruning backups - check log") }
+        try PrunePolicy.removeMarked(results.map { ($0.archive, $0.mark) }, label: label, remove: remove, log: log)
         return results
     }
 

@@ -57,15 +57,8 @@ public struct RepositoryStore: Sendable {
                       log: (TaskLog.Level, String) -> Void = { _, _ in }) throws -> [PruneResult] {
         let results = try pruneMarks(vmid: vmid, policy: policy)
         guard !dryRun else { return results }
-        var failed = false
-        for r in results where r.mark == .remove {
-            log(.info, "removing backup '\(volume(r.snapshot))'")
-            do { try repository.remove(r.snapshot) } catch {
-                log(.error, "error when removing backup '\(volume(r.snapshot))' - \(error)")
-                failed = true
-            }
-        }
-        if failed { throw BackupError("error pruning backups - check log") }
+        try PrunePolicy.removeMarked(results.map { ($0.snapshot, $0.mark) }, label: { volume($0).description },
+                                     remove: { try repository.remove($0); return [] }, log: log)
         return results
     }
 

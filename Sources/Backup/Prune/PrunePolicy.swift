@@ -48,6 +48,27 @@ public struct PrunePolicy: Hashable, Sendable, CustomStringConvertible {
         keepsEverything ? 0 : counts.values.reduce(0, +)
     }
 
+    /// Removes every item marked `remove`, logging "removing backup '…'" for
+    /// each (and the warnings a removal returns). A removal that fails is
+    /// logged and the others still run; then it throws "error pruning
+    /// backups - check log", as Proxmox does. Dump directories and
+    /// repositories prune through this.
+    public static func removeMarked<Item>(_ items: [(item: Item, mark: PruneMark)], label: (Item) -> String,
+                                          remove: (Item) throws -> [String],
+                                          log: (TaskLog.Level, String) -> Void) throws {
+        var failed = false
+        for (item, mark) in items where mark == .remove {
+            log(.info, "removing backup '\(label(item))'")
+            do {
+                for w in try remove(item) { log(.warn, w) }
+            } catch {
+                log(.error, "error when removing backup '\(label(item))' - \(error)")
+                failed = true
+            }
+        }
+        if failed { throw BackupError("error pruning backups - check log") }
+    }
+
     /// vzdump's check before a backup with `remove 0`: with a finite
     /// retention, refuse when the guest's unprotected backups already reach
     /// `backupLimit`. A backup that will be protected is never refused (it
