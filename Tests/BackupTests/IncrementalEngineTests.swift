@@ -219,7 +219,8 @@ extension NothingLostTests {
 
         /// The engine on zfspool (zfs-fuse) and rbd (the Ceph fixture): two backups with a 4 KiB
         /// write into a hole, an identical rewrite and a discard (zeros where the storage cannot
-        /// discard) between them read exactly those three chunks, store two, and restore byte for byte.
+        /// discard) between them read exactly the chunks the storage reports (those three; on zfs-fuse
+        /// also the old holes), store two, and restore byte for byte.
         @Test(arguments: [TestStorageKind.zfspool, .rbd])
         func incrementalForeverOnZFSAndRBD(_ kind: TestStorageKind) async throws {
             try Integration.need(kind.fixture)
@@ -258,11 +259,15 @@ extension NothingLostTests {
             let after = try disk.bytes()
             #expect(after[33 * mib..<33 * mib + 262144].allSatisfy { $0 == 0 } && after[21 * mib..<22 * mib] == same[21 * mib..<22 * mib])
 
+            // rbd diff lists the three. zfs-fuse's pool has no hole birth times, so `zfs send -i` sends a FREE
+            // record for every hole, old ones too: the five chunks that were holes at both snapshots (1, 12…15)
+            // are read as well (a superset is safe) and found to be the zero chunk again.
+            let read = kind == .rbd ? 3 : 8
             let second = try rig.backup()
-            #expect(second.log.contains("drive-scsi0: incremental: 3 of 16 chunks read (\(method)), \(ByteCount.format(UInt64(12 * mib))) read, 2 new chunks stored ("),
-                    "\(second.log)")
+            #expect(second.log.contains("drive-scsi0: incremental: \(read) of 16 chunks read (\(method)), "
+                                        + "\(ByteCount.format(UInt64(read * 4 * mib))) read, 2 new chunks stored ("), "\(second.log)")
             let d = try #require(second.summary.disks?.first)
-            #expect(d.method == method && d.read == 3 && d.fromPrevious == 13 && d.newChunks == 2, "\(d)")
+            #expect(d.method == method && d.read == read && d.fromPrevious == 16 - read && d.newChunks == 2, "\(d)")
             #expect(try rig.restoredNewest() == after, "restore of the incremental backup differs from the disk")
             #expect(try rig.bases() == [BaseSnapshot.name(backupTime: try rig.repo.snapshots()[1].time, repository: "r1")], "old base not dropped")
             try await expectInvariants(h, vmid, dumpdir: h.configDir + "/no-dumpdir", expectRunning: false)
