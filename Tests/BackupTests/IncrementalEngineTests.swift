@@ -58,11 +58,13 @@ struct IncrementalRig {
     let repoRoot: String
     let volid: String
     let storage: String
+    /// The repository's storage id.
+    var repoID = "r1"
 
-    /// `snapdump backup` into r1 with the JSON summary; the log as text.
+    /// `snapdump backup` into the repository with the JSON summary; the log as text.
     func backup(_ extra: [String] = [], mode: String = "stop") throws -> (log: String, summary: BackupSummary) {
         nextSecond()
-        let r = try h.run(["backup", "\(vmid)", "--mode", mode, "--storage", "r1", "--output-format", "json"] + extra)
+        let r = try h.run(["backup", "\(vmid)", "--mode", mode, "--storage", repoID, "--output-format", "json"] + extra)
         try #require(r.status == 0, "\(r)")
         return (TaskLogEvents.text(r.stderr), try #require(try backupSummaries(r.stdout).first))
     }
@@ -328,6 +330,58 @@ extension NothingLostTests {
             try FileSystem.remove(try restoreEqualsItsBase())
             #expect(try rig.bases() == [BaseSnapshot.name(backupTime: try rig.repo.snapshots().last!.time, repository: "r1")])
             try await expectInvariants(h, vmid, dumpdir: h.configDir + "/no-dumpdir")
+        }
+
+        /// Two repositories backing up one guest alternately: one base per disk and repository, so
+        /// each backup reads only what changed since the previous one into the same repository.
+        @Test func twoRepositoriesAlternatelyOnBtrfs() async throws {
+            let base = try Integration.need("SNAPDUMP_TEST_BTRFS")[0]
+            let vmid = 478
+            let h = try GuestHarness(label: "inc-engine-two-repos")
+            defer { h.tearDown() }
+            try h.addStorage("btrfs", "bt", under: base)
+            let root1 = try h.addRepository("r1"), root2 = try h.addRepository("r2")
+            try h.createGuest(vmid, disk: "bt:64M")
+            let volid = try h.volume(vmid)
+            let r1 = IncrementalRig(h: h, vmid: vmid, repo: try Repository(root: root1), repoRoot: root1, volid: volid, storage: "bt")
+            let r2 = IncrementalRig(h: h, vmid: vmid, repo: try Repository(root: root2), repoRoot: root2, volid: volid, storage: "bt", repoID: "r2")
+            let disk = try PluginDisk(h, volid)
+            let mib = Self.mib
+            try disk.write(pseudoRandom(40 * mib, seed: 4), at: 8 * mib)
+            func baseNames() throws -> [String] {
+                [BaseSnapshot.name(backupTime: try r1.repo.snapshots().last!.time, repository: "r1"),
+                 BaseSnapshot.name(backupTime: try r2.repo.snapshots().last!.time, repository: "r2")].sorted()
+            }
+
+            #expect(try r1.backup().log.contains("drive-scsi0: full read: no previous backup"))
+            #expect(try r2.backup().log.contains("drive-scsi0: full read: no previous backup"))
+            #expect(try r1.bases() == baseNames(), "one base per repository")
+
+            try disk.write(pseudoRandom(4096, seed: 5), at: 1 * mib)
+            let a = try r1.backup()
+            #expect(a.log.contains("drive-scsi0: incremental: 1 of 16 chunks read (btrfs send)"), "\(a.log)")
+            #expect(try r1.restoredNewest() == disk.bytes())
+            try disk.write(pseudoRandom(4096, seed: 6), at: 41 * mib)
+            // Since r2's base: both writes.
+            let b = try r2.backup()
+            #expect(b.log.contains("drive-scsi0: incremental: 2 of 16 chunks read (btrfs send)"), "\(b.log)")
+            #expect(try r2.restoredNewest() == disk.bytes())
+            try disk.write(pseudoRandom(4096, seed: 7), at: 50 * mib)
+            // Since r1's base: the last two.
+            let c = try r1.backup()
+            #expect(c.log.contains("drive-scsi0: incremental: 2 of 16 chunks read (btrfs send)"), "\(c.log)")
+            #expect(try r1.restoredNewest() == disk.bytes())
+            #expect(try r1.bases() == baseNames(), "each repository's old base dropped, the other's kept")
+            try await expectInvariants(h, vmid, dumpdir: h.configDir + "/no-dumpdir", expectRunning: false)
+
+            // `backup remove` of r2's newest: only r2's base goes; r1 stays incremental.
+            let newest = try #require(try r2.repo.snapshots().last)
+            try h.must(["backup", "remove", RepositoryStore(storage: "r2", repository: r2.repo).volume(newest).description])
+            #expect(try r1.bases() == [BaseSnapshot.name(backupTime: try r1.repo.snapshots().last!.time, repository: "r1")])
+            try disk.write(pseudoRandom(4096, seed: 8), at: 2 * mib)
+            #expect(try r1.backup().log.contains("drive-scsi0: incremental: 1 of 16 chunks read (btrfs send)"))
+            try h.must(["vm", "destroy", "\(vmid)"])
+            #expect(try r1.bases().isEmpty)
         }
     }
 }
