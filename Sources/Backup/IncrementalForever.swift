@@ -42,9 +42,10 @@ struct IncrementalForever {
     /// Decides per disk before the snapshot and drops bases nobody recorded
     /// (a killed run's new snapshot, an older base of a chain that went on without it).
     /// `full` (`--full`) or `fullEvery` reached reads a disk whole; its recorded base is
-    /// kept all the same until this backup's manifest exists.
+    /// kept all the same until this backup's manifest exists. `repositories`: the repository
+    /// storages configured; bases of any other (a repository storage removed) go too.
     static func prepare(disks: [DiskPlan], store: RepositoryStore, snapshot: SnapshotName, full: Bool = false, fullEvery: Int = 0,
-                        log: TaskLog) -> IncrementalForever {
+                        repositories: [String] = [], log: TaskLog) -> IncrementalForever {
         var previous: [String: IncrementalBase] = [:]
         var previousRuns: [String: Int] = [:]
         for d in disks {
@@ -70,6 +71,13 @@ struct IncrementalForever {
             do {
                 for name in try BaseSnapshot.drop([volume], on: plugin, keep: keep, repository: store.storage) {
                     log.info("removed base snapshot '\(name)' of '\(volume)' that no finished backup recorded")
+                }
+                // A repository storage no longer configured: no backup would ever read or drop its bases.
+                let orphans = repositories.isEmpty ? [] : try BaseSnapshot.list(volume, on: plugin).map(\.name)
+                    .filter { name in !repositories.contains { BaseSnapshot.belongs(name, to: $0) } }
+                for name in orphans {
+                    try plugin.deleteSnapshot([volume], name: name)
+                    log.info("removed base snapshot '\(name)' of '\(volume)' of a repository storage no longer configured")
                 }
             } catch {
                 // Not fatal: the next run tries again; this one only takes its own new base.

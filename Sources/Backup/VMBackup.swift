@@ -302,8 +302,10 @@ final class VMBackup: @unchecked Sendable {
             return nil
         }
         let log = self.log, full = options.full, fullEvery = options.fullEvery
+        let repositories = storages.config.storages.filter { $0.type == .repo }.map(\.id)
         let inc = try await Blocking.run("incremental-base") {
-            IncrementalForever.prepare(disks: disks, store: store, snapshot: snapshot, full: full, fullEvery: fullEvery, log: log)
+            IncrementalForever.prepare(disks: disks, store: store, snapshot: snapshot, full: full, fullEvery: fullEvery,
+                                       repositories: repositories, log: log)
         }
         incremental = inc
         return inc.newBase

@@ -380,6 +380,16 @@ extension NothingLostTests {
             #expect(try r1.bases() == [BaseSnapshot.name(backupTime: try r1.repo.snapshots().last!.time, repository: "r1")])
             try disk.write(pseudoRandom(4096, seed: 8), at: 2 * mib)
             #expect(try r1.backup().log.contains("drive-scsi0: incremental: 1 of 16 chunks read (btrfs send)"))
+
+            // r2 backs up again, then its storage is removed from storage.cfg: the next backup into r1 drops r2's base.
+            #expect(try r2.backup().log.contains("drive-scsi0: full read: "))
+            #expect(try r1.bases().count == 2)
+            try h.must(["storage", "remove", "r2"])
+            try disk.write(pseudoRandom(4096, seed: 9), at: 3 * mib)
+            let d = try r1.backup()
+            #expect(d.log.contains("drive-scsi0: incremental: 1 of 16 chunks read (btrfs send)"), "\(d.log)")
+            #expect(d.log.contains("of a repository storage no longer configured"), "\(d.log)")
+            #expect(try r1.bases() == [BaseSnapshot.name(backupTime: try r1.repo.snapshots().last!.time, repository: "r1")])
             try h.must(["vm", "destroy", "\(vmid)"])
             #expect(try r1.bases().isEmpty)
         }
