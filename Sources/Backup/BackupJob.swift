@@ -169,6 +169,8 @@ public final class BackupJob {
         addIfSet("snapshot-fallback", options.snapshotFallback.rawValue)
         addIfSet("tmpdir", options.tmpdir)
         addIfSet("fleecing", options.fleecing.enabled ? options.fleecing.description : nil)
+        addIfSet("full", options.full ? "1" : "0")
+        addIfSet("full-every", String(options.fullEvery))
         addIfSet("prune-backups", settings.pruneBackups.propertyString)
         addIfSet("remove", settings.pruneBackups.keepsEverything ? nil : (settings.remove ? "1" : "0"))
         addIfSet("notes-template", settings.notesTemplate)

@@ -38,6 +38,10 @@ public struct BackupOptions: Sendable {
     public var quiet = false
     /// Copy-before-write scratch space (`fleecing`); off by default.
     public var fleecing = FleecingSettings()
+    /// Into a repository: read every disk whole instead of only what the storage says changed (`--full`).
+    public var full = false
+    /// Into a repository: read a disk whole on every Nth backup of it, counted from the manifests (0 = never).
+    public var fullEvery = 0
 
     public init() {}
 

@@ -23,6 +23,26 @@ public struct BackupSummary: Sendable, Codable {
     public var error: String?
     /// A backup into a repository: chunks written and found.
     public var chunks: Chunks?
+    /// A backup into a repository: what was read and stored per disk.
+    public var disks: [Disk]?
+
+    /// One disk of a backup into a repository.
+    public struct Disk: Sendable, Codable, Equatable {
+        /// `drive-scsi0`.
+        public var name: String
+        /// `full`, or the storage's change tracking (`btrfs send`, `FIEMAP`, `zfs send`, `rbd diff`, `thin_delta`).
+        public var method: String
+        /// Why the disk was read whole, when a base could have been used (`--full given`, `base snapshot … no longer exists`).
+        public var fullReason: String?
+        public var chunks: Int
+        /// Chunks read from the disk; the others were holes, or digests taken from the previous backup.
+        public var read: Int
+        public var fromPrevious: Int
+        public var bytesRead: UInt64
+        /// Chunks the repository did not have, and the bytes written for them.
+        public var newChunks: Int
+        public var storedBytes: UInt64
+    }
 
     public struct Chunks: Sendable, Codable, Equatable {
         /// Chunks the repository did not have, written now.

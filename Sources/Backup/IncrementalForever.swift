@@ -1,12 +1,13 @@
 import Foundation
 import Guest
 import Repository
+import SnapdumpConfig
 import SnapdumpSystem
 import Storage
 
 /// Incremental forever for a stop- or snapshot-mode backup into a repository (issue 11;
 /// the call sequence is in `Sources/Repository/README.md`). The storage
-/// snapshot the backup reads is named `snapdump_base_<time>` and kept after
+/// snapshot the backup reads is named `snapdump_base_<time>_<repository>` and kept after
 /// the manifest as the base of the next backup; the next backup asks the
 /// storage which chunks changed since that base and reads only those.
 ///
@@ -17,8 +18,17 @@ import Storage
 struct IncrementalForever {
     /// The name of the snapshot this backup takes and keeps.
     let newBase: String
+    /// The repository storage: only its bases are this backup's to keep or drop.
+    let repository: String
     /// Per disk key: what the previous backup offers (`.incremental`) or why this disk is read whole.
     let previous: [String: IncrementalBase]
+    /// Per disk key: backups since the disk was last read whole, as the previous manifest records it.
+    let previousRuns: [String: Int]
+
+    /// What this backup records for a disk (`full-every`): one more than the previous one if read incrementally, else 0.
+    func incrementalRuns(_ d: DiskPlan, incremental: Bool) -> Int {
+        incremental ? (previousRuns[d.key] ?? 0) + 1 : 0
+    }
 
     /// Storages whose `changedChunks` can answer for this disk (else a kept base only costs space).
     static func tracks(_ d: DiskPlan) -> Bool {
@@ -31,25 +41,65 @@ struct IncrementalForever {
 
     /// Decides per disk before the snapshot and drops bases nobody recorded
     /// (a killed run's new snapshot, an older base of a chain that went on without it).
-    static func prepare(disks: [DiskPlan], store: RepositoryStore, snapshot: SnapshotName, log: TaskLog) -> IncrementalForever {
+    /// `full` (`--full`) or `fullEvery` reached reads a disk whole; its recorded base is
+    /// kept all the same until this backup's manifest exists. `repositories`: the repository
+    /// storages configured; bases of any other (a repository storage removed) go too.
+    static func prepare(disks: [DiskPlan], store: RepositoryStore, snapshot: SnapshotName, full: Bool = false, fullEvery: Int = 0,
+                        repositories: [String] = [], log: TaskLog) -> IncrementalForever {
         var previous: [String: IncrementalBase] = [:]
+        var previousRuns: [String: Int] = [:]
         for d in disks {
-            let plugin = d.plugin, volume = d.volume
-            let found = IncrementalBase.find(repository: store.repository, type: snapshot.type, id: snapshot.id,
-                                             file: d.deviceName + ".img", volume: volume.description,
+            let plugin = d.plugin, volume = d.volume, file = d.deviceName + ".img"
+            var found = IncrementalBase.find(repository: store.repository, type: snapshot.type, id: snapshot.id,
+                                             file: file, volume: volume.description,
                                              baseExists: { try BaseSnapshot.exists($0, of: volume, on: plugin) })
-            previous[d.key] = found
             let keep: String? = if case .incremental(_, _, let base) = found { base } else { nil }
+            if case .incremental(let prev, _, _) = found {
+                // Counted in the manifests, so pruned backups in between do not reset it; older manifests have no count (0).
+                let record = (try? store.repository.manifest(prev))?.unprotected.baseSnapshots?.first { $0.filename == file + ".fidx" }
+                let runs = record?.incrementalRuns ?? 0
+                previousRuns[d.key] = runs
+                if full {
+                    found = .full(reason: "--full given")
+                } else if fullEvery > 0 && runs + 1 >= fullEvery {
+                    found = .full(reason: "full-every \(fullEvery) reached")
+                }
+            } else if case .full(let reason) = found, let why = unrecordedBases(volume, plugin: plugin, after: snapshot, store: store) {
+                found = .full(reason: reason + "; " + why)
+            }
+            previous[d.key] = found
             do {
-                for name in try BaseSnapshot.drop([volume], on: plugin, keep: keep) {
+                for name in try BaseSnapshot.drop([volume], on: plugin, keep: keep, repository: store.storage) {
                     log.info("removed base snapshot '\(name)' of '\(volume)' that no finished backup recorded")
+                }
+                // A repository storage no longer configured: no backup would ever read or drop its bases.
+                let orphans = repositories.isEmpty ? [] : try BaseSnapshot.list(volume, on: plugin).map(\.name)
+                    .filter { name in !repositories.contains { BaseSnapshot.belongs(name, to: $0) } }
+                for name in orphans {
+                    try plugin.deleteSnapshot([volume], name: name)
+                    log.info("removed base snapshot '\(name)' of '\(volume)' of a repository storage no longer configured")
                 }
             } catch {
                 // Not fatal: the next run tries again; this one only takes its own new base.
                 log.warn("cannot remove unrecorded base snapshots of '\(volume)': \(error)")
             }
         }
-        return IncrementalForever(newBase: BaseSnapshot.name(backupTime: snapshot.time), previous: previous)
+        return IncrementalForever(newBase: BaseSnapshot.name(backupTime: snapshot.time, repository: store.storage), repository: store.storage,
+                                  previous: previous, previousRuns: previousRuns)
+    }
+
+    /// When a disk must be read whole: bases on its storage newer than every
+    /// backup of the guest left in the repository (the backup that recorded
+    /// one was removed from the repository, or a run was killed), said in the reason.
+    private static func unrecordedBases(_ volume: VolumeID, plugin: any StoragePlugin, after snapshot: SnapshotName,
+                                        store: RepositoryStore) -> String? {
+        guard let bases = try? BaseSnapshot.list(volume, on: plugin), !bases.isEmpty else { return nil }
+        let newest = (try? store.repository.snapshots(type: snapshot.type, id: snapshot.id).last).flatMap { $0 }
+        let floor = newest.map { BaseSnapshot.timeText(of: BaseSnapshot.name(backupTime: $0.time)) } ?? ""
+        let newer = bases.map(\.name).filter { BaseSnapshot.belongs($0, to: store.storage) && BaseSnapshot.timeText(of: $0) > floor }
+        guard !newer.isEmpty else { return nil }
+        return "base snapshot \(newer.map { "'\($0)'" }.joined(separator: ", ")) of \(volume) belongs to no backup left in the repository"
+            + " (the backup was removed, or its run was killed)"
     }
 
     /// What to read of one disk: the previous index and the changed chunks, or why everything.
@@ -79,7 +129,7 @@ struct IncrementalForever {
     func dropOldBases(_ disks: [DiskPlan], log: TaskLog) {
         for d in disks {
             do {
-                for name in try BaseSnapshot.drop([d.volume], on: d.plugin, keep: newBase) {
+                for name in try BaseSnapshot.drop([d.volume], on: d.plugin, keep: newBase, repository: repository) {
                     log.info("removed old base snapshot '\(name)' of '\(d.volume)'")
                 }
             } catch {
@@ -114,5 +164,36 @@ public enum UnrecordedBases {
             }
         }
         return removed
+    }
+}
+
+extension UnrecordedBases {
+    /// After backups were removed from a repository (`prune`, `backup
+    /// remove`): a guest whose newest backup there went has a base that no
+    /// backup records any more; it goes now rather than at the guest's next
+    /// backup. Only while no backup runs (the global backup lock, not waited
+    /// for: a running backup's new snapshot is recorded by nothing yet) and
+    /// only for guests that still exist and are not locked. Returns what was
+    /// removed and, per guest, why its bases were left alone.
+    public static func removeAfterRemoval(vmids: Set<Int>, paths: SnapdumpPaths, storages: StorageRegistry)
+        -> (removed: [String], skipped: [String]) {
+        let existing = vmids.sorted().filter { VMConfig.exists(vmid: $0, paths: paths) }
+        guard !existing.isEmpty else { return ([], []) }
+        let lock: FileLock
+        do { lock = try FileLock.acquire(paths.backupLock, timeout: 0) } catch {
+            return ([], ["a backup is running: base snapshots are left to the next backup of the guest"])
+        }
+        defer { lock.unlock() }
+        var removed: [String] = [], skipped: [String] = []
+        for vmid in existing {
+            do {
+                let config = try VMConfig.load(vmid: vmid, paths: paths)
+                if let l = config.lock { skipped.append("VM \(vmid) is locked (\(l)): its base snapshots are left alone"); continue }
+                removed += try remove(vmid: vmid, config: config, storages: storages)
+            } catch {
+                skipped.append("base snapshots of VM \(vmid) left alone: \(error)")
+            }
+        }
+        return (removed, skipped)
     }
 }

@@ -25,11 +25,15 @@ final class RepositoryUpload {
         var changed: IndexSet? = nil
     }
 
-    /// Per disk: chunks read from the source, and digests taken from the previous index unread.
+    /// Per disk: chunks read from the source, digests taken from the previous index unread,
+    /// bytes read, and what the repository stored for it (disks are uploaded one after the other).
     struct DiskCounts {
         var chunks: Int
         var read: Int
         var fromPrevious: Int
+        var bytesRead: UInt64 = 0
+        var newChunks: Int = 0
+        var storedBytes: UInt64 = 0
     }
 
     struct Result {
@@ -122,6 +126,7 @@ final class RepositoryUpload {
             }
             let index: FixedIndex
             var fromPrevious = 0
+            let statsBefore = writer.stats, readBefore = readBytes.load(ordering: .relaxed)
             if let previous = d.previous, let changed = d.changed {
                 let u = try writer.addDisk(name: d.name + ".img", size: size, previous: previous, changed: changed,
                                            read: read, knownZero: knownZero, progress: report)
@@ -132,7 +137,11 @@ final class RepositoryUpload {
             }
             if let sig = interrupt.received { throw Interrupt.Interrupted(signal: sig) }
             indexes.append(index)
-            counts.append(DiskCounts(chunks: needs.count, read: chunksRead.load(ordering: .relaxed), fromPrevious: fromPrevious))
+            let statsAfter = writer.stats
+            counts.append(DiskCounts(chunks: needs.count, read: chunksRead.load(ordering: .relaxed), fromPrevious: fromPrevious,
+                                     bytesRead: readBytes.load(ordering: .relaxed) - readBefore,
+                                     newChunks: statsAfter.count - statsBefore.count,
+                                     storedBytes: statsAfter.compressedSize - statsBefore.compressedSize))
             base += size
         }
         progress?.finish()

@@ -242,6 +242,7 @@ final class VMBackup: @unchecked Sendable {
             summary.archiveBytes = result.fileBytes
             summary.readBytes = result.readBytes
             summary.chunks = result.chunks
+            summary.disks = result.disks
             try await settle()
             if let ms = downtime.milliseconds {
                 summary.downtimeMs = ms
@@ -300,9 +301,11 @@ final class VMBackup: @unchecked Sendable {
         guard case .repository(let store, let snapshot, _) = target, !disks.isEmpty, disks.allSatisfy(IncrementalForever.tracks) else {
             return nil
         }
-        let log = self.log
+        let log = self.log, full = options.full, fullEvery = options.fullEvery
+        let repositories = storages.config.storages.filter { $0.type == .repo }.map(\.id)
         let inc = try await Blocking.run("incremental-base") {
-            IncrementalForever.prepare(disks: disks, store: store, snapshot: snapshot, log: log)
+            IncrementalForever.prepare(disks: disks, store: store, snapshot: snapshot, full: full, fullEvery: fullEvery,
+                                       repositories: repositories, log: log)
         }
         incremental = inc
         return inc.newBase
@@ -353,6 +356,7 @@ final class VMBackup: @unchecked Sendable {
     private struct ArchiveResult {
         var fileBytes: UInt64
         var readBytes: UInt64
+        var disks: [BackupSummary.Disk]? = nil
         var chunks: BackupSummary.Chunks? = nil
     }
 
@@ -369,6 +373,7 @@ final class VMBackup: @unchecked Sendable {
             let t0 = Date()
             let progress = ProgressReporter(log: log)
             var methods = [String?](repeating: nil, count: disks.count)
+            var fullReasons = [String?](repeating: nil, count: disks.count)
             let upload = RepositoryUpload(writer: writer, disks: zip(disks, sources).map { .init(name: $0.deviceName, size: $0.size, source: $1) },
                                           bwlimitKiB: options.bwlimit, progress: progress, interrupt: interrupt)
             if let inc = incremental {
@@ -380,15 +385,24 @@ final class VMBackup: @unchecked Sendable {
                         methods[i] = changed.method
                     case .full(let reason):
                         log.info("\(d.deviceName): full read: \(reason)")
+                        fullReasons[i] = reason
                     }
                 }
             }
             let r = try upload.run()
-            if let inc = incremental {
-                for (i, d) in disks.enumerated() {
-                    let c = r.disks[i]
-                    if let m = methods[i] { log.info("\(d.deviceName): incremental: \(c.read) of \(c.chunks) chunks read (\(m))") }
-                    writer.recordBase(name: d.deviceName + ".img", volume: d.volume.description, snapshot: inc.newBase)
+            var diskSummaries: [BackupSummary.Disk] = []
+            for (i, d) in disks.enumerated() {
+                let c = r.disks[i]
+                // Per disk: how it was read, chunks and bytes read, what the repository stored for it.
+                let how = methods[i].map { "incremental: \(c.read) of \(c.chunks) chunks read (\($0))" } ?? "full: \(c.read) of \(c.chunks) chunks read"
+                log.info("\(d.deviceName): \(how), \(Formatting.bytes(c.bytesRead)) read, \(c.newChunks) new chunks stored"
+                         + " (\(Formatting.bytes(c.storedBytes)))")
+                diskSummaries.append(BackupSummary.Disk(name: d.deviceName, method: methods[i] ?? "full", fullReason: fullReasons[i],
+                                                        chunks: c.chunks, read: c.read, fromPrevious: c.fromPrevious, bytesRead: c.bytesRead,
+                                                        newChunks: c.newChunks, storedBytes: c.storedBytes))
+                if let inc = incremental {
+                    writer.recordBase(name: d.deviceName + ".img", volume: d.volume.description, snapshot: inc.newBase,
+                                      incrementalRuns: inc.incrementalRuns(d, incremental: methods[i] != nil))
                 }
             }
             try writer.addBlob(name: "qemu-server.conf.blob", data: Array(VMAConfigFile.render(config, disks: disks).utf8))
@@ -411,7 +425,7 @@ final class VMBackup: @unchecked Sendable {
                      + "); chunks: \(stats.count) new (\(Formatting.bytes(stats.size))), "
                      + "\(stats.duplicates) reused; stored \(Formatting.bytes(stats.compressedSize))")
             for (d, idx) in zip(disks, r.indexes) { log.info("\(d.deviceName): index checksum \(idx.indexChecksum.hex)") }
-            return ArchiveResult(fileBytes: stats.compressedSize, readBytes: r.bytesRead,
+            return ArchiveResult(fileBytes: stats.compressedSize, readBytes: r.bytesRead, disks: diskSummaries,
                                  chunks: .init(new: stats.count, reused: stats.duplicates, newBytes: stats.size, storedBytes: stats.compressedSize,
                                                read: r.disks.reduce(0) { $0 + $1.read }, fromPrevious: r.disks.reduce(0) { $0 + $1.fromPrevious }))
         } catch {

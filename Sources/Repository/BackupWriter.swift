@@ -249,10 +249,13 @@ public final class BackupWriter: @unchecked Sendable {
 
     /// Records that disk index `name` was read from storage snapshot
     /// `snapshot` of `volume`, kept as the next backup's base (in the
-    /// manifest's unprotected part).
-    public func recordBase(name: String, volume: String, snapshot: String) {
+    /// manifest's unprotected part); `incrementalRuns` backups since the disk
+    /// was last read whole (0: read whole now).
+    public func recordBase(name: String, volume: String, snapshot: String, incrementalRuns: Int? = nil) {
         let fileName = name.hasSuffix(".fidx") ? name : name + ".fidx"
-        state.withLock { $0.bases.append(Manifest.BaseSnapshotRecord(filename: fileName, volume: volume, snapshot: snapshot)) }
+        state.withLock {
+            $0.bases.append(Manifest.BaseSnapshotRecord(filename: fileName, volume: volume, snapshot: snapshot, incrementalRuns: incrementalRuns))
+        }
     }
 
     /// Makes everything durable (syncfs), then writes the manifest: from

@@ -89,15 +89,25 @@ public struct Manifest: Codable, Sendable, Equatable {
 
     /// A disk's base snapshot: the index `filename` was read from snapshot
     /// `snapshot` of storage volume `volume` (`tank:vm-100-disk-0`).
+    /// `incrementalRuns`: backups of the disk since it was last read whole,
+    /// this one included (0: this backup read it whole), for `full-every`.
     public struct BaseSnapshotRecord: Codable, Sendable, Equatable {
         public var filename: String
         public var volume: String
         public var snapshot: String
+        /// Nil in manifests written before the count existed.
+        public var incrementalRuns: Int?
 
-        public init(filename: String, volume: String, snapshot: String) {
+        public init(filename: String, volume: String, snapshot: String, incrementalRuns: Int? = nil) {
             self.filename = filename
             self.volume = volume
             self.snapshot = snapshot
+            self.incrementalRuns = incrementalRuns
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case filename, volume, snapshot
+            case incrementalRuns = "incremental-runs"
         }
     }
 

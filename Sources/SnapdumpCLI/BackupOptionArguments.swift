@@ -31,6 +31,8 @@ struct BackupOptionArguments: ParsableArguments {
     @Option(help: .vzdump("fleecing")) var fleecing: String?
     @Option(help: .vzdump("pigz")) var pigz: String?
     @Option(help: .vzdump("performance")) var performance: String?
+    @Flag(help: .vzdump("full", "also --full 1")) var full = false
+    @Option(name: .customLong("full-every"), help: .vzdump("full-every")) var fullEvery: String?
 
     /// The options that were given, as vzdump properties named as in jobs.cfg.
     /// Relative directories are made absolute.
@@ -62,6 +64,8 @@ struct BackupOptionArguments: ParsableArguments {
         add("fleecing", fleecing)
         add("pigz", pigz)
         add("performance", performance)
+        if full { p.append(("full", "1")) }
+        add("full-every", fullEvery)
         return p
     }
 

@@ -58,7 +58,7 @@ enum ProxmoxArguments {
     static let globalOptions: Set<String> = ["--config-dir"]
     /// Every `@Flag` of the commands (Proxmox booleans that default to off).
     static let booleanFlags: Set<String> = [
-        "--all", "--quiet", "--dry-run", "--delete", "--force", "--start", "--unique", "--purge", "--force-stop", "--stdout",
+        "--all", "--quiet", "--dry-run", "--delete", "--force", "--start", "--unique", "--purge", "--force-stop", "--stdout", "--full",
     ]
 
     static func normalize(_ args: [String], root: any ParsableCommand.Type) -> [String] {

@@ -251,12 +251,18 @@ func expectInvariants(_ h: GuestHarness, _ vmid: Int, dumpdir: String, expectRun
     }
     #expect(!status.contains("lock:"), "lock left: \(status)", sourceLocation: sourceLocation)
 
-    // A repository backup keeps its snapshot as the next one's base (`snapdump_base_…`, one per volume).
+    // A repository backup keeps its snapshot as the next one's base (`snapdump_base_<time>_<repository>`, one per
+    // volume and repository).
     let lines = try h.must(["snapshot", "list"]).stdout.split(separator: "\n").dropFirst()
     let snaps = lines.filter { !$0.contains("snapdump_base_") }
     #expect(snaps.isEmpty, "snapshots left: \(snaps)", sourceLocation: sourceLocation)
-    let bases = lines.filter { $0.contains("snapdump_base_") }.map { $0.split(separator: " ").first ?? "" }
-    #expect(Set(bases).count == bases.count, "more than one base snapshot of a volume: \(lines)", sourceLocation: sourceLocation)
+    let bases = lines.filter { $0.contains("snapdump_base_") }.map { line -> String in
+        let words = line.split(separator: " ")
+        let name = words.first { $0.hasPrefix("snapdump_base_") } ?? ""
+        return "\(words.first ?? "") \(name.dropFirst("snapdump_base_yyyyMMddTHHmmssZ".count))"
+    }
+    #expect(Set(bases).count == bases.count, "more than one base snapshot of a volume for one repository: \(lines)",
+            sourceLocation: sourceLocation)
     for (id, s) in try h.storageLocations() {
         if s.type == "zfspool" {
             let all = try Command.run(["zfs", "list", "-H", "-o", "name", "-t", "all", "-r", s.location])

@@ -440,7 +440,7 @@ extension NothingLostTests {
             let first = try backup()
             #expect(first.stderr.contains("drive-scsi0: full read: no previous backup of vm/\(vmid)"), "\(first.stderr)")
             try restoredEqualsDisk()
-            #expect(try bases() == [BaseSnapshot.name(backupTime: try repo.snapshots()[0].time)])
+            #expect(try bases() == [BaseSnapshot.name(backupTime: try repo.snapshots()[0].time, repository: "r1")])
 
             // Three chunks changed: two holes written (chunks 0 and 15), one data chunk overwritten (5).
             for offset in [1 * mib, 21 * mib, 62 * mib] { try write(at: offset) }
@@ -448,7 +448,7 @@ extension NothingLostTests {
             #expect(second.stderr.contains("drive-scsi0: incremental: 3 of 16 chunks read (\(method))"), "\(second.stderr)")
             #expect(second.summary.chunks?.read == 3 && second.summary.chunks?.fromPrevious == 13, "\(String(describing: second.summary.chunks))")
             try restoredEqualsDisk()
-            #expect(try bases() == [BaseSnapshot.name(backupTime: try repo.snapshots()[1].time)], "old base not dropped")
+            #expect(try bases() == [BaseSnapshot.name(backupTime: try repo.snapshots()[1].time, repository: "r1")], "old base not dropped")
             try await expectInvariants(h, vmid, dumpdir: noDumpdir, expectRunning: false)
 
             // The base deleted by hand: a full read, with the reason.
@@ -476,7 +476,7 @@ extension NothingLostTests {
             #expect(fifth.stderr.contains("removed base snapshot '\(leftover)'"), "\(fifth.stderr)")
             #expect(fifth.stderr.contains("drive-scsi0: incremental: 2 of 16 chunks read (\(method))"), "\(fifth.stderr)")
             try restoredEqualsDisk()
-            #expect(try bases() == [BaseSnapshot.name(backupTime: try repo.snapshots().last!.time)])
+            #expect(try bases() == [BaseSnapshot.name(backupTime: try repo.snapshots().last!.time, repository: "r1")])
             try await expectInvariants(h, vmid, dumpdir: noDumpdir, expectRunning: false)
 
             // Killed again: `vm unlock` removes the killed run's snapshot and keeps the recorded base.

@@ -93,6 +93,8 @@ public enum BackupDefaults {
         o.tmpdir = pick("tmpdir", \.tmpdir)?.value
         o.quiet = value("quiet", \.quiet)
         o.fleecing = value("fleecing", \.fleecing)
+        o.full = value("full", \.full)
+        o.fullEvery = value("full-every", \.fullEvery)
 
         // Target, decided once: storage and dumpdir travel together.
         if cli.storage != nil || cli.dumpdir != nil {

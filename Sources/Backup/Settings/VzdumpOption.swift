@@ -105,6 +105,11 @@ public struct VzdumpOption: Sendable {
         .init("script", .absolutePath, help: "Hook script called at each phase."),
         .init("ionice", .integer(0...8), default: "7", help: "I/O priority 0-8 (8 = idle class, default 7)."),
         .init("fleecing", .fleecing, default: "enabled=0", help: "enabled=0|1,storage=ID (copy-before-write scratch space)."),
+        // snapdump's own keys (incremental forever into a repository; Proxmox has dirty bitmaps instead).
+        .init("full", .boolean, default: "0",
+              help: "Into a repository: read every disk whole, not only what changed since the last backup (0|1)."),
+        .init("full-every", .integer(0...int32), default: "0",
+              help: "Into a repository: read each disk whole on every Nth backup of it (0 = never)."),
         .init("performance", .performance, help: "max-workers=N,pbs-entries-max=N."),
         .init("mailto", .mailAddresses, help: "Mail the job's report to these addresses (sendmail), comma-separated."),
         .init("mailnotification", .choice(["always", "failure"]), default: "always",

@@ -36,6 +36,9 @@ public struct VzdumpValues: Sendable, Equatable {
     public var stdexcludes: Bool?
     /// snapdump's own key: what snapshot mode does when a disk cannot be snapshotted.
     public var snapshotFallback: SnapshotFallback?
+    /// snapdump's own keys: a full read into a repository now (`full`), or every Nth backup (`full-every`).
+    public var full: Bool?
+    public var fullEvery: Int?
 
     /// Key → where it was set (`/etc/snapdump/vzdump.conf:4`, `--mode`).
     public var origins: [String: String] = [:]
@@ -81,6 +84,8 @@ public struct VzdumpValues: Sendable, Equatable {
         case "exclude-path": excludePath = v.list
         case "stdexcludes": stdexcludes = v.bool
         case "snapshot-fallback": snapshotFallback = v.text.flatMap(SnapshotFallback.init(rawValue:))
+        case "full": full = v.bool
+        case "full-every": fullEvery = v.int
         default: preconditionFailure("vzdump key '\(key)' is in the table but has no field")
         }
         origins[key] = line.map { "\(file):\($0)" } ?? file

@@ -15,6 +15,12 @@ struct BackupRemove: ParsableCommand {
             // Its chunks stay until `repo gc` finds them unreferenced.
             try store.repository.remove(s)
             print("removed '\(store.volume(s))'")
+            // The guest's newest backup gone: the base it recorded goes too (the next backup reads everything anyway).
+            if let vmid = s.vmid {
+                let (removed, skipped) = UnrecordedBases.removeAfterRemoval(vmids: [vmid], paths: global.paths, storages: try global.storages())
+                for r in removed { printError("removed \(r): no backup records it any more") }
+                for w in skipped { printError("WARN: \(w)") }
+            }
             return
         }
         let (dump, a) = try BackupLocation.archive(archive, global: global)

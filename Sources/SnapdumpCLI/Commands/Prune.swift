@@ -76,5 +76,11 @@ struct PruneCommand: ParsableCommand {
             printError("\(level.rawValue): \(message)")
         }
         report(results.map { (store.volume($0.snapshot).description, $0.snapshot.date, $0.snapshot.vmid ?? 0, $0.mark) })
+        if !dryRun {
+            let vmids = Set(results.filter { $0.mark == .remove }.compactMap(\.snapshot.vmid))
+            let (removed, skipped) = UnrecordedBases.removeAfterRemoval(vmids: vmids, paths: global.paths, storages: try global.storages())
+            for r in removed { printError("removed \(r): no backup records it any more") }
+            for s in skipped { printError("WARN: \(s)") }
+        }
     }
 }

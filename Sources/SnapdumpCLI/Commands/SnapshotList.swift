@@ -22,9 +22,11 @@ struct SnapshotList: ParsableCommand {
                 r.add("snapshot", "Snapshot", .string(s.name))
                 r.add("ctime", "Created", .of(s.created), text: f.string(from: s.created))
                 r.add("used", "Used", .of(s.used))
+                // Kept by an incremental repository backup as the next one's base (removed by the backups, not by hand).
+                r.add("base", "Base", .bool(BaseSnapshot.isBase(s.name)), text: BaseSnapshot.isBase(s.name) ? "base" : "-")
                 records.append(r)
             }
         }
-        Output.list(records, output.format, columns: ["Volume", "Snapshot", "Created", "Used"])
+        Output.list(records, output.format, columns: ["Volume", "Snapshot", "Created", "Used", "Base"])
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import SnapdumpSystem
 import Storage
 
 struct StorageStatusCommand: ParsableCommand {
@@ -25,9 +26,16 @@ struct StorageStatusCommand: ParsableCommand {
             r.add("used_fraction", "%", fraction.map(OutputValue.double) ?? .null,
                   text: fraction.map { String(format: "%.2f%%", $0 * 100) } ?? "-")
             r.add("snapshots", "Snapshots", .string(st.snapshots))
+            // The snapshots incremental repository backups keep as the next one's base: number, and
+            // the space only they hold where the storage can tell (null otherwise, or when it cannot list them).
+            let bases = st.active ? try? StorageRegistry.plugin(for: d).listSnapshots().filter { BaseSnapshot.isBase($0.name) } : nil
+            let used: UInt64? = bases.flatMap { b in b.allSatisfy { $0.used != nil } ? b.reduce(0) { $0 + $1.used! } : nil }
+            r.add("base_snapshots", "Bases", .of(bases?.count),
+                  text: bases.map { "\($0.count)" + (used.map { " (\(ByteCount.format($0)))" } ?? "") } ?? "-")
+            r.add("base_bytes", nil, .of(used))
             records.append(r)
         }
-        Output.list(records, output.format, columns: ["Name", "Type", "Status", "Total", "Used", "Available", "%", "Snapshots"])
+        Output.list(records, output.format, columns: ["Name", "Type", "Status", "Total", "Used", "Available", "%", "Snapshots", "Bases"])
     }
 }
 

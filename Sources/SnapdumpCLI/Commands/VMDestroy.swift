@@ -24,8 +24,7 @@ struct VMDestroy: AsyncParsableCommand {
             do {
                 let plugin = try ctx.storages.plugin(for: vol)
                 // The base snapshots incremental repository backups keep go with the disk (other snapshots still refuse).
-                try BaseSnapshot.drop([vol], on: plugin, keep: nil)
-                try plugin.free(vol)
+                try BaseSnapshot.free(vol, on: plugin)
             } catch let e as StorageError where e.code == .notFound {
                 FileHandle.standardError.write(Data("warning: \(vol) already gone\n".utf8))
             }
