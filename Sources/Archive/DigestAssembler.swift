@@ -390,7 +390,9 @@ private final class ChunkWorkers: @unchecked Sendable {
         while true {
             if let f = failure { throw f }
             if let b = pool.popLast() { return b }
-            if allocated < maxBuffers {
+            // A new buffer only while the workers are not behind: chunks queued for them
+            // come back soon, and an in-order stream then touches a few buffers, not all.
+            if allocated < maxBuffers && inFlight <= threadCount {
                 allocated += 1
                 // 4 KiB-aligned: runs of blocks are written from it with O_DIRECT.
                 return .allocate(byteCount: DeviceDigest.chunkSize, alignment: DirectFile.alignment)
