@@ -73,15 +73,16 @@ public enum VMAExtractor {
             devicePaths[d.id] = p
         }
 
-        var bytes: UInt64 = 0
         let total = reader.header.devices.reduce(UInt64(0)) { $0 + $1.size }
-        // Zero clusters stay holes of the fresh file: nothing to do for them.
-        let verification = try reader.verify(targets: files, progress: progress.map { ReadProgress(total: total, emit: $0) }) { c in
-            guard let file = files[c.deviceID] else { return }
-            bytes += try c.writeStoredBlocks(to: file)
-        } zeroRuns: { _ in }
+        // Written by the digest workers, chunk by chunk, past the page cache where the filesystem allows;
+        // zero blocks and zero clusters stay holes of the fresh file.
+        let writers = files.mapValues { DirectFile(file: $0) }
+        let verification = try reader.verify(targets: files, writers: writers,
+                                             progress: progress.map { ReadProgress(total: total, emit: $0) }) { _ in } zeroRuns: { _ in }
+        let bytes = verification.bytesWritten
         for (id, f) in files {
             do {
+                try writers[id]?.closeDirect()
                 try f.sync()
                 try f.close()
             } catch {

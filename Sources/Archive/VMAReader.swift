@@ -270,6 +270,8 @@ public final class VMAReader {
         /// Chunks whose clusters came too far out of order to hash on the fly,
         /// hashed after the stream from the targets or a spill file.
         public var deferredChunks: Int
+        /// Bytes written through `writers` (zero blocks are not written).
+        public var bytesWritten: UInt64
     }
 
     /// `snapdump.json`, checked against the header: an entry for every
@@ -296,18 +298,23 @@ public final class VMAReader {
     /// target that starts zeroed has nothing to do for them, so its cost
     /// follows the data, not the disk size.
     ///
-    /// `targets[id]`: a readable file that `body` writes every cluster of
-    /// device `id` to. Chunks whose clusters come too far out of order are
+    /// `writers[id]`: where device `id` is written (restore, extract): each
+    /// chunk's stored blocks once the chunk is complete and hashed, runs of
+    /// adjacent blocks in one write from a 4 KiB-aligned buffer, on
+    /// background threads (`DigestAssembler`); zero blocks are not written.
+    /// `targets[id]`: a readable file that holds every cluster of device
+    /// `id` at the end (written through `writers[id]`, or by `body`). Chunks whose clusters come too far out of order are
     /// then hashed from it after the stream, so what is checked is what was
     /// written; devices without a target use an unnamed spill file in
     /// `spillDirectory` (default `$TMPDIR` or /tmp). Without `snapdump.json`
     /// and targets nothing is hashed.
     @discardableResult
-    public func verify(targets: [UInt8: File] = [:], spillDirectory: String? = nil, progress: ReadProgress? = nil,
+    public func verify(targets: [UInt8: File] = [:], writers: [UInt8: any DeviceWriter] = [:], spillDirectory: String? = nil,
+                       progress: ReadProgress? = nil,
                        _ body: ((Cluster) throws -> Void)? = nil, zeroRuns: ((ZeroRun) throws -> Void)? = nil) throws -> Verification {
         let metadata = try checkedMetadata()
-        let assembler = metadata != nil || !targets.isEmpty
-            ? DigestAssembler(devices: header.devices, targets: targets, spillDirectory: spillDirectory) : nil
+        let assembler = metadata != nil || !targets.isEmpty || !writers.isEmpty
+            ? DigestAssembler(devices: header.devices, targets: targets, writers: writers, spillDirectory: spillDirectory) : nil
         let sizes = Dictionary(uniqueKeysWithValues: header.devices.map { ($0.id, $0.size) })
         let summary = try readClusters { c in
             try body?(c)
@@ -341,6 +348,6 @@ public final class VMAReader {
             }
         }
         return Verification(summary: summary, digests: digests, metadataChecked: metadata != nil,
-                            deferredChunks: assembler?.deferredChunks ?? 0)
+                            deferredChunks: assembler?.deferredChunks ?? 0, bytesWritten: assembler?.bytesWritten ?? 0)
     }
 }

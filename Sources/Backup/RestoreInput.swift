@@ -91,17 +91,20 @@ enum RestoreInput {
         switch self {
         case .archive(let reader, _):
             let readable = files.compactMapValues { ($0 as? FileVolumeWriter)?.file }
-            var bytes: UInt64 = 0
-            let v = try reader.verify(targets: readable, progress: progress) { c in
-                guard let file = files[c.deviceID] else { return }
-                // Zero blocks stay holes in the fresh volume.
-                bytes += try c.writeStoredBlocks { try file.write($0, at: $1) }
+            // The digest workers write each chunk once it is hashed: files and block devices past the
+            // page cache where they allow it (DirectFile), other volumes (RBD) through their writer.
+            // Zero blocks and runs of zero clusters stay holes in the fresh volume.
+            let writers = files.mapValues { w -> any DeviceWriter in
+                if let f = w as? FileVolumeWriter { return DirectFile(file: f.file) }
+                return VolumeDeviceWriter(w)
+            }
+            defer { for w in writers.values { try? (w as? DirectFile)?.closeDirect() } }
+            let v = try reader.verify(targets: readable, writers: writers, progress: progress) { _ in
                 limit?.wait(afterTotal: progress.bytesRead) { false }
             } zeroRuns: { _ in
-                // Runs of zero clusters stay holes too, and cost nothing but the pacing.
                 limit?.wait(afterTotal: progress.bytesRead) { false }
             }
-            return (v.metadataChecked, bytes)
+            return (v.metadataChecked, v.bytesWritten)
         case .repository(let store, let s, let m):
             // Chunks are fetched, decompressed and checked on several threads (ChunkReader);
             // the progress lines and a writer that is not a plain file are serialised.
@@ -133,4 +136,14 @@ enum RestoreInput {
             return (true, bytes)
         }
     }
+}
+
+/// A volume that is not a local file (an RBD image, through librbd) as the
+/// digest workers' target: one write at a time, as the repository restore does.
+private final class VolumeDeviceWriter: DeviceWriter {
+    let volume: any VolumeWriter
+    init(_ volume: any VolumeWriter) { self.volume = volume }
+    var allowsConcurrentWrites: Bool { false }
+    var name: String { volume.name }
+    func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws { try volume.write(bytes, at: offset) }
 }

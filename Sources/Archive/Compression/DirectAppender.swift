@@ -25,16 +25,17 @@ extension File: OutputSink {}
 /// `file`) are passed as `prefix` so the first block starts aligned. The
 /// unaligned tail goes through `file` in `finish`, whose fsync then covers it
 /// all. Where the filesystem has no O_DIRECT (tmpfs, FUSE) — at open or at the
-/// first write — every byte goes through `file` instead, as before.
+/// first write — every byte goes through `file` instead, as before (the
+/// fallback is `DirectFile`'s, shared with restore's writes).
 final class DirectAppender: OutputSink, @unchecked Sendable {
     // @unchecked: `buffers` are handed between the caller and `io` one at a time
-    // (the semaphore orders them); `failure` and `direct` are guarded by `lock`.
+    // (the semaphore orders them); `failure` is guarded by `lock`.
     static let alignment = 4096
     static let blockSize = 4 << 20
 
     let path: String
     private let file: File
-    private var direct: File?
+    private let direct: DirectFile
     private let buffers: [UnsafeMutableRawBufferPointer]
     private var current = 0
     private var filled = 0
@@ -52,7 +53,7 @@ final class DirectAppender: OutputSink, @unchecked Sendable {
         precondition(prefix.count == Int(start))
         self.file = file
         path = file.path
-        direct = try? file.reopenForDirectWriting()
+        direct = DirectFile(file: file)
         buffers = (0..<2).map { _ in .allocate(byteCount: Self.blockSize, alignment: Self.alignment) }
         free = DispatchSemaphore(value: buffers.count - 1)
         blockOffset = start / UInt64(Self.alignment) * UInt64(Self.alignment)
@@ -69,7 +70,7 @@ final class DirectAppender: OutputSink, @unchecked Sendable {
     }
 
     /// Whether writes still bypass the page cache (false after a fallback).
-    var isDirect: Bool { lock.lock(); defer { lock.unlock() }; return direct != nil }
+    var isDirect: Bool { direct.isDirect }
 
     func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
         precondition(!finished && offset == blockOffset + UInt64(filled), "DirectAppender: writes must be in order")
@@ -96,22 +97,10 @@ final class DirectAppender: OutputSink, @unchecked Sendable {
         io.async { [self] in
             defer { free.signal() }
             let buffer = UnsafeRawBufferPointer(buffers[index])
-            lock.lock()
-            let d = direct, failed = failure != nil
-            lock.unlock()
-            if failed { return }
+            if takeFailure() != nil { return }
             do {
-                if let d {
-                    do {
-                        try d.write(buffer, at: offset)
-                        return
-                    } catch let e as SystemError where e.errno == EINVAL {
-                        // The filesystem took the open but not the write: buffered from here on.
-                        lock.lock(); direct = nil; lock.unlock()
-                        try? d.close()
-                    }
-                }
-                try file.write(buffer, at: offset)
+                // Aligned: direct, or buffered where the filesystem refused it.
+                try direct.write(buffer, at: offset)
             } catch {
                 lock.lock(); failure = error; lock.unlock()
             }
@@ -143,11 +132,7 @@ final class DirectAppender: OutputSink, @unchecked Sendable {
     func close() {
         io.sync {}
         finished = true
-        lock.lock()
-        let d = direct
-        direct = nil
-        lock.unlock()
-        try? d?.close()
+        try? direct.closeDirect()
     }
 
     /// Writes everything still buffered; the caller fsyncs `file` after this.
@@ -155,10 +140,6 @@ final class DirectAppender: OutputSink, @unchecked Sendable {
         guard !finished else { return }
         try flushBuffered()
         finished = true
-        lock.lock()
-        let d = direct
-        direct = nil
-        lock.unlock()
-        try d?.close()
+        try direct.closeDirect()
     }
 }

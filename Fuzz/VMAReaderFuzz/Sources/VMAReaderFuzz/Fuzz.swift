@@ -7,8 +7,9 @@ import Glibc
 
 // libFuzzer entry point: every input is read as an archive file the way
 // `vma verify` reads one (header, extents, snapdump.json, digests with the
-// out-of-order spill), and one in four instead the way `vma extract` and
-// `restore` do, with a target file the digests are read back from. Any
+// out-of-order spill), one in four instead the way `vma extract` and
+// `restore` do (written through the digest workers into a target file the
+// digests are read back from), and one in four with the caller writing. Any
 // outcome but a thrown error — a trap, a sanitizer report, a leak, more
 // memory or time than libFuzzer's limits — is a finding.
 
@@ -47,7 +48,17 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         let reader = try VMAReader(input: DecompressingReader(file: File(adopting: dup(inputFD), path: "fuzz-input.vma")))
         _ = try reader.snapdumpMetadata()
         if size % 4 == 1, let device = reader.header.devices.first {
-            // As extract/restore: clusters of the first device go to a target file, read back for deferred chunks.
+            // As extract/restore: the first device is written through the digest workers into a
+            // target file (O_DIRECT where /dev/shm takes it), read back for deferred chunks.
+            precondition(ftruncate(targetFD, 0) == 0)
+            let target = File(adopting: dup(targetFD), path: "fuzz-target")
+            try target.truncate(to: device.size)
+            let writer = DirectFile(file: target)
+            defer { try? writer.closeDirect() }
+            try reader.verify(targets: [device.id: target], writers: [device.id: writer], spillDirectory: "/dev/shm", nil,
+                              zeroRuns: { _ in })
+        } else if size % 4 == 3, let device = reader.header.devices.first {
+            // A caller that writes every cluster itself (the path before write-through).
             precondition(ftruncate(targetFD, 0) == 0)
             let target = File(adopting: dup(targetFD), path: "fuzz-target")
             try target.truncate(to: device.size)
