@@ -36,6 +36,15 @@ enum RestoreInput {
         return .archive(reader, path: options.archive)
     }
 
+    /// A repository snapshot is written in whole 4 MiB chunks from aligned
+    /// buffers: its target takes them past the page cache (O_DIRECT). A VMA
+    /// archive's 64 KiB clusters stay buffered (a small direct write waits
+    /// for the device).
+    var writesWholeChunks: Bool {
+        if case .repository = self { return true }
+        return false
+    }
+
     /// For messages: the archive's path, or the snapshot's volume id.
     var label: String {
         switch self {
