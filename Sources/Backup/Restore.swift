@@ -131,12 +131,11 @@ public final class Restore {
                 t.writePath = path + ".restore-raw"
                 let f = try File.open(t.writePath, O_RDWR | O_CREAT | O_EXCL, mode: 0o600)
                 try f.truncate(to: device.size)
-                t.file = FileVolumeWriter(file: f, name: t.writePath, directWrites: input.writesWholeChunks)
+                t.file = FileVolumeWriter(file: f, name: t.writePath)
             } else {
                 if FileSystem.exists(path) {
                     // Readable too: chunks that come too far out of order are hashed from the volume afterwards.
-                    t.file = FileVolumeWriter(file: try File.open(path, O_RDWR), name: vol.description,
-                                              directWrites: input.writesWholeChunks)
+                    t.file = FileVolumeWriter(file: try File.open(path, O_RDWR), name: vol.description)
                 } else {
                     // No local path (an RBD image): written through the storage, librbd; out-of-order chunks spill.
                     t.file = try plugin.openForWriting(vol)

@@ -30,7 +30,7 @@ public struct ChunkReader: Sendable {
     /// buffers of its own, reused from chunk to chunk (memory: about two
     /// chunks per thread); the buffer handed to `write` is 4096-aligned and
     /// chunks start at multiples of the chunk size, so a writer may pass
-    /// whole chunks to O_DIRECT (`FileVolumeWriter(directWrites:)`).
+    /// whole chunks to O_DIRECT (`DirectFile`).
     public func restore(_ index: FixedIndex, sparse: Bool, threads: Int = max(4, ProcessInfo.processInfo.activeProcessorCount),
                         write: @escaping @Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void,
                         progress: (@Sendable (UInt64) -> Void)? = nil) throws {

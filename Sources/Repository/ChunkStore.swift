@@ -91,31 +91,21 @@ public final class ChunkStore: Sendable {
     /// Set once the filesystem refused O_DIRECT: every later chunk is written buffered.
     private let directRefused = Atomic<Bool>(false)
 
-    /// Writes a new chunk file. From a 4096-aligned buffer (`DataBlob.Encoder`'s)
-    /// the whole pages go past the page cache (O_DIRECT) and only the last,
+    /// Writes a new chunk file. From a page-aligned buffer (`DataBlob.Encoder`'s)
+    /// the whole pages go past the page cache (`DirectFile`) and only the last,
     /// partial page through it: copying every chunk into the page cache was
     /// a tenth of a first backup's CPU, and nothing reads a new chunk soon.
-    /// Where the filesystem has no direct I/O (tmpfs, FUSE), all of it is buffered.
+    /// Where the filesystem has no direct I/O, all of it is buffered.
     private func write(_ blob: UnsafeRawBufferPointer, to f: File) throws {
-        let aligned = blob.count / Self.directAlignment * Self.directAlignment
-        if aligned > 0, !directRefused.load(ordering: .relaxed),
-           let start = blob.baseAddress, UInt(bitPattern: start) % UInt(Self.directAlignment) == 0 {
-            if let direct = try? f.reopenForDirectWriting() {
-                do {
-                    try direct.write(UnsafeRawBufferPointer(rebasing: blob[..<aligned]), at: 0)
-                    if aligned < blob.count { try f.write(UnsafeRawBufferPointer(rebasing: blob[aligned...]), at: UInt64(aligned)) }
-                    return
-                } catch let e as SystemError where e.errno == EINVAL {
-                    directRefused.store(true, ordering: .relaxed)
-                }
-            } else {
-                directRefused.store(true, ordering: .relaxed)
-            }
+        guard !directRefused.load(ordering: .relaxed), blob.count >= DirectFile.alignment,
+              DirectFile.isAligned(blob, at: 0) else {
+            return try f.write(blob, at: 0)
         }
-        try f.write(blob, at: 0)
+        let d = DirectFile(file: f)
+        defer { try? d.closeDirect() }
+        try d.write(blob, at: 0)
+        if !d.isDirect { directRefused.store(true, ordering: .relaxed) }
     }
-
-    static let directAlignment = 4096
 
     private func checkSameCryptKind(_ path: String, as blob: UnsafeRawBufferPointer, digest: SHA256Digest) throws {
         guard let f = try? File.openForReading(path) else { return }

@@ -1,5 +1,6 @@
 import CZlib
 import CZstd
+import SnapdumpSystem
 
 /// PBS's blob format (`file_formats.rs`, `data_blob.rs`), used for every
 /// chunk and for the manifest, config and log files of a snapshot:
@@ -126,7 +127,7 @@ public enum DataBlob {
             context = ZSTD_createCCtx()!
             ZSTD_CCtx_setParameter(context, ZSTD_c_compressionLevel, 1)
             // Page-aligned: the chunk store writes a blob's whole pages with O_DIRECT.
-            buffer = .allocate(byteCount: 12 + max(ZSTD_compressBound(capacity), capacity), alignment: ChunkStore.directAlignment)
+            buffer = .allocate(byteCount: 12 + max(ZSTD_compressBound(capacity), capacity), alignment: DirectFile.alignment)
         }
 
         deinit {
