@@ -107,7 +107,9 @@ enum RestoreInput {
             return (v.metadataChecked, v.bytesWritten)
         case .repository(let store, let s, let m):
             // Chunks are fetched, decompressed and checked on several threads (ChunkReader);
-            // the progress lines and a writer that is not a plain file are serialised.
+            // the progress lines and a writer that is not a plain file are serialised. Each
+            // thread hands over a whole chunk from a page-aligned buffer at a chunk-aligned
+            // offset: files and block devices take it past the page cache (DirectFile).
             let reader = ChunkReader(repository: store.repository, snapshot: s)
             let written = Atomic<UInt64>(0)
             let fetched = Atomic<UInt64>(0)
@@ -115,9 +117,15 @@ enum RestoreInput {
             for d in try devices {
                 guard let file = files[d.id] else { continue }
                 let index = try store.repository.index(s, file: d.name + ".img.fidx", manifest: m)
-                let serial: NSLock? = file is FileVolumeWriter ? nil : NSLock()
+                let direct = (file as? FileVolumeWriter).map { DirectFile(file: $0.file) }
+                defer { try? direct?.closeDirect() }
+                let serial: NSLock? = direct == nil ? NSLock() : nil
                 try reader.restore(index, sparse: true, write: { offset, bytes in
-                    if let serial { try serial.withLock { try file.write(bytes, at: offset) } } else { try file.write(bytes, at: offset) }
+                    if let direct {
+                        try direct.write(bytes, at: offset)
+                    } else {
+                        try serial!.withLock { try file.write(bytes, at: offset) }
+                    }
                     written.add(UInt64(bytes.count), ordering: .relaxed)
                 }, progress: { done in
                     let total = fetched.add(0, ordering: .relaxed).newValue + done

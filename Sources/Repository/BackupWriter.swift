@@ -82,6 +82,11 @@ public final class BackupWriter: @unchecked Sendable {
     /// Stores one chunk unless the repository has it; returns its digest.
     /// Thread-safe: disks are uploaded from several threads.
     public func store(chunk: UnsafeRawBufferPointer) throws -> SHA256Digest {
+        try store(chunk: chunk, encoder: nil)
+    }
+
+    /// `encoder`: the calling thread's, reused for every chunk it stores (unencrypted repositories).
+    func store(chunk: UnsafeRawBufferPointer, encoder: DataBlob.Encoder?) throws -> SHA256Digest {
         let isZero = chunk.count == Int(FixedIndex.defaultChunkSize) && isAllZero(chunk)
         let d = isZero ? zeroDigest : (repository.crypt.map { $0.digest(chunk) } ?? SHA256.digest(chunk))
         if isZero && zeroStored.load(ordering: .relaxed) { countDuplicate(); return d }
@@ -91,8 +96,13 @@ public final class BackupWriter: @unchecked Sendable {
             countDuplicate()
             return d
         }
-        let blob = try DataBlob.encode(chunk, compress: true, crypt: repository.crypt)
-        switch try repository.chunks.insert(d, blob: blob) {
+        let inserted: ChunkStore.InsertResult
+        if let encoder, repository.crypt == nil {
+            inserted = try repository.chunks.insert(d, blob: encoder.encode(chunk))
+        } else {
+            inserted = try repository.chunks.insert(d, blob: try DataBlob.encode(chunk, compress: true, crypt: repository.crypt))
+        }
+        switch inserted {
         case .stored(let n):
             state.withLock { s in
                 s.stats.count += 1
@@ -182,6 +192,7 @@ public final class BackupWriter: @unchecked Sendable {
         DispatchQueue.concurrentPerform(iterations: workers) { _ in
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(chunkSize), alignment: 4096)
             defer { buffer.deallocate() }
+            let encoder = repository.crypt == nil ? DataBlob.Encoder(capacity: Int(chunkSize)) : nil
             while failure.withLock({ $0 == nil }) {
                 let i = next.add(1, ordering: .relaxed).oldValue
                 guard i < count else { break }
@@ -204,7 +215,7 @@ public final class BackupWriter: @unchecked Sendable {
                             chunksRead.add(1, ordering: .relaxed)
                             bytesRead.add(UInt64(len), ordering: .relaxed)
                         }
-                        d = try store(chunk: UnsafeRawBufferPointer(chunk))
+                        d = try store(chunk: UnsafeRawBufferPointer(chunk), encoder: encoder)
                     }
                     digests.withLock { $0[i] = d }
                     let total = done.add(UInt64(len), ordering: .relaxed).newValue

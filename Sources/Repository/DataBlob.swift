@@ -1,4 +1,6 @@
 import CZlib
+import CZstd
+import SnapdumpSystem
 
 /// PBS's blob format (`file_formats.rs`, `data_blob.rs`), used for every
 /// chunk and for the manifest, config and log files of a snapshot:
@@ -108,6 +110,51 @@ public enum DataBlob {
 
     public static func decode(_ blob: [UInt8], crypt: CryptConfig?, object: String, limit: Int = maxSize) throws -> [UInt8] {
         try blob.withUnsafeBytes { try decode($0, crypt: crypt, object: object, limit: limit) }
+    }
+
+    /// One thread's blob encoding of chunks up to `capacity` bytes, reusing
+    /// its zstd context and output buffer from chunk to chunk (`encode`
+    /// allocates both per call: a zero-filled 4 MiB array and a context
+    /// with its tables, as much CPU as a level-1 compression of the chunk).
+    /// Encrypted blobs go through `encode`.
+    final class Encoder {
+        private let context: OpaquePointer
+        private let buffer: UnsafeMutableRawBufferPointer
+        private let capacity: Int
+
+        init(capacity: Int) {
+            self.capacity = capacity
+            context = ZSTD_createCCtx()!
+            ZSTD_CCtx_setParameter(context, ZSTD_c_compressionLevel, 1)
+            // Page-aligned: the chunk store writes a blob's whole pages with O_DIRECT.
+            buffer = .allocate(byteCount: 12 + max(ZSTD_compressBound(capacity), capacity), alignment: DirectFile.alignment)
+        }
+
+        deinit {
+            ZSTD_freeCCtx(context)
+            buffer.deallocate()
+        }
+
+        /// The unencrypted blob of `data` (zstd level 1 when smaller), valid until the next call.
+        func encode(_ data: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+            precondition(data.count <= capacity)
+            let out = buffer.baseAddress!
+            let n = data.count > 0 ? ZSTD_compress2(context, out + 12, buffer.count - 12, data.baseAddress, data.count) : 0
+            let kind: Kind
+            let length: Int
+            if data.count > 0, ZSTD_isError(n) == 0, n < data.count {
+                kind = .zstd
+                length = n
+            } else {
+                kind = .plain
+                length = data.count
+                if length > 0 { (out + 12).copyMemory(from: data.baseAddress!, byteCount: length) }
+            }
+            kind.magic.withUnsafeBytes { out.copyMemory(from: $0.baseAddress!, byteCount: 8) }
+            let crc = DataBlob.crc32(UnsafeRawBufferPointer(start: out + 12, count: length))
+            withUnsafeBytes(of: crc.littleEndian) { (out + 8).copyMemory(from: $0.baseAddress!, byteCount: 4) }
+            return UnsafeRawBufferPointer(start: out, count: 12 + length)
+        }
     }
 
     static func crc32(_ b: UnsafeRawBufferPointer) -> UInt32 {

@@ -25,6 +25,40 @@ import Archive
         return (s, try w.finish(notes: notes), stats)
     }
 
+    /// A backup thread's blob encoder writes what `DataBlob.encode` writes,
+    /// and a new chunk's whole pages go past the page cache (O_DIRECT on the
+    /// test directory's ext4): mincore finds none of them cached.
+    @Test func newChunksAreEncodedAsBlobsAndBypassThePageCache() throws {
+        let scratch = try Scratch("direct")
+        let repo = try Repository.create(root: scratch.path("store"))
+        let d = disk(seed: 21)
+        let (s, _, _) = try backup(repo, time: 1_796_004_000, disk: d)
+        let index = try repo.index(s, file: "drive-scsi0.img.fidx")
+        for i in 0..<3 {
+            let chunk = Array(d[i * 4 * mib..<(i + 1) * 4 * mib])
+            let path = repo.chunks.path(of: index.digests[i])
+            let stored = try FileSystem.readBytes(path)
+            #expect(stored == (try DataBlob.encode(chunk)), "chunk \(i)")
+            #expect(Array(stored.prefix(8)) == DataBlob.Kind.zstd.magic)
+        }
+        // Read above went through the page cache: a fresh backup into a second repository.
+        let repo2 = try Repository.create(root: scratch.path("store2"))
+        let (s2, _, _) = try backup(repo2, time: 1_796_004_000, disk: d)
+        let index2 = try repo2.index(s2, file: "drive-scsi0.img.fidx")
+        for i in 0..<3 {
+            let path = repo2.chunks.path(of: index2.digests[i])
+            let f = try File.openForReading(path)
+            let size = Int(try f.size())
+            #expect(size > 4096)
+            guard let map = mmap(nil, size, PROT_READ, MAP_SHARED, f.fd, 0), map != MAP_FAILED else { throw SystemError("mmap", path) }
+            defer { munmap(map, size) }
+            var pages = [UInt8](repeating: 0, count: (size + 4095) / 4096)
+            #expect(mincore(map, size, &pages) == 0)
+            #expect(pages.dropLast(size % 4096 == 0 ? 0 : 1).allSatisfy { $0 & 1 == 0 }, "chunk \(i): whole pages not cached")
+        }
+        #expect(try restoreToMemory(repo2, s2, file: "drive-scsi0.img.fidx") == d)
+    }
+
     @Test func layoutDedupAndRestore() throws {
         let scratch = try Scratch("dedup")
         let repo = try Repository.create(root: scratch.path("store"))

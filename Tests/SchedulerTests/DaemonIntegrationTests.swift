@@ -83,4 +83,92 @@ import TestSupport
         #expect(log.contains("scheduler stopped"), "\(log)")
         #expect(try states.read("every-minute")?.isRunning == false)
     }
+
+    /// The same with a repository storage: a backup made by hand first, then
+    /// the daemon's scheduled run (`--storage r1 --prune-backups keep-last=1`)
+    /// puts a new snapshot into the repository and prunes the hand-made one;
+    /// `backup list r1` shows exactly the job's snapshot, and it restores to
+    /// the disk's bytes.
+    @Test(.enabled(if: Integration.required), .timeLimit(.minutes(3)))
+    func daemonRunsARepositoryJobAndPrunes() async throws {
+        let snapdump = SnapdumpBinary.binary, snapdumpd = SnapdumpBinary.path("snapdumpd")
+        guard FileManager.default.isExecutableFile(atPath: snapdump), FileManager.default.isExecutableFile(atPath: snapdumpd) else {
+            Issue.record("integration: \(snapdump) and \(snapdumpd) are missing (swift build first)")
+            return
+        }
+        let dir = try Integration.scratchDirectory("daemon-repo")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let cfg = ["--config-dir", dir + "/etc"]
+        let store = dir + "/store"
+        func cli(_ args: [String]) throws -> String { try Command.run([snapdump] + args + cfg) }
+
+        try FileSystem.createDirectory(store)
+        _ = try cli(["storage", "add", "dir", "local", "--path", store, "--content", "images"])
+        _ = try cli(["storage", "add", "repo", "r1", "--path", dir + "/repo"])
+        _ = try cli(["repo", "init", "r1"])
+        // 8 MiB: two chunks, one with data and one all zeros.
+        let volid = try cli(["volume", "alloc", "local", "100", "8M"]).trimmingCharacters(in: .whitespacesAndNewlines)
+        let disk = store + "/images/100/vm-100-disk-0.raw"
+        let data = Array(Array(repeating: Array("snapdumpd repository ".utf8), count: 40_000).joined())
+        let f = try File.open(disk, O_WRONLY)
+        try f.writeAll(data)
+        try f.close()
+        _ = try cli(["vm", "create", "100", "--name", "sched", "--scsi0", volid])
+        _ = try cli(["backup", "100", "--mode", "stop", "--storage", "r1", "--quiet"])
+        func listed() throws -> [String] {
+            let json = try cli(["backup", "list", "r1", "--output-format", "json"])
+            let rows = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [[String: Any]] ?? []
+            return rows.compactMap { $0["volid"] as? String }.sorted()
+        }
+        let byHand = try listed()
+        #expect(byHand.count == 1 && byHand[0].hasPrefix("r1:backup/vm/100/"), "\(byHand)")
+        _ = try cli(["job", "add", "--id", "repo-minute", "--schedule", "*/1", "--vmid", "100", "--storage", "r1",
+                     "--mode", "stop", "--prune-backups", "keep-last=1"])
+
+        let daemonLog = dir + "/snapdumpd.log"
+        FileManager.default.createFile(atPath: daemonLog, contents: nil)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: snapdumpd)
+        p.arguments = cfg
+        p.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: daemonLog))
+        p.standardError = p.standardOutput
+        try p.run()
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+
+        let states = JobStateStore(directory: dir + "/etc/jobs")
+        var finished: JobState.Run?
+        let deadline = Date().addingTimeInterval(100)
+        while Date() < deadline {
+            if let r = try? states.read("repo-minute")?.lastRun, r.result != nil { finished = r; break }
+            #expect(p.isRunning, "snapdumpd exited: \((try? FileSystem.readText(daemonLog)) ?? "")")
+            if !p.isRunning { break }
+            try await Task.sleep(nanoseconds: 500_000_000)
+        }
+        kill(p.processIdentifier, SIGTERM)
+        let stopBy = Date().addingTimeInterval(30)
+        while p.isRunning && Date() < stopBy { try await Task.sleep(nanoseconds: 100_000_000) }
+        #expect(!p.isRunning, "snapdumpd did not stop on SIGTERM")
+
+        let run = try #require(finished, "no run recorded; daemon log:\n\((try? FileSystem.readText(daemonLog)) ?? "")")
+        #expect(run.result == .ok, "\(run.error ?? "")")
+        #expect(run.trigger == "schedule")
+        let snapshot = try #require(run.archives.first)
+        #expect(snapshot.hasPrefix("r1:backup/vm/100/"), "\(snapshot)")
+        #expect(snapshot != byHand.first)
+        // keep-last=1: the hand-made snapshot is gone, the job's is the only one listed.
+        #expect(try listed() == [snapshot])
+        #expect(!FileSystem.exists(dir + "/repo/" + String(try #require(byHand.first).dropFirst("r1:backup/".count))))
+        let taskLog = try FileSystem.readText(try #require(run.taskLog))
+        #expect(taskLog.contains("creating repository backup '\(snapshot)'"), "\(taskLog)")
+        #expect(taskLog.contains("Backup job finished successfully"))
+        #expect(taskLog.contains("prune older backups with retention: keep-last=1"), "\(taskLog)")
+        #expect(taskLog.contains("pruned 1 backup(s) not covered by keep-retention policy"), "\(taskLog)")
+
+        // The snapshot holds the disk: restored into a new VM, the bytes are the same.
+        _ = try cli(["restore", snapshot, "101", "--storage", "local"])
+        let restored = try FileSystem.readBytes(store + "/images/101/vm-101-disk-0.raw")
+        #expect(restored.count == 8 << 20)
+        #expect(Array(restored.prefix(data.count)) == data)
+        #expect(restored.dropFirst(data.count).allSatisfy { $0 == 0 })
+    }
 }
