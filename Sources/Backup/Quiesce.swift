@@ -257,7 +257,7 @@ final class FreezeWindow {
         let prepared = try await prepareSnapshots()
         defer { for p in prepared { p.release() } }
         if pause || !overlayDisks.isEmpty || fleecing != nil { _ = try await session() }
-        // The overlays' nodes asked of QEMU now: inside the window only their transaction.
+        // The overlays' files and nodes made now, while the guest runs: inside the window only their transaction.
         var overlays: QCOW2Overlay?
         if !overlayDisks.isEmpty {
             let o = QCOW2Overlay(vmid: g.vmid, disks: overlayDisks.map { ($0.key, $0.path) }, tag: name, log: g.log.overlayLog)
@@ -322,6 +322,8 @@ final class FreezeWindow {
         } catch {
             try? await debts.pay()
             g.downtime.end()
+            // The window never came for the prepared overlays: their nodes and files go.
+            if let o = overlays, overlay == nil, let qmp = try? await session() { await o.discard(qmp: qmp) }
             throw error
         }
         g.downtime.end()
