@@ -153,10 +153,13 @@ final class FreezeWindow {
     private(set) var overlay: QCOW2Overlay?
     /// Fleecing of the plan's `.fleecing` disks (made by the caller, which reads and removes it).
     let fleecing: FleecingBackup?
+    /// A persistent dirty bitmap to start on every overlaid image in the overlays' transaction (`QCOW2Incremental`).
+    let bitmap: String?
     private var qmp: QMPClient?
 
     init(guest: GuestControl, config: VMConfig, state: VMStatus.State, plan: SnapshotPlan, name: String,
-         fleecing: FleecingBackup? = nil) {
+         fleecing: FleecingBackup? = nil, bitmap: String? = nil) {
+        self.bitmap = bitmap
         self.guest = guest
         self.config = config
         self.state = state
@@ -306,9 +309,11 @@ final class FreezeWindow {
             if let o = overlays {
                 try g.interrupt.check()
                 let qmp = try await session()
-                try await g.downtime.measure("overlay") { try await o.create(qmp: qmp) }
+                let bitmaps = bitmap.map { name in o.disks.map { QEMUDirtyBitmaps.addAction(node: $0.node, name: name) } } ?? []
+                try await g.downtime.measure("overlay") { try await o.create(qmp: qmp, extraActions: bitmaps) }
                 overlay = o
-                g.log.info("froze \(o.disks.map(\.key).joined(separator: ", ")) with QEMU qcow2 overlays (one QMP transaction)")
+                g.log.info("froze \(o.disks.map(\.key).joined(separator: ", ")) with QEMU qcow2 overlays (one QMP transaction"
+                           + (bitmap.map { ", dirty bitmap '\($0)' started" } ?? "") + ")")
             }
             if let fleecing {
                 try g.interrupt.check()

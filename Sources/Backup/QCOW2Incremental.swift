@@ -1,0 +1,176 @@
+import Foundation
+import Guest
+import Repository
+import SnapdumpSystem
+import Storage
+
+/// Incremental forever for qcow2 images on a `dir` storage (issue 11): the
+/// base is not a storage snapshot but a persistent dirty bitmap in the image,
+/// named like a base snapshot (`snapdump_base_<time>`), started at the
+/// backup's point in time and recorded in its manifest. The next backup reads
+/// only the chunks that bitmap marks dirty, then the old bitmap goes.
+///
+/// - Snapshot mode (running guest): the new bitmap is started on the image's
+///   node in the same `transaction` as the overlays, so it records exactly the
+///   writes after the point in time: those the guest makes into the overlay
+///   reach the image with `block-commit`, which dirties the image's bitmaps.
+///   The old bitmap is read over QEMU's NBD server while the image is frozen
+///   under its overlay (before the commit).
+/// - Stop mode or a stopped guest: the bitmaps are in the image file;
+///   `qemu-img bitmap --add` starts the new one, `qemu-nbd -B` serves the old.
+///   QEMU keeps recording into them when it opens the image again.
+/// - A bitmap that is missing, inconsistent (`in-use`: QEMU was killed before
+///   storing it) or not the one the previous backup recorded means a full read,
+///   with the reason in the log.
+/// - The old bitmap goes only after the new manifest exists and the overlays are
+///   merged (QEMU cannot remove a bitmap of a read-only node); after a failure
+///   the new one goes and the old stays, so the next backup is still incremental.
+final class QCOW2Incremental: @unchecked Sendable {
+    // @unchecked: used by one backup task at a time.
+    let newBase: String
+    private(set) var previous: [String: IncrementalBase]
+    /// What the read found per disk key (the changed chunks, or why everything).
+    private(set) var tracked: [String: IncrementalForever.Read] = [:]
+    let disks: [DiskPlan]
+    let log: TaskLog
+
+    private init(newBase: String, previous: [String: IncrementalBase], disks: [DiskPlan], log: TaskLog) {
+        self.newBase = newBase
+        self.previous = previous
+        self.disks = disks
+        self.log = log
+    }
+
+    /// Every disk a qcow2 image on a `dir` storage: the bitmaps can track all of them.
+    static func applies(to disks: [DiskPlan]) -> Bool {
+        !disks.isEmpty && disks.allSatisfy { $0.format == .qcow2 && $0.plugin.definition.type == .dir }
+    }
+
+    /// Where the bitmaps are reached: QEMU's node of each disk (guest running) or the image file (no QEMU has it open).
+    enum Access {
+        case qemu(QMPClient, nodes: [String: String])
+        case image
+    }
+
+    /// Decides per disk and removes `snapdump_base_` bitmaps no finished backup
+    /// recorded (a killed run's new one) and inconsistent ones.
+    static func prepare(disks: [DiskPlan], store: RepositoryStore, snapshot: SnapshotName, access: Access, log: TaskLog) async -> QCOW2Incremental {
+        var previous: [String: IncrementalBase] = [:]
+        for d in disks {
+            let found = IncrementalBase.find(repository: store.repository, type: snapshot.type, id: snapshot.id,
+                                             file: d.deviceName + ".img", volume: d.volume.description, baseExists: { _ in true })
+            var decision = found
+            let bitmaps: [QEMUDirtyBitmaps.Bitmap]
+            do { bitmaps = try await list(d, access) } catch {
+                previous[d.key] = .full(reason: "cannot list the dirty bitmaps of \(d.path): \(error)")
+                continue
+            }
+            if case .incremental(_, _, let base) = found {
+                let ours = bitmaps.filter { BaseSnapshot.isBase($0.name) }.map(\.name)
+                if let b = bitmaps.first(where: { $0.name == base }) {
+                    if b.inconsistent {
+                        decision = .full(reason: "dirty bitmap '\(base)' of \(d.path) is inconsistent (in-use: QEMU ended without storing it, killed?)")
+                    }
+                } else {
+                    decision = .full(reason: "dirty bitmap '\(base)' the previous backup started is not in \(d.path)"
+                                     + (ours.isEmpty ? "" : " (it has \(ours.joined(separator: ", ")))"))
+                }
+            }
+            previous[d.key] = decision
+            let keep: String? = if case .incremental(_, _, let base) = decision { base } else { nil }
+            for b in bitmaps where BaseSnapshot.isBase(b.name) && b.name != keep {
+                do {
+                    try await remove(d, b.name, access)
+                    log.info("removed dirty bitmap '\(b.name)' of \(d.path)" + (b.inconsistent ? " (inconsistent)" : " that no finished backup recorded"))
+                } catch {
+                    log.warn("cannot remove dirty bitmap '\(b.name)' of \(d.path): \(error)")
+                }
+            }
+        }
+        return QCOW2Incremental(newBase: BaseSnapshot.name(backupTime: snapshot.time), previous: previous, disks: disks, log: log)
+    }
+
+    private static func list(_ d: DiskPlan, _ access: Access) async throws -> [QEMUDirtyBitmaps.Bitmap] {
+        switch access {
+        case .qemu(let qmp, let nodes):
+            return try await QEMUDirtyBitmaps.list(node: nodes[d.key] ?? QEMUCommandLine.nodeName(for: d.key), qmp: qmp)
+        case .image:
+            let path = d.path
+            return try await Blocking.run("qemu-img-info") {
+                try QCOW2ImageBitmaps.list(image: path).map { .init(name: $0.name, inconsistent: $0.inconsistent) }
+            }
+        }
+    }
+
+    private static func remove(_ d: DiskPlan, _ name: String, _ access: Access) async throws {
+        switch access {
+        case .qemu(let qmp, let nodes):
+            try await QEMUDirtyBitmaps.remove(node: nodes[d.key] ?? QEMUCommandLine.nodeName(for: d.key), name: name, qmp: qmp)
+        case .image:
+            let path = d.path
+            try await Blocking.run("qemu-img-bitmap") { try QCOW2ImageBitmaps.remove(image: path, name: name) }
+        }
+    }
+
+    /// Stop mode: starts the new bitmap in each image (no QEMU has it open).
+    /// A disk whose bitmap cannot be added is read in full next time (its bitmap is missing then).
+    func startOffline() async {
+        for d in disks {
+            let path = d.path, name = newBase
+            do { try await Blocking.run("qemu-img-bitmap") { try QCOW2ImageBitmaps.add(image: path, name: name) } } catch {
+                log.warn("cannot start dirty bitmap '\(name)' in \(path) (the next backup of \(d.deviceName) reads everything): \(error)")
+            }
+        }
+    }
+
+    /// After the point in time: asks each image which chunks its recorded bitmap marks dirty.
+    /// `access` `.qemu` needs the image nodes frozen under their overlays; `socket` is QEMU's NBD server's.
+    func readChanges(access: Access, socket: String) async {
+        for d in disks {
+            guard case .incremental(_, let index, let base) = previous[d.key] ?? .full(reason: "no decision for \(d.deviceName)") else {
+                tracked[d.key] = .full(reason: previous[d.key]?.reason ?? "no decision for \(d.deviceName)")
+                continue
+            }
+            do {
+                let changed: ChangedChunks
+                switch access {
+                case .qemu(let qmp, let nodes):
+                    changed = try await QEMUDirtyBitmaps.changedChunks(node: nodes[d.key] ?? QEMUCommandLine.nodeName(for: d.key), bitmap: base,
+                                                                       baseSize: index.size, chunkSize: FixedIndex.defaultChunkSize,
+                                                                       socket: socket, qmp: qmp)
+                case .image:
+                    let path = d.path
+                    changed = try await Blocking.run("dirty-bitmap") {
+                        try DirtyBitmap.changedChunks(image: path, bitmap: base, baseSize: index.size, chunkSize: FixedIndex.defaultChunkSize)
+                    }
+                }
+                tracked[d.key] = .incremental(previous: index, changed: changed)
+            } catch {
+                tracked[d.key] = .full(reason: "cannot read dirty bitmap '\(base)' of \(d.path): \(error)")
+            }
+        }
+    }
+
+    /// After the backup (and the overlays' merge): keeps only the bitmap the
+    /// newest finished backup recorded — this one's after a success, the old one after a failure.
+    func finish(succeeded: Bool, access: Access) async {
+        for d in disks {
+            let old: String? = if case .incremental(_, _, let base) = previous[d.key] { base } else { nil }
+            let keep = succeeded ? newBase : old
+            let bitmaps: [QEMUDirtyBitmaps.Bitmap]
+            do { bitmaps = try await Self.list(d, access) } catch {
+                log.warn("cannot list the dirty bitmaps of \(d.path) (the next backup removes the old ones): \(error)")
+                continue
+            }
+            for b in bitmaps where BaseSnapshot.isBase(b.name) && b.name != keep {
+                do {
+                    try await Self.remove(d, b.name, access)
+                    log.info(b.name == newBase ? "removed dirty bitmap '\(b.name)' of \(d.path) (this backup failed)"
+                                               : "removed old dirty bitmap '\(b.name)' of \(d.path)")
+                } catch {
+                    log.warn("cannot remove dirty bitmap '\(b.name)' of \(d.path) (the next backup tries again): \(error)")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+import Foundation
+import Guest
+import Repository
+import SnapdumpSystem
+import Storage
+import Testing
+import TestSupport
+@testable import Backup
+
+extension NothingLostTests {
+    /// Incremental forever on qcow2 images (issue 11): a persistent dirty bitmap
+    /// in the image, started in the overlays' transaction, is the base.
+    @Suite("Incremental forever with qcow2 dirty bitmaps", .serialized, .enabled(if: Integration.available("SNAPDUMP_TEST_DIR")))
+    struct QCOW2IncrementalTests {
+        /// A running guest (no workload: only the test writes, through QEMU's device) backed up
+        /// into a repository in snapshot mode: the second backup reads exactly the chunks written
+        /// between the two (a write of the same bytes counts: the bitmap cannot tell), the restore
+        /// equals the image; writes the guest makes during a backup (into the overlay, merged back
+        /// by block-commit) are in the next one. Stopped and started between two backups: still
+        /// incremental. A stop-mode backup reads the bitmap from the image file. QEMU SIGKILLed:
+        /// the bitmap is inconsistent, a full read says so.
+        @Test func dirtyBitmapAcrossOverlayRestartStopModeAndKill() async throws {
+            let dir = try Integration.require("SNAPDUMP_TEST_DIR")
+            let vmid = 476
+            let h = try GuestHarness(label: "repo-incr-qcow2")
+            defer { h.tearDown() }
+            try h.addStorage("dir", "qc", under: dir, extra: ["--content", "images", "--format", "qcow2"])
+            let root = try h.addRepository("r1")
+            try h.must(["vm", "create", "\(vmid)", "--name", "guest\(vmid)", "--memory", "256", "--scsi0", "qc:64M", "--agent", "1",
+                        "--kernel", h.guestDir + "/vmlinuz", "--initrd", h.guestDir + "/initramfs.gz",
+                        "--append", "console=ttyS0 quiet panic=-1 snapdump.workload=0"])
+            try h.prefill(vmid, mib: 40, atMiB: 8)
+            let repo = try Repository(root: root)
+            let image = try h.volumePath(try h.volume(vmid))
+            let mib = 1 << 20
+
+            func boot() async throws {
+                try? FileSystem.remove(h.consoleLog(vmid))
+                try h.must(["vm", "start", "\(vmid)"])
+                _ = try await h.waitForConsole(vmid, "SNAPDUMP-GUEST READY", timeout: .seconds(120))
+                try await Task.sleep(for: .seconds(2))  // the agent answers a moment after READY
+            }
+            /// Writes through the guest's device (as the guest would): `pattern` over `length` bytes, or zeroes.
+            func guestWrite(_ offsets: [(Int, Int, String)]) async throws {
+                let qmp = try await VMLifecycle(paths: h.paths).connectQMP(vmid: vmid)
+                for (offset, length, how) in offsets {
+                    _ = try await qmp.execute("human-monitor-command", arguments: [
+                        "command-line": .string("qemu-io -d scsi0 \"write \(how) \(offset) \(length)\""),
+                    ])
+                }
+                await qmp.close()
+            }
+            func bitmaps() throws -> [String] {
+                let info = try Command.run(["qemu-img", "info", "-U", "--output=json", image])
+                let json = try JSONSerialization.jsonObject(with: Data(info.utf8)) as? [String: Any]
+                let data = (json?["format-specific"] as? [String: Any])?["data"] as? [String: Any]
+                return ((data?["bitmaps"] as? [[String: Any]]) ?? []).compactMap { $0["name"] as? String }.sorted()
+            }
+            func backup(_ mode: String = "snapshot") throws -> (log: String, summary: BackupSummary) {
+                nextSecond()
+                let r = try h.run(["backup", "\(vmid)", "--mode", mode, "--storage", "r1", "--output-format", "json"])
+                try #require(r.status == 0, "\(r)")
+                return (TaskLogEvents.text(r.stderr), try #require(try backupSummaries(r.stdout).first))
+            }
+            func newestBase() throws -> String { BaseSnapshot.name(backupTime: try repo.snapshots().last!.time) }
+            /// The restore of the newest backup against the image (the guest stopped: the image is complete on disk).
+            func restoredEqualsImage() throws {
+                let last = try #require(try repo.snapshots().last)
+                let restored = try restoreDisk(repo, last, to: h.configDir + "/restored.raw")
+                let raw = h.configDir + "/image.raw"
+                try Command.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", image, raw])
+                #expect(try Command.run(["cmp", raw, restored]).isEmpty, "restore of \(last) differs from the image")
+            }
+            func expectClean(running: Bool = true) throws {
+                let status = try h.must(["vm", "status", "\(vmid)"]).stdout
+                #expect(status.contains(running ? "status: running" : "status: stopped") && !status.contains("lock:"), "\(status)")
+                let files = try FileSystem.list((image as NSString).deletingLastPathComponent)
+                #expect(files == [(image as NSString).lastPathComponent], "overlays left: \(files)")
+            }
+
+            // 64 KiB of what the disk holds at 36 MiB, to write again unchanged.
+            let same = h.configDir + "/same.bin"
+            try Command.run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "if=\(image)", "of=\(same)", "bs=65536", "skip=\(36 * 16)", "count=1"])
+            try await boot()
+            let first = try backup()
+            #expect(first.log.contains("drive-scsi0: full read: no previous backup of vm/\(vmid)"), "\(first.log)")
+            #expect(first.log.contains("dirty bitmap '\(try newestBase())' started"), "\(first.log)")
+            #expect(try bitmaps() == [try newestBase()])
+            try expectClean()
+
+            // Five chunks: new data in holes (0, 15) and over data (5), zeroes over data (7), and the bytes chunk 9 already holds.
+            try await guestWrite([(1 * mib, 4096, "-P 0x5a"), (21 * mib, 65536, "-P 0xa5"), (62 * mib, 4096, "-P 0x33"),
+                                  (30 * mib, 65536, "-z")])
+            let qmp = try await VMLifecycle(paths: h.paths).connectQMP(vmid: vmid)
+            _ = try await qmp.execute("human-monitor-command", arguments: ["command-line": .string("qemu-io -d scsi0 \"write -s \(same) \(36 * mib) 65536\"")])
+            await qmp.close()
+            let second = try backup()
+            #expect(second.log.contains("drive-scsi0: incremental: 5 of 16 chunks read (QEMU dirty bitmap)"), "\(second.log)")
+            #expect(second.summary.chunks?.read == 5 && second.summary.chunks?.fromPrevious == 11, "\(String(describing: second.summary.chunks))")
+            #expect(second.log.contains("removed old dirty bitmap '\(BaseSnapshot.name(backupTime: try repo.snapshots()[0].time))'"), "\(second.log)")
+            #expect(try bitmaps() == [try newestBase()])
+            try expectClean()
+
+            // Stopped and started between two backups: the bitmap is stored in the image and loaded again.
+            try h.must(["vm", "shutdown", "\(vmid)"])
+            try restoredEqualsImage()
+            try await boot()
+            try await guestWrite([(42 * mib, 4096, "-P 0x77")])
+            let third = try backup()
+            #expect(third.log.contains("drive-scsi0: incremental: 1 of 16 chunks read (QEMU dirty bitmap)"), "\(third.log)")
+            try expectClean()
+
+            // Stop mode: the bitmap read from the image file (qemu-nbd -B), the new one added there.
+            try await guestWrite([(50 * mib, 4096, "-P 0x78")])
+            let fourth = try backup("stop")
+            #expect(fourth.log.contains("drive-scsi0: incremental: 1 of 16 chunks read (QEMU dirty bitmap)"), "\(fourth.log)")
+            #expect(try bitmaps() == [try newestBase()])
+            try expectClean()
+            try h.must(["vm", "shutdown", "\(vmid)"])
+            try restoredEqualsImage()
+
+            // QEMU killed: the loaded bitmap was never stored back (in-use), so the next backup reads everything.
+            try await boot()
+            try await guestWrite([(10 * mib, 4096, "-P 0x79")])
+            let recorded = try newestBase()
+            let pid = try #require(h.pid(vmid))
+            kill(pid, SIGKILL)
+            #expect(await h.waitForExit(vmid, pid: pid, timeout: .seconds(20)))
+            try await boot()
+            let fifth = try backup()
+            #expect(fifth.log.contains("drive-scsi0: full read: dirty bitmap '\(recorded)' of \(image) is inconsistent"), "\(fifth.log)")
+            #expect(fifth.summary.chunks?.fromPrevious == 0, "\(String(describing: fifth.summary.chunks))")
+            #expect(try bitmaps() == [try newestBase()])
+            try expectClean()
+            try h.must(["vm", "shutdown", "\(vmid)"])
+            try restoredEqualsImage()
+            let v = try h.run(["repo", "verify", "r1"])
+            #expect(v.status == 0, "\(v)")
+        }
+    }
+}
