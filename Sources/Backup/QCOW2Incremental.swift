@@ -151,6 +151,11 @@ final class QCOW2Incremental: @unchecked Sendable {
         }
     }
 
+    /// Every disk read in full, for `reason` (the bitmaps could not be asked).
+    func readAll(reason: String) {
+        for d in disks { tracked[d.key] = .full(reason: reason) }
+    }
+
     /// After the backup (and the overlays' merge): keeps only the bitmap the
     /// newest finished backup recorded — this one's after a success, the old one after a failure.
     func finish(succeeded: Bool, access: Access) async {

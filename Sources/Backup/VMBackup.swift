@@ -227,9 +227,13 @@ final class VMBackup: @unchecked Sendable {
                 if let q = qcow2, bitmap != nil {
                     // Before the merge: the images are frozen under their overlays, their old bitmaps too.
                     let nodes = Dictionary(overlays.flatMap(\.disks).map { ($0.key, $0.node) }, uniquingKeysWith: { a, _ in a })
-                    let qmp = try await lifecycle.connectQMP(vmid: vmid)
-                    await q.readChanges(access: .qemu(qmp, nodes: nodes), socket: "\(paths.qemuRunDir)/\(vmid).bitmap.nbd")
-                    await qmp.close()
+                    do {
+                        let qmp = try await lifecycle.connectQMP(vmid: vmid)
+                        await q.readChanges(access: .qemu(qmp, nodes: nodes), socket: "\(paths.qemuRunDir)/\(vmid).bitmap.nbd")
+                        await qmp.close()
+                    } catch {
+                        q.readAll(reason: "cannot ask QEMU for the dirty bitmaps: \(error)")
+                    }
                     adoptTracking(q)
                 }
                 try await openSnapshotSources(disks, name: snapName)

@@ -92,6 +92,11 @@ public enum QCOW2ImageBitmaps {
         public var name: String
         /// `in-use`: a QEMU had the image open when it ended without storing the bitmap (killed): the bitmap is unusable.
         public var inconsistent: Bool
+
+        public init(name: String, inconsistent: Bool) {
+            self.name = name
+            self.inconsistent = inconsistent
+        }
     }
 
     /// The image's bitmaps (`qemu-img info`); only meaningful while no QEMU has it open (every loaded bitmap is `in-use`).
