@@ -10,12 +10,19 @@ import Storage
 /// backup's point in time and recorded in its manifest. The next backup reads
 /// only the chunks that bitmap marks dirty, then the old bitmap goes.
 ///
-/// - Snapshot mode (running guest): the new bitmap is started on the image's
-///   node in the same `transaction` as the overlays, so it records exactly the
-///   writes after the point in time: those the guest makes into the overlay
-///   reach the image with `block-commit`, which dirties the image's bitmaps.
-///   The old bitmap is read over QEMU's NBD server while the image is frozen
-///   under its overlay (before the commit).
+/// - Snapshot mode (running guest): QEMU stores every persistent bitmap of an
+///   image (with fsyncs) when the overlay's `blockdev-snapshot` reopens the
+///   image read-only — tens of milliseconds inside the freeze window. So the
+///   window holds none: before it, the old base is turned into a bitmap that
+///   only lives in QEMU (`snapdump-old-<base>`: added, merged from the base,
+///   the base removed, in one transaction); in the overlays' transaction a
+///   second one, `snapdump-new-<base>`, starts recording; writes the guest
+///   makes into the overlay reach the image with `block-commit`, which
+///   dirties it. The old one is read over QEMU's NBD server while the image is
+///   frozen under its overlay. After the merge the new one becomes the
+///   persistent base (added, merged, the temporary removed, in one
+///   transaction); after a failure the old base is made persistent again from
+///   both. QEMU killed in between loses them: the next backup reads everything.
 /// - Stop mode or a stopped guest: the bitmaps are in the image file;
 ///   `qemu-img bitmap --add` starts the new one, `qemu-nbd -B` serves the old.
 ///   QEMU keeps recording into them when it opens the image again.
@@ -72,13 +79,14 @@ final class QCOW2Incremental: @unchecked Sendable {
                         decision = .full(reason: "dirty bitmap '\(base)' of \(d.path) is inconsistent (in-use: QEMU ended without storing it, killed?)")
                     }
                 } else {
-                    decision = .full(reason: "dirty bitmap '\(base)' the previous backup started is not in \(d.path)"
-                                     + (ours.isEmpty ? "" : " (it has \(ours.joined(separator: ", ")))"))
+                    decision = .full(reason: "dirty bitmap '\(base)' the previous backup started is not in \(d.path) (QEMU ended without"
+                                     + " storing it, killed? or the image was replaced)"
+                                     + (ours.isEmpty ? "" : "; it has \(ours.joined(separator: ", "))"))
                 }
             }
             previous[d.key] = decision
             let keep: String? = if case .incremental(_, _, let base) = decision { base } else { nil }
-            for b in bitmaps where BaseSnapshot.isBase(b.name) && b.name != keep {
+            for b in bitmaps where isOurs(b.name) && b.name != keep {
                 do {
                     try await remove(d, b.name, access)
                     log.info("removed dirty bitmap '\(b.name)' of \(d.path)" + (b.inconsistent ? " (inconsistent)" : " that no finished backup recorded"))
@@ -87,7 +95,47 @@ final class QCOW2Incremental: @unchecked Sendable {
                 }
             }
         }
-        return QCOW2Incremental(newBase: BaseSnapshot.name(backupTime: snapshot.time), previous: previous, disks: disks, log: log)
+        let q = QCOW2Incremental(newBase: BaseSnapshot.name(backupTime: snapshot.time), previous: previous, disks: disks, log: log)
+        if case .qemu(let qmp, let nodes) = access { await q.holdOldBasesInQEMU(qmp: qmp, nodes: nodes) }
+        return q
+    }
+
+    /// A base, or a temporary bitmap of a run killed while QEMU kept running.
+    static func isOurs(_ name: String) -> Bool {
+        BaseSnapshot.isBase(name) || name.hasPrefix(oldPrefix) || name.hasPrefix(newPrefix)
+    }
+
+    static let oldPrefix = "snapdump-old-", newPrefix = "snapdump-new-"
+
+    /// The bitmap that records from the window on, in QEMU only until the merge (then it becomes `newBase`).
+    var recording: String { Self.newPrefix + newBase }
+
+    /// Set once the bases are held in QEMU only (snapshot mode): `finish` must make one persistent again.
+    private(set) var live = false
+
+    private static func node(_ d: DiskPlan, _ nodes: [String: String]) -> String { nodes[d.key] ?? QEMUCommandLine.nodeName(for: d.key) }
+
+    private static func action(_ type: String, _ data: [String: JSONValue]) -> JSONValue {
+        .object(["type": .string(type), "data": .object(data)])
+    }
+
+    /// Before the window: each old base becomes `snapdump-old-<base>`, a bitmap QEMU does not store,
+    /// so the window's read-only reopen has nothing to write. A disk where this fails is read in full.
+    private func holdOldBasesInQEMU(qmp: QMPClient, nodes: [String: String]) async {
+        live = true
+        for d in disks {
+            guard case .incremental(_, _, let base) = previous[d.key] else { continue }
+            let n = JSONValue.string(Self.node(d, nodes)), old = JSONValue.string(Self.oldPrefix + base)
+            do {
+                _ = try await qmp.execute("transaction", arguments: ["actions": .array([
+                    Self.action("block-dirty-bitmap-add", ["node": n, "name": old, "persistent": .bool(false)]),
+                    Self.action("block-dirty-bitmap-merge", ["node": n, "target": old, "bitmaps": .array([.string(base)])]),
+                    Self.action("block-dirty-bitmap-remove", ["node": n, "name": .string(base)]),
+                ])])
+            } catch {
+                previous[d.key] = .full(reason: "cannot hold dirty bitmap '\(base)' of \(d.path) in QEMU for the backup: \(error)")
+            }
+        }
     }
 
     private static func list(_ d: DiskPlan, _ access: Access) async throws -> [QEMUDirtyBitmaps.Bitmap] {
@@ -135,7 +183,7 @@ final class QCOW2Incremental: @unchecked Sendable {
                 let changed: ChangedChunks
                 switch access {
                 case .qemu(let qmp, let nodes):
-                    changed = try await QEMUDirtyBitmaps.changedChunks(node: nodes[d.key] ?? QEMUCommandLine.nodeName(for: d.key), bitmap: base,
+                    changed = try await QEMUDirtyBitmaps.changedChunks(node: Self.node(d, nodes), bitmap: live ? Self.oldPrefix + base : base,
                                                                        baseSize: index.size, chunkSize: FixedIndex.defaultChunkSize,
                                                                        socket: socket, qmp: qmp)
                 case .image:
@@ -162,16 +210,33 @@ final class QCOW2Incremental: @unchecked Sendable {
         for d in disks {
             let old: String? = if case .incremental(_, _, let base) = previous[d.key] { base } else { nil }
             let keep = succeeded ? newBase : old
-            let bitmaps: [QEMUDirtyBitmaps.Bitmap]
+            var bitmaps: [QEMUDirtyBitmaps.Bitmap]
             do { bitmaps = try await Self.list(d, access) } catch {
                 log.warn("cannot list the dirty bitmaps of \(d.path) (the next backup removes the old ones): \(error)")
                 continue
             }
-            for b in bitmaps where BaseSnapshot.isBase(b.name) && b.name != keep {
+            if live, case .qemu(let qmp, let nodes) = access, let keep {
+                // The base to keep made persistent from the bitmaps held in QEMU: after a success the new
+                // recording; after a failure the old base and everything since (the next backup stays incremental).
+                let sources = (succeeded ? [recording] : [Self.oldPrefix + keep, recording]).filter { s in bitmaps.contains { $0.name == s } }
+                let n = JSONValue.string(Self.node(d, nodes))
+                if !sources.isEmpty && !bitmaps.contains(where: { $0.name == keep }) {
+                    do {
+                        _ = try await qmp.execute("transaction", arguments: ["actions": .array(
+                            [Self.action("block-dirty-bitmap-add", ["node": n, "name": .string(keep), "persistent": .bool(true)]),
+                             Self.action("block-dirty-bitmap-merge", ["node": n, "target": .string(keep), "bitmaps": .array(sources.map { .string($0) })])]
+                            + sources.map { Self.action("block-dirty-bitmap-remove", ["node": n, "name": .string($0)]) })])
+                        bitmaps = try await Self.list(d, access)
+                    } catch {
+                        log.warn("cannot make dirty bitmap '\(keep)' of \(d.path) persistent (the next backup reads everything): \(error)")
+                    }
+                }
+            }
+            for b in bitmaps where Self.isOurs(b.name) && b.name != keep {
                 do {
                     try await Self.remove(d, b.name, access)
-                    log.info(b.name == newBase ? "removed dirty bitmap '\(b.name)' of \(d.path) (this backup failed)"
-                                               : "removed old dirty bitmap '\(b.name)' of \(d.path)")
+                    log.info(b.name == newBase || b.name == recording ? "removed dirty bitmap '\(b.name)' of \(d.path) (this backup failed)"
+                                                                  : "removed old dirty bitmap '\(b.name)' of \(d.path)")
                 } catch {
                     log.warn("cannot remove dirty bitmap '\(b.name)' of \(d.path) (the next backup tries again): \(error)")
                 }

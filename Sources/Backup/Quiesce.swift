@@ -153,7 +153,7 @@ final class FreezeWindow {
     private(set) var overlay: QCOW2Overlay?
     /// Fleecing of the plan's `.fleecing` disks (made by the caller, which reads and removes it).
     let fleecing: FleecingBackup?
-    /// A persistent dirty bitmap to start on every overlaid image in the overlays' transaction (`QCOW2Incremental`).
+    /// A dirty bitmap (held in QEMU only) to start on every overlaid image in the overlays' transaction (`QCOW2Incremental`).
     let bitmap: String?
     private var qmp: QMPClient?
 
@@ -309,7 +309,8 @@ final class FreezeWindow {
             if let o = overlays {
                 try g.interrupt.check()
                 let qmp = try await session()
-                let bitmaps = bitmap.map { name in o.disks.map { QEMUDirtyBitmaps.addAction(node: $0.node, name: name) } } ?? []
+                // Not persistent: QEMU would store a persistent one when the snapshot reopens the image read-only, inside the window.
+                let bitmaps = bitmap.map { name in o.disks.map { QEMUDirtyBitmaps.addAction(node: $0.node, name: name, persistent: false) } } ?? []
                 try await g.downtime.measure("overlay") { try await o.create(qmp: qmp, extraActions: bitmaps) }
                 overlay = o
                 g.log.info("froze \(o.disks.map(\.key).joined(separator: ", ")) with QEMU qcow2 overlays (one QMP transaction"

@@ -218,7 +218,7 @@ final class VMBackup: @unchecked Sendable {
                 var bitmap: String?
                 if status.state == .running, plan.disks.allSatisfy({ $0.technique == .qemuOverlay }),
                    let q = await qcow2Incremental(disks, running: true) {
-                    bitmap = q.newBase
+                    bitmap = q.recording
                 }
                 let window = FreezeWindow(guest: guest, config: config, state: status.state, plan: plan, name: snapName, fleecing: fleecing,
                                           bitmap: bitmap)

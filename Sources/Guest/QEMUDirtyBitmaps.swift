@@ -29,12 +29,12 @@ public enum QEMUDirtyBitmaps {
         }
     }
 
-    /// The `transaction` action that starts persistent bitmap `name` on `node`:
+    /// The `transaction` action that starts bitmap `name` on `node` (persistent: stored in the image):
     /// from that instant every write reaching the node is recorded (also the
     /// writes `block-commit` brings back from an overlay).
-    public static func addAction(node: String, name: String) -> JSONValue {
+    public static func addAction(node: String, name: String, persistent: Bool = true) -> JSONValue {
         .object(["type": .string("block-dirty-bitmap-add"),
-                 "data": .object(["node": .string(node), "name": .string(name), "persistent": .bool(true)])])
+                 "data": .object(["node": .string(node), "name": .string(name), "persistent": .bool(persistent)])])
     }
 
     public static func remove(node: String, name: String, qmp: QMPClient) async throws {

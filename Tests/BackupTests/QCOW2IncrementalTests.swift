@@ -16,7 +16,7 @@ extension NothingLostTests {
         /// into a repository in snapshot mode: the second backup reads exactly the chunks written
         /// between the two (a write of the same bytes counts: the bitmap cannot tell), the restore
         /// equals the image; a write the guest makes during a backup (into the overlay, merged back
-        /// by block-commit) is in the next one. Stopped and started between two backups: still
+        /// by block-commit) is in the next one; a failed backup keeps the old base with every write since. Stopped and started between two backups: still
         /// incremental. A stop-mode backup reads the bitmap from the image file. QEMU SIGKILLed:
         /// the bitmap is inconsistent, a full read says so.
         @Test func dirtyBitmapAcrossOverlayRestartStopModeAndKill() async throws {
@@ -50,11 +50,15 @@ extension NothingLostTests {
                 }
                 await qmp.close()
             }
-            func bitmaps() throws -> [String] {
-                let info = try Command.run(["qemu-img", "info", "-U", "--output=json", image])
-                let json = try JSONSerialization.jsonObject(with: Data(info.utf8)) as? [String: Any]
-                let data = (json?["format-specific"] as? [String: Any])?["data"] as? [String: Any]
-                return ((data?["bitmaps"] as? [[String: Any]]) ?? []).compactMap { $0["name"] as? String }.sorted()
+            /// The image's bitmaps as QEMU holds them (a new persistent one reaches the file only when QEMU stores it): all persistent.
+            func bitmaps() async throws -> [String] {
+                let qmp = try await VMLifecycle(paths: h.paths).connectQMP(vmid: vmid)
+                let nodes = try await qmp.execute("query-named-block-nodes", arguments: ["flat": true])
+                await qmp.close()
+                let node = try #require(nodes.arrayValue?.first { $0["node-name"]?.stringValue == "drive-scsi0" })
+                let all = node["dirty-bitmaps"]?.arrayValue ?? []
+                #expect(all.allSatisfy { $0["persistent"]?.boolValue == true }, "a bitmap QEMU does not store is left: \(all)")
+                return all.compactMap { $0["name"]?.stringValue }.sorted()
             }
             func backup(_ mode: String = "snapshot") throws -> (log: String, summary: BackupSummary) {
                 nextSecond()
@@ -81,8 +85,8 @@ extension NothingLostTests {
             try await boot()
             let first = try backup()
             #expect(first.log.contains("drive-scsi0: full read: no previous backup of vm/\(vmid)"), "\(first.log)")
-            #expect(first.log.contains("dirty bitmap '\(try newestBase())' started"), "\(first.log)")
-            #expect(try bitmaps() == [try newestBase()])
+            #expect(first.log.contains("dirty bitmap '\(QCOW2Incremental.newPrefix)\(try newestBase())' started"), "\(first.log)")
+            #expect(try await bitmaps() == [try newestBase()])
             try expectClean()
 
             // Five chunks: new data in holes (0, 15) and over data (5), zeroes over data (7), and zero bytes written into a hole (13: the same content).
@@ -91,8 +95,7 @@ extension NothingLostTests {
             let second = try backup()
             #expect(second.log.contains("drive-scsi0: incremental: 5 of 16 chunks read (QEMU dirty bitmap)"), "\(second.log)")
             #expect(second.summary.chunks?.read == 5 && second.summary.chunks?.fromPrevious == 11, "\(String(describing: second.summary.chunks))")
-            #expect(second.log.contains("removed old dirty bitmap '\(BaseSnapshot.name(backupTime: try repo.snapshots()[0].time))'"), "\(second.log)")
-            #expect(try bitmaps() == [try newestBase()])
+            #expect(try await bitmaps() == [try newestBase()])
             try expectClean()
 
             // Stopped (QMP quit) and started between two backups: the bitmap is stored in the image and loaded again.
@@ -103,7 +106,7 @@ extension NothingLostTests {
             // A write during the backup goes into the overlay; block-commit brings it into the image and into the new bitmap.
             nextSecond()
             let bg = try BackgroundBackup(h, ["\(vmid)", "--mode", "snapshot", "--storage", "r1", "--bwlimit", "512"])
-            try #require(bg.wait(until: { bg.stderr.contains("dirty bitmap 'snapdump_base_") && bg.stderr.contains("guest downtime") }),
+            try #require(bg.wait(until: { bg.stderr.contains("dirty bitmap '\(QCOW2Incremental.newPrefix)") && bg.stderr.contains("guest downtime") }),
                          "never reached its window: \(bg.stderr)")
             try await guestWrite([(44 * mib, 4096, "-P 0x7a")])
             let overlays = try FileSystem.list((image as NSString).deletingLastPathComponent).filter { $0.hasSuffix(".overlay.qcow2") }
@@ -113,11 +116,27 @@ extension NothingLostTests {
             #expect(bg.stderr.contains("drive-scsi0: incremental: 1 of 16 chunks read (QEMU dirty bitmap)"), "\(bg.stderr)")
             try expectClean()
 
-            // Stop mode: the bitmap read from the image file (qemu-nbd -B), the new one added there.
+            // A backup that fails (SIGTERM in its upload) keeps the old base, with every write since it:
+            // one before the failed backup (chunk 8), one during it (14).
+            let kept = try newestBase()
+            try await guestWrite([(33 * mib, 4096, "-P 0x7b")])
+            nextSecond()
+            let failed = try BackgroundBackup(h, ["\(vmid)", "--mode", "snapshot", "--storage", "r1", "--bwlimit", "256"])
+            try #require(failed.wait(until: { failed.stderr.contains("dirty bitmap '\(QCOW2Incremental.newPrefix)") && failed.stderr.contains("guest downtime") }),
+                         "never reached its window: \(failed.stderr)")
+            try await guestWrite([(56 * mib, 4096, "-P 0x7c")])
+            failed.signal(SIGTERM)
+            let fend = failed.finish(timeout: 120)
+            #expect(fend.status != 0 && !fend.signaled, "\(failed.stderr)")
+            #expect(try await bitmaps() == [kept], "\(failed.stderr)")
+            try expectClean()
+
+            // Stop mode: the bitmap read from the image file (qemu-nbd -B), the new one added there:
+            // chunks 11 (written during the third backup), 8 and 14 (around the failed one), 12.
             try await guestWrite([(50 * mib, 4096, "-P 0x78")])
             let fourth = try backup("stop")
-            #expect(fourth.log.contains("drive-scsi0: incremental: 2 of 16 chunks read (QEMU dirty bitmap)"), "\(fourth.log)")
-            #expect(try bitmaps() == [try newestBase()])
+            #expect(fourth.log.contains("drive-scsi0: incremental: 4 of 16 chunks read (QEMU dirty bitmap)"), "\(fourth.log)")
+            #expect(try await bitmaps() == [try newestBase()])
             try expectClean()
             try h.must(["vm", "stop", "\(vmid)"])
             try restoredEqualsImage()
@@ -133,7 +152,7 @@ extension NothingLostTests {
             let fifth = try backup()
             #expect(fifth.log.contains("drive-scsi0: full read: dirty bitmap '\(recorded)' of \(image) is inconsistent"), "\(fifth.log)")
             #expect(fifth.summary.chunks?.fromPrevious == 0, "\(String(describing: fifth.summary.chunks))")
-            #expect(try bitmaps() == [try newestBase()])
+            #expect(try await bitmaps() == [try newestBase()])
             try expectClean()
             try h.must(["vm", "stop", "\(vmid)"])
             try restoredEqualsImage()
