@@ -35,14 +35,21 @@ import Storage
 final class QCOW2Incremental: @unchecked Sendable {
     // @unchecked: used by one backup task at a time.
     let newBase: String
+    /// The repository storage: only its bitmaps are this backup's to keep or drop.
+    let repository: String
     private(set) var previous: [String: IncrementalBase]
+    /// Per disk key: the base the previous backup recorded (kept after a failure, even when `--full` reads everything).
+    private(set) var recorded: [String: String] = [:]
+    /// Per disk key: backups since the disk was last read whole (`full-every`).
+    private(set) var previousRuns: [String: Int] = [:]
     /// What the read found per disk key (the changed chunks, or why everything).
     private(set) var tracked: [String: IncrementalForever.Read] = [:]
     let disks: [DiskPlan]
     let log: TaskLog
 
-    private init(newBase: String, previous: [String: IncrementalBase], disks: [DiskPlan], log: TaskLog) {
+    private init(newBase: String, repository: String, previous: [String: IncrementalBase], disks: [DiskPlan], log: TaskLog) {
         self.newBase = newBase
+        self.repository = repository
         self.previous = previous
         self.disks = disks
         self.log = log
@@ -61,8 +68,11 @@ final class QCOW2Incremental: @unchecked Sendable {
 
     /// Decides per disk and removes `snapdump_base_` bitmaps no finished backup
     /// recorded (a killed run's new one) and inconsistent ones.
-    static func prepare(disks: [DiskPlan], store: RepositoryStore, snapshot: SnapshotName, access: Access, log: TaskLog) async -> QCOW2Incremental {
+    static func prepare(disks: [DiskPlan], store: RepositoryStore, snapshot: SnapshotName, full: Bool = false, fullEvery: Int = 0,
+                        access: Access, log: TaskLog) async -> QCOW2Incremental {
         var previous: [String: IncrementalBase] = [:]
+        var recorded: [String: String] = [:]
+        var previousRuns: [String: Int] = [:]
         for d in disks {
             let found = IncrementalBase.find(repository: store.repository, type: snapshot.type, id: snapshot.id,
                                              file: d.deviceName + ".img", volume: d.volume.description, baseExists: { _ in true })
@@ -84,9 +94,20 @@ final class QCOW2Incremental: @unchecked Sendable {
                                      + (ours.isEmpty ? "" : "; it has \(ours.joined(separator: ", "))"))
                 }
             }
-            previous[d.key] = decision
             let keep: String? = if case .incremental(_, _, let base) = decision { base } else { nil }
-            for b in bitmaps where isOurs(b.name) && b.name != keep {
+            if case .incremental(let prev, _, let base) = decision {
+                recorded[d.key] = base
+                let file = d.deviceName + ".img.fidx"
+                let runs = (try? store.repository.manifest(prev))?.unprotected.baseSnapshots?.first { $0.filename == file }?.incrementalRuns ?? 0
+                previousRuns[d.key] = runs
+                if full {
+                    decision = .full(reason: "--full given")
+                } else if fullEvery > 0 && runs + 1 >= fullEvery {
+                    decision = .full(reason: "full-every \(fullEvery) reached")
+                }
+            }
+            previous[d.key] = decision
+            for b in bitmaps where isOurs(b.name, repository: store.storage) && b.name != keep {
                 do {
                     try await remove(d, b.name, access)
                     log.info("removed dirty bitmap '\(b.name)' of \(d.path)" + (b.inconsistent ? " (inconsistent)" : " that no finished backup recorded"))
@@ -95,14 +116,20 @@ final class QCOW2Incremental: @unchecked Sendable {
                 }
             }
         }
-        let q = QCOW2Incremental(newBase: BaseSnapshot.name(backupTime: snapshot.time), previous: previous, disks: disks, log: log)
+        let q = QCOW2Incremental(newBase: BaseSnapshot.name(backupTime: snapshot.time, repository: store.storage), repository: store.storage,
+                                 previous: previous, disks: disks, log: log)
+        q.recorded = recorded
+        q.previousRuns = previousRuns
         if case .qemu(let qmp, let nodes) = access { await q.holdOldBasesInQEMU(qmp: qmp, nodes: nodes) }
         return q
     }
 
-    /// A base, or a temporary bitmap of a run killed while QEMU kept running.
-    static func isOurs(_ name: String) -> Bool {
-        BaseSnapshot.isBase(name) || name.hasPrefix(oldPrefix) || name.hasPrefix(newPrefix)
+    /// A base of `repository`, or a temporary bitmap of one (a run killed while QEMU kept running).
+    /// Other repositories' bases are theirs: a guest backed up into two keeps one base for each.
+    static func isOurs(_ name: String, repository: String) -> Bool {
+        var base = Substring(name)
+        if base.hasPrefix(oldPrefix) { base = base.dropFirst(oldPrefix.count) } else if base.hasPrefix(newPrefix) { base = base.dropFirst(newPrefix.count) }
+        return BaseSnapshot.belongs(String(base), to: repository)
     }
 
     static let oldPrefix = "snapdump-old-", newPrefix = "snapdump-new-"
@@ -208,8 +235,7 @@ final class QCOW2Incremental: @unchecked Sendable {
     /// newest finished backup recorded — this one's after a success, the old one after a failure.
     func finish(succeeded: Bool, access: Access) async {
         for d in disks {
-            let old: String? = if case .incremental(_, _, let base) = previous[d.key] { base } else { nil }
-            let keep = succeeded ? newBase : old
+            let keep = succeeded ? newBase : recorded[d.key]
             var bitmaps: [QEMUDirtyBitmaps.Bitmap]
             do { bitmaps = try await Self.list(d, access) } catch {
                 log.warn("cannot list the dirty bitmaps of \(d.path) (the next backup removes the old ones): \(error)")
@@ -232,7 +258,7 @@ final class QCOW2Incremental: @unchecked Sendable {
                     }
                 }
             }
-            for b in bitmaps where Self.isOurs(b.name) && b.name != keep {
+            for b in bitmaps where Self.isOurs(b.name, repository: repository) && b.name != keep {
                 do {
                     try await Self.remove(d, b.name, access)
                     log.info(b.name == newBase || b.name == recording ? "removed dirty bitmap '\(b.name)' of \(d.path) (this backup failed)"

@@ -355,10 +355,12 @@ final class VMBackup: @unchecked Sendable {
             }
             var nodes: [String: String] = [:]
             for d in disks { nodes[d.key] = (try? await DriveNodes.formatNode(key: d.key, qmp: qmp)) ?? nil }
-            q = await QCOW2Incremental.prepare(disks: disks, store: store, snapshot: snapshot, access: .qemu(qmp, nodes: nodes), log: log)
+            q = await QCOW2Incremental.prepare(disks: disks, store: store, snapshot: snapshot, full: options.full, fullEvery: options.fullEvery,
+                                               access: .qemu(qmp, nodes: nodes), log: log)
             await qmp.close()
         } else {
-            q = await QCOW2Incremental.prepare(disks: disks, store: store, snapshot: snapshot, access: .image, log: log)
+            q = await QCOW2Incremental.prepare(disks: disks, store: store, snapshot: snapshot, full: options.full, fullEvery: options.fullEvery,
+                                               access: .image, log: log)
         }
         qcow2 = q
         return q
@@ -366,7 +368,8 @@ final class VMBackup: @unchecked Sendable {
 
     /// The engine reads what the bitmaps found, and records the new bitmap as each disk's base.
     private func adoptTracking(_ q: QCOW2Incremental) {
-        incremental = IncrementalForever(newBase: q.newBase, previous: q.previous, tracked: q.tracked)
+        incremental = IncrementalForever(newBase: q.newBase, repository: q.repository, previous: q.previous, previousRuns: q.previousRuns,
+                                         tracked: q.tracked)
     }
 
     /// Once per backup, after settle(): the qcow2 bitmaps no backup needs go, through QEMU if the guest runs now.

@@ -66,7 +66,7 @@ extension NothingLostTests {
                 try #require(r.status == 0, "\(r)")
                 return (TaskLogEvents.text(r.stderr), try #require(try backupSummaries(r.stdout).first))
             }
-            func newestBase() throws -> String { BaseSnapshot.name(backupTime: try repo.snapshots().last!.time) }
+            func newestBase() throws -> String { BaseSnapshot.name(backupTime: try repo.snapshots().last!.time, repository: "r1") }
             /// The restore of the newest backup against the image (the guest stopped: the image is complete on disk).
             func restoredEqualsImage() throws {
                 let last = try #require(try repo.snapshots().last)
@@ -154,6 +154,15 @@ extension NothingLostTests {
             #expect(fifth.summary.chunks?.fromPrevious == 0, "\(String(describing: fifth.summary.chunks))")
             #expect(try await bitmaps() == [try newestBase()])
             try expectClean()
+
+            // --full reads everything and still leaves one base; the next backup is incremental from it.
+            nextSecond()
+            let full = try h.run(["backup", "\(vmid)", "--mode", "snapshot", "--storage", "r1", "--full"])
+            #expect(full.status == 0 && full.stderr.contains("drive-scsi0: full read: --full given"), "\(full)")
+            #expect(try await bitmaps() == [try newestBase()])
+            try await guestWrite([(20 * mib, 4096, "-P 0x7d")])
+            let sixth = try backup()
+            #expect(sixth.log.contains("drive-scsi0: incremental: 1 of 16 chunks read (QEMU dirty bitmap)"), "\(sixth.log)")
             try h.must(["vm", "stop", "\(vmid)"])
             try restoredEqualsImage()
             let v = try h.run(["repo", "verify", "r1"])
