@@ -22,7 +22,9 @@ import Storage
 ///   frozen under its overlay. After the merge the new one becomes the
 ///   persistent base (added, merged, the temporary removed, in one
 ///   transaction); after a failure the old base is made persistent again from
-///   both. QEMU killed in between loses them: the next backup reads everything.
+///   both. snapdump killed in between: the held old base still records, the
+///   next run uses it. QEMU killed in between loses them: the next backup
+///   reads everything.
 /// - Stop mode or a stopped guest: the bitmaps are in the image file;
 ///   `qemu-img bitmap --add` starts the new one, `qemu-nbd -B` serves the old.
 ///   QEMU keeps recording into them when it opens the image again.
@@ -73,6 +75,7 @@ final class QCOW2Incremental: @unchecked Sendable {
         var previous: [String: IncrementalBase] = [:]
         var recorded: [String: String] = [:]
         var previousRuns: [String: Int] = [:]
+        var heldKeys = Set<String>()
         for d in disks {
             let found = IncrementalBase.find(repository: store.repository, type: snapshot.type, id: snapshot.id,
                                              file: d.deviceName + ".img", volume: d.volume.description, baseExists: { _ in true })
@@ -82,9 +85,14 @@ final class QCOW2Incremental: @unchecked Sendable {
                 previous[d.key] = .full(reason: "cannot list the dirty bitmaps of \(d.path): \(error)")
                 continue
             }
+            var held: String?
             if case .incremental(_, _, let base) = found {
                 let ours = bitmaps.filter { BaseSnapshot.isBase($0.name) }.map(\.name)
-                if let b = bitmaps.first(where: { $0.name == base }) {
+                if case .qemu = access, let h = bitmaps.first(where: { $0.name == oldPrefix + base }), !h.inconsistent,
+                   !bitmaps.contains(where: { $0.name == base }) {
+                    // A run killed while QEMU kept running left the base held in QEMU: it still records, use it as it is.
+                    held = h.name
+                } else if let b = bitmaps.first(where: { $0.name == base }) {
                     if b.inconsistent {
                         decision = .full(reason: "dirty bitmap '\(base)' of \(d.path) is inconsistent (in-use: QEMU ended without storing it, killed?)")
                     }
@@ -107,7 +115,8 @@ final class QCOW2Incremental: @unchecked Sendable {
                 }
             }
             previous[d.key] = decision
-            for b in bitmaps where isOurs(b.name, repository: store.storage) && b.name != keep {
+            if held != nil { heldKeys.insert(d.key) }
+            for b in bitmaps where isOurs(b.name, repository: store.storage) && b.name != keep && b.name != held {
                 do {
                     try await remove(d, b.name, access)
                     log.info("removed dirty bitmap '\(b.name)' of \(d.path)" + (b.inconsistent ? " (inconsistent)" : " that no finished backup recorded"))
@@ -120,7 +129,7 @@ final class QCOW2Incremental: @unchecked Sendable {
                                  previous: previous, disks: disks, log: log)
         q.recorded = recorded
         q.previousRuns = previousRuns
-        if case .qemu(let qmp, let nodes) = access { await q.holdOldBasesInQEMU(qmp: qmp, nodes: nodes) }
+        if case .qemu(let qmp, let nodes) = access { await q.holdOldBasesInQEMU(qmp: qmp, nodes: nodes, alreadyHeld: heldKeys) }
         return q
     }
 
@@ -148,9 +157,9 @@ final class QCOW2Incremental: @unchecked Sendable {
 
     /// Before the window: each old base becomes `snapdump-old-<base>`, a bitmap QEMU does not store,
     /// so the window's read-only reopen has nothing to write. A disk where this fails is read in full.
-    private func holdOldBasesInQEMU(qmp: QMPClient, nodes: [String: String]) async {
+    private func holdOldBasesInQEMU(qmp: QMPClient, nodes: [String: String], alreadyHeld: Set<String>) async {
         live = true
-        for d in disks {
+        for d in disks where !alreadyHeld.contains(d.key) {
             guard case .incremental(_, _, let base) = previous[d.key] else { continue }
             let n = JSONValue.string(Self.node(d, nodes)), old = JSONValue.string(Self.oldPrefix + base)
             do {

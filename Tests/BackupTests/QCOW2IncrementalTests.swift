@@ -18,7 +18,7 @@ extension NothingLostTests {
         /// equals the image; a write the guest makes during a backup (into the overlay, merged back
         /// by block-commit) is in the next one; a failed backup keeps the old base with every write since. Stopped and started between two backups: still
         /// incremental. A stop-mode backup reads the bitmap from the image file. QEMU SIGKILLed:
-        /// the bitmap is inconsistent, a full read says so.
+        /// the bitmap is inconsistent, a full read says so. snapdump killed with QEMU running: still incremental.
         @Test func dirtyBitmapAcrossOverlayRestartStopModeAndKill() async throws {
             let dir = try Integration.require("SNAPDUMP_TEST_DIR")
             let vmid = 476
@@ -163,6 +163,22 @@ extension NothingLostTests {
             try await guestWrite([(20 * mib, 4096, "-P 0x7d")])
             let sixth = try backup()
             #expect(sixth.log.contains("drive-scsi0: incremental: 1 of 16 chunks read (QEMU dirty bitmap)"), "\(sixth.log)")
+
+            // snapdump killed in its upload, QEMU running on: the base it held in QEMU still records, so the
+            // next run (which merges the killed run's overlay) stays incremental: chunks 2 (before) and 3 (during).
+            try await guestWrite([(9 * mib, 4096, "-P 0x7e")])
+            nextSecond()
+            let killed = try BackgroundBackup(h, ["\(vmid)", "--mode", "snapshot", "--storage", "r1", "--bwlimit", "256"])
+            try #require(killed.wait(until: { killed.stderr.contains("dirty bitmap '\(QCOW2Incremental.newPrefix)") && killed.stderr.contains("guest downtime") }),
+                         "never reached its window: \(killed.stderr)")
+            try await guestWrite([(13 * mib, 4096, "-P 0x7f")])
+            killed.signal(SIGKILL)
+            #expect(killed.finish(timeout: 30).signaled)
+            let seventh = try backup()
+            #expect(seventh.log.contains("merged overlay"), "\(seventh.log)")
+            #expect(seventh.log.contains("drive-scsi0: incremental: 2 of 16 chunks read (QEMU dirty bitmap)"), "\(seventh.log)")
+            #expect(try await bitmaps() == [try newestBase()])
+            try expectClean()
             try h.must(["vm", "stop", "\(vmid)"])
             try restoredEqualsImage()
             let v = try h.run(["repo", "verify", "r1"])
