@@ -30,6 +30,9 @@ struct IncrementalForever {
         incremental ? (previousRuns[d.key] ?? 0) + 1 : 0
     }
 
+    /// Per disk key: what a tracker outside the storage found before the read (qcow2 dirty bitmaps, `QCOW2Incremental`).
+    var tracked: [String: Read] = [:]
+
     /// Storages whose `changedChunks` can answer for this disk (else a kept base only costs space).
     static func tracks(_ d: DiskPlan) -> Bool {
         switch d.plugin.definition.type {
@@ -110,6 +113,7 @@ struct IncrementalForever {
 
     /// Asks the storage what changed between the recorded base and the new snapshot.
     func read(_ d: DiskPlan) -> Read {
+        if let t = tracked[d.key] { return t }
         switch previous[d.key] ?? .full(reason: "no decision for \(d.deviceName)") {
         case .full(let reason):
             return .full(reason: reason)

@@ -153,10 +153,13 @@ final class FreezeWindow {
     private(set) var overlay: QCOW2Overlay?
     /// Fleecing of the plan's `.fleecing` disks (made by the caller, which reads and removes it).
     let fleecing: FleecingBackup?
+    /// A dirty bitmap (held in QEMU only) to start on every overlaid image in the overlays' transaction (`QCOW2Incremental`).
+    let bitmap: String?
     private var qmp: QMPClient?
 
     init(guest: GuestControl, config: VMConfig, state: VMStatus.State, plan: SnapshotPlan, name: String,
-         fleecing: FleecingBackup? = nil) {
+         fleecing: FleecingBackup? = nil, bitmap: String? = nil) {
+        self.bitmap = bitmap
         self.guest = guest
         self.config = config
         self.state = state
@@ -257,7 +260,7 @@ final class FreezeWindow {
         let prepared = try await prepareSnapshots()
         defer { for p in prepared { p.release() } }
         if pause || !overlayDisks.isEmpty || fleecing != nil { _ = try await session() }
-        // The overlays' nodes asked of QEMU now: inside the window only their transaction.
+        // The overlays' files and nodes made now, while the guest runs: inside the window only their transaction.
         var overlays: QCOW2Overlay?
         if !overlayDisks.isEmpty {
             let o = QCOW2Overlay(vmid: g.vmid, disks: overlayDisks.map { ($0.key, $0.path) }, tag: name, log: g.log.overlayLog)
@@ -306,9 +309,12 @@ final class FreezeWindow {
             if let o = overlays {
                 try g.interrupt.check()
                 let qmp = try await session()
-                try await g.downtime.measure("overlay") { try await o.create(qmp: qmp) }
+                // Not persistent: QEMU would store a persistent one when the snapshot reopens the image read-only, inside the window.
+                let bitmaps = bitmap.map { name in o.disks.map { QEMUDirtyBitmaps.addAction(node: $0.node, name: name, persistent: false) } } ?? []
+                try await g.downtime.measure("overlay") { try await o.create(qmp: qmp, extraActions: bitmaps) }
                 overlay = o
-                g.log.info("froze \(o.disks.map(\.key).joined(separator: ", ")) with QEMU qcow2 overlays (one QMP transaction)")
+                g.log.info("froze \(o.disks.map(\.key).joined(separator: ", ")) with QEMU qcow2 overlays (one QMP transaction"
+                           + (bitmap.map { ", dirty bitmap '\($0)' started" } ?? "") + ")")
             }
             if let fleecing {
                 try g.interrupt.check()
@@ -322,6 +328,8 @@ final class FreezeWindow {
         } catch {
             try? await debts.pay()
             g.downtime.end()
+            // The window never came for the prepared overlays: their nodes and files go.
+            if let o = overlays, overlay == nil, let qmp = try? await session() { await o.discard(qmp: qmp) }
             throw error
         }
         g.downtime.end()

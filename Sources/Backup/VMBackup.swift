@@ -100,6 +100,8 @@ final class VMBackup: @unchecked Sendable {
     private var hookGuest: HookScript.Guest?
     /// Set when this backup keeps its storage snapshot as the next backup's base (incremental forever).
     private var incremental: IncrementalForever?
+    /// Set when the disks are qcow2 images whose base is a dirty bitmap (incremental forever without storage snapshots).
+    private var qcow2: QCOW2Incremental?
 
     /// Runs a guest phase of the hook script (no-op without `--script`).
     /// A hook can take long: a SIGINT/SIGTERM that came meanwhile stops the
@@ -196,6 +198,12 @@ final class VMBackup: @unchecked Sendable {
                     // The guest is down: a storage snapshot now is the same data, and it is kept as the next base.
                     try await takeStorageSnapshots(disks, name: base)
                     try await openSources(disks, snapshot: base)
+                } else if let q = await qcow2Incremental(disks, running: false) {
+                    // The guest is down: the bitmaps are in the image files.
+                    await q.startOffline()
+                    await q.readChanges(access: .image, socket: "")
+                    adoptTracking(q)
+                    try await openSources(disks)
                 } else {
                     try await openSources(disks)
                 }
@@ -207,9 +215,27 @@ final class VMBackup: @unchecked Sendable {
                 if plan.disks.allSatisfy({ $0.technique == .storageSnapshot }), let base = try await incrementalBase(disks) {
                     snapName = base
                 }
-                let window = FreezeWindow(guest: guest, config: config, state: status.state, plan: plan, name: snapName, fleecing: fleecing)
+                var bitmap: String?
+                if status.state == .running, plan.disks.allSatisfy({ $0.technique == .qemuOverlay }),
+                   let q = await qcow2Incremental(disks, running: true) {
+                    bitmap = q.recording
+                }
+                let window = FreezeWindow(guest: guest, config: config, state: status.state, plan: plan, name: snapName, fleecing: fleecing,
+                                          bitmap: bitmap)
                 do { try await window.run() } catch { adopt(window); throw error }
                 adopt(window)
+                if let q = qcow2, bitmap != nil {
+                    // Before the merge: the images are frozen under their overlays, their old bitmaps too.
+                    let nodes = Dictionary(overlays.flatMap(\.disks).map { ($0.key, $0.node) }, uniquingKeysWith: { a, _ in a })
+                    do {
+                        let qmp = try await lifecycle.connectQMP(vmid: vmid)
+                        await q.readChanges(access: .qemu(qmp, nodes: nodes), socket: "\(paths.qemuRunDir)/\(vmid).bitmap.nbd")
+                        await qmp.close()
+                    } catch {
+                        q.readAll(reason: "cannot ask QEMU for the dirty bitmaps: \(error)")
+                    }
+                    adoptTracking(q)
+                }
                 try await openSnapshotSources(disks, name: snapName)
             }
 
@@ -236,7 +262,8 @@ final class VMBackup: @unchecked Sendable {
                 // The manifest exists: the new snapshot is the recorded base, settle() must not remove it.
                 snapshots.removeAll { $0.name == inc.newBase }
                 let log = self.log
-                try await Blocking.run("drop-old-base") { inc.dropOldBases(disks, log: log) }
+                // A qcow2 bitmap base goes after the overlays' merge (finishQCOW2).
+                if qcow2 == nil { try await Blocking.run("drop-old-base") { inc.dropOldBases(disks, log: log) } }
             }
             summary.archive = archivePath
             summary.archiveBytes = result.fileBytes
@@ -244,6 +271,7 @@ final class VMBackup: @unchecked Sendable {
             summary.chunks = result.chunks
             summary.disks = result.disks
             try await settle()
+            await finishQCOW2(succeeded: true)
             if let ms = downtime.milliseconds {
                 summary.downtimeMs = ms
                 summary.downtimeKind = downtime.kind
@@ -270,6 +298,8 @@ final class VMBackup: @unchecked Sendable {
                 log.info("archive '\(archive)' is complete and is kept; only what came after it failed")
             }
             do { try await settle() } catch { log.error("cleanup failed: \(error)") }
+            // The manifest exists once the archive is named: its bitmap is then the recorded base.
+            await finishQCOW2(succeeded: summary.archive != nil)
             try? await runHook(.backupAbort)
         }
         if locked {
@@ -309,6 +339,54 @@ final class VMBackup: @unchecked Sendable {
         }
         incremental = inc
         return inc.newBase
+    }
+
+    /// Into a repository, every disk a qcow2 image on a `dir` storage: decides per disk
+    /// whether the previous backup's dirty bitmap can be used (`QCOW2Incremental`), with
+    /// QEMU (`running`) or on the image files; nil otherwise.
+    private func qcow2Incremental(_ disks: [DiskPlan], running: Bool) async -> QCOW2Incremental? {
+        guard case .repository(let store, let snapshot, _) = target, QCOW2Incremental.applies(to: disks) else { return nil }
+        let q: QCOW2Incremental
+        if running {
+            let qmp: QMPClient
+            do { qmp = try await lifecycle.connectQMP(vmid: vmid) } catch {
+                log.warn("cannot ask QEMU for the dirty bitmaps of VM \(vmid) (every disk is read): \(error)")
+                return nil
+            }
+            var nodes: [String: String] = [:]
+            for d in disks { nodes[d.key] = (try? await DriveNodes.formatNode(key: d.key, qmp: qmp)) ?? nil }
+            q = await QCOW2Incremental.prepare(disks: disks, store: store, snapshot: snapshot, full: options.full, fullEvery: options.fullEvery,
+                                               access: .qemu(qmp, nodes: nodes), log: log)
+            await qmp.close()
+        } else {
+            q = await QCOW2Incremental.prepare(disks: disks, store: store, snapshot: snapshot, full: options.full, fullEvery: options.fullEvery,
+                                               access: .image, log: log)
+        }
+        qcow2 = q
+        return q
+    }
+
+    /// The engine reads what the bitmaps found, and records the new bitmap as each disk's base.
+    private func adoptTracking(_ q: QCOW2Incremental) {
+        incremental = IncrementalForever(newBase: q.newBase, repository: q.repository, previous: q.previous, previousRuns: q.previousRuns,
+                                         tracked: q.tracked)
+    }
+
+    /// Once per backup, after settle(): the qcow2 bitmaps no backup needs go, through QEMU if the guest runs now.
+    private func finishQCOW2(succeeded: Bool) async {
+        guard let q = qcow2 else { return }
+        qcow2 = nil
+        let running = ((try? await lifecycle.status(vmid: vmid))?.state ?? .stopped) == .running
+        guard running else { return await q.finish(succeeded: succeeded, access: .image) }
+        do {
+            let qmp = try await lifecycle.connectQMP(vmid: vmid)
+            var nodes: [String: String] = [:]
+            for d in q.disks { nodes[d.key] = (try? await DriveNodes.formatNode(key: d.key, qmp: qmp)) ?? nil }
+            await q.finish(succeeded: succeeded, access: .qemu(qmp, nodes: nodes))
+            await qmp.close()
+        } catch {
+            log.warn("cannot remove the old dirty bitmaps of VM \(vmid) (the next backup does): \(error)")
+        }
     }
 
     /// Stop mode with incremental forever: snapshots of the stopped guest's disks, one call per storage,

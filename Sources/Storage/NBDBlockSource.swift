@@ -147,7 +147,8 @@ final class QemuNBDServer: @unchecked Sendable {
         self.dir = dir
     }
 
-    static func start(image: String, format: VolumeFormat, snapshot: String?) throws -> QemuNBDServer {
+    /// `bitmaps`: dirty bitmaps of the image to expose (`-B`, as `qemu:dirty-bitmap:<name>`).
+    static func start(image: String, format: VolumeFormat, snapshot: String?, bitmaps: [String] = []) throws -> QemuNBDServer {
         removeStaleDirectories()
         let dir = NSTemporaryDirectory() + "snapdump-nbd-\(getpid())-\(UUID().uuidString.prefix(8))"
         try FileSystem.createDirectory(dir, mode: 0o700)
@@ -155,6 +156,7 @@ final class QemuNBDServer: @unchecked Sendable {
         var argv = ["qemu-nbd", "--read-only", "--format=\(format.rawValue)", "--socket=\(sock)",
                     "--fork", "--pid-file=\(pidFile)", "--shared=1"]
         if let snapshot { argv.append("--load-snapshot=\(snapshot)") }
+        for b in bitmaps { argv += ["-B", b] }
         argv.append(image)
         do {
             try Command.runDaemonizing(argv)

@@ -23,6 +23,8 @@
 #
 # Usage (root): scripts/bench/downtime-bench.sh
 # Environment:  RUNS=3  SIZES="1 8"  ZFS_SIZES="1"  STORAGES="btrfs xfs zfs qcow2 rbd"
+#               TARGET=dump (VMA archives) or repo (a repository: incremental forever, so the
+#               window also starts the next backup's base — a dirty bitmap on qcow2)
 #               SNAPDUMP_GUEST_DIR (default /var/tmp/snapdump-guest)  SKIP_BUILD=1
 #               SNAPDUMP_BENCH_BIN=PATH  BENCH_RESULTS=FILE (default .build/bench/downtime-bench.md)
 set -euo pipefail
@@ -79,6 +81,12 @@ sd() { "$BIN" "$@"; }
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 mkdir -p "$WORK/dump" "$SNAPDUMP_CONFIG_DIR"
 sd storage add dir bdump --path "$WORK/dump" --content backup >/dev/null
+TARGET=${TARGET:-dump}
+case "$TARGET" in
+  dump) TARGET_STORAGE=bdump ;;
+  repo) sd storage add repo brepo --path "$WORK/repo" >/dev/null; sd repo init brepo >/dev/null; TARGET_STORAGE=brepo ;;
+  *) die "TARGET must be dump or repo" ;;
+esac
 
 loop_fs() { # name size-GiB mkfs-command… ; sets $mnt
   local name=$1 size=$2 img
@@ -122,7 +130,7 @@ bench_state() { # label size state dirty-target
       dd if=/dev/zero of="$target" bs=4M count=$((size * 256)) conv=notrunc status=none
       log "$label $size GiB dirty: $(awk '/^Dirty:/ { print $2 / 1024 " MiB" }' /proc/meminfo) dirty before the backup"
     fi
-    out=$(sd backup $VMID --mode snapshot --storage bdump --compress 0 --output-format json 2>"$WORK/backup.err") ||
+    out=$(sd backup $VMID --mode snapshot --storage "$TARGET_STORAGE" --compress 0 --output-format json 2>"$WORK/backup.err") ||
       die "backup failed on $label: $(tail -5 "$WORK/backup.err")"
     local s f sn th total host fl
     s=$(echo "$out" | jq -c '.[0]')
@@ -216,7 +224,7 @@ done
 {
   echo "## Snapshot-mode downtime — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo
-  echo "Command: \`scripts/bench/downtime-bench.sh\` (RUNS=$RUNS SIZES=\"$SIZES\" ZFS_SIZES=\"$ZFS_SIZES\"), ${SNAPDUMP_BENCH_BIN:+binary $SNAPDUMP_BENCH_BIN, not }release build, commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'), QEMU under TCG, load average at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "Command: \`scripts/bench/downtime-bench.sh\` (RUNS=$RUNS SIZES=\"$SIZES\" ZFS_SIZES=\"$ZFS_SIZES\" TARGET=$TARGET), ${SNAPDUMP_BENCH_BIN:+binary $SNAPDUMP_BENCH_BIN, not }release build, commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'), QEMU under TCG, load average at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
   echo "Test guest with the agent and a mounted ext2 (\`snapdump.fsdisk\`), both disks on the storage; medians of $RUNS backups, ms. host part = total − fs-freeze − fs-thaw (the snapshot call and the window's bookkeeping); flush = the host flush before the window (outside it)."
   echo

@@ -1,0 +1,41 @@
+import Foundation
+import SnapdumpSystem
+import Storage
+import Testing
+import TestSupport
+
+/// A persistent dirty bitmap of a qcow2 image no QEMU runs: added with
+/// `qemu-img bitmap`, dirtied by `qemu-io` (QEMU's block layer loads and
+/// stores it), read as NBD block status through `qemu-nbd -B`.
+@Suite("qcow2 dirty bitmaps offline", .enabled(if: Integration.required || Command.exists("qemu-nbd")))
+struct DirtyBitmapTests {
+    @Test func writesAfterTheBitmapAreTheChangedChunks() throws {
+        let dir = NSTemporaryDirectory() + "snapdump-bitmap-\(getpid())-\(UUID().uuidString.prefix(8))"
+        try FileSystem.createDirectory(dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let image = dir + "/disk.qcow2"
+        let mib: UInt64 = 1 << 20
+        try Command.run(["qemu-img", "create", "-q", "-f", "qcow2", image, "64M"])
+        // Written before the bitmap: not in it.
+        try Command.run(["qemu-io", "-f", "qcow2", "-c", "write -P 1 0 8M", image])
+        try QCOW2ImageBitmaps.add(image: image, name: "snapdump_base_1")
+        #expect(try QCOW2ImageBitmaps.list(image: image) == [.init(name: "snapdump_base_1", inconsistent: false)])
+        // Data into chunk 1, zeroes into chunk 3, one write across chunks 6 and 7.
+        try Command.run(["qemu-io", "-f", "qcow2", "-c", "write -P 2 5M 4k", "-c", "write -z 13M 64k", "-c", "write -P 3 29294592 128k", image])
+
+        let c = try DirtyBitmap.changedChunks(image: image, bitmap: "snapdump_base_1", baseSize: 64 * mib, chunkSize: 4 * mib)
+        #expect(Array(c.indices) == [1, 3, 6, 7], "\(Array(c.indices))")
+        #expect(c.size == 64 * mib && c.method == "QEMU dirty bitmap")
+
+        // A grown disk: the old last chunk and the new ones, whatever the bitmap says.
+        let grown = try DirtyBitmap.changedChunks(image: image, bitmap: "snapdump_base_1", baseSize: 56 * mib, chunkSize: 4 * mib)
+        #expect(Array(grown.indices) == [1, 3, 6, 7, 13, 14, 15], "\(Array(grown.indices))")
+
+        // A bitmap the image does not have: an error naming it, never an empty change set.
+        #expect(throws: (any Error).self) {
+            try DirtyBitmap.changedChunks(image: image, bitmap: "snapdump_base_2", baseSize: 64 * mib, chunkSize: 4 * mib)
+        }
+        try QCOW2ImageBitmaps.remove(image: image, name: "snapdump_base_1")
+        #expect(try QCOW2ImageBitmaps.list(image: image).isEmpty)
+    }
+}
