@@ -331,7 +331,7 @@ final class FreezeWindow {
         try await hook(.preRestart)
         try await hook(.postRestart)
         // Neither paused nor a filesystem frozen: the guest's I/O was never blocked.
-        if !pause && frozen == 0 { g.downtime.reset() }
+        if !pause && frozen == 0 { g.downtime.reset(none: fleecing != nil ? "fleecing" : "atomic snapshot") }
         if !groups.isEmpty {
             g.log.info("created storage snapshot '\(name)' of \(groups.map { "\($0.volumes.count) volume(s) on \($0.plugin.id)" }.joined(separator: ", "))")
         }

@@ -194,7 +194,7 @@ struct BackupIntegrationTests {
         print("[rbd] guest downtime \(o.summary.downtimeMs ?? -1) ms (\(o.summary.downtimeKind ?? "?")): \(o.summary.downtimeParts ?? [:])")
         // One image: its rbd snapshot is atomic by itself, so the guest is never paused (and the
         // test guest has no filesystem for the agent to freeze): no downtime at all.
-        #expect(o.summary.downtimeMs == nil && o.summary.downtimeParts == nil, "\(o.stderr)")
+        #expect(o.summary.downtimeMs == nil && o.summary.downtimeParts == nil && o.summary.downtimeKind == "none (atomic snapshot)", "\(o.stderr)")
         #expect(o.stderr.contains("INFO: guest downtime: 0 ms (atomic snapshot; the guest was neither paused nor had a filesystem frozen)"), "\(o.stderr)")
         #expect(!o.stderr.contains("paused for snapshot"), "\(o.stderr)")
         let archive = try #require(o.summary.archive)
@@ -206,6 +206,58 @@ struct BackupIntegrationTests {
         expectSnapshotConsistent(report, o)
         let images = try ceph.cli(["rbd", "ls", pool]).split(separator: "\n")
         #expect(images.sorted() == ["vm-370-disk-0", "vm-371-disk-0"], "images: \(images)")
+    }
+
+    /// Two RBD images: one group snapshot of both (RBD group `vm-<vmid>`), so the guest
+    /// is not paused; the archive holds each image as it was at the group snapshot —
+    /// the `pre-restart` hook, run after the window and before the archive is read,
+    /// overwrites the second image's head, and the restore still has the old bytes —
+    /// and no group or snapshot is left.
+    @Test func rbdGroupSnapshotOfTwoImagesWithoutAPause() async throws {
+        let ceph = try CephFixture.require()
+        let dir = try Integration.require("SNAPDUMP_TEST_DIR")
+        let h = try GuestHarness(label: "bk-rbdgrp")
+        defer { h.tearDown() }
+        let pool = try h.addRBD("ceph", ceph: ceph)
+        try h.addStorage("dir", "local", under: dir, extra: ["--content", "images,backup"])
+        try await h.startGuest(372, disk: "ceph:128M", more: ["ceph:16M"])
+        // The guest writes its records to scsi0 only: scsi1 holds a pattern written from the host.
+        let second = try h.volumePath("ceph:vm-372-disk-1")
+        try Command.run(["qemu-io", "-f", "raw", "-c", "write -q -P 0x5a 0 1M", second])
+        let hook = h.configDir + "/overwrite-hook.sh"
+        try FileSystem.writeAtomically(hook, """
+            #!/bin/sh
+            [ "$1" = pre-restart ] || exit 0
+            exec qemu-io -f raw -c 'write -q -P 0xee 0 1M' '\(second)'
+
+            """)
+        chmod(hook, 0o755)
+
+        let o = try backup(h, 372, ["--mode", "snapshot", "--storage", "local", "--compress", "zstd", "--script", hook])
+        #expect(o.summary.ok, "\(o.summary.error ?? "") \(o.stderr)")
+        #expect(o.summary.mode == "snapshot" && o.summary.fallbackReason == nil, "\(o.stderr)")
+        print("[rbd group] guest downtime \(o.summary.downtimeMs ?? -1) ms (\(o.summary.downtimeKind ?? "-")): \(o.summary.downtimeParts ?? [:])")
+        // Never paused (and no filesystem in the test guest to freeze): no downtime at all.
+        #expect(o.summary.downtimeMs == nil && o.summary.downtimeKind == "none (atomic snapshot)" && o.summary.downtimeParts == nil, "\(o.stderr)")
+        #expect(o.stderr.contains("INFO: guest downtime: 0 ms (atomic snapshot; the guest was neither paused nor had a filesystem frozen)"), "\(o.stderr)")
+        #expect(!o.stderr.contains("paused for snapshot") && !o.stderr.contains("suspending"), "\(o.stderr)")
+        #expect(o.stderr.contains("created storage snapshot") && o.stderr.contains("2 volume(s) on ceph"), "\(o.stderr)")
+        let archive = try #require(o.summary.archive)
+        try await expectClean(h, 372, dumpdir: (archive as NSString).deletingLastPathComponent)
+        #expect(try ceph.snapshots(pool).isEmpty)
+        #expect(try ceph.cli(["rbd", "group", "ls", pool]).isEmpty, "rbd groups left")
+        for image in ["vm-372-disk-0", "vm-372-disk-1"] {
+            let all = try ceph.cli(["rbd", "snap", "ls", "--all", "\(pool)/\(image)"])
+            #expect(all.isEmpty, "snapshots left on \(image): \(all)")
+        }
+        // The hook did overwrite the head.
+        #expect(try Command.capture(["qemu-io", "-f", "raw", "-c", "read -q -P 0xee 0 1M", second]).stdout.isEmpty)
+
+        let report = try restoreAndCheck(h, archive: archive, target: 373, storage: "ceph")
+        expectSnapshotConsistent(report, o)
+        let restored = try h.volumePath("ceph:vm-373-disk-1")
+        let check = try Command.capture(["qemu-io", "-f", "raw", "-c", "read -P 0x5a 0 1M", restored])
+        #expect(check.status == 0 && !check.stdout.contains("Pattern verification failed"), "restored scsi1: \(check.stdout)")
     }
 
     @Test func qcow2OnDirUsesQEMUOverlays() async throws {
