@@ -260,6 +260,35 @@ struct BackupIntegrationTests {
         #expect(check.status == 0 && !check.stdout.contains("Pattern verification failed"), "restored scsi1: \(check.stdout)")
     }
 
+    /// A backup killed after its group snapshot left the snapshot and the group `vm-<vmid>`:
+    /// `vm unlock` removes both with the stale lock; a snapshot of someone else's stays.
+    @Test func vmUnlockRemovesTheGroupSnapshotAKilledBackupLeft() throws {
+        let ceph = try CephFixture.require()
+        let h = try GuestHarness(label: "bk-rbdunl")
+        defer { h.tearDown() }
+        let pool = try h.addRBD("ceph", ceph: ceph)
+        try h.must(["vm", "create", "374", "--memory", "64", "--scsi0", "ceph:8M", "--scsi1", "ceph:8M"])
+        let volumes = ["ceph:vm-374-disk-0", "ceph:vm-374-disk-1"]
+        try h.must(["snapshot", "create"] + volumes + ["--name", "snapdump-1700000000"])
+        #expect(try ceph.cli(["rbd", "group", "ls", pool]) == "vm-374\n")
+        let path = h.configDir + "/qemu/374.conf"
+        try FileSystem.writeAtomically(path, try FileSystem.readText(path) + "lock: backup\n")
+
+        let r = try h.must(["vm", "unlock", "374"])
+        #expect(r.stderr.contains("WARN: removed snapshot 'snapdump-1700000000'"), "\(r.stderr)")
+        #expect(try ceph.cli(["rbd", "group", "ls", pool]).isEmpty, "rbd group left")
+        #expect(try h.must(["snapshot", "list"]).stdout.split(separator: "\n").dropFirst().isEmpty)
+        #expect(!(try FileSystem.readText(path)).contains("lock:"))
+
+        // Not snapdump's: left alone.
+        try h.must(["snapshot", "create"] + volumes + ["--name", "mine"])
+        try FileSystem.writeAtomically(path, try FileSystem.readText(path) + "lock: backup\n")
+        try h.must(["vm", "unlock", "374"])
+        #expect(try ceph.cli(["rbd", "group", "ls", pool]) == "vm-374\n")
+        try h.must(["snapshot", "delete"] + volumes + ["--name", "mine"])
+        #expect(try ceph.cli(["rbd", "group", "ls", pool]).isEmpty, "rbd group left")
+    }
+
     @Test func qcow2OnDirUsesQEMUOverlays() async throws {
         let dir = try Integration.require("SNAPDUMP_TEST_DIR")
         let h = try GuestHarness(label: "bk-qcow2")
