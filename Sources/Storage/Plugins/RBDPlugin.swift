@@ -232,6 +232,7 @@ public struct RBDPlugin: StoragePlugin {
     /// librbd has the image's lock owner, QEMU, flush its cache before the snapshot).
     public func prepareSnapshot(_ volumes: [VolumeID], name: String) throws -> PreparedSnapshot {
         try NameRules.validateSnapshotName(name)
+        guard !volumes.isEmpty else { return PreparedSnapshot(take: {}) }
         let names = try volumes.map { try image($0) }
         let vmids = Set(names.compactMap { DiskName($0)?.vmid })
         if vmids.count > 1 {
