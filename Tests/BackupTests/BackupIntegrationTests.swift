@@ -260,7 +260,8 @@ struct BackupIntegrationTests {
         #expect(o.summary.downtimeMs == nil && o.summary.downtimeKind == "none (atomic snapshot)" && o.summary.downtimeParts == nil, "\(o.stderr)")
         #expect(o.stderr.contains("INFO: guest downtime: 0 ms (atomic snapshot; the guest was neither paused nor had a filesystem frozen)"), "\(o.stderr)")
         #expect(!o.stderr.contains("paused for snapshot") && !o.stderr.contains("suspending"), "\(o.stderr)")
-        #expect(o.stderr.contains("created storage snapshot") && o.stderr.contains("2 volume(s) on ceph"), "\(o.stderr)")
+        #expect(o.stderr.contains("created storage snapshot") && o.stderr.contains("2 volume(s) on ceph in "), "\(o.stderr)")
+        if let line = o.stderr.split(separator: "\n").first(where: { $0.contains("created storage snapshot") }) { print("[rbd group] \(line)") }
         let archive = try #require(o.summary.archive)
         try await expectClean(h, 372, dumpdir: (archive as NSString).deletingLastPathComponent)
         #expect(try ceph.snapshots(pool).isEmpty)
