@@ -8,9 +8,25 @@ import Storage
 /// by the next backup of the same guest — and said so in its log. The global
 /// backup lock is held while this runs, so nothing found here is in use by
 /// another backup.
-enum Leftovers {
+public enum Leftovers {
     /// Every snapshot, read clone and overlay snapdump makes carries this prefix.
     static let snapshotPrefix = "snapdump-"
+
+    /// `vm unlock` after a killed backup: the storage snapshots it left of the guest's
+    /// raw disks (`snapdump-…`, an rbd group snapshot and its group too), removed as the next
+    /// backup would remove them. qcow2 disks are left to that backup: their overlays are
+    /// merged through QEMU. The caller holds the global backup lock.
+    public static func removeStorageSnapshots(config: VMConfig, storages: StorageRegistry) throws -> [String] {
+        var byStorage: [String: (plugin: any StoragePlugin, volumes: [VolumeID])] = [:]
+        for d in try DiskPlan.resolve(config, storages: storages) where d.format == .raw {
+            byStorage[d.plugin.id, default: (d.plugin, [])].volumes.append(d.volume)
+        }
+        var removed: [String] = []
+        for (_, g) in byStorage.sorted(by: { $0.key < $1.key }) where g.plugin.snapshotCapability(for: .raw).canSnapshot {
+            removed += try g.plugin.removeLeftovers(of: g.volumes, snapshotPrefix: snapshotPrefix).map { "\($0) on storage '\(g.plugin.id)'" }
+        }
+        return removed
+    }
 
     /// Written when stop mode starts shutting the guest down, removed once it runs again: a run
     /// killed in between leaves it, and the next run restarts the guest.

@@ -276,6 +276,9 @@ final class VMBackup: @unchecked Sendable {
                 summary.downtimeMs = ms
                 summary.downtimeKind = downtime.kind
                 summary.downtimeParts = downtime.partsByName
+            } else if let kind = downtime.kind {
+                // No downtime, and why (`none (atomic snapshot)`): a reader need not guess from a missing field.
+                summary.downtimeKind = kind
             }
             switch target {
             case .archive(_, let storage, _):
@@ -632,8 +635,9 @@ final class DowntimeClock: @unchecked Sendable {
         started = nil
     }
 
-    func reset() {
-        kind = nil
+    /// The window blocked nothing of the guest: no downtime, `kind` says why (`none (atomic snapshot)`).
+    func reset(none why: String? = nil) {
+        kind = why.map { "none (\($0))" }
         started = nil
         total = nil
         parts = []

@@ -125,6 +125,80 @@ final class RBDConnection: @unchecked Sendable {
         try Self.check("rbd_remove(\(pool)/\(name))", rbd_remove(io, name))
     }
 
+    // MARK: Groups (RBD "consistency groups": one snapshot of all their images at once)
+
+    /// Group names in the pool.
+    func groupNames() throws -> [String] {
+        var size = 1024
+        while true {
+            var buf = [CChar](repeating: 0, count: size)
+            var n = size
+            let r = rbd_group_list(io, &buf, &n)
+            if r == -ERANGE { size = n + 256; continue }
+            try Self.check("rbd_group_list(\(pool))", r)
+            // NUL-separated names; `r` is the bytes used.
+            return buf.prefix(Int(r)).split(separator: 0).map { String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+        }
+    }
+
+    func createGroup(_ group: String) throws {
+        try Self.check("rbd_group_create(\(pool)/\(group))", rbd_group_create(io, group))
+    }
+
+    /// Removes the group (its snapshots and memberships with it).
+    func removeGroup(_ group: String) throws {
+        try Self.check("rbd_group_remove(\(pool)/\(group))", rbd_group_remove(io, group))
+    }
+
+    func addToGroup(_ group: String, image: String) throws {
+        try Self.check("rbd_group_image_add(\(pool)/\(group), \(image))", rbd_group_image_add(io, group, io, image))
+    }
+
+    func removeFromGroup(_ group: String, image: String) throws {
+        try Self.check("rbd_group_image_remove(\(pool)/\(group), \(image))", rbd_group_image_remove(io, group, io, image))
+    }
+
+    /// Names of the group's images.
+    func groupImages(_ group: String) throws -> [String] {
+        var max = 16
+        while true {
+            var infos = [rbd_group_image_info_t](repeating: rbd_group_image_info_t(), count: max)
+            var n = max
+            let r = rbd_group_image_list(io, group, &infos, MemoryLayout<rbd_group_image_info_t>.size, &n)
+            if r == -ERANGE { max = n + 16; continue }
+            try Self.check("rbd_group_image_list(\(pool)/\(group))", r)
+            defer { rbd_group_image_list_cleanup(&infos, MemoryLayout<rbd_group_image_info_t>.size, n) }
+            return (0..<n).map { String(cString: infos[$0].name) }
+        }
+    }
+
+    /// Names of the group's snapshots (complete or not: an incomplete one is what a failed create left).
+    func groupSnapshots(_ group: String) throws -> [String] {
+        var max = 16
+        while true {
+            var infos = [rbd_group_snap_info_t](repeating: rbd_group_snap_info_t(), count: max)
+            var n = max
+            let r = rbd_group_snap_list(io, group, &infos, MemoryLayout<rbd_group_snap_info_t>.size, &n)
+            if r == -ERANGE { max = n + 16; continue }
+            try Self.check("rbd_group_snap_list(\(pool)/\(group))", r)
+            defer { rbd_group_snap_list_cleanup(&infos, MemoryLayout<rbd_group_snap_info_t>.size, n) }
+            return (0..<n).map { String(cString: infos[$0].name) }
+        }
+    }
+
+    /// One snapshot of every image in the group, taken while librbd holds all their
+    /// exclusive locks: the lock owner (QEMU) hands each over after its in-flight
+    /// writes, and its next writes wait (`-EBUSY`, retried) until the snapshot is done.
+    /// Without librbd's quiesce round, as `createSnapshotSkippingQuiesce`.
+    func createGroupSnapshot(_ group: String, _ snap: String) throws {
+        try Self.check("rbd_group_snap_create2(\(pool)/\(group)@\(snap))",
+                       rbd_group_snap_create2(io, group, snap, UInt32(RBD_SNAP_CREATE_SKIP_QUIESCE)))
+    }
+
+    func removeGroupSnapshot(_ group: String, _ snap: String) throws {
+        try Self.check("rbd_group_snap_remove(\(pool)/\(group)@\(snap))", rbd_group_snap_remove(io, group, snap))
+    }
+
     func close() {
         if let io { rados_ioctx_destroy(io) }
         io = nil
@@ -221,11 +295,17 @@ final class RBDImage: @unchecked Sendable {
         return box.extents
     }
 
+    /// A snapshot of the image: a user snapshot (`rbd snap create`), or its part of a
+    /// group snapshot, which librbd names `.group.<pool>_<group id>_<snap id>` in the
+    /// group namespace; `name` is then the group snapshot's name and `group` its group.
     struct Snapshot {
+        var id: UInt64
         var name: String
         var created: Date
+        var group: String?
     }
 
+    /// User and group snapshots, oldest first (trash and mirror snapshots are librbd's own).
     func snapshots() throws -> [Snapshot] {
         var max: Int32 = 16
         while true {
@@ -235,13 +315,43 @@ final class RBDImage: @unchecked Sendable {
             if r == -ERANGE { max = n + 16; continue }
             try RBDConnection.check("rbd_snap_list(\(name))", r)
             defer { rbd_snap_list_end(&infos) }
-            return try (0..<Int(r)).map { i in
+            return try (0..<Int(r)).compactMap { i in
+                let id = infos[i].id
+                var kind = RBD_SNAP_NAMESPACE_TYPE_USER
+                try RBDConnection.check("rbd_snap_get_namespace_type(\(name))", rbd_snap_get_namespace_type(image, id, &kind))
+                var snapName = String(cString: infos[i].name), group: String?
+                switch kind {
+                case RBD_SNAP_NAMESPACE_TYPE_USER: break
+                case RBD_SNAP_NAMESPACE_TYPE_GROUP:
+                    var ns = rbd_snap_group_namespace_t()
+                    try RBDConnection.check("rbd_snap_get_group_namespace(\(name))",
+                                            rbd_snap_get_group_namespace(image, id, &ns, MemoryLayout<rbd_snap_group_namespace_t>.size))
+                    defer { rbd_snap_group_namespace_cleanup(&ns, MemoryLayout<rbd_snap_group_namespace_t>.size) }
+                    snapName = String(cString: ns.group_snap_name)
+                    group = String(cString: ns.group_name)
+                default: return nil
+                }
                 var ts = timespec()
-                try RBDConnection.check("rbd_snap_get_timestamp(\(name))", rbd_snap_get_timestamp(image, infos[i].id, &ts))
-                return Snapshot(name: String(cString: infos[i].name),
-                                created: Date(timeIntervalSince1970: Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9))
+                try RBDConnection.check("rbd_snap_get_timestamp(\(name))", rbd_snap_get_timestamp(image, id, &ts))
+                return Snapshot(id: id, name: snapName,
+                                created: Date(timeIntervalSince1970: Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9), group: group)
             }
         }
+    }
+
+    /// Reads from now on see snapshot `id` (a group snapshot has no name `rbd_snap_set` finds).
+    func setSnapshot(id: UInt64) throws {
+        try RBDConnection.check("rbd_snap_set_by_id(\(name)@\(id))", rbd_snap_set_by_id(image, id))
+    }
+
+    /// The group the image belongs to, if any.
+    func group() throws -> String? {
+        var info = rbd_group_info_t()
+        try RBDConnection.check("rbd_get_group(\(name))", rbd_get_group(image, &info, MemoryLayout<rbd_group_info_t>.size))
+        defer { rbd_group_info_cleanup(&info, MemoryLayout<rbd_group_info_t>.size) }
+        guard info.pool != -1, let n = info.name else { return nil }
+        let g = String(cString: n)
+        return g.isEmpty ? nil : g
     }
 
     func createSnapshot(_ snap: String) throws {

@@ -194,7 +194,7 @@ struct BackupIntegrationTests {
         print("[rbd] guest downtime \(o.summary.downtimeMs ?? -1) ms (\(o.summary.downtimeKind ?? "?")): \(o.summary.downtimeParts ?? [:])")
         // One image: its rbd snapshot is atomic by itself, so the guest is never paused (and the
         // test guest has no filesystem for the agent to freeze): no downtime at all.
-        #expect(o.summary.downtimeMs == nil && o.summary.downtimeParts == nil, "\(o.stderr)")
+        #expect(o.summary.downtimeMs == nil && o.summary.downtimeParts == nil && o.summary.downtimeKind == "none (atomic snapshot)", "\(o.stderr)")
         #expect(o.stderr.contains("INFO: guest downtime: 0 ms (atomic snapshot; the guest was neither paused nor had a filesystem frozen)"), "\(o.stderr)")
         #expect(!o.stderr.contains("paused for snapshot"), "\(o.stderr)")
         let archive = try #require(o.summary.archive)
@@ -206,6 +206,120 @@ struct BackupIntegrationTests {
         expectSnapshotConsistent(report, o)
         let images = try ceph.cli(["rbd", "ls", pool]).split(separator: "\n")
         #expect(images.sorted() == ["vm-370-disk-0", "vm-371-disk-0"], "images: \(images)")
+    }
+
+    /// Two RBD images: one group snapshot of both (RBD group `vm-<vmid>`), so the guest
+    /// is not paused; the archive holds each image as it was at the group snapshot —
+    /// the `pre-restart` hook, run after the window and before the archive is read,
+    /// overwrites the second image's head, and the restore still has the old bytes —
+    /// and no group or snapshot is left.
+    @Test func rbdGroupSnapshotOfTwoImagesWithoutAPause() async throws {
+        let ceph = try CephFixture.require()
+        let dir = try Integration.require("SNAPDUMP_TEST_DIR")
+        let h = try GuestHarness(label: "bk-rbdgrp")
+        defer { h.tearDown() }
+        let pool = try h.addRBD("ceph", ceph: ceph)
+        try h.addStorage("dir", "local", under: dir, extra: ["--content", "images,backup"])
+        try await h.startGuest(372, disk: "ceph:128M", more: ["ceph:16M"])
+        // The guest writes its records from 1 MiB on; the first MiB of scsi1 holds a pattern written from the host.
+        let second = try h.volumePath("ceph:vm-372-disk-1")
+        try Command.run(["qemu-io", "-f", "raw", "-c", "write -q -P 0x5a 0 1M", second])
+        let hook = h.configDir + "/overwrite-hook.sh", failOnce = h.configDir + "/fail-once", seen = h.configDir + "/group-snapshots"
+        try FileSystem.writeAtomically(hook, """
+            #!/bin/sh
+            [ "$1" = pre-restart ] || exit 0
+            if [ -e '\(failOnce)' ]; then
+                rm -f '\(failOnce)'
+                rbd --conf '\(ceph.conf)' group snap ls '\(pool)/vm-372' > '\(seen)'
+                echo 'hook fails on purpose' >&2
+                exit 1
+            fi
+            exec qemu-io -f raw -c 'write -q -P 0xee 0 1M' '\(second)'
+
+            """)
+        chmod(hook, 0o755)
+
+        // A backup that fails after its group snapshot (the hook, right after the window): the
+        // group snapshot and the group go, the guest runs on.
+        try FileSystem.writeAtomically(failOnce, "")
+        let failed = try backup(h, 372, ["--mode", "snapshot", "--storage", "local", "--script", hook])
+        #expect(!failed.summary.ok, "\(failed.stderr)")
+        #expect(failed.stderr.contains("failed in phase 'pre-restart'"), "\(failed.stderr)")
+        // The hook saw the group snapshot.
+        #expect(((try? FileSystem.readText(seen)) ?? "").contains("snapdump-"), "group snapshots at pre-restart: \((try? FileSystem.readText(seen)) ?? "none")")
+        // (Its dump directory is checked for partial files after the next backup, which names it.)
+        try await expectClean(h, 372, dumpdir: h.configDir)
+        #expect(try ceph.cli(["rbd", "group", "ls", pool]).isEmpty, "rbd group left after a failed backup")
+        #expect(try ceph.cli(["rbd", "snap", "ls", "--all", "\(pool)/vm-372-disk-0"]).isEmpty)
+
+        let o = try backup(h, 372, ["--mode", "snapshot", "--storage", "local", "--compress", "zstd", "--script", hook])
+        #expect(o.summary.ok, "\(o.summary.error ?? "") \(o.stderr)")
+        #expect(o.summary.mode == "snapshot" && o.summary.fallbackReason == nil, "\(o.stderr)")
+        print("[rbd group] guest downtime \(o.summary.downtimeMs ?? -1) ms (\(o.summary.downtimeKind ?? "-")): \(o.summary.downtimeParts ?? [:])")
+        // Never paused (and no filesystem in the test guest to freeze): no downtime at all.
+        #expect(o.summary.downtimeMs == nil && o.summary.downtimeKind == "none (atomic snapshot)" && o.summary.downtimeParts == nil, "\(o.stderr)")
+        #expect(o.stderr.contains("INFO: guest downtime: 0 ms (atomic snapshot; the guest was neither paused nor had a filesystem frozen)"), "\(o.stderr)")
+        #expect(!o.stderr.contains("paused for snapshot") && !o.stderr.contains("suspending"), "\(o.stderr)")
+        #expect(o.stderr.contains("created storage snapshot") && o.stderr.contains("2 volume(s) on ceph in "), "\(o.stderr)")
+        if let line = o.stderr.split(separator: "\n").first(where: { $0.contains("created storage snapshot") }) { print("[rbd group] \(line)") }
+        let archive = try #require(o.summary.archive)
+        try await expectClean(h, 372, dumpdir: (archive as NSString).deletingLastPathComponent)
+        #expect(try ceph.snapshots(pool).isEmpty)
+        #expect(try ceph.cli(["rbd", "group", "ls", pool]).isEmpty, "rbd groups left")
+        for image in ["vm-372-disk-0", "vm-372-disk-1"] {
+            let all = try ceph.cli(["rbd", "snap", "ls", "--all", "\(pool)/\(image)"])
+            #expect(all.isEmpty, "snapshots left on \(image): \(all)")
+        }
+        // The hook did overwrite the head.
+        #expect(try Command.capture(["qemu-io", "-f", "raw", "-c", "read -q -P 0xee 0 1M", second]).stdout.isEmpty)
+
+        // The guest's workload writes to the first SCSI disk its kernel names (/dev/sda): with two disks
+        // probed at once, under load, that is sometimes scsi1. Its records are on whichever it is.
+        try h.must(["restore", archive, "373", "--storage", "ceph"])
+        let config = try h.must(["vm", "config", "373"]).stdout.split(separator: "\n")
+        func volid(_ key: String) throws -> String {
+            let line = try #require(config.first { $0.hasPrefix(key + ":") }, "no \(key) in \(config)")
+            return String(line.dropFirst(key.count + 2).split(separator: ",")[0])
+        }
+        let reports = try [volid("scsi0"), volid("scsi1")].map { try h.checkRecords(volume: $0) }
+        let written = reports.filter { (Int($0["max_seq"] ?? "") ?? 0) > 0 }
+        #expect(written.count == 1, "records on \(written.count) restored disks: \(reports)")
+        if let report = written.first {
+            print("[rbd group] records \(report), heartbeats \(o.before)…\(o.after)")
+            expectSnapshotConsistent(report, o)
+        }
+        let restored = try h.volumePath(try volid("scsi1"))
+        let check = try Command.capture(["qemu-io", "-f", "raw", "-c", "read -P 0x5a 0 1M", restored])
+        #expect(check.status == 0 && !check.stdout.contains("Pattern verification failed"), "restored scsi1: \(check.stdout)")
+    }
+
+    /// A backup killed after its group snapshot left the snapshot and the group `vm-<vmid>`:
+    /// `vm unlock` removes both with the stale lock; a snapshot of someone else's stays.
+    @Test func vmUnlockRemovesTheGroupSnapshotAKilledBackupLeft() throws {
+        let ceph = try CephFixture.require()
+        let h = try GuestHarness(label: "bk-rbdunl")
+        defer { h.tearDown() }
+        let pool = try h.addRBD("ceph", ceph: ceph)
+        try h.must(["vm", "create", "374", "--memory", "64", "--scsi0", "ceph:8M", "--scsi1", "ceph:8M"])
+        let volumes = ["ceph:vm-374-disk-0", "ceph:vm-374-disk-1"]
+        try h.must(["snapshot", "create"] + volumes + ["--name", "snapdump-1700000000"])
+        #expect(try ceph.cli(["rbd", "group", "ls", pool]) == "vm-374\n")
+        let path = h.configDir + "/qemu/374.conf"
+        try FileSystem.writeAtomically(path, try FileSystem.readText(path) + "lock: backup\n")
+
+        let r = try h.must(["vm", "unlock", "374"])
+        #expect(r.stderr.contains("WARN: removed snapshot 'snapdump-1700000000'"), "\(r.stderr)")
+        #expect(try ceph.cli(["rbd", "group", "ls", pool]).isEmpty, "rbd group left")
+        #expect(try h.must(["snapshot", "list"]).stdout.split(separator: "\n").dropFirst().isEmpty)
+        #expect(!(try FileSystem.readText(path)).contains("lock:"))
+
+        // Not snapdump's: left alone.
+        try h.must(["snapshot", "create"] + volumes + ["--name", "mine"])
+        try FileSystem.writeAtomically(path, try FileSystem.readText(path) + "lock: backup\n")
+        try h.must(["vm", "unlock", "374"])
+        #expect(try ceph.cli(["rbd", "group", "ls", pool]) == "vm-374\n")
+        try h.must(["snapshot", "delete"] + volumes + ["--name", "mine"])
+        #expect(try ceph.cli(["rbd", "group", "ls", pool]).isEmpty, "rbd group left")
     }
 
     @Test func qcow2OnDirUsesQEMUOverlays() async throws {

@@ -49,13 +49,15 @@ import Testing
     }
 
     @Test func oneAtomicStorageNeedsNoPause() throws {
-        let p = try #require(plan([disk("scsi0", btrfs, .raw), disk("scsi1", btrfs, .raw)]))
-        #expect(p.storageGroups.count == 1 && p.storageGroups[0].volumes.count == 2 && p.overlayDisks.isEmpty && !p.needsPause)
+        // btrfs: one subvolume snapshot; rbd: one group snapshot of the guest's images.
+        for def in [btrfs, rbd] {
+            let p = try #require(plan([disk("scsi0", def, .raw), disk("scsi1", def, .raw)]))
+            #expect(p.storageGroups.count == 1 && p.storageGroups[0].volumes.count == 2 && p.overlayDisks.isEmpty && !p.needsPause, "\(def.type)")
+        }
     }
 
     @Test func severalVolumesOfAPerVolumeStorageOrSeveralStoragesNeedAPause() throws {
         #expect(try #require(plan([disk("scsi0", reflinkDir, .raw), disk("scsi1", reflinkDir, .raw)])).needsPause)
-        #expect(try #require(plan([disk("scsi0", rbd, .raw), disk("scsi1", rbd, .raw)])).needsPause)
         #expect(try #require(plan([disk("scsi0", lvmthin, .raw), disk("scsi1", lvmthin, .raw)])).needsPause)
         let two = try #require(plan([disk("scsi0", btrfs, .raw), disk("scsi1", zfs, .raw)]))
         #expect(two.needsPause && two.storageGroups.count == 2)

@@ -42,8 +42,8 @@ struct PluginCase: Sendable, CustomTestStringConvertible {
                    snapshots: .atomic, seed: 5),
         PluginCase(name: "zfspool on zfs-fuse (raw files in datasets)", fixture: "SNAPDUMP_TEST_ZPOOL", type: .zfspool,
                    snapshots: .atomic, reportsHoles: false, seed: 6),
-        PluginCase(name: "rbd on a single-node Ceph (librbd)", fixture: "SNAPDUMP_TEST_CEPH_CONF", type: .rbd,
-                   snapshots: .perVolume, seed: 7),
+        PluginCase(name: "rbd on a single-node Ceph (librbd; a group snapshot for several images)", fixture: "SNAPDUMP_TEST_CEPH_CONF", type: .rbd,
+                   snapshots: .atomic, seed: 7),
         // Only inside the storage VM (device-mapper): see LVMInVMTests.
         PluginCase(name: "lvm (thick LVs)", fixture: "SNAPDUMP_TEST_LVM_VG", type: .lvm,
                    snapshots: .unsupported, reportsHoles: false, sizeGranularity: 4 << 20, seed: 8),
@@ -379,10 +379,10 @@ struct ConformanceTests {
             }
         }
 
-        // Volumes of two VMs: btrfs (a subvolume per VM) and zfs-fuse (one dataset per
-        // `zfs snapshot`) cannot make that one atomic operation, so they must refuse it
+        // Volumes of two VMs: btrfs (a subvolume per VM), zfs-fuse (one dataset per
+        // `zfs snapshot`) and rbd (a group per VM) cannot make that one atomic operation, so they must refuse it
         // and create nothing. Kernel ZFS snapshots several zvols in one command.
-        if c.type == .btrfs || c.type == .zfspool {
+        if c.type == .btrfs || c.type == .zfspool || c.type == .rbd {
             let other = try p.allocate(vmid: 101, size: 1 << 20, format: c.format)
             let kernelZFS = c.type == .zfspool && FileSystem.isDirectory("/sys/module/zfs")
             if kernelZFS {

@@ -112,6 +112,7 @@ loop_fs() { # name size-GiB mkfs-command… ; sets $mnt (not a subshell: MOUNTS 
 }
 
 SNAP_ROWS=()
+GROUP_ROWS=()
 CLI_FLOOR=""
 
 # Times `snapshot create` RUNS times on a full volume (deleting it in between).
@@ -133,6 +134,21 @@ bench_snapshots() { # label storage format size-GiB
     times+=("$(ms_since "$t")")
     sd snapshot delete "$vol" --name "bench$i"
   done
+  # rbd: the same volume and a second, empty image of the guest in one call, as a
+  # backup of a guest with two disks takes them: one group snapshot (RBD group vm-<vmid>).
+  if [ "$fmt" = rbd ]; then
+    local second gtimes=()
+    second=$(sd volume alloc "$store" "$vmid" 1G --format raw)
+    for i in $(seq 1 "$RUNS"); do
+      t=$(now_ns)
+      sd snapshot create "$vol" "$second" --name "group$i"
+      gtimes+=("$(ms_since "$t")")
+      sd snapshot delete "$vol" "$second" --name "group$i"
+    done
+    sd volume free "$second"
+    log "$label $size GiB + 1 GiB image, group snapshot: median $(printf '%s\n' "${gtimes[@]}" | median) ms (runs: ${gtimes[*]})"
+    GROUP_ROWS+=("| rbd group snapshot (\`rbd_group_snap_create\`), 2 images | $size GiB + 1 GiB | $(printf '%s\n' "${gtimes[@]}" | median) | $(printf '%s\n' "${gtimes[@]}" | minmax) | |")
+  fi
   sd volume free "$vol"
   local med spread fl
   med=$(printf '%s\n' "${times[@]}" | median)
@@ -270,6 +286,7 @@ fi
   echo "| plugin | volume | median ms | range ms | CLI start-up ms (\`volume path\`) |"
   echo "|---|---|---:|---|---:|"
   printf '%s\n' "${SNAP_ROWS[@]}"
+  [ ${#GROUP_ROWS[@]} -eq 0 ] || printf '%s\n' "${GROUP_ROWS[@]}"
   if [ ${#EXPORT_ROWS[@]} -gt 0 ]; then
     echo
     echo "### \`volume export --output - > /dev/null\` vs \`cat FILE > /dev/null\`, same $EXPORT_SIZE GiB raw file (dir storage on $(findmnt -no FSTYPE --target "$BASE"))"

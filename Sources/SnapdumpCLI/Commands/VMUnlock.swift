@@ -16,19 +16,28 @@ struct VMUnlock: AsyncParsableCommand {
         if config.lock == "backup" && ctx.lifecycle.runningPID(vm.vmid) != nil {
             try await removeFleecingLeftovers(ctx)
         }
-        if config.lock == "backup" { removeUnrecordedBases(ctx, config) }
+        if config.lock == "backup" { removeBackupLeftovers(ctx, config) }
         try await ctx.lifecycle.unlock(vmid: vm.vmid)
     }
 
-    /// A repository backup killed after its snapshot left a base snapshot no finished backup records;
-    /// it goes with the stale lock, unless a backup still runs (that snapshot is its own).
-    private func removeUnrecordedBases(_ ctx: VMContext, _ config: VMConfig) {
+    /// A backup killed after its snapshot left it (`snapdump-…`, on rbd a group snapshot and
+    /// its group), and a repository backup a base snapshot no finished backup records; they
+    /// go with the stale lock, unless a backup still runs (those snapshots are its own).
+    private func removeBackupLeftovers(_ ctx: VMContext, _ config: VMConfig) {
         let globalLock: FileLock
         do { globalLock = try FileLock.acquire(ctx.paths.backupLock, timeout: 0) } catch {
-            FileHandle.standardError.write(Data("WARN: a backup is running: base snapshots of VM \(vm.vmid) are left alone\n".utf8))
+            FileHandle.standardError.write(Data("WARN: a backup is running: snapshots of VM \(vm.vmid) are left alone\n".utf8))
             return
         }
         defer { globalLock.unlock() }
+        do {
+            for what in try Leftovers.removeStorageSnapshots(config: config, storages: ctx.storages) {
+                FileHandle.standardError.write(Data("WARN: removed \(what), left by a backup that was killed\n".utf8))
+            }
+        } catch {
+            // Not fatal: the next backup of the guest removes them as well.
+            FileHandle.standardError.write(Data("WARN: snapshots of VM \(vm.vmid) left alone: \(error)\n".utf8))
+        }
         do {
             for what in try UnrecordedBases.remove(vmid: vm.vmid, config: config, storages: ctx.storages) {
                 FileHandle.standardError.write(Data("WARN: removed \(what), left by a backup that was killed\n".utf8))

@@ -10,8 +10,9 @@ import SnapdumpSystem
 /// client config snapdump writes (mon_host + keyring, root-only) because
 /// `-blockdev driver=rbd` takes the keyring only from a config file.
 ///
-/// An RBD snapshot is atomic per image; for several images the engine pauses
-/// the guest around them (`perVolume`).
+/// Snapshots are `atomic`: one image gets an `rbd snap create`; several images
+/// of one guest get one group snapshot of the RBD group `vm-<vmid>` (see
+/// `RBDGroupSnapshot`), so the engine need not pause the guest around them.
 public struct RBDPlugin: StoragePlugin {
     public let definition: StorageDefinition
 
@@ -36,23 +37,6 @@ public struct RBDPlugin: StoragePlugin {
         } catch let e as RBDCallError {
             throw mapError(e, what)
         }
-    }
-
-    /// `rbd_snap_create` of every image at the same time; each image's error or nil, in order.
-    static func snapshotConcurrently(_ images: [RBDImage], _ name: String) -> [(any Error)?] {
-        final class Errors: @unchecked Sendable {
-            // @unchecked: written under `lock` only.
-            let lock = NSLock()
-            var each: [(any Error)?]
-            init(_ n: Int) { each = Array(repeating: nil, count: n) }
-        }
-        let errors = Errors(images.count)
-        DispatchQueue.concurrentPerform(iterations: images.count) { i in
-            var failure: (any Error)?
-            do { try images[i].createSnapshotSkippingQuiesce(name) } catch { failure = error }
-            errors.lock.withLock { errors.each[i] = failure }
-        }
-        return errors.each
     }
 
     /// A connection to the pool; the caller closes it.
@@ -124,7 +108,7 @@ public struct RBDPlugin: StoragePlugin {
             available = df.stats.total_avail_bytes
         }
         return StorageStatus(id: id, type: .rbd, active: true, total: used + available, used: used,
-                             available: available, snapshots: "yes (per image; guest paused for several)")
+                             available: available, snapshots: "yes (per image; a group snapshot for several of a guest)")
     }
 
     public func allocate(vmid: Int, size: UInt64, format: VolumeFormat?) throws -> VolumeID {
@@ -151,10 +135,13 @@ public struct RBDPlugin: StoragePlugin {
         try withConnection("free \(volume)") { c in
             let img = try RBDImage(c, name: name, readOnly: true)
             let snaps = try img.snapshots().map(\.name)
+            let group = try img.group()
             img.close()
             guard snaps.isEmpty else {
                 throw StorageError(.busy, "volume '\(volume)' has snapshots (\(snaps.joined(separator: ", "))): delete them first")
             }
+            // librbd removes no image that is in a group (EMLINK): leave it, and the group if it is empty now.
+            if let group { try RBDGroupSnapshot.leave(c, group: group, images: [name]) }
             do {
                 try c.remove(name)
             } catch let e as RBDCallError where e.errno == EBUSY {
@@ -228,22 +215,29 @@ public struct RBDPlugin: StoragePlugin {
     }
 
     public func snapshotCapability(for format: VolumeFormat) -> SnapshotCapability {
-        format == .raw ? .perVolume : .unsupported(reason: "rbd holds raw images only")
+        format == .raw ? .atomic : .unsupported(reason: "rbd holds raw images only")
     }
 
-    /// `rbd snap create` for each image; if one fails, those made so far are removed.
+    /// One image: `rbd snap create`; several (of one guest): a group snapshot.
+    /// If it fails, nothing is left.
     public func createSnapshot(_ volumes: [VolumeID], name: String) throws {
         let prepared = try prepareSnapshot(volumes, name: name)
         defer { prepared.release() }
         try prepared.take()
     }
 
-    /// Connected, the images opened and checked before the window; inside it one
-    /// rbd_snap_create per image on the open handles (no connect in the window;
+    /// Connected, the images opened and checked before the window (and for several
+    /// images, their group made: `RBDGroupSnapshot.prepare`); inside it one
+    /// rbd_snap_create, or one rbd_group_snap_create (no connect in the window;
     /// librbd has the image's lock owner, QEMU, flush its cache before the snapshot).
     public func prepareSnapshot(_ volumes: [VolumeID], name: String) throws -> PreparedSnapshot {
         try NameRules.validateSnapshotName(name)
+        guard !volumes.isEmpty else { return PreparedSnapshot(take: {}) }
         let names = try volumes.map { try image($0) }
+        let vmids = Set(names.compactMap { DiskName($0)?.vmid })
+        if vmids.count > 1 {
+            throw StorageError(.invalidArgument, "storage '\(id)': several rbd images are snapshotted at once as one group snapshot per VM; volumes of VMs \(vmids.sorted().map(String.init).joined(separator: ", ")) cannot be snapshotted together, snapshot each VM separately")
+        }
         let c = try connect()
         var images: [RBDImage] = []
         let release = { for i in images { i.close() }; c.close() }
@@ -258,6 +252,17 @@ public struct RBDPlugin: StoragePlugin {
                     throw StorageError(.alreadyExists, "snapshot '\(pool)/\(n)@\(name)' already exists on storage '\(id)'")
                 }
             }
+            if images.count > 1, let vmid = vmids.first {
+                let group = try RBDGroupSnapshot.prepare(c, storage: id, vmid: vmid, images: images, name: name)
+                for i in images { i.close() }
+                return PreparedSnapshot(take: { [self] in
+                    do { try c.createGroupSnapshot(group, name) } catch let e as RBDCallError { throw mapError(e, "group snapshot '\(pool)/\(group)@\(name)'") }
+                }, release: {
+                    // A group made for a snapshot that was never taken goes again.
+                    try? RBDGroupSnapshot.dismantleIfUnused(c, group: group)
+                    c.close()
+                })
+            }
         } catch let e as RBDCallError {
             release()
             throw mapError(e, "snapshot '\(name)'")
@@ -267,34 +272,48 @@ public struct RBDPlugin: StoragePlugin {
         }
         let opened = images
         return PreparedSnapshot(take: { [self] in
-            // All at once: each is a round trip to the image's lock owner (QEMU) and a snapshot id
-            // from the monitor (~80 ms here); one after the other they added up inside the window.
-            let errors = Self.snapshotConcurrently(opened, name)
-            guard let error = errors.compactMap({ $0 }).first else { return }
-            for (img, e) in zip(opened, errors) where e == nil { try? img.removeSnapshot(name) }
-            if let e = error as? RBDCallError { throw mapError(e, "snapshot '\(name)'") }
-            throw error
+            do { try opened[0].createSnapshotSkippingQuiesce(name) } catch let e as RBDCallError { throw mapError(e, "snapshot '\(name)'") }
         }, release: { for i in opened { i.close() }; c.close() })
     }
 
+    /// Removes the named snapshot of each image: a user snapshot, or the group
+    /// snapshot it is part of (of all the group's images at once), after which a
+    /// group without snapshots is dismantled.
     public func deleteSnapshot(_ volumes: [VolumeID], name: String) throws {
         try NameRules.validateSnapshotName(name)
         let names = try volumes.map { try image($0) }
         try withConnection("delete snapshot '\(name)'") { c in
+            // Every snapshot found before any is removed: a missing one changes nothing.
+            var found: [(image: String, snapshot: RBDImage.Snapshot)] = []
             for n in names {
-                let img = try RBDImage(c, name: n, readOnly: false)
+                let img = try RBDImage(c, name: n, readOnly: true)
                 defer { img.close() }
-                guard try img.snapshots().contains(where: { $0.name == name }) else {
+                guard let s = try img.snapshots().last(where: { $0.name == name }) else {
                     throw StorageError(.notFound, "snapshot '\(pool)/\(n)@\(name)' does not exist on storage '\(id)'")
                 }
-                try img.removeSnapshot(name)
+                found.append((n, s))
+            }
+            var groups: [String] = []
+            for (n, s) in found {
+                if let g = s.group {
+                    if !groups.contains(g) { groups.append(g) }
+                } else {
+                    let img = try RBDImage(c, name: n, readOnly: false)
+                    defer { img.close() }
+                    try img.removeSnapshot(name)
+                }
+            }
+            for g in groups {
+                do { try c.removeGroupSnapshot(g, name) } catch let e as RBDCallError where e.errno == ENOENT {}
+                try RBDGroupSnapshot.dismantleIfUnused(c, group: g)
             }
         }
     }
 
     /// Creation times from librbd; `used` as `rbd du` reports it: the data
     /// written between the previous snapshot (or the image's creation) and this
-    /// one, from the object map — whole 4 MiB objects.
+    /// one, from the object map — whole 4 MiB objects. Unknown after a group
+    /// snapshot: librbd 16 diffs only from user snapshots.
     public func listSnapshots() throws -> [SnapshotInfo] {
         try withConnection("list snapshots") { c in
             var result: [SnapshotInfo] = []
@@ -302,54 +321,97 @@ public struct RBDPlugin: StoragePlugin {
                 let img: RBDImage
                 do { img = try RBDImage(c, name: n, readOnly: true) } catch let e as RBDCallError where e.errno == ENOENT { continue }
                 defer { img.close() }
-                var previous: String?
+                var previous: RBDImage.Snapshot?
                 for s in try img.snapshots() {
-                    try img.setSnapshot(s.name)
-                    let used = try? img.allocatedExtents(offset: 0, length: img.size(), from: previous).reduce(UInt64(0)) { $0 + $1.length }
+                    try img.setSnapshot(id: s.id)
+                    let used = previous?.group != nil ? nil
+                        : try? img.allocatedExtents(offset: 0, length: img.size(), from: previous?.name).reduce(UInt64(0)) { $0 + $1.length }
                     result.append(SnapshotInfo(volume: VolumeID(storage: id, volname: n), name: s.name, created: s.created, used: used))
-                    previous = s.name
+                    previous = s
                 }
             }
             return result
         }
     }
 
-    public func openBlockSource(_ volume: VolumeID, snapshot: String?) throws -> any BlockSource {
+    /// Opens the image read-only at `snapshot`: a user snapshot by name, a group
+    /// snapshot by its id on the image (librbd opens it by no name).
+    func openImage(_ c: RBDConnection, _ volume: VolumeID, snapshot: String?) throws -> RBDImage {
         let name = try image(volume)
+        do {
+            return try RBDImage(c, name: name, snapshot: snapshot, readOnly: true)
+        } catch let e as RBDCallError where e.errno == ENOENT && snapshot != nil {
+            let img: RBDImage
+            do { img = try RBDImage(c, name: name, readOnly: true) } catch let e as RBDCallError where e.errno == ENOENT {
+                throw StorageError(.notFound, "volume '\(volume)' does not exist (no image \(pool)/\(name))")
+            }
+            guard let s = try img.snapshots().last(where: { $0.name == snapshot && $0.group != nil }) else {
+                img.close()
+                throw StorageError(.notFound, "snapshot '\(snapshot!)' of volume '\(volume)' does not exist")
+            }
+            do { try img.setSnapshot(id: s.id) } catch { img.close(); throw error }
+            return img
+        } catch let e as RBDCallError where e.errno == ENOENT {
+            throw StorageError(.notFound, "volume '\(volume)' does not exist (no image \(pool)/\(name))")
+        }
+    }
+
+    public func openBlockSource(_ volume: VolumeID, snapshot: String?) throws -> any BlockSource {
+        _ = try image(volume)
         let label = "\(volume)\(snapshot.map { "@" + $0 } ?? "")"
         let c: RBDConnection
         do { c = try RBDConnection(client, pool: pool) } catch let e as RBDCallError { throw mapError(e, "open \(label)") }
         do {
-            let img = try RBDImage(c, name: name, snapshot: snapshot, readOnly: true)
+            let img = try openImage(c, volume, snapshot: snapshot)
             return try RBDBlockSource(connection: c, image: img, name: label)
         } catch let e as RBDCallError {
             c.close()
-            if e.errno == ENOENT {
-                throw StorageError(.notFound, snapshot == nil ? "volume '\(volume)' does not exist (no image \(pool)/\(name))"
-                    : "snapshot '\(snapshot!)' of volume '\(volume)' does not exist")
-            }
             throw mapError(e, "open \(label)")
+        } catch {
+            c.close()
+            throw error
         }
     }
 
     /// `rbd_diff_iterate2` on the new snapshot from the base snapshot: what
-    /// `rbd diff --from-snap` lists, in whole objects.
+    /// `rbd diff --from-snap` lists, in whole objects. A group snapshot as the
+    /// base cannot be diffed from (librbd 16 takes the base by its user name only).
     public func changedChunks(_ volume: VolumeID, base: String, snapshot: String, chunkSize: UInt64) throws -> ChangeTracking {
-        let name = try image(volume)
-        return try withConnection("changes of \(volume) from \(base) to \(snapshot)") { c in
-            let img: RBDImage
-            do { img = try RBDImage(c, name: name, snapshot: snapshot, readOnly: true) } catch let e as RBDCallError where e.errno == ENOENT {
-                throw StorageError(.notFound, "snapshot '\(snapshot)' of volume '\(volume)' does not exist")
-            }
-            guard try img.snapshots().contains(where: { $0.name == base }) else {
+        try withConnection("changes of \(volume) from \(base) to \(snapshot)") { c in
+            let img = try openImage(c, volume, snapshot: snapshot)
+            defer { img.close() }
+            guard let b = try img.snapshots().last(where: { $0.name == base }) else {
                 return .unknown(reason: "base snapshot '\(base)' of volume '\(volume)' does not exist (deleted by hand?)")
             }
+            if let g = b.group {
+                return .unknown(reason: "base snapshot '\(base)' of volume '\(volume)' is a snapshot of rbd group '\(g)': librbd 16 diffs only from image snapshots")
+            }
             let size = try img.size()
-            let baseSize = try RBDImage(c, name: name, snapshot: base, readOnly: true).size()
+            let baseSize = try RBDImage(c, name: try image(volume), snapshot: base, readOnly: true).size()
             var result = ChangedChunks(chunkSize: chunkSize, baseSize: baseSize, size: size, method: "rbd diff")
             for e in try img.changedExtents(since: base, length: size) { result.insert(offset: e.offset, length: e.length) }
             return .changed(result)
         }
+    }
+
+    /// Snapshots named `prefix…` (group snapshots too), then the groups of these
+    /// volumes' images that hold no snapshot: a run killed between making the group
+    /// and its snapshot, or before its cleanup, left them.
+    public func removeLeftovers(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String] {
+        var removed = try removeLeftoverSnapshots(of: volumes, snapshotPrefix: prefix)
+        let names = try volumes.map { try image($0) }
+        try withConnection("remove leftovers") { c in
+            var groups: Set<String> = []
+            for n in names {
+                guard let img = try? RBDImage(c, name: n, readOnly: true) else { continue }
+                defer { img.close() }
+                if let g = try img.group(), g == RBDGroupSnapshot.groupName(vmid: DiskName(n)?.vmid ?? -1) { groups.insert(g) }
+            }
+            for g in groups.sorted() where try RBDGroupSnapshot.dismantleIfUnused(c, group: g) {
+                removed.append("rbd group '\(pool)/\(g)' (no snapshots)")
+            }
+        }
+        return removed
     }
 
     public func openForWriting(_ volume: VolumeID) throws -> any VolumeWriter {

@@ -154,7 +154,7 @@ final class ScratchStorage: @unchecked Sendable {
         return cephPool.map { Processes.matching("rbd:\($0)/") } ?? Processes.matching(root + "/")
     }
 
-    /// RBD images and snapshots of the test pool (`rbd ls -l`), and what is in its trash.
+    /// RBD images and snapshots of the test pool (`rbd ls -l`), its groups, and what is in its trash.
     func rbdEntries() -> [String: FileTree.Entry] {
         guard let pool = cephPool, let conf = cephConf else { return [:] }
         var entries: [String: FileTree.Entry] = [:]
@@ -162,6 +162,15 @@ final class ScratchStorage: @unchecked Sendable {
         if let out = try? Command.run(["rbd", "--conf", conf, "ls", "-l", "--format", "json", pool]),
            let images = try? JSONDecoder().decode([Image].self, from: Data(out.utf8)) {
             for i in images { entries[i.image + (i.snapshot.map { "@" + $0 } ?? "")] = FileTree.Entry(kind: "f", size: i.size, digest: "") }
+        }
+        // RBD groups (a group snapshot of several images) with their snapshots.
+        if let groups = try? Command.run(["rbd", "--conf", conf, "group", "ls", pool]) {
+            for g in groups.split(separator: "\n") {
+                entries["group " + g] = FileTree.Entry(kind: "g", size: 0, digest: "")
+                let snaps = (try? Command.run(["rbd", "--conf", conf, "group", "snap", "ls", "\(pool)/\(g)", "--format", "json"])) ?? ""
+                let listed = snaps.trimmingCharacters(in: .whitespacesAndNewlines)
+                if listed != "[]" { entries["group \(g) snapshots \(listed)"] = FileTree.Entry(kind: "?", size: 0, digest: "") }
+            }
         }
         if let trash = try? Command.run(["rbd", "--conf", conf, "trash", "ls", pool]) {
             for line in trash.split(separator: "\n") { entries["trash " + line] = FileTree.Entry(kind: "?", size: 0, digest: "") }
