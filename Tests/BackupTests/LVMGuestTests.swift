@@ -164,9 +164,10 @@ struct LVMGuestTests {
             .split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
     }
 
-    func expectRunning(_ h: GuestHarness, _ vmid: Int, _ when: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    func expectRunning(_ h: GuestHarness, _ vmid: Int, _ when: String, lockAllowed: Bool = false,
+                       sourceLocation: SourceLocation = #_sourceLocation) throws {
         let status = try h.must(["vm", "status", "\(vmid)"]).stdout
-        #expect(status.contains("status: running") && !status.contains("lock:"), "VM \(vmid) \(when): \(status)", sourceLocation: sourceLocation)
+        #expect(status.contains("status: running") && (lockAllowed || !status.contains("lock:")), "VM \(vmid) \(when): \(status)", sourceLocation: sourceLocation)
     }
 
     /// The restored disk of `target` (its scsi0), read whole.
@@ -443,6 +444,68 @@ struct LVMGuestTests {
             nextSecond()
         }
         print("[lvm guest] lvm case (refuse, fallback, fleecing) took \(Int(Date().timeIntervalSince(t0))) s")
+    }
+
+    /// SIGKILL of a fleecing backup whose image is a thin LV (`LVMThinFleecing`):
+    /// the killed run leaves the LV (and QEMU's job and export); the next run
+    /// removes them and says so, and after a second kill `vm unlock` does.
+    @Test func killedFleecingBackupOnLvmthinLeavesNothing() async throws {
+        guard let vg = Integration.fixture("SNAPDUMP_TEST_LVM_VG") else { return }
+        let t0 = Date()
+        let pool = "tpk\(UUID().uuidString.prefix(6).lowercased())"
+        try Command.run(["lvm", "lvcreate", "-q", "-L", "128M", "-T", "\(vg)/\(pool)"])
+        defer { _ = try? Command.capture(["lvm", "lvremove", "-q", "-f", "\(vg)/\(pool)"]) }
+        let h = try GuestHarness("lvm-kill")
+        defer { h.tearDown() }
+        let scratch = try Integration.scratchDirectory("lvm-guest")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try h.must(["storage", "add", "lvm", "thick", "--vgname", vg])
+        try h.must(["storage", "add", "lvmthin", "thinfl", "--vgname", vg, "--thinpool", pool])
+        try h.addStorage("dir", "local", under: scratch, extra: ["--content", "images,backup"])
+        let vmid = 740
+        _ = try await startGuest(h, vmid, storage: "thick", content: Self.pattern(seed: 5), writing: .until(40))
+        let image = "vm-\(vmid)-fleece-0"
+        let args = ["\(vmid)", "--mode", "snapshot", "--storage", "local", "--fleecing", "enabled=1,storage=thinfl", "--output-format", "json"]
+
+        func killHeld() throws {
+            let hook = try HoldingHook(h)
+            try? FileSystem.remove(hook.dir + "/go")
+            try? FileSystem.remove(hook.dir + "/held")
+            let bg = try BackgroundBackup(h, args + ["--script", hook.path])
+            #expect(bg.wait(until: { hook.reached }, timeout: 300), "the backup never reached post-restart: \(bg.stderr)")
+            bg.signal(SIGKILL)
+            let end = bg.finish(timeout: 60)
+            try hook.release()     // the orphaned hook script exits
+            #expect(end.signaled && end.status == SIGKILL, "\(end)")
+            let lvs = try lvNames(vg)
+            #expect(lvs.contains(image), "the killed run's fleecing LV is gone already: \(lvs)")
+            try expectRunning(h, vmid, "after the kill", lockAllowed: true)
+        }
+
+        try killHeld()
+        let next = try h.run(["backup"] + args)
+        let log = TaskLogEvents.text(next.stderr)
+        let ns = try summary(next)
+        #expect(next.status == 0 && ns.ok, "\(log)")
+        for line in ["WARN: VM \(vmid) has a stale 'backup' lock left by an earlier run that was killed - removing it",
+                     "WARN: removed fleecing image /dev/\(vg)/\(image), left by an earlier run that was killed"] {
+            #expect(log.contains(line), "missing: \(line)\n\(log)")
+        }
+        let afterNext = try lvNames(vg)
+        #expect(!afterNext.contains { $0.contains("-fleece-") }, "fleecing LVs left after the next run: \(afterNext)")
+        try expectRunning(h, vmid, "after the next run")
+
+        nextSecond()
+        try killHeld()
+        let u = try h.run(["vm", "unlock", "\(vmid)"])
+        #expect(u.status == 0, "\(u)")
+        #expect(u.stderr.contains("WARN: removed block job snapdump-fleecing-scsi0, left by a backup that was killed"), "\(u)")
+        #expect(u.stderr.contains("WARN: removed fleecing image /dev/\(vg)/\(image), left by a backup that was killed"), "\(u)")
+        #expect(FileSystem.exists("/dev/\(vg)/vm-\(vmid)-disk-0"), "the guest's own LV link is gone")
+        let afterUnlock = try lvNames(vg)
+        #expect(!afterUnlock.contains { $0.contains("-fleece-") }, "vm unlock left the fleecing LV: \(afterUnlock)")
+        try expectRunning(h, vmid, "after vm unlock")
+        print("[lvm guest] killed fleecing on lvmthin case took \(Int(Date().timeIntervalSince(t0))) s")
     }
 
     /// A real read error under a running guest's LV (its device-mapper table
