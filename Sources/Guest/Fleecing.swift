@@ -241,10 +241,16 @@ public actor Fleecing {
     /// Returns what it removed, for the log.
     public static func removeLeftovers(qmp: QMPClient, vmid: Int) async throws -> [String] {
         let removed = try await remove(qmp: qmp, vmid: vmid, log: { _ in })
+        // Image files only: a thin LV's path is its /dev link, and unlinking that frees
+        // nothing (the storage frees the LV: `fleecingImages` / `freeFleecingImage`).
+        var files: [String] = []
         for file in removed.files {
+            var st = stat()
+            if stat(file, &st) == 0 && (st.st_mode & S_IFMT) == S_IFBLK { continue }
             try FileSystem.remove(file)
+            files.append(file)
         }
-        return removed.what + removed.files.map { "fleecing image \($0)" }
+        return removed.what + files.map { "fleecing image \($0)" }
     }
 
     private static func remove(qmp: QMPClient, vmid: Int, log: @Sendable (String) -> Void) async throws -> (what: [String], files: [String]) {

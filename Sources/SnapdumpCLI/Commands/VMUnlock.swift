@@ -3,6 +3,7 @@ import Foundation
 import Backup
 import Guest
 import SnapdumpSystem
+import Storage
 
 struct VMUnlock: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "unlock", abstract: "Remove a stale lock from a VM's config.")
@@ -64,6 +65,18 @@ struct VMUnlock: AsyncParsableCommand {
         await qmp.close()
         for what in removed {
             FileHandle.standardError.write(Data("WARN: removed \(what), left by a backup that was killed\n".utf8))
+        }
+        // Thin-LV images are freed by their storage (which one the killed run used is not recorded).
+        for def in ctx.storages.config.storages where def.type == .lvmthin && !def.disabled {
+            let plugin = StorageRegistry.plugin(for: def)
+            do {
+                for image in try plugin.fleecingImages(vmid: vm.vmid) {
+                    try plugin.freeFleecingImage(image)
+                    FileHandle.standardError.write(Data("WARN: removed fleecing image \(image.path), left by a backup that was killed\n".utf8))
+                }
+            } catch {
+                FileHandle.standardError.write(Data("WARN: fleecing images of VM \(vm.vmid) on storage '\(def.id)' left alone: \(error)\n".utf8))
+            }
         }
     }
 }

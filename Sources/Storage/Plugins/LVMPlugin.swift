@@ -177,6 +177,12 @@ public struct LVMPlugin: StoragePlugin {
 
     /// One `lvcreate -s` per volume; a failure removes the snapshots made so far.
     public func createSnapshot(_ volumes: [VolumeID], name: String) throws {
+        try prepareSnapshot(volumes, name: name).take()
+    }
+
+    /// The checks (an `lvs` process: a second or more under TCG) before a guest's
+    /// pause; only the `lvcreate -s` calls are left for the window.
+    public func prepareSnapshot(_ volumes: [VolumeID], name: String) throws -> PreparedSnapshot {
         if let e = snapshotUnsupported(.raw) { throw e }
         try NameRules.validateSnapshotName(name)
         let all = try lvs()
@@ -187,16 +193,18 @@ public struct LVMPlugin: StoragePlugin {
                 throw StorageError(.alreadyExists, "snapshot '\(vg)/\(s)' already exists on storage '\(id)'")
             }
         }
-        var made: [String] = []
-        do {
-            for v in volumes {
-                let s = Self.snapshotLV(v.volname, name)
-                _ = try lvm(["lvcreate", "-s", "-n", s, "\(vg)/\(v.volname)"])
-                made.append(s)
+        return PreparedSnapshot { [self] in
+            var made: [String] = []
+            do {
+                for v in volumes {
+                    let s = Self.snapshotLV(v.volname, name)
+                    _ = try lvm(["lvcreate", "-s", "-n", s, "\(vg)/\(v.volname)"])
+                    made.append(s)
+                }
+            } catch {
+                for s in made { _ = try? lvm(["lvremove", "-f", "\(vg)/\(s)"]) }
+                throw error
             }
-        } catch {
-            for s in made { _ = try? lvm(["lvremove", "-f", "\(vg)/\(s)"]) }
-            throw error
         }
     }
 
