@@ -178,7 +178,10 @@ struct ChangeTrackingTests {
         let changedData = UInt64(4096 + (1 << 20) + 4096)
         #expect(upload.bytesRead >= changedData && upload.bytesRead <= 3 << 20,
                 "\(upload.bytesRead) bytes read for \(changedData) changed (reported: \(changed.changedBytes))")
-        #expect(upload.chunksPatched == changed.indices.count && upload.previousUnreadable == 0, "\(upload)")
+        // zfs: the 128 KiB record holding the 4 KiB written at the end covers the whole short (12 KiB) last chunk: read whole.
+        let wholeReads = c.method == "zfs send" ? 1 : 0
+        #expect(upload.chunksPatched == changed.indices.count - wholeReads && upload.previousUnreadable == 0,
+                "\(upload.chunksPatched) patched, \(upload.previousUnreadable) unreadable")
         #expect(try restored(repo, second) == after)
         #expect(try restored(repo, first) == before)
         print("\(c.plugin.name): \(upload.bytesRead) bytes read of \(changed.indices.count) changed chunks (reported \(changed.changedBytes))")
@@ -186,7 +189,8 @@ struct ChangeTrackingTests {
         // The previous chunk of a changed chunk gone from the store (removed by hand): that chunk is read whole, still right.
         try FileSystem.remove(repo.chunks.path(of: index.digests[5]))
         let (again, third) = try backup(repo, time: t1 + 1, plugin: p, volume: volume, snapshot: new, previous: index, changed: changed)
-        #expect(again.previousUnreadable == 1 && again.chunksPatched == changed.indices.count - 1, "\(again)")
+        #expect(again.previousUnreadable == 1 && again.chunksPatched == changed.indices.count - 1 - wholeReads,
+                "\(again.chunksPatched) patched, \(again.previousUnreadable) unreadable")
         #expect(again.bytesRead >= UInt64(Self.chunk) && again.bytesRead <= UInt64(Self.chunk) + (3 << 20), "\(again.bytesRead)")
         #expect(try restored(repo, third) == after)
         try repo.remove(third)
