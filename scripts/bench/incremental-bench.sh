@@ -50,6 +50,7 @@ truncate -s $((SIZE * 3))M "$W/btrfs.img" "$W/xfs.img" "$W/zpool.img"
 mkfs.btrfs -q "$W/btrfs.img" && mount -o loop "$W/btrfs.img" "$W/btrfs"
 mkfs.xfs -q -m reflink=1 "$W/xfs.img" && mount -o loop "$W/xfs.img" "$W/xfs"
 zpool create -m "$W/zmnt" "$ZPOOL" "$W/zpool.img"
+mkdir -p "$W/btrfs/store" "$W/xfs/store"
 sd storage add btrfs bt --path "$W/btrfs/store" >/dev/null
 sd storage add dir xf --path "$W/xfs/store" --reflink 1 >/dev/null
 sd storage add zfspool zf --pool "$ZPOOL" >/dev/null
@@ -163,3 +164,7 @@ for run in $(seq 1 "$RUNS"); do
 done
 echo >>"$out"
 tee -a "$RESULTS" <"$out"
+# The backups' logs (JSON lines with times) beside the results, for where the time went.
+logs="$(dirname "$RESULTS")/incremental-bench-logs/$(date -u +%Y%m%dT%H%M%SZ)-$SIZE"
+mkdir -p "$logs" && cp "$W"/*.err "$W"/*.out "$logs/" 2>/dev/null || true
+log "logs in $logs"
