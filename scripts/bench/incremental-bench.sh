@@ -3,11 +3,13 @@
 # build: `snapdump backup --mode stop --storage <repo>` of a guest whose disk
 # holds a real-data image (scripts/bench/real-disk.sh image SIZE_MIB), on
 # btrfs (btrfs send), reflink XFS (FIEMAP) and zfs-fuse (zfs send -i), each on
-# a loop filesystem / file-vdev pool of its own made here, each into a
-# repository of its own. First backup (full), then `real-disk.sh change` of
-# PCT % of the disk, then the second backup, timed: only the changed ranges
-# are read. Against `restic backup` and `borg create -C zstd,3` of the same
-# image before and after the same change (their second run timed).
+# a loop filesystem / file-vdev pool of its own made here, all into one
+# repository (so only the first guest's first backup stores the image; disk
+# space: 8 GiB needs ~35 GiB free). First backup (full), then `real-disk.sh
+# change` of PCT % of the disk (another seed per storage: no change is
+# stored twice), then the second backup, timed: only the changed ranges
+# are read. Against `restic backup` and `borg create -C zstd,3` of the XFS
+# guest's disk file before and after its change (their second run timed).
 #
 # RUNS > 1 repeats change + second backups (new seed each time, snapdump on
 # every storage, restic and borg alternating in one loop) and reports each.
@@ -57,9 +59,10 @@ sd storage add zfspool zf --pool "$ZPOOL" >/dev/null
 
 # The guests: one disk each, filled with the image (zfs-fuse: a plain copy, its files have no holes to keep).
 declare -A DISK
+sd storage add repo r1 --path "$W/repo" >/dev/null
+sd repo init r1 >/dev/null
+declare -A SEEDOFF=([bt]=0 [xf]=1000 [zf]=2000)
 for s in "${STORAGES[@]}"; do
-  sd storage add repo "r$s" --path "$W/repo-$s" >/dev/null
-  sd repo init "r$s" >/dev/null
   sd vm create "${VMID[$s]}" --memory 256 --scsi0 "$s:${SIZE}M" >/dev/null
   volid=$(sed -n 's/^scsi0: *\([^,]*\).*/\1/p' "$(find "$CONF" -name "${VMID[$s]}.conf" | head -1)")
   DISK[$s]=$(sd volume path "$volid")
@@ -105,7 +108,7 @@ out="$W/snapdump.md"; : >"$out"
 log "first backups ($SIZE MiB, release binary $BIN)"
 declare -A FIRST
 for s in "${STORAGES[@]}"; do
-  FIRST[$s]=$(timed "$W/first-$s" "$BIN" backup "${VMID[$s]}" --mode stop --storage "r$s" --output-format json --config-dir "$CONF")
+  FIRST[$s]=$(timed "$W/first-$s" "$BIN" backup "${VMID[$s]}" --mode stop --storage r1 --output-format json --config-dir "$CONF")
 done
 
 baselines=1
@@ -114,12 +117,13 @@ if [ -n "$baselines" ]; then
   for tool in restic borg; do
     command -v "$tool" >/dev/null || { log "installing restic, borgbackup"; apt-get install -y -q restic borgbackup >&2; break; }
   done
-  cp --sparse=always "$IMG" "$W/disk.raw"
+  # restic writes temporary packs to $TMPDIR (a small /tmp filled up at 8 GiB).
+  export TMPDIR=$W
   export RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
   restic init -q -r "$W/restic" >/dev/null
   borg init -e none "$W/borg"
-  r1=$(timed "$W/restic-1" restic backup -q -r "$W/restic" "$W/disk.raw")
-  b1=$(timed "$W/borg-1" borg create -C zstd,3 "$W/borg::one" "$W/disk.raw")
+  r1=$(timed "$W/restic-1" restic backup -q -r "$W/restic" "${DISK[xf]}")
+  b1=$(timed "$W/borg-1" borg create -C zstd,3 "$W/borg::one" "${DISK[xf]}")
 fi
 du_b() { du -sb "$1" | cut -f1; }
 
@@ -140,10 +144,11 @@ du_b() { du -sb "$1" | cut -f1; }
 for run in $(seq 1 "$RUNS"); do
   seed=$((SEED + run - 1))
   for s in "${STORAGES[@]}"; do
-    changed=$("$HERE/real-disk.sh" change "${DISK[$s]}" "$PCT" "$seed" "$MODE")
+    changed=$("$HERE/real-disk.sh" change "${DISK[$s]}" "$PCT" $((seed + SEEDOFF[$s])) "$MODE")
+    [ "$s" = xf ] && baseline_changed=$changed
     sync -f "${DISK[$s]}"
     sleep 1   # one backup per second and guest
-    t=$(timed "$W/second-$s-$run" "$BIN" backup "${VMID[$s]}" --mode stop --storage "r$s" --output-format json --config-dir "$CONF")
+    t=$(timed "$W/second-$s-$run" "$BIN" backup "${VMID[$s]}" --mode stop --storage r1 --output-format json --config-dir "$CONF")
     read -r w c _ <<<"$t"
     read -r rb cr ct st pa <<<"$(summary "$W/second-$s-$run")"
     pct=$(awk -v r="$rb" -v t="$SIZE_BYTES" 'BEGIN {printf "%.2f", 100 * r / t}')
@@ -151,13 +156,14 @@ for run in $(seq 1 "$RUNS"); do
     grep -h "read from the disk\|full read" "$W/second-$s-$run.err" | sed 's/^/    /' >&2 || true
   done
   if [ -n "$baselines" ]; then
-    changed=$("$HERE/real-disk.sh" change "$W/disk.raw" "$PCT" "$seed" "$MODE")
+    # The XFS guest's disk, changed above (the same change snapdump read).
+    changed=$baseline_changed
     before=$(du_b "$W/restic")
-    t=$(timed "$W/restic-2-$run" restic backup -q -r "$W/restic" "$W/disk.raw")
+    t=$(timed "$W/restic-2-$run" restic backup -q -r "$W/restic" "${DISK[xf]}")
     read -r w c rc <<<"$t"
     echo "| $run | restic $(restic version | cut -d' ' -f2) | $(mib "$changed") MiB | $w s | $c s | ≥ $(mib "$rc") MiB | | $(mib $(( $(du_b "$W/restic") - before ))) MiB | $(load) |" >>"$out"
     before=$(du_b "$W/borg")
-    t=$(timed "$W/borg-2-$run" borg create -C zstd,3 "$W/borg::two-$run" "$W/disk.raw")
+    t=$(timed "$W/borg-2-$run" borg create -C zstd,3 "$W/borg::two-$run" "${DISK[xf]}")
     read -r w c rc <<<"$t"
     echo "| $run | borg $(borg --version | cut -d' ' -f2) \`-C zstd,3\` | $(mib "$changed") MiB | $w s | $c s | ≥ $(mib "$rc") MiB | | $(mib $(( $(du_b "$W/borg") - before ))) MiB | $(load) |" >>"$out"
   fi
