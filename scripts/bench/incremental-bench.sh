@@ -82,7 +82,7 @@ timed() {
     sleep 0.1
   done
   wait "$tpid" || { log "failed: $*"; tail -20 "$out.err" >&2; return 1; }
-  awk -v r="$rchar" '{printf "%.2f %.2f %d\n", $1, $2 + $3, r}' "$out.time"
+  awk -v r="$rchar" '{printf "%.2f %.2f %.0f\n", $1, $2 + $3, r}' "$out.time"
 }
 mib() { awk -v b="$1" 'BEGIN {printf "%.1f", b / 1048576}'; }
 load() { cut -d' ' -f1 /proc/loadavg; }
