@@ -97,7 +97,7 @@ def get(d, k):  # camelCase or snake_case keys
     return d.get(k, d.get(re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), k), 0))
 c = s.get("chunks") or {}
 err = open(base + ".err").read()
-m = re.search(r"incremental: (\d+) of (\d+) chunks read .*?; .*? read from the disk, (\d+) chunks built", err)
+m = re.search(r"incremental: (\d+) of (\d+) chunks read .*?, (\d+) chunks patched", err)
 read_chunks, total, patched = (m.group(1), m.group(2), m.group(3)) if m else (get(c, "read"), "?", 0)
 print(get(s, "readBytes"), read_chunks, total, get(c, "storedBytes"), patched)
 EOF
@@ -153,7 +153,7 @@ for run in $(seq 1 "$RUNS"); do
     read -r rb cr ct st pa <<<"$(summary "$W/second-$s-$run")"
     pct=$(awk -v r="$rb" -v t="$SIZE_BYTES" 'BEGIN {printf "%.2f", 100 * r / t}')
     echo "| $run | snapdump, ${LABEL[$s]} | $(mib "$changed") MiB | **$w s** | $c s | $(mib "$rb") MiB ($pct %) | $cr of $ct ($pa) | $(mib "$st") MiB | $(load) |" >>"$out"
-    grep -h "read from the disk\|full read" "$W/second-$s-$run.err" | sed 's/^/    /' >&2 || true
+    grep -h "incremental: \|full read" "$W/second-$s-$run.err" | sed 's/^/    /' >&2 || true
   done
   if [ -n "$baselines" ]; then
     # The XFS guest's disk, changed above (the same change snapdump read).
