@@ -462,7 +462,8 @@ final class VMBackup: @unchecked Sendable {
                     switch inc.read(d) {
                     case .incremental(let previous, let changed):
                         upload.disks[i].previous = previous
-                        upload.disks[i].changed = changed.indices
+                        upload.disks[i].changed = changed
+                        if case .incremental(let s, _, _) = inc.previous[d.key] { upload.disks[i].previousSnapshot = s }
                         methods[i] = changed.method
                     case .full(let reason):
                         log.info("\(d.deviceName): full read: \(reason)")
@@ -476,8 +477,13 @@ final class VMBackup: @unchecked Sendable {
                 let c = r.disks[i]
                 // Per disk: how it was read, chunks and bytes read, what the repository stored for it.
                 let how = methods[i].map { "incremental: \(c.read) of \(c.chunks) chunks read (\($0))" } ?? "full: \(c.read) of \(c.chunks) chunks read"
+                // Incremental: how many changed chunks were built from the previous backup's chunk with only the changed ranges read.
+                let patched = methods[i] == nil ? "" : ", \(c.patched) chunks patched (previous chunk + changed ranges)"
                 log.info("\(d.deviceName): \(how), \(Formatting.bytes(c.bytesRead)) read, \(c.newChunks) new chunks stored"
-                         + " (\(Formatting.bytes(c.storedBytes)))")
+                         + " (\(Formatting.bytes(c.storedBytes)))" + patched)
+                if c.previousUnreadable > 0 {
+                    log.warn("\(d.deviceName): \(c.previousUnreadable) changed chunks read whole: the previous backup's chunk could not be read back (\(c.previousUnreadableReason ?? "?"))")
+                }
                 diskSummaries.append(BackupSummary.Disk(name: d.deviceName, method: methods[i] ?? "full", fullReason: fullReasons[i],
                                                         chunks: c.chunks, read: c.read, fromPrevious: c.fromPrevious, bytesRead: c.bytesRead,
                                                         newChunks: c.newChunks, storedBytes: c.storedBytes))

@@ -135,17 +135,33 @@ public final class BackupWriter: @unchecked Sendable {
     /// taken from the previous backup's index.
     public struct DiskUpload: Sendable {
         public var index: FixedIndex
+        /// Chunks of which any byte was asked of `read` (whole or only their changed ranges).
         public var chunksRead: Int
         public var chunksReused: Int
+        /// Bytes asked of `read` (what `knownZero` answered is not counted).
         public var bytesRead: UInt64
+        /// Of `chunksRead`: chunks built from the previous backup's chunk with only the changed ranges read.
+        public var chunksPatched: Int
+        /// Chunks read whole because their previous chunk could not be read back (missing, corrupt); the first reason.
+        public var previousUnreadable: Int
+        public var previousUnreadableReason: String?
 
-        public init(index: FixedIndex, chunksRead: Int, chunksReused: Int, bytesRead: UInt64) {
+        public init(index: FixedIndex, chunksRead: Int, chunksReused: Int, bytesRead: UInt64,
+                    chunksPatched: Int = 0, previousUnreadable: Int = 0, previousUnreadableReason: String? = nil) {
             self.index = index
             self.chunksRead = chunksRead
             self.chunksReused = chunksReused
             self.bytesRead = bytesRead
+            self.chunksPatched = chunksPatched
+            self.previousUnreadable = previousUnreadable
+            self.previousUnreadableReason = previousUnreadableReason
         }
     }
+
+    /// A changed chunk is patched (previous chunk + changed ranges) only while
+    /// the ranges to read stay under this share of it; above, reading it whole
+    /// costs about the same and needs no previous chunk.
+    static let patchLimit = 3.0 / 4.0
 
     /// An incremental backup of a disk: reads and hashes only the chunks in
     /// `changed` (the storage's answer since the base snapshot that `previous`
@@ -154,7 +170,18 @@ public final class BackupWriter: @unchecked Sendable {
     /// when `previous` has no chunk of the same length at its place (the disk
     /// grew or shrank) or when the repository no longer holds its chunk;
     /// reused chunks are touched, so a gc running now keeps them.
+    ///
+    /// `changedRanges(i)`, when given, lists the byte ranges of the disk
+    /// inside changed chunk `i` that may differ (sorted, disjoint): the chunk
+    /// is then built from the previous backup's chunk (fetched, decrypted,
+    /// decompressed and digest-checked as a restore does, from
+    /// `previousSnapshot`) with only those ranges read over it (`knownZero`
+    /// ranges zero-filled unread). It is read whole instead when the ranges
+    /// cover most of it, when its length changed, or when its previous chunk
+    /// cannot be read back (counted in `previousUnreadable`).
     public func addDisk(name: String, size: UInt64, previous: FixedIndex, changed: IndexSet,
+                        changedRanges: (@Sendable (Int) -> [Range<UInt64>])? = nil,
+                        previousSnapshot: SnapshotName? = nil,
                         threads: Int = ProcessInfo.processInfo.activeProcessorCount,
                         read: @escaping @Sendable (UInt64, UnsafeMutableRawBufferPointer) throws -> Void,
                         knownZero: (@Sendable (UInt64, Int) -> Bool)? = nil,
@@ -169,11 +196,21 @@ public final class BackupWriter: @unchecked Sendable {
             // Touching is the existence check too: a chunk gone from the store (removed by hand) is read again.
             return chunks.touch(d) ? d : nil
         }
-        return try upload(name: name, size: size, threads: threads, reuse: reuse, read: read, knownZero: knownZero, progress: progress)
+        let patch = changedRanges.map { ranges in
+            Patch(previous: previous, ranges: ranges, reader: ChunkReader(repository: repository, snapshot: previousSnapshot ?? snapshot))
+        }
+        return try upload(name: name, size: size, threads: threads, reuse: reuse, patch: patch, read: read, knownZero: knownZero, progress: progress)
+    }
+
+    /// How to build a changed chunk from its previous version (`addDisk(previous:changed:changedRanges:)`).
+    private struct Patch: Sendable {
+        let previous: FixedIndex
+        let ranges: @Sendable (Int) -> [Range<UInt64>]
+        let reader: ChunkReader
     }
 
     private func upload(name: String, size: UInt64, threads: Int,
-                        reuse: (@Sendable (Int, Int) -> SHA256Digest?)?,
+                        reuse: (@Sendable (Int, Int) -> SHA256Digest?)?, patch: Patch? = nil,
                         read: @escaping @Sendable (UInt64, UnsafeMutableRawBufferPointer) throws -> Void,
                         knownZero: (@Sendable (UInt64, Int) -> Bool)?,
                         progress: (@Sendable (UInt64) -> Void)?) throws -> DiskUpload {
@@ -186,6 +223,8 @@ public final class BackupWriter: @unchecked Sendable {
         let chunksRead = Atomic<Int>(0)
         let bytesRead = Atomic<UInt64>(0)
         let chunksReused = Atomic<Int>(0)
+        let chunksPatched = Atomic<Int>(0)
+        let unreadable = Mutex((count: 0, reason: String?.none))
         let failure = Mutex<(any Error)?>(nil)
         let workers = max(1, min(threads, count))
         let zeroDigest = self.zeroDigest
@@ -208,7 +247,25 @@ public final class BackupWriter: @unchecked Sendable {
                         countDuplicate()
                     } else {
                         let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<len])
-                        if len == Int(chunkSize), let knownZero, knownZero(offset, len) {
+                        if let patch, let ranges = patchable(patch, chunk: i, offset: offset, length: len, knownZero: knownZero),
+                           let old = previousChunk(patch, i, length: len, unreadable: unreadable) {
+                            old.withUnsafeBytes { chunk.copyMemory(from: $0) }
+                            var asked: UInt64 = 0
+                            for r in ranges {
+                                let piece = UnsafeMutableRawBufferPointer(rebasing: chunk[Int(r.lowerBound - offset)..<Int(r.upperBound - offset)])
+                                if let knownZero, knownZero(r.lowerBound, piece.count) {
+                                    piece.initializeMemory(as: UInt8.self, repeating: 0)
+                                } else {
+                                    try read(r.lowerBound, piece)
+                                    asked += UInt64(piece.count)
+                                }
+                            }
+                            chunksPatched.add(1, ordering: .relaxed)
+                            if asked > 0 {
+                                chunksRead.add(1, ordering: .relaxed)
+                                bytesRead.add(asked, ordering: .relaxed)
+                            }
+                        } else if len == Int(chunkSize), let knownZero, knownZero(offset, len) {
                             chunk.initializeMemory(as: UInt8.self, repeating: 0)
                         } else {
                             try read(offset, chunk)
@@ -233,8 +290,37 @@ public final class BackupWriter: @unchecked Sendable {
                                chunkSize: chunkSize, digests: digests.withLock { $0 })
         try index.write(to: directory + "/" + fileName)
         state.withLock { $0.files.append(Manifest.FileInfo(filename: fileName, cryptMode: cryptMode, size: size, csum: index.indexChecksum.hex)) }
+        let u = unreadable.withLock { $0 }
         return DiskUpload(index: index, chunksRead: chunksRead.load(ordering: .relaxed),
-                          chunksReused: chunksReused.load(ordering: .relaxed), bytesRead: bytesRead.load(ordering: .relaxed))
+                          chunksReused: chunksReused.load(ordering: .relaxed), bytesRead: bytesRead.load(ordering: .relaxed),
+                          chunksPatched: chunksPatched.load(ordering: .relaxed), previousUnreadable: u.count, previousUnreadableReason: u.reason)
+    }
+
+    /// The ranges of changed chunk `i` to lay over its previous version, or nil
+    /// when it is better read whole: no previous chunk of the same length, or
+    /// ranges to read covering most of it.
+    private func patchable(_ patch: Patch, chunk i: Int, offset: UInt64, length: Int,
+                           knownZero: (@Sendable (UInt64, Int) -> Bool)?) -> [Range<UInt64>]? {
+        guard i < patch.previous.chunkCount, patch.previous.chunkLength(i) == length else { return nil }
+        let end = offset + UInt64(length)
+        let ranges = patch.ranges(i).map { max($0.lowerBound, offset)..<min($0.upperBound, end) }.filter { !$0.isEmpty }
+        var toRead: UInt64 = 0
+        for r in ranges where !(knownZero?(r.lowerBound, r.count) ?? false) { toRead += UInt64(r.count) }
+        return Double(toRead) <= Self.patchLimit * Double(length) ? ranges : nil
+    }
+
+    /// The previous backup's chunk `i`, every check a restore makes done
+    /// (the zero chunk without reading it); nil, counted in `unreadable`, when it cannot be read back.
+    private func previousChunk(_ patch: Patch, _ i: Int, length: Int, unreadable: borrowing Mutex<(count: Int, reason: String?)>) -> [UInt8]? {
+        let d = patch.previous.digests[i]
+        if d == zeroDigest && length == Int(FixedIndex.defaultChunkSize) { return [UInt8](repeating: 0, count: length) }
+        do { return try patch.reader.chunk(d, expectedLength: length) } catch {
+            unreadable.withLock { u in
+                u.count += 1
+                if u.reason == nil { u.reason = "\(error)" }
+            }
+            return nil
+        }
     }
 
     /// Adds an index built elsewhere (import from a VMA archive).

@@ -280,15 +280,16 @@ final class RBDImage: @unchecked Sendable {
         return box.extents.sorted { $0.offset < $1.offset }
     }
 
-    /// Extents written or discarded since snapshot `from`, in whole objects
-    /// (`rbd_diff_iterate2` with whole_object, from the object map when the
-    /// image has fast-diff): discarded ones (exists == 0) included, they read
-    /// as zeros now.
-    func changedExtents(since from: String, length: UInt64) throws -> [(offset: UInt64, length: UInt64)] {
-        final class Box { var extents: [(offset: UInt64, length: UInt64)] = [] }
+    /// Extents written or discarded since snapshot `from` (`rbd_diff_iterate2`;
+    /// the object map narrows the objects asked when the image has fast-diff):
+    /// discarded ones (exists == 0) included, they read as zeros now.
+    func changedExtents(since from: String, length: UInt64) throws -> [(offset: UInt64, length: UInt64, exists: Bool)] {
+        final class Box { var extents: [(offset: UInt64, length: UInt64, exists: Bool)] = [] }
         let box = Box()
-        let r = rbd_diff_iterate2(image, from, 0, length, 1, 1, { off, len, _, arg in
-            Unmanaged<Box>.fromOpaque(arg!).takeUnretainedValue().extents.append((off, UInt64(len)))
+        // whole_object 0: the extents written, not whole 4 MiB objects (what `rbd diff` prints), so a
+        // backup reads only those; `exists` false: discarded or gone, reads as zeros.
+        let r = rbd_diff_iterate2(image, from, 0, length, 1, 0, { off, len, exists, arg in
+            Unmanaged<Box>.fromOpaque(arg!).takeUnretainedValue().extents.append((off, UInt64(len), exists != 0))
             return 0
         }, Unmanaged.passUnretained(box).toOpaque())
         try RBDConnection.check("rbd_diff_iterate2(\(name), from \(from))", r)

@@ -14,21 +14,27 @@ import Archive
     /// Counts the chunks read through the writer's closure.
     final class Reads: Sendable {
         let offsets = Mutex<[UInt64]>([])
-        var chunks: [Int] { offsets.withLock { $0.map { Int($0 / UInt64(4 * IncrementalTests.mib)) }.sorted() } }
+        let bytes = Mutex<UInt64>(0)
+        var chunks: [Int] { offsets.withLock { Array(Set($0.map { Int($0 / UInt64(4 * IncrementalTests.mib)) })).sorted() } }
     }
 
     func backup(_ repo: Repository, time: Int64, disk: [UInt8], previous: FixedIndex? = nil, changed: IndexSet = [],
+                ranges: (@Sendable (Int) -> [Range<UInt64>])? = nil, zeros: [Range<UInt64>] = [],
                 base: String? = "snapdump_base_x", reads: Reads = Reads()) throws -> (SnapshotName, BackupWriter.DiskUpload) {
         let s = SnapshotName(id: "100", time: time)
         let w = try BackupWriter(repository: repo, snapshot: s)
         let data = disk
         let read: @Sendable (UInt64, UnsafeMutableRawBufferPointer) throws -> Void = { off, buf in
             reads.offsets.withLock { $0.append(off) }
+            reads.bytes.withLock { $0 += UInt64(buf.count) }
             data.withUnsafeBytes { buf.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[Int(off)..<Int(off) + buf.count])) }
         }
+        // What the storage reported as zeros (only sub-chunk ranges are asked here).
+        let knownZero: @Sendable (UInt64, Int) -> Bool = { off, len in zeros.contains { $0.contains(off) && off + UInt64(len) <= $0.upperBound } }
         let upload: BackupWriter.DiskUpload
         if let previous {
-            upload = try w.addDisk(name: "drive-scsi0.img", size: UInt64(data.count), previous: previous, changed: changed, threads: 3, read: read)
+            upload = try w.addDisk(name: "drive-scsi0.img", size: UInt64(data.count), previous: previous, changed: changed,
+                                   changedRanges: ranges, previousSnapshot: nil, threads: 3, read: read, knownZero: knownZero)
         } else {
             let idx = try w.addDisk(name: "drive-scsi0.img", size: UInt64(data.count), threads: 3, read: read)
             upload = BackupWriter.DiskUpload(index: idx, chunksRead: idx.chunkCount, chunksReused: 0, bytesRead: UInt64(data.count))
@@ -71,6 +77,72 @@ import Archive
         let (s2, up) = try backup(repo, time: 1_796_004_000 + 86400, disk: d, previous: first.index, changed: [], reads: reads)
         #expect(reads.chunks == [0, 3, 4])
         #expect(up.chunksRead == 3 && up.chunksReused == 2)
+        #expect(try restoreToMemory(repo, s2, file: "drive-scsi0.img.fidx") == d)
+    }
+
+    /// Changed chunks built from the previous chunk with only the changed
+    /// ranges read: bytes read follow the change, not the chunk size.
+    @Test(arguments: [false, true])
+    func onlyChangedRangesAreRead(encrypted: Bool) throws {
+        let scratch = try Scratch("incr-ranges")
+        let crypt = encrypted ? CryptConfig(encKey: [UInt8](repeating: 3, count: 32)) : nil
+        let repo = try Repository.create(root: scratch.path("store"), crypt: crypt)
+        let c = UInt64(4 * Self.mib)
+        var d = pseudoRandom(5 * 4 * Self.mib + 12288, seed: 8)
+        // Chunk 2 all zeros: its previous chunk is the zero chunk, taken without reading the store.
+        for i in Int(2 * c)..<Int(3 * c) { d[i] = 0 }
+        let (s1, first) = try backup(repo, time: 1_796_004_000, disk: d)
+        // 0: 4 KiB written at 8 KiB and 4 KiB at the end of the chunk; 1: 64 KiB zeroed, reported as zeros (freed);
+        // 2: 4 KiB written into the zero chunk; 3: 3.5 MiB rewritten (most of the chunk: read whole);
+        // 4: an identical rewrite (reported, nothing differs); 5 (short, 12 KiB): its last 100 bytes.
+        for i in 8192..<12288 { d[i] ^= 0xA5 }
+        for i in Int(c) - 4096..<Int(c) { d[i] ^= 0x5A }
+        for i in Int(c) + 65536..<Int(c) + 131072 { d[i] = 0 }
+        for i in Int(2 * c) + 4096..<Int(2 * c) + 8192 { d[i] = 0x11 }
+        for i in Int(3 * c) + 4096..<Int(3 * c) + 4096 + 3584 * 1024 { d[i] = ~d[i] }
+        for i in d.count - 100..<d.count { d[i] ^= 0xFF }
+        let ranges: [Int: [Range<UInt64>]] = [
+            0: [8192..<12288, c - 4096..<c],
+            1: [c + 65536..<c + 131072],
+            2: [2 * c + 4096..<2 * c + 8192],
+            3: [3 * c + 4096..<3 * c + 4096 + 3584 * 1024],
+            4: [4 * c + 1000..<4 * c + 5000],
+            5: [UInt64(d.count) - 100..<UInt64(d.count)],
+        ]
+        let reads = Reads()
+        let (s2, up) = try backup(repo, time: 1_796_004_000 + 86400, disk: d, previous: first.index, changed: IndexSet(0...5),
+                                  ranges: { ranges[$0] ?? [] }, zeros: [c + 65536..<c + 131072], reads: reads)
+        // Chunk 1 came from its previous chunk and the reported zeros alone: nothing of it read.
+        #expect(reads.chunks == [0, 2, 3, 4, 5])
+        let expected = UInt64(4096 * 2 + 4096 + Int(c) + 4000 + 100)
+        #expect(up.bytesRead == expected && reads.bytes.withLock { $0 } == expected, "\(up.bytesRead)")
+        #expect(up.chunksPatched == 5 && up.chunksRead == 5 && up.previousUnreadable == 0)
+        #expect(try restoreToMemory(repo, s2, file: "drive-scsi0.img.fidx") == d)
+        let (_, full) = try backup(repo, time: 1_796_004_000 + 2 * 86400, disk: d)
+        #expect(full.index.digests == up.index.digests)
+        #expect(try Verifier(repository: repo).verify([s1, s2]).ok)
+    }
+
+    /// A previous chunk gone from the store or corrupt: that chunk is read whole, the backup is still right.
+    @Test func unreadablePreviousChunkIsReadWhole() throws {
+        let scratch = try Scratch("incr-ranges-gone")
+        let repo = try Repository.create(root: scratch.path("store"))
+        let c = UInt64(4 * Self.mib)
+        var d = pseudoRandom(3 * 4 * Self.mib, seed: 9)
+        let (_, first) = try backup(repo, time: 1_796_004_000, disk: d)
+        try FileSystem.remove(repo.chunks.path(of: first.index.digests[0]))
+        let corrupt = repo.chunks.path(of: first.index.digests[1])
+        var blob = try FileSystem.readBytes(corrupt)
+        blob[blob.count - 9] ^= 1
+        try FileSystem.writeAtomically(corrupt, bytes: blob, mode: 0o600)
+        for chunk in 0..<3 { d[chunk * Int(c) + 100] ^= 1 }
+        let reads = Reads()
+        let (s2, up) = try backup(repo, time: 1_796_004_000 + 86400, disk: d, previous: first.index, changed: IndexSet(0...2),
+                                  ranges: { [UInt64($0) * c + 100..<UInt64($0) * c + 101] }, reads: reads)
+        #expect(up.previousUnreadable == 2 && up.chunksPatched == 1 && up.chunksRead == 3)
+        #expect(up.bytesRead == 2 * c + 1)
+        let reason = up.previousUnreadableReason ?? ""
+        #expect([0, 1].contains { reason.contains(first.index.digests[$0].hex) }, "\(reason)")
         #expect(try restoreToMemory(repo, s2, file: "drive-scsi0.img.fidx") == d)
     }
 

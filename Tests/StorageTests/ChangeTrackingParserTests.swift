@@ -166,4 +166,42 @@ struct ChangeTrackingParserTests {
         #expect(ThinDelta.changes(xml: "", into: &c).reason?.contains("no <diff>") == true)
         #expect(ThinDelta.changes(xml: "<superblock data_block_size=\"128\">\n<diff>\n<weird begin=\"1\"/>", into: &c).changedChunks == nil)
     }
+
+    static func r(_ o: UInt64, _ n: UInt64, _ k: AllocationKind = .data) -> AllocationRange { AllocationRange(offset: o, length: n, kind: k) }
+
+    @Test func rangesPerChunkOverlayInOrderAndSplitAtChunkEdges() {
+        var c = Self.empty()
+        c.insert(offset: 4096, length: 8192)
+        c.insert(offset: 12288, length: 4096)                       // adjacent: merged
+        c.insert(offset: 65536, length: 65536, kind: .zero)         // freed
+        c.insert(offset: 98304, length: 4096)                       // then written into
+        c.insert(offset: 4 * Self.mib - 4096, length: 8192)         // across a chunk edge
+        #expect(c.ranges(ofChunk: 0) == [Self.r(4096, 12288), Self.r(65536, 32768, .zero), Self.r(98304, 4096),
+                                         Self.r(102400, 28672, .zero), Self.r(4 * Self.mib - 4096, 4096)])
+        #expect(c.ranges(ofChunk: 1) == [Self.r(4 * Self.mib, 4096)])
+        #expect(c.ranges(ofChunk: 2).isEmpty)
+        // A write over everything of chunk 0 replaces all its pieces.
+        c.insert(offset: 0, length: 4 * Self.mib)
+        #expect(c.ranges(ofChunk: 0) == [Self.r(0, 4 * Self.mib)])
+        #expect(c.changedBytes.data == 4 * Self.mib + 4096 && c.changedBytes.zero == 0)
+        // A grown volume: the old last chunk (its last byte on) and all after it are data.
+        let g = Self.empty(size: 10 << 20, baseSize: 6 << 20)
+        #expect(g.ranges(ofChunk: 1) == [Self.r(6 * Self.mib - 1, 2 * Self.mib + 1)] && g.ranges(ofChunk: 2) == [Self.r(8 * Self.mib, 2 * Self.mib)])
+    }
+
+    @Test func storagesReportZeroRanges() {
+        // zfs: FREE is zeros unless a later WRITE fills it again.
+        let stream = Self.begin() + Self.object(5, gen: 37) + Self.free(5, 0, 1 << 20) + Self.write(5, 131_072, 131_072) + Self.end()
+        #expect(Self.parse(stream, piece: 4096).changedChunks?.ranges(ofChunk: 0)
+                == [Self.r(0, 131_072, .zero), Self.r(131_072, 131_072), Self.r(262_144, 786_432, .zero)])
+        // FIEMAP: a hole or an unwritten extent in the new clone is zeros, a moved extent data.
+        var c = Self.empty()
+        ExtentComparison.compare(base: [Self.extent(0, 100, 40)],
+                                 new: [Self.extent(0, 100, 1), Self.extent(1, 300, 1), Self.extent(3, 103, 1, File.Extent.unwritten), Self.extent(4, 104, 36)], into: &c)
+        #expect(c.ranges(ofChunk: 0) == [Self.r(Self.mib, Self.mib), Self.r(2 * Self.mib, 2 * Self.mib, .zero)])
+        // thin_delta: left_only blocks are unmapped in the new snapshot.
+        var t = Self.empty()
+        let xml = "<superblock data_block_size=\"128\">\n<diff left=\"1\" right=\"2\">\n<left_only begin=\"1\" length=\"1\"/>\n<different begin=\"2\" length=\"1\"/>\n</diff>\n</superblock>"
+        #expect(ThinDelta.changes(xml: xml, into: &t).changedChunks?.ranges(ofChunk: 0) == [Self.r(65536, 65536, .zero), Self.r(131_072, 65536)])
+    }
 }

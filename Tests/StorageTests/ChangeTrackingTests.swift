@@ -53,9 +53,10 @@ private func differingChunks(_ a: [UInt8], _ b: [UInt8], chunk: Int) -> IndexSet
     return out
 }
 
-/// Backs up `volume` at `snapshot` into `repo` (incrementally when `base` says so); returns the upload and the snapshot name.
+/// Backs up `volume` at `snapshot` into `repo` (incrementally from `previous` when `changed` is given, reading
+/// only the changed ranges; reported zeros and holes of the snapshot unread, as the engine does); returns the upload and the snapshot name.
 private func backup(_ repo: Repository, time: Int64, plugin: any StoragePlugin, volume: VolumeID, snapshot: String,
-                    previous: FixedIndex? = nil, changed: IndexSet? = nil) throws -> (BackupWriter.DiskUpload, SnapshotName) {
+                    previous: FixedIndex? = nil, changed: ChangedChunks? = nil) throws -> (BackupWriter.DiskUpload, SnapshotName) {
     let name = SnapshotName(type: "vm", id: "100", time: time)
     let w = try BackupWriter(repository: repo, snapshot: name)
     let upload: BackupWriter.DiskUpload = try withSource(plugin, volume, snapshot: snapshot) { src in
@@ -64,7 +65,16 @@ private func backup(_ repo: Repository, time: Int64, plugin: any StoragePlugin, 
             guard n == buf.count else { throw TestFailure("short read at \(off) of \(volume)@\(snapshot)") }
         }
         if let previous, let changed {
-            return try w.addDisk(name: "drive-scsi0.img", size: src.size, previous: previous, changed: changed, threads: 2, read: read)
+            let knownZero: @Sendable (UInt64, Int) -> Bool = { off, len in
+                let end = off + UInt64(len)
+                if changed.ranges(ofChunk: Int(off / changed.chunkSize)).contains(where: { $0.kind == .zero && $0.offset <= off && end <= $0.offset + $0.length }) {
+                    return true
+                }
+                return ((try? src.allocation(offset: off, length: UInt64(len))) ?? []).allSatisfy { $0.kind == .zero }
+            }
+            return try w.addDisk(name: "drive-scsi0.img", size: src.size, previous: previous, changed: changed.indices,
+                                 changedRanges: { i in changed.ranges(ofChunk: i).map { $0.offset..<$0.offset + $0.length } },
+                                 threads: 2, read: read, knownZero: knownZero)
         }
         let index = try w.addDisk(name: "drive-scsi0.img", size: src.size, threads: 2, read: read)
         return BackupWriter.DiskUpload(index: index, chunksRead: index.chunkCount, chunksReused: 0, bytesRead: src.size)
@@ -96,7 +106,8 @@ struct ChangeTrackingTests {
         let p = storage.plugin
         let repoDir = try Integration.scratchDirectory("i11-repo")
         defer { try? FileManager.default.removeItem(atPath: repoDir) }
-        let repo = try Repository.create(root: repoDir + "/repo")
+        // Half the storages back up into an encrypted repository (keyed digests, encrypted chunks read back for patching).
+        let repo = try Repository.create(root: repoDir + "/repo", crypt: c.plugin.seed % 2 == 1 ? CryptConfig(encKey: [UInt8](repeating: 5, count: 32)) : nil)
 
         // 8 whole chunks and a 12 KiB tail: the last chunk is short (LVs are whole 4 MiB extents: 9 chunks).
         let size = c.plugin.sizeGranularity == 4 << 20 ? UInt64(9 * Self.chunk) : UInt64(8 * Self.chunk + 12288)
@@ -160,11 +171,29 @@ struct ChangeTrackingTests {
             return
         }
         #expect(prev == first && b == base)
-        let (upload, second) = try backup(repo, time: t1, plugin: p, volume: volume, snapshot: new, previous: index, changed: changed.indices)
-        #expect(upload.chunksRead == changed.indices.count)
+        let (upload, second) = try backup(repo, time: t1, plugin: p, volume: volume, snapshot: new, previous: index, changed: changed)
         #expect(upload.chunksReused == changed.chunkCount - changed.indices.count)
+        // Only the changed ranges were read (the storage's granularity: a 128 KiB zfs record, an extent), each
+        // chunk laid over its previous version; chunk-sized reads would be ≥ 5 × 4 MiB. At least the new random data was read.
+        let changedData = UInt64(4096 + (1 << 20) + 4096)
+        #expect(upload.bytesRead >= changedData && upload.bytesRead <= 3 << 20,
+                "\(upload.bytesRead) bytes read for \(changedData) changed (reported: \(changed.changedBytes))")
+        // zfs: the 128 KiB record holding the 4 KiB written at the end covers the whole short (12 KiB) last chunk: read whole.
+        let wholeReads = c.method == "zfs send" ? 1 : 0
+        #expect(upload.chunksPatched == changed.indices.count - wholeReads && upload.previousUnreadable == 0,
+                "\(upload.chunksPatched) patched, \(upload.previousUnreadable) unreadable")
         #expect(try restored(repo, second) == after)
         #expect(try restored(repo, first) == before)
+        print("\(c.plugin.name): \(upload.bytesRead) bytes read of \(changed.indices.count) changed chunks (reported \(changed.changedBytes))")
+
+        // The previous chunk of a changed chunk gone from the store (removed by hand): that chunk is read whole, still right.
+        try FileSystem.remove(repo.chunks.path(of: index.digests[5]))
+        let (again, third) = try backup(repo, time: t1 + 1, plugin: p, volume: volume, snapshot: new, previous: index, changed: changed)
+        #expect(again.previousUnreadable == 1 && again.chunksPatched == changed.indices.count - 1 - wholeReads,
+                "\(again.chunksPatched) patched, \(again.previousUnreadable) unreadable")
+        #expect(again.bytesRead >= UInt64(Self.chunk) && again.bytesRead <= UInt64(Self.chunk) + (3 << 20), "\(again.bytesRead)")
+        #expect(try restored(repo, third) == after)
+        try repo.remove(third)
         // A run killed after its snapshot and before its manifest left a base nobody recorded.
         let orphan = BaseSnapshot.name(backupTime: t1 + 3600)
         try p.createSnapshot([volume], name: orphan)

@@ -1,71 +1,176 @@
 #!/usr/bin/env bash
-# Incremental-forever benchmark (issue 11): a second backup after PCT % of a
-# real disk changed (scripts/bench/real-disk.sh image SIZE_MIB, changed with
-# `real-disk.sh change … PCT SEED MODE`), where the storage says what changed,
-# against `restic backup` and `borg create -C zstd,3` of the same image before
-# and after the same change.
+# Incremental-forever benchmark (issue 11), through the CLI of a release
+# build: `snapdump backup --mode stop --storage <repo>` of a guest whose disk
+# holds a real-data image (scripts/bench/real-disk.sh image SIZE_MIB), on
+# btrfs (btrfs send), reflink XFS (FIEMAP) and zfs-fuse (zfs send -i), each on
+# a loop filesystem / file-vdev pool of its own made here, all into one
+# repository (so only the first guest's first backup stores the image; disk
+# space: 8 GiB needs ~35 GiB free). First backup (full), then `real-disk.sh
+# change` of PCT % of the disk (another seed per storage: no change is
+# stored twice), then the second backup, timed: only the changed ranges
+# are read. Against `restic backup` and `borg create -C zstd,3` of the XFS
+# guest's disk file before and after its change (their second run timed).
 #
-# snapdump: Tests/StorageTests/IncrementalBench.swift on btrfs (btrfs send)
-# and reflink XFS (FIEMAP), each on a loop filesystem of its own made here;
-# it also times a full re-read of the changed snapshot (the repository
-# without change tracking) and checks both indexes are equal.
-# and zfs-fuse (zfs send -i), on a pool of its own on a file vdev.
+# RUNS > 1 repeats change + second backups (new seed each time, snapdump on
+# every storage, restic and borg alternating in one loop) and reports each.
 #
-# Usage (root): scripts/bench/incremental-bench.sh [SIZE_MIB [PCT [SEED [MODE]]]]
-#   defaults 2048 1 11 extents. The debug test bundle must be built
-#   (swift build --build-tests). Results appended to .build/bench/incremental-bench.md.
+# Per run: wall and CPU seconds (/usr/bin/time; CPU of the process and its
+# children, e.g. btrfs send, zfs send), bytes read from the disk (snapdump's
+# log and JSON summary; restic/borg: rchar from /proc/<pid>/io, sampled),
+# bytes stored (snapdump: new chunks compressed; restic/borg: repository growth).
+#
+# Usage (root): scripts/bench/incremental-bench.sh [SIZE_MIB [PCT [SEED [MODE [RUNS]]]]]
+#   defaults 2048 1 11 extents 1. Needs the release binary
+#   (swift build -c release --product snapdump) or SNAPDUMP_BIN.
+#   SKIP_BASELINES=1: snapdump only. Results appended to .build/bench/incremental-bench.md.
 set -euo pipefail
 HERE=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 ROOT=$(readlink -f "$HERE/../..")
-SIZE=${1:-2048} PCT=${2:-1} SEED=${3:-11} MODE=${4:-extents}
+SIZE=${1:-2048} PCT=${2:-1} SEED=${3:-11} MODE=${4:-extents} RUNS=${5:-1}
+BIN=${SNAPDUMP_BIN:-$ROOT/.build/release/snapdump}
 RESULTS=${BENCH_RESULTS:-$ROOT/.build/bench/incremental-bench.md}
+[ -x "$BIN" ] || { echo "bench: no snapdump binary at $BIN (swift build -c release --product snapdump)" >&2; exit 1; }
 W=$(mktemp -d "${SNAPDUMP_BENCH_DIR:-/var/tmp}/snapdump-incr-bench.XXXXXX")
+CONF=$W/etc
 log() { echo "bench: $*" >&2; }
 ZPOOL=sdincr$$
+STORAGES=(bt xf zf)
+declare -A LABEL=([bt]="btrfs (btrfs send)" [xf]="dir reflink on XFS (FIEMAP)" [zf]="zfspool on zfs-fuse (zfs send -i)")
+declare -A VMID=([bt]=901 [xf]=902 [zf]=903)
 cleanup() {
+  for s in "${STORAGES[@]}"; do "$BIN" vm destroy "${VMID[$s]}" --config-dir "$CONF" >/dev/null 2>&1 || true; done
   for _ in 1 2 3 4 5 6 7 8 9 10; do zpool destroy -f "$ZPOOL" 2>/dev/null && break; zpool list "$ZPOOL" >/dev/null 2>&1 || break; sleep 1; done
   for m in "$W/btrfs" "$W/xfs"; do umount "$m" 2>/dev/null || true; done
   rm -rf "$W"
 }
 trap cleanup EXIT
+sd() { "$BIN" "$@" --config-dir "$CONF"; }
+
 IMG=$("$HERE/real-disk.sh" image "$SIZE")
-mkdir -p "$W/btrfs" "$W/xfs" "$(dirname "$RESULTS")"
-truncate -s $((SIZE * 3))M "$W/btrfs.img" "$W/xfs.img"
+mkdir -p "$W/btrfs" "$W/xfs" "$CONF" "$(dirname "$RESULTS")"
+truncate -s $((SIZE * 3))M "$W/btrfs.img" "$W/xfs.img" "$W/zpool.img"
 mkfs.btrfs -q "$W/btrfs.img" && mount -o loop "$W/btrfs.img" "$W/btrfs"
 mkfs.xfs -q -m reflink=1 "$W/xfs.img" && mount -o loop "$W/xfs.img" "$W/xfs"
-truncate -s $((SIZE * 3))M "$W/zpool.img"
 zpool create -m "$W/zmnt" "$ZPOOL" "$W/zpool.img"
+mkdir -p "$W/btrfs/store" "$W/xfs/store"
+sd storage add btrfs bt --path "$W/btrfs/store" >/dev/null
+sd storage add dir xf --path "$W/xfs/store" --reflink 1 >/dev/null
+sd storage add zfspool zf --pool "$ZPOOL" >/dev/null
 
-out="$W/snapdump.md"
-log "snapdump on btrfs, reflink XFS and zfs-fuse ($SIZE MiB, $PCT % $MODE, seed $SEED)"
-(cd "$ROOT" && SNAPDUMP_BENCH_IMAGE="$IMG" SNAPDUMP_BENCH_CHANGE="$PCT $SEED $MODE" \
-  SNAPDUMP_BENCH_BTRFS="$W/btrfs" SNAPDUMP_BENCH_XFS="$W/xfs" SNAPDUMP_BENCH_ZPOOL="$ZPOOL" \
-  SNAPDUMP_BENCH_OUT="$out" SNAPDUMP_BENCH_WORK="$W" \
-  swift test --skip-build --no-parallel --filter IncrementalBench >"$W/test.log" 2>&1) || { tail -30 "$W/test.log" >&2; exit 1; }
-
-if [ -n "${SKIP_BASELINES:-}" ]; then { echo "### incremental-bench $(date -u +%FT%TZ): $SIZE MiB, $PCT % ($MODE, seed $SEED)"; cat "$out"; } | tee -a "$RESULTS"; exit 0; fi
-# restic and borg: the same image, backed up, changed the same way, backed up again.
-for tool in restic borg bc; do
-  command -v "$tool" >/dev/null || { log "installing restic, borgbackup, bc"; apt-get install -y -q restic borgbackup bc >&2; break; }
+# The guests: one disk each, filled with the image (zfs-fuse: a plain copy, its files have no holes to keep).
+declare -A DISK
+sd storage add repo r1 --path "$W/repo" >/dev/null
+sd repo init r1 >/dev/null
+declare -A SEEDOFF=([bt]=0 [xf]=1000 [zf]=2000)
+for s in "${STORAGES[@]}"; do
+  sd vm create "${VMID[$s]}" --memory 256 --scsi0 "$s:${SIZE}M" >/dev/null
+  volid=$(sed -n 's/^scsi0: *\([^,]*\).*/\1/p' "$(find "$CONF" -name "${VMID[$s]}.conf" | head -1)")
+  DISK[$s]=$(sd volume path "$volid")
+  cp --sparse=$([ "$s" = zf ] && echo never || echo always) "$IMG" "${DISK[$s]}"
+  sync -f "${DISK[$s]}"
 done
-cp --sparse=always "$IMG" "$W/disk.raw"
-secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
-export RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
-restic init -q -r "$W/restic" >/dev/null
-borg init -e none "$W/borg"
-r1=$(secs restic backup -q -r "$W/restic" "$W/disk.raw")
-b1=$(secs borg create -C zstd,3 "$W/borg::one" "$W/disk.raw")
-changed=$("$HERE/real-disk.sh" change "$W/disk.raw" "$PCT" "$SEED" "$MODE")
-r2=$(secs restic backup -q -r "$W/restic" "$W/disk.raw")
-b2=$(secs borg create -C zstd,3 "$W/borg::two" "$W/disk.raw")
+
+# timed OUT CMD…: runs CMD, stdout to OUT.out, stderr to OUT.err; prints "wall cpu rchar"
+# (rchar: bytes the process read, sampled from /proc/<pid>/io every 0.1 s, so a lower bound).
+timed() {
+  local out=$1; shift
+  /usr/bin/time -f '%e %U %S' -o "$out.time" "$@" >"$out.out" 2>"$out.err" &
+  local tpid=$! rchar=0 child r
+  while kill -0 "$tpid" 2>/dev/null; do
+    child=$(pgrep -P "$tpid" | head -1 || true)
+    if [ -n "$child" ]; then r=$(awk '/^rchar/ {print $2}' "/proc/$child/io" 2>/dev/null || true); [ -n "$r" ] && rchar=$r; fi
+    sleep 0.1
+  done
+  wait "$tpid" || { log "failed: $*"; tail -20 "$out.err" >&2; return 1; }
+  awk -v r="$rchar" '{printf "%.2f %.2f %.0f\n", $1, $2 + $3, r}' "$out.time"
+}
+mib() { awk -v b="$1" 'BEGIN {printf "%.1f", b / 1048576}'; }
+load() { cut -d' ' -f1 /proc/loadavg; }
+
+# snapdump's numbers from a backup's JSON summary (stdout) and log (stderr).
+summary() {  # summary OUT → "read_bytes chunks_read chunks_total stored_bytes patched"
+  python3 - "$1" <<'EOF'
+import json, re, sys
+base = sys.argv[1]
+s = json.load(open(base + ".out"))[0]
+def get(d, k):  # camelCase or snake_case keys
+    return d.get(k, d.get(re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), k), 0))
+c = s.get("chunks") or {}
+err = open(base + ".err").read()
+m = re.search(r"incremental: (\d+) of (\d+) chunks read .*?, (\d+) chunks patched", err)
+read_chunks, total, patched = (m.group(1), m.group(2), m.group(3)) if m else (get(c, "read"), "?", 0)
+print(get(s, "readBytes"), read_chunks, total, get(c, "storedBytes"), patched)
+EOF
+}
+
+SIZE_BYTES=$(stat -c %s "$IMG")
+out="$W/snapdump.md"; : >"$out"
+log "first backups ($SIZE MiB, release binary $BIN)"
+declare -A FIRST
+for s in "${STORAGES[@]}"; do
+  FIRST[$s]=$(timed "$W/first-$s" "$BIN" backup "${VMID[$s]}" --mode stop --storage r1 --output-format json --config-dir "$CONF")
+done
+
+baselines=1
+[ -n "${SKIP_BASELINES:-}" ] && baselines=
+if [ -n "$baselines" ]; then
+  for tool in restic borg; do
+    command -v "$tool" >/dev/null || { log "installing restic, borgbackup"; apt-get install -y -q restic borgbackup >&2; break; }
+  done
+  # restic writes temporary packs to $TMPDIR (a small /tmp filled up at 8 GiB).
+  export TMPDIR=$W
+  export RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
+  restic init -q -r "$W/restic" >/dev/null
+  borg init -e none "$W/borg"
+  r1=$(timed "$W/restic-1" restic backup -q -r "$W/restic" "${DISK[xf]}")
+  b1=$(timed "$W/borg-1" borg create -C zstd,3 "$W/borg::one" "${DISK[xf]}")
+fi
+du_b() { du -sb "$1" | cut -f1; }
 
 {
-  echo "### incremental-bench $(date -u +%FT%TZ): $SIZE MiB real disk, $PCT % changed ($MODE, seed $SEED, $changed B), load $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "### incremental-bench $(date -u +%FT%TZ): $SIZE MiB real disk, $PCT % changed ($MODE), $RUNS run(s), release build, load $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
-  echo "| storage | first (full) backup | change | incremental: chunks read | incremental time | full re-read (no tracking) | load |"
-  echo "|---|---|---|---|---|---|---|"
-  cat "$out"
+  for s in "${STORAGES[@]}"; do
+    read -r w c _ <<<"${FIRST[$s]}"
+    read -r rb _ _ st _ <<<"$(summary "$W/first-$s")"
+    echo "first backup, ${LABEL[$s]}: $w s wall, $c s CPU, $(mib "$rb") MiB read, $(mib "$st") MiB stored"
+  done
+  [ -n "$baselines" ] && { read -r w c rc <<<"$r1"; echo "first restic backup: $w s wall, $c s CPU; first borg create: $(cut -d' ' -f1 <<<"$b1") s wall, $(cut -d' ' -f2 <<<"$b1") s CPU"; }
   echo
-  echo "restic $(restic version | cut -d' ' -f2): first $r1 s, second $r2 s. borg $(borg --version | cut -d' ' -f2) (zstd,3): first $b1 s, second $b2 s."
-  echo
-} | tee -a "$RESULTS"
+  echo "| run | tool | changed | second backup: wall | CPU | read from the disk | chunks read (patched) | stored | load |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+} >>"$out"
+
+for run in $(seq 1 "$RUNS"); do
+  seed=$((SEED + run - 1))
+  for s in "${STORAGES[@]}"; do
+    changed=$("$HERE/real-disk.sh" change "${DISK[$s]}" "$PCT" $((seed + SEEDOFF[$s])) "$MODE")
+    [ "$s" = xf ] && baseline_changed=$changed
+    sync -f "${DISK[$s]}"
+    sleep 1   # one backup per second and guest
+    t=$(timed "$W/second-$s-$run" "$BIN" backup "${VMID[$s]}" --mode stop --storage r1 --output-format json --config-dir "$CONF")
+    read -r w c _ <<<"$t"
+    read -r rb cr ct st pa <<<"$(summary "$W/second-$s-$run")"
+    pct=$(awk -v r="$rb" -v t="$SIZE_BYTES" 'BEGIN {printf "%.2f", 100 * r / t}')
+    echo "| $run | snapdump, ${LABEL[$s]} | $(mib "$changed") MiB | **$w s** | $c s | $(mib "$rb") MiB ($pct %) | $cr of $ct ($pa) | $(mib "$st") MiB | $(load) |" >>"$out"
+    grep -h "incremental: \|full read" "$W/second-$s-$run.err" | sed 's/^/    /' >&2 || true
+  done
+  if [ -n "$baselines" ]; then
+    # The XFS guest's disk, changed above (the same change snapdump read).
+    changed=$baseline_changed
+    before=$(du_b "$W/restic")
+    t=$(timed "$W/restic-2-$run" restic backup -q -r "$W/restic" "${DISK[xf]}")
+    read -r w c rc <<<"$t"
+    echo "| $run | restic $(restic version | cut -d' ' -f2) | $(mib "$changed") MiB | $w s | $c s | ≥ $(mib "$rc") MiB | | $(mib $(( $(du_b "$W/restic") - before ))) MiB | $(load) |" >>"$out"
+    before=$(du_b "$W/borg")
+    t=$(timed "$W/borg-2-$run" borg create -C zstd,3 "$W/borg::two-$run" "${DISK[xf]}")
+    read -r w c rc <<<"$t"
+    echo "| $run | borg $(borg --version | cut -d' ' -f2) \`-C zstd,3\` | $(mib "$changed") MiB | $w s | $c s | ≥ $(mib "$rc") MiB | | $(mib $(( $(du_b "$W/borg") - before ))) MiB | $(load) |" >>"$out"
+  fi
+done
+echo >>"$out"
+tee -a "$RESULTS" <"$out"
+# The backups' logs (JSON lines with times) beside the results, for where the time went.
+logs="$(dirname "$RESULTS")/incremental-bench-logs/$(date -u +%Y%m%dT%H%M%SZ)-$SIZE"
+mkdir -p "$logs" && cp "$W"/*.err "$W"/*.out "$logs/" 2>/dev/null || true
+log "logs in $logs"

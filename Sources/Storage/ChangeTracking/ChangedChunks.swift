@@ -1,12 +1,14 @@
 import Foundation
 
 /// The chunks of a volume that may differ between its base snapshot and a
-/// newer snapshot, as the storage itself tells it (incremental-forever
-/// backups into a repository read only these).
+/// newer snapshot, and within each the byte ranges that may differ, as the
+/// storage itself tells it (incremental-forever backups into a repository
+/// read only these ranges and take the rest of a chunk from the previous backup).
 ///
-/// A superset is correct (an unchanged chunk read again costs time only); a
-/// chunk missing from `indices` whose content differs would be data loss, so
-/// every implementation errs towards including a chunk.
+/// A superset is correct (an unchanged range read again costs time only); a
+/// range missing here whose content differs would be data loss, so every
+/// implementation errs towards including it. A storage that cannot say which
+/// part of a chunk changed marks the whole chunk.
 public struct ChangedChunks: Sendable, Equatable {
     /// Chunk size the indices count in (the repository's 4 MiB).
     public var chunkSize: UInt64
@@ -14,9 +16,13 @@ public struct ChangedChunks: Sendable, Equatable {
     public var baseSize: UInt64
     public var size: UInt64
     /// Indices of chunks that may differ (in the new snapshot's chunking).
-    public var indices: IndexSet
+    public private(set) var indices: IndexSet
     /// How the storage found them, for the log ("btrfs send", "FIEMAP", "zfs send", "rbd diff").
     public var method: String
+    /// Per changed chunk: sorted, disjoint ranges of the volume (not crossing the
+    /// chunk), `.data` where new content must be read, `.zero` where the storage
+    /// says the new snapshot reads as zeros (freed, punched, unmapped).
+    private var byChunk: [Int: [AllocationRange]] = [:]
 
     public var chunkCount: Int { Int((size + chunkSize - 1) / chunkSize) }
 
@@ -34,17 +40,67 @@ public struct ChangedChunks: Sendable, Equatable {
         }
     }
 
-    /// Marks the bytes `offset ..< offset+length` changed (clipped to the volume).
-    public mutating func insert(offset: UInt64, length: UInt64) {
+    /// Marks the bytes `offset ..< offset+length` changed (clipped to the volume):
+    /// `.data` to be read, or `.zero` when the storage says they read as zeros now.
+    /// A later insert overrides an earlier one where they overlap, as the
+    /// storage's own records apply in order (a free, then a write into it).
+    public mutating func insert(offset: UInt64, length: UInt64, kind: AllocationKind = .data) {
         guard length > 0, offset < size else { return }
         let end = length > size - offset ? size : offset + length
         let first = Int(offset / chunkSize), last = Int((end - 1) / chunkSize)
         indices.insert(integersIn: first...last)
+        for c in first...last {
+            let lo = max(offset, UInt64(c) * chunkSize), hi = min(end, UInt64(c + 1) * chunkSize)
+            byChunk[c] = Self.overlay(byChunk[c] ?? [], AllocationRange(offset: lo, length: hi - lo, kind: kind))
+        }
     }
 
     /// Marks every chunk changed: the base and the new snapshot have nothing in common that the storage can tell.
     public mutating func insertAll() {
         insert(offset: 0, length: size)
+    }
+
+    /// The changed ranges inside chunk `index` (empty: unchanged), sorted and disjoint.
+    public func ranges(ofChunk index: Int) -> [AllocationRange] {
+        byChunk[index] ?? []
+    }
+
+    /// Bytes the changed ranges hold, `.data` and `.zero` (for the log: what the storage reported).
+    public var changedBytes: (data: UInt64, zero: UInt64) {
+        var d: UInt64 = 0, z: UInt64 = 0
+        for ranges in byChunk.values {
+            for r in ranges { if r.kind == .data { d += r.length } else { z += r.length } }
+        }
+        return (d, z)
+    }
+
+    /// `ranges` with `new` laid over it; adjacent ranges of one kind merged.
+    static func overlay(_ ranges: [AllocationRange], _ new: AllocationRange) -> [AllocationRange] {
+        let newEnd = new.offset + new.length
+        var out: [AllocationRange] = []
+        out.reserveCapacity(ranges.count + 2)
+        var placed = false
+        func append(_ r: AllocationRange) {
+            if let l = out.last, l.kind == r.kind, l.offset + l.length == r.offset {
+                out[out.count - 1].length += r.length
+            } else {
+                out.append(r)
+            }
+        }
+        for r in ranges {
+            let end = r.offset + r.length
+            if end <= new.offset || r.offset >= newEnd {
+                if !placed && r.offset >= newEnd { append(new); placed = true }
+                append(r)
+                continue
+            }
+            // Overlapping: keep what lies before and after the new range.
+            if r.offset < new.offset { append(AllocationRange(offset: r.offset, length: new.offset - r.offset, kind: r.kind)) }
+            if !placed { append(new); placed = true }
+            if end > newEnd { append(AllocationRange(offset: newEnd, length: end - newEnd, kind: r.kind)) }
+        }
+        if !placed { append(new) }
+        return out
     }
 }
 

@@ -30,9 +30,15 @@ public enum ExtentComparison {
             var next = end
             if let a { next = min(next, a.logical + a.length) } else if i < base.count { next = min(next, base[i].logical) }
             if let b { next = min(next, b.logical + b.length) } else if j < new.count { next = min(next, new[j].logical) }
-            if !same(a, b, at: pos) { result.insert(offset: pos, length: next - pos) }
+            if !same(a, b, at: pos) { result.insert(offset: pos, length: next - pos, kind: readsAsZeros(b) ? .zero : .data) }
             pos = next
         }
+    }
+
+    /// A hole, or an unwritten (preallocated) extent whose address is final: zeros without reading.
+    static func readsAsZeros(_ e: File.Extent?) -> Bool {
+        guard let e else { return true }
+        return e.flags & File.Extent.unwritten != 0 && e.flags & untrusted == 0
     }
 
     static func same(_ a: File.Extent?, _ b: File.Extent?, at pos: UInt64) -> Bool {

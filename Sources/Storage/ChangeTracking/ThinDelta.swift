@@ -13,7 +13,8 @@ import Foundation
 ///     </superblock>
 ///
 /// Everything but `same` differs (a block mapped on one side only reads as
-/// zeros on the other); blocks listed nowhere are unmapped in both.
+/// zeros on the other: `left_only` blocks are zeros in the new snapshot);
+/// blocks listed nowhere are unmapped in both.
 public enum ThinDelta {
     public static func changes(xml: String, into result: inout ChangedChunks) -> ChangeTracking {
         var blockBytes: UInt64?
@@ -38,7 +39,8 @@ public enum ThinDelta {
                 guard let size = blockBytes, let begin = attribute("begin"), let length = attribute("length") else {
                     return .unknown(reason: "thin_delta: cannot read '\(line)'")
                 }
-                result.insert(offset: begin * size, length: length * size)
+                // left_only: mapped in the base only, unmapped (zeros) in the new snapshot.
+                result.insert(offset: begin * size, length: length * size, kind: line.hasPrefix("<left_only") ? .zero : .data)
             } else if !line.isEmpty {
                 return .unknown(reason: "thin_delta: unexpected '\(line)'")
             }

@@ -22,7 +22,8 @@ import Foundation
 ///     OBJECT_RANGE 9, REDACT 10 (object @8, offset @16, length @24)
 ///
 /// WRITE, FREE (holes, discards, truncation) and their kin of the object are
-/// the changed ranges. A ZPL file recreated since the base (znode generation,
+/// the changed ranges; a FREE range reads as zeros in the new snapshot (the
+/// records apply in stream order, as `zfs receive` applies them). A ZPL file recreated since the base (znode generation,
 /// `zp_gen` at byte 64 of its bonus, newer than the base's `createtxg`) is a
 /// different file: `.unknown`.
 public struct ZFSSendStream {
@@ -108,7 +109,10 @@ public struct ZFSSendStream {
         case 3:
             if u64(8) == object { result.insert(offset: u64(24), length: u64(32)) }
             payloadLeft = r[50] != 0 ? u64(96) : u64(32)
-        case 4, 6, 10:
+        case 4:
+            // Freed (a hole now, as after receive): zeros, unless a later WRITE of the stream fills it again.
+            if u64(8) == object { result.insert(offset: u64(16), length: u64(24), kind: .zero) }
+        case 6, 10:
             if u64(8) == object { result.insert(offset: u64(16), length: u64(24)) }
         case 5:
             ended = true

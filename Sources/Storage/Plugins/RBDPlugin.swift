@@ -374,8 +374,8 @@ public struct RBDPlugin: StoragePlugin {
     }
 
     /// `rbd_diff_iterate2` on the new snapshot from the base snapshot: what
-    /// `rbd diff --from-snap` lists, in whole objects. A group snapshot as the
-    /// base cannot be diffed from (librbd 16 takes the base by its user name only).
+    /// `rbd diff --from-snap` lists, the extents written (discarded ones read as zeros).
+    /// A group snapshot as the base cannot be diffed from (librbd 16 takes the base by its user name only).
     public func changedChunks(_ volume: VolumeID, base: String, snapshot: String, chunkSize: UInt64) throws -> ChangeTracking {
         try withConnection("changes of \(volume) from \(base) to \(snapshot)") { c in
             let img = try openImage(c, volume, snapshot: snapshot)
@@ -389,7 +389,9 @@ public struct RBDPlugin: StoragePlugin {
             let size = try img.size()
             let baseSize = try RBDImage(c, name: try image(volume), snapshot: base, readOnly: true).size()
             var result = ChangedChunks(chunkSize: chunkSize, baseSize: baseSize, size: size, method: "rbd diff")
-            for e in try img.changedExtents(since: base, length: size) { result.insert(offset: e.offset, length: e.length) }
+            for e in try img.changedExtents(since: base, length: size) {
+                result.insert(offset: e.offset, length: e.length, kind: e.exists ? .data : .zero)
+            }
             return .changed(result)
         }
     }
