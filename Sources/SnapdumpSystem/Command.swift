@@ -29,19 +29,11 @@ public enum Command {
     public static func runDaemonizing(_ argv: [String]) throws {
         let errPath = NSTemporaryDirectory() + "snapdump-cmd-\(getpid())-\(UUID().uuidString.prefix(8)).err"
         defer { unlink(errPath) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, File.privateMode)
-        let path = resolve(argv[0])
-        var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
-        defer { for a in cargs { free(a) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, path, &actions, nil, &cargs, environ)
-        guard rc == 0 else {
-            throw CommandError(commandLine: argv.joined(separator: " "), status: 127, stderr: "cannot start: \(String(cString: strerror(rc)))")
+        let pid: pid_t
+        do {
+            pid = try ProcessSpawn.start(argv, stderr: .newFile(errPath))
+        } catch {
+            throw CommandError(commandLine: argv.joined(separator: " "), status: 127, stderr: error.description)
         }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
