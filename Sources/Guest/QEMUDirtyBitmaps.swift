@@ -7,16 +7,8 @@ import Storage
 /// over a private read-only NBD export of the node (`qemu:dirty-bitmap:<name>`
 /// block status), removed once no backup needs them.
 public enum QEMUDirtyBitmaps {
-    public struct Bitmap: Sendable, Equatable {
-        public var name: String
-        /// Loaded from an image whose last QEMU did not store it (killed): its content is unknown.
-        public var inconsistent: Bool
-
-        public init(name: String, inconsistent: Bool) {
-            self.name = name
-            self.inconsistent = inconsistent
-        }
-    }
+    /// The same record as an image's bitmap read offline (`qemu-img info`).
+    public typealias Bitmap = QCOW2ImageBitmaps.Bitmap
 
     /// The bitmaps on format node `node` (`query-named-block-nodes`).
     public static func list(node: String, qmp: QMPClient) async throws -> [Bitmap] {

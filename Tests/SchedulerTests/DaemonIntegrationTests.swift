@@ -39,27 +39,9 @@ import TestSupport
         _ = try cli(["job", "add", "--id", "every-minute", "--schedule", "*/1", "--vmid", "100", "--storage", "local",
                      "--mode", "stop", "--compress", "zstd", "--comment", "integration"])
 
-        let daemonLog = dir + "/snapdumpd.log"
-        FileManager.default.createFile(atPath: daemonLog, contents: nil)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: snapdumpd)
-        p.arguments = cfg
-        p.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: daemonLog))
-        p.standardError = p.standardOutput
-        try p.run()
-        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
-
-        // The first event is at the next minute's start: wait up to 100 s.
-        let states = JobStateStore(directory: dir + "/etc/jobs")
-        var finished: JobState.Run?
-        let deadline = Date().addingTimeInterval(100)
-        while Date() < deadline {
-            if let r = try? states.read("every-minute")?.lastRun, r.result != nil { finished = r; break }
-            #expect(p.isRunning, "snapdumpd exited: \((try? FileSystem.readText(daemonLog)) ?? "")")
-            if !p.isRunning { break }
-            try await Task.sleep(nanoseconds: 500_000_000)
-        }
-        let run = try #require(finished, "no run recorded; daemon log:\n\((try? FileSystem.readText(daemonLog)) ?? "")")
+        let daemon = try await DaemonRun(snapdumpd: snapdumpd, cfg: cfg, dir: dir, job: "every-minute")
+        defer { daemon.killIfRunning() }
+        let run = try #require(daemon.finished, "no run recorded; daemon log:\n\(daemon.log)")
         #expect(run.result == .ok, "\(run.error ?? "")")
         #expect(run.trigger == "schedule")
         let archive = try #require(run.archives.first)
@@ -72,16 +54,9 @@ import TestSupport
         // The minute-aligned start: the event time is a whole minute.
         #expect(Int(run.start.timeIntervalSince1970) % 60 == 0)
 
-        kill(p.processIdentifier, SIGTERM)
-        let stopBy = Date().addingTimeInterval(30)
-        while p.isRunning && Date() < stopBy { try await Task.sleep(nanoseconds: 100_000_000) }
-        #expect(!p.isRunning, "snapdumpd did not stop on SIGTERM")
-        if !p.isRunning {
-            #expect(p.terminationReason == .exit && p.terminationStatus == 0)
-        }
-        let log = try FileSystem.readText(daemonLog)
-        #expect(log.contains("scheduler stopped"), "\(log)")
-        #expect(try states.read("every-minute")?.isRunning == false)
+        try await daemon.stop()
+        #expect(daemon.log.contains("scheduler stopped"), "\(daemon.log)")
+        #expect(try JobStateStore(directory: dir + "/etc/jobs").read("every-minute")?.isRunning == false)
     }
 
     /// The same with a repository storage: a backup made by hand first, then
@@ -125,31 +100,11 @@ import TestSupport
         _ = try cli(["job", "add", "--id", "repo-minute", "--schedule", "*/1", "--vmid", "100", "--storage", "r1",
                      "--mode", "stop", "--prune-backups", "keep-last=1"])
 
-        let daemonLog = dir + "/snapdumpd.log"
-        FileManager.default.createFile(atPath: daemonLog, contents: nil)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: snapdumpd)
-        p.arguments = cfg
-        p.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: daemonLog))
-        p.standardError = p.standardOutput
-        try p.run()
-        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        let daemon = try await DaemonRun(snapdumpd: snapdumpd, cfg: cfg, dir: dir, job: "repo-minute")
+        defer { daemon.killIfRunning() }
+        try await daemon.stop()
 
-        let states = JobStateStore(directory: dir + "/etc/jobs")
-        var finished: JobState.Run?
-        let deadline = Date().addingTimeInterval(100)
-        while Date() < deadline {
-            if let r = try? states.read("repo-minute")?.lastRun, r.result != nil { finished = r; break }
-            #expect(p.isRunning, "snapdumpd exited: \((try? FileSystem.readText(daemonLog)) ?? "")")
-            if !p.isRunning { break }
-            try await Task.sleep(nanoseconds: 500_000_000)
-        }
-        kill(p.processIdentifier, SIGTERM)
-        let stopBy = Date().addingTimeInterval(30)
-        while p.isRunning && Date() < stopBy { try await Task.sleep(nanoseconds: 100_000_000) }
-        #expect(!p.isRunning, "snapdumpd did not stop on SIGTERM")
-
-        let run = try #require(finished, "no run recorded; daemon log:\n\((try? FileSystem.readText(daemonLog)) ?? "")")
+        let run = try #require(daemon.finished, "no run recorded; daemon log:\n\(daemon.log)")
         #expect(run.result == .ok, "\(run.error ?? "")")
         #expect(run.trigger == "schedule")
         let snapshot = try #require(run.archives.first)
@@ -170,5 +125,53 @@ import TestSupport
         #expect(restored.count == 8 << 20)
         #expect(Array(restored.prefix(data.count)) == data)
         #expect(restored.dropFirst(data.count).allSatisfy { $0 == 0 })
+    }
+}
+
+/// snapdumpd started on a config directory, until `job`'s first run has a
+/// result (at most 100 s: the first event is at the next minute's start).
+struct DaemonRun {
+    let process: Process
+    let logPath: String
+    let finished: JobState.Run?
+    var log: String { (try? FileSystem.readText(logPath)) ?? "" }
+
+    init(snapdumpd: String, cfg: [String], dir: String, job: String) async throws {
+        logPath = dir + "/snapdumpd.log"
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: snapdumpd)
+        p.arguments = cfg
+        p.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        p.standardError = p.standardOutput
+        try p.run()
+        process = p
+        let states = JobStateStore(directory: dir + "/etc/jobs")
+        var run: JobState.Run?
+        let deadline = Date().addingTimeInterval(100)
+        while Date() < deadline {
+            if let r = try? states.read(job)?.lastRun, r.result != nil { run = r; break }
+            #expect(p.isRunning, "snapdumpd exited: \((try? FileSystem.readText(logPath)) ?? "")")
+            if !p.isRunning { break }
+            try await Task.sleep(nanoseconds: 500_000_000)
+        }
+        finished = run
+        if run == nil, p.isRunning { kill(p.processIdentifier, SIGKILL) }
+    }
+
+    /// For a test that ends early: never leave a daemon behind.
+    func killIfRunning() {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+
+    /// SIGTERM: the daemon stops within 30 s with status 0 (SIGKILL otherwise).
+    func stop() async throws {
+        let p = process
+        kill(p.processIdentifier, SIGTERM)
+        let stopBy = Date().addingTimeInterval(30)
+        while p.isRunning && Date() < stopBy { try await Task.sleep(nanoseconds: 100_000_000) }
+        #expect(!p.isRunning, "snapdumpd did not stop on SIGTERM")
+        if p.isRunning { kill(p.processIdentifier, SIGKILL); return }
+        #expect(p.terminationReason == .exit && p.terminationStatus == 0)
     }
 }
