@@ -108,6 +108,8 @@ public enum Leftovers {
             }
         }
         // qcow2 overlays: merge them back — after the snapshot they hold the guest's newest writes.
+        // A qemu-nbd the killed run left reading an image would hold the lock block-commit needs.
+        if disks.contains(where: { $0.format == .qcow2 }) { QemuNBDServer.stopLeftovers() }
         for d in disks where d.format == .qcow2 {
             let dir = (d.path as NSString).deletingLastPathComponent
             let base = (d.path as NSString).lastPathComponent

@@ -134,7 +134,7 @@ private final class ExtentCollector {
 
 /// A `qemu-nbd --read-only` process serving one image on a private unix socket.
 /// Stopped by PID (never by name) when the reader closes.
-final class QemuNBDServer: @unchecked Sendable {
+public final class QemuNBDServer: @unchecked Sendable {
     // @unchecked: stop() is idempotent and called from one owner.
     let socket: String
     let pid: Int32
@@ -149,7 +149,7 @@ final class QemuNBDServer: @unchecked Sendable {
 
     /// `bitmaps`: dirty bitmaps of the image to expose (`-B`, as `qemu:dirty-bitmap:<name>`).
     static func start(image: String, format: VolumeFormat, snapshot: String?, bitmaps: [String] = []) throws -> QemuNBDServer {
-        removeStaleDirectories()
+        stopLeftovers()
         let dir = NSTemporaryDirectory() + "snapdump-nbd-\(getpid())-\(UUID().uuidString.prefix(8))"
         try FileSystem.createDirectory(dir, mode: 0o700)
         let sock = dir + "/nbd.sock", pidFile = dir + "/qemu-nbd.pid"
@@ -169,25 +169,49 @@ final class QemuNBDServer: @unchecked Sendable {
         }
     }
 
-    /// Socket directories of snapdump processes that are gone (killed runs): the
-    /// qemu-nbd they started exited with its client, only the directory is left.
-    static func removeStaleDirectories() {
+    /// What snapdump processes that are gone (killed runs) left: their socket directories and,
+    /// when the kill came before the client disconnected or even connected, the qemu-nbd itself,
+    /// still holding its image open — a lock that makes the next run's block-commit of that image
+    /// fail ("Failed to get \"write\" lock"). Such a qemu-nbd is stopped by the PID in its pid
+    /// file, only if that process still serves the directory's socket.
+    public static func stopLeftovers() {
         let tmp = NSTemporaryDirectory()
         guard let names = try? FileSystem.list(tmp) else { return }
         for name in names where name.hasPrefix("snapdump-nbd-") {
             let owner = name.dropFirst("snapdump-nbd-".count).prefix { $0.isNumber }
             guard let pid = Int32(owner), pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else { continue }
-            try? FileManager.default.removeItem(atPath: tmp + name)
+            let dir = tmp + name
+            if let text = try? FileSystem.readText(dir + "/qemu-nbd.pid"),
+               let server = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)),
+               serves(pid: server, socket: dir + "/nbd.sock") {
+                terminate(server)
+            }
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+    }
+
+    /// Whether `pid` is a qemu-nbd serving `socket` (its command line names both).
+    private static func serves(pid: Int32, socket: String) -> Bool {
+        guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+        let args = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        return args.first.map { $0.hasSuffix("qemu-nbd") } == true && args.contains("--socket=\(socket)")
+    }
+
+    /// SIGTERM, up to a second for qemu-nbd to close its image, then SIGKILL. Not our child
+    /// (qemu-nbd forked itself), so there is nothing to reap.
+    private static func terminate(_ pid: Int32) {
+        kill(pid, SIGTERM)
+        for _ in 0..<50 where kill(pid, 0) == 0 { usleep(20_000) }
+        if kill(pid, 0) == 0 {
+            kill(pid, SIGKILL)
+            for _ in 0..<50 where kill(pid, 0) == 0 { usleep(20_000) }
         }
     }
 
     func stop() {
         guard !stopped else { return }
         stopped = true
-        kill(pid, SIGTERM)
-        // qemu-nbd exits promptly on SIGTERM; reap is not ours (it was forked by qemu-nbd itself).
-        for _ in 0..<50 where kill(pid, 0) == 0 { usleep(20_000) }
-        if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
+        Self.terminate(pid)
         try? FileManager.default.removeItem(atPath: dir)
     }
 

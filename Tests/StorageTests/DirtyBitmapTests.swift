@@ -1,6 +1,6 @@
 import Foundation
 import SnapdumpSystem
-import Storage
+@testable import Storage
 import Testing
 import TestSupport
 
@@ -37,5 +37,37 @@ struct DirtyBitmapTests {
         }
         try QCOW2ImageBitmaps.remove(image: image, name: "snapdump_base_1")
         #expect(try QCOW2ImageBitmaps.list(image: image).isEmpty)
+    }
+
+    /// A run SIGKILLed after starting its qemu-nbd and before its client connected leaves that
+    /// qemu-nbd waiting forever with the image open read-only, which denies writers: the next
+    /// run's block-commit into the image failed with `Failed to get "write" lock`.
+    /// `stopLeftovers` stops it, and only a qemu-nbd whose owner is gone.
+    @Test func leftoverQemuNBDOfAKilledRunIsStopped() throws {
+        let dir = NSTemporaryDirectory() + "snapdump-bitmap-\(getpid())-\(UUID().uuidString.prefix(8))"
+        try FileSystem.createDirectory(dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let image = dir + "/disk.qcow2"
+        try Command.run(["qemu-img", "create", "-q", "-f", "qcow2", image, "8M"])
+        // A pid no process has any more: a child that exited and was reaped.
+        let dead = try Command.run(["sh", "-c", "echo $$"]).trimmingCharacters(in: .whitespacesAndNewlines)
+        let nbd = NSTemporaryDirectory() + "snapdump-nbd-\(dead)-leftover"
+        try FileSystem.createDirectory(nbd, mode: 0o700)
+        defer { try? FileManager.default.removeItem(atPath: nbd) }
+        try Command.runDaemonizing(["qemu-nbd", "--read-only", "--format=qcow2", "--socket=\(nbd)/nbd.sock", "--fork",
+                                    "--pid-file=\(nbd)/qemu-nbd.pid", "--shared=1", image])
+        let pid = try #require(Int32(try FileSystem.readText(nbd + "/qemu-nbd.pid").trimmingCharacters(in: .whitespacesAndNewlines)))
+        defer { if kill(pid, 0) == 0 { kill(pid, SIGKILL) } }
+        // Our own server is not touched.
+        let ours = try QemuNBDServer.start(image: image, format: .qcow2, snapshot: nil)
+        defer { ours.stop() }
+        #expect(throws: (any Error).self) { try Command.run(["qemu-io", "-f", "qcow2", "-c", "write 0 4k", image]) }
+
+        QemuNBDServer.stopLeftovers()
+        #expect(kill(pid, 0) != 0, "the killed run's qemu-nbd \(pid) still runs")
+        #expect(!FileSystem.exists(nbd))
+        #expect(kill(ours.pid, 0) == 0, "a live owner's qemu-nbd was stopped")
+        ours.stop()
+        try Command.run(["qemu-io", "-f", "qcow2", "-c", "write 0 4k", image])
     }
 }
