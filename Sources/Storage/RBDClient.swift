@@ -304,6 +304,8 @@ final class RBDImage: @unchecked Sendable {
         var name: String
         var created: Date
         var group: String?
+        /// The image's size at the snapshot.
+        var size: UInt64
     }
 
     /// User and group snapshots, oldest first (trash and mirror snapshots are librbd's own).
@@ -335,7 +337,8 @@ final class RBDImage: @unchecked Sendable {
                 var ts = timespec()
                 try RBDConnection.check("rbd_snap_get_timestamp(\(name))", rbd_snap_get_timestamp(image, id, &ts))
                 return Snapshot(id: id, name: snapName,
-                                created: Date(timeIntervalSince1970: Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9), group: group)
+                                created: Date(timeIntervalSince1970: Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9), group: group,
+                                size: infos[i].size)
             }
         }
     }

@@ -284,6 +284,136 @@ extension NothingLostTests {
             #expect(try rig.bases().isEmpty)
         }
 
+        /// A guest with two rbd images (issue 11): one group snapshot of both is read (no pause), and the
+        /// base keeps on each image a user snapshot of the same name taken just before it, which librbd 16
+        /// can diff from (it cannot from a group snapshot). A write into a hole, an identical rewrite and a
+        /// discard on each image between two backups: exactly those chunks are reported, each restore
+        /// equals its image byte for byte. The group snapshot and the marks go together: `backup remove`
+        /// of the newest backup, `vm unlock` after a killed run, `volume free`, `vm destroy`.
+        @Test func twoRBDImagesOfOneGuest() async throws {
+            let ceph = try CephFixture.require()
+            let vmid = 479
+            let h = try GuestHarness(label: "inc-engine-rbd2")
+            defer { h.tearDown() }
+            try h.addStorage("st", .rbd)
+            let pool = "\(h.tag)-st"
+            let root = try h.addRepository("r1")
+            try h.createGuest(vmid, disk: "st:64M", fsDisk: "st:64M")
+            let volids = [try h.volume(vmid), try h.volume(vmid, "scsi1")]
+            let images = volids.map { String($0.split(separator: ":").last!) }
+            let rig = IncrementalRig(h: h, vmid: vmid, repo: try Repository(root: root), repoRoot: root, volid: volids[0], storage: "st")
+            let disks = try volids.map { try PluginDisk(h, $0) }
+            let names = ["drive-scsi0", "drive-scsi1"]
+            let mib = Self.mib
+            for (i, d) in disks.enumerated() { try d.write(pseudoRandom(40 * mib, seed: 30 + UInt64(i)), at: 8 * mib) }
+
+            func json(_ args: [String]) throws -> [[String: Any]] {
+                try #require(try JSONSerialization.jsonObject(with: Data(try ceph.cli(["rbd"] + args + ["--format", "json"]).utf8)) as? [[String: Any]])
+            }
+            /// The guest's group snapshots (none when the group is gone).
+            func groupSnapshots() throws -> [String] {
+                guard try ceph.cli(["rbd", "group", "ls", pool]).split(separator: "\n").contains("vm-\(vmid)") else { return [] }
+                return try json(["group", "snap", "ls", "\(pool)/vm-\(vmid)"]).compactMap { $0["snapshot"] as? String }.sorted()
+            }
+            /// The user snapshots (marks) of an image.
+            func marks(_ image: String) throws -> [String] {
+                try json(["snap", "ls", "\(pool)/\(image)"]).compactMap { $0["name"] as? String }.sorted()
+            }
+            /// The newest backup's base: one group snapshot and a mark on each image, listed once per image.
+            func expectOnlyBase(_ base: String, _ context: String) throws {
+                #expect(try rig.bases() == [base, base], "\(context)")
+                #expect(try groupSnapshots() == [base], "\(context)")
+                for i in images { #expect(try marks(i) == [base], "\(context): \(i)") }
+            }
+            func newestBase() throws -> String { BaseSnapshot.name(backupTime: try rig.repo.snapshots().last!.time, repository: "r1") }
+            func restoresEqualImages() throws {
+                let last = try #require(try rig.repo.snapshots().last)
+                for (d, name) in zip(disks, names) {
+                    let path = try restoreDisk(rig.repo, last, to: h.configDir + "/restored-\(vmid).raw", file: name + ".img.fidx")
+                    defer { try? FileSystem.remove(path) }
+                    #expect(Array(try Data(contentsOf: URL(fileURLWithPath: path))) == (try d.bytes()), "restore of \(name) of \(last) differs from \(d.volume)")
+                }
+            }
+            func discard(_ image: String, at offset: Int, _ length: Int) throws {
+                try Command.run(["qemu-io", "-f", "raw", "-c", "discard \(offset) \(length)",
+                                 "rbd:\(pool)/\(image):conf=\(ceph.conf):id=admin:keyring=\(ceph.keyring)"])
+            }
+
+            let first = try rig.backup()
+            for n in names { #expect(first.log.contains("\(n): full read: no previous backup"), "\(first.log)") }
+            try restoresEqualImages()
+            try expectOnlyBase(try newestBase(), "after the first backup")
+
+            // scsi0: 4 KiB into a hole (chunk 0), 64 KiB rewritten identically (5), 256 KiB discarded (8).
+            // scsi1: 4 KiB into a hole (chunk 12), 64 KiB rewritten identically (3), 256 KiB discarded (10).
+            let changes = [(write: 1, same: 21, discard: 33), (write: 50, same: 12, discard: 40)]
+            for (i, c) in changes.enumerated() {
+                try disks[i].write(pseudoRandom(4096, seed: 40 + UInt64(i)), at: c.write * mib)
+                let same = try disks[i].bytes()
+                try disks[i].write(Array(same[c.same * mib..<c.same * mib + 65536]), at: c.same * mib)
+                try discard(images[i], at: c.discard * mib, 262144)
+                let after = try disks[i].bytes()
+                #expect(after[c.same * mib..<(c.same + 1) * mib] == same[c.same * mib..<(c.same + 1) * mib])
+                #expect(after[c.discard * mib..<c.discard * mib + 262144].allSatisfy { $0 == 0 })
+            }
+            let second = try rig.backup()
+            for n in names {
+                #expect(second.log.contains("\(n): incremental: "), "\(second.log)")
+                let d = try #require(second.summary.disks?.first { $0.name == n })
+                // The three chunks, each read only where it changed (the discard not at all), two new chunks.
+                #expect(d.method == "rbd diff" && d.fromPrevious == 13 && d.newChunks == 2, "\(d)")
+                #expect(d.read <= 3 && d.bytesRead >= 4096 + 65536 && d.bytesRead <= 2 << 20, "\(d)")
+            }
+            try restoresEqualImages()
+            try expectOnlyBase(try newestBase(), "the old base (group snapshot and marks) dropped")
+            try await expectInvariants(h, vmid, dumpdir: h.configDir + "/no-dumpdir", expectRunning: false)
+
+            // `backup remove` of the newest backup: its base goes, group snapshot, marks and group alike.
+            let newest = try #require(try rig.repo.snapshots().last)
+            try h.must(["backup", "remove", RepositoryStore(storage: "r1", repository: rig.repo).volume(newest).description])
+            #expect(try rig.bases().isEmpty && groupSnapshots().isEmpty)
+            for i in images { #expect(try marks(i).isEmpty) }
+            #expect(try ceph.cli(["rbd", "group", "ls", pool]).isEmpty, "rbd group left")
+            let third = try rig.backup()
+            for n in names { #expect(third.log.contains("\(n): full read: "), "\(third.log)") }
+            let recorded = try newestBase()
+            try expectOnlyBase(recorded, "after the third backup")
+
+            // Killed after its new snapshot (stalled in the upload by --bwlimit): `vm unlock` removes the
+            // killed run's group snapshot and marks, the recorded base stays and the next backup is incremental.
+            try disks[0].write(pseudoRandom(4096, seed: 50), at: 2 * mib)
+            try disks[1].write(pseudoRandom(4096, seed: 51), at: 3 * mib)
+            nextSecond()
+            let bg = try BackgroundBackup(h, ["\(vmid)", "--mode", "stop", "--storage", "r1", "--bwlimit", "1"])
+            try #require(bg.wait(until: { ((try? groupSnapshots()) ?? []).count == 2 && !rig.repo.unfinishedSnapshots(type: "vm", id: "\(vmid)").isEmpty }),
+                         "never took its snapshot: \(bg.stderr)")
+            bg.signal(SIGKILL)
+            #expect(bg.finish(timeout: 30).signaled)
+            let leftover = try #require(try groupSnapshots().first { $0 != recorded })
+            let unlock = try h.must(["vm", "unlock", "\(vmid)"])
+            for v in volids { #expect(unlock.stderr.contains("removed base snapshot '\(leftover)' of '\(v)'"), "\(unlock.stderr)") }
+            try expectOnlyBase(recorded, "after vm unlock")
+            try disks[0].write(pseudoRandom(4096, seed: 52), at: 60 * mib)
+            let fourth = try rig.backup()
+            #expect(fourth.log.contains("drive-scsi0: incremental: 2 of 16 chunks read (rbd diff)"), "\(fourth.log)")
+            #expect(fourth.log.contains("drive-scsi1: incremental: 1 of 16 chunks read (rbd diff)"), "\(fourth.log)")
+            try restoresEqualImages()
+            try expectOnlyBase(try newestBase(), "after the fourth backup")
+            try await expectInvariants(h, vmid, dumpdir: h.configDir + "/no-dumpdir", expectRunning: false)
+
+            // `volume free` of one image: its mark and the group snapshot go with it (of both images: librbd removes
+            // a group snapshot as a whole); the other image keeps its mark, still a correct base for it (older than
+            // what was read). `vm destroy` removes the rest, and the group.
+            let kept = try newestBase()
+            try h.must(["volume", "free", volids[0]])
+            #expect(try groupSnapshots().isEmpty && marks(images[1]) == [kept])
+            #expect(try rig.bases() == [kept])
+            #expect(!(try ceph.cli(["rbd", "ls", pool])).contains(images[0]))
+            try h.must(["vm", "destroy", "\(vmid)"])
+            #expect(try rig.bases().isEmpty)
+            #expect(try ceph.cli(["rbd", "group", "ls", pool]).isEmpty && ceph.cli(["rbd", "ls", pool]).isEmpty, "rbd group or image left")
+        }
+
         /// A running guest writing records, snapshot mode: the second backup is incremental, its
         /// restore equals the base snapshot it read byte for byte and is record-consistent. The
         /// guest stopped and started between two backups: still incremental (the storage, not

@@ -76,6 +76,71 @@ struct RBDGroupSnapshotTests {
         #expect(storage.leftovers().isEmpty, "\(storage.leftovers())")
     }
 
+    /// A base snapshot of several images: marks (user snapshots of its name) taken while preparing,
+    /// before the group snapshot. Reads go to the group snapshot, not the mark; the diff from the mark
+    /// to the next base lists a write made between mark and group snapshot as well (the superset);
+    /// listed once per image; a prepared base never taken leaves no mark; delete removes both.
+    @Test func baseOfSeveralImagesIsMarkedBeforeItsGroupSnapshot() throws {
+        let ceph = try CephFixture.require()
+        let storage = try ScratchStorage(ceph: ceph)
+        defer { storage.destroy() }
+        let p = storage.plugin, pool = try #require(storage.cephPool)
+        let v0 = try p.allocate(vmid: 100, size: 16 << 20, format: .raw)
+        let v1 = try p.allocate(vmid: 100, size: 16 << 20, format: .raw)
+        try fill(p, v0, 0xA0)
+        try fill(p, v1, 0xA1)
+        func marks(_ v: VolumeID) throws -> [String] {
+            try rbd(ceph, ["snap", "ls", "\(pool)/\(v.volname)"]).split(separator: "\n").dropFirst()
+                .compactMap { $0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first.map(String.init) }
+        }
+
+        // Prepared, never taken: marks and group go with the release.
+        let never = BaseSnapshot.name(backupTime: 1_700_000_000, repository: "r1")
+        let unused = try p.prepareSnapshot([v0, v1], name: never)
+        #expect(try marks(v0) == [never] && marks(v1) == [never])
+        unused.release()
+        #expect(try marks(v0).isEmpty && marks(v1).isEmpty && groups(ceph, pool).isEmpty)
+
+        // A write between the mark and the group snapshot: in what is read, and in the next diff.
+        let b1 = BaseSnapshot.name(backupTime: 1_700_000_100, repository: "r1")
+        let prepared = try p.prepareSnapshot([v0, v1], name: b1)
+        try fill(p, v0, 0xB0)
+        try prepared.take()
+        prepared.release()
+        #expect(try marks(v0) == [b1] && marks(v1) == [b1])
+        #expect(try rbd(ceph, ["group", "snap", "ls", "\(pool)/vm-100"]).contains(b1))
+        #expect(try firstByte(p, v0, snapshot: b1) == 0xB0, "read the mark, not the group snapshot")
+        #expect(try firstByte(p, v1, snapshot: b1) == 0xA1)
+        #expect(try p.listSnapshots().filter { $0.name == b1 }.map(\.volume).sorted() == [v0, v1], "one entry per image")
+
+        let b2 = BaseSnapshot.name(backupTime: 1_700_000_200, repository: "r1")
+        try p.createSnapshot([v0, v1], name: b2)
+        for (v, changed) in [(v0, true), (v1, false)] {
+            guard case .changed(let c) = try p.changedChunks(v, base: b1, snapshot: b2, chunkSize: 4 << 20) else {
+                Issue.record("\(v): a marked group snapshot as base must be diffed from"); continue
+            }
+            #expect(c.method == "rbd diff" && c.indices == (changed ? IndexSet(integer: 0) : IndexSet()), "\(v): \(c.indices)")
+        }
+        // A group snapshot without marks (a base from before them): read whole, saying why.
+        try p.createSnapshot([v0, v1], name: "plain")
+        guard case .unknown(let why) = try p.changedChunks(v0, base: "plain", snapshot: b2, chunkSize: 4 << 20) else {
+            Issue.record("an unmarked group snapshot as base must give .unknown"); return
+        }
+        #expect(why.contains("group") && why.contains("librbd 16"), "\(why)")
+
+        // Deleted through one image: the group snapshot (of both) and that image's mark; the other's mark stays.
+        try p.deleteSnapshot([v0], name: b1)
+        #expect(try marks(v0) == [b2] && marks(v1) == [b1, b2])
+        #expect(try p.listSnapshots().filter { $0.name == b1 }.map(\.volume) == [v1])
+        try p.deleteSnapshot([v1], name: b1)
+        try p.deleteSnapshot([v0, v1], name: b2)
+        try p.deleteSnapshot([v0, v1], name: "plain")
+        #expect(try p.listSnapshots().isEmpty && groups(ceph, pool).isEmpty && marks(v0).isEmpty && marks(v1).isEmpty)
+        try p.free(v0)
+        try p.free(v1)
+        #expect(storage.leftovers().isEmpty, "\(storage.leftovers())")
+    }
+
     @Test func leftoversOfAKilledRunAndFreeOfAnImageInAGroup() throws {
         let ceph = try CephFixture.require()
         let storage = try ScratchStorage(ceph: ceph)

@@ -10,9 +10,20 @@ import Foundation
 /// librbd 16 (Pacific) puts the group snapshot on each image in the group
 /// namespace (`.group.<pool>_<group id>_<snap id>`): `rbd_snap_set` and
 /// `rbd_open_read_only` find it by no name, `rbd_snap_set_by_id` opens it
-/// (`RBDPlugin.openImage`); no call turns it into a user snapshot, and
-/// `rbd_diff_iterate2` diffs from user snapshots only. An image in a group
-/// cannot be removed (EMLINK): `volume free` takes it out first (`leave`).
+/// (`RBDPlugin.openImage`); no call turns it into a user snapshot
+/// (`rbd_snap_rename` finds it by no name either), and `rbd_diff_iterate2` diffs
+/// *from* user snapshots only — *to* any snapshot set by id, a group one too.
+///
+/// So a base snapshot (`BaseSnapshot`) of several images gets a change-tracking
+/// **mark** on each: a user snapshot of the same name, taken while preparing,
+/// just before the group snapshot and outside the window. The next backup diffs
+/// from the mark to its own snapshot: every write since the group snapshot the
+/// previous backup read is listed (it is after the mark too), and so are the
+/// few between mark and group snapshot, read again — a superset, which is safe.
+/// What is read is always the group snapshot (`openImage` prefers it over the
+/// mark). A mark whose group snapshot is gone is still a correct base (older
+/// than what was read); a group snapshot without marks is read whole next time.
+/// An image in a group cannot be removed (EMLINK): `volume free` takes it out first (`leave`).
 enum RBDGroupSnapshot {
     static func groupName(vmid: Int) -> String { "vm-\(vmid)" }
 
@@ -53,6 +64,17 @@ enum RBDGroupSnapshot {
         return true
     }
 
+    /// Removes the change-tracking marks `name` of `images` (a snapshot that was
+    /// never taken, or failed); what cannot be removed is left to leftover cleanup,
+    /// which sees it as a base nobody recorded.
+    static func removeMarks(_ c: RBDConnection, images: [String], name: String) {
+        for n in images {
+            guard let img = try? RBDImage(c, name: n, readOnly: false) else { continue }
+            try? img.removeSnapshot(name)
+            img.close()
+        }
+    }
+
     /// Takes `images` out of `group`; the group goes too when no image is left in it.
     static func leave(_ c: RBDConnection, group: String, images: [String]) throws {
         for i in images {
@@ -62,4 +84,10 @@ enum RBDGroupSnapshot {
             do { try c.removeGroup(group) } catch let e as RBDCallError where e.errno == ENOENT {}
         }
     }
+}
+
+/// Set once, by a `PreparedSnapshot`'s take, read by its release (one task, one call at a time).
+final class Flag {
+    private(set) var isSet = false
+    func set() { isSet = true }
 }

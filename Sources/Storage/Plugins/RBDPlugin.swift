@@ -12,7 +12,8 @@ import SnapdumpSystem
 ///
 /// Snapshots are `atomic`: one image gets an `rbd snap create`; several images
 /// of one guest get one group snapshot of the RBD group `vm-<vmid>` (see
-/// `RBDGroupSnapshot`), so the engine need not pause the guest around them.
+/// `RBDGroupSnapshot`), so the engine need not pause the guest around them;
+/// a base snapshot of several images adds a change-tracking mark on each.
 public struct RBDPlugin: StoragePlugin {
     public let definition: StorageDefinition
 
@@ -254,11 +255,29 @@ public struct RBDPlugin: StoragePlugin {
             }
             if images.count > 1, let vmid = vmids.first {
                 let group = try RBDGroupSnapshot.prepare(c, storage: id, vmid: vmid, images: images, name: name)
+                // A base gets its change-tracking marks now, before the window (see RBDGroupSnapshot).
+                var marked: [String] = []
+                do {
+                    if BaseSnapshot.isBase(name) {
+                        for i in images {
+                            try i.createSnapshotSkippingQuiesce(name)
+                            marked.append(i.name)
+                        }
+                    }
+                } catch {
+                    for i in images { i.close() }
+                    RBDGroupSnapshot.removeMarks(c, images: marked, name: name)
+                    try? RBDGroupSnapshot.dismantleIfUnused(c, group: group)
+                    throw error
+                }
                 for i in images { i.close() }
+                let taken = Flag(), marks = marked
                 return PreparedSnapshot(take: { [self] in
                     do { try c.createGroupSnapshot(group, name) } catch let e as RBDCallError { throw mapError(e, "group snapshot '\(pool)/\(group)@\(name)'") }
+                    taken.set()
                 }, release: {
-                    // A group made for a snapshot that was never taken goes again.
+                    // A group made, and marks taken, for a snapshot that was never taken go again.
+                    if !taken.isSet { RBDGroupSnapshot.removeMarks(c, images: marks, name: name) }
                     try? RBDGroupSnapshot.dismantleIfUnused(c, group: group)
                     c.close()
                 })
@@ -278,42 +297,45 @@ public struct RBDPlugin: StoragePlugin {
 
     /// Removes the named snapshot of each image: a user snapshot, or the group
     /// snapshot it is part of (of all the group's images at once), after which a
-    /// group without snapshots is dismantled.
+    /// group without snapshots is dismantled; a base's change-tracking marks
+    /// (user snapshots of the group snapshot's name) go after their group snapshot.
     public func deleteSnapshot(_ volumes: [VolumeID], name: String) throws {
         try NameRules.validateSnapshotName(name)
         let names = try volumes.map { try image($0) }
         try withConnection("delete snapshot '\(name)'") { c in
             // Every snapshot found before any is removed: a missing one changes nothing.
-            var found: [(image: String, snapshot: RBDImage.Snapshot)] = []
+            var found: [(image: String, snapshots: [RBDImage.Snapshot])] = []
             for n in names {
                 let img = try RBDImage(c, name: n, readOnly: true)
                 defer { img.close() }
-                guard let s = try img.snapshots().last(where: { $0.name == name }) else {
+                let named = try img.snapshots().filter { $0.name == name }
+                guard !named.isEmpty else {
                     throw StorageError(.notFound, "snapshot '\(pool)/\(n)@\(name)' does not exist on storage '\(id)'")
                 }
-                found.append((n, s))
+                found.append((n, named))
             }
+            // The group snapshots first: a mark left alone (killed in between) is still a correct base, since
+            // it is older than what was read, while a group snapshot without its marks cannot be diffed from.
             var groups: [String] = []
-            for (n, s) in found {
-                if let g = s.group {
-                    if !groups.contains(g) { groups.append(g) }
-                } else {
-                    let img = try RBDImage(c, name: n, readOnly: false)
-                    defer { img.close() }
-                    try img.removeSnapshot(name)
-                }
-            }
+            for g in found.flatMap({ $0.snapshots.compactMap(\.group) }) where !groups.contains(g) { groups.append(g) }
             for g in groups {
                 do { try c.removeGroupSnapshot(g, name) } catch let e as RBDCallError where e.errno == ENOENT {}
-                try RBDGroupSnapshot.dismantleIfUnused(c, group: g)
             }
+            for (n, named) in found where named.contains(where: { $0.group == nil }) {
+                let img = try RBDImage(c, name: n, readOnly: false)
+                defer { img.close() }
+                try img.removeSnapshot(name)
+            }
+            for g in groups { try RBDGroupSnapshot.dismantleIfUnused(c, group: g) }
         }
     }
 
     /// Creation times from librbd; `used` as `rbd du` reports it: the data
     /// written between the previous snapshot (or the image's creation) and this
-    /// one, from the object map — whole 4 MiB objects. Unknown after a group
-    /// snapshot: librbd 16 diffs only from user snapshots.
+    /// one, from the object map — whole 4 MiB objects. A base of several images
+    /// (a group snapshot and its marks of the same name) is listed once, as its
+    /// group snapshot. `used` is unknown after a group snapshot without a mark:
+    /// librbd 16 diffs only from user snapshots (after a mark it counts from the mark).
     public func listSnapshots() throws -> [SnapshotInfo] {
         try withConnection("list snapshots") { c in
             var result: [SnapshotInfo] = []
@@ -321,10 +343,13 @@ public struct RBDPlugin: StoragePlugin {
                 let img: RBDImage
                 do { img = try RBDImage(c, name: n, readOnly: true) } catch let e as RBDCallError where e.errno == ENOENT { continue }
                 defer { img.close() }
+                let all = try img.snapshots()
+                let userNames = Set(all.filter { $0.group == nil }.map(\.name))
+                let groupNames = Set(all.compactMap { $0.group == nil ? nil : $0.name })
                 var previous: RBDImage.Snapshot?
-                for s in try img.snapshots() {
+                for s in all where s.group != nil || !groupNames.contains(s.name) {
                     try img.setSnapshot(id: s.id)
-                    let used = previous?.group != nil ? nil
+                    let used = previous.map { !userNames.contains($0.name) } ?? false ? nil
                         : try? img.allocatedExtents(offset: 0, length: img.size(), from: previous?.name).reduce(UInt64(0)) { $0 + $1.length }
                     result.append(SnapshotInfo(volume: VolumeID(storage: id, volname: n), name: s.name, created: s.created, used: used))
                     previous = s
@@ -334,25 +359,26 @@ public struct RBDPlugin: StoragePlugin {
         }
     }
 
-    /// Opens the image read-only at `snapshot`: a user snapshot by name, a group
-    /// snapshot by its id on the image (librbd opens it by no name).
+    /// Opens the image read-only at `snapshot`, by its id on the image: a group
+    /// snapshot (librbd opens it by no name) before a user snapshot of the same
+    /// name (a base's change-tracking mark, taken before it: not what was read).
     func openImage(_ c: RBDConnection, _ volume: VolumeID, snapshot: String?) throws -> RBDImage {
         let name = try image(volume)
-        do {
-            return try RBDImage(c, name: name, snapshot: snapshot, readOnly: true)
-        } catch let e as RBDCallError where e.errno == ENOENT && snapshot != nil {
-            let img: RBDImage
-            do { img = try RBDImage(c, name: name, readOnly: true) } catch let e as RBDCallError where e.errno == ENOENT {
-                throw StorageError(.notFound, "volume '\(volume)' does not exist (no image \(pool)/\(name))")
-            }
-            guard let s = try img.snapshots().last(where: { $0.name == snapshot && $0.group != nil }) else {
-                img.close()
-                throw StorageError(.notFound, "snapshot '\(snapshot!)' of volume '\(volume)' does not exist")
-            }
-            do { try img.setSnapshot(id: s.id) } catch { img.close(); throw error }
-            return img
-        } catch let e as RBDCallError where e.errno == ENOENT {
+        let img: RBDImage
+        do { img = try RBDImage(c, name: name, readOnly: true) } catch let e as RBDCallError where e.errno == ENOENT {
             throw StorageError(.notFound, "volume '\(volume)' does not exist (no image \(pool)/\(name))")
+        }
+        guard let snapshot else { return img }
+        do {
+            let named = try img.snapshots().filter { $0.name == snapshot }
+            guard let s = named.first(where: { $0.group != nil }) ?? named.last else {
+                throw StorageError(.notFound, "snapshot '\(snapshot)' of volume '\(volume)' does not exist")
+            }
+            try img.setSnapshot(id: s.id)
+            return img
+        } catch {
+            img.close()
+            throw error
         }
     }
 
@@ -375,21 +401,28 @@ public struct RBDPlugin: StoragePlugin {
 
     /// `rbd_diff_iterate2` on the new snapshot from the base snapshot: what
     /// `rbd diff --from-snap` lists, the extents written (discarded ones read as zeros).
-    /// A group snapshot as the base cannot be diffed from (librbd 16 takes the base by its user name only).
+    /// librbd 16 diffs only from a user snapshot: a base that is a group snapshot is
+    /// diffed from its change-tracking mark, the user snapshot of the same name taken
+    /// just before it, which lists every write since the group snapshot and the few
+    /// between the two (a superset; `RBDGroupSnapshot`). A group snapshot without a
+    /// mark (made before marks were) cannot be diffed from: `.unknown`, read everything.
     public func changedChunks(_ volume: VolumeID, base: String, snapshot: String, chunkSize: UInt64) throws -> ChangeTracking {
         try withConnection("changes of \(volume) from \(base) to \(snapshot)") { c in
             let img = try openImage(c, volume, snapshot: snapshot)
             defer { img.close() }
-            guard let b = try img.snapshots().last(where: { $0.name == base }) else {
+            let named = try img.snapshots().filter { $0.name == base }
+            guard !named.isEmpty else {
                 return .unknown(reason: "base snapshot '\(base)' of volume '\(volume)' does not exist (deleted by hand?)")
             }
-            if let g = b.group {
-                return .unknown(reason: "base snapshot '\(base)' of volume '\(volume)' is a snapshot of rbd group '\(g)': librbd 16 diffs only from image snapshots")
+            guard let from = named.last(where: { $0.group == nil }) else {
+                let g = named.compactMap(\.group).first ?? "?"
+                return .unknown(reason: "base snapshot '\(base)' of volume '\(volume)' is a snapshot of rbd group '\(g)' without the image snapshot that marks it (a base made before snapdump kept one): librbd 16 diffs only from image snapshots")
             }
+            // The size of what the previous backup read: the group snapshot where there is one.
+            let read = named.first(where: { $0.group != nil }) ?? from
             let size = try img.size()
-            let baseSize = try RBDImage(c, name: try image(volume), snapshot: base, readOnly: true).size()
-            var result = ChangedChunks(chunkSize: chunkSize, baseSize: baseSize, size: size, method: "rbd diff")
-            for e in try img.changedExtents(since: base, length: size) {
+            var result = ChangedChunks(chunkSize: chunkSize, baseSize: min(read.size, from.size), size: size, method: "rbd diff")
+            for e in try img.changedExtents(since: from.name, length: size) {
                 result.insert(offset: e.offset, length: e.length, kind: e.exists ? .data : .zero)
             }
             return .changed(result)
