@@ -415,6 +415,64 @@ extension NothingLostTests {
             #expect(try ceph.cli(["rbd", "group", "ls", pool]).isEmpty && ceph.cli(["rbd", "ls", pool]).isEmpty, "rbd group or image left")
         }
 
+        /// A running guest with two rbd images, snapshot mode: the marks are taken while QEMU holds the
+        /// images' exclusive locks, the group snapshot needs no pause, the second backup is incremental on
+        /// both disks, and each restore equals the group snapshot it was read from (not the mark taken
+        /// before it), the guest's records on it consistent.
+        @Test func runningGuestWithTwoRBDImages() async throws {
+            try Integration.need(TestStorageKind.rbd.fixture)
+            let vmid = 481
+            let h = try GuestHarness(label: "inc-engine-rbd2run")
+            defer { h.tearDown() }
+            try h.addStorage("st", .rbd)
+            let root = try h.addRepository("r1")
+            try await h.startGuest(vmid, disk: "st:64M", more: ["st:16M"])
+            let volids = [try h.volume(vmid), try h.volume(vmid, "scsi1")]
+            let rig = IncrementalRig(h: h, vmid: vmid, repo: try Repository(root: root), repoRoot: root, volid: volids[0], storage: "st")
+            let disks = try volids.map { try PluginDisk(h, $0) }
+            let names = ["drive-scsi0", "drive-scsi1"]
+
+            /// Restores each disk of the newest backup, compares it with the group snapshot it was read from,
+            /// and returns the record checker's report of the disk the guest writes to.
+            func restoresEqualTheirBase() throws -> GuestHarness.RecordCheck? {
+                let last = try #require(try rig.repo.snapshots().last)
+                let base = BaseSnapshot.name(backupTime: last.time, repository: "r1")
+                var written: GuestHarness.RecordCheck?
+                for (d, name) in zip(disks, names) {
+                    let path = try restoreDisk(rig.repo, last, to: h.configDir + "/restored-\(vmid).raw", file: name + ".img.fidx")
+                    defer { try? FileSystem.remove(path) }
+                    #expect(Array(try Data(contentsOf: URL(fileURLWithPath: path))) == (try d.bytes(snapshot: base)),
+                            "restore of \(name) of \(last) differs from its base")
+                    let check = try h.checkRecords(path, format: "raw", checker: h.checker)
+                    // The guest's kernel names either disk sda: the records are on one of them.
+                    if (Int(check.fields["max_seq"] ?? "") ?? 0) > 0 { written = check }
+                }
+                return written
+            }
+
+            let first = try rig.backup(mode: "snapshot")
+            #expect(first.summary.mode == .snapshot && first.summary.downtimeKind == "none (atomic snapshot)", "\(first.log)")
+            for n in names { #expect(first.log.contains("\(n): full read: no previous backup"), "\(first.log)") }
+            let firstCheck = try #require(try restoresEqualTheirBase(), "no records on either restored disk")
+            #expect(firstCheck.consistent, "restore of the first backup: \(firstCheck.output)")
+            _ = try await h.waitForHeartbeat(vmid, above: h.lastHeartbeat(vmid) + 20)
+
+            let second = try rig.backup(mode: "snapshot")
+            #expect(second.summary.downtimeKind == "none (atomic snapshot)", "\(second.log)")
+            for n in names {
+                let d = try #require(second.summary.disks?.first { $0.name == n })
+                #expect(d.method == "rbd diff" && d.fullReason == nil && d.read + d.fromPrevious == d.chunks, "\(d) \(second.log)")
+            }
+            // The guest wrote into one of them: fewer chunks read than the two disks hold.
+            let disks2 = second.summary.disks ?? []
+            #expect(disks2.reduce(0) { $0 + $1.read } < disks2.reduce(0) { $0 + $1.chunks } && disks2.reduce(0) { $0 + $1.read } > 0, "\(disks2)")
+            let check = try #require(try restoresEqualTheirBase(), "no records on either restored disk")
+            #expect(check.consistent, "restore of the incremental backup of a running guest: \(check.output)")
+            let base = BaseSnapshot.name(backupTime: try rig.repo.snapshots().last!.time, repository: "r1")
+            #expect(try rig.bases() == [base, base])
+            try await expectInvariants(h, vmid, dumpdir: h.configDir + "/no-dumpdir")
+        }
+
         /// A running guest writing records, snapshot mode: the second backup is incremental, its
         /// restore equals the base snapshot it read byte for byte and is record-consistent. The
         /// guest stopped and started between two backups: still incremental (the storage, not
