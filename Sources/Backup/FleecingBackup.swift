@@ -23,6 +23,8 @@ final class FleecingBackup: @unchecked Sendable {
     private(set) var images: [(key: String, image: FleecingImage)] = []
     private var thresholds: [String: UInt64] = [:]
     private var session: Fleecing?
+    /// Per disk key: the dirty bitmaps of incremental forever (`FleecingIncremental`), started and stopped with the jobs.
+    var bitmaps: [String: (start: String, export: String?)] = [:]
 
     /// Checks the fleecing storage; throws (naming it) before anything is touched.
     init(vmid: Int, disks: [DiskPlan], settings: FleecingSettings, storages: StorageRegistry, socket: String, log: TaskLog) throws {
@@ -84,7 +86,9 @@ final class FleecingBackup: @unchecked Sendable {
         try? FileSystem.remove(socket)
         session = try await Fleecing.start(qmp: qmp, connect: { try await lifecycle.connectQMP(vmid: vmid) }, vmid: vmid,
                                            disks: images.map { Fleecing.Disk(key: $0.key, image: $0.image.path, blockDevice: $0.image.isBlockDevice,
-                                                                                               threshold: thresholds[$0.key]) },
+                                                                                               threshold: thresholds[$0.key],
+                                                                                               startBitmap: bitmaps[$0.key]?.start,
+                                                                                               exportBitmap: bitmaps[$0.key]?.export) },
                                            socket: socket, log: { line in
             if line.hasPrefix("ERROR: ") { log.error(String(line.dropFirst(7))) } else if line.hasPrefix("WARN: ") { log.warn(String(line.dropFirst(6))) } else { log.info(line) }
         })

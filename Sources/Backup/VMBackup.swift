@@ -102,6 +102,8 @@ final class VMBackup: @unchecked Sendable {
     private var incremental: IncrementalForever?
     /// Set when the disks are qcow2 images whose base is a dirty bitmap (incremental forever without storage snapshots).
     private var qcow2: QCOW2Incremental?
+    /// Set when a running guest is fleeced into a repository: the base is a dirty bitmap in QEMU.
+    private var fleeceBitmaps: FleecingIncremental?
 
     /// Runs a guest phase of the hook script (no-op without `--script`).
     /// A hook can take long: a SIGINT/SIGTERM that came meanwhile stops the
@@ -220,10 +222,20 @@ final class VMBackup: @unchecked Sendable {
                    let q = await qcow2Incremental(disks, running: true) {
                     bitmap = q.recording
                 }
+                if let fleecing, status.state == .running, let f = await fleecingIncremental(fleecing.disks) {
+                    fleecing.bitmaps = f.fleecingBitmaps
+                }
                 let window = FreezeWindow(guest: guest, config: config, state: status.state, plan: plan, name: snapName, fleecing: fleecing,
                                           bitmap: bitmap)
                 do { try await window.run() } catch { adopt(window); throw error }
                 adopt(window)
+                if let f = fleeceBitmaps, let fleecing {
+                    // The export offers each recorded bitmap, stopped at this backup's point in time.
+                    await f.readChanges(socket: fleecing.socket)
+                    incremental = IncrementalForever(newBase: f.newBase, repository: f.repository, previous: f.previous,
+                                                     previousRuns: f.previousRuns, tracked: f.tracked)
+                    log.info("dirty bitmap '\(f.newBase)' started on \(fleecing.disks.map(\.key).joined(separator: ", ")) with the fleecing")
+                }
                 if let q = qcow2, bitmap != nil {
                     // Before the merge: the images are frozen under their overlays, their old bitmaps too.
                     let nodes = Dictionary(overlays.flatMap(\.disks).map { ($0.key, $0.node) }, uniquingKeysWith: { a, _ in a })
@@ -262,8 +274,8 @@ final class VMBackup: @unchecked Sendable {
                 // The manifest exists: the new snapshot is the recorded base, settle() must not remove it.
                 snapshots.removeAll { $0.name == inc.newBase }
                 let log = self.log
-                // A qcow2 bitmap base goes after the overlays' merge (finishQCOW2).
-                if qcow2 == nil { try await Blocking.run("drop-old-base") { inc.dropOldBases(disks, log: log) } }
+                // A qcow2 bitmap base goes after the overlays' merge (finishQCOW2), a fleecing one after the fleecing (finishFleecingBitmaps).
+                if qcow2 == nil && fleeceBitmaps == nil { try await Blocking.run("drop-old-base") { inc.dropOldBases(disks, log: log) } }
             }
             summary.archive = archivePath
             summary.archiveBytes = result.fileBytes
@@ -272,6 +284,7 @@ final class VMBackup: @unchecked Sendable {
             summary.disks = result.disks
             try await settle()
             await finishQCOW2(succeeded: true)
+            await finishFleecingBitmaps(succeeded: true)
             if let ms = downtime.milliseconds {
                 summary.downtimeMs = ms
                 summary.downtimeKind = downtime.kind
@@ -303,6 +316,7 @@ final class VMBackup: @unchecked Sendable {
             do { try await settle() } catch { log.error("cleanup failed: \(error)") }
             // The manifest exists once the archive is named: its bitmap is then the recorded base.
             await finishQCOW2(succeeded: summary.archive != nil)
+            await finishFleecingBitmaps(succeeded: summary.archive != nil)
             try? await runHook(.backupAbort)
         }
         if locked {
@@ -367,6 +381,39 @@ final class VMBackup: @unchecked Sendable {
         }
         qcow2 = q
         return q
+    }
+
+    /// Into a repository, a running guest fleeced: decides per disk whether the previous
+    /// backup's dirty bitmap in QEMU can be used (`FleecingIncremental`); nil otherwise.
+    private func fleecingIncremental(_ disks: [DiskPlan]) async -> FleecingIncremental? {
+        guard case .repository(let store, let snapshot, _) = target, !disks.isEmpty else { return nil }
+        let qmp: QMPClient
+        do { qmp = try await lifecycle.connectQMP(vmid: vmid) } catch {
+            log.warn("cannot ask QEMU for the dirty bitmaps of VM \(vmid) (every disk is read, none tracked): \(error)")
+            return nil
+        }
+        var nodes: [String: String] = [:]
+        for d in disks { nodes[d.key] = (try? await DriveNodes.formatNode(key: d.key, qmp: qmp)) ?? nil }
+        let f = await FleecingIncremental.prepare(disks: disks, store: store, snapshot: snapshot, full: options.full, fullEvery: options.fullEvery,
+                                                  qmp: qmp, nodes: nodes, log: log)
+        await qmp.close()
+        fleeceBitmaps = f
+        return f
+    }
+
+    /// Once per backup, after settle() removed the fleecing from QEMU: the bitmaps no backup needs go.
+    private func finishFleecingBitmaps(succeeded: Bool) async {
+        guard let f = fleeceBitmaps else { return }
+        fleeceBitmaps = nil
+        do {
+            let qmp = try await lifecycle.connectQMP(vmid: vmid)
+            var nodes: [String: String] = [:]
+            for d in f.disks { nodes[d.key] = (try? await DriveNodes.formatNode(key: d.key, qmp: qmp)) ?? nil }
+            await f.finish(succeeded: succeeded, qmp: qmp, nodes: nodes)
+            await qmp.close()
+        } catch {
+            log.warn("cannot settle the dirty bitmaps of VM \(vmid) (the next backup does): \(error)")
+        }
     }
 
     /// The engine reads what the bitmaps found, and records the new bitmap as each disk's base.

@@ -8,6 +8,10 @@ import SnapdumpSystem
 /// it (one QMP `transaction`, so all disks share one point in time), and the
 /// overlays are exported read-only over QEMU's NBD server.
 ///
+/// Into a repository, the same transaction starts each disk's new dirty
+/// bitmap and stops the previous backup's, which the export then offers as
+/// `qemu:dirty-bitmap:<name>` (incremental forever, `FleecingIncremental`).
+///
 /// The guest must never suffer: a write threshold on each overlay's file node,
 /// a `BLOCK_IO_ERROR`, a `STOP`, or the job ending by itself aborts the
 /// fleecing at once (`failure` says why) and a guest paused by an I/O error is
@@ -34,12 +38,22 @@ public actor Fleecing {
         public var blockDevice: Bool
         /// Abort when the image file grows past this many bytes; nil: no limit.
         public var threshold: UInt64?
+        /// A dirty bitmap (not persistent) started on the live node in the jobs' transaction:
+        /// it records every write after the point in time the fleecing serves.
+        public var startBitmap: String?
+        /// The previous backup's bitmap on the live node: stopped in the same transaction (it then
+        /// holds exactly the writes between the two points in time) and offered by the export as
+        /// the metadata context `qemu:dirty-bitmap:<name>` (QEMU exports only a bitmap that no longer records).
+        public var exportBitmap: String?
 
-        public init(key: String, image: String, blockDevice: Bool = false, threshold: UInt64?) {
+        public init(key: String, image: String, blockDevice: Bool = false, threshold: UInt64?, startBitmap: String? = nil,
+                    exportBitmap: String? = nil) {
             self.key = key
             self.image = image
             self.blockDevice = blockDevice
             self.threshold = threshold
+            self.startBitmap = startBitmap
+            self.exportBitmap = exportBitmap
         }
     }
 
@@ -105,6 +119,16 @@ public actor Fleecing {
                 "job-id": .string(Self.jobID(d.key)), "device": .string(live), "target": .string(Self.node(d.key)),
                 "sync": .string("none"), "auto-dismiss": .bool(true),
             ])]))
+            if let b = d.startBitmap {
+                actions.append(.object(["type": .string("block-dirty-bitmap-add"), "data": .object([
+                    "node": .string(live), "name": .string(b), "persistent": .bool(false),
+                ])]))
+            }
+            if let b = d.exportBitmap {
+                actions.append(.object(["type": .string("block-dirty-bitmap-disable"), "data": .object([
+                    "node": .string(live), "name": .string(b),
+                ])]))
+            }
         }
         // Watch before the jobs exist, so nothing that happens from here on is missed.
         watch(events)
@@ -118,10 +142,13 @@ public actor Fleecing {
         try await run(qmp, "nbd-server-start", ["addr": .object(["type": .string("unix"), "data": .object(["path": .string(socket)])])],
                       what: "start QEMU's NBD server on \(socket)")
         for d in disks {
-            try await run(qmp, "block-export-add", [
+            var export: [String: JSONValue] = [
                 "type": .string("nbd"), "id": .string(Self.exportID(d.key)), "node-name": .string(Self.node(d.key)),
                 "name": .string(d.key), "writable": .bool(false),
-            ], what: "export the fleecing image of \(d.key)")
+            ]
+            // Found on the image's backing node, the live disk.
+            if let b = d.exportBitmap { export["bitmaps"] = .array([.string(b)]) }
+            try await run(qmp, "block-export-add", export, what: "export the fleecing image of \(d.key)")
         }
     }
 

@@ -1,0 +1,199 @@
+import Foundation
+import Guest
+import Repository
+import SnapdumpSystem
+import Storage
+import Testing
+import TestSupport
+@testable import Backup
+
+/// What a disk's bitmaps in QEMU say about the recorded base (no QEMU needed).
+@Suite("Fleecing dirty bitmaps: the recorded base")
+struct FleecingBitmapDecisionTests {
+    typealias B = FleecingIncremental.Bitmap
+    let old = BaseSnapshot.name(backupTime: 1_700_000_000, repository: "r1")
+    let killed = BaseSnapshot.name(backupTime: 1_700_000_100, repository: "r1")
+    let older = BaseSnapshot.name(backupTime: 1_699_999_000, repository: "r1")
+
+    @Test func recordingBaseIsUsedAsItIs() {
+        #expect(FleecingIncremental.examine(base: old, ours: [B(name: old, recording: true)], node: "n") == .recording)
+    }
+
+    @Test func stoppedBaseTakesTheNewerOnesOfAKilledRun() {
+        // A killed run's transaction stopped the base and started its own: together they hold every write since.
+        #expect(FleecingIncremental.examine(base: old, ours: [B(name: older, recording: false), B(name: old, recording: false),
+                                                                B(name: killed, recording: true)], node: "n") == .mergeNewer([killed]))
+    }
+
+    @Test func goneOrStoppedWithNothingNewerIsAFullRead() {
+        guard case .unusable(let why) = FleecingIncremental.examine(base: old, ours: [], node: "n") else { Issue.record("used"); return }
+        #expect(why == "dirty bitmap '\(old)' is gone: QEMU restarted since the last backup (a bitmap of a raw disk lives only as long"
+                + " as its QEMU process: stopped and started, killed or migrated)")
+        // Stopped, and only older ones (or a newer one that no longer records): some writes may be in none of them.
+        for ours in [[B(name: old, recording: false), B(name: older, recording: true)],
+                     [B(name: old, recording: false), B(name: killed, recording: false)]] {
+            guard case .unusable(let why) = FleecingIncremental.examine(base: old, ours: ours, node: "n") else { Issue.record("used: \(ours)"); continue }
+            #expect(why.contains("stopped recording"), "\(why)")
+        }
+    }
+}
+
+extension NothingLostTests {
+    /// Incremental forever through fleecing (issue 11): a raw image on `dir`
+    /// without reflink cannot say what changed, so the base is a dirty bitmap in
+    /// QEMU, started in the fleecing's transaction, alive as long as QEMU.
+    @Suite("Incremental forever with fleecing dirty bitmaps", .serialized, .enabled(if: Integration.available("SNAPDUMP_TEST_DIR")))
+    struct FleecingIncrementalTests {
+        /// A running guest (no workload: only the test writes, through QEMU's device) fleeced into a
+        /// repository: the second backup reads exactly the chunks written between the two, its restore
+        /// equals the image; stopped and started: a full read that says why; snapdump SIGKILLed in its
+        /// upload, and a backup that fails (SIGTERM): the next one is incremental and holds every write
+        /// made before, during and after the broken run; --full reads everything and keeps one base.
+        @Test func dirtyBitmapAcrossRestartKillAndFailure() async throws {
+            let dir = try Integration.require("SNAPDUMP_TEST_DIR")
+            let vmid = 481
+            let h = try GuestHarness(label: "repo-incr-fleece")
+            defer { h.tearDown() }
+            try h.addStorage("dir", "local", under: dir, extra: ["--content", "images"])
+            try h.addStorage("dir", "fl", under: dir, extra: ["--content", "images"])
+            let root = try h.addRepository("r1")
+            try h.must(["vm", "create", "\(vmid)", "--name", "guest\(vmid)", "--memory", "256", "--scsi0", "local:64M", "--agent", "1",
+                        "--kernel", h.guestDir + "/vmlinuz", "--initrd", h.guestDir + "/initramfs.gz",
+                        "--append", "console=ttyS0 quiet panic=-1 snapdump.workload=0"])
+            try h.prefill(vmid, mib: 40, atMiB: 8)
+            let repo = try Repository(root: root)
+            let image = try h.volumePath(try h.volume(vmid))
+            #expect(image.hasSuffix(".raw"), "\(image)")
+            let mib = 1 << 20
+            let fleecing = ["--fleecing", "enabled=1,storage=fl"]
+
+            func boot() async throws {
+                try? FileSystem.remove(h.consoleLog(vmid))
+                try h.must(["vm", "start", "\(vmid)"])
+                _ = try await h.waitForConsole(vmid, "SNAPDUMP-GUEST READY", timeout: .seconds(120))
+                try await Task.sleep(for: .seconds(2))  // the agent answers a moment after READY
+            }
+            /// Writes through the guest's device (as the guest would).
+            func guestWrite(_ offsets: [(Int, Int, String)]) async throws {
+                let qmp = try await VMLifecycle(paths: h.paths).connectQMP(vmid: vmid)
+                for (offset, length, how) in offsets {
+                    _ = try await qmp.execute("human-monitor-command", arguments: [
+                        "command-line": .string("qemu-io -d scsi0 \"write \(how) \(offset) \(length)\""),
+                    ])
+                }
+                await qmp.close()
+            }
+            /// The bitmaps on the disk's node, each with whether it records; none persistent (a raw node cannot store one).
+            func bitmaps() async throws -> [String: Bool] {
+                let qmp = try await VMLifecycle(paths: h.paths).connectQMP(vmid: vmid)
+                let nodes = try await qmp.execute("query-named-block-nodes", arguments: ["flat": true])
+                await qmp.close()
+                let node = try #require(nodes.arrayValue?.first { $0["node-name"]?.stringValue == "drive-scsi0" })
+                let all = node["dirty-bitmaps"]?.arrayValue ?? []
+                #expect(all.allSatisfy { $0["persistent"]?.boolValue == false }, "\(all)")
+                return Dictionary(all.compactMap { b in b["name"]?.stringValue.map { ($0, b["recording"]?.boolValue ?? false) } },
+                                  uniquingKeysWith: { a, _ in a })
+            }
+            func backup(_ extra: [String] = []) throws -> (log: String, summary: BackupSummary) {
+                nextSecond()
+                let r = try h.run(["backup", "\(vmid)", "--mode", "snapshot", "--storage", "r1", "--output-format", "json"] + fleecing + extra)
+                try #require(r.status == 0, "\(r)")
+                let log = TaskLogEvents.text(r.stderr)
+                #expect(log.contains("snapshot method: fleecing"), "\(log)")
+                return (log, try #require(try backupSummaries(r.stdout).first))
+            }
+            func newestBase() throws -> String { BaseSnapshot.name(backupTime: try repo.snapshots().last!.time, repository: "r1") }
+            /// The restore of the newest backup against the image (the guest stopped: the image is complete on disk).
+            func restoredEqualsImage() throws {
+                let last = try #require(try repo.snapshots().last)
+                let restored = try restoreDisk(repo, last, to: h.configDir + "/restored.raw")
+                #expect(try Command.run(["cmp", image, restored]).isEmpty, "restore of \(last) differs from the image")
+            }
+            func expectClean() throws {
+                let status = try h.must(["vm", "status", "\(vmid)"]).stdout
+                #expect(status.contains("status: running") && !status.contains("lock:"), "\(status)")
+                let images = try FileSystem.list((image as NSString).deletingLastPathComponent).filter { $0.contains("-fleece-") }
+                #expect(images.isEmpty, "fleecing images left: \(images)")
+            }
+            /// A backup in the background, slowed down, once its fleecing (and bitmap) started.
+            func startSlowBackup() throws -> BackgroundBackup {
+                nextSecond()
+                let bg = try BackgroundBackup(h, ["\(vmid)", "--mode", "snapshot", "--storage", "r1", "--bwlimit", "256"] + fleecing)
+                try #require(bg.wait(until: { bg.stderr.contains("with the fleecing") }), "never started its fleecing: \(bg.stderr)")
+                return bg
+            }
+
+            try await boot()
+            let first = try backup()
+            #expect(first.log.contains("drive-scsi0: full read: no previous backup of vm/\(vmid)"), "\(first.log)")
+            #expect(first.log.contains("dirty bitmap '\(try newestBase())' started on scsi0 with the fleecing"), "\(first.log)")
+            #expect(try await bitmaps() == [try newestBase(): true])
+            try expectClean()
+
+            // Five chunks: new data in holes (0, 15) and over data (5), zeroes over data (7), and zero bytes into a hole (13: the same content).
+            try await guestWrite([(1 * mib, 4096, "-P 0x5a"), (21 * mib, 65536, "-P 0xa5"), (62 * mib, 4096, "-P 0x33"),
+                                  (30 * mib, 65536, "-z"), (53 * mib, 65536, "-P 0")])
+            let second = try backup()
+            #expect(second.log.contains("of 16 chunks read (QEMU dirty bitmap)"), "\(second.log)")
+            #expect(second.log.contains("5 chunks patched"), "\(second.log)")
+            #expect(second.summary.chunks?.fromPrevious == 11, "\(String(describing: second.summary.chunks))")
+            #expect(try await bitmaps() == [try newestBase(): true])
+            try expectClean()
+            try h.must(["vm", "stop", "\(vmid)"])
+            try restoredEqualsImage()
+
+            // Stopped and started: the bitmap died with QEMU, the backup reads everything and says why.
+            let gone = try newestBase()
+            try await boot()
+            try await guestWrite([(42 * mib, 4096, "-P 0x77")])
+            let third = try backup()
+            #expect(third.log.contains("drive-scsi0: full read: dirty bitmap '\(gone)' is gone: QEMU restarted since the last backup"), "\(third.log)")
+            #expect(third.summary.chunks?.fromPrevious == 0, "\(String(describing: third.summary.chunks))")
+            #expect(try await bitmaps() == [try newestBase(): true])
+            try expectClean()
+
+            // snapdump SIGKILLed in its upload (QEMU keeps the old bitmap stopped, the new one recording, the fleecing):
+            // one write before it (chunk 2), one after it (3). The next run removes the fleecing, merges, stays incremental.
+            let recorded = try newestBase()
+            try await guestWrite([(9 * mib, 4096, "-P 0x7e")])
+            let killed = try startSlowBackup()
+            killed.signal(SIGKILL)
+            #expect(killed.finish(timeout: 30).signaled)
+            let left = try await bitmaps()
+            #expect(left.count == 2 && left[recorded] == false, "the killed run's transaction stopped the old one and started a new one: \(left)")
+            try await guestWrite([(13 * mib, 4096, "-P 0x7f")])
+            let fourth = try backup()
+            #expect(fourth.log.contains("into the recorded '\(recorded)'"), "\(fourth.log)")
+            #expect(fourth.log.contains("drive-scsi0: incremental: 2 of 16 chunks read (QEMU dirty bitmap)"), "\(fourth.log)")
+            #expect(try await bitmaps() == [try newestBase(): true])
+            try expectClean()
+
+            // A backup that fails (SIGTERM in its upload) keeps the old base with every write since it:
+            // one before the failed backup (chunk 8), one after (14).
+            let kept = try newestBase()
+            try await guestWrite([(33 * mib, 4096, "-P 0x7b")])
+            let failed = try startSlowBackup()
+            failed.signal(SIGTERM)
+            let fend = failed.finish(timeout: 120)
+            #expect(fend.status != 0 && !fend.signaled, "\(failed.stderr)")
+            #expect(failed.stderr.contains("kept dirty bitmap '\(kept)'"), "\(failed.stderr)")
+            #expect(try await bitmaps() == [kept: true], "\(failed.stderr)")
+            try expectClean()
+            try await guestWrite([(56 * mib, 4096, "-P 0x7c")])
+            let fifth = try backup()
+            #expect(fifth.log.contains("drive-scsi0: incremental: 2 of 16 chunks read (QEMU dirty bitmap)"), "\(fifth.log)")
+
+            // --full reads everything and still leaves one base; the next backup is incremental from it.
+            let full = try backup(["--full"])
+            #expect(full.log.contains("drive-scsi0: full read: --full given"), "\(full.log)")
+            #expect(try await bitmaps() == [try newestBase(): true])
+            try await guestWrite([(20 * mib, 4096, "-P 0x7d")])
+            let sixth = try backup()
+            #expect(sixth.log.contains("drive-scsi0: incremental: 1 of 16 chunks read (QEMU dirty bitmap)"), "\(sixth.log)")
+            try h.must(["vm", "stop", "\(vmid)"])
+            try restoredEqualsImage()
+            let v = try h.run(["repo", "verify", "r1"])
+            #expect(v.status == 0, "\(v)")
+        }
+    }
+}
