@@ -73,9 +73,11 @@ extension NothingLostTests {
                 _ = try await h.waitForConsole(vmid, "SNAPDUMP-GUEST READY", timeout: .seconds(120))
                 try await Task.sleep(for: .seconds(2))  // the agent answers a moment after READY
             }
-            /// Writes through the guest's device (as the guest would).
-            func guestWrite(_ offsets: [(Int, Int, String)]) async throws {
-                let qmp = try await VMLifecycle(paths: h.paths).connectQMP(vmid: vmid)
+            /// Writes through the guest's device (as the guest would); `during`: through QEMU's second monitor,
+            /// since a running fleecing holds the first one for its watch.
+            func guestWrite(_ offsets: [(Int, Int, String)], during: Bool = false) async throws {
+                let qmp = during ? try await QMPClient.connect(path: h.paths.qmpStatusSocket(vmid))
+                    : try await VMLifecycle(paths: h.paths).connectQMP(vmid: vmid)
                 for (offset, length, how) in offsets {
                     _ = try await qmp.execute("human-monitor-command", arguments: [
                         "command-line": .string("qemu-io -d scsi0 \"write \(how) \(offset) \(length)\""),
@@ -110,11 +112,15 @@ extension NothingLostTests {
                 let restored = try restoreDisk(repo, last, to: h.configDir + "/restored.raw")
                 #expect(try Command.run(["cmp", image, restored]).isEmpty, "restore of \(last) differs from the image")
             }
+            func fleeceImages() throws -> [String] {
+                let dir = try #require(h.storageLocations()["fl"]).location + "/images/\(vmid)"
+                return ((try? FileSystem.list(dir)) ?? []).filter { $0.contains("-fleece-") }
+            }
             func expectClean() throws {
                 let status = try h.must(["vm", "status", "\(vmid)"]).stdout
                 #expect(status.contains("status: running") && !status.contains("lock:"), "\(status)")
-                let images = try FileSystem.list((image as NSString).deletingLastPathComponent).filter { $0.contains("-fleece-") }
-                #expect(images.isEmpty, "fleecing images left: \(images)")
+                let left = try fleeceImages()
+                #expect(left.isEmpty, "fleecing images left: \(left)")
             }
             /// A backup in the background, slowed down, once its fleecing (and bitmap) started.
             func startSlowBackup() throws -> BackgroundBackup {
@@ -142,6 +148,18 @@ extension NothingLostTests {
             #expect(second.summary.chunks?.fromPrevious == 11, "\(String(describing: second.summary.chunks))")
             #expect(try await bitmaps() == [try newestBase(): true])
             try expectClean()
+
+            // A write during a backup (chunk 11) is not in it but in the next one: the fleecing's transaction started the
+            // new bitmap at the backup's point in time. A whole chunk before it (9) keeps the slowed backup busy meanwhile.
+            try await guestWrite([(36 * mib, 4 * mib, "-P 0x66")])
+            let during = try startSlowBackup()
+            try await guestWrite([(45 * mib, 4096, "-P 0x67")], during: true)
+            #expect(try fleeceImages().count == 1, "the write must come while the fleecing runs: \(during.stderr)")
+            let dend = during.finish(timeout: 120)
+            #expect(dend.status == 0 && !dend.signaled, "\(during.stderr)")
+            #expect(during.stderr.contains("drive-scsi0: incremental: 1 of 16 chunks read (QEMU dirty bitmap)"), "\(during.stderr)")
+            let afterDuring = try backup()
+            #expect(afterDuring.log.contains("drive-scsi0: incremental: 1 of 16 chunks read (QEMU dirty bitmap)"), "\(afterDuring.log)")
             try h.must(["vm", "stop", "\(vmid)"])
             try restoredEqualsImage()
 
@@ -156,9 +174,9 @@ extension NothingLostTests {
             try expectClean()
 
             // snapdump SIGKILLed in its upload (QEMU keeps the old bitmap stopped, the new one recording, the fleecing):
-            // one write before it (chunk 2), one after it (3). The next run removes the fleecing, merges, stays incremental.
+            // a whole chunk written before it (2, which keeps it busy until the signal), one write after it (3). The next run removes the fleecing, merges, stays incremental.
             let recorded = try newestBase()
-            try await guestWrite([(9 * mib, 4096, "-P 0x7e")])
+            try await guestWrite([(8 * mib, 4 * mib, "-P 0x7e")])
             let killed = try startSlowBackup()
             killed.signal(SIGKILL)
             #expect(killed.finish(timeout: 30).signaled)
@@ -173,9 +191,9 @@ extension NothingLostTests {
             try expectClean()
 
             // A backup that fails (SIGTERM in its upload) keeps the old base with every write since it:
-            // one before the failed backup (chunk 8), one after (14).
+            // a whole chunk before the failed backup (8), one write after (14).
             let kept = try newestBase()
-            try await guestWrite([(33 * mib, 4096, "-P 0x7b")])
+            try await guestWrite([(32 * mib, 4 * mib, "-P 0x7b")])
             let failed = try startSlowBackup()
             failed.signal(SIGTERM)
             let fend = failed.finish(timeout: 120)
