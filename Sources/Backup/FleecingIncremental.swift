@@ -102,6 +102,7 @@ final class FleecingIncremental: @unchecked Sendable {
             }
             var decision = IncrementalBase.find(repository: store.repository, type: snapshot.type, id: snapshot.id,
                                                 file: d.deviceName + ".img", volume: d.volume.description, baseExists: { _ in true })
+            let recordedBase: String? = if case .incremental(_, _, let b) = decision { b } else { nil }
             let ours: [Bitmap]
             do { ours = try await list(node: node, qmp: qmp).filter { BaseSnapshot.belongs($0.name, to: store.storage) } } catch {
                 f.previous[d.key] = .full(reason: "cannot list the dirty bitmaps of \(d.key) in QEMU: \(error)")
@@ -151,7 +152,8 @@ final class FleecingIncremental: @unchecked Sendable {
             for b in ours where b.name != keep {
                 do {
                     try await QEMUDirtyBitmaps.remove(node: node, name: b.name, qmp: qmp)
-                    log.info("removed dirty bitmap '\(b.name)' of \(d.key) that no finished backup recorded")
+                    log.info(b.name == recordedBase ? "removed dirty bitmap '\(b.name)' of \(d.key) (unusable: the disk is read in full)"
+                                            : "removed dirty bitmap '\(b.name)' of \(d.key) that no finished backup recorded")
                 } catch {
                     log.warn("cannot remove dirty bitmap '\(b.name)' of \(d.key): \(error)")
                 }
