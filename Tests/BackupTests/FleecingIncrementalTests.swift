@@ -228,5 +228,40 @@ extension NothingLostTests {
             let v = try h.run(["repo", "verify", "r1"])
             #expect(v.status == 0, "\(v)")
         }
+    
+        /// A guest writing records all the time: the incremental backups (the guest writing while the
+        /// fleecing runs, and between) restore to a record-consistent disk, and read less than all of it.
+        @Test func runningGuestWritingRecords() async throws {
+            let dir = try Integration.require("SNAPDUMP_TEST_DIR")
+            let vmid = 482
+            let h = try GuestHarness(label: "repo-incr-fleece-rec")
+            defer { h.tearDown() }
+            try h.addStorage("dir", "local", under: dir, extra: ["--content", "images"])
+            try h.addStorage("dir", "fl", under: dir, extra: ["--content", "images"])
+            let root = try h.addRepository("r1")
+            try await h.startGuest(vmid, disk: "local:64M")
+            let repo = try Repository(root: root)
+            func backup() throws -> (log: String, disk: BackupSummary.Disk) {
+                nextSecond()
+                let r = try h.run(["backup", "\(vmid)", "--mode", "snapshot", "--storage", "r1", "--fleecing", "enabled=1,storage=fl",
+                                   "--output-format", "json"])
+                try #require(r.status == 0, "\(r)")
+                let summary = try #require(try backupSummaries(r.stdout).first)
+                return (TaskLogEvents.text(r.stderr), try #require(summary.disks?.first))
+            }
+            let first = try backup()
+            #expect(first.disk.method == "full", "\(first.log)")
+            for round in 1...2 {
+                _ = try await h.waitForHeartbeat(vmid, above: h.lastHeartbeat(vmid) + 20)
+                let next = try backup()
+                let d = next.disk
+                #expect(d.method == "QEMU dirty bitmap" && d.fromPrevious > 0 && d.read + d.fromPrevious == d.chunks, "round \(round): \(d) \(next.log)")
+                let last = try #require(try repo.snapshots().last)
+                let path = try restoreDisk(repo, last, to: h.configDir + "/restored-\(vmid).raw")
+                let check = try h.checkRecords(path, format: "raw", checker: h.checker)
+                #expect(check.consistent, "round \(round): restore of the incremental backup of a running guest: \(check.output)")
+                try FileSystem.remove(path)
+            }
+        }
     }
 }
