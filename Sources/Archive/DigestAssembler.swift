@@ -10,9 +10,21 @@ public protocol DeviceWriter: AnyObject, Sendable {
     var allowsConcurrentWrites: Bool { get }
     /// For error messages: the file or volume.
     var name: String { get }
+    /// Writes `bytes` at `offset`, perhaps asynchronously: `done` is called
+    /// once (on any thread) when `bytes` may be reused, with the write's
+    /// error if any. Only for writers that allow concurrent writes.
+    func submit(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, done: @escaping @Sendable ((any Error)?) -> Void)
 }
 
-/// A file or block device written past the page cache where it can be.
+extension DeviceWriter {
+    public func submit(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, done: @escaping @Sendable ((any Error)?) -> Void) {
+        do { try write(bytes, at: offset) } catch { return done(error) }
+        done(nil)
+    }
+}
+
+/// A file or block device written past the page cache where it can be,
+/// several writes in flight at once (`DirectFile.submit`).
 extension DirectFile: DeviceWriter {
     public var allowsConcurrentWrites: Bool { true }
     public var name: String { file.path }
@@ -356,6 +368,8 @@ private final class ChunkWorkers: @unchecked Sendable {
     private var jobs: [Job] = []
     private var jobHead = 0
     private var inFlight = 0
+    /// Of `inFlight`, chunks hashed whose writes are in flight.
+    private var writing = 0
     private var pool: [UnsafeMutableRawBufferPointer] = []
     private var allocated = 0
     private var written: UInt64 = 0
@@ -392,7 +406,7 @@ private final class ChunkWorkers: @unchecked Sendable {
             if let b = pool.popLast() { return b }
             // A new buffer only while the workers are not behind: chunks queued for them
             // come back soon, and an in-order stream then touches a few buffers, not all.
-            if allocated < maxBuffers && inFlight <= threadCount {
+            if allocated < maxBuffers && inFlight - writing <= threadCount {
                 allocated += 1
                 // 4 KiB-aligned: runs of blocks are written from it with O_DIRECT.
                 return .allocate(byteCount: DeviceDigest.chunkSize, alignment: DirectFile.alignment)
@@ -442,6 +456,10 @@ private final class ChunkWorkers: @unchecked Sendable {
         cond.broadcast()
         cond.unlock()
         threads.wait()
+        // Writes in flight read their buffers until they complete.
+        cond.lock()
+        while writing > 0 { cond.wait() }
+        cond.unlock()
         for j in jobs[jobHead...] { j.buffer.deallocate() }
         jobs = []
         jobHead = 0
@@ -464,44 +482,93 @@ private final class ChunkWorkers: @unchecked Sendable {
             let failed = failure != nil
             cond.unlock()
             var error: ArchiveError?
+            /// The chunk's writes are in flight: the buffer comes back with their completions.
+            var writing = false
             if !failed {
                 do throws(ArchiveError) {
-                    try process(job)
+                    writing = try process(job)
                 } catch let e {
                     error = e
                 }
             }
             cond.lock()
             if let error, failure == nil { failure = error }
-            pool.append(job.buffer)
-            inFlight -= 1
+            if !writing {
+                pool.append(job.buffer)
+                inFlight -= 1
+            }
             cond.broadcast()
         }
         cond.unlock()
     }
 
-    /// Hashes a complete chunk and writes its stored blocks.
-    private func process(_ job: Job) throws(ArchiveError) {
+    /// Hashes a complete chunk and writes its stored blocks; true when the
+    /// writes are still in flight (the buffer is then given back, and the
+    /// job counted done, by the last write's completion).
+    private func process(_ job: Job) throws(ArchiveError) -> Bool {
         if !job.nonZero && job.length == DeviceDigest.chunkSize {
             job.digest.record(chunk: job.chunk, digest: DeviceDigest.zeroChunkDigest)
-            return
+            return false
         }
         DigestAssembler.fillZeros(job.zeros, in: job.buffer)
         let data = UnsafeRawBufferPointer(rebasing: job.buffer[0..<job.length])
         job.digest.record(chunk: job.chunk, digest: DeviceDigest.digest(of: data))
-        guard let writer = job.writer, job.nonZero else { return }
-        try write(writer, chunk: job.chunk, buffer: UnsafeRawBufferPointer(job.buffer), masks: job.masks, length: job.length)
+        guard let writer = job.writer, job.nonZero else { return false }
+        guard writer.allowsConcurrentWrites else {
+            try write(writer, chunk: job.chunk, buffer: UnsafeRawBufferPointer(job.buffer), masks: job.masks, length: job.length)
+            return false
+        }
+        let runs = Self.runs(masks: job.masks, length: job.length)
+        guard !runs.isEmpty else { return false }
+        let base = UInt64(job.chunk) * UInt64(DeviceDigest.chunkSize)
+        let pending = PendingWrites(buffer: job.buffer, remaining: runs.count)
+        cond.withLock { writing += 1 }
+        for r in runs {
+            let offset = base + UInt64(r.lowerBound), name = writer.name
+            writer.submit(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(job.buffer)[r]), at: offset) { [self] error in
+                completed(pending, bytes: r.count, error: error.map {
+                    ArchiveError(.io, path: name, "cannot write \(r.count) bytes at offset \(offset)", cause: $0 as? SystemError)
+                })
+            }
+        }
+        return true
     }
 
-    /// Writes the stored blocks of a chunk gathered in `buffer` (`masks`: one
-    /// VMA mask per cluster), each run of adjacent blocks in one call, the
-    /// last one cut at `length`.
-    @discardableResult
-    func write(_ writer: any DeviceWriter, chunk: Int, buffer: UnsafeRawBufferPointer, masks: [UInt16], length: Int) throws(ArchiveError) -> UInt64 {
-        let base = UInt64(chunk) * UInt64(DeviceDigest.chunkSize)
+    /// A chunk whose writes are in flight.
+    private final class PendingWrites: @unchecked Sendable {
+        // @unchecked: `remaining` is guarded by the workers' `cond`; the buffer is handed over.
+        let buffer: UnsafeMutableRawBufferPointer
+        var remaining: Int
+        init(buffer: UnsafeMutableRawBufferPointer, remaining: Int) {
+            self.buffer = buffer
+            self.remaining = remaining
+        }
+    }
+
+    /// One write of `pending` is done: after its last, the buffer goes back to the pool.
+    private func completed(_ pending: PendingWrites, bytes: Int, error: ArchiveError?) {
+        cond.lock()
+        if let error {
+            if failure == nil { failure = error }
+        } else {
+            written += UInt64(bytes)
+        }
+        pending.remaining -= 1
+        if pending.remaining == 0 {
+            pool.append(pending.buffer)
+            inFlight -= 1
+            writing -= 1
+            cond.broadcast()
+        }
+        cond.unlock()
+    }
+
+    /// The byte ranges of a chunk's stored blocks (`masks`: one VMA mask per
+    /// cluster), adjacent blocks as one range, the last cut at `length`.
+    static func runs(masks: [UInt16], length: Int) -> [Range<Int>] {
         let blocks = masks.count * VMAFormat.blocksPerCluster
         func stored(_ b: Int) -> Bool { masks[b / VMAFormat.blocksPerCluster] & (1 << (b % VMAFormat.blocksPerCluster)) != 0 }
-        var total: UInt64 = 0
+        var runs: [Range<Int>] = []
         var b = 0
         while b < blocks {
             // Whole clusters of nothing stored are skipped at once.
@@ -513,11 +580,22 @@ private final class ChunkWorkers: @unchecked Sendable {
             var e = b + 1
             while e < blocks && stored(e) { e += 1 }
             let start = b * VMAFormat.blockSize, end = min(e * VMAFormat.blockSize, length)
-            if end > start {
-                try write(writer, UnsafeRawBufferPointer(rebasing: buffer[start..<end]), at: base + UInt64(start))
-                total += UInt64(end - start)
-            }
+            if end > start { runs.append(start..<end) }
             b = e
+        }
+        return runs
+    }
+
+    /// Writes the stored blocks of a chunk gathered in `buffer` (`masks`: one
+    /// VMA mask per cluster), each run of adjacent blocks in one call, the
+    /// last one cut at `length`.
+    @discardableResult
+    func write(_ writer: any DeviceWriter, chunk: Int, buffer: UnsafeRawBufferPointer, masks: [UInt16], length: Int) throws(ArchiveError) -> UInt64 {
+        let base = UInt64(chunk) * UInt64(DeviceDigest.chunkSize)
+        var total: UInt64 = 0
+        for r in Self.runs(masks: masks, length: length) {
+            try write(writer, UnsafeRawBufferPointer(rebasing: buffer[r]), at: base + UInt64(r.lowerBound))
+            total += UInt64(r.count)
         }
         cond.withLock { written += total }
         return total

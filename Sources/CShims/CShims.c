@@ -10,6 +10,7 @@
 #include <malloc.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <linux/aio_abi.h>
 
 int snapdump_ficlone(int dst_fd, int src_fd) {
     return ioctl(dst_fd, FICLONE, src_fd);
@@ -103,4 +104,43 @@ int snapdump_malloc_long_running(int arenas, int mmap_threshold) {
 
 int snapdump_malloc_trim(void) {
     return malloc_trim(0);
+}
+
+int snapdump_aio_setup(unsigned events, uint64_t *context) {
+    aio_context_t ctx = 0;
+    if (syscall(SYS_io_setup, events, &ctx) != 0) return -1;
+    *context = (uint64_t)ctx;
+    return 0;
+}
+
+int snapdump_aio_pwrite(uint64_t context, int fd, const void *buffer, uint64_t length, uint64_t offset, uint64_t token) {
+    // The kernel copies the iocb in io_submit: it may live on the stack.
+    struct iocb cb;
+    memset(&cb, 0, sizeof cb);
+    cb.aio_data = token;
+    cb.aio_fildes = (uint32_t)fd;
+    cb.aio_lio_opcode = IOCB_CMD_PWRITE;
+    cb.aio_buf = (uint64_t)(uintptr_t)buffer;
+    cb.aio_nbytes = length;
+    cb.aio_offset = (int64_t)offset;
+    struct iocb *list[1] = { &cb };
+    long r;
+    do { r = syscall(SYS_io_submit, (aio_context_t)context, 1L, list); } while (r < 0 && errno == EINTR);
+    return r == 1 ? 0 : -1;
+}
+
+int snapdump_aio_reap(uint64_t context, int min, int max, uint64_t *tokens, int64_t *results) {
+    struct io_event events[64];
+    if (max > 64) max = 64;
+    long n;
+    do { n = syscall(SYS_io_getevents, (aio_context_t)context, (long)min, (long)max, events, NULL); } while (n < 0 && errno == EINTR);
+    for (long i = 0; i < n; i++) {
+        tokens[i] = events[i].data;
+        results[i] = events[i].res;
+    }
+    return (int)n;
+}
+
+int snapdump_aio_destroy(uint64_t context) {
+    return (int)syscall(SYS_io_destroy, (aio_context_t)context);
 }

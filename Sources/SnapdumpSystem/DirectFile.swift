@@ -29,6 +29,9 @@ public final class DirectFile: @unchecked Sendable {
     /// The ordinary descriptor; owned by the caller.
     public let file: File
     private var direct: File?
+    private var queue: AsyncWrites?
+    /// io_setup refused: no AIO.
+    private var noQueue = false
     private let lock = NSLock()
 
     /// `file` must be open for writing. `direct: false` writes everything through it.
@@ -65,12 +68,73 @@ public final class DirectFile: @unchecked Sendable {
         }
     }
 
-    /// Closes the direct descriptor (not `file`); later writes are buffered.
-    public func closeDirect() throws {
-        let d = lock.withLock {
-            defer { direct = nil }
-            return direct
+    /// Writes `bytes` at `offset` and calls `done` once `bytes` may be reused,
+    /// with the write's error if any: the whole blocks of an aligned write
+    /// are sent asynchronously (`AsyncWrites`) and `done` runs on another
+    /// thread when the device has them; everything else is written before
+    /// `submit` returns, `done` included. Writes in flight together must not
+    /// overlap.
+    public func submit(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, done: @escaping @Sendable ((any Error)?) -> Void) {
+        let whole = bytes.count / Self.alignment * Self.alignment
+        guard whole > 0, Self.isAligned(bytes, at: offset), let (d, queue) = directQueue() else {
+            do { try write(bytes, at: offset) } catch { return done(error) }
+            return done(nil)
         }
+        do {
+            if whole < bytes.count {
+                try file.write(UnsafeRawBufferPointer(rebasing: bytes[whole...]), at: offset + UInt64(whole))
+            }
+        } catch {
+            return done(error)
+        }
+        let part = UnsafeRawBufferPointer(rebasing: bytes[0..<whole])
+        // Sendable stand-ins for the buffer (the caller keeps it until `done`).
+        let base = UInt(bitPattern: part.baseAddress!), count = part.count
+        let sent = queue.submit(fd: d.fd, part, at: offset) { [self] result in
+            let part = UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: base), count: count)
+            if result == Int64(count) { return done(nil) }
+            // A short write, or one the filesystem refused (EINVAL: no direct
+            // I/O after all): the rest the ordinary way.
+            if result == -Int64(EINVAL) { lock.withLock { if direct === d { direct = nil } } }
+            let from = result > 0 ? Int(result) : 0
+            if result < 0 && result != -Int64(EINVAL) {
+                return done(SystemError("write at offset \(offset) of", file.path, errno: Int32(-result)))
+            }
+            do { try file.write(UnsafeRawBufferPointer(rebasing: part[from...]), at: offset + UInt64(from)) } catch { return done(error) }
+            done(nil)
+        }
+        guard sent else {
+            do { try write(part, at: offset) } catch { return done(error) }
+            return done(nil)
+        }
+    }
+
+    /// The direct descriptor and the AIO queue, made on first use; nil when
+    /// writes go through `file` (or the kernel has no AIO).
+    private func directQueue() -> (File, AsyncWrites)? {
+        lock.withLock {
+            guard let d = direct else { return nil }
+            if queue == nil && !noQueue {
+                queue = AsyncWrites()
+                noQueue = queue == nil
+            }
+            guard let queue else { return nil }
+            return (d, queue)
+        }
+    }
+
+    /// Closes the direct descriptor (not `file`) after the writes in flight;
+    /// later writes are buffered.
+    public func closeDirect() throws {
+        let (d, q) = lock.withLock {
+            defer { direct = nil; queue = nil }
+            return (direct, queue)
+        }
+        q?.close()
         try d?.close()
+    }
+
+    deinit {
+        queue?.close()
     }
 }

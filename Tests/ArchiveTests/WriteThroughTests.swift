@@ -166,4 +166,115 @@ struct WriteThroughTests {
         #expect(e.code == .io)
         #expect("\(e)".contains("vol-under-test") && "\(e)".contains("at offset "), "\(e)")
     }
+
+    @Test("DirectFile.submit: many writes in flight from several threads, each done once; same bytes as written one by one")
+    func submitInFlight() throws {
+        for base in ["/tmp", "/dev/shm"] {
+            let dir = try Integration.scratchDirectory("directsubmit", under: base)
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let f = try File.createNew(dir + "/f", readable: true)
+            let d = DirectFile(file: f)
+            // 48 pieces of 64 KiB + 100 bytes each (whole blocks async, the tail through the page cache), every
+            // other one a block apart so the file has holes; from 4 threads at once.
+            let pieces = 48, piece = 65536 + 100, stride = 2 * 65536 + 4096
+            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: pieces * 69632, alignment: 4096)
+            defer { buf.deallocate() }
+            var rng = SeededRandom(21)
+            for i in 0..<buf.count { buf[i] = UInt8.random(in: 1...255, using: &rng) }
+            var expected = [UInt8](repeating: 0, count: (pieces - 1) * stride + piece)
+            for i in 0..<pieces {
+                expected.replaceSubrange(i * stride..<i * stride + piece, with: buf[(i * 69632)..<(i * 69632 + piece)])
+            }
+            let calls = Calls()
+            // A Sendable stand-in for the buffer, which outlives every write.
+            let srcBase = UInt(bitPattern: buf.baseAddress!), srcCount = buf.count
+            DispatchQueue.concurrentPerform(iterations: 4) { t in
+                let src = UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: srcBase), count: srcCount)
+                for i in Swift.stride(from: t, to: pieces, by: 4) {
+                    d.submit(UnsafeRawBufferPointer(rebasing: src[(i * 69632)..<(i * 69632 + piece)]), at: UInt64(i * stride)) { error in
+                        calls.done(i, error)
+                    }
+                }
+            }
+            // closeDirect waits for the writes in flight.
+            try d.closeDirect()
+            #expect(calls.counts == Array(repeating: 1, count: pieces), "\(base): each write completed once")
+            #expect(calls.errors.isEmpty, "\(base): \(calls.errors)")
+            try f.sync()
+            try f.close()
+            #expect(try readFile(dir + "/f") == expected, "\(base)")
+        }
+    }
+
+    final class Calls: @unchecked Sendable {
+        private let lock = NSLock()
+        private var c = [Int](repeating: 0, count: 48)
+        private var e: [String] = []
+        func done(_ i: Int, _ error: (any Error)?) {
+            lock.withLock {
+                c[i] += 1
+                if let error { e.append("\(error)") }
+            }
+        }
+        var counts: [Int] { lock.withLock { c } }
+        var errors: [String] { lock.withLock { e } }
+    }
+
+    /// Completes every write later, on another thread, in a shuffled order —
+    /// as AIO under load does — keeping what it was given in memory; fails
+    /// the writes at and past `failFrom`.
+    final class LateWriter: DeviceWriter, @unchecked Sendable {
+        let name = "late-vol"
+        var allowsConcurrentWrites: Bool { true }
+        let failFrom: UInt64
+        private let lock = NSLock()
+        private var bytes: [UInt8]
+        init(size: Int, failFrom: UInt64 = .max) {
+            bytes = [UInt8](repeating: 0, count: size)
+            self.failFrom = failFrom
+        }
+        var content: [UInt8] { lock.withLock { bytes } }
+        func write(_ b: UnsafeRawBufferPointer, at offset: UInt64) throws {
+            lock.withLock { bytes.replaceSubrange(Int(offset)..<Int(offset) + b.count, with: b) }
+        }
+        func submit(_ b: UnsafeRawBufferPointer, at offset: UInt64, done: @escaping @Sendable ((any Error)?) -> Void) {
+            // The bytes are read only at completion: a buffer reused before then would show.
+            let base = UInt(bitPattern: b.baseAddress!), count = b.count
+            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(Int.random(in: 1...20))) { [self] in
+                let view = UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: base), count: count)
+                if offset >= failFrom { return done(SystemError("write at offset \(offset) of", name, errno: EIO)) }
+                try? write(view, at: offset)
+                done(nil)
+            }
+        }
+    }
+
+    @Test("writes completing late and out of order on other threads: the digest and the bytes still match; a late error fails the assembly")
+    func lateCompletions() throws {
+        let device = VMADevice(id: 1, name: "drive-scsi0", size: UInt64(Self.size))
+        let expected = Self.content.withUnsafeBytes { DeviceDigest.digest(ofDevice: $0) }
+        for maxBuffers in [2, 8] {
+            let w = LateWriter(size: Self.size)
+            let acc = DigestAssembler(devices: [device], writers: [1: w], maxBuffers: maxBuffers)
+            for c in 0..<((Self.size + 65535) / 65536) {
+                let (mask, blocks) = Self.stored(c)
+                try blocks.withUnsafeBytes { try acc.add(device: 1, cluster: UInt32(c), mask: mask, blocks: $0) }
+            }
+            // finish waits for every write: the content is complete when it returns.
+            #expect(try acc.finish()[1] == expected)
+            #expect(w.content == Self.content, "maxBuffers \(maxBuffers)")
+            #expect(acc.bytesWritten == Self.storedBytes)
+        }
+        let w = LateWriter(size: Self.size, failFrom: UInt64(DeviceDigest.chunkSize))
+        let acc = DigestAssembler(devices: [device], writers: [1: w])
+        let e = try #require(throwing(ArchiveError.self) {
+            for c in 0..<((Self.size + 65535) / 65536) {
+                let (mask, blocks) = Self.stored(c)
+                try blocks.withUnsafeBytes { try acc.add(device: 1, cluster: UInt32(c), mask: mask, blocks: $0) }
+            }
+            _ = try acc.finish()
+        })
+        #expect(e.code == .io)
+        #expect("\(e)".contains("late-vol") && "\(e)".contains("at offset "), "\(e)")
+    }
 }

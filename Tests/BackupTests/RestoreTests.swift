@@ -96,6 +96,56 @@ struct RestoreTests {
         #expect(try volumes(dir) == ["local:100/vm-100-disk-0.raw"])
     }
 
+    /// File offsets of the zstd frames of `b` (frame header, block headers, checksum).
+    static func frameOffsets(_ b: [UInt8]) -> [Int] {
+        var offsets: [Int] = []
+        var pos = 0
+        while pos < b.count {
+            offsets.append(pos)
+            let fhd = b[pos + 4]
+            let fcsFlag = Int(fhd >> 6), single = Int(fhd >> 5 & 1), checksum = fhd >> 2 & 1, dictFlag = Int(fhd & 3)
+            var p = pos + 5 + (single == 1 ? 0 : 1) + [0, 1, 2, 4][dictFlag] + [single, 2, 4, 8][fcsFlag]
+            while true {
+                let h = Int(b[p]) | Int(b[p + 1]) << 8 | Int(b[p + 2]) << 16
+                p += 3 + (h >> 1 & 3 == 1 ? 1 : h >> 3)
+                if h & 1 == 1 { break }
+            }
+            pos = p + (checksum == 1 ? 4 : 0)
+        }
+        return offsets
+    }
+
+    /// Restore decodes frames on two threads and writes chunks asynchronously:
+    /// a damaged frame in the middle must still fail the whole restore with
+    /// that frame's offset, after the chunks before it were written, and
+    /// leave no volume or config behind.
+    @Test func corruptFrameInTheMiddleFailsWithItsOffsetAndLeavesNothingBehind() throws {
+        let dir = try Integration.scratchDirectory("restore-badframe")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileSystem.createDirectory(dir + "/store")
+        func must(_ a: [String]) throws -> SnapdumpBinary.Result { try SnapdumpBinary.must(a, configDir: dir) }
+        _ = try must(["storage", "add", "dir", "local", "--path", dir + "/store", "--content", "images,backup"])
+        _ = try must(["vm", "create", "100", "--scsi0", "local:48M"])
+        let disk = try must(["volume", "path", "local:100/vm-100-disk-0.raw"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        try Command.run(["dd", "if=/dev/urandom", "of=\(disk)", "bs=1M", "count=44", "seek=2", "conv=notrunc", "status=none"])
+        let out = try must(["backup", "100", "--storage", "local", "--compress", "zstd", "--output-format", "json"]).stdout
+        let archive = try #require((try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]])?.first?["archive"] as? String)
+        var bytes = Array(try Data(contentsOf: URL(fileURLWithPath: archive)))
+        let frames = Self.frameOffsets(bytes)
+        // The header frame, then 16 MiB frames: 44 MiB of data is at least three of them.
+        try #require(frames.count >= 4, "frames at \(frames)")
+        bytes[frames[2] + (frames[3] - frames[2]) / 2] ^= 0x5A
+        let bad = dir + "/bad.vma.zst"
+        try Data(bytes).write(to: URL(fileURLWithPath: bad))
+        let r = try run(dir, ["restore", bad, "105"])
+        #expect(r.status != 0)
+        #expect(r.errorLines.count == 1, "\(r)")
+        #expect(r.stderr.contains("zstd frame at file offset \(frames[2])"), "\(r)")
+        #expect(!FileSystem.exists(dir + "/qemu/105.conf"))
+        #expect(try volumes(dir) == ["local:100/vm-100-disk-0.raw"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir + "/store/images").sorted() == ["100"])
+    }
+
     @Test func notAnArchiveIsOneClearError() throws {
         let (dir, _, disk) = try makeBackup("junk")
         defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -40,6 +40,16 @@ int snapdump_ioprio_get_self(void);
 /// Returns 0 or -1 with errno set. (glibc declares it only with _GNU_SOURCE.)
 int snapdump_syncfs(int fd);
 
+/// Linux native AIO (io_setup/io_submit/io_getevents/io_destroy, raw syscalls:
+/// no libaio). Each returns 0 (or a count) or -1 with errno set.
+int snapdump_aio_setup(unsigned events, uint64_t *context);
+/// One positional write; `token` comes back with its completion.
+int snapdump_aio_pwrite(uint64_t context, int fd, const void *buffer, uint64_t length, uint64_t offset, uint64_t token);
+/// Waits for at least `min` (at most `max`) completions: their tokens and
+/// results (bytes written, or -errno). Returns how many.
+int snapdump_aio_reap(uint64_t context, int min, int max, uint64_t *tokens, int64_t *results);
+int snapdump_aio_destroy(uint64_t context);
+
 /// BTRFS_IOC_SNAP_CREATE_V2: a snapshot of the subvolume open as `source_fd`, named
 /// `name` in the directory open as `parent_fd` (read-only when `read_only`), in one
 /// ioctl — what `btrfs subvolume snapshot` does, without a process. Returns 0 or -1 with errno.
