@@ -2,8 +2,10 @@
 # Incremental-forever benchmark (issue 11), through the CLI of a release
 # build: `snapdump backup --mode stop --storage <repo>` of a guest whose disk
 # holds a real-data image (scripts/bench/real-disk.sh image SIZE_MIB), on
-# btrfs (btrfs send), reflink XFS (FIEMAP) and zfs-fuse (zfs send -i), each on
-# a loop filesystem / file-vdev pool of its own made here, all into one
+# btrfs (btrfs send), reflink XFS (FIEMAP), zfs-fuse (zfs send -i), each on
+# a loop filesystem / file-vdev pool of its own made here, and a qcow2 image on
+# a dir storage (its persistent dirty bitmap, `qemu-img bitmap` and
+# `qemu-nbd -B` in stop mode; the change written with qemu-io), all into one
 # repository (so only the first guest's first backup stores the image; disk
 # space: 8 GiB needs ~35 GiB free). First backup (full), then `real-disk.sh
 # change` of PCT % of the disk (another seed per storage: no change is
@@ -34,9 +36,10 @@ W=$(mktemp -d "${SNAPDUMP_BENCH_DIR:-/var/tmp}/snapdump-incr-bench.XXXXXX")
 CONF=$W/etc
 log() { echo "bench: $*" >&2; }
 ZPOOL=sdincr$$
-STORAGES=(bt xf zf)
-declare -A LABEL=([bt]="btrfs (btrfs send)" [xf]="dir reflink on XFS (FIEMAP)" [zf]="zfspool on zfs-fuse (zfs send -i)")
-declare -A VMID=([bt]=901 [xf]=902 [zf]=903)
+STORAGES=(bt xf zf qc)
+declare -A LABEL=([bt]="btrfs (btrfs send)" [xf]="dir reflink on XFS (FIEMAP)" [zf]="zfspool on zfs-fuse (zfs send -i)"
+                  [qc]="dir qcow2 (persistent dirty bitmap)")
+declare -A VMID=([bt]=901 [xf]=902 [zf]=903 [qc]=904)
 cleanup() {
   for s in "${STORAGES[@]}"; do "$BIN" vm destroy "${VMID[$s]}" --config-dir "$CONF" >/dev/null 2>&1 || true; done
   for _ in 1 2 3 4 5 6 7 8 9 10; do zpool destroy -f "$ZPOOL" 2>/dev/null && break; zpool list "$ZPOOL" >/dev/null 2>&1 || break; sleep 1; done
@@ -56,17 +59,24 @@ mkdir -p "$W/btrfs/store" "$W/xfs/store"
 sd storage add btrfs bt --path "$W/btrfs/store" >/dev/null
 sd storage add dir xf --path "$W/xfs/store" --reflink 1 >/dev/null
 sd storage add zfspool zf --pool "$ZPOOL" >/dev/null
+mkdir -p "$W/qdir"
+sd storage add dir qc --path "$W/qdir" --content images --format qcow2 >/dev/null
 
 # The guests: one disk each, filled with the image (zfs-fuse: a plain copy, its files have no holes to keep).
 declare -A DISK
 sd storage add repo r1 --path "$W/repo" >/dev/null
 sd repo init r1 >/dev/null
-declare -A SEEDOFF=([bt]=0 [xf]=1000 [zf]=2000)
+declare -A SEEDOFF=([bt]=0 [xf]=1000 [zf]=2000 [qc]=3000)
 for s in "${STORAGES[@]}"; do
   sd vm create "${VMID[$s]}" --memory 256 --scsi0 "$s:${SIZE}M" >/dev/null
   volid=$(sed -n 's/^scsi0: *\([^,]*\).*/\1/p' "$(find "$CONF" -name "${VMID[$s]}.conf" | head -1)")
   DISK[$s]=$(sd volume path "$volid")
-  cp --sparse=$([ "$s" = zf ] && echo never || echo always) "$IMG" "${DISK[$s]}"
+  if [ "$s" = qc ]; then
+    # The stopped guest's image: the first backup adds its base bitmap (qemu-img bitmap), qemu-io's writes mark it.
+    qemu-img convert -f raw -O qcow2 "$IMG" "${DISK[$s]}"
+  else
+    cp --sparse=$([ "$s" = zf ] && echo never || echo always) "$IMG" "${DISK[$s]}"
+  fi
   sync -f "${DISK[$s]}"
 done
 

@@ -12,7 +12,8 @@
 #       over the disk, so with 4 MiB chunks 1 % of the bytes touches ~10 % of
 #       the chunks (measured: 21 MiB of files → 59 of 512 chunks at 2 GiB).
 #       extents: rewrites PCT % of the image as 1 MiB extents at SEED-chosen
-#       aligned offsets, below the filesystem (for "1 % of the blocks").
+#       aligned offsets, below the filesystem (for "1 % of the blocks");
+#       a .qcow2 IMAGE is written through qemu-io (its dirty bitmaps see it).
 #       Prints the bytes rewritten.
 #
 # Images are cached in $SNAPDUMP_BENCH_IMAGES (default /var/tmp/snapdump-bench-images)
@@ -52,14 +53,32 @@ build_image() {  # build_image SIZE_MIB
 }
 
 change_extents() {  # change_extents IMAGE PCT SEED
-  local img=$1 total mib n off
-  total=$(stat -c %s "$img"); mib=$((total >> 20))
+  local img=$1 total mib n off offsets qcow2= tmp cmds=()
+  # A qcow2 image (the guest's view: its virtual size) is written through QEMU's
+  # block layer (qemu-io), which also marks its persistent dirty bitmaps, as the guest's writes do.
+  case "$img" in *.qcow2) qcow2=1 ;; esac
+  if [ -n "$qcow2" ]; then
+    total=$(qemu-img info --output=json "$img" | python3 -c 'import json, sys; print(json.load(sys.stdin)["virtual-size"])')
+  else
+    total=$(stat -c %s "$img")
+  fi
+  mib=$((total >> 20))
   n=$(awk -v m="$mib" -v p="$2" 'BEGIN {printf "%d", (m * p / 100) + 0.5}')
-  awk -v m="$mib" -v n="$n" -v s="$3" 'BEGIN {srand(s); while (k < n) {o = int(rand() * m); if (!(o in seen)) {seen[o]; print o; k++}}}' |
-    while read -r off; do
+  offsets=$(awk -v m="$mib" -v n="$n" -v s="$3" 'BEGIN {srand(s); while (k < n) {o = int(rand() * m); if (!(o in seen)) {seen[o]; print o; k++}}}')
+  [ -n "$qcow2" ] && tmp=$(mktemp -d)
+  for off in $offsets; do
+    if [ -n "$qcow2" ]; then
+      { openssl enc -aes-128-ctr -pass "pass:$3-$off" -nosalt -pbkdf2 </dev/zero 2>/dev/null || true; } | head -c 1048576 >"$tmp/$off"
+      cmds+=(-c "write -s $tmp/$off $((off << 20)) 1M")
+    else
       { openssl enc -aes-128-ctr -pass "pass:$3-$off" -nosalt -pbkdf2 </dev/zero 2>/dev/null || true; } |
         head -c 1048576 | dd of="$img" bs=1M seek="$off" conv=notrunc iflag=fullblock status=none
-    done
+    fi
+  done
+  if [ -n "$qcow2" ]; then
+    qemu-io -f qcow2 "${cmds[@]}" "$img" >/dev/null
+    rm -rf "$tmp"
+  fi
   echo $((n << 20))
 }
 
