@@ -76,7 +76,7 @@ struct IncrementalForever {
                     log.info("removed base snapshot '\(name)' of '\(volume)' that no finished backup recorded")
                 }
                 // A repository storage no longer configured: no backup would ever read or drop its bases.
-                let orphans = repositories.isEmpty ? [] : try BaseSnapshot.list(volume, on: plugin).map(\.name)
+                let orphans = repositories.isEmpty ? [] : try BaseSnapshot.list(volume, on: plugin)
                     .filter { name in !repositories.contains { BaseSnapshot.belongs(name, to: $0) } }
                 for name in orphans {
                     try plugin.deleteSnapshot([volume], name: name)
@@ -99,7 +99,7 @@ struct IncrementalForever {
         guard let bases = try? BaseSnapshot.list(volume, on: plugin), !bases.isEmpty else { return nil }
         let newest = (try? store.repository.snapshots(type: snapshot.type, id: snapshot.id).last).flatMap { $0 }
         let floor = newest.map { BaseSnapshot.timeText(of: BaseSnapshot.name(backupTime: $0.time)) } ?? ""
-        let newer = bases.map(\.name).filter { BaseSnapshot.belongs($0, to: store.storage) && BaseSnapshot.timeText(of: $0) > floor }
+        let newer = bases.filter { BaseSnapshot.belongs($0, to: store.storage) && BaseSnapshot.timeText(of: $0) > floor }
         guard !newer.isEmpty else { return nil }
         return "base snapshot \(newer.map { "'\($0)'" }.joined(separator: ", ")) of \(volume) belongs to no backup left in the repository"
             + " (the backup was removed, or its run was killed)"
@@ -162,9 +162,9 @@ public enum UnrecordedBases {
         }
         var removed: [String] = []
         for d in try DiskPlan.resolve(config, storages: storages) where IncrementalForever.tracks(d) {
-            for s in try BaseSnapshot.list(d.volume, on: d.plugin) where !recorded.contains("\(d.volume)@\(s.name)") {
-                try d.plugin.deleteSnapshot([d.volume], name: s.name)
-                removed.append("base snapshot '\(s.name)' of '\(d.volume)'")
+            for name in try BaseSnapshot.list(d.volume, on: d.plugin) where !recorded.contains("\(d.volume)@\(name)") {
+                try d.plugin.deleteSnapshot([d.volume], name: name)
+                removed.append("base snapshot '\(name)' of '\(d.volume)'")
             }
         }
         return removed

@@ -104,6 +104,11 @@ public protocol StoragePlugin: Sendable {
     func prepareSnapshot(_ volumes: [VolumeID], name: String) throws -> PreparedSnapshot
     func deleteSnapshot(_ volumes: [VolumeID], name: String) throws
     func listSnapshots() throws -> [SnapshotInfo]
+    /// The names of `volume`'s snapshots, without what `listSnapshots` measures
+    /// (creation time, space held): a backup asks this several times per disk,
+    /// and on btrfs and reflink dir storages the measuring costs a process or
+    /// an extent-map walk of every snapshot.
+    func snapshotNames(of volume: VolumeID) throws -> [String]
     func openBlockSource(_ volume: VolumeID, snapshot: String?) throws -> any BlockSource
     /// A writer of the volume's raw content (raw volumes; the default opens `path` with pwrite).
     func openForWriting(_ volume: VolumeID) throws -> any VolumeWriter
@@ -209,6 +214,10 @@ extension StoragePlugin {
         try removeLeftoverSnapshots(of: volumes, snapshotPrefix: prefix)
     }
 
+    public func snapshotNames(of volume: VolumeID) throws -> [String] {
+        try listSnapshots().filter { $0.volume == volume }.map(\.name)
+    }
+
     public func fleecingDirectory(vmid: Int) throws -> String {
         throw StorageError(.invalidArgument, "storage '\(id)' (\(definition.type.rawValue)) cannot hold fleecing images: use a 'dir' storage with content 'images', or an 'lvmthin' one")
     }
@@ -240,10 +249,11 @@ extension StoragePlugin {
 
     /// The default part of `removeLeftovers`: delete matching snapshots, one name at a time.
     public func removeLeftoverSnapshots(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String] {
-        let wanted = Set(volumes)
         var byName: [String: [VolumeID]] = [:]
-        for s in try listSnapshots() where wanted.contains(s.volume) && s.name.hasPrefix(prefix) {
-            byName[s.name, default: []].append(s.volume)
+        for volume in Set(volumes).sorted(by: { $0.description < $1.description }) {
+            for name in try snapshotNames(of: volume) where name.hasPrefix(prefix) {
+                byName[name, default: []].append(volume)
+            }
         }
         var removed: [String] = []
         for (name, vols) in byName.sorted(by: { $0.key < $1.key }) {

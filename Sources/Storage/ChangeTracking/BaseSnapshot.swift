@@ -56,14 +56,14 @@ public enum BaseSnapshot {
         String(snapshot.dropFirst(prefix.count).prefix(timeLength))
     }
 
-    /// Base snapshots of `volume` on its storage, oldest first.
-    public static func list(_ volume: VolumeID, on plugin: any StoragePlugin) throws -> [SnapshotInfo] {
-        try plugin.listSnapshots().filter { $0.volume == volume && isBase($0.name) }.sorted { $0.name < $1.name }
+    /// Names of the base snapshots of `volume` on its storage, oldest first.
+    public static func list(_ volume: VolumeID, on plugin: any StoragePlugin) throws -> [String] {
+        try plugin.snapshotNames(of: volume).filter(isBase).sorted()
     }
 
     /// Whether `volume` still has base snapshot `name` (for `IncrementalBase.find`).
     public static func exists(_ name: String, of volume: VolumeID, on plugin: any StoragePlugin) throws -> Bool {
-        try list(volume, on: plugin).contains { $0.name == name }
+        try list(volume, on: plugin).contains(name)
     }
 
     /// Removes every base snapshot of `volumes` except `keep` (the one the
@@ -75,8 +75,8 @@ public enum BaseSnapshot {
     public static func drop(_ volumes: [VolumeID], on plugin: any StoragePlugin, keep: String?, repository: String? = nil) throws -> [String] {
         var byName: [String: [VolumeID]] = [:]
         for v in volumes {
-            for s in try list(v, on: plugin) where s.name != keep && repository.map({ belongs(s.name, to: $0) }) ?? true {
-                byName[s.name, default: []].append(v)
+            for name in try list(v, on: plugin) where name != keep && repository.map({ belongs(name, to: $0) }) ?? true {
+                byName[name, default: []].append(v)
             }
         }
         for (name, vols) in byName.sorted(by: { $0.key < $1.key }) { try plugin.deleteSnapshot(vols, name: name) }
@@ -87,7 +87,7 @@ public enum BaseSnapshot {
     /// the bases go with the disk. Any other snapshot refuses the free before
     /// a base is touched, so a refused free leaves the next backup's base.
     public static func free(_ volume: VolumeID, on plugin: any StoragePlugin) throws {
-        let others = try plugin.listSnapshots().filter { $0.volume == volume && !isBase($0.name) }.map(\.name)
+        let others = try plugin.snapshotNames(of: volume).filter { !isBase($0) }
         guard others.isEmpty else {
             throw StorageError(.busy, "volume '\(volume)' has snapshots (\(others.joined(separator: ", "))): delete them first")
         }

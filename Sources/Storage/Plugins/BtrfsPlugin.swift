@@ -141,6 +141,13 @@ public struct BtrfsPlugin: StoragePlugin {
         return try FileSystem.list(layout.imagesDir).filter { $0.hasPrefix(prefix) }.map { String($0.dropFirst(prefix.count)) }
     }
 
+    /// The `<vmid>@<name>` subvolumes that hold the volume's file: a directory
+    /// listing, not `listSnapshots` (a `btrfs subvolume show` per snapshot).
+    public func snapshotNames(of volume: VolumeID) throws -> [String] {
+        let p = try layout.parse(volume)
+        return try snapshotNames(vmid: p.vmid).filter { FileSystem.exists("\(snapshotDir(vmid: p.vmid, name: $0))/\(p.file)") }
+    }
+
     public func listSnapshots() throws -> [SnapshotInfo] {
         guard FileSystem.isDirectory(layout.imagesDir) else { return [] }
         var result: [SnapshotInfo] = []

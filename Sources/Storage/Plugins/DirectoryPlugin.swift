@@ -181,8 +181,22 @@ public struct DirectoryPlugin: StoragePlugin {
         }
     }
 
+    public func snapshotNames(of volume: VolumeID) throws -> [String] {
+        try snapshotNames(of: volume, format: try layout.parse(volume).format)
+    }
+
+    /// Raw: the clone directories holding the volume's file, without the
+    /// extent-map walk `snapshots(of:)` does to measure each.
     func snapshotNames(of volume: VolumeID, format: VolumeFormat) throws -> [String] {
-        try snapshots(of: volume, format: format).map(\.name)
+        switch format {
+        case .qcow2:
+            return try snapshots(of: volume, format: format).map(\.name)
+        case .raw:
+            let p = try layout.parse(volume)
+            let base = "\(layout.vmDir(p.vmid))/.snapshots"
+            guard FileSystem.isDirectory(base) else { return [] }
+            return try FileSystem.list(base).filter { FileSystem.exists("\(base)/\($0)/\(p.file)") }
+        }
     }
 
     func snapshots(of volume: VolumeID, format: VolumeFormat) throws -> [SnapshotInfo] {
