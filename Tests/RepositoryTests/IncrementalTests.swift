@@ -123,6 +123,35 @@ import Archive
         #expect(try Verifier(repository: repo).verify([s1, s2]).ok)
     }
 
+    /// A zero chunk whose reported changes all read as zeros (zfs-fuse's FREE
+    /// records for old holes) is taken from the previous index; a zero chunk
+    /// with data written into it, and a data chunk with a range freed, are patched.
+    @Test func zeroChunkWithOnlyZeroChangesIsReused() throws {
+        let scratch = try Scratch("incr-zero-free")
+        let repo = try Repository.create(root: scratch.path("store"))
+        let c = UInt64(4 * Self.mib)
+        var d = pseudoRandom(4 * 4 * Self.mib, seed: 12)
+        for i in Int(c)..<Int(3 * c) { d[i] = 0 }   // chunks 1 and 2: holes
+        let (_, first) = try backup(repo, time: 1_796_004_000, disk: d)
+        for i in Int(2 * c) + 4096..<Int(2 * c) + 8192 { d[i] = 0x22 }
+        for i in Int(3 * c)..<Int(3 * c) + 65536 { d[i] = 0 }
+        let ranges: [Int: [Range<UInt64>]] = [
+            1: [c..<c + 65536, c + UInt64(Self.mib)..<2 * c],     // old holes freed again
+            2: [2 * c..<2 * c + 4096, 2 * c + 4096..<2 * c + 8192], // a hole freed again, then written
+            3: [3 * c..<3 * c + 65536],                           // data freed
+        ]
+        let zeros = [c..<c + 65536, c + UInt64(Self.mib)..<2 * c, 2 * c..<2 * c + 4096, 3 * c..<3 * c + 65536]
+        let reads = Reads()
+        let (s2, up) = try backup(repo, time: 1_796_004_000 + 86400, disk: d, previous: first.index, changed: IndexSet(1...3),
+                                  ranges: { ranges[$0] ?? [] }, zeros: zeros, reads: reads)
+        #expect(reads.chunks == [2] && up.bytesRead == 4096)
+        #expect(up.chunksReused == 2 && up.chunksPatched == 2, "\(up)")
+        #expect(up.index.digests[1] == DeviceDigest.zeroChunkDigest)
+        #expect(try restoreToMemory(repo, s2, file: "drive-scsi0.img.fidx") == d)
+        let (_, full) = try backup(repo, time: 1_796_004_000 + 2 * 86400, disk: d)
+        #expect(full.index.digests == up.index.digests)
+    }
+
     /// A previous chunk gone from the store or corrupt: that chunk is read whole, the backup is still right.
     @Test func unreadablePreviousChunkIsReadWhole() throws {
         let scratch = try Scratch("incr-ranges-gone")
