@@ -109,6 +109,9 @@ public protocol StoragePlugin: Sendable {
     /// and on btrfs and reflink dir storages the measuring costs a process or
     /// an extent-map walk of every snapshot.
     func snapshotNames(of volume: VolumeID) throws -> [String]
+    /// `snapshotNames(of:)` of several volumes (the default: one `listSnapshots`, as a
+    /// `zfs list` or `lvs` answers for all volumes at once).
+    func snapshotNames(of volumes: [VolumeID]) throws -> [VolumeID: [String]]
     func openBlockSource(_ volume: VolumeID, snapshot: String?) throws -> any BlockSource
     /// A writer of the volume's raw content (raw volumes; the default opens `path` with pwrite).
     func openForWriting(_ volume: VolumeID) throws -> any VolumeWriter
@@ -218,6 +221,13 @@ extension StoragePlugin {
         try listSnapshots().filter { $0.volume == volume }.map(\.name)
     }
 
+    public func snapshotNames(of volumes: [VolumeID]) throws -> [VolumeID: [String]] {
+        let wanted = Set(volumes)
+        var names: [VolumeID: [String]] = [:]
+        for s in try listSnapshots() where wanted.contains(s.volume) { names[s.volume, default: []].append(s.name) }
+        return names
+    }
+
     public func fleecingDirectory(vmid: Int) throws -> String {
         throw StorageError(.invalidArgument, "storage '\(id)' (\(definition.type.rawValue)) cannot hold fleecing images: use a 'dir' storage with content 'images', or an 'lvmthin' one")
     }
@@ -250,10 +260,8 @@ extension StoragePlugin {
     /// The default part of `removeLeftovers`: delete matching snapshots, one name at a time.
     public func removeLeftoverSnapshots(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String] {
         var byName: [String: [VolumeID]] = [:]
-        for volume in Set(volumes).sorted(by: { $0.description < $1.description }) {
-            for name in try snapshotNames(of: volume) where name.hasPrefix(prefix) {
-                byName[name, default: []].append(volume)
-            }
+        for (volume, names) in try snapshotNames(of: volumes).sorted(by: { $0.key.description < $1.key.description }) {
+            for name in names where name.hasPrefix(prefix) { byName[name, default: []].append(volume) }
         }
         var removed: [String] = []
         for (name, vols) in byName.sorted(by: { $0.key < $1.key }) {

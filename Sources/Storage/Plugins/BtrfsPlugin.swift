@@ -148,6 +148,12 @@ public struct BtrfsPlugin: StoragePlugin {
         return try snapshotNames(vmid: p.vmid).filter { FileSystem.exists("\(snapshotDir(vmid: p.vmid, name: $0))/\(p.file)") }
     }
 
+    public func snapshotNames(of volumes: [VolumeID]) throws -> [VolumeID: [String]] {
+        var names: [VolumeID: [String]] = [:]
+        for v in Set(volumes) { names[v] = try snapshotNames(of: v) }
+        return names
+    }
+
     public func listSnapshots() throws -> [SnapshotInfo] {
         guard FileSystem.isDirectory(layout.imagesDir) else { return [] }
         var result: [SnapshotInfo] = []

@@ -185,6 +185,12 @@ public struct DirectoryPlugin: StoragePlugin {
         try snapshotNames(of: volume, format: try layout.parse(volume).format)
     }
 
+    public func snapshotNames(of volumes: [VolumeID]) throws -> [VolumeID: [String]] {
+        var names: [VolumeID: [String]] = [:]
+        for v in Set(volumes) { names[v] = try snapshotNames(of: v) }
+        return names
+    }
+
     /// Raw: the clone directories holding the volume's file, without the
     /// extent-map walk `snapshots(of:)` does to measure each.
     func snapshotNames(of volume: VolumeID, format: VolumeFormat) throws -> [String] {
