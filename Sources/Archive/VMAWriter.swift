@@ -56,18 +56,12 @@ public final class VMAWriter {
     /// True for a writer made with `init(stream:…)`.
     public var isStreaming: Bool { target == .stream }
     private var file: File?
-    /// Internal for tests (a fault injected into the zstd output).
-    private(set) var output: any CompressingOutput
+    private var output: any CompressingOutput
     /// The stream after the header region, written past the page cache.
     private var appender: DirectAppender?
     private let regionSize: Int
 
-    /// The output's own room for extents when it has some (zstd): extents are built in place.
-    private let buffering: (any ExtentBuffering)?
-    /// The writer's extent buffer, for outputs without room of their own.
-    private let ownExtent: UnsafeMutableRawBufferPointer?
-    /// Where the pending extent is built (nil: no room taken yet).
-    private var extent: UnsafeMutableRawBufferPointer?
+    private let extent: UnsafeMutableRawBufferPointer
     private let infos: UnsafeMutableBufferPointer<UInt64>
     private var entryCount = 0
     private var extentPos = VMAFormat.extentHeaderSize
@@ -160,8 +154,7 @@ public final class VMAWriter {
         file = f
         statistics.streamBytes = UInt64(header.count)
 
-        buffering = output as? any ExtentBuffering
-        ownExtent = buffering == nil ? .allocate(byteCount: VMAFormat.maxExtentSize, alignment: 4096) : nil
+        extent = .allocate(byteCount: VMAFormat.maxExtentSize, alignment: 4096)
         infos = .allocate(capacity: VMAFormat.clustersPerExtent)
         infos.initialize(repeating: 0)
         for d in self.devices {
@@ -171,7 +164,7 @@ public final class VMAWriter {
 
     deinit {
         if state != .committed && state != .aborted { abort() }
-        ownExtent?.deallocate()
+        extent.deallocate()
         infos.deallocate()
     }
 
@@ -222,7 +215,7 @@ public final class VMAWriter {
         let src = data.baseAddress!
         var mask: UInt16 = 0
         var pos = extentPos
-        let dst = try extentRoom().baseAddress!
+        let dst = extent.baseAddress!
         var offset = 0, j = 0
         while offset < valid {
             let n = min(VMAFormat.blockSize, valid - offset)
@@ -259,35 +252,14 @@ public final class VMAWriter {
         if entryCount == VMAFormat.clustersPerExtent { try flushExtent() }
     }
 
-    /// Room for the pending extent: the output's, taken when the extent
-    /// starts, or the writer's own buffer.
-    private func extentRoom() throws(ArchiveError) -> UnsafeMutableRawBufferPointer {
-        if let extent { return extent }
-        guard let buffering else { extent = ownExtent; return ownExtent! }
-        do throws(ArchiveError) {
-            let room = try buffering.reserve(VMAFormat.maxExtentSize)
-            extent = room
-            return room
-        } catch {
-            state = .failed
-            throw error
-        }
-    }
-
     /// Writes the pending extent (possibly empty) to the compressor.
     private func flushExtent() throws(ArchiveError) {
         let blocks = (extentPos - VMAFormat.extentHeaderSize) / VMAFormat.blockSize
-        let room = try extentRoom()
         uuidBytes.withUnsafeBytes { u in
-            VMAExtentHeader.encode(into: room, uuid: u, infos: UnsafeBufferPointer(infos), blockCount: blocks, md5: md5)
+            VMAExtentHeader.encode(into: extent, uuid: u, infos: UnsafeBufferPointer(infos), blockCount: blocks, md5: md5)
         }
         do throws(ArchiveError) {
-            if let buffering {
-                extent = nil
-                try buffering.commit(extentPos)
-            } else {
-                try output.write(UnsafeRawBufferPointer(rebasing: room[0..<extentPos]))
-            }
+            try output.write(UnsafeRawBufferPointer(rebasing: extent[0..<extentPos]))
         } catch {
             state = .failed
             throw error
@@ -399,7 +371,6 @@ public final class VMAWriter {
     /// only closed. Idempotent; does nothing after `commit` (or a stream's `finish`).
     public func abort() {
         guard state != .committed && state != .aborted else { return }
-        output.cancel()  // no frame may still be on its way to the appender
         appender?.close()  // no queued write may outlive the descriptor
         if let file { try? file.close() }
         file = nil

@@ -13,23 +13,6 @@ protocol CompressingOutput: AnyObject {
     var bytesIn: UInt64 { get }
     /// File offset of the next byte to be written.
     var fileOffset: UInt64 { get }
-    /// Stops any work in the background; after it nothing more is written.
-    func cancel()
-}
-
-extension CompressingOutput {
-    func cancel() {}
-}
-
-/// An output the VMA writer builds its extents in directly, so the stream
-/// is not copied once more on its way to the compressor.
-protocol ExtentBuffering: CompressingOutput {
-    /// Room for `count` bytes at the end of the stream, valid until the next
-    /// call on the output. Its contents are undefined: the caller writes all
-    /// of what it commits.
-    func reserve(_ count: Int) throws(ArchiveError) -> UnsafeMutableRawBufferPointer
-    /// Appends the first `count` bytes of the room last reserved to the stream.
-    func commit(_ count: Int) throws(ArchiveError)
 }
 
 /// Writes bytes as they are.
