@@ -252,6 +252,40 @@ public final class VMAWriter {
         if entryCount == VMAFormat.clustersPerExtent { try flushExtent() }
     }
 
+    /// An encoder for segments that `append` takes (one per thread), or nil
+    /// when this archive's compression has no independent frames to build
+    /// apart (none, gzip): then clusters go through `addCluster`.
+    public func makeSegmentEncoder() throws(ArchiveError) -> VMASegmentEncoder? {
+        guard case .zstd(let level, _) = compression, output is ZstdOutput else { return nil }
+        return try VMASegmentEncoder(path: path, uuid: uuidBytes, devices: devices, level: level)
+    }
+
+    /// Appends a segment sealed by an encoder of this writer, `frame` its
+    /// compressed bytes, after the extent pending from `addCluster` (if any).
+    /// Its clusters count as added: each must be new, as with `addCluster`.
+    public func append(_ segment: VMASegmentEncoder.Segment, frame: UnsafeRawBufferPointer) throws(ArchiveError) {
+        for run in segment.runs {
+            for k in 0..<run.count { _ = try claim(run.device, run.first + k) }
+        }
+        guard segment.frameBytes > 0 else { return }
+        precondition(frame.count == segment.frameBytes, "frame of \(frame.count) bytes for a segment of \(segment.frameBytes)")
+        guard let zstd = output as? ZstdOutput else {
+            throw ArchiveError(.invalidArgument, path: path, "segments need zstd compression")
+        }
+        do throws(ArchiveError) {
+            if entryCount > 0 { try flushExtent() }
+            try zstd.appendFrame(frame, uncompressedBytes: segment.streamBytes)
+        } catch {
+            state = .failed
+            throw error
+        }
+        statistics.clusters += segment.clusters
+        statistics.storedBlocks += segment.storedBlocks
+        statistics.zeroBytes += segment.zeroBytes
+        statistics.extents += segment.extents
+        statistics.streamBytes += segment.streamBytes
+    }
+
     /// Writes the pending extent (possibly empty) to the compressor.
     private func flushExtent() throws(ArchiveError) {
         let blocks = (extentPos - VMAFormat.extentHeaderSize) / VMAFormat.blockSize

@@ -76,6 +76,17 @@ final class ArchivePipeline {
         let total = sizes.reduce(0, +)
         progress?.start(total: total)
 
+        if let encoder = try writer.makeSegmentEncoder() {
+            // zstd: segments on a pool (SegmentPipeline); the workers are the archive's zstd threads.
+            guard case .zstd(_, let threads) = writer.compression else { preconditionFailure("segments are zstd frames") }
+            let digests = sizes.map { DeviceDigest(deviceSize: $0) }
+            let pool = SegmentPipeline(writer: writer, devices: devices, sizes: sizes, plans: plans, workers: Int(threads),
+                                       bwlimitKiB: bwlimitKiB, progress: progress, interrupt: interrupt)
+            let bytesRead = try pool.run(first: encoder, digests: digests)
+            progress?.finish()
+            return Result(digests: try finalDigests(digests), bytesRead: bytesRead, bytesTotal: total)
+        }
+
         let sources = devices.map(\.source)
         let bwlimit = bwlimitKiB
         let readerPlans = plans
@@ -209,12 +220,16 @@ final class ArchivePipeline {
         }
         hashing.wait()
         progress?.finish()
+        return Result(digests: try finalDigests(digests), bytesRead: bytesRead, bytesTotal: total)
+    }
+
+    private func finalDigests(_ digests: [DeviceDigest]) throws -> [UInt8: SHA256Digest] {
         var result: [UInt8: SHA256Digest] = [:]
         for (i, d) in devices.enumerated() {
             guard let digest = digests[i].finalDigest() else { throw BackupError("internal: digest of \(d.name) incomplete") }
             result[d.id] = digest
         }
-        return Result(digests: result, bytesRead: bytesRead, bytesTotal: total)
+        return result
     }
 }
 

@@ -91,6 +91,17 @@ final class ZstdOutput: CompressingOutput {
         frameBytes = 0
     }
 
+    /// Appends `frame`, a whole zstd frame compressed elsewhere from
+    /// `uncompressedBytes` of the stream (`VMASegmentEncoder`), after ending
+    /// the frame in progress: the file stays a sequence of independent frames.
+    func appendFrame(_ frame: UnsafeRawBufferPointer, uncompressedBytes: UInt64) throws(ArchiveError) {
+        if frameBytes > 0 { try endFrame() }
+        try writeFile(file, frame, at: fileOffset)
+        fileOffset += UInt64(frame.count)
+        bytesIn += uncompressedBytes
+        frames += 1
+    }
+
     func finish() throws(ArchiveError) -> UInt64 {
         // A stream that ended exactly at a frame boundary has nothing left to end.
         if frameBytes > 0 || frames == 0 { try endFrame() }
