@@ -32,6 +32,8 @@ final class ArchivePipeline {
     let bufferCount: Int
     let progress: ProgressReporter?
     let interrupt: Interrupt
+    /// Tests only: called on a zstd worker before it encodes segment `n` (0-based); a throw fails that segment.
+    var beforeSegment: (@Sendable (Int) throws -> Void)?
 
     init(writer: VMAWriter, devices: [Device], bwlimitKiB: Int, bufferCount: Int = 8, progress: ProgressReporter?, interrupt: Interrupt) {
         self.interrupt = interrupt
@@ -82,6 +84,7 @@ final class ArchivePipeline {
             let digests = sizes.map { DeviceDigest(deviceSize: $0) }
             let pool = SegmentPipeline(writer: writer, devices: devices, sizes: sizes, plans: plans, workers: Int(threads),
                                        bwlimitKiB: bwlimitKiB, progress: progress, interrupt: interrupt)
+            pool.beforeSegment = beforeSegment
             let bytesRead = try pool.run(first: encoder, digests: digests)
             progress?.finish()
             return Result(digests: try finalDigests(digests), bytesRead: bytesRead, bytesTotal: total)

@@ -79,7 +79,10 @@ final class SegmentPipeline: @unchecked Sendable {
         var isStopping: Bool { cond.lock(); defer { cond.unlock() }; return failure != nil }
     }
 
-    let writer: VMAWriter
+    /// Unowned: the threads end a moment after `run` returns and must not
+    /// keep the writer alive then (an uncommitted writer's deinit removes its
+    /// `.dat`); they touch it only while `run` waits for them.
+    unowned let writer: VMAWriter
     let devices: [ArchivePipeline.Device]
     let sizes: [UInt64]
     let plans: [[Bool]]
@@ -87,6 +90,8 @@ final class SegmentPipeline: @unchecked Sendable {
     let bwlimitKiB: Int
     let progress: ProgressReporter?
     let interrupt: Interrupt
+    /// Tests only: see `ArchivePipeline.beforeSegment`.
+    var beforeSegment: (@Sendable (Int) throws -> Void)?
 
     init(writer: VMAWriter, devices: [ArchivePipeline.Device], sizes: [UInt64], plans: [[Bool]], workers: Int,
          bwlimitKiB: Int, progress: ProgressReporter?, interrupt: Interrupt) {
@@ -226,6 +231,7 @@ final class SegmentPipeline: @unchecked Sendable {
             shared.cond.unlock()
             let slot = slots[index]
             do {
+                try beforeSegment?(slot.sequence)
                 try encode(slot, encoder, digests)
             } catch {
                 shared.cond.lock()

@@ -1,5 +1,6 @@
 import Archive
 import Foundation
+import SnapdumpSystem
 import Storage
 import Testing
 @testable import Backup
@@ -23,13 +24,15 @@ import Testing
         return b
     }
 
-    func writeArchive(_ sources: [MemoryBlockSource], dir: String, compression: Compression, bwlimit: Int = 0) throws -> (String, ArchivePipeline.Result) {
+    func writeArchive(_ sources: [MemoryBlockSource], dir: String, compression: Compression, bwlimit: Int = 0, uuid: UUID = UUID(),
+                      beforeSegment: (@Sendable (Int) throws -> Void)? = nil) throws -> (String, ArchivePipeline.Result) {
         let devices = sources.enumerated().map { VMADevice(id: UInt8($0.offset + 1), name: "drive-scsi\($0.offset)", size: $0.element.size) }
-        let w = try VMAWriter(path: dir + "/a.dat", ctime: 1_700_000_000, devices: devices,
+        let w = try VMAWriter(path: dir + "/a.dat", uuid: uuid, ctime: 1_700_000_000, devices: devices,
                               configs: [VMAConfigBlob(name: "qemu-server.conf", data: Array("memory: 128\n".utf8))],
                               reservedMetadataSize: SnapdumpMetadata.reservedSize(deviceCount: devices.count), compression: compression)
         let p = ArchivePipeline(writer: w, devices: zip(devices, sources).map { .init(id: $0.id, name: $0.name, source: $1) },
                                 bwlimitKiB: bwlimit, bufferCount: 3, progress: nil, interrupt: Interrupt())
+        p.beforeSegment = beforeSegment
         let r = try p.run()
         let meta = SnapdumpMetadata(devices: devices.map { .init(name: $0.name, size: $0.size, sha256: r.digests[$0.id]!) },
                                     mode: "snapshot", downtimeMs: 1, startTime: 0, snapdumpVersion: "test")
@@ -90,6 +93,66 @@ import Testing
             _ = try writeArchive([src], dir: dir, compression: .zstd(level: 1, workers: 1))
         } throws: { "\($0)".contains("injected read error in 'bad-disk'") }
         // VMAWriter is dropped uncommitted: its .dat is gone, and no archive appeared.
+        #expect(!FileManager.default.fileExists(atPath: dir + "/a.vma"))
+        #expect(!FileManager.default.fileExists(atPath: dir + "/a.dat"))
+    }
+
+    /// zstd segments (SegmentPipeline): the device bytes of the tests below, data and holes mixed.
+    func segmentDisk() -> MemoryBlockSource {
+        // 70 MiB + 5 KiB: segments of 4 data chunks, a hole of 12 MiB inside, a partial cluster at the end.
+        let size = 70 * 1048576 + 5 * 1024
+        let bytes = content(size: size, seed: 7, zeroFrom: 20 * 1048576, zeroTo: 36 * 1048576)
+        return MemoryBlockSource(bytes: bytes, allocation: [
+            AllocationRange(offset: 0, length: 24 * 1048576, kind: .data),
+            AllocationRange(offset: 24 * 1048576, length: 12 * 1048576, kind: .zero),
+            AllocationRange(offset: 36 * 1048576, length: UInt64(size - 36 * 1048576), kind: .data),
+        ])
+    }
+
+    @Test func segmentsFinishingOutOfOrderAreWrittenInStreamOrder() throws {
+        let dir = try scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let uuid = UUID()
+        // One worker: segments finish in order. Four workers (on this machine's two cores), every
+        // third segment held back: later ones finish first and wait for it.
+        try FileManager.default.createDirectory(atPath: dir + "/one", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: dir + "/four", withIntermediateDirectories: true)
+        let src = segmentDisk()
+        let (one, r1) = try writeArchive([src], dir: dir + "/one", compression: .zstd(level: 1, workers: 1), uuid: uuid)
+        let (four, r4) = try writeArchive([segmentDisk()], dir: dir + "/four", compression: .zstd(level: 1, workers: 4), uuid: uuid) { n in
+            if n % 3 == 0 { Thread.sleep(forTimeInterval: 0.05) }
+        }
+        #expect(r1.digests[1] == src.bytes.withUnsafeBytes { DeviceDigest.digest(ofDevice: $0) })
+        #expect(r4.digests == r1.digests)
+        #expect(r4.bytesRead == 58 * 1048576 + 5 * 1024)
+        // Same frames in the same order: the same file, byte for byte.
+        #expect(FileManager.default.contents(atPath: one) == FileManager.default.contents(atPath: four))
+        // A standard multi-frame zstd file of a valid VMA stream holding the device.
+        try Command.run(["zstd", "-t", "-q", four])
+        var out = [UInt8](repeating: 0xEE, count: Int(src.size))
+        let v = try VMAReader(path: four).verify { c in
+            var full = [UInt8](repeating: 0, count: 65536)
+            full.withUnsafeMutableBytes { c.expand(into: $0) }
+            let start = Int(c.deviceOffset)
+            out.replaceSubrange(start..<start + c.validBytes, with: full[0..<c.validBytes])
+        }
+        #expect(v.metadataChecked)
+        #expect(out == src.bytes)
+    }
+
+    @Test func aFailingSegmentFailsTheRunCleanly() throws {
+        let dir = try scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        struct Injected: Error, CustomStringConvertible { var description: String { "injected failure of segment 0" } }
+        // 32 chunks of data: 8 segments, more than the 4 slots of two workers.
+        let src = MemoryBlockSource(bytes: [UInt8](repeating: 1, count: 128 * 1048576))
+        #expect {
+            _ = try writeArchive([src], dir: dir, compression: .zstd(level: 1, workers: 2)) { n in
+                if n == 0 { Thread.sleep(forTimeInterval: 0.2); throw Injected() }
+            }
+        } throws: { "\($0)".contains("injected failure of segment 0") }
+        // The run stopped reading (no slot came back after the failure) and left no archive, complete or not.
+        #expect(src.reads.count <= 16)
         #expect(!FileManager.default.fileExists(atPath: dir + "/a.vma"))
         #expect(!FileManager.default.fileExists(atPath: dir + "/a.dat"))
     }
