@@ -13,6 +13,9 @@ import Storage
 /// workers) and writing overlap. Ranges the storage reports as holes or zeros
 /// are never read: their clusters are stored as zero clusters and their chunk
 /// digests are known without hashing.
+///
+/// zstd archives take `SegmentPipeline` instead: one queue of 16 MiB
+/// segments, each hashed, built and compressed by one worker.
 final class ArchivePipeline {
     struct Device {
         var id: UInt8
