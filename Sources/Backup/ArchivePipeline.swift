@@ -14,8 +14,8 @@ import Storage
 /// are never read: their clusters are stored as zero clusters and their chunk
 /// digests are known without hashing.
 ///
-/// zstd archives take `SegmentPipeline` instead: one queue of 16 MiB
-/// segments, each hashed, built and compressed by one worker.
+/// zstd archives on two threads or more take `SegmentPipeline` instead: one
+/// queue of 16 MiB segments, each hashed, built and compressed by one worker.
 final class ArchivePipeline {
     struct Device {
         var id: UInt8
@@ -81,9 +81,10 @@ final class ArchivePipeline {
         let total = sizes.reduce(0, +)
         progress?.start(total: total)
 
-        if let encoder = try writer.makeSegmentEncoder() {
-            // zstd: segments on a pool (SegmentPipeline); the workers are the archive's zstd threads.
-            guard case .zstd(_, let threads) = writer.compression else { preconditionFailure("segments are zstd frames") }
+        // zstd on two threads or more: segments on a pool (SegmentPipeline), as many workers as zstd threads.
+        // With one thread (vzdump's default) a lone worker would hash and compress in turn, where the
+        // sequential path hashes on one core while libzstd's worker compresses on the other.
+        if case .zstd(_, let threads) = writer.compression, threads >= 2, let encoder = try writer.makeSegmentEncoder() {
             let digests = sizes.map { DeviceDigest(deviceSize: $0) }
             let pool = SegmentPipeline(writer: writer, devices: devices, sizes: sizes, plans: plans, workers: Int(threads),
                                        bwlimitKiB: bwlimitKiB, progress: progress, interrupt: interrupt)

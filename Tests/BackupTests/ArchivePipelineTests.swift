@@ -113,12 +113,14 @@ import Testing
         let dir = try scratch()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let uuid = UUID()
-        // One worker: segments finish in order. Four workers (on this machine's two cores), every
-        // third segment held back: later ones finish first and wait for it.
+        // Two workers, every segment held back but the first: they finish in order. Four workers (on
+        // this machine's two cores), every third segment held back: later ones finish first and wait for it.
         try FileManager.default.createDirectory(atPath: dir + "/one", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: dir + "/four", withIntermediateDirectories: true)
         let src = segmentDisk()
-        let (one, r1) = try writeArchive([src], dir: dir + "/one", compression: .zstd(level: 1, workers: 1), uuid: uuid)
+        let (one, r1) = try writeArchive([src], dir: dir + "/one", compression: .zstd(level: 1, workers: 2), uuid: uuid) { n in
+            if n > 0 { Thread.sleep(forTimeInterval: 0.05 * Double(n)) }
+        }
         let (four, r4) = try writeArchive([segmentDisk()], dir: dir + "/four", compression: .zstd(level: 1, workers: 4), uuid: uuid) { n in
             if n % 3 == 0 { Thread.sleep(forTimeInterval: 0.05) }
         }
