@@ -1,8 +1,11 @@
 import Foundation
 import Guest
+import Repository
 import SnapdumpSystem
+import Storage
 import Testing
 import TestSupport
+@testable import Backup
 
 /// Guests whose disks are LVs, inside the storage VM only (LVMInVMTests boots
 /// it: this host's kernel has no device-mapper). The guest is QEMU nested
@@ -225,9 +228,9 @@ struct LVMGuestTests {
     /// guest's writes during the backup stay out of the archive, the restore
     /// holds the snapshot's content — a consistent record prefix from between
     /// the backup's start and its hold; then live `move-disk` lvmthin → dir →
-    /// lvm while it writes: each target holds a consistent prefix (checked with
-    /// the guest paused), each source is freed, and after a hard stop the lvm
-    /// target holds every record the guest reported.
+    /// lvm → lvmthin while it writes: each target holds a consistent prefix
+    /// (checked with the guest paused), each source is freed, and after a hard
+    /// stop the last (thin) target holds every record the guest reported.
     @Test func lvmthinSnapshotBackupAndLiveMoves() async throws {
         guard let vg = Integration.fixture("SNAPDUMP_TEST_LVM_VG") else { return }
         let t0 = Date()
@@ -279,13 +282,16 @@ struct LVMGuestTests {
                 "the snapshot holds records up to \(inArchive.lastSequence); the writer reported \(reportedBefore) before the backup, \(reportedAtHold) at its hold")
         print("[lvm guest] lvmthin snapshot backup + restore done at \(Int(Date().timeIntervalSince(t0))) s: records up to \(inArchive.lastSequence) (reported \(reportedBefore) before, \(reportedAtHold) at the hold)")
 
-        // Live moves while the guest writes: lvmthin → dir → lvm, the old volume deleted each time.
+        // Live moves while the guest writes: lvmthin → dir → lvm → lvmthin, the old volume deleted each
+        // time. The last one goes to lvmthin from lvm in the same VG: the thin target gets a name no LV of
+        // the VG has (the lvm source still holds vm-<vmid>-disk-0 while the mirror runs).
         var now = volid
-        for (target, gone) in [("local", "vm-\(vmid)-disk-0"), ("thick", "")] {
+        for target in ["local", "thick", "thin"] {
+            let source = try VolumeID(parsing: now)
             let m0 = Date()
             let r0 = Self.reported(h, vmid)
             let r = try h.run(["vm", "move-disk", "\(vmid)", "scsi0", target, "--delete"])
-            #expect(r.status == 0, "move-disk to \(target): \(r)")
+            #expect(r.status == 0, "move-disk \(now) to \(target): \(r)")
             let took = Date().timeIntervalSince(m0)
             try expectRunning(h, vmid, "after moving to \(target)")
             let line = try #require(try h.configText(vmid).split(separator: "\n").first { $0.hasPrefix("scsi0:") })
@@ -301,16 +307,19 @@ struct LVMGuestTests {
             let onTarget = try Self.records(moved, now)
             #expect(onTarget.lastSequence >= reportedPaused && onTarget.lastSequence <= reportedPaused + 8 && onTarget.lastSequence > r0,
                     "\(now) holds records up to \(onTarget.lastSequence), the writer reported \(reportedPaused) (\(r0) before the move)")
-            if !gone.isEmpty {
-                let lvs = try lvNames(vg)
-                #expect(!lvs.contains(gone), "source LV \(gone) not freed: \(lvs)")
-            } else {
+            // The source is freed: its LV gone from the VG, or its file from the dir storage.
+            let lvs = try lvNames(vg)
+            if source.storage == "local" {
                 let files = h.storageFiles().filter { $0.contains("/images/") }
                 #expect(files.isEmpty, "source file on dir not freed: \(files)")
+            } else {
+                #expect(!lvs.contains(source.volname), "source LV \(source) not freed: \(lvs)")
             }
-            print("[lvm guest] live move-disk to \(target) in \(String(format: "%.1f", took)) s while writing (records \(r0) → \(onTarget.lastSequence))")
+            let targetVolume = try VolumeID(parsing: now)
+            #expect(target == "local" || lvs.contains(targetVolume.volname), "no LV for \(now): \(lvs)")
+            print("[lvm guest] live move-disk \(source) → \(now) in \(String(format: "%.1f", took)) s while writing (records \(r0) → \(onTarget.lastSequence))")
         }
-        // A hard stop: every record the guest reported is on the lvm target, none torn.
+        // A hard stop: every record the guest reported is on the last (thin) target, none torn.
         _ = try await Self.waitForRecords(h, vmid, atLeast: Self.reported(h, vmid) + 16, timeout: .seconds(120))
         try h.must(["vm", "stop", "\(vmid)"])
         let reportedLast = Self.reported(h, vmid)
@@ -319,6 +328,97 @@ struct LVMGuestTests {
                 "after the stop \(now) holds records up to \(final.lastSequence), the writer reported \(reportedLast)")
         print("[lvm guest] writer stopped: \(now) holds records 1…\(final.lastSequence) consistently (reported \(reportedLast))")
         print("[lvm guest] lvmthin case took \(Int(Date().timeIntervalSince(t0))) s")
+    }
+
+    /// Incremental forever on lvmthin through the whole engine (issue 11), stop mode into a
+    /// repository storage on a directory in the VM. Between two backups: a 4 KiB write, 256 KiB
+    /// discarded (`blkdiscard` unmaps four 64 KiB thin blocks) and 64 KiB written again with the
+    /// bytes it held. thin_delta reports exactly those three chunks — the identical rewrite too: a
+    /// write to a block the base snapshot shares gets a new block, whatever its bytes — and the
+    /// engine reads two of them (the discarded range is known zeros: patched, not read), 128 KiB
+    /// (whole thin blocks), and stores two new chunks (the rewritten chunk's digest is the old one).
+    /// The restore equals the LV at the second snapshot byte for byte. The guest started and stopped
+    /// again between two backups (its writer rewrites its records): still incremental, one chunk.
+    /// The base snapshot removed by hand: a full read that says so.
+    @Test func lvmthinIncrementalForeverThroughTheEngine() async throws {
+        guard let vg = Integration.fixture("SNAPDUMP_TEST_LVM_VG") else { return }
+        let t0 = Date()
+        let mib = Self.mib
+        let pool = "tpi\(UUID().uuidString.prefix(6).lowercased())"
+        try Command.run(["lvm", "lvcreate", "-q", "-L", "128M", "-T", "\(vg)/\(pool)"])
+        defer { _ = try? Command.capture(["lvm", "lvremove", "-q", "-f", "\(vg)/\(pool)"]) }
+        let h = try GuestHarness("lvm-inc")
+        defer { h.tearDown() }
+        try h.must(["storage", "add", "lvmthin", "thin", "--vgname", vg, "--thinpool", pool])
+        let root = try h.addRepository("r1")
+        let vmid = 750
+        // 16 records of 4 KiB from MiB 1 + 4 KiB (slots 1…16): two thin blocks, both in chunk 0.
+        let (volid, _) = try await startGuest(h, vmid, storage: "thin", content: Self.pattern(seed: 6), writing: .until(16))
+        try h.must(["vm", "stop", "\(vmid)"])
+        let rig = IncrementalRig(h: h, vmid: vmid, repo: try Repository(root: root), repoRoot: root, volid: volid, storage: "thin")
+        let disk = try PluginDisk(h, volid)
+        let chunks = Self.diskSize / (4 * mib)
+        func newestBase() throws -> String {
+            BaseSnapshot.name(backupTime: try #require(try rig.repo.snapshots().last).time, repository: "r1")
+        }
+
+        let first = try rig.backup()
+        #expect(first.log.contains("drive-scsi0: full read: no previous backup of vm/\(vmid)"), "\(first.log)")
+        #expect(try rig.restoredNewest() == disk.bytes(), "restore of the first backup differs from the LV")
+        let base1 = try newestBase()
+        #expect(try rig.bases() == [base1])
+
+        // Chunk 1: 4 KiB written. Chunk 2: 256 KiB discarded. Chunk 5: 64 KiB written again as it is.
+        try disk.write(pseudoRandom(4096, seed: 61), at: 5 * mib + 8192)
+        try Command.run(["blkdiscard", "-o", "\(9 * mib)", "-l", "262144", try h.volumePath(volid)])
+        let same = try disk.bytes()
+        #expect(same[9 * mib..<9 * mib + 262144].allSatisfy { $0 == 0 }, "the discarded range does not read as zeros")
+        try disk.write(Array(same[21 * mib..<21 * mib + 65536]), at: 21 * mib)
+        let changed = try disk.bytes()
+        #expect(changed == same)
+
+        let second = try rig.backup()
+        #expect(second.log.contains("drive-scsi0: incremental: 2 of \(chunks) chunks read (thin_delta), \(ByteCount.format(131072)) read, 2 new chunks stored ("),
+                "\(second.log)")
+        #expect(second.log.contains("3 chunks patched (previous chunk + changed ranges)"), "\(second.log)")
+        let d2 = try #require(second.summary.disks?.first)
+        #expect(d2.method == "thin_delta" && d2.fullReason == nil && d2.read == 2 && d2.fromPrevious == chunks - 3
+                && d2.bytesRead == 131072 && d2.newChunks == 2, "\(d2)")
+        let base2 = try newestBase()
+        #expect(try rig.bases() == [base2], "the old base was not dropped")
+        let atSnapshot = try disk.bytes(snapshot: base2)
+        #expect(atSnapshot == changed, "the second snapshot is not the LV as changed: difference \(Self.firstDifference(atSnapshot, changed))")
+        let restored = try rig.restoredNewest()
+        #expect(restored == atSnapshot, "restore of the incremental backup: difference \(Self.firstDifference(restored, atSnapshot))")
+
+        // Started and stopped again: QEMU knew nothing of the base, the pool still does.
+        try? FileSystem.remove(h.consoleLog(vmid))
+        try h.start(vmid)
+        try await h.waitForConsole(vmid, "WRITER DONE", timeout: .seconds(300))
+        try h.must(["vm", "stop", "\(vmid)"])
+        let third = try rig.backup()
+        let d3 = try #require(third.summary.disks?.first)
+        #expect(third.log.contains("drive-scsi0: incremental: 1 of \(chunks) chunks read (thin_delta)"), "\(third.log)")
+        #expect(d3.method == "thin_delta" && d3.read == 1 && d3.fromPrevious == chunks - 1 && d3.bytesRead == 131072, "\(d3)")
+        #expect(try rig.restoredNewest() == disk.bytes(), "restore after the restart differs from the LV")
+        print("[lvm guest] incremental on lvmthin after a restart: \(d3.read) chunk read, \(d3.bytesRead) bytes, \(d3.newChunks) new (the writer's records rewritten)")
+
+        // The base removed by hand: a full read, with the reason; the new base replaces it.
+        let base3 = try newestBase()
+        let snapLV = "snap_\(disk.volume.volname)_\(base3)"
+        #expect(try lvNames(vg).contains(snapLV), "no LV \(snapLV)")
+        try Command.run(["lvm", "lvremove", "-q", "-f", "\(vg)/\(snapLV)"])
+        try disk.write(pseudoRandom(4096, seed: 62), at: 13 * mib)
+        let fourth = try rig.backup()
+        #expect(fourth.log.contains("drive-scsi0: full read: base snapshot '\(base3)' of \(volid) no longer exists (deleted by hand?)"), "\(fourth.log)")
+        let d4 = try #require(fourth.summary.disks?.first)
+        #expect(d4.method == "full" && d4.fromPrevious == 0 && d4.read + d4.fromPrevious == chunks, "\(d4)")
+        #expect(try rig.restoredNewest() == disk.bytes(), "restore of the full backup differs from the LV")
+        #expect(try rig.bases() == [try newestBase()])
+        try h.must(["vm", "destroy", "\(vmid)"])
+        let left = try lvNames(vg).filter { $0.contains("vm-\(vmid)-") }
+        #expect(left.isEmpty, "LVs left after vm destroy: \(left)")
+        print("[lvm guest] incremental forever on lvmthin case took \(Int(Date().timeIntervalSince(t0))) s")
     }
 
     /// lvmthin, a writing guest with two thin LVs: LVM snapshots one origin per

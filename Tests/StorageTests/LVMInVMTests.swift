@@ -10,7 +10,7 @@ import TestSupport
 /// reads the guest's console. Each LVM case must have run to its last step,
 /// and none may have failed or been skipped. The same VM runs LVMReadErrorTests
 /// (a dm `error` segment under an LV) and LVMGuestTests (nested QEMU guests on
-/// LVs: backups, restore, live moves).
+/// LVs: backups, restore, live moves, incremental forever on lvmthin).
 @Suite("lvm and lvmthin in the storage VM", .serialized)
 struct LVMInVMTests {
     static let cases = ["lvm (thick LVs)", "lvmthin (thin LVs, thin snapshots)"]
@@ -46,12 +46,12 @@ struct LVMInVMTests {
         // Guests on LVs (Tests/BackupTests/LVMGuestTests): each case printed its last line, none failed.
         for marker in ["[lvm guest] lvmthin case took", "[lvm guest] lvm case (refuse, fallback, fleecing) took",
                        "[lvm guest] two thin LVs case took", "[lvm guest] read error case took",
-                       "[lvm guest] killed fleecing on lvmthin case took"] {
+                       "[lvm guest] killed fleecing on lvmthin case took", "[lvm guest] incremental forever on lvmthin case took"] {
             #expect(console.contains(marker), "guest test did not run to '\(marker)':\n\(console.suffix(6000))")
         }
         let guestTests = ["lvmthinSnapshotBackupAndLiveMoves", "lvmSnapshotModeRefusesFallsBackOrFleeces",
                           "lvmthinTwoVolumesPausedAroundTheirSnapshots", "readErrorUnderARunningGuestFailsTheBackupCleanly",
-                          "killedFleecingBackupOnLvmthinLeavesNothing"]
+                          "killedFleecingBackupOnLvmthinLeavesNothing", "lvmthinIncrementalForeverThroughTheEngine"]
         let guestFailures = lines.filter { line in line.contains("✘") && guestTests.contains { line.contains($0) } }
         #expect(guestFailures.isEmpty, "guest tests failed in the VM:\n\(guestFailures.joined(separator: "\n"))")
         for line in lines where line.hasPrefix("[lvm") || line.hasPrefix("STORAGE-VM") {

@@ -115,7 +115,9 @@ public struct LVMPlugin: StoragePlugin {
         }
         try activate()
         let size = try roundedSize(size)
-        let used = Set(disks(try lvs()).compactMap { DiskName($0.name) }.filter { $0.vmid == vmid }.map(\.index))
+        // Every LV of the VG counts, not only this storage's: LV names are unique per VG, and an
+        // lvm and an lvmthin storage (or two thin pools) may share one (as pve-storage's find_free_diskname).
+        let used = Set(try lvs().compactMap { DiskName($0.name) }.filter { $0.vmid == vmid }.map(\.index))
         var n = 0
         while used.contains(n) { n += 1 }
         let name = DiskName(vmid: vmid, index: n).description
