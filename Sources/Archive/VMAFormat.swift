@@ -360,3 +360,31 @@ enum VMAExtentHeader {
         md5.finish(into: UnsafeMutableRawBufferPointer(rebasing: extent[VMAFormat.offExtentMD5..<VMAFormat.offExtentMD5 + 16]))
     }
 }
+
+extension VMAFormat {
+    /// Packs one cluster's `valid` bytes (less than a cluster only at a device's end) into an
+    /// extent's data at `dst + pos`: every 4 KiB block that is not all zero is copied, a short
+    /// last block padded with zeros. Returns the cluster's block mask (bit j: block j stored)
+    /// and the position after the last stored block. One packer for the sequential writer and
+    /// the segment encoder, so both write the same bytes.
+    @inline(__always)
+    static func packCluster(_ src: UnsafeRawPointer, valid: Int, into dst: UnsafeMutableRawPointer, at pos: Int) -> (mask: UInt16, end: Int) {
+        var mask: UInt16 = 0
+        var pos = pos
+        var offset = 0, j = 0
+        while offset < valid {
+            let n = min(blockSize, valid - offset)
+            if !ZeroCheck.isZero(src + offset, count: n) {
+                (dst + pos).copyMemory(from: src + offset, byteCount: n)
+                if n < blockSize {
+                    (dst + pos + n).initializeMemory(as: UInt8.self, repeating: 0, count: blockSize - n)
+                }
+                pos += blockSize
+                mask |= 1 << j
+            }
+            offset += blockSize
+            j += 1
+        }
+        return (mask, pos)
+    }
+}

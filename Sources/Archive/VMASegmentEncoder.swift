@@ -125,23 +125,9 @@ public final class VMASegmentEncoder: @unchecked Sendable {
         let start = UInt64(cluster) * UInt64(VMAFormat.clusterSize)
         let valid = Int(min(UInt64(VMAFormat.clusterSize), size - start))
         precondition(data.count >= valid, "cluster data of \(data.count) bytes, need \(valid)")
-        let src = data.baseAddress!, dst = stream.baseAddress!
-        var mask: UInt16 = 0
-        var offset = 0, j = 0
         let before = pos
-        while offset < valid {
-            let n = min(VMAFormat.blockSize, valid - offset)
-            if !ZeroCheck.isZero(src + offset, count: n) {
-                (dst + pos).copyMemory(from: src + offset, byteCount: n)
-                if n < VMAFormat.blockSize {
-                    (dst + pos + n).initializeMemory(as: UInt8.self, repeating: 0, count: VMAFormat.blockSize - n)
-                }
-                pos += VMAFormat.blockSize
-                mask |= 1 << j
-            }
-            offset += VMAFormat.blockSize
-            j += 1
-        }
+        let (mask, end) = VMAFormat.packCluster(data.baseAddress!, valid: valid, into: stream.baseAddress!, at: pos)
+        pos = end
         let stored = (pos - before) / VMAFormat.blockSize
         dataClusters += 1
         segment.storedBlocks += UInt64(stored)

@@ -212,24 +212,7 @@ public final class VMAWriter {
         let start = UInt64(cluster) * UInt64(VMAFormat.clusterSize)
         let valid = Int(min(UInt64(VMAFormat.clusterSize), dev.size - start))
         precondition(data.count >= valid, "cluster data of \(data.count) bytes, need \(valid)")
-        let src = data.baseAddress!
-        var mask: UInt16 = 0
-        var pos = extentPos
-        let dst = extent.baseAddress!
-        var offset = 0, j = 0
-        while offset < valid {
-            let n = min(VMAFormat.blockSize, valid - offset)
-            if !ZeroCheck.isZero(src + offset, count: n) {
-                (dst + pos).copyMemory(from: src + offset, byteCount: n)
-                if n < VMAFormat.blockSize {
-                    (dst + pos + n).initializeMemory(as: UInt8.self, repeating: 0, count: VMAFormat.blockSize - n)
-                }
-                pos += VMAFormat.blockSize
-                mask |= 1 << j
-            }
-            offset += VMAFormat.blockSize
-            j += 1
-        }
+        let (mask, pos) = VMAFormat.packCluster(data.baseAddress!, valid: valid, into: extent.baseAddress!, at: extentPos)
         let stored = (pos - extentPos) / VMAFormat.blockSize
         statistics.storedBlocks += UInt64(stored)
         statistics.zeroBytes += UInt64(valid - min(valid, stored * VMAFormat.blockSize))
