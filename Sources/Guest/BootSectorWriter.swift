@@ -261,8 +261,10 @@ public enum BootSectorWriter {
     /// The highest sequence the writer reported on its console (progress lines and its last line).
     public static func reportedSequence(console: String) -> UInt32? {
         console.split(whereSeparator: \.isNewline).compactMap { line -> UInt32? in
+            // Eight digits or nothing: the console's last line may be half-written.
             for prefix in ["WRITER SEQ ", "WRITER DONE "] where line.hasPrefix(prefix) {
-                return UInt32(line.dropFirst(prefix.count).trimmingCharacters(in: .whitespaces), radix: 16)
+                let digits = line.dropFirst(prefix.count).trimmingCharacters(in: .whitespaces)
+                return digits.count == 8 ? UInt32(digits, radix: 16) : nil
             }
             return nil
         }.max()

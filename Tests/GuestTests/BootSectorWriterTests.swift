@@ -92,6 +92,15 @@ struct BootSectorWriterUnitTests {
         #expect(BootSectorWriter.reportedSequence(console: "WRITER START\nWRITER SEQ 00000010\nWRITER SEQ 0000002F\n") == 0x2F)
         #expect(BootSectorWriter.reportedSequence(console: "WRITER START\r\nWRITER DONE 0000012C\r\n") == 300)
         #expect(BootSectorWriter.reportedSequence(console: "WRITER START\n") == nil)
+        #expect(BootSectorWriter.reportedSequence(console: "WRITER SEQ 00000008\nWRITER DONE 0000") == 8)
+    }
+
+    /// A line still being written is not a line yet (CI once read
+    /// "WRITER DONE 0000" of "WRITER DONE 00000010").
+    @Test func consoleWaitSeesOnlyCompleteLines() {
+        #expect(Console.completeLines("WRITER START\nWRITER DONE 0000").map(String.init) == ["WRITER START"])
+        #expect(Console.completeLines("WRITER START\r\nWRITER DONE 00000010\r\n").map(String.init) == ["WRITER START", "WRITER DONE 00000010"])
+        #expect(Console.completeLines("WRITER DO").isEmpty)
     }
 }
 

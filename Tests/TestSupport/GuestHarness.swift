@@ -427,12 +427,15 @@ public final class BackgroundCommand: @unchecked Sendable {
 
 /// The test guest's serial console, as the tests read it.
 public enum Console {
-    /// Polls the console log at `path` until a line starts with `prefix`; returns that line.
+    /// Polls the console log at `path` until a complete line starts with
+    /// `prefix`; returns that line. Only lines already ended by a newline
+    /// count: QEMU writes the serial console as the guest emits bytes, so the
+    /// last line may still be half-written (CI once read "WRITER DONE 0000"
+    /// of "WRITER DONE 00000010").
     public static func waitForLine(_ path: String, _ prefix: String, timeout: Duration, label: String = "") async throws -> String {
         let deadline = ContinuousClock.now + timeout
         while true {
-            if let text = try? FileSystem.readText(path),
-               let line = text.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix(prefix) }) {
+            if let text = try? FileSystem.readText(path), let line = completeLines(text).first(where: { $0.hasPrefix(prefix) }) {
                 return line.trimmingCharacters(in: .whitespacesAndNewlines)
             }
             if ContinuousClock.now >= deadline {
@@ -441,5 +444,11 @@ public enum Console {
             }
             try await Task.sleep(for: .milliseconds(100))
         }
+    }
+
+    /// The lines of `text` that a newline has ended.
+    public static func completeLines(_ text: String) -> [Substring] {
+        guard let end = text.lastIndex(where: \.isNewline) else { return [] }
+        return text[..<end].split(whereSeparator: \.isNewline)
     }
 }
