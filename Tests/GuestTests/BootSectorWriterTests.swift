@@ -101,6 +101,7 @@ struct BootSectorWriterUnitTests {
         #expect(Console.completeLines("WRITER START\nWRITER DONE 0000").map(String.init) == ["WRITER START"])
         #expect(Console.completeLines("WRITER START\r\nWRITER DONE 00000010\r\n").map(String.init) == ["WRITER START", "WRITER DONE 00000010"])
         #expect(Console.completeLines("WRITER DO").isEmpty)
+        #expect(Heartbeats.parse("HB 1\r\nHB 2\nHB 3") == [1, 2])
     }
 }
 

@@ -59,9 +59,7 @@ public enum Heartbeats {
     /// Sequence numbers of the complete `HB <seq>` lines of a console log (a
     /// last line without its newline may be half written and is left out).
     public static func parse(_ console: String) -> [Int] {
-        var lines = console.split(whereSeparator: \.isNewline)
-        if let last = console.last, !last.isNewline, !lines.isEmpty { lines.removeLast() }
-        return lines.compactMap { l in
+        Console.completeLines(console).compactMap { l in
             let s = l.trimmingCharacters(in: .whitespacesAndNewlines)
             return s.hasPrefix("HB ") ? Int(s.dropFirst(3)) : nil
         }
