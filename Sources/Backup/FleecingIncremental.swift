@@ -149,17 +149,26 @@ final class FleecingIncremental: @unchecked Sendable {
             }
             f.previous[d.key] = decision
             // Kept while this backup runs (it still records everything since the recorded backup), even when read in full.
-            for b in ours where b.name != keep {
-                do {
-                    try await QEMUDirtyBitmaps.remove(node: node, name: b.name, qmp: qmp)
-                    log.info(b.name == recordedBase ? "removed dirty bitmap '\(b.name)' of \(d.key) (unusable: the disk is read in full)"
-                                            : "removed dirty bitmap '\(b.name)' of \(d.key) that no finished backup recorded")
-                } catch {
-                    log.warn("cannot remove dirty bitmap '\(b.name)' of \(d.key): \(error)")
-                }
+            await remove(ours.map(\.name).filter { $0 != keep }, of: d.key, node: node, qmp: qmp, log: log) {
+                $0 == recordedBase ? "removed dirty bitmap '\($0)' of \(d.key) (unusable: the disk is read in full)"
+                                   : "removed dirty bitmap '\($0)' of \(d.key) that no finished backup recorded"
             }
         }
         return f
+    }
+
+    /// Removes bitmaps `names` of disk `key` from `node`, each logged as `removed` says; one QEMU
+    /// refuses to remove is a warning (the next backup tries again).
+    private static func remove(_ names: [String], of key: String, node: String, qmp: QMPClient, log: TaskLog,
+                               removed: (String) -> String) async {
+        for name in names {
+            do {
+                try await QEMUDirtyBitmaps.remove(node: node, name: name, qmp: qmp)
+                log.info(removed(name))
+            } catch {
+                log.warn("cannot remove dirty bitmap '\(name)' of \(key) (the next backup tries again): \(error)")
+            }
+        }
     }
 
     /// The bitmaps the fleecing's transaction starts and stops, per disk key: each disk starts
@@ -222,14 +231,8 @@ final class FleecingIncremental: @unchecked Sendable {
                 }
             }
             if !ours.contains(where: { $0.name == keep }) { keep = nil }
-            for b in ours where b.name != keep {
-                do {
-                    try await QEMUDirtyBitmaps.remove(node: node, name: b.name, qmp: qmp)
-                    log.info(b.name == newBase ? "removed dirty bitmap '\(b.name)' of \(d.key) (this backup failed)"
-                                               : "removed old dirty bitmap '\(b.name)' of \(d.key)")
-                } catch {
-                    log.warn("cannot remove dirty bitmap '\(b.name)' of \(d.key) (the next backup tries again): \(error)")
-                }
+            await Self.remove(ours.map(\.name).filter { $0 != keep }, of: d.key, node: node, qmp: qmp, log: log) { [newBase] in
+                $0 == newBase ? "removed dirty bitmap '\($0)' of \(d.key) (this backup failed)" : "removed old dirty bitmap '\($0)' of \(d.key)"
             }
         }
     }

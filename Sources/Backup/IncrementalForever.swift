@@ -146,11 +146,12 @@ struct IncrementalForever {
 /// `vm unlock` after a killed backup: base snapshots of the guest's disks
 /// that the newest backup of the guest in no repository records are a
 /// killed run's new snapshot (or a base a chain left behind) and go; the
-/// recorded ones stay. Every repository storage is read (manifests as
+/// recorded ones stay. The same for its dirty bitmap bases (`BitmapBases`).
+/// Every repository storage is read (manifests as
 /// stored, unverified: only to know what to keep); one that cannot be read
 /// means nothing is removed, since its backup may need its base.
 public enum UnrecordedBases {
-    public static func remove(vmid: Int, config: VMConfig, storages: StorageRegistry) throws -> [String] {
+    public static func remove(vmid: Int, config: VMConfig, storages: StorageRegistry, paths: SnapdumpPaths) async throws -> [String] {
         var recorded = Set<String>()   // "<volume>@<snapshot>"
         for def in storages.config.storages where def.type == .repo {
             guard let path = def.path else { continue }
@@ -167,7 +168,7 @@ public enum UnrecordedBases {
                 removed.append("base snapshot '\(name)' of '\(d.volume)'")
             }
         }
-        return removed
+        return removed + (try await BitmapBases.removeUnrecorded(vmid: vmid, config: config, recorded: recorded, storages: storages, paths: paths))
     }
 }
 
@@ -179,7 +180,7 @@ extension UnrecordedBases {
     /// for: a running backup's new snapshot is recorded by nothing yet) and
     /// only for guests that still exist and are not locked. Returns what was
     /// removed and, per guest, why its bases were left alone.
-    public static func removeAfterRemoval(vmids: Set<Int>, paths: SnapdumpPaths, storages: StorageRegistry)
+    public static func removeAfterRemoval(vmids: Set<Int>, paths: SnapdumpPaths, storages: StorageRegistry) async
         -> (removed: [String], skipped: [String]) {
         let existing = vmids.sorted().filter { VMConfig.exists(vmid: $0, paths: paths) }
         guard !existing.isEmpty else { return ([], []) }
@@ -193,7 +194,7 @@ extension UnrecordedBases {
             do {
                 let config = try VMConfig.load(vmid: vmid, paths: paths)
                 if let l = config.lock { skipped.append("VM \(vmid) is locked (\(l)): its base snapshots are left alone"); continue }
-                removed += try remove(vmid: vmid, config: config, storages: storages)
+                removed += try await remove(vmid: vmid, config: config, storages: storages, paths: paths)
             } catch {
                 skipped.append("base snapshots of VM \(vmid) left alone: \(error)")
             }

@@ -56,61 +56,23 @@ extension NothingLostTests {
             defer { h.tearDown() }
             try h.addStorage("dir", "local", under: dir, extra: ["--content", "images"])
             try h.addStorage("dir", "fl", under: dir, extra: ["--content", "images"])
-            let root = try h.addRepository("r1")
-            try h.must(["vm", "create", "\(vmid)", "--name", "guest\(vmid)", "--memory", "256", "--scsi0", "local:64M", "--agent", "1",
-                        "--kernel", h.guestDir + "/vmlinuz", "--initrd", h.guestDir + "/initramfs.gz",
-                        "--append", "console=ttyS0 quiet panic=-1 snapdump.workload=0"])
-            try h.prefill(vmid, mib: 40, atMiB: 8)
-            let repo = try Repository(root: root)
-            let image = try h.volumePath(try h.volume(vmid))
+            let g = try BitmapGuest(h, vmid: vmid, storage: "local", repository: try h.addRepository("r1"))
+            let image = g.image
             #expect(image.hasSuffix(".raw"), "\(image)")
             let mib = 1 << 20
             let fleecing = ["--fleecing", "enabled=1,storage=fl"]
 
-            func boot() async throws {
-                try? FileSystem.remove(h.consoleLog(vmid))
-                try h.must(["vm", "start", "\(vmid)"])
-                _ = try await h.waitForConsole(vmid, "SNAPDUMP-GUEST READY", timeout: .seconds(120))
-                try await Task.sleep(for: .seconds(2))  // the agent answers a moment after READY
-            }
-            /// Writes through the guest's device (as the guest would); `during`: through QEMU's second monitor,
-            /// since a running fleecing holds the first one for its watch.
-            func guestWrite(_ offsets: [(Int, Int, String)], during: Bool = false) async throws {
-                let qmp = during ? try await QMPClient.connect(path: h.paths.qmpStatusSocket(vmid))
-                    : try await VMLifecycle(paths: h.paths).connectQMP(vmid: vmid)
-                for (offset, length, how) in offsets {
-                    _ = try await qmp.execute("human-monitor-command", arguments: [
-                        "command-line": .string("qemu-io -d scsi0 \"write \(how) \(offset) \(length)\""),
-                    ])
-                }
-                await qmp.close()
-            }
             /// The bitmaps on the disk's node, each with whether it records; none persistent (a raw node cannot store one).
             func bitmaps() async throws -> [String: Bool] {
-                let qmp = try await VMLifecycle(paths: h.paths).connectQMP(vmid: vmid)
-                let nodes = try await qmp.execute("query-named-block-nodes", arguments: ["flat": true])
-                await qmp.close()
-                let node = try #require(nodes.arrayValue?.first { $0["node-name"]?.stringValue == "drive-scsi0" })
-                let all = node["dirty-bitmaps"]?.arrayValue ?? []
+                let all = try await g.bitmaps()
                 #expect(all.allSatisfy { $0["persistent"]?.boolValue == false }, "\(all)")
                 return Dictionary(all.compactMap { b in b["name"]?.stringValue.map { ($0, b["recording"]?.boolValue ?? false) } },
                                   uniquingKeysWith: { a, _ in a })
             }
             func backup(_ extra: [String] = []) throws -> (log: String, summary: BackupSummary) {
-                nextSecond()
-                let r = try h.run(["backup", "\(vmid)", "--mode", "snapshot", "--storage", "r1", "--output-format", "json"] + fleecing + extra)
-                try #require(r.status == 0, "\(r)")
-                let log = TaskLogEvents.text(r.stderr)
-                #expect(log.contains("snapshot method: fleecing"), "\(log)")
-                return (log, try #require(try backupSummaries(r.stdout).first))
-            }
-            func newestBase() throws -> String { BaseSnapshot.name(backupTime: try repo.snapshots().last!.time, repository: "r1") }
-            /// The restore of the newest backup against the image: the guest stopped, or running with no
-            /// write since the backup (the test's writes are complete when `qemu-io` returns; the guest makes none).
-            func restoredEqualsImage() throws {
-                let last = try #require(try repo.snapshots().last)
-                let restored = try restoreDisk(repo, last, to: h.configDir + "/restored.raw")
-                #expect(try Command.run(["cmp", image, restored]).isEmpty, "restore of \(last) differs from the image")
+                let b = try g.backup(fleecing + extra)
+                #expect(b.log.contains("snapshot method: fleecing"), "\(b.log)")
+                return b
             }
             func fleeceImages() throws -> [String] {
                 let dir = try #require(h.storageLocations()["fl"]).location + "/images/\(vmid)"
@@ -130,30 +92,36 @@ extension NothingLostTests {
                 return bg
             }
 
-            try await boot()
+            try await g.boot()
             let first = try backup()
             #expect(first.log.contains("drive-scsi0: full read: no previous backup of vm/\(vmid)"), "\(first.log)")
-            #expect(first.log.contains("dirty bitmap '\(try newestBase())' started on scsi0 with the fleecing"), "\(first.log)")
-            #expect(try await bitmaps() == [try newestBase(): true])
+            #expect(first.log.contains("dirty bitmap '\(try g.newestBase())' started on scsi0 with the fleecing"), "\(first.log)")
+            #expect(try await bitmaps() == [try g.newestBase(): true])
             try expectClean()
+            // Shown and counted as the other bases are (QEMU asked on its status monitor).
+            let shown = try g.snapshotRows()
+            #expect(shown.map(\.name) == [try g.newestBase()] && shown.allSatisfy { $0.base && $0.used != nil }, "\(shown)")
+            #expect(try g.basesCounted(on: "local") == 1)
 
             // Five chunks: new data in holes (0, 15) and over data (5), zeroes over data (7), and zero bytes into a hole (13: the same content).
-            try await guestWrite([(1 * mib, 4096, "-P 0x5a"), (21 * mib, 65536, "-P 0xa5"), (62 * mib, 4096, "-P 0x33"),
+            try await g.write([(1 * mib, 4096, "-P 0x5a"), (21 * mib, 65536, "-P 0xa5"), (62 * mib, 4096, "-P 0x33"),
                                   (30 * mib, 65536, "-z"), (53 * mib, 65536, "-P 0")])
+            let dirty = try g.snapshotRows()
+            #expect(dirty.count == 1 && (dirty.first?.used ?? 0) >= 2 * 4096 + 3 * 65536, "Used: the bytes written since the base: \(dirty)")
             let second = try backup()
             // Five chunks changed; only their dirty ranges are read, over the previous chunks: chunk 7's zeroes read as
             // zeros in the export's block status, so nothing of it is read (4 chunks read, 5 patched).
             #expect(second.log.contains("drive-scsi0: incremental: 4 of 16 chunks read (QEMU dirty bitmap)"), "\(second.log)")
             #expect(second.log.contains("5 chunks patched"), "\(second.log)")
             #expect(second.summary.chunks?.fromPrevious == 11, "\(String(describing: second.summary.chunks))")
-            #expect(try await bitmaps() == [try newestBase(): true])
+            #expect(try await bitmaps() == [try g.newestBase(): true])
             try expectClean()
 
             // A write during a backup (chunk 11) is not in it but in the next one: the fleecing's transaction started the
             // new bitmap at the backup's point in time. A whole chunk before it (9) keeps the slowed backup busy meanwhile.
-            try await guestWrite([(36 * mib, 4 * mib, "-P 0x66")])
+            try await g.write([(36 * mib, 4 * mib, "-P 0x66")])
             let during = try startSlowBackup()
-            try await guestWrite([(45 * mib, 4096, "-P 0x67")], during: true)
+            try await g.write([(45 * mib, 4096, "-P 0x67")], statusMonitor: true)
             #expect(try fleeceImages().count == 1, "the write must come while the fleecing runs: \(during.stderr)")
             let dend = during.finish(timeout: 120)
             #expect(dend.status == 0 && !dend.signaled, "\(during.stderr)")
@@ -161,39 +129,40 @@ extension NothingLostTests {
             let afterDuring = try backup()
             #expect(afterDuring.log.contains("drive-scsi0: incremental: 1 of 16 chunks read (QEMU dirty bitmap)"), "\(afterDuring.log)")
             try h.must(["vm", "stop", "\(vmid)"])
-            try restoredEqualsImage()
+            try g.expectRestoreEqualsImage()
 
             // Stopped and started: the bitmap died with QEMU, the backup reads everything and says why.
-            let gone = try newestBase()
-            try await boot()
-            try await guestWrite([(42 * mib, 4096, "-P 0x77")])
+            let gone = try g.newestBase()
+            try await g.boot()
+            #expect(try g.snapshotRows().isEmpty, "the base died with QEMU")
+            try await g.write([(42 * mib, 4096, "-P 0x77")])
             let third = try backup()
             #expect(third.log.contains("drive-scsi0: full read: dirty bitmap '\(gone)' is gone: QEMU restarted since the last backup"), "\(third.log)")
             #expect(third.summary.chunks?.fromPrevious == 0, "\(String(describing: third.summary.chunks))")
-            #expect(try await bitmaps() == [try newestBase(): true])
+            #expect(try await bitmaps() == [try g.newestBase(): true])
             try expectClean()
 
             // snapdump SIGKILLed in its upload (QEMU keeps the old bitmap stopped, the new one recording, the fleecing):
             // a whole chunk written before it (2, which keeps it busy until the signal), one write after it (3). The next run removes the fleecing, merges, stays incremental.
-            let recorded = try newestBase()
-            try await guestWrite([(8 * mib, 4 * mib, "-P 0x7e")])
+            let recorded = try g.newestBase()
+            try await g.write([(8 * mib, 4 * mib, "-P 0x7e")])
             let killed = try startSlowBackup()
             killed.signal(SIGKILL)
             #expect(killed.finish(timeout: 30).signaled)
             let left = try await bitmaps()
             #expect(left.count == 2 && left[recorded] == false, "the killed run's transaction stopped the old one and started a new one: \(left)")
-            try await guestWrite([(13 * mib, 4096, "-P 0x7f")])
+            try await g.write([(13 * mib, 4096, "-P 0x7f")])
             let fourth = try backup()
             #expect(fourth.log.contains("into the recorded '\(recorded)'"), "\(fourth.log)")
             #expect(fourth.log.contains("drive-scsi0: incremental: 2 of 16 chunks read (QEMU dirty bitmap)"), "\(fourth.log)")
-            try restoredEqualsImage()
-            #expect(try await bitmaps() == [try newestBase(): true])
+            try g.expectRestoreEqualsImage()
+            #expect(try await bitmaps() == [try g.newestBase(): true])
             try expectClean()
 
             // A backup that fails (SIGTERM in its upload) keeps the old base with every write since it:
             // a whole chunk before the failed backup (8), one write after (14).
-            let kept = try newestBase()
-            try await guestWrite([(32 * mib, 4 * mib, "-P 0x7b")])
+            let kept = try g.newestBase()
+            try await g.write([(32 * mib, 4 * mib, "-P 0x7b")])
             let failed = try startSlowBackup()
             failed.signal(SIGTERM)
             let fend = failed.finish(timeout: 120)
@@ -201,16 +170,16 @@ extension NothingLostTests {
             #expect(failed.stderr.contains("kept dirty bitmap '\(kept)'"), "\(failed.stderr)")
             #expect(try await bitmaps() == [kept: true], "\(failed.stderr)")
             try expectClean()
-            try await guestWrite([(56 * mib, 4096, "-P 0x7c")])
+            try await g.write([(56 * mib, 4096, "-P 0x7c")])
             let fifth = try backup()
             #expect(fifth.log.contains("drive-scsi0: incremental: 2 of 16 chunks read (QEMU dirty bitmap)"), "\(fifth.log)")
-            try restoredEqualsImage()
+            try g.expectRestoreEqualsImage()
 
             // --full reads everything and still leaves one base; the next backup is incremental from it.
             let full = try backup(["--full"])
             #expect(full.log.contains("drive-scsi0: full read: --full given"), "\(full.log)")
-            #expect(try await bitmaps() == [try newestBase(): true])
-            try await guestWrite([(20 * mib, 4096, "-P 0x7d")])
+            #expect(try await bitmaps() == [try g.newestBase(): true])
+            try await g.write([(20 * mib, 4096, "-P 0x7d")])
             let sixth = try backup()
             #expect(sixth.log.contains("drive-scsi0: incremental: 1 of 16 chunks read (QEMU dirty bitmap)"), "\(sixth.log)")
 
@@ -218,15 +187,30 @@ extension NothingLostTests {
             let qmp = try await VMLifecycle(paths: h.paths).connectQMP(vmid: vmid)
             _ = try await qmp.execute("block_resize", arguments: ["node-name": "drive-scsi0", "size": .int(Int64(68 * mib))])
             await qmp.close()
-            try await guestWrite([(66 * mib, 4096, "-P 0x7a")])
+            try await g.write([(66 * mib, 4096, "-P 0x7a")])
             let grown = try backup()
             #expect(grown.log.contains("drive-scsi0: full read: the size of scsi0 changed since the last backup (\(64 * mib) to \(68 * mib) bytes)"),
                     "\(grown.log)")
-            #expect(try await bitmaps() == [try newestBase(): true])
+            #expect(try await bitmaps() == [try g.newestBase(): true])
             try h.must(["vm", "stop", "\(vmid)"])
-            try restoredEqualsImage()
+            try g.expectRestoreEqualsImage()
             let v = try h.run(["repo", "verify", "r1"])
             #expect(v.status == 0, "\(v)")
+
+            // The chain's newest backup removed: its base goes from QEMU, the list and the count. QEMU stopped: gone too.
+            try await g.boot()
+            _ = try backup()
+            let last = try g.newestBase()
+            #expect(try g.snapshotRows().map(\.name) == [last])
+            let removal = try g.removeNewestBackup()
+            #expect(removal.contains("removed dirty bitmap '\(last)' of '\(g.volume)'"), "\(removal)")
+            #expect(try await bitmaps() == [:])
+            #expect(try g.snapshotRows().isEmpty)
+            #expect(try g.basesCounted(on: "local") == 0)
+            _ = try backup()
+            #expect(try g.snapshotRows().map(\.name) == [try g.newestBase()])
+            try h.must(["vm", "stop", "\(vmid)"])
+            #expect(try g.snapshotRows().isEmpty, "the base died with QEMU")
         }
     
         /// A guest writing records all the time, two disks (one transaction starts and stops both bitmaps):

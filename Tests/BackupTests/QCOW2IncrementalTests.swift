@@ -25,55 +25,15 @@ extension NothingLostTests {
             let h = try GuestHarness(label: "repo-incr-qcow2")
             defer { h.tearDown() }
             try h.addStorage("dir", "qc", under: dir, extra: ["--content", "images", "--format", "qcow2"])
-            let root = try h.addRepository("r1")
-            try h.must(["vm", "create", "\(vmid)", "--name", "guest\(vmid)", "--memory", "256", "--scsi0", "qc:64M", "--agent", "1",
-                        "--kernel", h.guestDir + "/vmlinuz", "--initrd", h.guestDir + "/initramfs.gz",
-                        "--append", "console=ttyS0 quiet panic=-1 snapdump.workload=0"])
-            try h.prefill(vmid, mib: 40, atMiB: 8)
-            let repo = try Repository(root: root)
-            let image = try h.volumePath(try h.volume(vmid))
+            let g = try BitmapGuest(h, vmid: vmid, storage: "qc", repository: try h.addRepository("r1"))
+            let image = g.image
             let mib = 1 << 20
 
-            func boot() async throws {
-                try? FileSystem.remove(h.consoleLog(vmid))
-                try h.must(["vm", "start", "\(vmid)"])
-                _ = try await h.waitForConsole(vmid, "SNAPDUMP-GUEST READY", timeout: .seconds(120))
-                try await Task.sleep(for: .seconds(2))  // the agent answers a moment after READY
-            }
-            /// Writes through the guest's device (as the guest would): `pattern` over `length` bytes, or zeroes.
-            func guestWrite(_ offsets: [(Int, Int, String)]) async throws {
-                let qmp = try await VMLifecycle(paths: h.paths).connectQMP(vmid: vmid)
-                for (offset, length, how) in offsets {
-                    _ = try await qmp.execute("human-monitor-command", arguments: [
-                        "command-line": .string("qemu-io -d scsi0 \"write \(how) \(offset) \(length)\""),
-                    ])
-                }
-                await qmp.close()
-            }
             /// The image's bitmaps as QEMU holds them (a new persistent one reaches the file only when QEMU stores it): all persistent.
             func bitmaps() async throws -> [String] {
-                let qmp = try await VMLifecycle(paths: h.paths).connectQMP(vmid: vmid)
-                let nodes = try await qmp.execute("query-named-block-nodes", arguments: ["flat": true])
-                await qmp.close()
-                let node = try #require(nodes.arrayValue?.first { $0["node-name"]?.stringValue == "drive-scsi0" })
-                let all = node["dirty-bitmaps"]?.arrayValue ?? []
+                let all = try await g.bitmaps()
                 #expect(all.allSatisfy { $0["persistent"]?.boolValue == true }, "a bitmap QEMU does not store is left: \(all)")
                 return all.compactMap { $0["name"]?.stringValue }.sorted()
-            }
-            func backup(_ mode: String = "snapshot") throws -> (log: String, summary: BackupSummary) {
-                nextSecond()
-                let r = try h.run(["backup", "\(vmid)", "--mode", mode, "--storage", "r1", "--output-format", "json"])
-                try #require(r.status == 0, "\(r)")
-                return (TaskLogEvents.text(r.stderr), try #require(try backupSummaries(r.stdout).first))
-            }
-            func newestBase() throws -> String { BaseSnapshot.name(backupTime: try repo.snapshots().last!.time, repository: "r1") }
-            /// The restore of the newest backup against the image (the guest stopped: the image is complete on disk).
-            func restoredEqualsImage() throws {
-                let last = try #require(try repo.snapshots().last)
-                let restored = try restoreDisk(repo, last, to: h.configDir + "/restored.raw")
-                let raw = h.configDir + "/image.raw"
-                try Command.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", image, raw])
-                #expect(try Command.run(["cmp", raw, restored]).isEmpty, "restore of \(last) differs from the image")
             }
             func expectClean(running: Bool = true) throws {
                 let status = try h.must(["vm", "status", "\(vmid)"]).stdout
@@ -82,36 +42,40 @@ extension NothingLostTests {
                 #expect(files == [(image as NSString).lastPathComponent], "overlays left: \(files)")
             }
 
-            try await boot()
-            let first = try backup()
+            try await g.boot()
+            let first = try g.backup()
             #expect(first.log.contains("drive-scsi0: full read: no previous backup of vm/\(vmid)"), "\(first.log)")
-            #expect(first.log.contains("dirty bitmap '\(QCOW2Incremental.newPrefix)\(try newestBase())' started"), "\(first.log)")
-            #expect(try await bitmaps() == [try newestBase()])
+            #expect(first.log.contains("dirty bitmap '\(QCOW2Incremental.newPrefix)\(try g.newestBase())' started"), "\(first.log)")
+            #expect(try await bitmaps() == [try g.newestBase()])
             try expectClean()
+            // Shown and counted as the other bases are (QEMU asked on its status monitor).
+            let shown = try g.snapshotRows()
+            #expect(shown.map(\.name) == [try g.newestBase()] && shown.allSatisfy { $0.base && $0.used != nil }, "\(shown)")
+            #expect(try g.basesCounted(on: "qc") == 1)
 
             // Five chunks: new data in holes (0, 15) and over data (5), zeroes over data (7), and zero bytes written into a hole (13: the same content).
-            try await guestWrite([(1 * mib, 4096, "-P 0x5a"), (21 * mib, 65536, "-P 0xa5"), (62 * mib, 4096, "-P 0x33"),
+            try await g.write([(1 * mib, 4096, "-P 0x5a"), (21 * mib, 65536, "-P 0xa5"), (62 * mib, 4096, "-P 0x33"),
                                   (30 * mib, 65536, "-z"), (53 * mib, 65536, "-P 0")])
-            let second = try backup()
+            let second = try g.backup()
             // Five chunks changed; only their dirty ranges are read, over the previous chunks: chunk 7's zeroes are
             // zeros in the image's block status, so nothing of it is read (4 chunks read, 5 patched).
             #expect(second.log.contains("drive-scsi0: incremental: 4 of 16 chunks read (QEMU dirty bitmap)"), "\(second.log)")
             #expect(second.log.contains("5 chunks patched"), "\(second.log)")
             #expect(second.summary.chunks?.read == 4 && second.summary.chunks?.fromPrevious == 11, "\(String(describing: second.summary.chunks))")
-            #expect(try await bitmaps() == [try newestBase()])
+            #expect(try await bitmaps() == [try g.newestBase()])
             try expectClean()
 
             // Stopped (QMP quit) and started between two backups: the bitmap is stored in the image and loaded again.
             try h.must(["vm", "stop", "\(vmid)"])
-            try restoredEqualsImage()
-            try await boot()
-            try await guestWrite([(42 * mib, 4096, "-P 0x77")])
+            try g.expectRestoreEqualsImage()
+            try await g.boot()
+            try await g.write([(42 * mib, 4096, "-P 0x77")])
             // A write during the backup goes into the overlay; block-commit brings it into the image and into the new bitmap.
             nextSecond()
             let bg = try BackgroundBackup(h, ["\(vmid)", "--mode", "snapshot", "--storage", "r1", "--bwlimit", "512"])
             try #require(bg.wait(until: { bg.stderr.contains("dirty bitmap '\(QCOW2Incremental.newPrefix)") && bg.stderr.contains("guest downtime") }),
                          "never reached its window: \(bg.stderr)")
-            try await guestWrite([(44 * mib, 4096, "-P 0x7a")])
+            try await g.write([(44 * mib, 4096, "-P 0x7a")])
             let overlays = try FileSystem.list((image as NSString).deletingLastPathComponent).filter { $0.hasSuffix(".overlay.qcow2") }
             #expect(overlays.count == 1, "the write must land in the overlay, before the merge: \(overlays) \(bg.stderr)")
             let end = bg.finish(timeout: 120)
@@ -121,13 +85,13 @@ extension NothingLostTests {
 
             // A backup that fails (SIGTERM in its upload) keeps the old base, with every write since it:
             // one before the failed backup (chunk 8), one during it (14).
-            let kept = try newestBase()
-            try await guestWrite([(33 * mib, 4096, "-P 0x7b")])
+            let kept = try g.newestBase()
+            try await g.write([(33 * mib, 4096, "-P 0x7b")])
             nextSecond()
             let failed = try BackgroundBackup(h, ["\(vmid)", "--mode", "snapshot", "--storage", "r1", "--bwlimit", "256"])
             try #require(failed.wait(until: { failed.stderr.contains("dirty bitmap '\(QCOW2Incremental.newPrefix)") && failed.stderr.contains("guest downtime") }),
                          "never reached its window: \(failed.stderr)")
-            try await guestWrite([(56 * mib, 4096, "-P 0x7c")])
+            try await g.write([(56 * mib, 4096, "-P 0x7c")])
             failed.signal(SIGTERM)
             let fend = failed.finish(timeout: 120)
             #expect(fend.status != 0 && !fend.signaled, "\(failed.stderr)")
@@ -136,56 +100,72 @@ extension NothingLostTests {
 
             // Stop mode: the bitmap read from the image file (qemu-nbd -B), the new one added there:
             // chunks 11 (written during the third backup), 8 and 14 (around the failed one), 12.
-            try await guestWrite([(50 * mib, 4096, "-P 0x78")])
-            let fourth = try backup("stop")
+            try await g.write([(50 * mib, 4096, "-P 0x78")])
+            let fourth = try g.backup(mode: "stop")
             #expect(fourth.log.contains("drive-scsi0: incremental: 4 of 16 chunks read (QEMU dirty bitmap)"), "\(fourth.log)")
-            #expect(try await bitmaps() == [try newestBase()])
+            #expect(try await bitmaps() == [try g.newestBase()])
             try expectClean()
             try h.must(["vm", "stop", "\(vmid)"])
-            try restoredEqualsImage()
+            try g.expectRestoreEqualsImage()
 
             // QEMU killed: the loaded bitmap was never stored back (in-use), so the next backup reads everything.
-            try await boot()
-            try await guestWrite([(10 * mib, 4096, "-P 0x79")])
-            let recorded = try newestBase()
+            try await g.boot()
+            try await g.write([(10 * mib, 4096, "-P 0x79")])
+            let recorded = try g.newestBase()
             let pid = try #require(h.pid(vmid))
             kill(pid, SIGKILL)
             #expect(await h.waitForExit(vmid, pid: pid, timeout: .seconds(20)))
-            try await boot()
-            let fifth = try backup()
+            try await g.boot()
+            let fifth = try g.backup()
             #expect(fifth.log.contains("drive-scsi0: full read: dirty bitmap '\(recorded)' of \(image) is inconsistent"), "\(fifth.log)")
             #expect(fifth.summary.chunks?.fromPrevious == 0, "\(String(describing: fifth.summary.chunks))")
-            #expect(try await bitmaps() == [try newestBase()])
+            #expect(try await bitmaps() == [try g.newestBase()])
             try expectClean()
 
             // --full reads everything and still leaves one base; the next backup is incremental from it.
             nextSecond()
             let full = try h.run(["backup", "\(vmid)", "--mode", "snapshot", "--storage", "r1", "--full"])
             #expect(full.status == 0 && full.stderr.contains("drive-scsi0: full read: --full given"), "\(full)")
-            #expect(try await bitmaps() == [try newestBase()])
-            try await guestWrite([(20 * mib, 4096, "-P 0x7d")])
-            let sixth = try backup()
+            #expect(try await bitmaps() == [try g.newestBase()])
+            try await g.write([(20 * mib, 4096, "-P 0x7d")])
+            let sixth = try g.backup()
             #expect(sixth.log.contains("drive-scsi0: incremental: 1 of 16 chunks read (QEMU dirty bitmap)"), "\(sixth.log)")
 
             // snapdump killed in its upload, QEMU running on: the base it held in QEMU still records, so the
             // next run (which merges the killed run's overlay) stays incremental: chunks 2 (before) and 3 (during).
-            try await guestWrite([(9 * mib, 4096, "-P 0x7e")])
+            try await g.write([(9 * mib, 4096, "-P 0x7e")])
             nextSecond()
             let killed = try BackgroundBackup(h, ["\(vmid)", "--mode", "snapshot", "--storage", "r1", "--bwlimit", "256"])
             try #require(killed.wait(until: { killed.stderr.contains("dirty bitmap '\(QCOW2Incremental.newPrefix)") && killed.stderr.contains("guest downtime") }),
                          "never reached its window: \(killed.stderr)")
-            try await guestWrite([(13 * mib, 4096, "-P 0x7f")])
+            try await g.write([(13 * mib, 4096, "-P 0x7f")])
             killed.signal(SIGKILL)
             #expect(killed.finish(timeout: 30).signaled)
-            let seventh = try backup()
+            let seventh = try g.backup()
             #expect(seventh.log.contains("merged overlay"), "\(seventh.log)")
             #expect(seventh.log.contains("drive-scsi0: incremental: 2 of 16 chunks read (QEMU dirty bitmap)"), "\(seventh.log)")
-            #expect(try await bitmaps() == [try newestBase()])
+            #expect(try await bitmaps() == [try g.newestBase()])
             try expectClean()
             try h.must(["vm", "stop", "\(vmid)"])
-            try restoredEqualsImage()
+            try g.expectRestoreEqualsImage()
             let v = try h.run(["repo", "verify", "r1"])
             #expect(v.status == 0, "\(v)")
+
+            // The guest stopped: the base is read from the image file. The chain's newest backup removed: it goes
+            // from the image; a base left at `vm destroy` goes with the image.
+            let last = try g.newestBase()
+            let stored = try g.snapshotRows()
+            #expect(stored.map(\.name) == [last] && stored.allSatisfy { $0.base && $0.used == nil }, "\(stored)")
+            let removal = try g.removeNewestBackup()
+            #expect(removal.contains("removed dirty bitmap '\(last)' of '\(g.volume)'"), "\(removal)")
+            #expect(try QCOW2ImageBitmaps.list(image: image).isEmpty)
+            #expect(try g.snapshotRows().isEmpty)
+            _ = try g.backup(mode: "stop")
+            #expect(try g.snapshotRows().map(\.name) == [try g.newestBase()])
+            #expect(try g.basesCounted(on: "qc") == 1)
+            try h.must(["vm", "destroy", "\(vmid)"])
+            #expect(try g.snapshotRows().isEmpty)
+            #expect(try g.basesCounted(on: "qc") == 0)
         }
     }
 }

@@ -6,7 +6,7 @@ import SnapdumpConfig
 /// `snapdump prune <storeid> [--vmid N] [--keep-… N] [--dry-run]`: Proxmox's
 /// `pvesm prune-backups`. Without keep options the storage's `prune-backups`
 /// applies (keep everything when it has none).
-struct PruneCommand: ParsableCommand {
+struct PruneCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "prune",
         abstract: "Prune backup archives with Proxmox's retention rules (pvesm prune-backups).",
@@ -26,7 +26,7 @@ struct PruneCommand: ParsableCommand {
     @Flag(name: .customLong("dry-run"), help: "Only show what would be removed.") var dryRun = false
     @OptionGroup var output: OutputOptions
 
-    func run() throws {
+    func run() async throws {
         let given: [(String, String?)] = [
             ("keep-all", keepAll), ("keep-last", keepLast.map(String.init)), ("keep-hourly", keepHourly.map(String.init)),
             ("keep-daily", keepDaily.map(String.init)), ("keep-weekly", keepWeekly.map(String.init)),
@@ -43,7 +43,7 @@ struct PruneCommand: ParsableCommand {
         }
         printError("retention: \(policy)")
         if let storeid, dumpdir == nil, try BackupLocation.isRepository(storeid, global: global) {
-            return try pruneRepository(storeid, policy: policy)
+            return try await pruneRepository(storeid, policy: policy)
         }
         let dump = try BackupLocation.dumpDirectory(storeid: storeid, dumpdir: dumpdir, global: global)
         let results = try dump.prune(vmid: vmid, policy: policy, dryRun: dryRun) { level, message in
@@ -70,7 +70,7 @@ struct PruneCommand: ParsableCommand {
     }
 
     /// The same over a repository's snapshots (each guest its own group); chunks stay until `repo gc`.
-    private func pruneRepository(_ storeid: String, policy: PrunePolicy) throws {
+    private func pruneRepository(_ storeid: String, policy: PrunePolicy) async throws {
         let store = try BackupLocation.repositoryStore(storeid, global: global)
         let results = try store.prune(vmid: vmid, policy: policy, dryRun: dryRun) { level, message in
             printError("\(level.rawValue): \(message)")
@@ -78,7 +78,7 @@ struct PruneCommand: ParsableCommand {
         report(results.map { (store.volume($0.snapshot).description, $0.snapshot.date, $0.snapshot.vmid ?? 0, $0.mark) })
         if !dryRun {
             let vmids = Set(results.filter { $0.mark == .remove }.compactMap(\.snapshot.vmid))
-            let (removed, skipped) = UnrecordedBases.removeAfterRemoval(vmids: vmids, paths: global.paths, storages: try global.storages())
+            let (removed, skipped) = await UnrecordedBases.removeAfterRemoval(vmids: vmids, paths: global.paths, storages: try global.storages())
             for r in removed { printError("removed \(r): no backup records it any more") }
             for s in skipped { printError("WARN: \(s)") }
         }

@@ -1,17 +1,21 @@
 import ArgumentParser
+import Backup
 import SnapdumpSystem
 import Storage
 
-struct StorageStatusCommand: ParsableCommand {
+struct StorageStatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "status", abstract: "Show storage status: active, space, snapshot capability (pvesm status).")
 
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Only this storage.") var storeid: String?
     @OptionGroup var output: OutputOptions
 
-    func run() throws {
+    func run() async throws {
         let reg = try global.storages()
         let defs = try storeid.map { [try reg.config.storage($0)] } ?? reg.config.storages
+        // Bases kept as dirty bitmaps count like base snapshots; they hold no space of the storage.
+        let (bitmaps, warnings) = await BitmapBases.list(storageIDs: Set(defs.map(\.id)), storages: reg, paths: global.paths)
+        for w in warnings { printError("WARN: \(w)") }
         var records: [OutputRecord] = []
         for d in defs {
             let st = try StorageRegistry.plugin(for: d).status()
@@ -30,8 +34,9 @@ struct StorageStatusCommand: ParsableCommand {
             // the space only they hold where the storage can tell (null otherwise, or when it cannot list them).
             let bases = st.active ? try? StorageRegistry.plugin(for: d).listSnapshots().filter { BaseSnapshot.isBase($0.name) } : nil
             let used: UInt64? = bases.flatMap { b in b.allSatisfy { $0.used != nil } ? b.reduce(0) { $0 + $1.used! } : nil }
-            r.add("base_snapshots", "Bases", .of(bases?.count),
-                  text: bases.map { "\($0.count)" + (used.map { " (\(ByteCount.format($0)))" } ?? "") } ?? "-")
+            let count = bases.map { $0.count + bitmaps.filter { $0.volume.storage == d.id }.count }
+            r.add("base_snapshots", "Bases", .of(count),
+                  text: count.map { "\($0)" + (used.map { " (\(ByteCount.format($0)))" } ?? "") } ?? "-")
             r.add("base_bytes", nil, .of(used))
             records.append(r)
         }

@@ -17,14 +17,14 @@ struct VMUnlock: AsyncParsableCommand {
         if config.lock == "backup" && ctx.lifecycle.runningPID(vm.vmid) != nil {
             try await removeFleecingLeftovers(ctx)
         }
-        if config.lock == "backup" { removeBackupLeftovers(ctx, config) }
+        if config.lock == "backup" { await removeBackupLeftovers(ctx, config) }
         try await ctx.lifecycle.unlock(vmid: vm.vmid)
     }
 
     /// A backup killed after its snapshot left it (`snapdump-…`, on rbd a group snapshot and
     /// its group), and a repository backup a base snapshot no finished backup records; they
     /// go with the stale lock, unless a backup still runs (those snapshots are its own).
-    private func removeBackupLeftovers(_ ctx: VMContext, _ config: VMConfig) {
+    private func removeBackupLeftovers(_ ctx: VMContext, _ config: VMConfig) async {
         let globalLock: FileLock
         do { globalLock = try FileLock.acquire(ctx.paths.backupLock, timeout: 0) } catch {
             FileHandle.standardError.write(Data("WARN: a backup is running: snapshots of VM \(vm.vmid) are left alone\n".utf8))
@@ -40,7 +40,7 @@ struct VMUnlock: AsyncParsableCommand {
             FileHandle.standardError.write(Data("WARN: snapshots of VM \(vm.vmid) left alone: \(error)\n".utf8))
         }
         do {
-            for what in try UnrecordedBases.remove(vmid: vm.vmid, config: config, storages: ctx.storages) {
+            for what in try await UnrecordedBases.remove(vmid: vm.vmid, config: config, storages: ctx.storages, paths: ctx.paths) {
                 FileHandle.standardError.write(Data("WARN: removed \(what), left by a backup that was killed\n".utf8))
             }
         } catch {

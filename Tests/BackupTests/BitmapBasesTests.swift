@@ -1,0 +1,42 @@
+import Foundation
+import Guest
+import Storage
+import Testing
+@testable import Backup
+
+/// Which dirty bitmap bases a disk keeps once backups were removed, and where QEMU holds them (no QEMU needed).
+@Suite("Dirty bitmap bases")
+struct BitmapBasesTests {
+    let r1Old = BaseSnapshot.name(backupTime: 1_700_000_000, repository: "r1")
+    let r1 = BaseSnapshot.name(backupTime: 1_700_000_100, repository: "r1")
+    let r1Killed = BaseSnapshot.name(backupTime: 1_700_000_200, repository: "r1")
+    let r2 = BaseSnapshot.name(backupTime: 1_700_000_050, repository: "r2")
+
+    @Test func theRecordedBaseAndAKilledRunsNewerOneStay() {
+        // r1's newest backup recorded r1: the older one goes, the newer one (a killed run's, merged by the next backup) stays.
+        #expect(BitmapBases.unrecorded([r1Old, r1, r1Killed], recorded: [r1]) == [r1Old])
+        // Each repository keeps its own.
+        #expect(BitmapBases.unrecorded([r1, r2], recorded: [r1, r2]).isEmpty)
+        #expect(BitmapBases.unrecorded([r1, r2], recorded: [r1]) == [r2])
+    }
+
+    @Test func aBaseNoBackupRecordsGoes() {
+        // The newest backup removed: the one before it recorded an older base, long gone; every bitmap left goes.
+        #expect(BitmapBases.unrecorded([r1, r1Killed], recorded: [r1Old]) == [r1, r1Killed])
+        #expect(BitmapBases.unrecorded([r1], recorded: []) == [r1])
+    }
+
+    @Test func bitmapsAreFoundByTheImageTheNodesOpen() throws {
+        let nodes: JSONValue = .array([
+            .object(["node-name": .string("drive-scsi0"), "file": .string("/img/vm-1-disk-0.raw"), "drv": .string("raw"),
+                     "dirty-bitmaps": .array([.object(["name": .string(r1), "count": .int(65536), "recording": .bool(true)])])]),
+            .object(["node-name": .string("#block123"), "file": .string("/img/vm-1-disk-0.raw"), "drv": .string("file")]),
+            .object(["node-name": .string("drive-scsi1"), "file": .string("/img/vm-1-disk-1.raw"), "drv": .string("raw"),
+                     "dirty-bitmaps": .array([.object(["name": .string(r2)])])]),
+        ])
+        #expect(BitmapBases.bitmaps(of: "/img/vm-1-disk-0.raw", in: nodes) == [.init(node: "drive-scsi0", name: r1, count: 65536)])
+        #expect(BitmapBases.bitmaps(of: "/img/vm-1-disk-1.raw", in: nodes) == [.init(node: "drive-scsi1", name: r2, count: nil)])
+        #expect(BitmapBases.bitmaps(of: "/img/other.raw", in: nodes).isEmpty)
+        #expect(BitmapBases.created(r1) == Date(timeIntervalSince1970: 1_700_000_100))
+    }
+}
