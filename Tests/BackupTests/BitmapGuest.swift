@@ -69,6 +69,15 @@ struct BitmapGuest {
         return (TaskLogEvents.text(r.stderr), try #require(try backupSummaries(r.stdout).first))
     }
 
+    /// A snapshot-mode backup into `r1` in the background, slowed down to `bwlimit` KiB/s, once its log
+    /// shows what `reached` looks for (else the test stops there, saying `missing` and the log).
+    func startSlowBackup(bwlimit: Int = 256, _ extra: [String] = [], reached: @escaping (String) -> Bool, missing: String) throws -> BackgroundBackup {
+        nextSecond()
+        let bg = try BackgroundBackup(h, ["\(vmid)", "--mode", "snapshot", "--storage", "r1", "--bwlimit", "\(bwlimit)"] + extra)
+        try #require(bg.wait(until: { reached(bg.stderr) }), "\(missing): \(bg.stderr)")
+        return bg
+    }
+
     /// The base the newest backup in `r1` recorded.
     func newestBase() throws -> String { BaseSnapshot.name(backupTime: try repo.snapshots().last!.time, repository: "r1") }
 

@@ -86,10 +86,7 @@ extension NothingLostTests {
             }
             /// A backup in the background, slowed down, once its fleecing (and bitmap) started.
             func startSlowBackup() throws -> BackgroundBackup {
-                nextSecond()
-                let bg = try BackgroundBackup(h, ["\(vmid)", "--mode", "snapshot", "--storage", "r1", "--bwlimit", "256"] + fleecing)
-                try #require(bg.wait(until: { bg.stderr.contains("with the fleecing") }), "never started its fleecing: \(bg.stderr)")
-                return bg
+                try g.startSlowBackup(fleecing, reached: { $0.contains("with the fleecing") }, missing: "never started its fleecing")
             }
 
             try await g.boot()

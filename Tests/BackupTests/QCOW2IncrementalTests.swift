@@ -35,6 +35,11 @@ extension NothingLostTests {
                 #expect(all.allSatisfy { $0["persistent"]?.boolValue == true }, "a bitmap QEMU does not store is left: \(all)")
                 return all.compactMap { $0["name"]?.stringValue }.sorted()
             }
+            /// A slowed-down backup in the background, once its window started the new bitmap.
+            func startSlowBackup(bwlimit: Int) throws -> BackgroundBackup {
+                try g.startSlowBackup(bwlimit: bwlimit, reached: { $0.contains("dirty bitmap '\(QCOW2Incremental.newPrefix)") && $0.contains("guest downtime") },
+                                      missing: "never reached its window")
+            }
             func expectClean(running: Bool = true) throws {
                 let status = try h.must(["vm", "status", "\(vmid)"]).stdout
                 #expect(status.contains(running ? "status: running" : "status: stopped") && !status.contains("lock:"), "\(status)")
@@ -71,10 +76,7 @@ extension NothingLostTests {
             try await g.boot()
             try await g.write([(42 * mib, 4096, "-P 0x77")])
             // A write during the backup goes into the overlay; block-commit brings it into the image and into the new bitmap.
-            nextSecond()
-            let bg = try BackgroundBackup(h, ["\(vmid)", "--mode", "snapshot", "--storage", "r1", "--bwlimit", "512"])
-            try #require(bg.wait(until: { bg.stderr.contains("dirty bitmap '\(QCOW2Incremental.newPrefix)") && bg.stderr.contains("guest downtime") }),
-                         "never reached its window: \(bg.stderr)")
+            let bg = try startSlowBackup(bwlimit: 512)
             try await g.write([(44 * mib, 4096, "-P 0x7a")])
             let overlays = try FileSystem.list((image as NSString).deletingLastPathComponent).filter { $0.hasSuffix(".overlay.qcow2") }
             #expect(overlays.count == 1, "the write must land in the overlay, before the merge: \(overlays) \(bg.stderr)")
@@ -87,10 +89,7 @@ extension NothingLostTests {
             // one before the failed backup (chunk 8), one during it (14).
             let kept = try g.newestBase()
             try await g.write([(33 * mib, 4096, "-P 0x7b")])
-            nextSecond()
-            let failed = try BackgroundBackup(h, ["\(vmid)", "--mode", "snapshot", "--storage", "r1", "--bwlimit", "256"])
-            try #require(failed.wait(until: { failed.stderr.contains("dirty bitmap '\(QCOW2Incremental.newPrefix)") && failed.stderr.contains("guest downtime") }),
-                         "never reached its window: \(failed.stderr)")
+            let failed = try startSlowBackup(bwlimit: 256)
             try await g.write([(56 * mib, 4096, "-P 0x7c")])
             failed.signal(SIGTERM)
             let fend = failed.finish(timeout: 120)
@@ -134,10 +133,7 @@ extension NothingLostTests {
             // snapdump killed in its upload, QEMU running on: the base it held in QEMU still records, so the
             // next run (which merges the killed run's overlay) stays incremental: chunks 2 (before) and 3 (during).
             try await g.write([(9 * mib, 4096, "-P 0x7e")])
-            nextSecond()
-            let killed = try BackgroundBackup(h, ["\(vmid)", "--mode", "snapshot", "--storage", "r1", "--bwlimit", "256"])
-            try #require(killed.wait(until: { killed.stderr.contains("dirty bitmap '\(QCOW2Incremental.newPrefix)") && killed.stderr.contains("guest downtime") }),
-                         "never reached its window: \(killed.stderr)")
+            let killed = try startSlowBackup(bwlimit: 256)
             try await g.write([(13 * mib, 4096, "-P 0x7f")])
             killed.signal(SIGKILL)
             #expect(killed.finish(timeout: 30).signaled)
