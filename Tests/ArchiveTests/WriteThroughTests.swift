@@ -206,6 +206,46 @@ struct WriteThroughTests {
         }
     }
 
+    @Test("DirectFile.closeDirect returns after the last completion has run, not during it; the AIO contexts freed after it (on the reaper) are all freed")
+    func closeAfterCompletions() throws {
+        let dir = try Integration.scratchDirectory("directclose", under: "/tmp")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 4096)
+        defer { buf.deallocate() }
+        for i in 0..<buf.count { buf[i] = UInt8(truncatingIfNeeded: i &* 7 &+ 1) }
+        func aioEvents() throws -> Int { Int(try String(contentsOfFile: "/proc/sys/fs/aio-nr", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))! }
+        let before = try aioEvents()
+        var perContext = 0
+        let rounds = 40
+        for round in 0..<rounds {
+            let f = try File.createNew(dir + "/f\(round)", readable: true)
+            let d = DirectFile(file: f)
+            #expect(d.isDirect, "/tmp takes O_DIRECT")
+            let calls = Calls()
+            // The last completion is slow: closeDirect must still wait for it.
+            for i in 0..<4 {
+                d.submit(UnsafeRawBufferPointer(buf), at: UInt64(i) * 65536) { error in
+                    if i == 3 { Thread.sleep(forTimeInterval: round == 0 ? 0.2 : 0.005) }
+                    calls.done(i, error)
+                }
+            }
+            if round == 0 { perContext = try aioEvents() - before }
+            try d.closeDirect()
+            #expect(Array(calls.counts.prefix(4)) == [1, 1, 1, 1], "round \(round): every completion ran before closeDirect returned")
+            #expect(calls.errors.isEmpty)
+            try f.close()
+        }
+        // Each context is freed by its reaper after closeDirect returned: soon, and all of them
+        // (other processes on the machine may hold a few contexts of their own meanwhile).
+        #expect(perContext > 0, "a context was set up (aio-nr \(before) → +\(perContext))")
+        var after = try aioEvents()
+        for _ in 0..<100 where after - before >= 10 * perContext {
+            Thread.sleep(forTimeInterval: 0.05)
+            after = try aioEvents()
+        }
+        #expect(after - before < 10 * perContext, "\(rounds) contexts set up, aio-nr \(before) → \(after): contexts leaked")
+    }
+
     final class Calls: @unchecked Sendable {
         private let lock = NSLock()
         private var c = [Int](repeating: 0, count: 48)
