@@ -109,7 +109,8 @@ enum RestoreInput {
             // Chunks are fetched, decompressed and checked on several threads (ChunkReader);
             // the progress lines and a writer that is not a plain file are serialised. Each
             // thread hands over a whole chunk from a page-aligned buffer at a chunk-aligned
-            // offset: files and block devices take it past the page cache (DirectFile).
+            // offset: files and block devices take it past the page cache (DirectFile),
+            // asynchronously (the thread decodes its next chunk meanwhile), as the VMA restore.
             let reader = ChunkReader(repository: store.repository, snapshot: s)
             let written = Atomic<UInt64>(0)
             let fetched = Atomic<UInt64>(0)
@@ -120,13 +121,17 @@ enum RestoreInput {
                 let direct = (file as? FileVolumeWriter).map { DirectFile(file: $0.file) }
                 defer { try? direct?.closeDirect() }
                 let serial: NSLock? = direct == nil ? NSLock() : nil
-                try reader.restore(index, sparse: true, write: { offset, bytes in
-                    if let direct {
-                        try direct.write(bytes, at: offset)
-                    } else {
-                        try serial!.withLock { try file.write(bytes, at: offset) }
+                try reader.restore(index, sparse: true, submit: { offset, bytes, done in
+                    let count = UInt64(bytes.count)
+                    guard let direct else {
+                        do { try serial!.withLock { try file.write(bytes, at: offset) } } catch { return done(error) }
+                        written.add(count, ordering: .relaxed)
+                        return done(nil)
                     }
-                    written.add(UInt64(bytes.count), ordering: .relaxed)
+                    direct.submit(bytes, at: offset) { error in
+                        if error == nil { written.add(count, ordering: .relaxed) }
+                        done(error)
+                    }
                 }, progress: { done in
                     let total = fetched.add(0, ordering: .relaxed).newValue + done
                     progressLock.withLock { reported in

@@ -34,6 +34,23 @@ public struct ChunkReader: Sendable {
     public func restore(_ index: FixedIndex, sparse: Bool, threads: Int = max(4, ProcessInfo.processInfo.activeProcessorCount),
                         write: @escaping @Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void,
                         progress: (@Sendable (UInt64) -> Void)? = nil) throws {
+        try restore(index, sparse: sparse, threads: threads, submit: { offset, bytes, done in
+            do { try write(offset, bytes) } catch { return done(error) }
+            done(nil)
+        }, progress: progress)
+    }
+
+    /// As `restore(_:sparse:threads:write:progress:)`, but a chunk's write
+    /// may still be in flight when `submit` returns (`DirectFile.submit`):
+    /// `done` is called once, on any thread, when its buffer may be reused,
+    /// with the write's error if any. Meanwhile the thread decodes the next
+    /// chunk into a second buffer, so several writes are in flight (a
+    /// synchronous O_DIRECT write into a hole of an ext4 file holds the inode
+    /// lock for the whole I/O: the writes of all threads went one at a time).
+    /// Returns once every write is done; throws the first error.
+    public func restore(_ index: FixedIndex, sparse: Bool, threads: Int = max(4, ProcessInfo.processInfo.activeProcessorCount),
+                        submit: @escaping @Sendable (UInt64, UnsafeRawBufferPointer, @escaping @Sendable ((any Error)?) -> Void) -> Void,
+                        progress: (@Sendable (UInt64) -> Void)? = nil) throws {
         let zero: SHA256Digest = {
             guard let c = repository.crypt else { return DeviceDigest.zeroChunkDigest }
             let z = [UInt8](repeating: 0, count: Int(index.chunkSize))
@@ -41,31 +58,99 @@ public struct ChunkReader: Sendable {
         }()
         let next = Atomic<Int>(0)
         let done = Atomic<UInt64>(0)
-        let failure = Mutex<(any Error)?>(nil)
+        let failure = FirstError()
         let count = index.chunkCount
         DispatchQueue.concurrentPerform(iterations: max(1, min(threads, count))) { _ in
-            let decoder = ChunkDecoder(capacity: Int(index.chunkSize))
-            while failure.withLock({ $0 == nil }) {
+            let slots = DecoderSlots(capacity: Int(index.chunkSize))
+            // The decoders' buffers outlive the writes in flight from them.
+            defer { slots.waitIdle() }
+            while failure.error == nil {
                 let i = next.add(1, ordering: .relaxed).oldValue
                 guard i < count else { break }
                 let len = index.chunkLength(i)
                 let offset = UInt64(i) * index.chunkSize
+                let slot = slots.take()
                 do {
                     if !(sparse && index.digests[i] == zero && len == Int(index.chunkSize)) {
-                        let data = try decoder.decode(index.digests[i], expectedLength: len, from: self)
+                        let data = try slot.decoder.decode(index.digests[i], expectedLength: len, from: self)
                         if sparse && isAllZero(data) {
                             // a short zero tail: nothing to write on a sparse target
+                            slots.release(slot)
                         } else {
-                            try write(offset, data)
+                            submit(offset, data) { error in
+                                if let error { failure.record(error) }
+                                slots.release(slot)
+                            }
                         }
+                    } else {
+                        slots.release(slot)
                     }
                     progress?(done.add(UInt64(len), ordering: .relaxed).newValue)
                 } catch {
-                    failure.withLock { if $0 == nil { $0 = error } }
+                    slots.release(slot)
+                    failure.record(error)
                 }
             }
         }
-        if let e = failure.withLock({ $0 }) { throw e }
+        if let e = failure.error { throw e }
+    }
+}
+
+/// The first error of any thread or write completion.
+private final class FirstError: Sendable {
+    private let first = Mutex<(any Error)?>(nil)
+    var error: (any Error)? { first.withLock { $0 } }
+    func record(_ e: any Error) { first.withLock { if $0 == nil { $0 = e } } }
+}
+
+/// A restore thread's decoders: one while each write completes before the
+/// next chunk (a synchronous writer), a second one while the buffer of the
+/// first is still being written.
+private final class DecoderSlots: @unchecked Sendable {
+    // @unchecked: `slots` and their `busy` flags are guarded by `cond`; a busy
+    // slot's decoder belongs to its thread, or to the write in flight from it.
+    final class Slot: @unchecked Sendable {
+        let decoder: ChunkDecoder
+        var busy = true
+        init(_ d: ChunkDecoder) { decoder = d }
+    }
+    static let maxSlots = 2
+    private let capacity: Int
+    private let cond = NSCondition()
+    private var slots: [Slot] = []
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    /// A slot whose buffer nothing reads any more (new while under `maxSlots`), marked busy.
+    func take() -> Slot {
+        cond.lock()
+        defer { cond.unlock() }
+        while true {
+            if let s = slots.first(where: { !$0.busy }) {
+                s.busy = true
+                return s
+            }
+            if slots.count < Self.maxSlots {
+                let s = Slot(ChunkDecoder(capacity: capacity))
+                slots.append(s)
+                return s
+            }
+            cond.wait()
+        }
+    }
+
+    func release(_ slot: Slot) {
+        cond.lock()
+        slot.busy = false
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    /// Waits until no write reads a slot's buffer.
+    func waitIdle() {
+        cond.lock()
+        while slots.contains(where: { $0.busy }) { cond.wait() }
+        cond.unlock()
     }
 }
 
