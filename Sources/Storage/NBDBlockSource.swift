@@ -199,13 +199,30 @@ public final class QemuNBDServer: @unchecked Sendable {
 
     /// SIGTERM, up to a second for qemu-nbd to close its image, then SIGKILL. Not our child
     /// (qemu-nbd forked itself), so there is nothing to reap.
-    private static func terminate(_ pid: Int32) {
+    static func terminate(_ pid: Int32) {
         kill(pid, SIGTERM)
-        for _ in 0..<50 where kill(pid, 0) == 0 { usleep(20_000) }
-        if kill(pid, 0) == 0 {
+        if !waitForExit(pid) {
             kill(pid, SIGKILL)
-            for _ in 0..<50 where kill(pid, 0) == 0 { usleep(20_000) }
+            _ = waitForExit(pid)
         }
+    }
+
+    /// Polls every 2 ms, up to a second, until `pid` has exited (it exits within a millisecond of SIGTERM).
+    private static func waitForExit(_ pid: Int32) -> Bool {
+        for _ in 0..<500 {
+            if hasExited(pid) { return true }
+            usleep(2_000)
+        }
+        return hasExited(pid)
+    }
+
+    /// Gone, or a zombie: its parent (PID 1 after `--fork`) reaps it when it gets to it — seconds
+    /// later under the sandbox's init here — but a zombie holds no image open and no lock.
+    static func hasExited(_ pid: Int32) -> Bool {
+        if kill(pid, 0) != 0 { return errno == ESRCH }
+        guard let stat = try? FileSystem.readText("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return true }
+        let state = stat[stat.index(after: close)...].drop { $0 == " " }.first
+        return state == "Z" || state == "X"
     }
 
     func stop() {
