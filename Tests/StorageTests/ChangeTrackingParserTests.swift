@@ -4,7 +4,7 @@ import Storage
 import Testing
 
 /// The readers of storage change reports, on inputs a storage would give
-/// (the dump lines are real `btrfs receive --dump` output of btrfs-progs 6.2).
+/// (btrfs send streams: BtrfsSendStreamTests).
 @Suite("Change tracking readers")
 struct ChangeTrackingParserTests {
     static let mib: UInt64 = 1 << 20
@@ -21,39 +21,6 @@ struct ChangeTrackingParserTests {
         #expect(c.indices == IndexSet([0, 1, 2]))
         c.insert(offset: 20 << 20, length: 4096)
         #expect(c.indices == IndexSet([0, 1, 2]), "past the end: clipped away")
-    }
-
-    @Test func btrfsDumpUpdateExtentsTruncateAndMetadata() {
-        let dump = """
-        snapshot        ./100@b                         uuid=049f3335-8f96-824e-a29d-03169fac91e8 transid=12 parent_uuid=01ded14a-c50d-9745-8710-335d9a268aff parent_transid=10
-        update_extent   ./100@b/vm-100-disk-0.raw       offset=1228800 len=4096
-        update_extent   ./100@b/vm-100-disk-1.raw       offset=0 len=4096
-        update_extent   ./100@b/vm-100-disk-0.raw       offset=8192000 len=8388608
-        truncate        ./100@b/vm-100-disk-0.raw       size=30000000
-        utimes          ./100@b/vm-100-disk-0.raw       atime=2026-11-30T05:04:02+0000 mtime=2026-11-30T05:04:03+0000 ctime=2026-11-30T05:04:03+0000
-        clone           ./100@b/other                   offset=0 len=1228800 from=./100@b/vm-100-disk-0.raw clone_offset=0
-        clone           ./100@b/vm-100-disk-0.raw       offset=20971520 len=5242880 from=./100@b/vm-100-disk-0.raw clone_offset=20971520
-        clone           ./100@b/vm-100-disk-0.raw       offset=33554432 len=4096 from=./100@b/vm-100-disk-0.raw clone_offset=0
-        """
-        var c = Self.empty()
-        let r = BtrfsSendDump.changes(dump: dump, path: "./100@b/vm-100-disk-0.raw", into: &c)
-        // 1228800 → chunk 0; 8192000 + 8 MiB → chunks 1…3; truncate at 30000000 → chunk 7 and after;
-        // the file cloned onto itself at the same offset (20 MiB, chunks 5-6) changes nothing, at another offset it does (chunk 8).
-        #expect(r.changedChunks?.indices == IndexSet([0, 1, 2, 3, 7, 8, 9]))
-        var d = Self.empty()
-        let clones = BtrfsSendDump.changes(dump: dump.split(separator: "\n").suffix(2).joined(separator: "\n"), path: "./100@b/vm-100-disk-0.raw", into: &d)
-        #expect(clones.changedChunks?.indices == IndexSet([8]))
-    }
-
-    @Test func btrfsDumpFileReplacedIsUnknown() {
-        var c = Self.empty()
-        let renamed = BtrfsSendDump.changes(dump: "rename          ./100@b/o258-14-0               dest=./100@b/vm-100-disk-0.raw\n",
-                                            path: "./100@b/vm-100-disk-0.raw", into: &c)
-        #expect(renamed.reason?.contains("replaced") == true)
-        let made = BtrfsSendDump.changes(dump: "mkfile          ./100@b/vm-100-disk-0.raw\n", path: "./100@b/vm-100-disk-0.raw", into: &c)
-        #expect(made.reason?.contains("mkfile") == true)
-        let bad = BtrfsSendDump.changes(dump: "update_extent   ./100@b/vm-100-disk-0.raw       offset=x len=1\n", path: "./100@b/vm-100-disk-0.raw", into: &c)
-        #expect(bad.changedChunks == nil)
     }
 
     static func record(_ type: UInt32, _ fields: [(Int, UInt64)], bytes: [(Int, UInt8)] = []) -> [UInt8] {

@@ -208,8 +208,8 @@ public struct BtrfsPlugin: StoragePlugin {
         }
     }
 
-    /// `btrfs send --no-data -p <base> <new>` (metadata only, no file data)
-    /// read back with `btrfs receive --dump`: the ranges of the volume's file
+    /// `btrfs send --no-data -p <base> <new>` (metadata only, no file data),
+    /// its stream read here (`BtrfsSendStream`): the ranges of the volume's file
     /// that send would transfer. Both snapshots are read-only subvolumes, as send needs.
     public func changedChunks(_ volume: VolumeID, base: String, snapshot: String, chunkSize: UInt64) throws -> ChangeTracking {
         try checkOwnership(volume)
@@ -226,18 +226,20 @@ public struct BtrfsPlugin: StoragePlugin {
         }
         let baseSize = try File.openForReading("\(baseDir)/\(p.file)").size()
         let size = try File.openForReading("\(newDir)/\(p.file)").size()
-        let stream = NSTemporaryDirectory() + "snapdump-btrfs-send-\(getpid())-\(UUID().uuidString.prefix(8))"
-        defer { try? FileSystem.remove(stream) }
-        let dump: String
+        let streamFile = NSTemporaryDirectory() + "snapdump-btrfs-send-\(getpid())-\(UUID().uuidString.prefix(8))"
+        defer { try? FileSystem.remove(streamFile) }
+        let stream: [UInt8]
         do {
             // The stream holds no data (--no-data): a few bytes per changed extent.
-            try Command.run(["btrfs", "send", "-q", "--no-data", "-p", baseDir, "-f", stream, newDir])
-            dump = try Command.run(["btrfs", "receive", "--dump", "-f", stream])
+            try Command.run(["btrfs", "send", "-q", "--no-data", "-p", baseDir, "-f", streamFile, newDir])
+            guard let data = FileManager.default.contents(atPath: streamFile) else {
+                return .unknown(reason: "btrfs send from '\(base)' to '\(snapshot)' wrote no stream to \(streamFile)")
+            }
+            stream = [UInt8](data)
         } catch let e as CommandError {
             return .unknown(reason: "btrfs send from '\(base)' to '\(snapshot)' failed: \(e.stderr.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
         var result = ChangedChunks(chunkSize: chunkSize, baseSize: baseSize, size: size, method: "btrfs send")
-        let name = (newDir as NSString).lastPathComponent
-        return BtrfsSendDump.changes(dump: dump, path: "./\(name)/\(p.file)", into: &result)
+        return BtrfsSendStream.changes(stream: stream, path: p.file, into: &result)
     }
 }
