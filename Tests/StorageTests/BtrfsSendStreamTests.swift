@@ -36,6 +36,7 @@ struct BtrfsSendStreamTests {
     }
 
     static let own: [UInt8] = Array(repeating: 7, count: 16), parent: [UInt8] = Array(repeating: 9, count: 16)
+    static let other: [UInt8] = Array(repeating: 3, count: 16)
     static func stream(_ commands: [[UInt8]], end: Bool = true) -> [UInt8] {
         Array("btrfs-stream\0".utf8) + [1, 0, 0, 0]
             + command(2, [(15, .s("100@b")), (1, .b(own)), (2, .n(12)), (20, .b(parent)), (21, .n(10))])
@@ -57,12 +58,12 @@ struct BtrfsSendStreamTests {
             Self.command(17, [(15, .s(Self.disk)), (4, .n(30_000_000))]),
             Self.command(20, [(15, .s(Self.disk)), (11, .b(Array(repeating: 0, count: 12)))]),
             Self.command(16, [(15, .s("other")), (18, .n(0)), (24, .n(1_228_800)), (20, .b(Self.own)), (22, .s(Self.disk)), (23, .n(0))]),
-            // Onto itself at the same offset: nothing changes.
-            Self.command(16, [(15, .s(Self.disk)), (18, .n(20 << 20)), (24, .n(5 << 20)), (20, .b(Self.own)), (22, .s(Self.disk)), (23, .n(20 << 20))]),
+            // The base's bytes at the same offset: nothing changes.
+            Self.command(16, [(15, .s(Self.disk)), (18, .n(20 << 20)), (24, .n(5 << 20)), (20, .b(Self.parent)), (22, .s(Self.disk)), (23, .n(20 << 20))]),
             // From the same path of another subvolume: its bytes may differ.
-            Self.command(16, [(15, .s(Self.disk)), (18, .n(38 << 20)), (24, .n(4096)), (20, .b(Self.parent)), (22, .s(Self.disk)), (23, .n(38 << 20))]),
-            // Onto itself at another offset.
-            Self.command(16, [(15, .s(Self.disk)), (18, .n(33_554_432)), (24, .n(4096)), (20, .b(Self.own)), (22, .s(Self.disk)), (23, .n(0))]),
+            Self.command(16, [(15, .s(Self.disk)), (18, .n(38 << 20)), (24, .n(4096)), (20, .b(Self.other)), (22, .s(Self.disk)), (23, .n(38 << 20))]),
+            // The base's bytes from another offset.
+            Self.command(16, [(15, .s(Self.disk)), (18, .n(33_554_432)), (24, .n(4096)), (20, .b(Self.parent)), (22, .s(Self.disk)), (23, .n(0))]),
         ])
         var c = Self.empty()
         let r = BtrfsSendStream.changes(stream: s, path: Self.disk, into: &c)
@@ -70,8 +71,8 @@ struct BtrfsSendStreamTests {
         #expect(r.changedChunks?.indices == IndexSet([0, 1, 2, 3, 7, 8, 9]), "\(r)")
         var d = Self.empty()
         let onlyClone = BtrfsSendStream.changes(stream: Self.stream([
-            Self.command(16, [(15, .s(Self.disk)), (18, .n(20 << 20)), (24, .n(5 << 20)), (20, .b(Self.own)), (22, .s(Self.disk)), (23, .n(20 << 20))]),
-            Self.command(16, [(15, .s(Self.disk)), (18, .n(33_554_432)), (24, .n(4096)), (20, .b(Self.own)), (22, .s(Self.disk)), (23, .n(0))]),
+            Self.command(16, [(15, .s(Self.disk)), (18, .n(20 << 20)), (24, .n(5 << 20)), (20, .b(Self.parent)), (22, .s(Self.disk)), (23, .n(20 << 20))]),
+            Self.command(16, [(15, .s(Self.disk)), (18, .n(33_554_432)), (24, .n(4096)), (20, .b(Self.parent)), (22, .s(Self.disk)), (23, .n(0))]),
         ]), path: Self.disk, into: &d)
         #expect(onlyClone.changedChunks?.indices == IndexSet([8]))
     }
@@ -135,6 +136,20 @@ struct BtrfsSendStreamTests {
         var c = ChangedChunks(chunkSize: 4 * Self.mib, baseSize: 24 * Self.mib, size: 30 * Self.mib, method: "btrfs send")
         let r = BtrfsSendStream.changes(stream: stream, path: Self.disk, into: &c)
         #expect(r.changedChunks?.indices == IndexSet([1, 3, 5, 6, 7]), "\(r)")
+        // A write into the middle of an extent: send clones the rest of it from the parent at the same
+        // offset (the base's bytes), which is no change — only chunk 4 differs.
+        let new2 = dir + "/new2"
+        defer { _ = try? Command.capture(["btrfs", "subvolume", "delete", new2]) }
+        try Command.run(["dd", "if=/dev/urandom", "of=\(file)", "bs=1M", "count=2", "seek=17", "conv=notrunc", "status=none"])
+        try Command.run(["sync", "-f", file])
+        try Command.run(["btrfs", "subvolume", "snapshot", "-r", vol, new2])
+        try Command.run(["btrfs", "send", "-q", "--no-data", "-p", new, "-f", streamFile, new2])
+        let stream2 = [UInt8](try #require(FileManager.default.contents(atPath: streamFile)))
+        var c2 = ChangedChunks(chunkSize: 4 * Self.mib, baseSize: 30 * Self.mib, size: 30 * Self.mib, method: "btrfs send")
+        let r2 = BtrfsSendStream.changes(stream: stream2, path: Self.disk, into: &c2)
+        let records = try BtrfsSendStream.parse(stream2).map(\.name)
+        #expect(r2.changedChunks?.indices == IndexSet([4]), "\(r2) \(records)")
+
         // Every command's CRC was checked: a flipped byte anywhere after the magic is caught.
         for at in [20, stream.count / 2, stream.count - 3] {
             var bad = stream

@@ -61,9 +61,10 @@ public enum BtrfsSendStream {
             guard let r = c.attributes[a], r.count == 8 else { return nil }
             return (0..<8).reduce(UInt64(0)) { $0 | UInt64(stream[r.lowerBound + $1]) << (8 * UInt64($1)) }
         }
-        var subvolume: ArraySlice<UInt8>?
+        // The parent snapshot (`-p`, the base): a snapshot command's clone UUID.
+        var parent: ArraySlice<UInt8>?
         for c in commands {
-            if c.name == "snapshot" || c.name == "subvol" { subvolume = bytes(c, Attribute.uuid) }
+            if c.name == "snapshot" { parent = bytes(c, Attribute.cloneUUID) }
             let dest = c.name == "rename" ? bytes(c, Attribute.pathTo) : c.name == "link" || c.name == "symlink" ? bytes(c, Attribute.pathLink) : nil
             if let dest, dest.elementsEqual(target) {
                 return .unknown(reason: "btrfs send: '\(path)' was replaced by \(c.name) from '\(string(bytes(c, Attribute.path)))'")
@@ -77,10 +78,11 @@ public enum BtrfsSendStream {
             let changed: (UInt64, UInt64)?
             switch c.name {
             case "clone":
-                // The file cloned onto itself at the same offset: the unchanged rest of an extent a
-                // write split in two. Nothing changes (counting it read 178 instead of 20 chunks of a
-                // 2 GiB real disk with 20 changed MiB).
-                if let s = subvolume, bytes(c, Attribute.cloneUUID)?.elementsEqual(s) == true,
+                // The base's file cloned in at the same offset: the unchanged rest of an extent a write
+                // split in two, the bytes the base has there. Nothing changes (counting it read 178 instead
+                // of 20 chunks of a 2 GiB real disk with 20 changed MiB). `btrfs receive --dump` prints
+                // such a clone as from the new snapshot's own path: its source is the parent's UUID.
+                if let p = parent, bytes(c, Attribute.cloneUUID)?.elementsEqual(p) == true,
                    bytes(c, Attribute.clonePath)?.elementsEqual(target) == true,
                    let from = number(c, Attribute.cloneOffset), from == number(c, Attribute.fileOffset) { continue }
                 changed = range(Attribute.cloneLength)
