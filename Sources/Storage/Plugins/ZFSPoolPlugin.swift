@@ -33,6 +33,19 @@ public struct ZFSPoolPlugin: StoragePlugin {
         }
     }
 
+    /// `properties` of each of `datasets` that exists, in one `zfs get` (missing datasets have no entry).
+    func snapshotProperties(_ datasets: [String], _ properties: [String]) -> [String: [String: String]] {
+        guard let out = try? Command.capture(["zfs", "get", "-H", "-p", "-o", "name,property,value", properties.joined(separator: ",")] + datasets)
+        else { return [:] }
+        var result: [String: [String: String]] = [:]
+        for line in out.stdout.split(separator: "\n") {
+            let f = line.split(separator: "\t", omittingEmptySubsequences: false)
+            guard f.count == 3, datasets.contains(String(f[0])) else { continue }
+            result[String(f[0]), default: [:]][String(f[1])] = String(f[2])
+        }
+        return result
+    }
+
     func datasetExists(_ name: String) -> Bool {
         (try? Command.capture(["zfs", "list", "-H", "-o", "name", name]))?.status == 0
     }
@@ -313,22 +326,26 @@ public struct ZFSPoolPlugin: StoragePlugin {
     public func changedChunks(_ volume: VolumeID, base: String, snapshot: String, chunkSize: UInt64) throws -> ChangeTracking {
         try checkOwnership(volume)
         let target = try snapshotTarget(volume)
-        guard datasetExists("\(target)@\(snapshot)") else {
+        // Both snapshots' createtxg and volsize in one round trip to the daemon (each is tens of ms on zfs-fuse);
+        // a snapshot that does not exist has no line.
+        let props = snapshotProperties(["\(target)@\(snapshot)", "\(target)@\(base)"], ["createtxg", "volsize"])
+        guard let new = props["\(target)@\(snapshot)"] else {
             throw StorageError(.notFound, "snapshot '\(snapshot)' of volume '\(volume)' does not exist")
         }
-        guard datasetExists("\(target)@\(base)") else {
+        guard let old = props["\(target)@\(base)"] else {
             return .unknown(reason: "base snapshot '\(base)' of volume '\(volume)' does not exist (deleted by hand?)")
         }
         let object: UInt64, size: UInt64, baseSize: UInt64, baseTXG: UInt64?
         if usesZvols {
             // ZVOL_OBJ: a zvol's data is object 1 of its dataset; a zvol cannot be replaced under its snapshots.
             object = 1
-            size = UInt64(try zfs("get", "-H", "-p", "-o", "value", "volsize", "\(target)@\(snapshot)").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
-            baseSize = UInt64(try zfs("get", "-H", "-p", "-o", "value", "volsize", "\(target)@\(base)").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+            size = new["volsize"].flatMap(UInt64.init) ?? 0
+            baseSize = old["volsize"].flatMap(UInt64.init) ?? 0
             baseTXG = nil
         } else {
-            let txg = try zfs("get", "-H", "-p", "-o", "value", "createtxg", "\(target)@\(base)").trimmingCharacters(in: .whitespacesAndNewlines)
-            guard let t = UInt64(txg) else { return .unknown(reason: "zfs: no createtxg for '\(target)@\(base)' ('\(txg)')") }
+            guard let t = old["createtxg"].flatMap(UInt64.init) else {
+                return .unknown(reason: "zfs: no createtxg for '\(target)@\(base)' ('\(old["createtxg"] ?? "")')")
+            }
             baseTXG = t
             // Named like a read clone of a leftover `snapdump-` snapshot, so a killed run's clone is found and removed.
             let clone = "\(pool)/\(Self.clonePrefix)\(try parseDisk(volume).vmid)-snapdump-track-\(getpid())-\(UUID().uuidString.prefix(8).lowercased())"
@@ -337,6 +354,9 @@ public struct ZFSPoolPlugin: StoragePlugin {
             let file = try File.openForReading("\(try mountpoint(clone))/\(volume.volname).raw")
             var st = stat()
             guard fstat(file.fd, &st) == 0 else { throw SystemError("stat", file.path) }
+            // Closed before the clone is destroyed: the open file made zfs-fuse's destroy fail "busy"
+            // and retry after 250 ms, the largest wait of an incremental run.
+            try file.close()
             object = UInt64(st.st_ino)
             size = UInt64(st.st_size)
             // Sizes are not in the stream for an unchanged file; the writer re-reads chunks whose length changed.
