@@ -241,6 +241,31 @@ public struct ZFSPoolPlugin: StoragePlugin {
         }
     }
 
+    /// The snapshots of the volume's dataset (zfs-fuse: the VM's, covering every disk file) or zvol,
+    /// in one `zfs list` of it: `listSnapshots` asks three times for the whole pool, and a backup
+    /// looks its base snapshots up four times (12 of an incremental run's ~46 zfs round trips).
+    public func snapshotNames(of volume: VolumeID) throws -> [String] {
+        let target = try snapshotTarget(volume)
+        let out = try Command.capture(["zfs", "list", "-H", "-t", "snapshot", "-o", "name", "-r", "-d", "1", target])
+        guard out.status == 0 else {
+            if out.stderr.contains("does not exist") { return [] }
+            throw StorageError(.backend, "storage '\(id)': zfs list -t snapshot \(target) failed: \(out.stderr.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+        return out.stdout.split(separator: "\n").compactMap { line in
+            guard line.hasPrefix(target + "@") else { return nil }
+            return String(line.dropFirst(target.count + 1))
+        }.sorted()
+    }
+
+    public func snapshotNames(of volumes: [VolumeID]) throws -> [VolumeID: [String]] {
+        var names: [VolumeID: [String]] = [:]
+        for v in Set(volumes) {
+            let n = try snapshotNames(of: v)
+            if !n.isEmpty { names[v] = n }
+        }
+        return names
+    }
+
     public func listSnapshots() throws -> [SnapshotInfo] {
         try activate()
         // `zfs get -p -r` lists snapshots with exact numbers on kernel ZFS and zfs-fuse alike
