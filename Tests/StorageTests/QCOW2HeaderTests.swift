@@ -20,6 +20,12 @@ struct QCOW2HeaderTests {
             #expect(try ImageDirectory.qcow2HeaderSize(image) == expected, "\(create) \(resize ?? "")")
             #expect(try ImageDirectory.virtualSize(path: image, format: .qcow2) == expected)
         }
+        // Internal snapshots counted in the header: none, then two (qemu-img lists them only then).
+        #expect(try ImageDirectory.qcow2Header(image)?.snapshots == 0)
+        #expect(try ImageDirectory.qcow2Snapshots(path: image).isEmpty)
+        for name in ["a", "b"] { try Command.run(["qemu-img", "snapshot", "-c", name, image]) }
+        #expect(try ImageDirectory.qcow2Header(image)?.snapshots == 2)
+        #expect(try ImageDirectory.qcow2Snapshots(path: image).map(\.name) == ["a", "b"])
         // Not a qcow2 header: nil, and virtualSize asks qemu-img, as before (which probes the format).
         let raw = dir + "/disk.raw"
         try Command.run(["truncate", "-s", "1M", raw])

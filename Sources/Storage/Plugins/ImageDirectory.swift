@@ -109,17 +109,24 @@ struct ImageDirectory: Sendable {
     /// 2 of an incremental qcow2 backup's 9 child processes. Nil (ask qemu-img, which names the
     /// problem) when the file does not start with a qcow2 header.
     static func qcow2HeaderSize(_ path: String) throws -> UInt64? {
+        try qcow2Header(path)?.size
+    }
+
+    /// The virtual size and the number of internal snapshots (u32 at byte 60) of a qcow2 header.
+    static func qcow2Header(_ path: String) throws -> (size: UInt64, snapshots: UInt64)? {
         let f = try File.openForReading(path)
-        var header = [UInt8](repeating: 0, count: 32)
+        var header = [UInt8](repeating: 0, count: 64)
         let n = try header.withUnsafeMutableBytes { try f.read(into: $0, at: 0) }
-        guard n == 32, header[0..<4] == [0x51, 0x46, 0x49, 0xFB] else { return nil }
+        guard n == 64, header[0..<4] == [0x51, 0x46, 0x49, 0xFB] else { return nil }
         let be = { (at: Int, count: Int) in header[at..<at + count].reduce(UInt64(0)) { $0 << 8 | UInt64($1) } }
         guard be(4, 4) == 2 || be(4, 4) == 3 else { return nil }
-        return be(24, 8)
+        return (be(24, 8), be(60, 4))
     }
 
     /// qcow2 internal snapshots (`qemu-img info` lists them, also while QEMU has the image open).
     static func qcow2Snapshots(path: String) throws -> [(name: String, created: Date)] {
+        // None in the header (the usual case; a qcow2's bases are dirty bitmaps): no qemu-img process.
+        if let h = try? qcow2Header(path), h.snapshots == 0 { return [] }
         let out = try Command.run(["qemu-img", "info", "-U", "--output=json", path])
         guard let obj = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any] else { return [] }
         return (obj["snapshots"] as? [[String: Any]] ?? []).compactMap { s in
