@@ -158,10 +158,15 @@ public struct ZFSPoolPlugin: StoragePlugin {
         if usesZvols {
             path = "/dev/zvol/\(pool)/\(volume.volname)"
         } else {
-            guard datasetExists(vmDataset(d.vmid)) else {
-                throw StorageError(.notFound, "volume '\(volume)' does not exist (no dataset \(vmDataset(d.vmid)))")
+            // The mountpoint and the dataset's existence in one round trip to the daemon.
+            let out = try Command.capture(["zfs", "get", "-H", "-o", "value", "mountpoint", vmDataset(d.vmid)])
+            guard out.status == 0 else {
+                if out.stderr.contains("does not exist") {
+                    throw StorageError(.notFound, "volume '\(volume)' does not exist (no dataset \(vmDataset(d.vmid)))")
+                }
+                throw StorageError(.backend, "storage '\(id)': zfs get mountpoint \(vmDataset(d.vmid)) failed: \(out.stderr.trimmingCharacters(in: .whitespacesAndNewlines))")
             }
-            path = "\(try mountpoint(vmDataset(d.vmid)))/\(volume.volname).raw"
+            path = "\(out.stdout.trimmingCharacters(in: .whitespacesAndNewlines))/\(volume.volname).raw"
         }
         guard FileSystem.exists(path) else { throw StorageError(.notFound, "volume '\(volume)' does not exist (no \(path))") }
         return (path, .raw)
