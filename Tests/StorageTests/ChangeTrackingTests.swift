@@ -241,3 +241,69 @@ struct ChangeTrackingTests {
         try p.free(volume)
     }
 }
+
+/// Every `zfs` command snapdump runs while `body` runs, as its argument lines: a `zfs` on
+/// PATH that logs and passes on to the real one (transparent to anything else running).
+private func zfsCommands<T>(_ body: () throws -> T) throws -> (T, [String]) {
+    let dir = try Integration.scratchDirectory("zfs-log")
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let real = Command.resolve("zfs")
+    try FileSystem.writeAtomically(dir + "/zfs", bytes: Array("#!/bin/sh\necho \"$*\" >> \(dir)/log\nexec \(real) \"$@\"\n".utf8), mode: 0o755)
+    let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
+    setenv("PATH", dir + ":" + path, 1)
+    defer { setenv("PATH", path, 1) }
+    let result = try body()
+    let log = (try? String(contentsOfFile: dir + "/log", encoding: .utf8)) ?? ""
+    return (result, log.split(separator: "\n").map(String.init))
+}
+
+extension ChangeTrackingTests {
+    /// zfs-fuse: with the new snapshot's read clone open (a backup opens its sources before it
+    /// asks what changed), change tracking finds the file's object there: two `zfs` commands (the
+    /// snapshots' properties, the send), no clone of its own; the same chunks as without one,
+    /// and a file replaced between the snapshots still found out through the read clone.
+    @Test func zfsFuseTrackingUsesTheOpenReadClone() throws {
+        let c = TrackingCase.all[3]
+        let storage = try c.plugin.makeStorage()
+        defer { storage.destroy() }
+        let p = storage.plugin
+        let size = UInt64(4 * Self.chunk)
+        let volume = try p.allocate(vmid: 100, size: size, format: .raw)
+        let path = try p.path(of: volume).path
+        try FileSystem.writeAtomically(path, bytes: randomBytes(Int(size), seed: 7), mode: 0o600)
+        try p.createSnapshot([volume], name: "snapdump_base_a")
+        let w = try p.openForWriting(volume)
+        try randomBytes(4096, seed: 8).withUnsafeBytes { try w.write($0, at: UInt64(2 * Self.chunk + 4096)) }
+        try w.sync()
+        try w.close()
+        try p.createSnapshot([volume], name: "snapdump_base_b")
+
+        let (alone, aloneCommands) = try zfsCommands {
+            try p.changedChunks(volume, base: "snapdump_base_a", snapshot: "snapdump_base_b", chunkSize: UInt64(Self.chunk))
+        }
+        #expect(aloneCommands.contains { $0.hasPrefix("clone ") && $0.contains("snapdump-track") }, "\(aloneCommands)")
+        let source = try p.openBlockSource(volume, snapshot: "snapdump_base_b")
+        let (reused, commands) = try zfsCommands {
+            try p.changedChunks(volume, base: "snapdump_base_a", snapshot: "snapdump_base_b", chunkSize: UInt64(Self.chunk))
+        }
+        try source.close()
+        let pool = try #require(p.definition.pool)
+        let mine = commands.filter { $0.contains(pool) }
+        #expect(mine.count == 2 && mine[0].hasPrefix("get ") && mine[1].hasPrefix("send -i "), "\(mine)")
+        #expect(reused.changedChunks?.indices == IndexSet([2]) && alone.changedChunks?.indices == IndexSet([2]),
+                "\(String(describing: reused.changedChunks?.indices)) \(String(describing: alone.changedChunks?.indices))")
+
+        // The same bytes in a new file under the old name: the read clone holds the new file.
+        let data = try contents(p, volume, snapshot: nil)
+        try FileSystem.remove(path)
+        try FileSystem.writeAtomically(path, bytes: data, mode: 0o600)
+        try p.createSnapshot([volume], name: "snapdump_base_c")
+        let replacedSource = try p.openBlockSource(volume, snapshot: "snapdump_base_c")
+        let replaced = try p.changedChunks(volume, base: "snapdump_base_b", snapshot: "snapdump_base_c", chunkSize: UInt64(Self.chunk))
+        try replacedSource.close()
+        #expect(replaced.changedChunks == nil, "\(replaced)")
+        for s in ["snapdump_base_a", "snapdump_base_b", "snapdump_base_c"] { try p.deleteSnapshot([volume], name: s) }
+        try p.free(volume)
+        #expect(storage.leftovers().isEmpty, "\(storage.leftovers())")
+    }
+}

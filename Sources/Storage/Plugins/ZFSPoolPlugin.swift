@@ -50,6 +50,14 @@ public struct ZFSPoolPlugin: StoragePlugin {
         (try? Command.capture(["zfs", "list", "-H", "-o", "name", name]))?.status == 0
     }
 
+    /// Whether a `zfs` command failed because a dataset or snapshot it named does not exist
+    /// ("cannot open '…': dataset does not exist"; OpenZFS's `zfs destroy` of a missing snapshot:
+    /// "could not find any snapshots to destroy"). Lets one command both check and act: every
+    /// `zfs` is a process and, on zfs-fuse, a round trip to its daemon.
+    static func isMissing(_ error: StorageError) -> Bool {
+        error.message.contains("dataset does not exist") || error.message.contains("could not find any snapshots to destroy")
+    }
+
     public func activate() throws {
         guard datasetExists(pool) else {
             throw StorageError(.backend, "storage '\(id)': ZFS pool or dataset '\(pool)' not found (is the pool imported and zfs-fuse or the zfs module running?)")
@@ -126,6 +134,11 @@ public struct ZFSPoolPlugin: StoragePlugin {
 
     public func list(vmid: Int?) throws -> [VolumeInfo] {
         try activate()
+        return try volumes(vmid: vmid)
+    }
+
+    /// `list` once the pool is known to be there.
+    func volumes(vmid: Int?) throws -> [VolumeInfo] {
         var result: [VolumeInfo] = []
         // Exact volsize (-p) matters for zvols only; zfs-fuse's `zfs list` has no -p.
         let out = try zfs(["list", "-H"] + (usesZvols ? ["-p"] : []) + ["-r", "-d", "1", "-t", usesZvols ? "volume" : "filesystem", "-o", "name,volsize,mountpoint", pool])
@@ -228,10 +241,12 @@ public struct ZFSPoolPlugin: StoragePlugin {
             if !targets.contains(t) { targets.append(t) }
         }
         for t in targets {
-            guard datasetExists("\(t)@\(name)") else {
+            // No `zfs list` first: the destroy's own error says when the snapshot is not there.
+            do {
+                try retryingBusy { _ = try zfs("destroy", "\(t)@\(name)") }
+            } catch let e as StorageError where Self.isMissing(e) {
                 throw StorageError(.notFound, "snapshot '\(t)@\(name)' does not exist on storage '\(id)'")
             }
-            try retryingBusy { _ = try zfs("destroy", "\(t)@\(name)") }
         }
     }
 
@@ -287,7 +302,7 @@ public struct ZFSPoolPlugin: StoragePlugin {
             if f[1] == "creation" { s.created = Date(timeIntervalSince1970: Double(f[2]) ?? 0) }
             snapshots[f[0]] = s
         }
-        let volumes = try list(vmid: nil)
+        let volumes = try volumes(vmid: nil)
         var result: [SnapshotInfo] = []
         for (full, s) in snapshots.sorted(by: { $0.key < $1.key }) {
             let at = full.firstIndex(of: "@")!
@@ -301,14 +316,15 @@ public struct ZFSPoolPlugin: StoragePlugin {
     }
 
     public func openBlockSource(_ volume: VolumeID, snapshot: String?) throws -> any BlockSource {
-        let (path, _) = try self.path(of: volume)
-        guard let snapshot else { return try FileBlockSource(path: path, name: volume.description) }
+        try checkOwnership(volume)
+        guard let snapshot else { return try FileBlockSource(path: try self.path(of: volume).path, name: volume.description) }
         let target = try snapshotTarget(volume)
-        guard datasetExists("\(target)@\(snapshot)") else {
-            throw StorageError(.notFound, "snapshot '\(snapshot)' of volume '\(volume)' does not exist")
-        }
         let label = "\(volume)@\(snapshot)"
         if usesZvols {
+            _ = try self.path(of: volume)
+            guard datasetExists("\(target)@\(snapshot)") else {
+                throw StorageError(.notFound, "snapshot '\(snapshot)' of volume '\(volume)' does not exist")
+            }
             _ = try zfs("set", "snapdev=visible", target)
             let dev = "/dev/zvol/\(target)@\(snapshot)"
             for _ in 0..<100 where !FileSystem.exists(dev) { usleep(50_000) }
@@ -317,29 +333,52 @@ public struct ZFSPoolPlugin: StoragePlugin {
         // zfs-fuse has no .zfs/snapshot directory: read through a temporary clone, one per
         // reader (the disks of one VM share a dataset snapshot and are read at the same time).
         let token = UUID().uuidString.prefix(8).lowercased()
+        // No check of the live volume or the snapshot first (each a `zfs` round trip): the clone fails
+        // when the snapshot is missing, and the file in the clone is the volume as the snapshot holds it.
         let clone = "\(pool)/\(Self.clonePrefix)\(try parseDisk(volume).vmid)-\(snapshot)-\(getpid())-\(token)"
-        _ = try zfs("clone", "-o", "readonly=on", "\(target)@\(snapshot)", clone)
+        try makeClone(of: "\(target)@\(snapshot)", clone, volume: volume)
         do {
-            let file = "\(try mountpoint(clone))/\(volume.volname).raw"
-            let plugin = self
-            return try FileBlockSource(path: file, name: label, onClose: {
-                try plugin.retryingBusy { _ = try plugin.zfs("destroy", clone) }
+            let mount = try mountpoint(clone)
+            let file = "\(mount)/\(volume.volname).raw"
+            guard FileSystem.exists(file) else {
+                throw StorageError(.notFound, "volume '\(volume)' is not in snapshot '\(snapshot)' (no \(volume.volname).raw in \(target)@\(snapshot))")
+            }
+            let source = try FileBlockSource(path: file, name: label, onClose: { [self] in
+                ReadClones.shared.remove(snapshot: "\(target)@\(snapshot)", mountpoint: mount)
+                try retryingBusy { _ = try zfs("destroy", clone) }
             })
+            ReadClones.shared.add(snapshot: "\(target)@\(snapshot)", mountpoint: mount)
+            return source
         } catch {
             try? retryingBusy { _ = try zfs("destroy", clone) }
             throw error
         }
     }
 
+    /// A read-only clone of `snapshot`; the clone's error says when the snapshot is not there (no `zfs list` first).
+    func makeClone(of snapshot: String, _ clone: String, volume: VolumeID) throws {
+        do {
+            _ = try zfs("clone", "-o", "readonly=on", snapshot, clone)
+        } catch let e as StorageError where Self.isMissing(e) {
+            throw StorageError(.notFound, "snapshot '\(snapshot.split(separator: "@").last ?? "")' of volume '\(volume)' does not exist")
+        }
+    }
+
     /// Clones made to read a snapshot are named with this prefix, so leftovers of a killed run can be found.
     public static let clonePrefix = "snapdump-read-vm-"
 
-    /// Read clones of the VMs' snapshots first (a snapshot with a clone cannot be destroyed), then the snapshots.
+    /// Read clones of the VMs' snapshots first (a snapshot with a clone cannot be destroyed), then the
+    /// snapshots; both found by one `zfs list` of the pool.
     public func removeLeftovers(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String] {
         var removed: [String] = []
+        var volumesOf: [String: [VolumeID]] = [:]   // snapshot target → its volumes
+        for v in volumes {
+            try checkOwnership(v)
+            volumesOf[try snapshotTarget(v), default: []].append(v)
+        }
         let vmids = Set(try volumes.map { try parseDisk($0).vmid })
-        let out = try zfs("list", "-H", "-o", "name", "-r", "-t", "filesystem", pool)
-        for name in out.split(separator: "\n").map(String.init) {
+        let names = try zfs("list", "-H", "-o", "name", "-r", "-t", "filesystem,volume,snapshot", pool).split(separator: "\n").map(String.init)
+        for name in names where !name.contains("@") {
             let child = name.hasPrefix(pool + "/") ? String(name.dropFirst(pool.count + 1)) : ""
             guard child.hasPrefix(Self.clonePrefix) else { continue }
             let rest = child.dropFirst(Self.clonePrefix.count)
@@ -348,7 +387,17 @@ public struct ZFSPoolPlugin: StoragePlugin {
             try retryingBusy { _ = try zfs("destroy", name) }
             removed.append("read clone '\(name)'")
         }
-        return removed + (try removeLeftoverSnapshots(of: volumes, snapshotPrefix: prefix))
+        var byName: [String: [VolumeID]] = [:]
+        for name in names {
+            guard let at = name.firstIndex(of: "@"), let vols = volumesOf[String(name[..<at])] else { continue }
+            let snapshot = String(name[name.index(after: at)...])
+            if snapshot.hasPrefix(prefix) { byName[snapshot, default: []] += vols }
+        }
+        for (name, vols) in byName.sorted(by: { $0.key < $1.key }) {
+            try deleteSnapshot(vols, name: name)
+            removed.append("snapshot '\(name)' of \(vols.map(\.description).sorted().joined(separator: ", "))")
+        }
+        return removed
     }
 
     /// The WRITE and FREE records of `zfs send -i <base> <new>` for the
@@ -379,18 +428,9 @@ public struct ZFSPoolPlugin: StoragePlugin {
                 return .unknown(reason: "zfs: no createtxg for '\(target)@\(base)' ('\(old["createtxg"] ?? "")')")
             }
             baseTXG = t
-            // Named like a read clone of a leftover `snapdump-` snapshot, so a killed run's clone is found and removed.
-            let clone = "\(pool)/\(Self.clonePrefix)\(try parseDisk(volume).vmid)-snapdump-track-\(getpid())-\(UUID().uuidString.prefix(8).lowercased())"
-            _ = try zfs("clone", "-o", "readonly=on", "\(target)@\(snapshot)", clone)
-            defer { try? retryingBusy { _ = try zfs("destroy", clone) } }
-            let file = try File.openForReading("\(try mountpoint(clone))/\(volume.volname).raw")
-            var st = stat()
-            guard fstat(file.fd, &st) == 0 else { throw SystemError("stat", file.path) }
-            // Closed before the clone is destroyed: the open file made zfs-fuse's destroy fail "busy"
-            // and retry after 250 ms, the largest wait of an incremental run.
-            try file.close()
-            object = UInt64(st.st_ino)
-            size = UInt64(st.st_size)
+            let file = try fileIdentity(volume, in: "\(target)@\(snapshot)")
+            object = file.object
+            size = file.size
             // Sizes are not in the stream for an unchanged file; the writer re-reads chunks whose length changed.
             baseSize = size
         }
@@ -402,5 +442,58 @@ public struct ZFSPoolPlugin: StoragePlugin {
             return .unknown(reason: "zfs send -i \(target)@\(base) \(target)@\(snapshot) failed: \(e.stderr.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
         return parser.finish()
+    }
+
+    /// zfs-fuse: the object number (inode) and size of the volume's raw file in `snapshot`
+    /// (`dataset@name`; the live file may have been replaced since). Read in a read clone of
+    /// that snapshot this process has open (a backup opens its sources before it asks what
+    /// changed: no `zfs` command), else in a temporary clone of its own.
+    func fileIdentity(_ volume: VolumeID, in snapshot: String) throws -> (object: UInt64, size: UInt64) {
+        func identity(_ path: String) throws -> (object: UInt64, size: UInt64) {
+            let file = try File.openForReading(path)
+            var st = stat()
+            guard fstat(file.fd, &st) == 0 else { throw SystemError("stat", file.path) }
+            // Closed before the clone can be destroyed: an open file makes zfs-fuse's destroy fail "busy".
+            try file.close()
+            return (UInt64(st.st_ino), UInt64(st.st_size))
+        }
+        let name = "\(volume.volname).raw"
+        if let found = try ReadClones.shared.withOne(of: snapshot, { try identity("\($0)/\(name)") }) { return found }
+        // Named like a read clone of a leftover `snapdump-` snapshot, so a killed run's clone is found and removed.
+        let clone = "\(pool)/\(Self.clonePrefix)\(try parseDisk(volume).vmid)-snapdump-track-\(getpid())-\(UUID().uuidString.prefix(8).lowercased())"
+        try makeClone(of: snapshot, clone, volume: volume)
+        defer { try? retryingBusy { _ = try zfs("destroy", clone) } }
+        return try identity("\(try mountpoint(clone))/\(name)")
+    }
+}
+
+/// The mountpoints of the read clones this process has open (`openBlockSource` on
+/// zfs-fuse), by the snapshot each clones: `changedChunks` finds the raw file's object
+/// in one instead of cloning the snapshot again (a clone, a `zfs get` and a destroy:
+/// three round trips to the daemon). A clone leaves the list before it is destroyed.
+final class ReadClones: @unchecked Sendable {
+    // @unchecked: `clones` is touched only under `lock`.
+    static let shared = ReadClones()
+    private let lock = NSLock()
+    private var clones: [String: [String]] = [:]
+
+    func add(snapshot: String, mountpoint: String) {
+        lock.withLock { clones[snapshot, default: []].append(mountpoint) }
+    }
+
+    func remove(snapshot: String, mountpoint: String) {
+        lock.withLock {
+            clones[snapshot]?.removeAll { $0 == mountpoint }
+            if clones[snapshot]?.isEmpty == true { clones[snapshot] = nil }
+        }
+    }
+
+    /// `body` on the mountpoint of one open clone of `snapshot`, under the lock (so the
+    /// clone is not destroyed meanwhile); nil when none is open.
+    func withOne<T>(of snapshot: String, _ body: (String) throws -> T) throws -> T? {
+        try lock.withLock {
+            guard let mount = clones[snapshot]?.first else { return nil }
+            return try body(mount)
+        }
     }
 }
