@@ -128,10 +128,14 @@ struct BtrfsSendStreamTests {
         try Command.run(["dd", "if=/dev/urandom", "of=\(file)", "bs=4k", "count=3", "seek=1100", "conv=notrunc", "status=none"])
         try Command.run(["fallocate", "-p", "-o", "\(13 << 20)", "-l", "64k", file])
         try Command.run(["truncate", "-s", "30M", file])
-        try Command.run(["sync", "-f", file])
-        try Command.run(["btrfs", "subvolume", "snapshot", "-r", vol, new])
-        try Command.run(["btrfs", "send", "-q", "--no-data", "-p", base, "-f", streamFile, new])
-        let stream = [UInt8](try #require(FileManager.default.contents(atPath: streamFile)))
+        // The file synced, a read-only snapshot `to` of `vol`, and the --no-data stream from `from` to it.
+        func sendStream(from parent: String, to snapshot: String) throws -> [UInt8] {
+            try Command.run(["sync", "-f", file])
+            try Command.run(["btrfs", "subvolume", "snapshot", "-r", vol, snapshot])
+            try Command.run(["btrfs", "send", "-q", "--no-data", "-p", parent, "-f", streamFile, snapshot])
+            return [UInt8](try #require(FileManager.default.contents(atPath: streamFile)))
+        }
+        let stream = try sendStream(from: base, to: new)
 
         var c = ChangedChunks(chunkSize: 4 * Self.mib, baseSize: 24 * Self.mib, size: 30 * Self.mib, method: "btrfs send")
         let r = BtrfsSendStream.changes(stream: stream, path: Self.disk, into: &c)
@@ -141,10 +145,7 @@ struct BtrfsSendStreamTests {
         let new2 = dir + "/new2"
         defer { _ = try? Command.capture(["btrfs", "subvolume", "delete", new2]) }
         try Command.run(["dd", "if=/dev/urandom", "of=\(file)", "bs=1M", "count=2", "seek=17", "conv=notrunc", "status=none"])
-        try Command.run(["sync", "-f", file])
-        try Command.run(["btrfs", "subvolume", "snapshot", "-r", vol, new2])
-        try Command.run(["btrfs", "send", "-q", "--no-data", "-p", new, "-f", streamFile, new2])
-        let stream2 = [UInt8](try #require(FileManager.default.contents(atPath: streamFile)))
+        let stream2 = try sendStream(from: new, to: new2)
         var c2 = ChangedChunks(chunkSize: 4 * Self.mib, baseSize: 30 * Self.mib, size: 30 * Self.mib, method: "btrfs send")
         let r2 = BtrfsSendStream.changes(stream: stream2, path: Self.disk, into: &c2)
         let records = try BtrfsSendStream.parse(stream2).map(\.name)
