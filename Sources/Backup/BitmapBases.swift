@@ -59,7 +59,7 @@ public enum BitmapBases {
                     await qmp.close()
                     for d in disks {
                         for b in bitmaps(of: d.path, in: nodes) where BaseSnapshot.isBase(b.name) {
-                            bases.append(Base(vmid: vmid, volume: d.volume, name: b.name, created: created(b.name), dirtyBytes: b.count))
+                            bases.append(Base(vmid: vmid, volume: d.volume, name: b.name, created: BaseSnapshot.created(b.name), dirtyBytes: b.count))
                         }
                     }
                 } catch {
@@ -70,7 +70,7 @@ public enum BitmapBases {
             for d in disks where d.format == .qcow2 {
                 do {
                     for b in try QCOW2ImageBitmaps.list(image: d.path) where BaseSnapshot.isBase(b.name) {
-                        bases.append(Base(vmid: vmid, volume: d.volume, name: b.name, created: created(b.name), dirtyBytes: nil))
+                        bases.append(Base(vmid: vmid, volume: d.volume, name: b.name, created: BaseSnapshot.created(b.name), dirtyBytes: nil))
                     }
                 } catch {
                     warnings.append("VM \(vmid): cannot read the dirty bitmaps of \(d.path): \(error)")
@@ -102,20 +102,11 @@ public enum BitmapBases {
         return result
     }
 
-    /// The time in a base's name (`snapdump_base_20261130T020000Z_…`).
-    static func created(_ name: String) -> Date {
-        let f = DateFormatter()
-        f.locale = Locale(identifier: "en_US_POSIX")
-        f.timeZone = TimeZone(identifier: "UTC")
-        f.dateFormat = "yyyyMMdd'T'HHmmss'Z'"
-        return f.date(from: BaseSnapshot.timeText(of: name)) ?? Date(timeIntervalSince1970: 0)
-    }
-
     /// Of a disk's bitmap bases `names`, those no backup needs. Kept: a base the newest backup in a
     /// repository recorded (`recorded`) and still present, and the newer ones of that repository (a killed
     /// run's, which the next backup merges into it). Every other one goes: its backup chain is gone.
     static func unrecorded(_ names: [String], recorded: Set<String>) -> [String] {
-        func tag(_ n: String) -> Substring { n.dropFirst(BaseSnapshot.prefix.count + BaseSnapshot.timeText(of: n).count) }
+        let tag = BaseSnapshot.repositoryPart(of:)
         let present = names.filter(recorded.contains)
         return names.filter { n in
             !present.contains { r in tag(r) == tag(n) && BaseSnapshot.timeText(of: n) >= BaseSnapshot.timeText(of: r) }

@@ -39,7 +39,7 @@ struct BitmapBasesTests {
         #expect(BitmapBases.bitmaps(of: "/img/vm-1-disk-0.raw", in: nodes) == [.init(node: "drive-scsi0", name: r1, count: 65536)])
         #expect(BitmapBases.bitmaps(of: "/img/vm-1-disk-1.raw", in: nodes) == [.init(node: "drive-scsi1", name: r2, count: nil)])
         #expect(BitmapBases.bitmaps(of: "/img/other.raw", in: nodes).isEmpty)
-        #expect(BitmapBases.created(r1) == Date(timeIntervalSince1970: 1_700_000_100))
+        #expect(BaseSnapshot.created(r1) == Date(timeIntervalSince1970: 1_700_000_100))
     }
 
     /// A running guest whose QEMU does not answer on its status monitor: `snapshot list` and `storage status`

@@ -17,7 +17,7 @@ struct QCOW2HeaderTests {
             if let resize { try Command.run(["qemu-img", "resize", "-q", "--shrink", "-f", "qcow2", image, resize]) }
             let info = try JSONSerialization.jsonObject(with: Data(try Command.run(["qemu-img", "info", "--output=json", image]).utf8)) as? [String: Any]
             let expected = try #require((info?["virtual-size"] as? NSNumber)?.uint64Value)
-            #expect(try ImageDirectory.qcow2HeaderSize(image) == expected, "\(create) \(resize ?? "")")
+            #expect(try ImageDirectory.qcow2Header(image)?.size == expected, "\(create) \(resize ?? "")")
             #expect(try ImageDirectory.virtualSize(path: image, format: .qcow2) == expected)
         }
         // Internal snapshots counted in the header: none, then two (qemu-img lists them only then).
@@ -29,7 +29,7 @@ struct QCOW2HeaderTests {
         // Not a qcow2 header: nil, and virtualSize asks qemu-img, as before (which probes the format).
         let raw = dir + "/disk.raw"
         try Command.run(["truncate", "-s", "1M", raw])
-        #expect(try ImageDirectory.qcow2HeaderSize(raw) == nil)
+        #expect(try ImageDirectory.qcow2Header(raw) == nil)
         #expect(try ImageDirectory.virtualSize(path: raw, format: .qcow2) == 1 << 20)
     }
 }

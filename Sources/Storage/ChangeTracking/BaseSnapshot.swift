@@ -23,13 +23,28 @@ public enum BaseSnapshot {
     /// carried the repository, which every repository treats as its own).
     /// A storage id too long for a snapshot name (64 characters) is replaced by a hash of it.
     public static func name(backupTime: Int64, repository: String? = nil) -> String {
+        let base = prefix + timeFormatter().string(from: Date(timeIntervalSince1970: TimeInterval(backupTime)))
+        guard let repository else { return base }
+        return base + "_" + tag(repository)
+    }
+
+    /// The backup time in base name `snapshot` (the Unix epoch if it has none).
+    public static func created(_ snapshot: String) -> Date {
+        timeFormatter().date(from: timeText(of: snapshot)) ?? Date(timeIntervalSince1970: 0)
+    }
+
+    /// The part of a base name after its time: `_<repository tag>`, or empty for a base
+    /// named before names carried the repository.
+    public static func repositoryPart(of snapshot: String) -> Substring {
+        snapshot.dropFirst(prefix.count + timeLength)
+    }
+
+    private static func timeFormatter() -> DateFormatter {
         let f = DateFormatter()
         f.locale = Locale(identifier: "en_US_POSIX")
         f.timeZone = TimeZone(identifier: "UTC")
         f.dateFormat = "yyyyMMdd'T'HHmmss'Z'"
-        let base = prefix + f.string(from: Date(timeIntervalSince1970: TimeInterval(backupTime)))
-        guard let repository else { return base }
-        return base + "_" + tag(repository)
+        return f
     }
 
     /// The repository part of a base name for storage id `repository`.
@@ -47,7 +62,7 @@ public enum BaseSnapshot {
     /// for it, or named without a repository (a base from before names carried it).
     public static func belongs(_ snapshot: String, to repository: String) -> Bool {
         guard isBase(snapshot) else { return false }
-        let rest = snapshot.dropFirst(prefix.count + timeLength)
+        let rest = repositoryPart(of: snapshot)
         return rest.isEmpty || rest == "_" + tag(repository)
     }
 

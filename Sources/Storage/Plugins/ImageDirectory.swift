@@ -94,7 +94,7 @@ struct ImageDirectory: Sendable {
         case .raw:
             return try File.openForReading(path).size()
         case .qcow2:
-            if let size = try qcow2HeaderSize(path) { return size }
+            if let size = try qcow2Header(path)?.size { return size }
             let out = try Command.run(["qemu-img", "info", "-U", "--output=json", path])
             guard let obj = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any],
                   let size = (obj["virtual-size"] as? NSNumber)?.uint64Value else {
@@ -104,15 +104,10 @@ struct ImageDirectory: Sendable {
         }
     }
 
-    /// The virtual size in a qcow2 header (big-endian u64 at byte 24 after the magic `QFI\xfb` and
-    /// version 2 or 3: the qcow2 spec), read directly: a `qemu-img info` process per lookup was
-    /// 2 of an incremental qcow2 backup's 9 child processes. Nil (ask qemu-img, which names the
-    /// problem) when the file does not start with a qcow2 header.
-    static func qcow2HeaderSize(_ path: String) throws -> UInt64? {
-        try qcow2Header(path)?.size
-    }
-
-    /// The virtual size and the number of internal snapshots (u32 at byte 60) of a qcow2 header.
+    /// The virtual size (big-endian u64 at byte 24) and the number of internal snapshots (u32 at
+    /// byte 60) of a qcow2 header (magic `QFI\xfb`, version 2 or 3: the qcow2 spec), read directly:
+    /// a `qemu-img info` process per lookup was 2 of an incremental qcow2 backup's 9 child
+    /// processes. Nil (ask qemu-img, which names the problem) when the file is not qcow2.
     static func qcow2Header(_ path: String) throws -> (size: UInt64, snapshots: UInt64)? {
         let f = try File.openForReading(path)
         var header = [UInt8](repeating: 0, count: 64)
