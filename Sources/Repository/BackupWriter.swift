@@ -86,7 +86,9 @@ public final class BackupWriter: @unchecked Sendable {
     }
 
     /// `encoder`: the calling thread's, reused for every chunk it stores (unencrypted repositories).
-    func store(chunk: UnsafeRawBufferPointer, encoder: DataBlob.Encoder?) throws -> SHA256Digest {
+    /// `previous`: the frames of the blob `chunk` was patched from, copied where `changed(frame)` is false.
+    func store(chunk: UnsafeRawBufferPointer, encoder: DataBlob.Encoder?,
+               previous: DataBlob.Frames? = nil, changed: (Int) -> Bool = { _ in true }) throws -> SHA256Digest {
         let isZero = chunk.count == Int(FixedIndex.defaultChunkSize) && isAllZero(chunk)
         let d = isZero ? zeroDigest : (repository.crypt.map { $0.digest(chunk) } ?? SHA256.digest(chunk))
         if isZero && zeroStored.load(ordering: .relaxed) { countDuplicate(); return d }
@@ -98,7 +100,7 @@ public final class BackupWriter: @unchecked Sendable {
         }
         let inserted: ChunkStore.InsertResult
         if let encoder, repository.crypt == nil {
-            inserted = try repository.chunks.insert(d, blob: encoder.encode(chunk))
+            inserted = try repository.chunks.insert(d, blob: encoder.encode(chunk, reusing: previous, changed: changed))
         } else {
             inserted = try repository.chunks.insert(d, blob: try DataBlob.encode(chunk, compress: true, crypt: repository.crypt))
         }
@@ -261,10 +263,15 @@ public final class BackupWriter: @unchecked Sendable {
                         countDuplicate()
                     } else {
                         let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<len])
+                        var frames: DataBlob.Frames?
+                        var changedFrames = [Bool](repeating: false, count: (len + DataBlob.frameSize - 1) / DataBlob.frameSize)
                         if let patch, let decoder, let ranges = patchable(patch, chunk: i, offset: offset, length: len, knownZero: knownZero),
-                           previousChunk(patch, i, into: chunk, decoder: decoder, unreadable: unreadable) {
+                           previousChunk(patch, i, into: chunk, decoder: decoder, frames: &frames, unreadable: unreadable) {
                             var asked: UInt64 = 0
                             for r in ranges {
+                                for k in Int(r.lowerBound - offset) / DataBlob.frameSize...Int(r.upperBound - offset - 1) / DataBlob.frameSize {
+                                    changedFrames[k] = true
+                                }
                                 let piece = UnsafeMutableRawBufferPointer(rebasing: chunk[Int(r.lowerBound - offset)..<Int(r.upperBound - offset)])
                                 if let knownZero, knownZero(r.lowerBound, piece.count) {
                                     piece.initializeMemory(as: UInt8.self, repeating: 0)
@@ -285,7 +292,8 @@ public final class BackupWriter: @unchecked Sendable {
                             chunksRead.add(1, ordering: .relaxed)
                             bytesRead.add(UInt64(len), ordering: .relaxed)
                         }
-                        d = try store(chunk: UnsafeRawBufferPointer(chunk), encoder: encoder)
+                        d = try store(chunk: UnsafeRawBufferPointer(chunk), encoder: encoder, previous: frames,
+                                      changed: { changedFrames[$0] })
                     }
                     digests.withLock { $0[i] = d }
                     let total = done.add(UInt64(len), ordering: .relaxed).newValue
@@ -325,7 +333,10 @@ public final class BackupWriter: @unchecked Sendable {
     /// Puts the previous backup's chunk `i` into `chunk` (its length), every
     /// check a restore makes done (the zero chunk without reading it); false,
     /// counted in `unreadable`, when it cannot be read back.
+    /// `frames`: the previous blob's zstd frames, when it was cut as this
+    /// writer cuts chunks (the new blob copies those the patch leaves alone).
     private func previousChunk(_ patch: Patch, _ i: Int, into chunk: UnsafeMutableRawBufferPointer, decoder: ChunkDecoder,
+                               frames: inout DataBlob.Frames?,
                                unreadable: borrowing Mutex<(count: Int, reason: String?)>) -> Bool {
         let d = patch.previous.digests[i]
         if d == zeroDigest && chunk.count == Int(FixedIndex.defaultChunkSize) {
@@ -334,6 +345,7 @@ public final class BackupWriter: @unchecked Sendable {
         }
         do {
             chunk.copyMemory(from: try decoder.decode(d, expectedLength: chunk.count, from: patch.reader))
+            frames = decoder.verifiedPayload.flatMap { DataBlob.Frames(payload: $0, length: chunk.count) }
             return true
         } catch {
             unreadable.withLock { u in

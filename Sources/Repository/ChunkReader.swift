@@ -164,6 +164,10 @@ final class ChunkDecoder {
     private var blob: UnsafeMutableRawBufferPointer
     private let output: UnsafeMutableRawBufferPointer
     private let context: OpaquePointer
+    /// The zstd payload of the chunk last decoded, when it was an unencrypted
+    /// compressed blob whose digest checked (valid until the next call): an
+    /// incremental backup copies its unchanged frames.
+    private(set) var verifiedPayload: UnsafeRawBufferPointer?
 
     init(capacity: Int) {
         output = .allocate(byteCount: capacity, alignment: 4096)
@@ -180,11 +184,13 @@ final class ChunkDecoder {
     /// The chunk's data, valid until the next call.
     func decode(_ digest: SHA256Digest, expectedLength: Int, from reader: ChunkReader) throws -> UnsafeRawBufferPointer {
         precondition(expectedLength <= output.count)
+        verifiedPayload = nil
         let repository = reader.repository
         let object = "chunk \(digest.hex) of snapshot \(reader.snapshot)"
         let stored = try read(repository.chunks.path(of: digest), digest: digest, object: object)
         let kind = try DataBlob.check(stored, object: object)
         let length: Int
+        var zstdPayload: UnsafeRawBufferPointer?
         if kind.isEncrypted {
             let data = try DataBlob.decode(stored, crypt: repository.crypt, object: object, limit: max(expectedLength, 1))
             guard data.count == expectedLength else {
@@ -205,6 +211,7 @@ final class ChunkDecoder {
                     throw RepositoryError(.corrupt, object, "cannot decompress: zstd: \(String(cString: ZSTD_getErrorName(n)))")
                 }
                 length = n
+                zstdPayload = payload
             } else {
                 guard payload.count <= expectedLength else {
                     throw RepositoryError(.corrupt, object, "holds \(payload.count) bytes, the index expects \(expectedLength)")
@@ -219,6 +226,7 @@ final class ChunkDecoder {
         let data = UnsafeRawBufferPointer(rebasing: output[..<length])
         let actual = repository.crypt.map { $0.digest(data) } ?? SHA256.digest(data)
         guard actual == digest else { throw RepositoryError(.corrupt, object, "digest mismatch (content is \(actual.hex))") }
+        verifiedPayload = zstdPayload
         return data
     }
 

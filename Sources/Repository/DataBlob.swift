@@ -112,6 +112,51 @@ public enum DataBlob {
         try blob.withUnsafeBytes { try decode($0, crypt: crypt, object: object, limit: limit) }
     }
 
+    /// A chunk's zstd payload is written as independent frames of this much
+    /// plaintext each (the last one shorter), one after the other: a
+    /// standard multi-frame zstd stream, which PBS's reader (`zstd::stream::
+    /// decode_all`, every frame up to the end) and every restore here decode
+    /// as one. An incremental backup that patches a chunk then recompresses
+    /// only the frames its changes touch and copies the others' compressed
+    /// bytes from the previous chunk (`Encoder.encode(_:reusing:)`). 1 MiB:
+    /// measured on the real-data disk, 0.5 % less compression than one 4 MiB
+    /// frame and 7 % slower zstd; 256 KiB frames cost 18 %, 512 KiB 1.1 %.
+    static let frameSize = 1 << 20
+
+    /// The compressed frames of a previous chunk's blob, for `Encoder.encode(_:reusing:)`:
+    /// `payload` (the zstd stream, verified) and where each frame ends in it.
+    struct Frames {
+        let payload: UnsafeRawBufferPointer
+        let ends: [Int]
+
+        /// The frames of `payload` when it is cut as `Encoder` cuts a chunk of
+        /// `length` bytes (every frame `frameSize` of plaintext, its content
+        /// size in its header); nil for any other layout (a single-frame blob
+        /// of an older snapdump or of PBS).
+        init?(payload: UnsafeRawBufferPointer, length: Int) {
+            guard let base = payload.baseAddress, length > 0 else { return nil }
+            let count = (length + DataBlob.frameSize - 1) / DataBlob.frameSize
+            var ends: [Int] = []
+            ends.reserveCapacity(count)
+            var at = 0
+            for k in 0..<count {
+                let plain = min(DataBlob.frameSize, length - k * DataBlob.frameSize)
+                guard at < payload.count, ZSTD_getFrameContentSize(base + at, payload.count - at) == UInt64(plain) else { return nil }
+                let n = ZSTD_findFrameCompressedSize(base + at, payload.count - at)
+                guard ZSTD_isError(n) == 0, n > 0 else { return nil }
+                at += n
+                ends.append(at)
+            }
+            guard at == payload.count else { return nil }
+            self.payload = payload
+            self.ends = ends
+        }
+
+        func frame(_ k: Int) -> UnsafeRawBufferPointer {
+            UnsafeRawBufferPointer(rebasing: payload[(k == 0 ? 0 : ends[k - 1])..<ends[k]])
+        }
+    }
+
     /// One thread's blob encoding of chunks up to `capacity` bytes, reusing
     /// its zstd context and output buffer from chunk to chunk (`encode`
     /// allocates both per call: a zero-filled 4 MiB array and a context
@@ -127,7 +172,8 @@ public enum DataBlob {
             context = ZSTD_createCCtx()!
             ZSTD_CCtx_setParameter(context, ZSTD_c_compressionLevel, 1)
             // Page-aligned: the chunk store writes a blob's whole pages with O_DIRECT.
-            buffer = .allocate(byteCount: 12 + max(ZSTD_compressBound(capacity), capacity), alignment: DirectFile.alignment)
+            let frames = (capacity + DataBlob.frameSize - 1) / DataBlob.frameSize
+            buffer = .allocate(byteCount: 12 + max(frames * ZSTD_compressBound(DataBlob.frameSize), capacity), alignment: DirectFile.alignment)
         }
 
         deinit {
@@ -135,16 +181,40 @@ public enum DataBlob {
             buffer.deallocate()
         }
 
-        /// The unencrypted blob of `data` (zstd level 1 when smaller), valid until the next call.
+        /// The unencrypted blob of `data` (zstd level 1, in `frameSize` frames,
+        /// when smaller), valid until the next call.
         func encode(_ data: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+            encode(data, reusing: nil, changed: { _ in true })
+        }
+
+        /// As `encode(_:)`, but frame `k` is copied from `previous` (the
+        /// verified blob of the chunk `data` was patched from) unless
+        /// `changed(k)`: its plaintext is then the previous chunk's, which
+        /// those compressed bytes decode to.
+        func encode(_ data: UnsafeRawBufferPointer, reusing previous: Frames?, changed: (Int) -> Bool) -> UnsafeRawBufferPointer {
             precondition(data.count <= capacity)
             let out = buffer.baseAddress!
-            let n = data.count > 0 ? ZSTD_compress2(context, out + 12, buffer.count - 12, data.baseAddress, data.count) : 0
+            let frames = (data.count + DataBlob.frameSize - 1) / DataBlob.frameSize
+            let reuse = previous.map { $0.ends.count == frames } ?? false
+            var length = 0
+            var compressed = data.count > 0
+            for k in 0..<frames where compressed {
+                let start = k * DataBlob.frameSize
+                let plain = min(DataBlob.frameSize, data.count - start)
+                if reuse, let previous, !changed(k) {
+                    let f = previous.frame(k)
+                    guard 12 + length + f.count <= buffer.count else { compressed = false; break }
+                    (out + 12 + length).copyMemory(from: f.baseAddress!, byteCount: f.count)
+                    length += f.count
+                    continue
+                }
+                let n = ZSTD_compress2(context, out + 12 + length, buffer.count - 12 - length, data.baseAddress! + start, plain)
+                if ZSTD_isError(n) != 0 { compressed = false; break }
+                length += n
+            }
             let kind: Kind
-            let length: Int
-            if data.count > 0, ZSTD_isError(n) == 0, n < data.count {
+            if compressed, length < data.count {
                 kind = .zstd
-                length = n
             } else {
                 kind = .plain
                 length = data.count
