@@ -29,6 +29,50 @@ import Archive
         #expect(UInt32(crc) == blob.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self) })
     }
 
+    /// A chunk blob is a standard multi-frame zstd payload of 1 MiB frames,
+    /// read whole by the zstd tool (PBS's `decode_all` reads every frame the
+    /// same way), `DataBlob.decode` and the restore's decoder; a patched
+    /// chunk's blob copies the untouched frames of its previous blob byte for byte.
+    @Test func chunkBlobIsFramesAndAPatchedBlobCopiesTheUntouchedOnes() throws {
+        let data = pseudoRandom(4 << 20, seed: 21)
+        let encoder = DataBlob.Encoder(capacity: 4 << 20)
+        let blob = data.withUnsafeBytes { Array(encoder.encode($0)) }
+        #expect(DataBlob.Kind(magic: blob) == .zstd)
+        let frames = try #require(blob.withUnsafeBytes { DataBlob.Frames(payload: UnsafeRawBufferPointer(rebasing: $0[12...]), length: data.count) })
+        #expect(frames.ends.count == 4 && frames.ends.last == blob.count - 12)
+        #expect(try DataBlob.decode(blob, crypt: nil, object: "t") == data)
+        let scratch = try Scratch("frames")
+        try FileSystem.writeAtomically(scratch.path("p.zst"), bytes: Array(blob[12...]))
+        _ = try Command.run(["zstd", "-q", "-d", scratch.path("p.zst"), "-o", scratch.path("out")])
+        #expect(try FileSystem.readBytes(scratch.path("out")) == data)
+        let repo = try Repository.create(root: scratch.path("store"))
+        let digest = SHA256.digest(data)
+        _ = try repo.chunks.insert(digest, blob: blob)
+        let decoder = ChunkDecoder(capacity: 4 << 20)
+        let reader = ChunkReader(repository: repo, snapshot: SnapshotName(id: "1", time: 1_796_004_000))
+        #expect(Array(try decoder.decode(digest, expectedLength: data.count, from: reader)) == data)
+        let verified = try #require(decoder.verifiedPayload)
+        #expect(Array(verified) == Array(blob[12...]))
+
+        // Frame 2 changed: recompressed; frames 0, 1, 3 copied from the previous blob.
+        var patched = data
+        for i in (2 << 20) + 5..<(2 << 20) + 70000 { patched[i] ^= 0x3C }
+        let again = blob.withUnsafeBytes { old in
+            let previous = DataBlob.Frames(payload: UnsafeRawBufferPointer(rebasing: old[12...]), length: data.count)
+            return patched.withUnsafeBytes { Array(encoder.encode($0, reusing: previous, changed: { $0 == 2 })) }
+        }
+        #expect(try DataBlob.decode(again, crypt: nil, object: "t") == patched)
+        let newFrames = try #require(again.withUnsafeBytes { DataBlob.Frames(payload: UnsafeRawBufferPointer(rebasing: $0[12...]), length: data.count) })
+        for k in [0, 1, 3] { #expect(Array(newFrames.frame(k)) == Array(frames.frame(k)), "frame \(k)") }
+        #expect(Array(newFrames.frame(2)) != Array(frames.frame(2)))
+        // A fresh encoding of the patched data is the same blob: copying changes nothing of the format.
+        #expect(patched.withUnsafeBytes { Array(encoder.encode($0)) } == again)
+
+        // A single-frame payload (older snapdump, PBS) offers no frames to copy.
+        let single = try DataBlob.encode(data)
+        #expect(single.withUnsafeBytes { DataBlob.Frames(payload: UnsafeRawBufferPointer(rebasing: $0[12...]), length: data.count) } == nil)
+    }
+
     @Test func blobKeptUncompressedWhenZstdDoesNotHelp() throws {
         var rng = SystemRandomNumberGenerator()
         let data = (0..<65536).map { _ in UInt8.random(in: 0...255, using: &rng) }

@@ -123,6 +123,38 @@ import Archive
         #expect(try Verifier(repository: repo).verify([s1, s2]).ok)
     }
 
+    /// A patched chunk's blob copies its previous blob's compressed frames
+    /// outside the changed ranges (1 MiB frames) and recompresses the rest;
+    /// the backup restores and verifies as a full one.
+    @Test func patchedChunkCopiesTheUntouchedFramesOfItsPreviousBlob() throws {
+        let scratch = try Scratch("incr-frames")
+        let repo = try Repository.create(root: scratch.path("store"))
+        let c = UInt64(4 * Self.mib), m = UInt64(Self.mib)
+        var d = pseudoRandom(2 * 4 * Self.mib, seed: 14)
+        let (s1, first) = try backup(repo, time: 1_796_004_000, disk: d)
+        // Chunk 0: 4 KiB in frame 1. Chunk 1: a range across frames 2 and 3.
+        for i in Int(m) + 100..<Int(m) + 4196 { d[i] ^= 0x77 }
+        for i in Int(c + 2 * m) + 4000..<Int(c + 3 * m) + 4000 { d[i] ^= 0x77 }
+        let ranges: [Int: [Range<UInt64>]] = [0: [m + 100..<m + 4196], 1: [c + 2 * m + 4000..<c + 3 * m + 4000]]
+        let (s2, up) = try backup(repo, time: 1_796_004_000 + 86400, disk: d, previous: first.index, changed: IndexSet(0...1),
+                                  ranges: { ranges[$0] ?? [] })
+        #expect(up.chunksPatched == 2)
+        func frames(_ digest: SHA256Digest) throws -> [[UInt8]] {
+            let blob = try FileSystem.readBytes(repo.chunks.path(of: digest))
+            return try #require(blob.withUnsafeBytes { b in
+                DataBlob.Frames(payload: UnsafeRawBufferPointer(rebasing: b[12...]), length: Int(c)).map { f in (0..<4).map { Array(f.frame($0)) } }
+            })
+        }
+        for (chunk, touched) in [(0, [1]), (1, [2, 3])] {
+            let old = try frames(first.index.digests[chunk]), new = try frames(up.index.digests[chunk])
+            for k in 0..<4 { #expect((old[k] == new[k]) == !touched.contains(k), "chunk \(chunk) frame \(k)") }
+        }
+        #expect(try restoreToMemory(repo, s2, file: "drive-scsi0.img.fidx") == d)
+        let (_, full) = try backup(repo, time: 1_796_004_000 + 2 * 86400, disk: d)
+        #expect(full.index.digests == up.index.digests)
+        #expect(try Verifier(repository: repo).verify([s1, s2]).ok)
+    }
+
     /// A zero chunk whose reported changes all read as zeros (zfs-fuse's FREE
     /// records for old holes) is taken from the previous index; a zero chunk
     /// with data written into it, and a data chunk with a range freed, are patched.
