@@ -242,8 +242,9 @@ public final class BackupWriter: @unchecked Sendable {
         let workers = max(1, min(threads, count))
         let zeroDigest = self.zeroDigest
         DispatchQueue.concurrentPerform(iterations: workers) { _ in
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(chunkSize), alignment: 4096)
-            defer { buffer.deallocate() }
+            let memory = ChunkMemory(byteCount: Int(chunkSize))
+            let buffer = memory.bytes
+            defer { withExtendedLifetime(memory) {} }
             let encoder = repository.crypt == nil ? DataBlob.Encoder(capacity: Int(chunkSize)) : nil
             // One per thread, reused: a fresh decoder and array per patched chunk were 3 × 4 MiB of
             // zero-filled pages each (a tenth of an incremental run's CPU in page faults).

@@ -161,8 +161,10 @@ private final class DecoderSlots: @unchecked Sendable {
 /// copy of the payload, a zero-filled array for the output, a fresh zstd
 /// context) as much CPU as the decompression itself.
 final class ChunkDecoder {
-    private var blob: UnsafeMutableRawBufferPointer
-    private let output: UnsafeMutableRawBufferPointer
+    private var blobMemory: ChunkMemory
+    private var blob: UnsafeMutableRawBufferPointer { blobMemory.bytes }
+    private let outputMemory: ChunkMemory
+    private var output: UnsafeMutableRawBufferPointer { outputMemory.bytes }
     private let context: OpaquePointer
     /// The zstd payload of the chunk last decoded, when it was an unencrypted
     /// compressed blob whose digest checked (valid until the next call): an
@@ -170,14 +172,12 @@ final class ChunkDecoder {
     private(set) var verifiedPayload: UnsafeRawBufferPointer?
 
     init(capacity: Int) {
-        output = .allocate(byteCount: capacity, alignment: 4096)
-        blob = .allocate(byteCount: 64 << 10, alignment: 16)
+        outputMemory = ChunkMemory(byteCount: capacity)
+        blobMemory = ChunkMemory(byteCount: 64 << 10)
         context = ZSTD_createDCtx()!
     }
 
     deinit {
-        output.deallocate()
-        blob.deallocate()
         ZSTD_freeDCtx(context)
     }
 
@@ -242,8 +242,8 @@ final class ChunkDecoder {
             let size = Int(try file.size())
             guard size <= DataBlob.maxSize else { throw RepositoryError(.corrupt, object, "blob of \(size) bytes is larger than any chunk") }
             if size + 1 > blob.count {
-                blob.deallocate()
-                blob = .allocate(byteCount: size + 1, alignment: 16)
+                // Room for any blob of a full chunk at once: every growth is fresh memory to fault in.
+                blobMemory = ChunkMemory(byteCount: max(size + 1, output.count + (64 << 10)))
             }
             // One byte more than fstat said: a file that grew meanwhile is read whole, not cut.
             let n = try file.read(into: UnsafeMutableRawBufferPointer(rebasing: blob[...size]), at: 0)

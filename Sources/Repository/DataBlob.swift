@@ -164,7 +164,8 @@ public enum DataBlob {
     /// Encrypted blobs go through `encode`.
     final class Encoder {
         private let context: OpaquePointer
-        private let buffer: UnsafeMutableRawBufferPointer
+        private let memory: ChunkMemory
+        private var buffer: UnsafeMutableRawBufferPointer { memory.bytes }
         private let capacity: Int
 
         init(capacity: Int) {
@@ -173,12 +174,11 @@ public enum DataBlob {
             ZSTD_CCtx_setParameter(context, ZSTD_c_compressionLevel, 1)
             // Page-aligned: the chunk store writes a blob's whole pages with O_DIRECT.
             let frames = (capacity + DataBlob.frameSize - 1) / DataBlob.frameSize
-            buffer = .allocate(byteCount: 12 + max(frames * ZSTD_compressBound(DataBlob.frameSize), capacity), alignment: DirectFile.alignment)
+            memory = ChunkMemory(byteCount: 12 + max(frames * ZSTD_compressBound(DataBlob.frameSize), capacity))
         }
 
         deinit {
             ZSTD_freeCCtx(context)
-            buffer.deallocate()
         }
 
         /// The unencrypted blob of `data` (zstd level 1, in `frameSize` frames,
