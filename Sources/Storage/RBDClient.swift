@@ -29,6 +29,24 @@ struct RBDCallError: Error {
     var text: String { String(cString: strerror(errno)) }
 }
 
+/// librbd and librados, opened on first use (CRBD's shim): most runs never
+/// talk to Ceph, and loading them at start was half of every run's start-up.
+enum LibRBD {
+    private static let loaded: Result<sd_rbd_api, RBDCallError> = {
+        var error: UnsafePointer<CChar>?
+        guard let api = sd_rbd_load(&error) else {
+            return .failure(RBDCallError(call: "dlopen(librbd.so.1): \(error.map { String(cString: $0) } ?? "unknown error")", errno: ENOENT))
+        }
+        return .success(api.pointee)
+    }()
+
+    /// The entry points, or why librbd cannot be used (not installed).
+    static func load() throws -> sd_rbd_api { try loaded.get() }
+}
+
+/// The entry points; only called once an `RBDConnection` exists (its init loaded them).
+private var librbd: sd_rbd_api { try! LibRBD.load() }
+
 /// One connection to a cluster and an I/O context on one pool. Closed by
 /// `close()` (or deinit); not shared between threads except for image I/O,
 /// which librbd allows.
@@ -42,13 +60,14 @@ final class RBDConnection: @unchecked Sendable {
     /// OSDs (what another client's snapshot sees), as QEMU's cache=none has it.
     init(_ config: RBDClientConfig, pool: String, timeout: Int = 20) throws {
         self.pool = pool
+        _ = try LibRBD.load()
         var c: rados_t?
-        try Self.check("rados_create2", rados_create2(&c, "ceph", "client.\(config.username)", 0))
+        try Self.check("rados_create2", librbd.rados_create2!(&c, "ceph", "client.\(config.username)", 0))
         cluster = c
         do {
             if config.monhost == nil || config.keyring == nil {
                 // Whatever the local configuration provides (CEPH_CONF, /etc/ceph/ceph.conf).
-                _ = rados_conf_read_file(c, nil)
+                _ = librbd.rados_conf_read_file!(c, nil)
             }
             if let m = config.monHostOption { try set("mon_host", m) }
             if let k = config.keyring { try set("keyring", k) }
@@ -58,9 +77,9 @@ final class RBDConnection: @unchecked Sendable {
             try set("rados_osd_op_timeout", String(timeout))
             try set("log_to_stderr", "false")
             try set("err_to_stderr", "false")
-            try Self.check("rados_connect", rados_connect(c))
+            try Self.check("rados_connect", librbd.rados_connect!(c))
             var ioctx: rados_ioctx_t?
-            try Self.check("rados_ioctx_create(\(pool))", rados_ioctx_create(c, pool, &ioctx))
+            try Self.check("rados_ioctx_create(\(pool))", librbd.rados_ioctx_create!(c, pool, &ioctx))
             io = ioctx
         } catch {
             close()
@@ -69,7 +88,7 @@ final class RBDConnection: @unchecked Sendable {
     }
 
     private func set(_ key: String, _ value: String) throws {
-        try Self.check("rados_conf_set(\(key))", rados_conf_set(cluster, key, value))
+        try Self.check("rados_conf_set(\(key))", librbd.rados_conf_set!(cluster, key, value))
     }
 
     static func check(_ call: String, _ r: Int32) throws {
@@ -84,11 +103,11 @@ final class RBDConnection: @unchecked Sendable {
         var statusLen = 0
         let r = json.withCString { cmd -> Int32 in
             var cmds: [UnsafePointer<CChar>?] = [cmd]
-            return rados_mon_command(cluster, &cmds, 1, nil, 0, &out, &outLen, &status, &statusLen)
+            return librbd.rados_mon_command!(cluster, &cmds, 1, nil, 0, &out, &outLen, &status, &statusLen)
         }
         defer {
-            if out != nil { rados_buffer_free(out) }
-            if status != nil { rados_buffer_free(status) }
+            if out != nil { librbd.rados_buffer_free!(out) }
+            if status != nil { librbd.rados_buffer_free!(status) }
         }
         try Self.check("mon command \(json)", r)
         guard let out else { return Data() }
@@ -98,7 +117,7 @@ final class RBDConnection: @unchecked Sendable {
     /// Bytes the pool's objects hold (librados pool stats).
     func poolBytesUsed() throws -> UInt64 {
         var st = rados_pool_stat_t()
-        try Self.check("rados_ioctx_pool_stat(\(pool))", rados_ioctx_pool_stat(io, &st))
+        try Self.check("rados_ioctx_pool_stat(\(pool))", librbd.rados_ioctx_pool_stat!(io, &st))
         return st.num_bytes
     }
 
@@ -108,21 +127,21 @@ final class RBDConnection: @unchecked Sendable {
         while true {
             var specs = [rbd_image_spec_t](repeating: rbd_image_spec_t(), count: max)
             var n = max
-            let r = rbd_list2(io, &specs, &n)
+            let r = librbd.rbd_list2!(io, &specs, &n)
             if r == -ERANGE { max = n + 16; continue }
             try Self.check("rbd_list2(\(pool))", r)
-            defer { rbd_image_spec_list_cleanup(&specs, n) }
+            defer { librbd.rbd_image_spec_list_cleanup!(&specs, n) }
             return (0..<n).map { String(cString: specs[$0].name) }
         }
     }
 
     func create(_ name: String, size: UInt64) throws {
         var order: Int32 = 0
-        try Self.check("rbd_create(\(pool)/\(name))", rbd_create(io, name, size, &order))
+        try Self.check("rbd_create(\(pool)/\(name))", librbd.rbd_create!(io, name, size, &order))
     }
 
     func remove(_ name: String) throws {
-        try Self.check("rbd_remove(\(pool)/\(name))", rbd_remove(io, name))
+        try Self.check("rbd_remove(\(pool)/\(name))", librbd.rbd_remove!(io, name))
     }
 
     // MARK: Groups (RBD "consistency groups": one snapshot of all their images at once)
@@ -133,7 +152,7 @@ final class RBDConnection: @unchecked Sendable {
         while true {
             var buf = [CChar](repeating: 0, count: size)
             var n = size
-            let r = rbd_group_list(io, &buf, &n)
+            let r = librbd.rbd_group_list!(io, &buf, &n)
             if r == -ERANGE { size = n + 256; continue }
             try Self.check("rbd_group_list(\(pool))", r)
             // NUL-separated names; `r` is the bytes used.
@@ -142,20 +161,20 @@ final class RBDConnection: @unchecked Sendable {
     }
 
     func createGroup(_ group: String) throws {
-        try Self.check("rbd_group_create(\(pool)/\(group))", rbd_group_create(io, group))
+        try Self.check("rbd_group_create(\(pool)/\(group))", librbd.rbd_group_create!(io, group))
     }
 
     /// Removes the group (its snapshots and memberships with it).
     func removeGroup(_ group: String) throws {
-        try Self.check("rbd_group_remove(\(pool)/\(group))", rbd_group_remove(io, group))
+        try Self.check("rbd_group_remove(\(pool)/\(group))", librbd.rbd_group_remove!(io, group))
     }
 
     func addToGroup(_ group: String, image: String) throws {
-        try Self.check("rbd_group_image_add(\(pool)/\(group), \(image))", rbd_group_image_add(io, group, io, image))
+        try Self.check("rbd_group_image_add(\(pool)/\(group), \(image))", librbd.rbd_group_image_add!(io, group, io, image))
     }
 
     func removeFromGroup(_ group: String, image: String) throws {
-        try Self.check("rbd_group_image_remove(\(pool)/\(group), \(image))", rbd_group_image_remove(io, group, io, image))
+        try Self.check("rbd_group_image_remove(\(pool)/\(group), \(image))", librbd.rbd_group_image_remove!(io, group, io, image))
     }
 
     /// Names of the group's images.
@@ -164,10 +183,10 @@ final class RBDConnection: @unchecked Sendable {
         while true {
             var infos = [rbd_group_image_info_t](repeating: rbd_group_image_info_t(), count: max)
             var n = max
-            let r = rbd_group_image_list(io, group, &infos, MemoryLayout<rbd_group_image_info_t>.size, &n)
+            let r = librbd.rbd_group_image_list!(io, group, &infos, MemoryLayout<rbd_group_image_info_t>.size, &n)
             if r == -ERANGE { max = n + 16; continue }
             try Self.check("rbd_group_image_list(\(pool)/\(group))", r)
-            defer { rbd_group_image_list_cleanup(&infos, MemoryLayout<rbd_group_image_info_t>.size, n) }
+            defer { _ = librbd.rbd_group_image_list_cleanup!(&infos, MemoryLayout<rbd_group_image_info_t>.size, n) }
             return (0..<n).map { String(cString: infos[$0].name) }
         }
     }
@@ -178,10 +197,10 @@ final class RBDConnection: @unchecked Sendable {
         while true {
             var infos = [rbd_group_snap_info_t](repeating: rbd_group_snap_info_t(), count: max)
             var n = max
-            let r = rbd_group_snap_list(io, group, &infos, MemoryLayout<rbd_group_snap_info_t>.size, &n)
+            let r = librbd.rbd_group_snap_list!(io, group, &infos, MemoryLayout<rbd_group_snap_info_t>.size, &n)
             if r == -ERANGE { max = n + 16; continue }
             try Self.check("rbd_group_snap_list(\(pool)/\(group))", r)
-            defer { rbd_group_snap_list_cleanup(&infos, MemoryLayout<rbd_group_snap_info_t>.size, n) }
+            defer { _ = librbd.rbd_group_snap_list_cleanup!(&infos, MemoryLayout<rbd_group_snap_info_t>.size, n) }
             return (0..<n).map { String(cString: infos[$0].name) }
         }
     }
@@ -192,17 +211,17 @@ final class RBDConnection: @unchecked Sendable {
     /// Without librbd's quiesce round, as `createSnapshotSkippingQuiesce`.
     func createGroupSnapshot(_ group: String, _ snap: String) throws {
         try Self.check("rbd_group_snap_create2(\(pool)/\(group)@\(snap))",
-                       rbd_group_snap_create2(io, group, snap, UInt32(RBD_SNAP_CREATE_SKIP_QUIESCE)))
+                       librbd.rbd_group_snap_create2!(io, group, snap, UInt32(RBD_SNAP_CREATE_SKIP_QUIESCE)))
     }
 
     func removeGroupSnapshot(_ group: String, _ snap: String) throws {
-        try Self.check("rbd_group_snap_remove(\(pool)/\(group)@\(snap))", rbd_group_snap_remove(io, group, snap))
+        try Self.check("rbd_group_snap_remove(\(pool)/\(group)@\(snap))", librbd.rbd_group_snap_remove!(io, group, snap))
     }
 
     func close() {
-        if let io { rados_ioctx_destroy(io) }
+        if let io { librbd.rados_ioctx_destroy!(io) }
         io = nil
-        if let cluster { rados_shutdown(cluster) }
+        if let cluster { librbd.rados_shutdown!(cluster) }
         cluster = nil
     }
 
@@ -221,23 +240,23 @@ final class RBDImage: @unchecked Sendable {
         var img: rbd_image_t?
         if readOnly {
             try RBDConnection.check("rbd_open_read_only(\(name)\(snapshot.map { "@" + $0 } ?? ""))",
-                                    rbd_open_read_only(connection.io, name, &img, snapshot))
+                                    librbd.rbd_open_read_only!(connection.io, name, &img, snapshot))
         } else {
-            try RBDConnection.check("rbd_open(\(name))", rbd_open(connection.io, name, &img, nil))
+            try RBDConnection.check("rbd_open(\(name))", librbd.rbd_open!(connection.io, name, &img, nil))
         }
         image = img
     }
 
     func size() throws -> UInt64 {
         var s: UInt64 = 0
-        try RBDConnection.check("rbd_get_size(\(name))", rbd_get_size(image, &s))
+        try RBDConnection.check("rbd_get_size(\(name))", librbd.rbd_get_size!(image, &s))
         return s
     }
 
     func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         var done = 0
         while done < buffer.count {
-            let r = rbd_read(image, offset + UInt64(done), buffer.count - done,
+            let r = librbd.rbd_read!(image, offset + UInt64(done), buffer.count - done,
                              buffer.baseAddress!.advanced(by: done).assumingMemoryBound(to: CChar.self))
             if r < 0 { throw RBDCallError(call: "rbd_read(\(name), offset \(offset + UInt64(done)))", errno: Int32(-r)) }
             if r == 0 { break }
@@ -249,7 +268,7 @@ final class RBDImage: @unchecked Sendable {
     func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
         var done = 0
         while done < buffer.count {
-            let r = rbd_write(image, offset + UInt64(done), buffer.count - done,
+            let r = librbd.rbd_write!(image, offset + UInt64(done), buffer.count - done,
                               buffer.baseAddress!.advanced(by: done).assumingMemoryBound(to: CChar.self))
             if r < 0 { throw RBDCallError(call: "rbd_write(\(name), offset \(offset + UInt64(done)))", errno: Int32(-r)) }
             done += r
@@ -257,12 +276,12 @@ final class RBDImage: @unchecked Sendable {
     }
 
     func flush() throws {
-        try RBDConnection.check("rbd_flush(\(name))", rbd_flush(image))
+        try RBDConnection.check("rbd_flush(\(name))", librbd.rbd_flush!(image))
     }
 
     /// Reads from now on see `snapshot` (nil: the image head).
     func setSnapshot(_ snapshot: String?) throws {
-        try RBDConnection.check("rbd_snap_set(\(name)@\(snapshot ?? "-"))", rbd_snap_set(image, snapshot))
+        try RBDConnection.check("rbd_snap_set(\(name)@\(snapshot ?? "-"))", librbd.rbd_snap_set!(image, snapshot))
     }
 
     /// Allocated extents in `offset..<offset+length` (those written since `from`,
@@ -271,7 +290,7 @@ final class RBDImage: @unchecked Sendable {
     func allocatedExtents(offset: UInt64, length: UInt64, from: String? = nil) throws -> [(offset: UInt64, length: UInt64)] {
         final class Box { var extents: [(offset: UInt64, length: UInt64)] = [] }
         let box = Box()
-        let r = rbd_diff_iterate2(image, from, offset, length, 1, 1, { off, len, exists, arg in
+        let r = librbd.rbd_diff_iterate2!(image, from, offset, length, 1, 1, { off, len, exists, arg in
             let b = Unmanaged<Box>.fromOpaque(arg!).takeUnretainedValue()
             if exists != 0 { b.extents.append((off, UInt64(len))) }
             return 0
@@ -288,7 +307,7 @@ final class RBDImage: @unchecked Sendable {
         let box = Box()
         // whole_object 0: the extents written, not whole 4 MiB objects (what `rbd diff` prints), so a
         // backup reads only those; `exists` false: discarded or gone, reads as zeros.
-        let r = rbd_diff_iterate2(image, from, 0, length, 1, 0, { off, len, exists, arg in
+        let r = librbd.rbd_diff_iterate2!(image, from, 0, length, 1, 0, { off, len, exists, arg in
             Unmanaged<Box>.fromOpaque(arg!).takeUnretainedValue().extents.append((off, UInt64(len), exists != 0))
             return 0
         }, Unmanaged.passUnretained(box).toOpaque())
@@ -314,28 +333,28 @@ final class RBDImage: @unchecked Sendable {
         while true {
             var infos = [rbd_snap_info_t](repeating: rbd_snap_info_t(), count: Int(max))
             var n = max
-            let r = rbd_snap_list(image, &infos, &n)
+            let r = librbd.rbd_snap_list!(image, &infos, &n)
             if r == -ERANGE { max = n + 16; continue }
             try RBDConnection.check("rbd_snap_list(\(name))", r)
-            defer { rbd_snap_list_end(&infos) }
+            defer { librbd.rbd_snap_list_end!(&infos) }
             return try (0..<Int(r)).compactMap { i in
                 let id = infos[i].id
                 var kind = RBD_SNAP_NAMESPACE_TYPE_USER
-                try RBDConnection.check("rbd_snap_get_namespace_type(\(name))", rbd_snap_get_namespace_type(image, id, &kind))
+                try RBDConnection.check("rbd_snap_get_namespace_type(\(name))", librbd.rbd_snap_get_namespace_type!(image, id, &kind))
                 var snapName = String(cString: infos[i].name), group: String?
                 switch kind {
                 case RBD_SNAP_NAMESPACE_TYPE_USER: break
                 case RBD_SNAP_NAMESPACE_TYPE_GROUP:
                     var ns = rbd_snap_group_namespace_t()
                     try RBDConnection.check("rbd_snap_get_group_namespace(\(name))",
-                                            rbd_snap_get_group_namespace(image, id, &ns, MemoryLayout<rbd_snap_group_namespace_t>.size))
-                    defer { rbd_snap_group_namespace_cleanup(&ns, MemoryLayout<rbd_snap_group_namespace_t>.size) }
+                                            librbd.rbd_snap_get_group_namespace!(image, id, &ns, MemoryLayout<rbd_snap_group_namespace_t>.size))
+                    defer { _ = librbd.rbd_snap_group_namespace_cleanup!(&ns, MemoryLayout<rbd_snap_group_namespace_t>.size) }
                     snapName = String(cString: ns.group_snap_name)
                     group = String(cString: ns.group_name)
                 default: return nil
                 }
                 var ts = timespec()
-                try RBDConnection.check("rbd_snap_get_timestamp(\(name))", rbd_snap_get_timestamp(image, id, &ts))
+                try RBDConnection.check("rbd_snap_get_timestamp(\(name))", librbd.rbd_snap_get_timestamp!(image, id, &ts))
                 return Snapshot(id: id, name: snapName,
                                 created: Date(timeIntervalSince1970: Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9), group: group,
                                 size: infos[i].size)
@@ -345,21 +364,21 @@ final class RBDImage: @unchecked Sendable {
 
     /// Reads from now on see snapshot `id` (a group snapshot has no name `rbd_snap_set` finds).
     func setSnapshot(id: UInt64) throws {
-        try RBDConnection.check("rbd_snap_set_by_id(\(name)@\(id))", rbd_snap_set_by_id(image, id))
+        try RBDConnection.check("rbd_snap_set_by_id(\(name)@\(id))", librbd.rbd_snap_set_by_id!(image, id))
     }
 
     /// The group the image belongs to, if any.
     func group() throws -> String? {
         var info = rbd_group_info_t()
-        try RBDConnection.check("rbd_get_group(\(name))", rbd_get_group(image, &info, MemoryLayout<rbd_group_info_t>.size))
-        defer { rbd_group_info_cleanup(&info, MemoryLayout<rbd_group_info_t>.size) }
+        try RBDConnection.check("rbd_get_group(\(name))", librbd.rbd_get_group!(image, &info, MemoryLayout<rbd_group_info_t>.size))
+        defer { _ = librbd.rbd_group_info_cleanup!(&info, MemoryLayout<rbd_group_info_t>.size) }
         guard info.pool != -1, let n = info.name else { return nil }
         let g = String(cString: n)
         return g.isEmpty ? nil : g
     }
 
     func createSnapshot(_ snap: String) throws {
-        try RBDConnection.check("rbd_snap_create(\(name)@\(snap))", rbd_snap_create(image, snap))
+        try RBDConnection.check("rbd_snap_create(\(name)@\(snap))", librbd.rbd_snap_create!(image, snap))
     }
 
     /// A snapshot without librbd's quiesce round (RBD_SNAP_CREATE_SKIP_QUIESCE = 1): a notify
@@ -367,15 +386,15 @@ final class RBDImage: @unchecked Sendable {
     /// can pause their I/O. QEMU, the only client here, has none, and a backup has stopped the
     /// guest's I/O already (fs-freeze through the agent, QEMU paused): it was window time only.
     func createSnapshotSkippingQuiesce(_ snap: String) throws {
-        try RBDConnection.check("rbd_snap_create2(\(name)@\(snap))", rbd_snap_create2(image, snap, 1, nil, nil))
+        try RBDConnection.check("rbd_snap_create2(\(name)@\(snap))", librbd.rbd_snap_create2!(image, snap, 1, nil, nil))
     }
 
     func removeSnapshot(_ snap: String) throws {
-        try RBDConnection.check("rbd_snap_remove(\(name)@\(snap))", rbd_snap_remove(image, snap))
+        try RBDConnection.check("rbd_snap_remove(\(name)@\(snap))", librbd.rbd_snap_remove!(image, snap))
     }
 
     func close() {
-        if let image { rbd_close(image) }
+        if let image { _ = librbd.rbd_close!(image) }
         image = nil
     }
 
