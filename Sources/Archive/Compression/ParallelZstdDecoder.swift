@@ -32,6 +32,8 @@ final class ParallelZstdDecoder: StreamDecoder {
         var maxFrameInput = 64 << 20
         var readSize = 4 << 20
         var streamPieceSize = 8 << 20
+        /// Read a regular file through a mapping (tests turn it off to compare).
+        var mapArchive = true
         static let standard = Limits()
     }
 
@@ -95,8 +97,10 @@ private final class Piece {
     /// Where its frame starts in the file, for error messages.
     let fileOffset: UInt64
     var state: State
-    /// The whole compressed frame, while queued or decoding.
+    /// The whole compressed frame, while queued or decoding: in a buffer of
+    /// its own, or in the archive's mapping (`mapped`, no copy).
     var input: Buffer?
+    var mapped: UnsafeRawPointer?
     var inputCount = 0
     var output: UnsafeMutableRawBufferPointer?
     var count = 0
@@ -162,11 +166,16 @@ private final class Shared: @unchecked Sendable {
     private var inputPool: [Buffer] = []
 
     let limits: ParallelZstdDecoder.Limits
+    /// The archive mapped read-only when it is a regular file: frames are
+    /// decompressed straight from the page cache, without pread's copy.
+    /// Set before the threads start, never changed.
+    let mapping: ArchiveMapping?
 
     init(file: File, maxPieces: Int, limits: ParallelZstdDecoder.Limits) {
         self.file = file
         self.maxPieces = maxPieces
         self.limits = limits
+        mapping = limits.mapArchive ? ArchiveMapping(file) : nil
     }
 
     deinit {
@@ -254,8 +263,9 @@ private final class Shared: @unchecked Sendable {
             p.state = .decoding
             let output = takeOutput()
             lock.unlock()
-            let input = p.input!
-            let r = ZSTD_decompressDCtx(dctx, output.baseAddress, output.count, input.base, p.inputCount)
+            let source = p.mapped ?? UnsafeRawPointer(p.input!.base)
+            let r = ZSTD_decompressDCtx(dctx, output.baseAddress, output.count, source, p.inputCount)
+            if p.mapped != nil { mapping?.dropPages(source, count: p.inputCount) }
             lock.lock()
             p.output = output
             if ZSTD_isError(r) != 0 {
@@ -263,8 +273,9 @@ private final class Shared: @unchecked Sendable {
             } else {
                 p.count = r
             }
-            inputPool.append(input)
+            if let input = p.input { inputPool.append(input) }
             p.input = nil
+            p.mapped = nil
             p.state = .done
             lock.broadcast()
         }
@@ -348,10 +359,17 @@ private final class Shared: @unchecked Sendable {
     }
 
     private func split(_ dctx: OpaquePointer) {
+        var start: UInt64 = 0
+        if let mapping {
+            do throws(SplitError) {
+                guard let rest = try splitMapped(mapping) else { return finishSplitting(nil) }
+                start = rest
+            } catch {
+                return finishSplitting(error.make)
+            }
+        }
         var buffer = takeInput()
         var count = 0
-        /// File offset of buffer[0].
-        var start: UInt64 = 0
         var eof = false
         let path = file.path
         do throws(SplitError) {
@@ -402,6 +420,45 @@ private final class Shared: @unchecked Sendable {
             buffer.free()
             finishSplitting(error.make)
         }
+    }
+
+    /// Queues the frames of the mapped archive in order, each pointing into
+    /// the mapping. Returns the file offset where the buffered splitter takes
+    /// over — a frame to stream (too big for one piece, or not ended within
+    /// `maxFrameInput`) — or nil when every frame is queued (or cancelled).
+    private func splitMapped(_ mapping: ArchiveMapping) throws(SplitError) -> UInt64? {
+        let path = file.path
+        var start = 0
+        while start < mapping.count {
+            if isCancelled { return nil }
+            let window = min(mapping.count - start, limits.maxFrameInput)
+            let base = mapping.base + start
+            let size = ZSTD_findFrameCompressedSize(base, window)
+            if ZSTD_isError(size) != 0 {
+                if ZSTD_getErrorCode(size) != ZSTD_error_srcSize_wrong {
+                    let frame = start, name = String(cString: ZSTD_getErrorName(size))
+                    throw SplitError { ArchiveError(.compression, path: path, offset: $0, "zstd frame at file offset \(frame): \(name)") }
+                }
+                if window == mapping.count - start {
+                    let frame = start
+                    throw SplitError { ArchiveError(.truncated, path: path, offset: $0, "zstd frame at file offset \(frame) is cut short: unexpected end of archive") }
+                }
+                // Finding no end walked the window's block headers: their pages go.
+                mapping.dropPages(base, count: window)
+                return UInt64(start)
+            }
+            let bound = ZSTD_decompressBound(base, size)
+            guard bound != Self.contentSizeError && bound <= UInt64(limits.maxFrameOutput) else {
+                mapping.dropPages(base, count: size)
+                return UInt64(start)
+            }
+            let piece = Piece(fileOffset: UInt64(start), state: .queued)
+            piece.mapped = base
+            piece.inputCount = size
+            guard enqueue(piece) else { return nil }
+            start += size
+        }
+        return nil
     }
 
     /// Decompresses the frame at the start of `buffer` as a stream, reading
@@ -464,4 +521,39 @@ private final class Shared: @unchecked Sendable {
         start += UInt64(input.pos)
         count = rest
     }
+}
+
+/// A regular file mapped read-only for the splitter and the workers. Pages
+/// are read ahead (MADV_SEQUENTIAL) and dropped from this process once their
+/// frame is decoded (MADV_DONTNEED: they stay in the page cache), so peak RSS
+/// holds only the frames in flight, not the archive.
+final class ArchiveMapping: @unchecked Sendable {
+    // @unchecked: immutable after init; the mapping is only read.
+    let base: UnsafeRawPointer
+    let count: Int
+    private static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+
+    /// nil when `file` is not a non-empty regular file or mmap fails: the
+    /// caller reads it instead.
+    init?(_ file: File) {
+        guard !file.isStream else { return nil }
+        var st = stat()
+        guard fstat(file.fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_size > 0,
+              let p = mmap(nil, Int(st.st_size), PROT_READ, MAP_SHARED, file.fd, 0), p != MAP_FAILED
+        else { return nil }
+        base = UnsafeRawPointer(p)
+        count = Int(st.st_size)
+        madvise(p, count, MADV_SEQUENTIAL)
+    }
+
+    /// The pages wholly inside `bytes` leave this process's RSS; a later
+    /// access (the frame next to it shares its edge pages) faults them in again.
+    func dropPages(_ start: UnsafeRawPointer, count: Int) {
+        let size = Self.pageSize
+        let lo = (Int(bitPattern: start) + size - 1) / size * size
+        let hi = (Int(bitPattern: start) + count) / size * size
+        if hi > lo { madvise(UnsafeMutableRawPointer(bitPattern: lo), hi - lo, MADV_DONTNEED) }
+    }
+
+    deinit { munmap(UnsafeMutableRawPointer(mutating: base), count) }
 }
