@@ -196,6 +196,46 @@ struct MultiFrameTests {
         #expect(e4.description.contains("bad.vma.zst"))
     }
 
+    static func rssFileKiB() throws -> Int {
+        let status = try String(contentsOfFile: "/proc/self/status", encoding: .utf8)
+        let line = try #require(status.split(separator: "\n").first { $0.hasPrefix("RssFile:") })
+        return try #require(Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]))
+    }
+
+    @Test("a mapped archive reads the same as one read with pread, frames to stream included, and is not kept mapped: RSS holds the frames in flight, not the archive")
+    func mappedArchive() throws {
+        let s = try Scratch("mapped")
+        var unmapped = Self.tiny
+        unmapped.mapArchive = false
+        // Small frames then frames too big for one piece: the mapped splitter hands over to the buffered one.
+        var file: [UInt8] = [], expected: [UInt8] = []
+        for i in 0..<12 {
+            let size = i >= 8 ? 3 << 20 : 200_000 + i
+            let piece = (0..<size).map { UInt8(truncatingIfNeeded: ($0 * 7 + i) >> ($0 % 3)) }
+            try writeFile(s.path("p"), piece)
+            try Command.run(["zstd", "-q", "-f", "-1", s.path("p"), "-o", s.path("p.zst")])
+            file += try readFile(s.path("p.zst"))
+            expected += piece
+        }
+        try writeFile(s.path("mixed.zst"), file)
+        #expect(try Self.decodeAll(s.path("mixed.zst"), limits: Self.tiny, chunk: 65536) == expected)
+        #expect(try Self.decodeAll(s.path("mixed.zst"), limits: unmapped, chunk: 65536) == expected)
+        // An archive shorter than the frame-finding window (one small frame).
+        try writeFile(s.path("small.zst"), Array(file[0..<Self.frameOffsets(file)[1]]))
+        #expect(try Self.decodeAll(s.path("small.zst"), limits: .standard) == Array(expected[0..<200_000]))
+
+        // Five frames: once every frame is decoded, none of the mapped archive is in this process's RSS.
+        try Self.write(s.path("a.vma.zst"), Self.bigDevice(), .zstd(level: 1, workers: 0))
+        let size = try readFile(s.path("a.vma.zst")).count
+        let before = try Self.rssFileKiB()
+        let r = try DecompressingReader(path: s.path("a.vma.zst"))
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        defer { buffer.deallocate() }
+        while try r.read(into: buffer) > 0 {}
+        let grown = try Self.rssFileKiB() - before
+        #expect(grown * 1024 < size / 4, "RssFile grew by \(grown) KiB reading a \(size)-byte archive")
+    }
+
     @Test("a reader dropped in the middle stops its threads and frees its buffers")
     func abandonedReader() throws {
         let s = try Scratch("abandon")
