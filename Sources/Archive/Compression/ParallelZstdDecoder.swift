@@ -5,9 +5,10 @@ import SnapdumpSystem
 /// Decompresses a zstd file on background threads, delivering the stream in
 /// order to the one caller of `read`.
 ///
-/// A *splitter* thread reads the file in order and finds where each frame
-/// ends (`ZSTD_findFrameCompressedSize`, which walks the block headers);
-/// each complete frame of at most `maxFrameOutput` decompressed bytes
+/// A *splitter* thread reads the file in order (through a mapping when it
+/// is a regular file: `ArchiveMapping`) and finds where each frame ends
+/// (`ZSTD_findFrameCompressedSize`, which walks the block headers); each
+/// complete frame of at most `maxFrameOutput` decompressed bytes
 /// (`ZSTD_decompressBound`, 64 MiB) becomes a piece that the first free of
 /// `workers` threads decompresses in one call. snapdump writes 16 MiB frames
 /// (`ZstdOutput`), so both cores decompress while the caller verifies and
