@@ -15,8 +15,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.14.0"),
     ],
     targets: [
-        // C helpers for calls Swift cannot make directly (variadic ioctl).
-        .target(name: "CShims"),
+        // C helpers for calls Swift cannot make directly (variadic ioctl, a SIGBUS-guarded zstd call).
+        .target(name: "CShims", linkerSettings: [.linkedLibrary("zstd")]),
         // System libraries from Debian, linked through module maps.
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
@@ -34,7 +34,7 @@ let package = Package(
         // VM configs, QEMU command line, QMP and guest-agent clients, lifecycle, move-disk.
         .target(name: "Guest", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "Storage"], exclude: ["README.md"]),
         // VMA writer and reader, compression codecs, digests, archive names.
-        .target(name: "Archive", dependencies: ["SnapdumpSystem", "CZstd", "CZlib", "COpenSSL"], exclude: ["README.md"]),
+        .target(name: "Archive", dependencies: ["SnapdumpSystem", "CShims", "CZstd", "CZlib", "COpenSSL"], exclude: ["README.md"]),
         // Notifications as Proxmox VE 8 sends them: sendmail, SMTP and webhook targets, matchers (notifications.cfg).
         .target(name: "Notify", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "COpenSSL"], exclude: ["README.md"]),
         // The deduplicating repository (PBS datastore layout): blobs, fixed indexes, manifests,
@@ -64,7 +64,7 @@ let package = Package(
         .testTarget(name: "SnapdumpConfigTests", dependencies: ["SnapdumpConfig", "TestSupport"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Repository", "SnapdumpSystem", "SnapdumpConfig", "TestSupport"]),
         .testTarget(name: "GuestTests", dependencies: ["Guest", "Storage", "SnapdumpSystem", "TestSupport"]),
-        .testTarget(name: "ArchiveTests", dependencies: ["Archive", "SnapdumpSystem", "TestSupport"], resources: [.copy("Golden")]),
+        .testTarget(name: "ArchiveTests", dependencies: ["Archive", "SnapdumpSystem", "CShims", "CZstd", "TestSupport"], resources: [.copy("Golden")]),
         .testTarget(name: "RepositoryTests", dependencies: ["Repository", "Archive", "SnapdumpSystem", "TestSupport"]),
         .testTarget(name: "BackupTests", dependencies: ["Backup", "Guest", "Storage", "Archive", "Repository", "SnapdumpConfig", "SnapdumpSystem", "TestSupport"]),
         .testTarget(name: "NotifyTests", dependencies: ["Notify", "SnapdumpConfig", "TestSupport"]),

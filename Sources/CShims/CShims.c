@@ -11,6 +11,11 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <linux/aio_abi.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#define ZSTD_STATIC_LINKING_ONLY
+#include <zstd.h>
 
 int snapdump_ficlone(int dst_fd, int src_fd) {
     return ioctl(dst_fd, FICLONE, src_fd);
@@ -143,4 +148,61 @@ int snapdump_aio_reap(uint64_t context, int min, int max, uint64_t *tokens, int6
 
 int snapdump_aio_destroy(uint64_t context) {
     return (int)syscall(SYS_io_destroy, (aio_context_t)context);
+}
+
+/* SIGBUS on a mapped archive: the guarded call's thread jumps back out of
+   libzstd (sigsetjmp/siglongjmp: the signal is synchronous, raised by that
+   thread's own access). Nothing of libzstd's is used after the jump but the
+   context, which ZSTD_decompressDCtx resets at its next call. */
+static __thread sigjmp_buf *snapdump_bus_jump;
+static struct sigaction snapdump_bus_previous;
+static pthread_once_t snapdump_bus_once = PTHREAD_ONCE_INIT;
+
+static void snapdump_bus_handler(int sig, siginfo_t *info, void *context) {
+    (void)sig; (void)info; (void)context;
+    sigjmp_buf *jump = snapdump_bus_jump;
+    if (jump) siglongjmp(*jump, 1);
+    /* Not a guarded read: the old action (the Swift runtime's backtrace, or
+       death) takes the access when it faults again on return. */
+    sigaction(SIGBUS, &snapdump_bus_previous, NULL);
+}
+
+static void snapdump_bus_install(void) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_sigaction = snapdump_bus_handler;
+    action.sa_flags = SA_SIGINFO;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGBUS, &action, &snapdump_bus_previous);
+}
+
+size_t snapdump_zstd_decompress_mapped(void *dctx, void *dst, size_t capacity, const void *src, size_t size, int *bus) {
+    sigjmp_buf jump;
+    pthread_once(&snapdump_bus_once, snapdump_bus_install);
+    if (sigsetjmp(jump, 1)) {
+        snapdump_bus_jump = NULL;
+        *bus = 1;
+        return 0;
+    }
+    snapdump_bus_jump = &jump;
+    size_t r = ZSTD_decompressDCtx(dctx, dst, capacity, src, size);
+    snapdump_bus_jump = NULL;
+    *bus = 0;
+    return r;
+}
+
+size_t snapdump_zstd_find_frame_mapped(const void *src, size_t size, unsigned long long *bound, int *bus) {
+    sigjmp_buf jump;
+    pthread_once(&snapdump_bus_once, snapdump_bus_install);
+    if (sigsetjmp(jump, 1)) {
+        snapdump_bus_jump = NULL;
+        *bus = 1;
+        return 0;
+    }
+    snapdump_bus_jump = &jump;
+    size_t n = ZSTD_findFrameCompressedSize(src, size);
+    *bound = ZSTD_isError(n) ? 0 : ZSTD_decompressBound(src, n);
+    snapdump_bus_jump = NULL;
+    *bus = 0;
+    return n;
 }

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 import SnapdumpSystem
+import CShims
+import CZstd
 @testable import Archive
 
 /// zstd archives as independent frames (issue 15): written every 16 MiB of
@@ -234,6 +236,50 @@ struct MultiFrameTests {
         while try r.read(into: buffer) > 0 {}
         let grown = try Self.rssFileKiB() - before
         #expect(grown * 1024 < size / 4, "RssFile grew by \(grown) KiB reading a \(size)-byte archive")
+    }
+
+    @Test("an archive cut short while it is mapped is an I/O error naming it, not a SIGBUS that kills the restore")
+    func mappedArchiveCutShortWhileRead() throws {
+        let s = try Scratch("mapcut")
+        // 60 frames of 100 kB: the reader holds only a few in flight, so most are touched after the cut.
+        var file: [UInt8] = []
+        var frame = [UInt8](repeating: 0, count: ZSTD_compressBound(100_000))
+        for i in 0..<60 {
+            let piece = (0..<100_000).map { UInt8(truncatingIfNeeded: ($0 * 13 + i) >> ($0 % 5)) }
+            let n = ZSTD_compress(&frame, frame.count, piece, piece.count, 1)
+            try #require(ZSTD_isError(n) == 0)
+            file += frame[0..<n]
+        }
+        let path = s.path("cut.vma.zst")
+        try writeFile(path, file)
+        let r = try DecompressingReader(file: try File.open(path, O_RDONLY), zstdLimits: .standard)
+        // At a page boundary: the pages after it are gone (a cut inside a page would leave zeros to decode).
+        #expect(truncate(path, file.count / 10 / 4096 * 4096) == 0)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        defer { buffer.deallocate() }
+        var read = 0
+        let error = #expect(throws: ArchiveError.self) {
+            while true {
+                let n = try r.read(into: buffer)
+                if n == 0 { break }
+                read += n
+            }
+        }
+        #expect(error?.code == .io)
+        #expect(error?.description.contains("cut.vma.zst") == true)
+        #expect(error?.description.contains("SIGBUS") == true)
+        #expect(read < 60 * 100_000)
+
+        // The guard itself, on a page past the end of a file: the call returns, the thread lives on.
+        try writeFile(s.path("page"), [UInt8](repeating: 7, count: 8192))
+        let fd = open(s.path("page"), O_RDONLY)
+        defer { close(fd) }
+        let map = try #require(mmap(nil, 8192, PROT_READ, MAP_SHARED, fd, 0))
+        defer { munmap(map, 8192) }
+        #expect(truncate(s.path("page"), 0) == 0)
+        var bound: UInt64 = 0, bus: Int32 = 0
+        _ = snapdump_zstd_find_frame_mapped(map, 8192, &bound, &bus)
+        #expect(bus == 1)
     }
 
     @Test("a reader dropped in the middle stops its threads and frees its buffers")

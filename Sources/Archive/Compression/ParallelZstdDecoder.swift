@@ -1,3 +1,4 @@
+import CShims
 import CZstd
 import Foundation
 import SnapdumpSystem
@@ -107,6 +108,7 @@ private final class Piece {
     var count = 0
     /// libzstd's error for this frame, turned into an ArchiveError by the reader, who knows the stream offset.
     var failure: String?
+    var failureCode = ArchiveError.Code.compression
 
     init(fileOffset: UInt64, state: State) {
         self.fileOffset = fileOffset
@@ -227,7 +229,7 @@ private final class Shared: @unchecked Sendable {
             if let p = pieces.first, p.state == .done {
                 pieces.removeFirst()
                 if let failure = p.failure {
-                    throw ArchiveError(.compression, path: file.path, offset: streamOffset,
+                    throw ArchiveError(p.failureCode, path: file.path, offset: streamOffset,
                                        "zstd frame at file offset \(p.fileOffset): \(failure)")
                 }
                 return p
@@ -265,11 +267,17 @@ private final class Shared: @unchecked Sendable {
             let output = takeOutput()
             lock.unlock()
             let source = p.mapped ?? UnsafeRawPointer(p.input!.base)
-            let r = ZSTD_decompressDCtx(dctx, output.baseAddress, output.count, source, p.inputCount)
+            var bus: Int32 = 0
+            let r = p.mapped == nil
+                ? ZSTD_decompressDCtx(dctx, output.baseAddress, output.count, source, p.inputCount)
+                : snapdump_zstd_decompress_mapped(UnsafeMutableRawPointer(dctx), output.baseAddress, output.count, source, p.inputCount, &bus)
             if p.mapped != nil { mapping?.dropPages(source, count: p.inputCount) }
             lock.lock()
             p.output = output
-            if ZSTD_isError(r) != 0 {
+            if bus != 0 {
+                p.failure = ArchiveMapping.unreadable
+                p.failureCode = .io
+            } else if ZSTD_isError(r) != 0 {
                 p.failure = String(cString: ZSTD_getErrorName(r))
             } else {
                 p.count = r
@@ -434,7 +442,12 @@ private final class Shared: @unchecked Sendable {
             if isCancelled { return nil }
             let window = min(mapping.count - start, limits.maxFrameInput)
             let base = mapping.base + start
-            let size = ZSTD_findFrameCompressedSize(base, window)
+            var bound: UInt64 = 0, bus: Int32 = 0
+            let size = snapdump_zstd_find_frame_mapped(base, window, &bound, &bus)
+            if bus != 0 {
+                let frame = start
+                throw SplitError { ArchiveError(.io, path: path, offset: $0, "zstd frame at file offset \(frame): \(ArchiveMapping.unreadable)") }
+            }
             if ZSTD_isError(size) != 0 {
                 if ZSTD_getErrorCode(size) != ZSTD_error_srcSize_wrong {
                     let frame = start, name = String(cString: ZSTD_getErrorName(size))
@@ -448,7 +461,6 @@ private final class Shared: @unchecked Sendable {
                 mapping.dropPages(base, count: window)
                 return UInt64(start)
             }
-            let bound = ZSTD_decompressBound(base, size)
             guard bound != Self.contentSizeError && bound <= UInt64(limits.maxFrameOutput) else {
                 mapping.dropPages(base, count: size)
                 return UInt64(start)
@@ -533,6 +545,9 @@ final class ArchiveMapping: @unchecked Sendable {
     let base: UnsafeRawPointer
     let count: Int
     private static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+    /// Why a frame of the mapping could not be read: a SIGBUS, caught around
+    /// the zstd call (CShims), where `pread` would have returned EIO or 0.
+    static let unreadable = "cannot be read: the archive file was cut short or its disk failed while it was read (SIGBUS on its mapping)"
 
     /// nil when `file` is not a non-empty regular file or mmap fails: the
     /// caller reads it instead.

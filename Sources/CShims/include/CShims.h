@@ -1,5 +1,6 @@
 #ifndef SNAPDUMP_CSHIMS_H
 #define SNAPDUMP_CSHIMS_H
+#include <stddef.h>
 #include <stdint.h>
 
 /// ioctl(dst, FICLONE, src): share all extents of src with dst (btrfs, XFS reflink).
@@ -66,5 +67,17 @@ int snapdump_malloc_long_running(int arenas, int mmap_threshold);
 /// malloc_trim(0): gives the free memory of every glibc arena back to the kernel
 /// (also from the middle of a heap, by MADV_DONTNEED). Returns 1 if any was released.
 int snapdump_malloc_trim(void);
+
+/// Reading a mapped file, a page the file no longer has (cut short while
+/// mapped) or cannot give (an I/O error of its disk) is a SIGBUS, not an
+/// error return: the process would die with the restore half done. These
+/// make the zstd calls a restore makes on a mapped archive with SIGBUS turned
+/// into a return with `*bus` set to 1 (0 otherwise), on the calling thread
+/// only; a SIGBUS anywhere else keeps its old action. `dctx` is a ZSTD_DCtx.
+/// ZSTD_decompressDCtx:
+size_t snapdump_zstd_decompress_mapped(void *dctx, void *dst, size_t capacity, const void *src, size_t size, int *bus);
+/// ZSTD_findFrameCompressedSize of the frame at `src` (of at most `size` bytes) and,
+/// when it ends there, ZSTD_decompressBound of it in `*bound`:
+size_t snapdump_zstd_find_frame_mapped(const void *src, size_t size, unsigned long long *bound, int *bus);
 
 #endif
