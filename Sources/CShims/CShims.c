@@ -176,33 +176,29 @@ static void snapdump_bus_install(void) {
     sigaction(SIGBUS, &action, &snapdump_bus_previous);
 }
 
+/* Runs `call` with a SIGBUS of this thread jumping back here: *bus is 1
+   then, 0 when the call returned. A macro: sigsetjmp's frame must stay
+   live for the jump. */
+#define SNAPDUMP_GUARDING_SIGBUS(bus, call) do { \
+        sigjmp_buf jump; \
+        pthread_once(&snapdump_bus_once, snapdump_bus_install); \
+        if (sigsetjmp(jump, 1)) { snapdump_bus_jump = NULL; *(bus) = 1; break; } \
+        snapdump_bus_jump = &jump; \
+        call; \
+        snapdump_bus_jump = NULL; \
+        *(bus) = 0; \
+    } while (0)
+
 size_t snapdump_zstd_decompress_mapped(void *dctx, void *dst, size_t capacity, const void *src, size_t size, int *bus) {
-    sigjmp_buf jump;
-    pthread_once(&snapdump_bus_once, snapdump_bus_install);
-    if (sigsetjmp(jump, 1)) {
-        snapdump_bus_jump = NULL;
-        *bus = 1;
-        return 0;
-    }
-    snapdump_bus_jump = &jump;
-    size_t r = ZSTD_decompressDCtx(dctx, dst, capacity, src, size);
-    snapdump_bus_jump = NULL;
-    *bus = 0;
+    volatile size_t r = 0;
+    SNAPDUMP_GUARDING_SIGBUS(bus, r = ZSTD_decompressDCtx(dctx, dst, capacity, src, size));
     return r;
 }
 
 size_t snapdump_zstd_find_frame_mapped(const void *src, size_t size, unsigned long long *bound, int *bus) {
-    sigjmp_buf jump;
-    pthread_once(&snapdump_bus_once, snapdump_bus_install);
-    if (sigsetjmp(jump, 1)) {
-        snapdump_bus_jump = NULL;
-        *bus = 1;
-        return 0;
-    }
-    snapdump_bus_jump = &jump;
-    size_t n = ZSTD_findFrameCompressedSize(src, size);
-    *bound = ZSTD_isError(n) ? 0 : ZSTD_decompressBound(src, n);
-    snapdump_bus_jump = NULL;
-    *bus = 0;
+    volatile size_t n = 0;
+    *bound = 0;
+    SNAPDUMP_GUARDING_SIGBUS(bus, n = ZSTD_findFrameCompressedSize(src, size);
+                             *bound = ZSTD_isError(n) ? 0 : ZSTD_decompressBound(src, n));
     return n;
 }
