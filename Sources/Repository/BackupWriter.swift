@@ -87,10 +87,12 @@ public final class BackupWriter: @unchecked Sendable {
 
     /// `encoder`: the calling thread's, reused for every chunk it stores (unencrypted repositories).
     /// `previous`: the frames of the blob `chunk` was patched from, copied where `changed(frame)` is false.
+    /// `digest`: the chunk's, when the caller has it already.
     func store(chunk: UnsafeRawBufferPointer, encoder: DataBlob.Encoder?,
-               previous: DataBlob.Frames? = nil, changed: (Int) -> Bool = { _ in true }) throws -> SHA256Digest {
+               previous: DataBlob.Frames? = nil, changed: (Int) -> Bool = { _ in true },
+               digest: SHA256Digest? = nil) throws -> SHA256Digest {
         let isZero = chunk.count == Int(FixedIndex.defaultChunkSize) && isAllZero(chunk)
-        let d = isZero ? zeroDigest : (repository.crypt.map { $0.digest(chunk) } ?? SHA256.digest(chunk))
+        let d = isZero ? zeroDigest : (digest ?? repository.crypt.map { $0.digest(chunk) } ?? SHA256.digest(chunk))
         if isZero && zeroStored.load(ordering: .relaxed) { countDuplicate(); return d }
         if repository.chunks.storedSize(d) != nil {
             repository.chunks.touch(d)
@@ -249,6 +251,8 @@ public final class BackupWriter: @unchecked Sendable {
             // One per thread, reused: a fresh decoder and array per patched chunk were 3 × 4 MiB of
             // zero-filled pages each (a tenth of an incremental run's CPU in page faults).
             let decoder = patch == nil ? nil : ChunkDecoder(capacity: Int(chunkSize))
+            // Unencrypted only: an encrypted repository's digest is keyed (CryptConfig.digest).
+            let hasher = patch == nil || repository.crypt != nil ? nil : SHA256SharedPrefix()
             while failure.withLock({ $0 == nil }) {
                 let i = next.add(1, ordering: .relaxed).oldValue
                 guard i < count else { break }
@@ -265,9 +269,12 @@ public final class BackupWriter: @unchecked Sendable {
                     } else {
                         let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<len])
                         var frames: DataBlob.Frames?
+                        var hashedPrefix = false
                         var changedFrames = [Bool](repeating: false, count: (len + DataBlob.frameSize - 1) / DataBlob.frameSize)
                         if let patch, let decoder, let ranges = patchable(patch, chunk: i, offset: offset, length: len, knownZero: knownZero),
-                           previousChunk(patch, i, into: chunk, decoder: decoder, frames: &frames, unreadable: unreadable) {
+                           previousChunk(patch, i, into: chunk, decoder: decoder, frames: &frames,
+                                         hasher: hasher, hashedPrefix: &hashedPrefix, commonPrefix: ranges.map { Int($0.lowerBound - offset) }.min() ?? len,
+                                         unreadable: unreadable) {
                             var asked: UInt64 = 0
                             for r in ranges {
                                 for k in Int(r.lowerBound - offset) / DataBlob.frameSize...Int(r.upperBound - offset - 1) / DataBlob.frameSize {
@@ -294,7 +301,8 @@ public final class BackupWriter: @unchecked Sendable {
                             bytesRead.add(UInt64(len), ordering: .relaxed)
                         }
                         d = try store(chunk: UnsafeRawBufferPointer(chunk), encoder: encoder, previous: frames,
-                                      changed: { changedFrames[$0] })
+                                      changed: { changedFrames[$0] },
+                                      digest: hashedPrefix ? hasher?.digest(of: UnsafeRawBufferPointer(chunk)) : nil)
                     }
                     digests.withLock { $0[i] = d }
                     let total = done.add(UInt64(len), ordering: .relaxed).newValue
@@ -336,17 +344,31 @@ public final class BackupWriter: @unchecked Sendable {
     /// counted in `unreadable`, when it cannot be read back.
     /// `frames`: the previous blob's zstd frames, when it was cut as this
     /// writer cuts chunks (the new blob copies those the patch leaves alone).
+    /// With `hasher`, the previous chunk's first `commonPrefix` bytes (those
+    /// before the first changed range: the new chunk's too) are hashed once
+    /// into it, the previous chunk's digest finished from there and checked
+    /// before any of its bytes is used, and `hashedPrefix` set: the caller
+    /// finishes the new chunk's digest from the same prefix once patched.
     private func previousChunk(_ patch: Patch, _ i: Int, into chunk: UnsafeMutableRawBufferPointer, decoder: ChunkDecoder,
-                               frames: inout DataBlob.Frames?,
-                               unreadable: borrowing Mutex<(count: Int, reason: String?)>) -> Bool {
+                               frames: inout DataBlob.Frames?, hasher: SHA256SharedPrefix?, hashedPrefix: inout Bool,
+                               commonPrefix: Int, unreadable: borrowing Mutex<(count: Int, reason: String?)>) -> Bool {
         let d = patch.previous.digests[i]
         if d == zeroDigest && chunk.count == Int(FixedIndex.defaultChunkSize) {
             chunk.initializeMemory(as: UInt8.self, repeating: 0)
             return true
         }
         do {
-            chunk.copyMemory(from: try decoder.decode(d, expectedLength: chunk.count, from: patch.reader))
-            frames = decoder.verifiedPayload.flatMap { DataBlob.Frames(payload: $0, length: chunk.count) }
+            if let hasher {
+                let (data, payload) = try decoder.decodeUnverified(d, expectedLength: chunk.count, from: patch.reader)
+                hasher.start(prefix: UnsafeRawBufferPointer(rebasing: data[..<min(commonPrefix, data.count)]))
+                try ChunkDecoder.check(hasher.digest(of: data), d, from: patch.reader)
+                chunk.copyMemory(from: data)
+                frames = payload.flatMap { DataBlob.Frames(payload: $0, length: chunk.count) }
+                hashedPrefix = true
+            } else {
+                chunk.copyMemory(from: try decoder.decode(d, expectedLength: chunk.count, from: patch.reader))
+                frames = decoder.verifiedPayload.flatMap { DataBlob.Frames(payload: $0, length: chunk.count) }
+            }
             return true
         } catch {
             unreadable.withLock { u in

@@ -183,6 +183,28 @@ final class ChunkDecoder {
 
     /// The chunk's data, valid until the next call.
     func decode(_ digest: SHA256Digest, expectedLength: Int, from reader: ChunkReader) throws -> UnsafeRawBufferPointer {
+        verifiedPayload = nil
+        let (data, zstdPayload) = try decodeUnverified(digest, expectedLength: expectedLength, from: reader)
+        let actual = reader.repository.crypt.map { $0.digest(data) } ?? SHA256.digest(data)
+        try Self.check(actual, digest, from: reader)
+        verifiedPayload = zstdPayload
+        return data
+    }
+
+    /// The error `decode` throws when the data hashes to `actual`, not `digest`.
+    static func check(_ actual: SHA256Digest, _ digest: SHA256Digest, from reader: ChunkReader) throws {
+        guard actual == digest else {
+            throw RepositoryError(.corrupt, "chunk \(digest.hex) of snapshot \(reader.snapshot)", "digest mismatch (content is \(actual.hex))")
+        }
+    }
+
+    /// As `decode`, every check made but the digest's, which the caller
+    /// makes (`check`) before using the data or the payload (both valid
+    /// until the next call): an incremental backup hashes the previous chunk
+    /// together with the chunk patched from it (`SHA256SharedPrefix`).
+    /// `zstdPayload`: as `verifiedPayload`, once checked.
+    func decodeUnverified(_ digest: SHA256Digest, expectedLength: Int,
+                          from reader: ChunkReader) throws -> (data: UnsafeRawBufferPointer, zstdPayload: UnsafeRawBufferPointer?) {
         precondition(expectedLength <= output.count)
         verifiedPayload = nil
         let repository = reader.repository
@@ -223,11 +245,7 @@ final class ChunkDecoder {
                 throw RepositoryError(.corrupt, object, "holds \(length) bytes, the index expects \(expectedLength)")
             }
         }
-        let data = UnsafeRawBufferPointer(rebasing: output[..<length])
-        let actual = repository.crypt.map { $0.digest(data) } ?? SHA256.digest(data)
-        guard actual == digest else { throw RepositoryError(.corrupt, object, "digest mismatch (content is \(actual.hex))") }
-        verifiedPayload = zstdPayload
-        return data
+        return (UnsafeRawBufferPointer(rebasing: output[..<length]), zstdPayload)
     }
 
     /// The chunk file's bytes, in `blob` (grown to the file's size).
