@@ -118,4 +118,36 @@ struct DigestTests {
         try feed(incomplete, [0, 64])
         #expect(try incomplete.finish()[3] == nil)
     }
+
+    /// Two strings sharing a prefix, hashed once: the same digests as hashed
+    /// apart, wherever the first difference is (block-aligned or not, at the
+    /// start, at the very end, none), with one hasher reused throughout.
+    @Test("SHA256SharedPrefix: the digests of hashing each string whole",
+          arguments: [0, 64, 1_000_003, (4 << 20) - 64, (4 << 20) - 1, 4 << 20])
+    func sharedPrefix(firstChange: Int) {
+        let n = 4 << 20
+        var rng = SeededRandom(UInt64(firstChange) &+ 7)
+        let old = (0..<n).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        var new = old
+        if firstChange < n {
+            for i in firstChange..<min(n, firstChange + 5000) { new[i] = ~new[i] }
+        }
+        let hasher = SHA256SharedPrefix()
+        // A previous use leaves nothing behind.
+        let other = [UInt8](repeating: 1, count: 100)
+        other.withUnsafeBytes { b in
+            hasher.start(prefix: UnsafeRawBufferPointer(rebasing: b[..<70]))
+            #expect(hasher.digest(of: b) == SHA256.digest(other))
+        }
+        old.withUnsafeBytes { o in
+            new.withUnsafeBytes { w in
+                hasher.start(prefix: UnsafeRawBufferPointer(rebasing: o[..<firstChange]))
+                #expect(hasher.digest(of: o) == SHA256.digest(old))
+                #expect(hasher.digest(of: w) == SHA256.digest(new))
+                // Finishing is repeatable: each digest starts from a copy of the prefix's state.
+                #expect(hasher.digest(of: o) == SHA256.digest(old))
+            }
+        }
+        if firstChange < n { #expect(SHA256.digest(old) != SHA256.digest(new)) }
+    }
 }

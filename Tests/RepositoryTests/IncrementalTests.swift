@@ -237,4 +237,59 @@ import Archive
         try repo.remove(s1)
         #expect(plan().reason?.contains("\(s0)") == true)
     }
+
+    /// A patched chunk's digest is finished from the prefix it shares with its
+    /// previous chunk (hashed once): the index is the one a full read makes,
+    /// whether the first change is at the start, mid-chunk off a 64-byte
+    /// block, at the very end, or the reported range changed nothing.
+    @Test func patchedChunksDigestsAreThoseOfAFullRead() throws {
+        let scratch = try Scratch("incr-prefix")
+        let repo = try Repository.create(root: scratch.path("store"))
+        let c = UInt64(4 * Self.mib)
+        var d = pseudoRandom(5 * 4 * Self.mib, seed: 21)
+        let (_, first) = try backup(repo, time: 1_796_004_000, disk: d)
+        let ranges: [Int: [Range<UInt64>]] = [
+            0: [0..<4096],
+            1: [c + 1_000_003..<c + 1_000_103, c + 2 * UInt64(Self.mib)..<c + 2 * UInt64(Self.mib) + 4096],
+            2: [3 * c - 1..<3 * c],
+            3: [3 * c + 8192..<3 * c + 12288],   // rewritten with the same bytes
+            4: [4 * c + 64..<4 * c + 128],
+        ]
+        for (i, rs) in ranges where i != 3 { for r in rs { for k in Int(r.lowerBound)..<Int(r.upperBound) { d[k] ^= 0x3C } } }
+        let (s2, up) = try backup(repo, time: 1_796_004_000 + 86400, disk: d, previous: first.index, changed: IndexSet(0...4),
+                                  ranges: { ranges[$0] ?? [] })
+        #expect(up.chunksPatched == 5 && up.previousUnreadable == 0, "\(up)")
+        #expect(up.index.digests[3] == first.index.digests[3])
+        for i in 0..<5 {
+            let expected = d.withUnsafeBytes { SHA256.digest(UnsafeRawBufferPointer(rebasing: $0[i * Int(c)..<(i + 1) * Int(c)])) }
+            #expect(up.index.digests[i] == expected, "chunk \(i)")
+        }
+        #expect(try restoreToMemory(repo, s2, file: "drive-scsi0.img.fidx") == d)
+        #expect(try Verifier(repository: repo).verify([s2]).ok)
+    }
+
+    /// A previous chunk whose blob is sound (CRC, zstd) but whose content is
+    /// not the digest the index names: refused before any of it is used, the
+    /// chunk read whole, nothing of the wrong content stored.
+    @Test func previousChunkWithTheWrongContentIsReadWhole() throws {
+        let scratch = try Scratch("incr-wrong-content")
+        let repo = try Repository.create(root: scratch.path("store"))
+        let c = UInt64(4 * Self.mib)
+        var d = pseudoRandom(2 * 4 * Self.mib, seed: 22)
+        let (_, first) = try backup(repo, time: 1_796_004_000, disk: d)
+        // Chunk 0's file holds another chunk's sound blob (same length).
+        let wrong = try DataBlob.encode(pseudoRandom(4 * Self.mib, seed: 23), compress: true)
+        try FileSystem.writeAtomically(repo.chunks.path(of: first.index.digests[0]), bytes: wrong, mode: 0o600)
+        for chunk in 0..<2 { d[chunk * Int(c) + 5000] ^= 1 }
+        let reads = Reads()
+        let (s2, up) = try backup(repo, time: 1_796_004_000 + 86400, disk: d, previous: first.index, changed: IndexSet(0...1),
+                                  ranges: { [UInt64($0) * c + 5000..<UInt64($0) * c + 5001] }, reads: reads)
+        #expect(up.previousUnreadable == 1 && up.chunksPatched == 1 && up.chunksRead == 2, "\(up)")
+        // Chunk 0 read whole, once: its changed range was not read before the check failed.
+        #expect(up.bytesRead == c + 1 && reads.bytes.withLock { $0 } == c + 1)
+        let reason = up.previousUnreadableReason ?? ""
+        #expect(reason.contains(first.index.digests[0].hex) && reason.contains("digest mismatch"), "\(reason)")
+        #expect(up.index.digests[0] == d.withUnsafeBytes { SHA256.digest(UnsafeRawBufferPointer(rebasing: $0[0..<Int(c)])) })
+        #expect(try restoreToMemory(repo, s2, file: "drive-scsi0.img.fidx") == d)
+    }
 }
