@@ -203,7 +203,7 @@ public struct BtrfsPlugin: StoragePlugin {
             }
         }
         switch format {
-        case .raw: return try FileBlockSource(path: file, name: label)
+        case .raw: return try FileBlockSource(path: file, name: label, dropBehind: snapshot != nil)
         case .qcow2: return try NBDBlockSource(image: file, format: .qcow2, snapshot: nil, name: label)
         }
     }

@@ -328,7 +328,7 @@ public struct ZFSPoolPlugin: StoragePlugin {
             _ = try zfs("set", "snapdev=visible", target)
             let dev = "/dev/zvol/\(target)@\(snapshot)"
             for _ in 0..<100 where !FileSystem.exists(dev) { usleep(50_000) }
-            return try FileBlockSource(path: dev, name: label)
+            return try FileBlockSource(path: dev, name: label, dropBehind: true)
         }
         // zfs-fuse has no .zfs/snapshot directory: read through a temporary clone, one per
         // reader (the disks of one VM share a dataset snapshot and are read at the same time).
@@ -343,7 +343,7 @@ public struct ZFSPoolPlugin: StoragePlugin {
             guard FileSystem.exists(file) else {
                 throw StorageError(.notFound, "volume '\(volume)' is not in snapshot '\(snapshot)' (no \(volume.volname).raw in \(target)@\(snapshot))")
             }
-            let source = try FileBlockSource(path: file, name: label, onClose: { [self] in
+            let source = try FileBlockSource(path: file, name: label, dropBehind: true, onClose: { [self] in
                 ReadClones.shared.remove(snapshot: "\(target)@\(snapshot)", mountpoint: mount)
                 try retryingBusy { _ = try zfs("destroy", clone) }
             })
