@@ -6,6 +6,8 @@
 #include <linux/fs.h>
 #include <linux/fiemap.h>
 #include <linux/btrfs.h>
+#include <linux/btrfs_tree.h>
+#include <sys/mman.h>
 #include <errno.h>
 #include <malloc.h>
 #include <sys/syscall.h>
@@ -101,6 +103,40 @@ int snapdump_btrfs_snapshot(int parent_fd, int source_fd, const char *name, int 
     args.fd = source_fd;
     args.flags = read_only ? BTRFS_SUBVOL_RDONLY : 0;
     return ioctl(parent_fd, BTRFS_IOC_SNAP_CREATE_V2, &args);
+}
+
+int snapdump_btrfs_subvolume_destroy(int parent_fd, const char *name) {
+    struct btrfs_ioctl_vol_args args;
+    memset(&args, 0, sizeof args);
+    size_t len = strlen(name);
+    if (len == 0 || len >= sizeof args.name) { errno = ENAMETOOLONG; return -1; }
+    memcpy(args.name, name, len);
+    return ioctl(parent_fd, BTRFS_IOC_SNAP_DESTROY, &args);
+}
+
+int snapdump_btrfs_root_id(int fd, uint64_t *root_id) {
+    struct btrfs_ioctl_ino_lookup_args args;
+    memset(&args, 0, sizeof args);
+    args.objectid = BTRFS_FIRST_FREE_OBJECTID;
+    if (ioctl(fd, BTRFS_IOC_INO_LOOKUP, &args) != 0) return -1;
+    *root_id = args.treeid;
+    return 0;
+}
+
+int snapdump_btrfs_send_no_data(int snapshot_fd, int send_fd, uint64_t parent_root) {
+    struct btrfs_ioctl_send_args args;
+    uint64_t clone_sources[1] = { parent_root };
+    memset(&args, 0, sizeof args);
+    args.send_fd = send_fd;
+    args.clone_sources_count = 1;
+    args.clone_sources = clone_sources;
+    args.parent_root = parent_root;
+    args.flags = BTRFS_SEND_FLAG_NO_FILE_DATA;
+    return ioctl(snapshot_fd, BTRFS_IOC_SEND, &args);
+}
+
+int snapdump_memfd(const char *name) {
+    return memfd_create(name, MFD_CLOEXEC);
 }
 
 int snapdump_malloc_long_running(int arenas, int mmap_threshold) {

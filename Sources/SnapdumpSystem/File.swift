@@ -256,6 +256,12 @@ public final class File: @unchecked Sendable {
         _ = posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL)
     }
 
+    /// posix_fadvise(POSIX_FADV_DONTNEED): drops the range's clean pages from the
+    /// page cache (a hint: errors ignored; dirty, locked or mapped pages stay).
+    public func adviseDontNeed(offset: UInt64, length: UInt64) {
+        _ = posix_fadvise(fd, off_t(offset), off_t(length), POSIX_FADV_DONTNEED)
+    }
+
     /// posix_fadvise(POSIX_FADV_WILLNEED): starts reading the range into the page
     /// cache in the background, so a later read finds it there (a hint: errors ignored).
     public func adviseWillNeed(offset: UInt64, length: UInt64) {

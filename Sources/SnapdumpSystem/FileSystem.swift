@@ -48,6 +48,44 @@ public enum FileSystem {
         }
     }
 
+    /// Deletes a btrfs subvolume or snapshot with one ioctl, as `btrfs subvolume
+    /// delete` does without its process (no commit wait; the cleaner frees the tree).
+    public static func deleteBtrfsSubvolume(_ path: String) throws {
+        let parent = try File.open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY)
+        defer { try? parent.close() }
+        if snapdump_btrfs_subvolume_destroy(parent.fd, (path as NSString).lastPathComponent) != 0 {
+            throw SystemError("btrfs subvolume delete", path)
+        }
+    }
+
+    /// The stream of `btrfs send --no-data -p <base> <snapshot>` (both read-only
+    /// subvolumes), made by the send ioctl into an in-memory file: no process,
+    /// no temporary file. A few bytes per changed extent.
+    public static func btrfsSendNoData(base: String, snapshot: String) throws -> [UInt8] {
+        let b = try File.open(base, O_RDONLY | O_DIRECTORY)
+        defer { try? b.close() }
+        var baseRoot: UInt64 = 0
+        guard snapdump_btrfs_root_id(b.fd, &baseRoot) == 0 else { throw SystemError("btrfs subvolume id of", base) }
+        let s = try File.open(snapshot, O_RDONLY | O_DIRECTORY)
+        defer { try? s.close() }
+        let memfd = snapdump_memfd("snapdump-btrfs-send")
+        guard memfd >= 0 else { throw SystemError("memfd_create for btrfs send of", snapshot) }
+        let stream = File(adopting: memfd, path: "memfd:btrfs-send")
+        defer { try? stream.close() }
+        guard snapdump_btrfs_send_no_data(s.fd, memfd, baseRoot) == 0 else {
+            throw SystemError("btrfs send from '\(base)' of", snapshot)
+        }
+        let size = try stream.size()
+        var bytes = [UInt8](repeating: 0, count: Int(size))
+        var done = 0
+        while done < bytes.count {
+            let n = try bytes.withUnsafeMutableBytes { try stream.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[done...]), at: UInt64(done)) }
+            guard n > 0 else { break }
+            done += n
+        }
+        return Array(bytes[0..<done])
+    }
+
     /// Owner only: the directories snapdump creates (dump and run dirs,
     /// image dirs, job state) hold backup data, sockets or configuration.
     public static let privateDirectoryMode: mode_t = 0o700

@@ -57,20 +57,32 @@ public final class FileBlockSource: BlockSource, @unchecked Sendable {
     private var onClose: (() throws -> Void)?
     /// Block devices (LVs, zvols) take no SEEK_DATA (EINVAL): all of one is data.
     private let isBlockDevice: Bool
+    /// Drops what each read brought into the page cache (snapshots: see init).
+    public let dropsBehind: Bool
 
-    public init(path: String, name: String, onClose: (() throws -> Void)? = nil) throws {
+    /// `dropBehind`: for a storage snapshot, which is read once and then deleted or
+    /// kept only as a change-tracking base. Its pages would never be read again, and
+    /// deleting the snapshot frees them in the deleting call: after a full read of
+    /// 2 GiB, `BTRFS_IOC_SNAP_DESTROY` spent 0.30 s truncating 512 k pages, serially,
+    /// at the end of the next backup (BENCHMARKS.md, issue 11, session 8). Dropped
+    /// right after each read, the same work runs beside the hashing, and a backup
+    /// no longer pushes the host's own cache out for data it never reads again.
+    public init(path: String, name: String, dropBehind: Bool = false, onClose: (() throws -> Void)? = nil) throws {
         isBlockDevice = FileSystem.isBlockDevice(path)
         file = try File.openForReading(path)
         file.adviseSequential()
         size = try file.size()
         self.name = name
+        dropsBehind = dropBehind
         self.onClose = onClose
     }
 
     public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         guard offset < size else { return 0 }
         let want = Int(min(UInt64(buffer.count), size - offset))
-        return try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]), at: offset)
+        let n = try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]), at: offset)
+        if dropsBehind, n > 0 { file.adviseDontNeed(offset: offset, length: UInt64(n)) }
+        return n
     }
 
     /// The page cache reads the range ahead (posix_fadvise WILLNEED) — unless its

@@ -136,6 +136,11 @@ struct BtrfsSendStreamTests {
             return [UInt8](try #require(FileManager.default.contents(atPath: streamFile)))
         }
         let stream = try sendStream(from: base, to: new)
+        // BtrfsPlugin sends with the ioctl itself, into memory: the same bytes as the tool's.
+        #expect(try FileSystem.btrfsSendNoData(base: base, snapshot: new) == stream, "the send ioctl's stream is `btrfs send --no-data -p`'s")
+        // Not a read-only subvolume (the live one), or not a subvolume at all: the kernel refuses, the error names it.
+        #expect(throws: SystemError.self) { _ = try FileSystem.btrfsSendNoData(base: base, snapshot: vol) }
+        #expect(throws: SystemError.self) { _ = try FileSystem.btrfsSendNoData(base: dir, snapshot: new) }
 
         var c = ChangedChunks(chunkSize: 4 * Self.mib, baseSize: 24 * Self.mib, size: 30 * Self.mib, method: "btrfs send")
         let r = BtrfsSendStream.changes(stream: stream, path: Self.disk, into: &c)
@@ -146,10 +151,18 @@ struct BtrfsSendStreamTests {
         defer { _ = try? Command.capture(["btrfs", "subvolume", "delete", new2]) }
         try Command.run(["dd", "if=/dev/urandom", "of=\(file)", "bs=1M", "count=2", "seek=17", "conv=notrunc", "status=none"])
         let stream2 = try sendStream(from: new, to: new2)
+        #expect(try FileSystem.btrfsSendNoData(base: new, snapshot: new2) == stream2)
         var c2 = ChangedChunks(chunkSize: 4 * Self.mib, baseSize: 30 * Self.mib, size: 30 * Self.mib, method: "btrfs send")
         let r2 = BtrfsSendStream.changes(stream: stream2, path: Self.disk, into: &c2)
         let records = try BtrfsSendStream.parse(stream2).map(\.name)
         #expect(r2.changedChunks?.indices == IndexSet([4]), "\(r2) \(records)")
+        // The delete ioctl (what BtrfsPlugin uses): the snapshot is gone; a plain directory is refused by name.
+        try FileSystem.deleteBtrfsSubvolume(new2)
+        #expect(!FileSystem.exists(new2))
+        try FileSystem.createDirectory(dir + "/plain")
+        let e = try #require(throws: SystemError.self) { try FileSystem.deleteBtrfsSubvolume(dir + "/plain") }
+        #expect(e.description.contains(dir + "/plain"))
+        #expect(FileSystem.isDirectory(dir + "/plain"))
 
         // Every command's CRC was checked: a flipped byte anywhere after the magic is caught.
         for at in [20, stream.count / 2, stream.count - 3] {

@@ -56,6 +56,24 @@ int snapdump_aio_destroy(uint64_t context);
 /// ioctl — what `btrfs subvolume snapshot` does, without a process. Returns 0 or -1 with errno.
 int snapdump_btrfs_snapshot(int parent_fd, int source_fd, const char *name, int read_only);
 
+/// BTRFS_IOC_SNAP_DESTROY: deletes subvolume `name` of the directory open as
+/// `parent_fd`, as `btrfs subvolume delete` does (no commit: the cleaner frees it
+/// later), without a process. Returns 0 or -1 with errno.
+int snapdump_btrfs_subvolume_destroy(int parent_fd, const char *name);
+
+/// BTRFS_IOC_INO_LOOKUP of the subvolume's root directory: the id of the
+/// subvolume (tree) holding `fd`. Returns 0 or -1 with errno.
+int snapdump_btrfs_root_id(int fd, uint64_t *root_id);
+
+/// BTRFS_IOC_SEND of the read-only subvolume open as `snapshot_fd`, incremental
+/// from read-only subvolume `parent_root` (also its one clone source), without
+/// file data (BTRFS_SEND_FLAG_NO_FILE_DATA, stream version 1), written to
+/// `send_fd` — what `btrfs send --no-data -p` does. Returns 0 or -1 with errno.
+int snapdump_btrfs_send_no_data(int snapshot_fd, int send_fd, uint64_t parent_root);
+
+/// memfd_create(name, MFD_CLOEXEC): an anonymous in-memory file. Returns the fd or -1.
+int snapdump_memfd(const char *name);
+
 /// mallopt(M_ARENA_MAX, arenas) and mallopt(M_MMAP_THRESHOLD, mmap_threshold): at most
 /// `arenas` glibc malloc arenas (a new thread may otherwise get one of its own, up to 8
 /// per core, each keeping what is freed into it), and every allocation of

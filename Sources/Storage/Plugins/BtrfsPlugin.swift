@@ -57,7 +57,7 @@ public struct BtrfsPlugin: StoragePlugin {
         }
         try FileSystem.remove(path)
         if (try? FileSystem.list(layout.vmDir(p.vmid)))?.isEmpty == true {
-            try Command.run(["btrfs", "-q", "subvolume", "delete", layout.vmDir(p.vmid)])
+            try FileSystem.deleteBtrfsSubvolume(layout.vmDir(p.vmid))
         }
     }
 
@@ -113,7 +113,7 @@ public struct BtrfsPlugin: StoragePlugin {
                 made.append(dest)
             }
         } catch {
-            for d in made { _ = try? Command.run(["btrfs", "-q", "subvolume", "delete", d]) }
+            for d in made { try? FileSystem.deleteBtrfsSubvolume(d) }
             throw error
         }
     }
@@ -131,7 +131,8 @@ public struct BtrfsPlugin: StoragePlugin {
             guard FileSystem.isDirectory(dir) else {
                 throw StorageError(.notFound, "snapshot '\(name)' of VM \(vmid) on storage '\(id)' does not exist")
             }
-            try Command.run(["btrfs", "-q", "subvolume", "delete", dir])
+            // The ioctl, not `btrfs subvolume delete`: the same call without a process (~3 ms each).
+            try FileSystem.deleteBtrfsSubvolume(dir)
         }
     }
 
@@ -203,14 +204,15 @@ public struct BtrfsPlugin: StoragePlugin {
             }
         }
         switch format {
-        case .raw: return try FileBlockSource(path: file, name: label)
+        case .raw: return try FileBlockSource(path: file, name: label, dropBehind: snapshot != nil)
         case .qcow2: return try NBDBlockSource(image: file, format: .qcow2, snapshot: nil, name: label)
         }
     }
 
-    /// `btrfs send --no-data -p <base> <new>` (metadata only, no file data),
-    /// its stream read here (`BtrfsSendStream`): the ranges of the volume's file
-    /// that send would transfer. Both snapshots are read-only subvolumes, as send needs.
+    /// `btrfs send --no-data -p <base> <new>` (metadata only, no file data) —
+    /// the send ioctl itself, into memory, not the `btrfs` tool and a temporary
+    /// file — its stream read here (`BtrfsSendStream`): the ranges of the volume's
+    /// file that send would transfer. Both snapshots are read-only subvolumes, as send needs.
     public func changedChunks(_ volume: VolumeID, base: String, snapshot: String, chunkSize: UInt64) throws -> ChangeTracking {
         try checkOwnership(volume)
         let p = try layout.parse(volume)
@@ -226,18 +228,11 @@ public struct BtrfsPlugin: StoragePlugin {
         }
         let baseSize = try File.openForReading("\(baseDir)/\(p.file)").size()
         let size = try File.openForReading("\(newDir)/\(p.file)").size()
-        let streamFile = NSTemporaryDirectory() + "snapdump-btrfs-send-\(getpid())-\(UUID().uuidString.prefix(8))"
-        defer { try? FileSystem.remove(streamFile) }
         let stream: [UInt8]
         do {
-            // The stream holds no data (--no-data): a few bytes per changed extent.
-            try Command.run(["btrfs", "send", "-q", "--no-data", "-p", baseDir, "-f", streamFile, newDir])
-            guard let data = FileManager.default.contents(atPath: streamFile) else {
-                return .unknown(reason: "btrfs send from '\(base)' to '\(snapshot)' wrote no stream to \(streamFile)")
-            }
-            stream = [UInt8](data)
-        } catch let e as CommandError {
-            return .unknown(reason: "btrfs send from '\(base)' to '\(snapshot)' failed: \(e.stderr.trimmingCharacters(in: .whitespacesAndNewlines))")
+            stream = try FileSystem.btrfsSendNoData(base: baseDir, snapshot: newDir)
+        } catch {
+            return .unknown(reason: "btrfs send from '\(base)' to '\(snapshot)' failed: \(error)")
         }
         var result = ChangedChunks(chunkSize: chunkSize, baseSize: baseSize, size: size, method: "btrfs send")
         return BtrfsSendStream.changes(stream: stream, path: p.file, into: &result)

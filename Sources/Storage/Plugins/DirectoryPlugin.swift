@@ -246,7 +246,7 @@ public struct DirectoryPlugin: StoragePlugin {
         case .raw:
             if let snapshot {
                 let p = try layout.parse(volume)
-                return try FileBlockSource(path: "\(reflinkSnapshotDir(vmid: p.vmid, name: snapshot))/\(p.file)", name: label)
+                return try FileBlockSource(path: "\(reflinkSnapshotDir(vmid: p.vmid, name: snapshot))/\(p.file)", name: label, dropBehind: true)
             }
             return try FileBlockSource(path: path, name: label)
         }

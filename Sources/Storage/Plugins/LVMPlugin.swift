@@ -251,7 +251,7 @@ public struct LVMPlugin: StoragePlugin {
         _ = try lvm(["lvchange", "-ay", "-K", "\(vg)/\(s)"])
         let plugin = self
         do {
-            return try FileBlockSource(path: "/dev/\(vg)/\(s)", name: "\(volume)@\(snapshot)", onClose: {
+            return try FileBlockSource(path: "/dev/\(vg)/\(s)", name: "\(volume)@\(snapshot)", dropBehind: true, onClose: {
                 _ = try plugin.lvm(["lvchange", "-an", "\(plugin.vg)/\(s)"])
             })
         } catch {
