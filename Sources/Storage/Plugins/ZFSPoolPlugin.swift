@@ -202,12 +202,19 @@ public struct ZFSPoolPlugin: StoragePlugin {
             let t = try snapshotTarget(v)
             if !targets.contains(t) { targets.append(t) }
         }
-        let vmids = Set(try volumes.map { try parseDisk($0).vmid }).sorted().map(String.init)
         do {
-            _ = try zfs(["snapshot"] + targets.map { "\($0)@\(name)" })
+            try snapshot(targets, name: name, volumes: volumes)
         } catch let e as StorageError where e.message.contains("dataset already exists") {
             throw StorageError(.alreadyExists, "snapshot '\(name)' already exists on storage '\(id)' (\(e.message))")
+        }
+    }
+
+    /// The one `zfs snapshot` of every target; zfs-fuse's takes one dataset and creates nothing then.
+    private func snapshot(_ targets: [String], name: String, volumes: [VolumeID]) throws {
+        do {
+            _ = try zfs(["snapshot"] + targets.map { "\($0)@\(name)" })
         } catch let e as StorageError where targets.count > 1 && e.message.contains("too many arguments") {
+            let vmids = Set(try volumes.map { try parseDisk($0).vmid }).sorted().map(String.init)
             throw StorageError(.invalidArgument, "storage '\(id)': this zfs (zfs-fuse) snapshots one dataset per command, so volumes of VMs \(vmids.joined(separator: ", ")) cannot be snapshotted atomically together; snapshot each VM separately")
         }
     }
@@ -226,7 +233,6 @@ public struct ZFSPoolPlugin: StoragePlugin {
         for t in targets where datasetExists("\(t)@\(name)") {
             throw StorageError(.alreadyExists, "snapshot '\(t)@\(name)' already exists on storage '\(id)'")
         }
-        let vmids = Set(try volumes.map { try parseDisk($0).vmid }).sorted().map(String.init)
         var warnings = PreparedSnapshot.flushHostCaches(paths)
         // A snapshot waits for its transaction group to be written out, and the kernel's syncfs
         // never reaches zfs-fuse's own cache (FUSE): a throwaway snapshot now writes out what the
@@ -240,14 +246,7 @@ public struct ZFSPoolPlugin: StoragePlugin {
                 warnings.append("cannot flush \(t) before the freeze: \(error)")
             }
         }
-        return PreparedSnapshot(warnings: warnings) { [self] in
-            do {
-                _ = try zfs(["snapshot"] + targets.map { "\($0)@\(name)" })
-            } catch let e as StorageError where targets.count > 1 && e.message.contains("too many arguments") {
-                // zfs-fuse's `zfs snapshot` takes one dataset; nothing was created.
-                throw StorageError(.invalidArgument, "storage '\(id)': this zfs (zfs-fuse) snapshots one dataset per command, so volumes of VMs \(vmids.joined(separator: ", ")) cannot be snapshotted atomically together; snapshot each VM separately")
-            }
-        }
+        return PreparedSnapshot(warnings: warnings) { [self] in try snapshot(targets, name: name, volumes: volumes) }
     }
 
     public func deleteSnapshot(_ volumes: [VolumeID], name: String) throws {
