@@ -44,6 +44,14 @@ import Archive
         return (s, upload)
     }
 
+    /// A repository in `scratch`, a pseudo-random disk of `chunks` 4 MiB chunks, and its first (full) backup.
+    func firstBackup(in scratch: Scratch, chunks: Int, seed: UInt64) throws -> (Repository, [UInt8], BackupWriter.DiskUpload) {
+        let repo = try Repository.create(root: scratch.path("store"))
+        let d = pseudoRandom(chunks * 4 * Self.mib, seed: seed)
+        let (_, first) = try backup(repo, time: 1_796_004_000, disk: d)
+        return (repo, d, first)
+    }
+
     @Test func onlyChangedChunksAreReadAndTheIndexIsComplete() throws {
         let scratch = try Scratch("incr")
         let repo = try Repository.create(root: scratch.path("store"))
@@ -187,10 +195,9 @@ import Archive
     /// A previous chunk gone from the store or corrupt: that chunk is read whole, the backup is still right.
     @Test func unreadablePreviousChunkIsReadWhole() throws {
         let scratch = try Scratch("incr-ranges-gone")
-        let repo = try Repository.create(root: scratch.path("store"))
+        let (repo, disk, first) = try firstBackup(in: scratch, chunks: 3, seed: 9)
+        var d = disk
         let c = UInt64(4 * Self.mib)
-        var d = pseudoRandom(3 * 4 * Self.mib, seed: 9)
-        let (_, first) = try backup(repo, time: 1_796_004_000, disk: d)
         try FileSystem.remove(repo.chunks.path(of: first.index.digests[0]))
         let corrupt = repo.chunks.path(of: first.index.digests[1])
         var blob = try FileSystem.readBytes(corrupt)
@@ -244,10 +251,9 @@ import Archive
     /// block, at the very end, or the reported range changed nothing.
     @Test func patchedChunksDigestsAreThoseOfAFullRead() throws {
         let scratch = try Scratch("incr-prefix")
-        let repo = try Repository.create(root: scratch.path("store"))
+        let (repo, disk, first) = try firstBackup(in: scratch, chunks: 5, seed: 21)
+        var d = disk
         let c = UInt64(4 * Self.mib)
-        var d = pseudoRandom(5 * 4 * Self.mib, seed: 21)
-        let (_, first) = try backup(repo, time: 1_796_004_000, disk: d)
         let ranges: [Int: [Range<UInt64>]] = [
             0: [0..<4096],
             1: [c + 1_000_003..<c + 1_000_103, c + 2 * UInt64(Self.mib)..<c + 2 * UInt64(Self.mib) + 4096],
@@ -273,10 +279,9 @@ import Archive
     /// chunk read whole, nothing of the wrong content stored.
     @Test func previousChunkWithTheWrongContentIsReadWhole() throws {
         let scratch = try Scratch("incr-wrong-content")
-        let repo = try Repository.create(root: scratch.path("store"))
+        let (repo, disk, first) = try firstBackup(in: scratch, chunks: 2, seed: 22)
+        var d = disk
         let c = UInt64(4 * Self.mib)
-        var d = pseudoRandom(2 * 4 * Self.mib, seed: 22)
-        let (_, first) = try backup(repo, time: 1_796_004_000, disk: d)
         // Chunk 0's file holds another chunk's sound blob (same length).
         let wrong = try DataBlob.encode(pseudoRandom(4 * Self.mib, seed: 23), compress: true)
         try FileSystem.writeAtomically(repo.chunks.path(of: first.index.digests[0]), bytes: wrong, mode: 0o600)
