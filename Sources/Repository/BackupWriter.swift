@@ -88,10 +88,9 @@ public final class BackupWriter: @unchecked Sendable {
     /// `encoder`: the calling thread's, reused for every chunk it stores (unencrypted repositories).
     /// `previous`: the frames of the blob `chunk` was patched from, copied where `changed(frame)` is false.
     /// `digest`: the chunk's, when the caller has it already.
-    /// `writeBehind`: the blob is written on its thread while the caller goes on (`encoder` must be its current one).
     func store(chunk: UnsafeRawBufferPointer, encoder: DataBlob.Encoder?,
                previous: DataBlob.Frames? = nil, changed: (Int) -> Bool = { _ in true },
-               digest: SHA256Digest? = nil, writeBehind: WriteBehind? = nil) throws -> SHA256Digest {
+               digest: SHA256Digest? = nil) throws -> SHA256Digest {
         let isZero = chunk.count == Int(FixedIndex.defaultChunkSize) && isAllZero(chunk)
         let d = isZero ? zeroDigest : (digest ?? repository.crypt.map { $0.digest(chunk) } ?? SHA256.digest(chunk))
         if isZero && zeroStored.load(ordering: .relaxed) { countDuplicate(); return d }
@@ -102,35 +101,23 @@ public final class BackupWriter: @unchecked Sendable {
             return d
         }
         let inserted: ChunkStore.InsertResult
-        if let encoder, repository.crypt == nil, let writeBehind {
-            let blob = WriteBehind.Blob(bytes: encoder.encode(chunk, reusing: previous, changed: changed))
-            let length = UInt64(chunk.count)
-            writeBehind.submit { [self] in
-                counted(try repository.chunks.insert(d, blob: blob.bytes), length: length)
-                if isZero { zeroStored.store(true, ordering: .relaxed) }
-            }
-            return d
-        } else if let encoder, repository.crypt == nil {
+        if let encoder, repository.crypt == nil {
             inserted = try repository.chunks.insert(d, blob: encoder.encode(chunk, reusing: previous, changed: changed))
         } else {
             inserted = try repository.chunks.insert(d, blob: try DataBlob.encode(chunk, compress: true, crypt: repository.crypt))
         }
-        counted(inserted, length: UInt64(chunk.count))
-        if isZero { zeroStored.store(true, ordering: .relaxed) }
-        return d
-    }
-
-    private func counted(_ inserted: ChunkStore.InsertResult, length: UInt64) {
         switch inserted {
         case .stored(let n):
             state.withLock { s in
                 s.stats.count += 1
-                s.stats.size += length
+                s.stats.size += UInt64(chunk.count)
                 s.stats.compressedSize += n
             }
         case .duplicate:
             countDuplicate()
         }
+        if isZero { zeroStored.store(true, ordering: .relaxed) }
+        return d
     }
 
     private func countDuplicate() { state.withLock { $0.stats.duplicates += 1 } }
@@ -260,15 +247,12 @@ public final class BackupWriter: @unchecked Sendable {
             let memory = ChunkMemory(byteCount: Int(chunkSize))
             let buffer = memory.bytes
             defer { withExtendedLifetime(memory) {} }
-            let writeBehind = repository.crypt == nil ? WriteBehind(capacity: Int(chunkSize)) : nil
+            let encoder = repository.crypt == nil ? DataBlob.Encoder(capacity: Int(chunkSize)) : nil
             // One per thread, reused: a fresh decoder and array per patched chunk were 3 × 4 MiB of
             // zero-filled pages each (a tenth of an incremental run's CPU in page faults).
             let decoder = patch == nil ? nil : ChunkDecoder(capacity: Int(chunkSize))
             // Unencrypted only: an encrypted repository's digest is keyed (CryptConfig.digest).
             let hasher = patch == nil || repository.crypt != nil ? nil : SHA256SharedPrefix()
-            defer {
-                do { try writeBehind?.finish() } catch { failure.withLock { if $0 == nil { $0 = error } } }
-            }
             while failure.withLock({ $0 == nil }) {
                 let i = next.add(1, ordering: .relaxed).oldValue
                 guard i < count else { break }
@@ -316,10 +300,9 @@ public final class BackupWriter: @unchecked Sendable {
                             chunksRead.add(1, ordering: .relaxed)
                             bytesRead.add(UInt64(len), ordering: .relaxed)
                         }
-                        d = try store(chunk: UnsafeRawBufferPointer(chunk), encoder: try writeBehind?.nextEncoder(), previous: frames,
+                        d = try store(chunk: UnsafeRawBufferPointer(chunk), encoder: encoder, previous: frames,
                                       changed: { changedFrames[$0] },
-                                      digest: hashedPrefix ? hasher?.digest(of: UnsafeRawBufferPointer(chunk)) : nil,
-                                      writeBehind: writeBehind)
+                                      digest: hashedPrefix ? hasher?.digest(of: UnsafeRawBufferPointer(chunk)) : nil)
                     }
                     digests.withLock { $0[i] = d }
                     let total = done.add(UInt64(len), ordering: .relaxed).newValue
@@ -482,52 +465,4 @@ func isAllZero(_ b: UnsafeRawBufferPointer) -> Bool {
     }
     while i < n { if p.load(fromByteOffset: i, as: UInt8.self) != 0 { return false }; i += 1 }
     return true
-}
-
-/// One backup thread's chunk writes, behind its hashing and compressing:
-/// a new chunk file is written with O_DIRECT (~1 ms of waiting for the disk
-/// per 1.5 MiB blob here), which the thread spent idle. Two encoders take
-/// turns: a blob is written on this thread's writer queue while the next
-/// chunk is built into the other encoder, whose previous blob is waited for
-/// first (`nextEncoder`). A chunk file still appears under its name only
-/// once written (`ChunkStore.insert`); `finish` waits for every write and
-/// throws the first failure, before the index is written.
-final class WriteBehind: @unchecked Sendable {
-    // @unchecked: `slot` is the owning thread's; the writes report through `failure`.
-    /// A blob in an encoder's buffer, valid until that encoder is handed out again.
-    struct Blob: @unchecked Sendable { let bytes: UnsafeRawBufferPointer }
-
-    private let encoders: [DataBlob.Encoder]
-    private let written = [DispatchGroup(), DispatchGroup()]
-    private let queue = DispatchQueue(label: "snapdump.chunk-writes")
-    private let failure = Mutex<(any Error)?>(nil)
-    private var slot = 1
-
-    init(capacity: Int) {
-        encoders = [DataBlob.Encoder(capacity: capacity), DataBlob.Encoder(capacity: capacity)]
-    }
-
-    /// The encoder for the next chunk, once the blob it last held is written; throws a write's failure.
-    func nextEncoder() throws -> DataBlob.Encoder {
-        slot ^= 1
-        written[slot].wait()
-        if let e = failure.withLock({ $0 }) { throw e }
-        return encoders[slot]
-    }
-
-    /// Writes the blob of the encoder last handed out with `write`.
-    func submit(_ write: @escaping @Sendable () throws -> Void) {
-        let group = written[slot]
-        group.enter()
-        queue.async { [self] in
-            defer { group.leave() }
-            do { try write() } catch { failure.withLock { if $0 == nil { $0 = error } } }
-        }
-    }
-
-    /// Waits for every write; throws the first failure.
-    func finish() throws {
-        for g in written { g.wait() }
-        if let e = failure.withLock({ $0 }) { throw e }
-    }
 }
