@@ -15,8 +15,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.14.0"),
     ],
     targets: [
-        // C helpers for calls Swift cannot make directly (variadic ioctl, a SIGBUS-guarded zstd call).
-        .target(name: "CShims", linkerSettings: [.linkedLibrary("zstd")]),
+        // C helpers for calls Swift cannot make directly (variadic ioctl, a SIGBUS-guarded zstd call, PCLMULQDQ CRC-32).
+        .target(name: "CShims", linkerSettings: [.linkedLibrary("zstd"), .linkedLibrary("z")]),
         // System libraries from Debian, linked through module maps.
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),

@@ -1,4 +1,5 @@
 import COpenSSL
+import CShims
 
 /// A SHA-256 value, stored inline (no heap allocation).
 public struct SHA256Digest: Hashable, Sendable, CustomStringConvertible {
@@ -133,4 +134,19 @@ public enum SHA256 {
     public static func digest(_ bytes: [UInt8]) -> SHA256Digest {
         bytes.withUnsafeBytes { digest($0) }
     }
+}
+
+/// CRC-32 as zlib computes it (IEEE 802.3, reflected): PCLMULQDQ folding where
+/// the CPU has it (CShims/CRC32.c), zlib's table code elsewhere and for short input.
+public enum CRC32 {
+    /// The CRC of `crc`'s bytes followed by `bytes` (`crc` 0 to start).
+    public static func update(_ crc: UInt32, _ bytes: UnsafeRawBufferPointer) -> UInt32 {
+        guard let p = bytes.baseAddress, bytes.count > 0 else { return crc }
+        return snapdump_crc32(crc, p, bytes.count)
+    }
+
+    public static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt32 { update(0, bytes) }
+
+    /// Whether this CPU takes the carry-less multiply path.
+    public static var folds: Bool { snapdump_crc32_folds() != 0 }
 }

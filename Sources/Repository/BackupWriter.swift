@@ -359,14 +359,14 @@ public final class BackupWriter: @unchecked Sendable {
         }
         do {
             if let hasher {
-                let (data, payload) = try decoder.decodeUnverified(d, expectedLength: chunk.count, from: patch.reader)
+                // Decoded where it is patched; on any failure the caller reads the chunk whole over it.
+                let (data, payload) = try decoder.decodeUnverified(d, expectedLength: chunk.count, from: patch.reader, into: chunk)
                 hasher.start(prefix: UnsafeRawBufferPointer(rebasing: data[..<min(commonPrefix, data.count)]))
                 try ChunkDecoder.check(hasher.digest(of: data), d, from: patch.reader)
-                chunk.copyMemory(from: data)
                 frames = payload.flatMap { DataBlob.Frames(payload: $0, length: chunk.count) }
                 hashedPrefix = true
             } else {
-                chunk.copyMemory(from: try decoder.decode(d, expectedLength: chunk.count, from: patch.reader))
+                _ = try decoder.decode(d, expectedLength: chunk.count, from: patch.reader, into: chunk)
                 frames = decoder.verifiedPayload.flatMap { DataBlob.Frames(payload: $0, length: chunk.count) }
             }
             return true

@@ -163,8 +163,9 @@ private final class DecoderSlots: @unchecked Sendable {
 final class ChunkDecoder {
     private var blobMemory: ChunkMemory
     private var blob: UnsafeMutableRawBufferPointer { blobMemory.bytes }
-    private let outputMemory: ChunkMemory
-    private var output: UnsafeMutableRawBufferPointer { outputMemory.bytes }
+    private let capacity: Int
+    /// Allocated on first use: a caller that always decodes `into` its own buffer never faults it in.
+    private lazy var outputMemory = ChunkMemory(byteCount: capacity)
     private let context: OpaquePointer
     /// The zstd payload of the chunk last decoded, when it was an unencrypted
     /// compressed blob whose digest checked (valid until the next call): an
@@ -172,7 +173,7 @@ final class ChunkDecoder {
     private(set) var verifiedPayload: UnsafeRawBufferPointer?
 
     init(capacity: Int) {
-        outputMemory = ChunkMemory(byteCount: capacity)
+        self.capacity = capacity
         blobMemory = ChunkMemory(byteCount: 64 << 10)
         context = ZSTD_createDCtx()!
     }
@@ -182,9 +183,11 @@ final class ChunkDecoder {
     }
 
     /// The chunk's data, valid until the next call.
-    func decode(_ digest: SHA256Digest, expectedLength: Int, from reader: ChunkReader) throws -> UnsafeRawBufferPointer {
+    /// `into`: as `decodeUnverified`'s.
+    func decode(_ digest: SHA256Digest, expectedLength: Int, from reader: ChunkReader,
+                into target: UnsafeMutableRawBufferPointer? = nil) throws -> UnsafeRawBufferPointer {
         verifiedPayload = nil
-        let (data, zstdPayload) = try decodeUnverified(digest, expectedLength: expectedLength, from: reader)
+        let (data, zstdPayload) = try decodeUnverified(digest, expectedLength: expectedLength, from: reader, into: target)
         let actual = reader.repository.crypt.map { $0.digest(data) } ?? SHA256.digest(data)
         try Self.check(actual, digest, from: reader)
         verifiedPayload = zstdPayload
@@ -203,8 +206,13 @@ final class ChunkDecoder {
     /// until the next call): an incremental backup hashes the previous chunk
     /// together with the chunk patched from it (`SHA256SharedPrefix`).
     /// `zstdPayload`: as `verifiedPayload`, once checked.
-    func decodeUnverified(_ digest: SHA256Digest, expectedLength: Int,
-                          from reader: ChunkReader) throws -> (data: UnsafeRawBufferPointer, zstdPayload: UnsafeRawBufferPointer?) {
+    /// `into`: where to put the data (at least `expectedLength` bytes; holds
+    /// garbage when this throws), instead of the decoder's own buffer: an
+    /// incremental backup decodes the previous chunk straight into the chunk
+    /// it patches, not through a copy of 4 MiB.
+    func decodeUnverified(_ digest: SHA256Digest, expectedLength: Int, from reader: ChunkReader,
+                          into target: UnsafeMutableRawBufferPointer? = nil) throws -> (data: UnsafeRawBufferPointer, zstdPayload: UnsafeRawBufferPointer?) {
+        let output = target ?? outputMemory.bytes
         precondition(expectedLength <= output.count)
         verifiedPayload = nil
         let repository = reader.repository
@@ -261,7 +269,7 @@ final class ChunkDecoder {
             guard size <= DataBlob.maxSize else { throw RepositoryError(.corrupt, object, "blob of \(size) bytes is larger than any chunk") }
             if size + 1 > blob.count {
                 // Room for any blob of a full chunk at once: every growth is fresh memory to fault in.
-                blobMemory = ChunkMemory(byteCount: max(size + 1, output.count + (64 << 10)))
+                blobMemory = ChunkMemory(byteCount: max(size + 1, capacity + (64 << 10)))
             }
             // One byte more than fstat said: a file that grew meanwhile is read whole, not cut.
             let n = try file.read(into: UnsafeMutableRawBufferPointer(rebasing: blob[...size]), at: 0)

@@ -1,4 +1,4 @@
-import CZlib
+import Archive
 import CZstd
 import SnapdumpSystem
 
@@ -227,17 +227,7 @@ public enum DataBlob {
         }
     }
 
-    static func crc32(_ b: UnsafeRawBufferPointer) -> UInt32 {
-        guard let p = b.baseAddress, b.count > 0 else { return 0 }
-        var crc = CZlib.crc32(0, nil, 0)
-        var off = 0
-        while off < b.count {
-            let n = min(b.count - off, Int(UInt32.max))
-            crc = CZlib.crc32(crc, p.assumingMemoryBound(to: UInt8.self) + off, UInt32(n))
-            off += n
-        }
-        return UInt32(truncatingIfNeeded: crc)
-    }
+    static func crc32(_ b: UnsafeRawBufferPointer) -> UInt32 { CRC32.checksum(b) }
 
     private static func hex32(_ v: UInt32) -> String { String(v, radix: 16).leftPadded(8) }
 }

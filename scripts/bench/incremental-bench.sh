@@ -25,6 +25,8 @@
 #   defaults 2048 1 11 extents 1. Needs the release binary
 #   (swift build -c release --product snapdump) or SNAPDUMP_BIN.
 #   SKIP_BASELINES=1: snapdump only. Results appended to .build/bench/incremental-bench.md.
+#   PROFILE_DIR=DIR: each second backup runs under `perf record -F 4999 -g` (DIR/second-STORAGE-RUN.data;
+#   its times then include perf's overhead). TRACE_DIR=DIR: under `strace -f -tt -T` (DIR/second-STORAGE-RUN.strace).
 set -euo pipefail
 HERE=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 ROOT=$(readlink -f "$HERE/../..")
@@ -158,7 +160,10 @@ for run in $(seq 1 "$RUNS"); do
     [ "$s" = xf ] && baseline_changed=$changed
     sync -f "${DISK[$s]}"
     sleep 1   # one backup per second and guest
-    t=$(timed "$W/second-$s-$run" "$BIN" backup "${VMID[$s]}" --mode stop --storage r1 --output-format json --config-dir "$CONF")
+    prof=()
+    [ -n "${PROFILE_DIR:-}" ] && mkdir -p "$PROFILE_DIR" && prof=(perf record -q -F 4999 -g -o "$PROFILE_DIR/second-$s-$run.data" --)
+    [ -n "${TRACE_DIR:-}" ] && mkdir -p "$TRACE_DIR" && prof=(strace -f -tt -T -o "$TRACE_DIR/second-$s-$run.strace")
+    t=$(timed "$W/second-$s-$run" "${prof[@]}" "$BIN" backup "${VMID[$s]}" --mode stop --storage r1 --output-format json --config-dir "$CONF")
     read -r w c _ <<<"$t"
     read -r rb cr ct st pa <<<"$(summary "$W/second-$s-$run")"
     pct=$(awk -v r="$rb" -v t="$SIZE_BYTES" 'BEGIN {printf "%.2f", 100 * r / t}')

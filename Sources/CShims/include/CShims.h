@@ -98,4 +98,11 @@ size_t snapdump_zstd_decompress_mapped(void *dctx, void *dst, size_t capacity, c
 /// when it ends there, ZSTD_decompressBound of it in `*bound`:
 size_t snapdump_zstd_find_frame_mapped(const void *src, size_t size, unsigned long long *bound, int *bus);
 
+/// CRC-32 as zlib's crc32(crc, buffer, length) computes it (IEEE, reflected;
+/// `crc` 0 to start, the previous result to continue), any length in one call.
+/// Folds with PCLMULQDQ where the CPU has it (CRC32.c), else zlib's table code.
+uint32_t snapdump_crc32(uint32_t crc, const void *buffer, size_t length);
+/// 1 when snapdump_crc32 folds with PCLMULQDQ on this CPU (from 64 bytes on), else 0.
+int snapdump_crc32_folds(void);
+
 #endif
