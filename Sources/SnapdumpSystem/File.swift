@@ -79,6 +79,23 @@ public final class File: @unchecked Sendable {
         return done
     }
 
+    /// The whole file from offset 0 to its end (sized from fstat, so one
+    /// allocation for a regular file; a file that grows meanwhile is read whole).
+    public func readAll() throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: Int((try? size()) ?? 0) + 1)
+        var used = 0
+        while true {
+            if used == bytes.count { bytes.append(contentsOf: repeatElement(0, count: max(65536, bytes.count))) }
+            let n = try bytes.withUnsafeMutableBytes { (b) throws in
+                try read(into: UnsafeMutableRawBufferPointer(rebasing: b[used...]), at: UInt64(used))
+            }
+            if n == 0 { break }
+            used += n
+        }
+        bytes.removeSubrange(used...)
+        return bytes
+    }
+
     /// Sequential read from the current position (pipes, sockets, stdin).
     public func readSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         while true {

@@ -75,15 +75,7 @@ public enum FileSystem {
         guard snapdump_btrfs_send_no_data(s.fd, memfd, baseRoot) == 0 else {
             throw SystemError("btrfs send from '\(base)' of", snapshot)
         }
-        let size = try stream.size()
-        var bytes = [UInt8](repeating: 0, count: Int(size))
-        var done = 0
-        while done < bytes.count {
-            let n = try bytes.withUnsafeMutableBytes { try stream.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[done...]), at: UInt64(done)) }
-            guard n > 0 else { break }
-            done += n
-        }
-        return Array(bytes[0..<done])
+        return try stream.readAll()
     }
 
     /// Owner only: the directories snapdump creates (dump and run dirs,
@@ -111,21 +103,11 @@ public enum FileSystem {
         String(decoding: try readBytes(path), as: UTF8.self)
     }
 
-    /// The whole file (sized from fstat, so one allocation for a regular file).
+    /// The whole file (`File.readAll`).
     public static func readBytes(_ path: String) throws -> [UInt8] {
         let f = try File.openForReading(path)
-        var bytes = [UInt8](repeating: 0, count: Int((try? f.size()) ?? 0) + 1)
-        var used = 0
-        while true {
-            if used == bytes.count { bytes.append(contentsOf: repeatElement(0, count: max(65536, bytes.count))) }
-            let n = try bytes.withUnsafeMutableBytes { (b) throws in
-                try f.read(into: UnsafeMutableRawBufferPointer(rebasing: b[used...]), at: UInt64(used))
-            }
-            if n == 0 { break }
-            used += n
-        }
-        bytes.removeSubrange(used...)
-        return bytes
+        defer { try? f.close() }
+        return try f.readAll()
     }
 
     /// Writes `bytes` atomically as `writeAtomically` does for text.

@@ -16,7 +16,7 @@ struct ChunkWriteFailureTests {
         let digest = disk.withUnsafeBytes { SHA256.digest(UnsafeRawBufferPointer(rebasing: $0[chunk..<2 * chunk])) }
         let dir = (repo.chunks.path(of: digest) as NSString).deletingLastPathComponent
         try? FileManager.default.removeItem(atPath: dir)
-        try writeFile(dir, [1])
+        try FileSystem.writeAtomically(dir, bytes: [1])
         let w = try BackupWriter(repository: repo, snapshot: SnapshotName(id: "100", time: 1_700_000_000))
         #expect {
             _ = try addDisk(w, name: "drive-scsi0.img", disk)
@@ -29,6 +29,3 @@ struct ChunkWriteFailureTests {
     }
 }
 
-private func writeFile(_ path: String, _ bytes: [UInt8]) throws {
-    try Data(bytes).write(to: URL(fileURLWithPath: path))
-}
