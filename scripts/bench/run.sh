@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark, release build; reports go to stdout and .build/bench/.
+# Starts what the benches need and is not running (the zfs-fuse daemon, as the
+# fixtures do) and stops, by PID, only what it started.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=../fixtures/lib.sh
+source scripts/fixtures/lib.sh
+if ! zfs_answers; then
+  start_our_zfs_fuse || die "zfs-fuse did not start: the zfs rows of the benches need it"
+  trap 'stop_our_zfs_fuse || true' EXIT
+fi
 swift build -c release --product snapdump 2>&1 | tail -1
 swift build -c release --product snapdumpd 2>&1 | tail -1
 SKIP_BUILD=1 scripts/bench/storage-bench.sh
