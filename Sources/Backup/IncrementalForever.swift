@@ -53,9 +53,11 @@ struct IncrementalForever {
         var previousRuns: [String: Int] = [:]
         for d in disks {
             let plugin = d.plugin, volume = d.volume, file = d.deviceName + ".img"
+            // Listed once: on zfs every listing is a `zfs list` round trip; nothing else changes them under the backup lock.
+            let bases = Result { try BaseSnapshot.list(volume, on: plugin) }
             var found = IncrementalBase.find(repository: store.repository, type: snapshot.type, id: snapshot.id,
                                              file: file, volume: volume.description,
-                                             baseExists: { try BaseSnapshot.exists($0, of: volume, on: plugin) })
+                                             baseExists: { try bases.get().contains($0) })
             let keep: String? = if case .incremental(_, _, let base) = found { base } else { nil }
             if case .incremental(let prev, _, _) = found {
                 // Counted in the manifests, so pruned backups in between do not reset it; older manifests have no count (0).
@@ -67,17 +69,17 @@ struct IncrementalForever {
                 } else if fullEvery > 0 && runs + 1 >= fullEvery {
                     found = .full(reason: "full-every \(fullEvery) reached")
                 }
-            } else if case .full(let reason) = found, let why = unrecordedBases(volume, plugin: plugin, after: snapshot, store: store) {
+            } else if case .full(let reason) = found, let why = unrecordedBases(try? bases.get(), of: volume, after: snapshot, store: store) {
                 found = .full(reason: reason + "; " + why)
             }
             previous[d.key] = found
             do {
-                for name in try BaseSnapshot.drop([volume], on: plugin, keep: keep, repository: store.storage) {
+                let names = try bases.get()
+                for name in try BaseSnapshot.drop([volume], on: plugin, keep: keep, repository: store.storage, listed: [volume: names]) {
                     log.info("removed base snapshot '\(name)' of '\(volume)' that no finished backup recorded")
                 }
                 // A repository storage no longer configured: no backup would ever read or drop its bases.
-                let orphans = repositories.isEmpty ? [] : try BaseSnapshot.list(volume, on: plugin)
-                    .filter { name in !repositories.contains { BaseSnapshot.belongs(name, to: $0) } }
+                let orphans = repositories.isEmpty ? [] : names.filter { name in !repositories.contains { BaseSnapshot.belongs(name, to: $0) } }
                 for name in orphans {
                     try plugin.deleteSnapshot([volume], name: name)
                     log.info("removed base snapshot '\(name)' of '\(volume)' of a repository storage no longer configured")
@@ -94,9 +96,9 @@ struct IncrementalForever {
     /// When a disk must be read whole: bases on its storage newer than every
     /// backup of the guest left in the repository (the backup that recorded
     /// one was removed from the repository, or a run was killed), said in the reason.
-    private static func unrecordedBases(_ volume: VolumeID, plugin: any StoragePlugin, after snapshot: SnapshotName,
+    private static func unrecordedBases(_ bases: [String]?, of volume: VolumeID, after snapshot: SnapshotName,
                                         store: RepositoryStore) -> String? {
-        guard let bases = try? BaseSnapshot.list(volume, on: plugin), !bases.isEmpty else { return nil }
+        guard let bases, !bases.isEmpty else { return nil }
         let newest = (try? store.repository.snapshots(type: snapshot.type, id: snapshot.id).last).flatMap { $0 }
         let floor = newest.map { BaseSnapshot.timeText(of: BaseSnapshot.name(backupTime: $0.time)) } ?? ""
         let newer = bases.filter { BaseSnapshot.belongs($0, to: store.storage) && BaseSnapshot.timeText(of: $0) > floor }

@@ -85,12 +85,14 @@ public enum BaseSnapshot {
     /// latest repository backup recorded); with `repository`, only the bases
     /// that belong to it (another repository's base is that one's to drop).
     /// Called after a backup's manifest is written, and to clean up a base a
-    /// killed run left; returns the names removed.
+    /// killed run left; returns the names removed. `listed`: the bases of a
+    /// volume as the caller already listed them (`list`), not asked again.
     @discardableResult
-    public static func drop(_ volumes: [VolumeID], on plugin: any StoragePlugin, keep: String?, repository: String? = nil) throws -> [String] {
+    public static func drop(_ volumes: [VolumeID], on plugin: any StoragePlugin, keep: String?, repository: String? = nil,
+                            listed: [VolumeID: [String]] = [:]) throws -> [String] {
         var byName: [String: [VolumeID]] = [:]
         for v in volumes {
-            for name in try list(v, on: plugin) where name != keep && repository.map({ belongs(name, to: $0) }) ?? true {
+            for name in try listed[v] ?? list(v, on: plugin) where name != keep && repository.map({ belongs(name, to: $0) }) ?? true {
                 byName[name, default: []].append(v)
             }
         }
