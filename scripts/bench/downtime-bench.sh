@@ -17,8 +17,9 @@
 #
 # Storages: btrfs, dir reflink on XFS (FICLONE), zfspool on zfs-fuse (a pool of
 # its own on a file vdev), dir qcow2 (QEMU overlay), rbd (the shared test
-# Ceph, /run/snapdump-test/ceph.env; skipped without it). Loop filesystems and
-# the pool are the bench's own, under $SNAPDUMP_BENCH_DIR (default /var/tmp),
+# Ceph, /run/snapdump-test/ceph.env; without it a single-node cluster of the
+# bench's own, scripts/fixtures/ceph.sh). Loop filesystems, the pool and the
+# cluster are the bench's own, under $SNAPDUMP_BENCH_DIR (default /var/tmp),
 # all removed on exit.
 #
 # Usage (root): scripts/bench/downtime-bench.sh
@@ -52,6 +53,7 @@ export SNAPDUMP_CONFIG_DIR="$WORK/etc"
 MOUNTS=()
 ZPOOL=""
 RBD_STORE=""
+CEPH_UP=""
 cleanup() {
   set +e
   if [ -f "$SNAPDUMP_CONFIG_DIR/qemu/$VMID.conf" ]; then
@@ -62,6 +64,7 @@ cleanup() {
   if [ -n "$ZPOOL" ]; then
     for _ in 1 2 3 4 5 6 7 8 9 10; do zpool destroy -f "$ZPOOL" 2>/dev/null && break; sleep 1; done
   fi
+  [ -n "$CEPH_UP" ] && "$ROOT/scripts/fixtures/ceph.sh" down
   for m in "${MOUNTS[@]}"; do
     umount "$m" 2>/dev/null || { sleep 1; umount "$m" 2>/dev/null; } || umount -l "$m"
   done
@@ -206,13 +209,17 @@ for st in $STORAGES; do
       for s in $ZFS_SIZES; do bench_storage "zfspool on zfs-fuse (zfs snapshot)" dzfs "$s"; done
       ;;
     rbd)
-      if [ ! -f /run/snapdump-test/ceph.env ]; then
-        log "rbd: no test Ceph (/run/snapdump-test/ceph.env): skipped"
-        ROWS+=("| rbd | — | skipped: no test Ceph | | | | | | | |")
-        continue
+      if [ -f /run/snapdump-test/ceph.env ]; then
+        # shellcheck disable=SC1091
+        . /run/snapdump-test/ceph.env
+      else
+        # No test Ceph: a cluster of its own (ports off the test fixture's and storage-bench's), down on exit.
+        export SNAPDUMP_CEPH_DIR="$WORK/ceph" SNAPDUMP_CEPH_ENV="$WORK/ceph.env" SNAPDUMP_CEPH_PORT=14400
+        CEPH_UP=1
+        "$ROOT/scripts/fixtures/ceph.sh" up || die "rbd: the bench's own Ceph did not come up"
+        # shellcheck disable=SC1091
+        . "$WORK/ceph.env"
       fi
-      # shellcheck disable=SC1091
-      . /run/snapdump-test/ceph.env
       sd storage add rbd drbd --pool "$SNAPDUMP_TEST_CEPH_POOL" --monhost "$SNAPDUMP_TEST_CEPH_MONHOST" \
         --keyring "$SNAPDUMP_TEST_CEPH_KEYRING" --content images >/dev/null
       for s in $SIZES; do bench_storage "rbd, single-node Ceph (librbd snap_create)" drbd "$s" rbd; done
