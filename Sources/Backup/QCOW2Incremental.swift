@@ -25,8 +25,10 @@ import Storage
 ///   both. snapdump killed in between: the held old base still records, the
 ///   next run uses it. QEMU killed in between loses them: the next backup
 ///   reads everything.
-/// - Stop mode or a stopped guest: the bitmaps are in the image file;
-///   `qemu-img bitmap --add` starts the new one, `qemu-nbd -B` serves the old.
+/// - Stop mode or a stopped guest: the bitmaps are in the image file, listed
+///   and the old one's dirty ranges read from it (`QCOW2Bitmaps`: no process;
+///   `qemu-img info`/`qemu-nbd -B` only for an image it leaves to QEMU);
+///   `qemu-img bitmap --add` starts the new one, `--remove` drops the old.
 ///   QEMU keeps recording into them when it opens the image again.
 /// - A bitmap that is missing, inconsistent (`in-use`: QEMU was killed before
 ///   storing it) or not the one the previous backup recorded means a full read,
@@ -180,7 +182,7 @@ final class QCOW2Incremental: @unchecked Sendable {
             return try await QEMUDirtyBitmaps.list(node: nodes[d.key] ?? QEMUCommandLine.nodeName(for: d.key), qmp: qmp)
         case .image:
             let path = d.path
-            return try await Blocking.run("qemu-img-info") {
+            return try await Blocking.run("qcow2-bitmaps") {
                 try QCOW2ImageBitmaps.list(image: path).map { .init(name: $0.name, inconsistent: $0.inconsistent) }
             }
         }

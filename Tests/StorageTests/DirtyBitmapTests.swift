@@ -6,7 +6,8 @@ import TestSupport
 
 /// A persistent dirty bitmap of a qcow2 image no QEMU runs: added with
 /// `qemu-img bitmap`, dirtied by `qemu-io` (QEMU's block layer loads and
-/// stores it), read as NBD block status through `qemu-nbd -B`.
+/// stores it), read from the image file (`QCOW2Bitmaps`; QCOW2BitmapsTests
+/// compares it with the NBD block status of `qemu-nbd -B`).
 @Suite("qcow2 dirty bitmaps offline", .enabled(if: Integration.required || Command.exists("qemu-nbd")))
 struct DirtyBitmapTests {
     @Test func writesAfterTheBitmapAreTheChangedChunks() throws {

@@ -4,8 +4,8 @@
 # holds a real-data image (scripts/bench/real-disk.sh image SIZE_MIB), on
 # btrfs (btrfs send), reflink XFS (FIEMAP), zfs-fuse (zfs send -i), each on
 # a loop filesystem / file-vdev pool of its own made here, and a qcow2 image on
-# a dir storage (its persistent dirty bitmap, `qemu-img bitmap` and
-# `qemu-nbd -B` in stop mode; the change written with qemu-io), all into one
+# a dir storage (its persistent dirty bitmap in stop mode: `qemu-img bitmap`,
+# the bitmap read from the image file; the change written with qemu-io), all into one
 # repository (so only the first guest's first backup stores the image; disk
 # space: 8 GiB needs ~35 GiB free). First backup (full), then `real-disk.sh
 # change` of PCT % of the disk (another seed per storage: no change is
@@ -27,6 +27,8 @@
 #   SKIP_BASELINES=1: snapdump only. Results appended to .build/bench/incremental-bench.md.
 #   PROFILE_DIR=DIR: each second backup runs under `perf record -F 4999 -g` (DIR/second-STORAGE-RUN.data;
 #   its times then include perf's overhead). TRACE_DIR=DIR: under `strace -f -tt -T` (DIR/second-STORAGE-RUN.strace).
+#   STORAGES="qc": only these of bt (btrfs) xf (XFS reflink) zf (zfs-fuse) qc (qcow2), default all four;
+#   the others' filesystems are not made. The restic/borg baselines back up the XFS guest: they need xf.
 set -euo pipefail
 HERE=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 ROOT=$(readlink -f "$HERE/../..")
@@ -34,11 +36,13 @@ SIZE=${1:-2048} PCT=${2:-1} SEED=${3:-11} MODE=${4:-extents} RUNS=${5:-1}
 BIN=${SNAPDUMP_BIN:-$ROOT/.build/release/snapdump}
 RESULTS=${BENCH_RESULTS:-$ROOT/.build/bench/incremental-bench.md}
 [ -x "$BIN" ] || { echo "bench: no snapdump binary at $BIN (swift build -c release --product snapdump)" >&2; exit 1; }
+read -r -a STORAGES <<<"${STORAGES:-bt xf zf qc}"
+has() { [[ " ${STORAGES[*]} " == *" $1 "* ]]; }
+[ -z "${SKIP_BASELINES:-}" ] && ! has xf && { echo >&2 "bench: the restic/borg baselines back up the XFS guest: STORAGES needs xf (or SKIP_BASELINES=1)"; exit 1; }
 W=$(mktemp -d "${SNAPDUMP_BENCH_DIR:-/var/tmp}/snapdump-incr-bench.XXXXXX")
 CONF=$W/etc
 log() { echo "bench: $*" >&2; }
 ZPOOL=sdincr$$
-STORAGES=(bt xf zf qc)
 declare -A LABEL=([bt]="btrfs (btrfs send)" [xf]="dir reflink on XFS (FIEMAP)" [zf]="zfspool on zfs-fuse (zfs send -i)"
                   [qc]="dir qcow2 (persistent dirty bitmap)")
 declare -A VMID=([bt]=901 [xf]=902 [zf]=903 [qc]=904)
@@ -53,16 +57,27 @@ sd() { "$BIN" "$@" --config-dir "$CONF"; }
 
 IMG=$("$HERE/real-disk.sh" image "$SIZE")
 mkdir -p "$W/btrfs" "$W/xfs" "$CONF" "$(dirname "$RESULTS")"
-truncate -s $((SIZE * 3))M "$W/btrfs.img" "$W/xfs.img" "$W/zpool.img"
-mkfs.btrfs -q "$W/btrfs.img" && mount -o loop "$W/btrfs.img" "$W/btrfs"
-mkfs.xfs -q -m reflink=1 "$W/xfs.img" && mount -o loop "$W/xfs.img" "$W/xfs"
-zpool create -m "$W/zmnt" "$ZPOOL" "$W/zpool.img"
-mkdir -p "$W/btrfs/store" "$W/xfs/store"
-sd storage add btrfs bt --path "$W/btrfs/store" >/dev/null
-sd storage add dir xf --path "$W/xfs/store" --reflink 1 >/dev/null
-sd storage add zfspool zf --pool "$ZPOOL" >/dev/null
-mkdir -p "$W/qdir"
-sd storage add dir qc --path "$W/qdir" --content images --format qcow2 >/dev/null
+if has bt; then
+  truncate -s $((SIZE * 3))M "$W/btrfs.img"
+  mkfs.btrfs -q "$W/btrfs.img" && mount -o loop "$W/btrfs.img" "$W/btrfs"
+  mkdir -p "$W/btrfs/store"
+  sd storage add btrfs bt --path "$W/btrfs/store" >/dev/null
+fi
+if has xf; then
+  truncate -s $((SIZE * 3))M "$W/xfs.img"
+  mkfs.xfs -q -m reflink=1 "$W/xfs.img" && mount -o loop "$W/xfs.img" "$W/xfs"
+  mkdir -p "$W/xfs/store"
+  sd storage add dir xf --path "$W/xfs/store" --reflink 1 >/dev/null
+fi
+if has zf; then
+  truncate -s $((SIZE * 3))M "$W/zpool.img"
+  zpool create -m "$W/zmnt" "$ZPOOL" "$W/zpool.img"
+  sd storage add zfspool zf --pool "$ZPOOL" >/dev/null
+fi
+if has qc; then
+  mkdir -p "$W/qdir"
+  sd storage add dir qc --path "$W/qdir" --content images --format qcow2 >/dev/null
+fi
 
 # The guests: one disk each, filled with the image (zfs-fuse: a plain copy, its files have no holes to keep).
 declare -A DISK

@@ -11,6 +11,9 @@ public enum DirtyBitmap {
     /// `qemu:dirty-bitmap:<bitmap>`.
     public static func context(_ bitmap: String) -> String { "qemu:dirty-bitmap:\(bitmap)" }
 
+    /// `ChangedChunks.method` of every reader of a QEMU dirty bitmap.
+    public static let method = "QEMU dirty bitmap"
+
     /// The chunks bitmap `bitmap` marks dirty in export `exportName` (nil: the
     /// default export) on `socket`, in `chunkSize` units; `baseSize` is the
     /// disk's size at the previous backup. `name` names the disk in errors.
@@ -28,7 +31,7 @@ public enum DirtyBitmap {
         }
         let size = nbd_get_size(h)
         guard size >= 0 else { throw error("nbd_get_size", name) }
-        var result = ChangedChunks(chunkSize: chunkSize, baseSize: baseSize, size: UInt64(size), method: "QEMU dirty bitmap")
+        var result = ChangedChunks(chunkSize: chunkSize, baseSize: baseSize, size: UInt64(size), method: method)
         let collector = DirtyCollector(context: context(bitmap))
         var pos: UInt64 = 0
         while pos < UInt64(size) {
@@ -59,9 +62,21 @@ public enum DirtyBitmap {
         return result
     }
 
-    /// The same from a qcow2 image no process has open (a stopped guest):
-    /// `qemu-nbd --read-only -B <bitmap>` serves it.
+    /// The same from a qcow2 image no process has open (a stopped guest), read
+    /// from the file (`QCOW2Bitmaps`); an image that reader leaves to QEMU
+    /// (encrypted, external data file, dirty or corrupt bit, unknown features)
+    /// is served by `qemu-nbd --read-only -B <bitmap>` instead. A malformed
+    /// image, a missing or `in_use` bitmap: an error, never an empty change set.
     public static func changedChunks(image: String, bitmap: String, baseSize: UInt64, chunkSize: UInt64) throws -> ChangedChunks {
+        let parsed: QCOW2Bitmaps
+        do { parsed = try QCOW2Bitmaps.read(image) } catch is QCOW2Bitmaps.Unsupported {
+            return try changedChunksFromQemuNBD(image: image, bitmap: bitmap, baseSize: baseSize, chunkSize: chunkSize)
+        }
+        return try parsed.changedChunks(bitmap: bitmap, baseSize: baseSize, chunkSize: chunkSize)
+    }
+
+    /// The same through `qemu-nbd --read-only -B <bitmap>` (QEMU reads the bitmap).
+    static func changedChunksFromQemuNBD(image: String, bitmap: String, baseSize: UInt64, chunkSize: UInt64) throws -> ChangedChunks {
         let server = try QemuNBDServer.start(image: image, format: .qcow2, snapshot: nil, bitmaps: [bitmap])
         defer { server.stop() }
         return try changedChunks(socket: server.socket, exportName: nil, bitmap: bitmap, baseSize: baseSize, chunkSize: chunkSize, name: image)
@@ -86,7 +101,8 @@ private final class DirtyCollector {
     }
 }
 
-/// Persistent dirty bitmaps of a qcow2 image no QEMU has open, through `qemu-img`.
+/// Persistent dirty bitmaps of a qcow2 image no QEMU has open: listed from the
+/// file (`QCOW2Bitmaps`), added and removed through `qemu-img bitmap`.
 public enum QCOW2ImageBitmaps {
     public struct Bitmap: Sendable, Equatable {
         public var name: String
@@ -99,8 +115,19 @@ public enum QCOW2ImageBitmaps {
         }
     }
 
-    /// The image's bitmaps (`qemu-img info`); only meaningful while no QEMU has it open (every loaded bitmap is `in-use`).
+    /// The image's bitmaps, as `qemu-img info` lists them: read from the file, or from `qemu-img info`
+    /// for an image `QCOW2Bitmaps` leaves to QEMU. Only meaningful while no QEMU has it open (every
+    /// loaded bitmap is `in-use`). A malformed image throws (QEMU refuses to open it too).
     public static func list(image: String) throws -> [Bitmap] {
+        do {
+            return try QCOW2Bitmaps.read(image).bitmaps.map { Bitmap(name: $0.name, inconsistent: $0.inUse) }
+        } catch is QCOW2Bitmaps.Unsupported {
+            return try listFromQemuImg(image: image)
+        }
+    }
+
+    /// The same from `qemu-img info`.
+    static func listFromQemuImg(image: String) throws -> [Bitmap] {
         let json = try Command.run(["qemu-img", "info", "--output=json", "-f", "qcow2", image])
         guard let info = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else {
             throw StorageError(.backend, "qemu-img info of '\(image)': not a JSON object")
