@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start-up benchmark (issues 11 and 15): short commands where the serial
 # start and end of a run are most of it, A/B alternating, medians of wall and
-# CPU (user + sys) from /usr/bin/time:
+# CPU (perf stat task-clock: /usr/bin/time's 10 ms ticks are too coarse here):
 #   backup:  snapdump backup 900 --mode stop --storage r1 (a 64 MiB raw disk,
 #            1 MiB of data, into a repository: every run after the first is an
 #            incremental with nothing changed)
@@ -33,14 +33,16 @@ setup() {  # setup NAME BINARY: storages, guest 900 with data, one VMA archive
   ls "$WORK/$n/store/dump/"vzdump-qemu-900-*.vma.zst | head -1
 }
 
-declare -A WALL CPU
-measure() {  # measure KEY BINARY ARGS...
+declare -A WALL CPU LAST
+measure() {  # measure KEY BINARY ARGS...: wall (ms) and CPU (task-clock ms, all threads and children)
   local key=$1 sd=$2; shift 2
-  local out; out=$(/usr/bin/time -f "%e %U %S" "$sd" "$@" 2>&1 >/dev/null | tail -1)
-  read -r e u s <<<"$out"
-  WALL[$key]+="$e "; CPU[$key]+="$(echo "$u + $s" | bc) "
+  local t0 t1 cpu
+  t0=$(date +%s%N)
+  cpu=$(perf stat -x, -e task-clock "$sd" "$@" 2>&1 >/dev/null | grep task-clock | cut -d, -f1)
+  t1=$(date +%s%N)
+  WALL[$key]+="$(( (t1 - t0) / 1000 ))e-3 "; CPU[$key]+="$cpu "
 }
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR % 2) m=a[(NR+1)/2]; else m=(a[NR/2]+a[NR/2+1])/2; printf "%.1f\n", m}'; }
 
 ARCH_A=$(setup A "$A"); ARCH_B=$(setup B "$B")
 log "set up; load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -48,12 +50,16 @@ for i in $(seq 1 "$RUNS"); do
   for v in A B; do
     sd=$A; arch=$ARCH_A; [ $v = B ] && { sd=$B; arch=$ARCH_B; }
     cfg=$WORK/$v/etc
+    # Snapshot names have one-second resolution: a backup in the second its previous one
+    # ended waits for the next second. Start each in a fresh second, so no run measures that wait.
+    while [ "$(date +%s)" -le "${LAST[$v]:-0}" ]; do sleep 0.02; done
     measure "backup $v" "$sd" --config-dir "$cfg" backup 900 --mode stop --storage r1 --quiet
+    LAST[$v]=$(date +%s)
     measure "restore $v" "$sd" --config-dir "$cfg" restore "$arch" 901 --storage local --force
     measure "vmlist $v" "$sd" --config-dir "$cfg" vm list
   done
 done
-echo "| command | A wall (s) | B wall (s) | A CPU (s) | B CPU (s) |"
+echo "| command | A wall (ms) | B wall (ms) | A CPU (ms) | B CPU (ms) |"
 echo "|---|---|---|---|---|"
 for c in backup restore vmlist; do
   echo "| $c | $(median <<<"${WALL[$c A]}") | $(median <<<"${WALL[$c B]}") | $(median <<<"${CPU[$c A]}") | $(median <<<"${CPU[$c B]}") |"
