@@ -1,4 +1,5 @@
 import Foundation
+import SnapdumpSystem
 
 /// Proxmox's backup file names: `vzdump-qemu-<vmid>-<YYYY_MM_DD-HH_MM_SS>.vma[.zst|.gz|.lzo]`
 /// (local time), written as `….vma.dat`, with `….log`, `<archive>.notes` and
@@ -10,14 +11,10 @@ public struct ArchiveName: Hashable, Sendable, CustomStringConvertible {
     public var compression: Compression.Kind
 
     /// The name for a backup of `vmid` started at `date`, in `timeZone`
-    /// (local time by default, as vzdump).
-    public init(vmid: UInt32, date: Date, compression: Compression.Kind, timeZone: TimeZone = .current) {
-        var cal = Calendar(identifier: .gregorian)
-        cal.timeZone = timeZone
-        let c = cal.dateComponents([.year, .month, .day, .hour, .minute, .second], from: date)
-        func p2(_ v: Int?) -> String { let s = String(v ?? 0); return s.count < 2 ? "0" + s : s }
+    /// (nil: local time as the C library reads `TZ` and /etc/localtime, as vzdump).
+    public init(vmid: UInt32, date: Date, compression: Compression.Kind, timeZone: TimeZone? = nil) {
         self.vmid = vmid
-        self.timestamp = "\(String(format: "%04d", c.year ?? 0))_\(p2(c.month))_\(p2(c.day))-\(p2(c.hour))_\(p2(c.minute))_\(p2(c.second))"
+        self.timestamp = CivilTime(date, CivilTime.Zone(timeZone)).underscored
         self.compression = compression
     }
 
@@ -55,18 +52,11 @@ public struct ArchiveName: Hashable, Sendable, CustomStringConvertible {
         return true
     }
 
-    /// The backup start time the name encodes, read in `timeZone`.
-    public func date(timeZone: TimeZone = .current) -> Date? {
-        let n = timestamp.split(whereSeparator: { $0 == "_" || $0 == "-" }).compactMap { Int($0) }
-        guard n.count == 6 else { return nil }
-        var cal = Calendar(identifier: .gregorian)
-        cal.timeZone = timeZone
-        let comps = DateComponents(year: n[0], month: n[1], day: n[2], hour: n[3], minute: n[4], second: n[5])
-        guard let d = cal.date(from: comps) else { return nil }
-        // Reject impossible dates (month 13, 31 February…) that Calendar would roll over.
-        let back = cal.dateComponents([.year, .month, .day, .hour, .minute, .second], from: d)
-        guard back.year == n[0], back.month == n[1], back.day == n[2] else { return nil }
-        return d
+    /// The backup start time the name encodes, read in `timeZone` (nil: local
+    /// time); nil for impossible dates (month 13, 31 February…).
+    public func date(timeZone: TimeZone? = nil) -> Date? {
+        guard let c = CivilTime(underscored: timestamp) else { return nil }
+        return Date(timeIntervalSince1970: TimeInterval(c.seconds(in: CivilTime.Zone(timeZone))))
     }
 
     var stem: String { "vzdump-qemu-\(vmid)-\(timestamp)" }

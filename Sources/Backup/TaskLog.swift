@@ -92,12 +92,8 @@ public final class TaskLog: @unchecked Sendable {
         lock.unlock()
     }
 
-    static func timestamp() -> String {
-        let f = DateFormatter()
-        f.locale = Locale(identifier: "en_US_POSIX")
-        f.dateFormat = "yyyy-MM-dd HH:mm:ss"
-        return f.string(from: Date())
-    }
+    /// Local time now, `2026-11-30 02:00:00` (vzdump's log stamp).
+    static func timestamp() -> String { CivilTime.now(.local).spaced }
 
     static func jsonEvent(_ level: Level, _ message: String, _ event: [String: Double]?) -> String {
         var fields: [(String, Any)] = [("type", event == nil ? "log" : "progress"), ("level", level.rawValue), ("message", message)]

@@ -1,4 +1,5 @@
 import Foundation
+import SnapdumpSystem
 
 /// A plain-text mail as vzdump sends it: RFC 5322 headers, UTF-8 body,
 /// CRLF line ends, `Auto-Submitted` so that mailers do not answer it.
@@ -38,12 +39,8 @@ struct MailMessage {
         return "=?UTF-8?B?\(Data(clean.utf8).base64EncodedString())?="
     }
 
-    var rfc5322Date: String {
-        let f = DateFormatter()
-        f.locale = Locale(identifier: "en_US_POSIX")
-        f.dateFormat = "EEE, dd MMM yyyy HH:mm:ss Z"
-        return f.string(from: date)
-    }
+    /// `Mon, 30 Nov 2026 03:00:00 +0100`, local time.
+    var rfc5322Date: String { CivilTime(date, .local).rfc5322 }
 
     /// The whole message with CRLF line ends (not yet dot-stuffed).
     var text: String {

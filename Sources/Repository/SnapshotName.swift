@@ -1,4 +1,5 @@
 import Foundation
+import SnapdumpSystem
 
 /// A snapshot's name, as PBS names it: `<type>/<id>/<UTC time>`, e.g.
 /// `vm/100/2026-11-30T02:00:00Z`. It is also the snapshot's directory
@@ -51,32 +52,12 @@ public struct SnapshotName: Hashable, Comparable, Sendable, CustomStringConverti
         (a.type, a.id, a.time) < (b.type, b.id, b.time)
     }
 
-    public static func formatTime(_ t: Int64) -> String {
-        var tt = time_t(t)
-        var tm = tm()
-        gmtime_r(&tt, &tm)
-        return String(format: "%04d-%02d-%02dT%02d:%02d:%02dZ", Int(tm.tm_year) + 1900, Int(tm.tm_mon) + 1, Int(tm.tm_mday),
-                      Int(tm.tm_hour), Int(tm.tm_min), Int(tm.tm_sec))
-    }
+    /// `2026-11-30T02:00:00Z`.
+    public static func formatTime(_ t: Int64) -> String { CivilTime(t, .utc).extendedUTC }
 
-    public static func parseTime(_ s: String) -> Int64? {
-        let u = Array(s.utf8)
-        guard u.count == 20, u[4] == 45, u[7] == 45, u[10] == 84, u[13] == 58, u[16] == 58, u[19] == 90 else { return nil }
-        func num(_ r: Range<Int>) -> Int32? {
-            var v: Int32 = 0
-            for c in u[r] { guard c >= 48 && c <= 57 else { return nil }; v = v * 10 + Int32(c - 48) }
-            return v
-        }
-        guard let y = num(0..<4), let mo = num(5..<7), let d = num(8..<10), let h = num(11..<13), let mi = num(14..<16),
-              let se = num(17..<19), (1...12).contains(mo), (1...31).contains(d), h < 24, mi < 60, se < 60 else { return nil }
-        var tm = tm()
-        tm.tm_year = y - 1900; tm.tm_mon = mo - 1; tm.tm_mday = d
-        tm.tm_hour = h; tm.tm_min = mi; tm.tm_sec = se
-        let t = timegm(&tm)
-        // timegm normalises 31 February into March: refuse dates that moved.
-        guard formatTime(Int64(t)) == s else { return nil }
-        return Int64(t)
-    }
+    /// The Unix time of `2026-11-30T02:00:00Z`; nil for any other shape and
+    /// for dates that do not exist (31 February).
+    public static func parseTime(_ s: String) -> Int64? { CivilTime(extendedUTC: s)?.seconds }
 }
 
 /// A repository backup named as a Proxmox volume: `<storeid>:backup/<snapshot>`.

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import Logging
+import SnapdumpSystem
 
 /// snapdumpd's log lines on stderr, one line per event.
 ///
@@ -77,12 +78,7 @@ public struct DaemonLogHandler: LogHandler {
         }
     }
 
-    static func timestamp(_ date: Date) -> String {
-        let f = DateFormatter()
-        f.locale = Locale(identifier: "en_US_POSIX")
-        f.dateFormat = "yyyy-MM-dd HH:mm:ss"
-        return f.string(from: date)
-    }
+    static func timestamp(_ date: Date) -> String { CivilTime(date, .local).spaced }
 
     /// systemd's rule: `JOURNAL_STREAM` is `<device>:<inode>` of the stream
     /// it connected; stderr is the journal only when it is still that stream

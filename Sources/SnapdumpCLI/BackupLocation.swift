@@ -1,6 +1,7 @@
 import ArgumentParser
 import Backup
 import Foundation
+import SnapdumpSystem
 import Repository
 import Storage
 
@@ -60,12 +61,8 @@ enum BackupLocation {
         return try global.storages().config.storage(storeid).type == .repo
     }
 
-    static func time(_ date: Date) -> String {
-        let f = DateFormatter()
-        f.locale = Locale(identifier: "en_US_POSIX")
-        f.dateFormat = "yyyy-MM-dd HH:mm:ss"
-        return f.string(from: date)
-    }
+    /// `2026-11-30 02:00:00`, local time.
+    static func time(_ date: Date) -> String { CivilTime(date, .local).spaced }
 }
 
 /// Writes a line to stderr (warnings and progress; stdout carries the result).

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 @testable import Archive
 
 @Suite("Archive names")
@@ -51,6 +52,40 @@ struct ArchiveNameTests {
     @Test func impossibleDate() throws {
         let n = try #require(ArchiveName(fileName: "vzdump-qemu-1-2025_02_30-00_00_00.vma"))
         #expect(n.date() == nil)
+        #expect(try #require(ArchiveName(fileName: "vzdump-qemu-1-2025_13_01-00_00_00.vma")).date() == nil)
+        #expect(try #require(ArchiveName(fileName: "vzdump-qemu-1-2024_02_29-00_00_00.vma")).date(timeZone: utc) != nil)
+    }
+
+    /// Names in a zone with DST: what Calendar gave before CivilTime, including
+    /// the hour the clocks skip (vzdump never writes it) and the hour they repeat.
+    @Test func namesInVienna() throws {
+        let vienna = try #require(TimeZone(identifier: "Europe/Vienna"))
+        #expect(ArchiveName(vmid: 1, date: Date(timeIntervalSince1970: 1_774_746_000), compression: .zstd, timeZone: vienna).timestamp
+                == "2026_03_29-03_00_00")
+        #expect(ArchiveName(vmid: 1, date: Date(timeIntervalSince1970: 1_792_890_000), compression: .zstd, timeZone: vienna).timestamp
+                == "2026_10_25-02_00_00")
+        var cal = Calendar(identifier: .gregorian)
+        cal.timeZone = vienna
+        for ts in ["2026_03_29-02_30_00", "2026_10_25-02_30_00", "2026_07_01-12_00_00", "2041_01_01-00_00_00"] {
+            let n = try #require(ArchiveName(fileName: "vzdump-qemu-1-\(ts).vma"))
+            let f = ts.split(whereSeparator: { $0 == "_" || $0 == "-" }).map { Int($0)! }
+            let old = cal.date(from: DateComponents(year: f[0], month: f[1], day: f[2], hour: f[3], minute: f[4], second: f[5]))
+            #expect(n.date(timeZone: vienna) == old, "\(ts)")
+        }
+    }
+
+    /// The executable's local time is the C library's, so `TZ` is honoured
+    /// (vzdump's Perl `localtime` reads it the same way): `vma list` prints a
+    /// golden archive's ctime (1700000000) in the zone `TZ` names.
+    @Test("local time follows TZ", arguments: [
+        ("Europe/Vienna", "Tue Nov 14 23:13:20 2023"), ("Asia/Kolkata", "Wed Nov 15 03:43:20 2023"),
+        ("America/New_York", "Tue Nov 14 17:13:20 2023"), ("UTC", "Tue Nov 14 22:13:20 2023"),
+    ])
+    func localTimeFollowsTZ(zone: String, ctime: String) throws {
+        let dir = try #require(Bundle.module.url(forResource: "Golden", withExtension: nil)).path
+        let r = try SnapdumpBinary.run(["vma", "list", dir + "/one-device.vma"], environment: ["TZ": zone])
+        #expect(r.status == 0, "\(r)")
+        #expect(r.stdout.contains("CTIME: \(ctime)\n"), "\(r)")
     }
 }
 

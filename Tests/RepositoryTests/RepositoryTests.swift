@@ -236,6 +236,24 @@ import Archive
         #expect { try plainRepo.chunks.insert(someDigest, blob: encBlob) } throws: { ($0 as! RepositoryError).code == .crypt }
     }
 
+    /// A whole zero chunk is named by the zero digest of the repository: the
+    /// keyed digest of 4 MiB of zeros when encrypted, the plain one otherwise.
+    @Test func zeroChunkDigestFollowsTheKey() throws {
+        let scratch = try Scratch("zero-digest")
+        let crypt = CryptConfig(encKey: [UInt8](repeating: 0x42, count: 32))
+        let plainRepo = try Repository.create(root: scratch.path("store"))
+        let encRepo = try Repository(root: plainRepo.root, crypt: crypt)
+        let zeros = [UInt8](repeating: 0, count: Int(FixedIndex.defaultChunkSize))
+        let d = zeros + [UInt8](repeating: 7, count: 4096)
+        let (sp, _, _) = try backup(plainRepo, time: 1_000_000, disk: d)
+        let (se, _, _) = try backup(encRepo, vmid: "101", time: 1_000_000, disk: d)
+        let keyed = zeros.withUnsafeBytes { crypt.digest($0) }
+        #expect(keyed != DeviceDigest.zeroChunkDigest)
+        #expect(try encRepo.index(se, file: "drive-scsi0.img.fidx").digests[0] == keyed)
+        #expect(try plainRepo.index(sp, file: "drive-scsi0.img.fidx").digests[0] == DeviceDigest.zeroChunkDigest)
+        #expect(try restoreToMemory(encRepo, se, file: "drive-scsi0.img.fidx") == d)
+    }
+
     @Test func protectedSnapshotIsNotRemoved() throws {
         let scratch = try Scratch("prot")
         let repo = try Repository.create(root: scratch.path("store"))

@@ -10,10 +10,11 @@ public struct DumpDirectory: Sendable {
     /// The storage the directory belongs to, for volume ids in logs and
     /// listings; nil for a plain `--dumpdir`.
     public let storage: String?
-    /// Archive names carry local time; they are read in this zone.
-    public let timeZone: TimeZone
+    /// Archive names carry local time; they are read in this zone (nil: the
+    /// C library's local time, `TZ` else /etc/localtime, as vzdump's Perl).
+    public let timeZone: TimeZone?
 
-    public init(path: String, storage: String? = nil, timeZone: TimeZone = .current) {
+    public init(path: String, storage: String? = nil, timeZone: TimeZone? = nil) {
         var p = path
         while p.count > 1 && p.hasSuffix("/") { p.removeLast() }
         self.path = p

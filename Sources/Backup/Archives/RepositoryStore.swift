@@ -8,17 +8,17 @@ import Repository
 public struct RepositoryStore: Sendable {
     public let storage: String
     public let repository: Repository
-    /// Prune periods (days, weeks) are counted in this zone, as for archives.
-    public let timeZone: TimeZone
+    /// Prune periods (days, weeks) are counted in this zone, as for archives (nil: local time).
+    public let timeZone: TimeZone?
 
-    public init(storage: String, repository: Repository, timeZone: TimeZone = .current) {
+    public init(storage: String, repository: Repository, timeZone: TimeZone? = nil) {
         self.storage = storage
         self.repository = repository
         self.timeZone = timeZone
     }
 
     /// Opens the repository at `path`, with the storage's key file if it has one.
-    public init(storage: String, path: String, encryptionKey: String?, timeZone: TimeZone = .current) throws {
+    public init(storage: String, path: String, encryptionKey: String?, timeZone: TimeZone? = nil) throws {
         let crypt = try encryptionKey.map { try KeyFile.crypt(from: $0) }
         self.init(storage: storage, repository: try Repository(root: path, crypt: crypt), timeZone: timeZone)
     }

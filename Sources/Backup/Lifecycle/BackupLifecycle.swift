@@ -34,7 +34,7 @@ public enum BackupLifecycle {
     /// (nil for `--dumpdir`), used for volume ids in the log.
     public static func afterCommit(archivePath: String, vmid: Int, guestName: String?, storage: String?,
                                    settings: BackupSettings, log: TaskLog,
-                                   node: String = NotesTemplate.nodeName(), timeZone: TimeZone = .current) throws {
+                                   node: String = NotesTemplate.nodeName(), timeZone: TimeZone? = nil) throws {
         let dir = (archivePath as NSString).deletingLastPathComponent
         let dump = DumpDirectory(path: dir.isEmpty ? "." : dir, storage: storage, timeZone: timeZone)
 

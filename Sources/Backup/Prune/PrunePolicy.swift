@@ -1,5 +1,6 @@
 import Foundation
 import SnapdumpConfig
+import SnapdumpSystem
 
 /// Proxmox's backup retention (`prune-backups`): `keep-all`, or any of
 /// `keep-last`, `keep-hourly`, `keep-daily`, `keep-weekly`, `keep-monthly`,
@@ -161,7 +162,8 @@ extension PrunePolicy {
     /// - With keep-all, or no count > 0, everything is kept (protected stays protected).
     /// - Otherwise the backups, newest first, go through keep-last, -hourly,
     ///   -daily, -weekly (ISO week and year), -monthly, -yearly in that order,
-    ///   with periods in `timeZone` (local time, as vzdump). In each pass,
+    ///   with periods in `timeZone` (nil: local time as the C library reads
+    ///   `TZ` and /etc/localtime, as vzdump's Perl `localtime`). In each pass,
     ///   backups already marked and periods already held by a kept backup are
     ///   skipped; the first backup of a new period is kept until N new periods
     ///   are taken (the pass stops at the next new period); later backups in a
@@ -171,7 +173,7 @@ extension PrunePolicy {
     ///
     /// Entries with the same time keep their relative order (a stable sort,
     /// as Perl's); keep-last counts them as one period, as Proxmox does.
-    public func mark(_ entries: [Entry], timeZone: TimeZone = .current) -> [PruneMark] {
+    public func mark(_ entries: [Entry], timeZone: TimeZone? = nil) -> [PruneMark] {
         var marks: [PruneMark?] = entries.map { $0.isProtected ? .protected : nil }
         if keepsEverything {
             return marks.map { $0 ?? .keep }
@@ -181,11 +183,11 @@ extension PrunePolicy {
             let da = entries[a].date, db = entries[b].date
             return da != db ? da > db : a < b
         }
-        var cal = Calendar(identifier: .gregorian)
-        cal.timeZone = timeZone
+        let zone = CivilTime.Zone(timeZone)
+        let civil = entries.map { CivilTime($0.date, zone) }
         for option in Option.allCases {
             guard let count = counts[option], count > 0 else { continue }
-            let ids = order.map { PrunePeriod.id(option, entries[$0].date, calendar: cal) }
+            let ids = order.map { PrunePeriod.id(option, entries[$0].date, civil[$0]) }
             var alreadyIncluded = Set<String>()
             for (k, i) in order.enumerated() where marks[i] == .keep {
                 alreadyIncluded.insert(ids[k])
@@ -208,12 +210,12 @@ extension PrunePolicy {
 
 /// Period ids of the prune passes, as Proxmox computes them from localtime.
 enum PrunePeriod {
-    static func id(_ option: PrunePolicy.Option, _ date: Date, calendar: Calendar) -> String {
-        let c = calendar.dateComponents([.year, .month, .day, .hour], from: date)
-        let y = c.year ?? 0, m = c.month ?? 1, d = c.day ?? 1
+    /// `c` is `date` on the zone's wall clock (the fields Perl's `localtime` gives Proxmox).
+    static func id(_ option: PrunePolicy.Option, _ date: Date, _ c: CivilTime) -> String {
+        let y = c.year, m = c.month, d = c.day
         switch option {
         case .last: return String(Int64(date.timeIntervalSince1970.rounded(.down)))
-        case .hourly: return "\(c.hour ?? 0)/\(d)/\(m)/\(y)"
+        case .hourly: return "\(c.hour)/\(d)/\(m)/\(y)"
         case .daily: return "\(d)/\(m)/\(y)"
         case .weekly:
             let w = isoWeek(year: y, month: m, day: d)

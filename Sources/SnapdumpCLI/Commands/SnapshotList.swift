@@ -13,14 +13,12 @@ struct SnapshotList: AsyncParsableCommand {
     func run() async throws {
         let reg = try global.storages()
         let ids = try storeid.map { [try reg.config.storage($0).id] } ?? reg.config.storages.map(\.id)
-        let f = DateFormatter()
-        f.dateFormat = "yyyy-MM-dd HH:mm:ss"
         var records: [OutputRecord] = []
         func add(_ volume: VolumeID, _ name: String, _ created: Date, _ used: UInt64?) {
             var r = OutputRecord()
             r.add("volid", "Volume", .string("\(volume)"))
             r.add("snapshot", "Snapshot", .string(name))
-            r.add("ctime", "Created", .of(created), text: f.string(from: created))
+            r.add("ctime", "Created", .of(created), text: BackupLocation.time(created))
             r.add("used", "Used", .of(used))
             // Kept by an incremental repository backup as the next one's base (removed by the backups, not by hand).
             r.add("base", "Base", .bool(BaseSnapshot.isBase(name)), text: BaseSnapshot.isBase(name) ? "base" : "-")

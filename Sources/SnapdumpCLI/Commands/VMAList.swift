@@ -1,6 +1,7 @@
 import ArgumentParser
 import Archive
 import Foundation
+import SnapdumpSystem
 
 /// `snapdump vma list <archive>`: config files and devices, as `vma list` prints them.
 struct VMAList: ParsableCommand {
@@ -55,14 +56,5 @@ struct VMAList: ParsableCommand {
     }
 
     /// As C's ctime() without the newline: `Tue Jan  7 10:00:00 2025`.
-    static func ctime(_ t: Int64) -> String {
-        let f = DateFormatter()
-        f.locale = Locale(identifier: "en_US_POSIX")
-        f.dateFormat = "EEE MMM d HH:mm:ss yyyy"
-        let s = f.string(from: Date(timeIntervalSince1970: TimeInterval(t)))
-        // ctime pads the day of month to two characters with a space.
-        let parts = s.split(separator: " ", omittingEmptySubsequences: false)
-        guard parts.count == 5, parts[2].count == 1 else { return s }
-        return "\(parts[0]) \(parts[1])  \(parts[2]) \(parts[3]) \(parts[4])"
-    }
+    static func ctime(_ t: Int64) -> String { CivilTime(t, .local).ctime }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import SnapdumpSystem
 
 /// The storage snapshot a repository backup read, kept after the backup as
 /// the base the next backup's change tracking starts from: one per disk and
@@ -23,28 +24,20 @@ public enum BaseSnapshot {
     /// carried the repository, which every repository treats as its own).
     /// A storage id too long for a snapshot name (64 characters) is replaced by a hash of it.
     public static func name(backupTime: Int64, repository: String? = nil) -> String {
-        let base = prefix + timeFormatter().string(from: Date(timeIntervalSince1970: TimeInterval(backupTime)))
+        let base = prefix + CivilTime(backupTime, .utc).basicUTC
         guard let repository else { return base }
         return base + "_" + tag(repository)
     }
 
     /// The backup time in base name `snapshot` (the Unix epoch if it has none).
     public static func created(_ snapshot: String) -> Date {
-        timeFormatter().date(from: timeText(of: snapshot)) ?? Date(timeIntervalSince1970: 0)
+        CivilTime(basicUTC: timeText(of: snapshot))?.date ?? Date(timeIntervalSince1970: 0)
     }
 
     /// The part of a base name after its time: `_<repository tag>`, or empty for a base
     /// named before names carried the repository.
     public static func repositoryPart(of snapshot: String) -> Substring {
         snapshot.dropFirst(prefix.count + timeLength)
-    }
-
-    private static func timeFormatter() -> DateFormatter {
-        let f = DateFormatter()
-        f.locale = Locale(identifier: "en_US_POSIX")
-        f.timeZone = TimeZone(identifier: "UTC")
-        f.dateFormat = "yyyyMMdd'T'HHmmss'Z'"
-        return f
     }
 
     /// The repository part of a base name for storage id `repository`.

@@ -180,10 +180,7 @@ public struct BtrfsPlugin: StoragePlugin {
                 let t = line.trimmingCharacters(in: .whitespaces)
                 guard t.hasPrefix("Creation time:") else { continue }
                 let value = t.dropFirst("Creation time:".count).trimmingCharacters(in: .whitespaces)
-                let f = DateFormatter()
-                f.locale = Locale(identifier: "en_US_POSIX")
-                f.dateFormat = "yyyy-MM-dd HH:mm:ss Z"
-                if let d = f.date(from: value) { return d }
+                if let c = CivilTime(spaced: value, offset: true) { return c.date }
             }
         }
         let attrs = try? FileManager.default.attributesOfItem(atPath: subvolume)
