@@ -28,7 +28,7 @@ let package = Package(
         // Owned file descriptors, positional I/O, fsync, SEEK_DATA/HOLE, ioctls, external commands, locks.
         .target(name: "SnapdumpSystem", dependencies: ["CShims"], exclude: ["README.md"]),
         // Proxmox-style file formats: section config, key: value files, property strings.
-        .target(name: "SnapdumpConfig", exclude: ["README.md"]),
+        .target(name: "SnapdumpConfig", dependencies: ["SnapdumpSystem"], exclude: ["README.md"]),
         // StoragePlugin protocol, plugins, volume ids, snapshots, BlockSource.
         .target(name: "Storage", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "CNBD", "CRBD"], exclude: ["README.md"]),
         // VM configs, QEMU command line, QMP and guest-agent clients, lifecycle, move-disk.

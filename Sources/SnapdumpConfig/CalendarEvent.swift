@@ -1,4 +1,5 @@
 import Foundation
+import SnapdumpSystem
 
 /// A Proxmox calendar event (`schedule` in jobs.cfg), as proxmox-time parses
 /// and evaluates it:
@@ -281,43 +282,24 @@ public struct Civil: Comparable, Hashable, Sendable, CustomStringConvertible {
 
     public static func < (a: Civil, b: Civil) -> Bool { a.seconds < b.seconds }
 
-    public static func isLeapYear(_ y: Int) -> Bool { (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 }
+    // The proleptic Gregorian arithmetic is CivilTime's (one algorithm for the scheduler and the formatters).
+    public static func isLeapYear(_ y: Int) -> Bool { CivilTime.isLeapYear(y) }
 
-    public static func daysInMonth(year: Int, month: Int) -> Int {
-        switch month {
-        case 2: return isLeapYear(year) ? 29 : 28
-        case 4, 6, 9, 11: return 30
-        default: return 31
-        }
-    }
+    public static func daysInMonth(year: Int, month: Int) -> Int { CivilTime.daysIn(month: month, year: year) }
 
     /// 0 = Monday … 6 = Sunday.
     public static func weekday(year: Int, month: Int, day: Int) -> Int {
-        let d = days(year: year, month: month, day: day)
-        return ((d + 3) % 7 + 7) % 7 // 1970-01-01 was a Thursday
+        Int(((days(year: year, month: month, day: day) + 3) % 7 + 7) % 7) // 1970-01-01 was a Thursday
     }
 
-    /// Days since 1970-01-01 (proleptic Gregorian; H. Hinnant's algorithm).
+    /// Days since 1970-01-01 (proleptic Gregorian).
     static func days(year: Int, month: Int, day: Int) -> Int {
-        let y = month <= 2 ? year - 1 : year
-        let era = (y >= 0 ? y : y - 399) / 400
-        let yoe = y - era * 400
-        let mp = (month + 9) % 12
-        let doy = (153 * mp + 2) / 5 + day - 1
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
-        return era * 146097 + doe - 719468
+        Int(CivilTime.days(year: year, month: month, day: day))
     }
 
     static func civil(fromDays z0: Int) -> (Int, Int, Int) {
-        let z = z0 + 719468
-        let era = (z >= 0 ? z : z - 146096) / 146097
-        let doe = z - era * 146097
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let d = doy - (153 * mp + 2) / 5 + 1
-        let m = mp < 10 ? mp + 3 : mp - 9
-        return (yoe + era * 400 + (m <= 2 ? 1 : 0), m, d)
+        let c = CivilTime.civil(fromDays: Int64(z0))
+        return (c.year, c.month, c.day)
     }
 
     /// Parses `YYYY-MM-DD HH:MM[:SS]` (also `YYYY-MM-DD` and `…THH:MM`).
