@@ -10,11 +10,15 @@
 # space: 8 GiB needs ~35 GiB free). First backup (full), then `real-disk.sh
 # change` of PCT % of the disk (another seed per storage: no change is
 # stored twice), then the second backup, timed: only the changed ranges
-# are read. Against `restic backup` and `borg create -C zstd,3` of the XFS
-# guest's disk file before and after its change (their second run timed).
+# are read. Against `restic backup` and `borg create -C zstd,3` of each
+# guest's disk file where it lives (the raw file on btrfs, XFS and zfs-fuse,
+# the qcow2 file), before and after the same change (their second run timed):
+# what a user of that storage would run. The summary gives each storage's
+# ratio against the baselines on the same storage and against the fastest
+# baseline of the run (whatever storage it read from).
 #
 # RUNS > 1 repeats change + second backups (new seed each time, snapdump on
-# every storage, restic and borg alternating in one loop) and reports each.
+# every storage, then restic and borg on every storage) and reports each.
 #
 # Per run: wall and CPU seconds (/usr/bin/time; CPU of the process and its
 # children, e.g. btrfs send, zfs send), bytes read from the disk (snapdump's
@@ -22,23 +26,26 @@
 # bytes stored (snapdump: new chunks compressed; restic/borg: repository growth).
 #
 # Usage (root): scripts/bench/incremental-bench.sh [SIZE_MIB [PCT [SEED [MODE [RUNS]]]]]
-#   defaults 2048 1 11 extents 1. Needs the release binary
-#   (swift build -c release --product snapdump) or SNAPDUMP_BIN.
+#   defaults 2048 1 11 extents 1. Runs the self-contained release binary the package installs
+#   (`make release`: .build/static/release/snapdump), else .build/release/snapdump, or SNAPDUMP_BIN.
 #   SKIP_BASELINES=1: snapdump only. Results appended to .build/bench/incremental-bench.md.
 #   PROFILE_DIR=DIR: each second backup runs under `perf record -F 4999 -g` (DIR/second-STORAGE-RUN.data;
 #   its times then include perf's overhead). TRACE_DIR=DIR: under `strace -f -tt -T` (DIR/second-STORAGE-RUN.strace).
 #   STORAGES="qc": only these of bt (btrfs) xf (XFS reflink) zf (zfs-fuse) qc (qcow2), default all four;
-#   the others' filesystems are not made. The restic/borg baselines back up the XFS guest: they need xf.
+#   the others' filesystems are not made.
 set -euo pipefail
 HERE=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 ROOT=$(readlink -f "$HERE/../..")
 SIZE=${1:-2048} PCT=${2:-1} SEED=${3:-11} MODE=${4:-extents} RUNS=${5:-1}
-BIN=${SNAPDUMP_BIN:-$ROOT/.build/release/snapdump}
+BIN=${SNAPDUMP_BIN:-}
+if [ -z "$BIN" ]; then
+  BIN=$ROOT/.build/static/release/snapdump
+  [ -x "$BIN" ] || BIN=$ROOT/.build/release/snapdump
+fi
 RESULTS=${BENCH_RESULTS:-$ROOT/.build/bench/incremental-bench.md}
-[ -x "$BIN" ] || { echo "bench: no snapdump binary at $BIN (swift build -c release --product snapdump)" >&2; exit 1; }
+[ -x "$BIN" ] || { echo "bench: no snapdump binary at $BIN (make release)" >&2; exit 1; }
 read -r -a STORAGES <<<"${STORAGES:-bt xf zf qc}"
 has() { [[ " ${STORAGES[*]} " == *" $1 "* ]]; }
-[ -z "${SKIP_BASELINES:-}" ] && ! has xf && { echo >&2 "bench: the restic/borg baselines back up the XFS guest: STORAGES needs xf (or SKIP_BASELINES=1)"; exit 1; }
 W=$(mktemp -d "${SNAPDUMP_BENCH_DIR:-/var/tmp}/snapdump-incr-bench.XXXXXX")
 CONF=$W/etc
 log() { echo "bench: $*" >&2; }
@@ -80,7 +87,7 @@ if has qc; then
 fi
 
 # The guests: one disk each, filled with the image (zfs-fuse: a plain copy, its files have no holes to keep).
-declare -A DISK
+declare -A DISK CHANGED
 sd storage add repo r1 --path "$W/repo" >/dev/null
 sd repo init r1 >/dev/null
 declare -A SEEDOFF=([bt]=0 [xf]=1000 [zf]=2000 [qc]=3000)
@@ -149,8 +156,12 @@ if [ -n "$baselines" ]; then
   export RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
   restic init -q -r "$W/restic" >/dev/null
   borg init -e none "$W/borg"
-  r1=$(timed "$W/restic-1" restic backup -q -r "$W/restic" "${DISK[xf]}")
-  b1=$(timed "$W/borg-1" borg create -C zstd,3 "$W/borg::one" "${DISK[xf]}")
+  # One repository per tool for every disk, as snapdump's: later disks' first backups deduplicate.
+  declare -A R1 B1
+  for s in "${STORAGES[@]}"; do
+    R1[$s]=$(timed "$W/restic-1-$s" restic backup -q -r "$W/restic" "${DISK[$s]}")
+    B1[$s]=$(timed "$W/borg-1-$s" borg create -C zstd,3 "$W/borg::one-$s" "${DISK[$s]}")
+  done
 fi
 du_b() { du -sb "$1" | cut -f1; }
 
@@ -162,7 +173,12 @@ du_b() { du -sb "$1" | cut -f1; }
     read -r rb _ _ st _ <<<"$(summary "$W/first-$s")"
     echo "first backup, ${LABEL[$s]}: $w s wall, $c s CPU, $(mib "$rb") MiB read, $(mib "$st") MiB stored"
   done
-  [ -n "$baselines" ] && { read -r w c rc <<<"$r1"; echo "first restic backup: $w s wall, $c s CPU; first borg create: $(cut -d' ' -f1 <<<"$b1") s wall, $(cut -d' ' -f2 <<<"$b1") s CPU"; }
+  if [ -n "$baselines" ]; then
+    for s in "${STORAGES[@]}"; do
+      read -r w c _ <<<"${R1[$s]}"
+      echo "first restic backup of the ${LABEL[$s]%% (*} disk: $w s wall, $c s CPU; first borg create: $(cut -d' ' -f1 <<<"${B1[$s]}") s wall, $(cut -d' ' -f2 <<<"${B1[$s]}") s CPU"
+    done
+  fi
   echo
   echo "| run | tool | changed | second backup: wall | CPU | read from the disk | chunks read (patched) | stored | load |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
@@ -172,7 +188,7 @@ for run in $(seq 1 "$RUNS"); do
   seed=$((SEED + run - 1))
   for s in "${STORAGES[@]}"; do
     changed=$("$HERE/real-disk.sh" change "${DISK[$s]}" "$PCT" $((seed + SEEDOFF[$s])) "$MODE")
-    [ "$s" = xf ] && baseline_changed=$changed
+    CHANGED[$s]=$changed
     sync -f "${DISK[$s]}"
     sleep 1   # one backup per second and guest
     prof=()
@@ -180,24 +196,48 @@ for run in $(seq 1 "$RUNS"); do
     [ -n "${TRACE_DIR:-}" ] && mkdir -p "$TRACE_DIR" && prof=(strace -f -tt -T -o "$TRACE_DIR/second-$s-$run.strace")
     t=$(timed "$W/second-$s-$run" "${prof[@]}" "$BIN" backup "${VMID[$s]}" --mode stop --storage r1 --output-format json --config-dir "$CONF")
     read -r w c _ <<<"$t"
+    echo "$s snapdump $w" >>"$W/walls"
     read -r rb cr ct st pa <<<"$(summary "$W/second-$s-$run")"
     pct=$(awk -v r="$rb" -v t="$SIZE_BYTES" 'BEGIN {printf "%.2f", 100 * r / t}')
     echo "| $run | snapdump, ${LABEL[$s]} | $(mib "$changed") MiB | **$w s** | $c s | $(mib "$rb") MiB ($pct %) | $cr of $ct ($pa) | $(mib "$st") MiB | $(load) |" >>"$out"
     grep -h "incremental: \|full read" "$W/second-$s-$run.err" | sed 's/^/    /' >&2 || true
   done
   if [ -n "$baselines" ]; then
-    # The XFS guest's disk, changed above (the same change snapdump read).
-    changed=$baseline_changed
-    before=$(du_b "$W/restic")
-    t=$(timed "$W/restic-2-$run" restic backup -q -r "$W/restic" "${DISK[xf]}")
-    read -r w c rc <<<"$t"
-    echo "| $run | restic $(restic version | cut -d' ' -f2) | $(mib "$changed") MiB | $w s | $c s | ≥ $(mib "$rc") MiB | | $(mib $(( $(du_b "$W/restic") - before ))) MiB | $(load) |" >>"$out"
-    before=$(du_b "$W/borg")
-    t=$(timed "$W/borg-2-$run" borg create -C zstd,3 "$W/borg::two-$run" "${DISK[xf]}")
-    read -r w c rc <<<"$t"
-    echo "| $run | borg $(borg --version | cut -d' ' -f2) \`-C zstd,3\` | $(mib "$changed") MiB | $w s | $c s | ≥ $(mib "$rc") MiB | | $(mib $(( $(du_b "$W/borg") - before ))) MiB | $(load) |" >>"$out"
+    # Each guest's disk where it lives, changed above (the same change snapdump read).
+    for s in "${STORAGES[@]}"; do
+      changed=${CHANGED[$s]}
+      before=$(du_b "$W/restic")
+      t=$(timed "$W/restic-2-$s-$run" restic backup -q -r "$W/restic" "${DISK[$s]}")
+      read -r w c rc <<<"$t"
+      echo "$s restic $w" >>"$W/walls"
+      echo "| $run | restic $(restic version | cut -d' ' -f2), ${LABEL[$s]%% (*} disk | $(mib "$changed") MiB | $w s | $c s | ≥ $(mib "$rc") MiB | | $(mib $(( $(du_b "$W/restic") - before ))) MiB | $(load) |" >>"$out"
+      before=$(du_b "$W/borg")
+      t=$(timed "$W/borg-2-$s-$run" borg create -C zstd,3 "$W/borg::two-$s-$run" "${DISK[$s]}")
+      read -r w c rc <<<"$t"
+      echo "$s borg $w" >>"$W/walls"
+      echo "| $run | borg $(borg --version | cut -d' ' -f2) \`-C zstd,3\`, ${LABEL[$s]%% (*} disk | $(mib "$changed") MiB | $w s | $c s | ≥ $(mib "$rc") MiB | | $(mib $(( $(du_b "$W/borg") - before ))) MiB | $(load) |" >>"$out"
+    done
   fi
 done
+if [ -n "$baselines" ]; then
+  # Medians of the second backups' wall times; ratios against the same storage's baselines
+  # and against the fastest baseline median of the run.
+  python3 - "$W/walls" >>"$out" <<'EOF'
+import statistics, sys
+walls = {}
+for line in open(sys.argv[1]):
+    s, tool, w = line.split()
+    walls.setdefault(s, {}).setdefault(tool, []).append(float(w))
+med = {s: {t: statistics.median(v) for t, v in d.items()} for s, d in walls.items()}
+fast = {t: min(m[t] for m in med.values()) for t in ("restic", "borg")}
+print()
+print("| median second backup | snapdump | borg, same disk | × | restic, same disk | × | × fastest borg (%.2f s) | × fastest restic (%.2f s) |" % (fast["borg"], fast["restic"]))
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for s, m in med.items():
+    sd = m["snapdump"]
+    print("| %s | %.2f s | %.2f s | %.1f× | %.2f s | %.1f× | %.1f× | %.1f× |" % (s, sd, m["borg"], m["borg"] / sd, m["restic"], m["restic"] / sd, fast["borg"] / sd, fast["restic"] / sd))
+EOF
+fi
 echo >>"$out"
 tee -a "$RESULTS" <"$out"
 # The backups' logs (JSON lines with times) beside the results, for where the time went.
