@@ -61,7 +61,7 @@ let package = Package(
         // Shared test helpers: integration gating, fixture locations, running commands.
         .target(name: "TestSupport", dependencies: ["SnapdumpSystem", "SnapdumpConfig", "Guest"], path: "Tests/TestSupport"),
         .testTarget(name: "SnapdumpSystemTests", dependencies: ["SnapdumpSystem", "TestSupport"]),
-        .testTarget(name: "SnapdumpConfigTests", dependencies: ["SnapdumpConfig", "TestSupport"]),
+        .testTarget(name: "SnapdumpConfigTests", dependencies: ["SnapdumpConfig", "SnapdumpSystem", "TestSupport"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Repository", "SnapdumpSystem", "SnapdumpConfig", "TestSupport"]),
         .testTarget(name: "GuestTests", dependencies: ["Guest", "Storage", "SnapdumpSystem", "TestSupport"]),
         .testTarget(name: "ArchiveTests", dependencies: ["Archive", "SnapdumpSystem", "CShims", "CZstd", "TestSupport"], resources: [.copy("Golden")]),

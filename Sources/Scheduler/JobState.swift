@@ -106,9 +106,7 @@ public struct JobStateStore: Sendable {
     public func newTaskLog(_ id: String, date: Date) throws -> String {
         let dir = logDirectory(id)
         try FileSystem.createDirectory(dir)
-        let c = Civil(date, in: .current)
-        func p(_ v: Int) -> String { v < 10 ? "0\(v)" : "\(v)" }
-        let base = "\(c.year)_\(p(c.month))_\(p(c.day))-\(p(c.hour))_\(p(c.minute))_\(p(c.second))"
+        let base = CivilTime(date, .local).underscored
         var name = base
         var n = 1
         while FileSystem.exists("\(dir)/\(name).log") { n += 1; name = "\(base).\(n)" }

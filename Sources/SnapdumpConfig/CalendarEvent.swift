@@ -93,7 +93,8 @@ public struct CalendarEvent: Sendable, Equatable, CustomStringConvertible {
     /// Monday = bit 0 … Sunday = bit 6; 0 means every day.
     struct Weekdays: Equatable, Sendable {
         var bits: UInt8 = 0
-        func contains(mondayBased day: Int) -> Bool { bits == 0 || bits & (1 << day) != 0 }
+        /// Whether `weekday` (0 = Sunday … 6 = Saturday, as `CivilTime.weekday`) is one of them.
+        func contains(_ weekday: Int) -> Bool { bits == 0 || bits & (1 << ((weekday + 6) % 7)) != 0 }
     }
 
     static let weekdayNames = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -122,8 +123,8 @@ public struct CalendarEvent: Sendable, Equatable, CustomStringConvertible {
     /// event fires, evaluated in `timeZone` (ignored for `… UTC` events), or
     /// nil when it never fires again (`2021-02-29`, `02-30`).
     public func next(after date: Date, in timeZone: TimeZone = .current) -> Date? {
-        // Outside Civil's years the arithmetic below would overflow; nothing fires there anyway (years ≤ 2199).
-        guard Civil.supportedSeconds.contains(date.timeIntervalSince1970) else { return nil }
+        // Outside CivilTime's years the arithmetic below would overflow; nothing fires there anyway (years ≤ 2199).
+        guard CivilTime.supportedSeconds.contains(date.timeIntervalSince1970) else { return nil }
         let zone = utc ? TimeZone(identifier: "UTC")! : timeZone
         // Whole seconds: the result is > date, so it is ≥ floor(date) + 1.
         var t = Int64(date.timeIntervalSince1970.rounded(.down)) + 1
@@ -134,11 +135,11 @@ public struct CalendarEvent: Sendable, Equatable, CustomStringConvertible {
             let offset = Int64(zone.secondsFromGMT(for: Date(timeIntervalSince1970: TimeInterval(t))))
             let end = zone.nextDaylightSavingTimeTransition(after: Date(timeIntervalSince1970: TimeInterval(t)))
                 .map { Int64($0.timeIntervalSince1970.rounded(.up)) }
-            let start = Civil(seconds: t + offset)
+            let start = CivilTime(t + offset)
             if let match = firstMatch(atOrAfter: start) {
                 let instant = match.seconds - offset
                 if end == nil || instant < end! { return Date(timeIntervalSince1970: TimeInterval(instant)) }
-            } else if firstMatch(atOrAfter: Civil(seconds: t + offset - 86400)) == nil {
+            } else if firstMatch(atOrAfter: CivilTime(t + offset - 86400)) == nil {
                 // Later segments start at most a day earlier in local time.
                 return nil
             }
@@ -166,10 +167,10 @@ public struct CalendarEvent: Sendable, Equatable, CustomStringConvertible {
         next(after: date.addingTimeInterval(-1), in: timeZone) == Date(timeIntervalSince1970: date.timeIntervalSince1970.rounded(.down))
     }
 
-    /// The first local date-time ≥ `start` whose fields all match, ignoring
-    /// time zones. Years repeat the Gregorian pattern every 400 years, so 400
+    /// The first wall-clock time (a `CivilTime` whose `utcOffset` is 0) ≥
+    /// `start` whose fields all match, ignoring time zones. Years repeat the Gregorian pattern every 400 years, so 400
     /// candidate years without a match mean "never".
-    func firstMatch(atOrAfter start: Civil) -> Civil? {
+    func firstMatch(atOrAfter start: CivilTime) -> CivilTime? {
         var year = start.year
         var checked = 0
         while checked < 400, let y = nextYear(atLeast: year) {
@@ -185,17 +186,17 @@ public struct CalendarEvent: Sendable, Equatable, CustomStringConvertible {
         return years.compactMap { $0.first(atLeast: y) }.min()
     }
 
-    private func match(inYear y: Int, from: Civil?) -> Civil? {
+    private func match(inYear y: Int, from: CivilTime?) -> CivilTime? {
         var month = months.first(atLeast: from?.month ?? 1)
         while let m = month {
             let onMonth = from != nil && m == from!.month
-            let dim = Civil.daysInMonth(year: y, month: m)
+            let dim = CivilTime.daysIn(month: m, year: y)
             var day = days.first(atLeast: onMonth ? from!.day : 1)
             while let d = day, d <= dim {
-                if weekdays.bits == 0 || weekdays.contains(mondayBased: Civil.weekday(year: y, month: m, day: d)) {
+                if weekdays.bits == 0 || weekdays.contains(CivilTime(year: y, month: m, day: d).weekday) {
                     let onDay = onMonth && d == from!.day
                     if let (h, mi, s) = firstTime(from: onDay ? (from!.hour, from!.minute, from!.second) : nil) {
-                        return Civil(year: y, month: m, day: d, hour: h, minute: mi, second: s)
+                        return CivilTime(year: y, month: m, day: d, hour: h, minute: mi, second: s)
                     }
                 }
                 day = days.first(atLeast: d + 1)
@@ -218,105 +219,5 @@ public struct CalendarEvent: Sendable, Equatable, CustomStringConvertible {
             hour = hours.first(atLeast: h + 1)
         }
         return nil
-    }
-}
-
-/// A local (wall-clock) date and time, without a zone.
-public struct Civil: Comparable, Hashable, Sendable, CustomStringConvertible {
-    public var year, month, day, hour, minute, second: Int
-
-    /// The years times are given and computed in; bounded so that seconds
-    /// since the epoch never overflow (`--starttime` far in the future).
-    public static let supportedYears = 1...9999
-    /// Seconds since the epoch of `supportedYears` (UTC; one day of margin at each end for time zones).
-    public static let supportedSeconds: ClosedRange<Double> = (-62_135_596_800 + 86400)...(253_402_300_799 - 86400)
-
-    public init(year: Int, month: Int, day: Int, hour: Int = 0, minute: Int = 0, second: Int = 0) {
-        (self.year, self.month, self.day, self.hour, self.minute, self.second) = (year, month, day, hour, minute, second)
-    }
-
-    /// The civil time of `seconds` since 1970-01-01 00:00:00 (of the same clock).
-    public init(seconds: Int64) {
-        let days = Int(seconds >= 0 ? seconds / 86400 : (seconds - 86399) / 86400)
-        let rem = Int(seconds - Int64(days) * 86400)
-        let (y, m, d) = Civil.civil(fromDays: days)
-        self.init(year: y, month: m, day: d, hour: rem / 3600, minute: rem / 60 % 60, second: rem % 60)
-    }
-
-    /// The wall-clock time of `date` in `zone`.
-    public init(_ date: Date, in zone: TimeZone) {
-        let t = Int64(date.timeIntervalSince1970.rounded(.down))
-        self.init(seconds: t + Int64(zone.secondsFromGMT(for: date)))
-    }
-
-    /// Seconds since 1970-01-01 00:00:00 of the same clock.
-    public var seconds: Int64 {
-        Int64(Civil.days(year: year, month: month, day: day)) * 86400 + Int64(hour * 3600 + minute * 60 + second)
-    }
-
-    /// The instant this wall-clock time denotes in `zone`: for a time that
-    /// exists twice, the first; for one that does not exist (clocks going
-    /// forward), the instant the same distance after the gap's start
-    /// (02:30 becomes 03:30), as mktime does.
-    public func date(in zone: TimeZone) -> Date {
-        let local = seconds
-        // Try the offsets in force a day before and after; take the earliest consistent one.
-        let around = [local - 86400, local + 86400].map { Int64(zone.secondsFromGMT(for: Date(timeIntervalSince1970: TimeInterval($0)))) }
-        let candidates = Set(around).map { local - $0 }.sorted()
-        for t in candidates where Int64(zone.secondsFromGMT(for: Date(timeIntervalSince1970: TimeInterval(t)))) == local - t {
-            return Date(timeIntervalSince1970: TimeInterval(t))
-        }
-        // In a gap: interpret with the offset before the gap.
-        let before = around[0]
-        return Date(timeIntervalSince1970: TimeInterval(local - before))
-    }
-
-    /// `YYYY-MM-DD HH:MM:SS`.
-    public var description: String {
-        func p(_ v: Int, _ w: Int) -> String {
-            let s = String(v)
-            return s.count >= w ? s : String(repeating: "0", count: w - s.count) + s
-        }
-        return "\(p(year, 4))-\(p(month, 2))-\(p(day, 2)) \(p(hour, 2)):\(p(minute, 2)):\(p(second, 2))"
-    }
-
-    public static func < (a: Civil, b: Civil) -> Bool { a.seconds < b.seconds }
-
-    // The proleptic Gregorian arithmetic is CivilTime's (one algorithm for the scheduler and the formatters).
-    public static func isLeapYear(_ y: Int) -> Bool { CivilTime.isLeapYear(y) }
-
-    public static func daysInMonth(year: Int, month: Int) -> Int { CivilTime.daysIn(month: month, year: year) }
-
-    /// 0 = Monday … 6 = Sunday.
-    public static func weekday(year: Int, month: Int, day: Int) -> Int {
-        Int(((days(year: year, month: month, day: day) + 3) % 7 + 7) % 7) // 1970-01-01 was a Thursday
-    }
-
-    /// Days since 1970-01-01 (proleptic Gregorian).
-    static func days(year: Int, month: Int, day: Int) -> Int {
-        Int(CivilTime.days(year: year, month: month, day: day))
-    }
-
-    static func civil(fromDays z0: Int) -> (Int, Int, Int) {
-        let c = CivilTime.civil(fromDays: Int64(z0))
-        return (c.year, c.month, c.day)
-    }
-
-    /// Parses `YYYY-MM-DD HH:MM[:SS]` (also `YYYY-MM-DD` and `…THH:MM`).
-    public static func parse(_ text: String) -> Civil? {
-        let t = text.trimmingCharacters(in: .whitespaces)
-        let parts = t.split(whereSeparator: { $0 == " " || $0 == "T" }).map(String.init)
-        guard parts.count == 1 || parts.count == 2 else { return nil }
-        let date = parts[0].split(separator: "-", omittingEmptySubsequences: false).map { Int($0) }
-        guard date.count == 3, let y = date[0], let m = date[1], let d = date[2], supportedYears.contains(y),
-              (1...12).contains(m), d >= 1, d <= daysInMonth(year: y, month: m) else { return nil }
-        var h = 0, mi = 0, s = 0
-        if parts.count == 2 {
-            let time = parts[1].split(separator: ":", omittingEmptySubsequences: false).map { Int($0) }
-            guard time.count == 2 || time.count == 3, !time.contains(where: { $0 == nil }) else { return nil }
-            h = time[0]!; mi = time[1]!; s = time.count == 3 ? time[2]! : 0
-            guard (0...23).contains(h), (0...59).contains(mi), (0...59).contains(s) else { return nil }
-        }
-        return Civil(year: y, month: m, day: d, hour: h, minute: mi, second: s)
     }
 }

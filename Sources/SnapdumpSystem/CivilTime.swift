@@ -62,6 +62,14 @@ public struct CivilTime: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The years a time given by a user (`--starttime`) may name and the
+    /// scheduler computes in: bounded so that seconds since the epoch never
+    /// overflow (`--starttime` far in the future).
+    public static let supportedYears = 1...9999
+    /// The Unix times of `supportedYears` (one day of margin at each end for
+    /// time zones), as a `Date`'s `timeIntervalSince1970`.
+    public static let supportedSeconds: ClosedRange<Double> = (-62_135_596_800 + 86400)...(253_402_300_799 - 86400)
+
     /// Fields as they are (not checked: see `isValid`).
     public init(year: Int, month: Int, day: Int, hour: Int = 0, minute: Int = 0, second: Int = 0, utcOffset: Int = 0) {
         self.year = year
@@ -195,7 +203,7 @@ public struct CivilTime: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String { spaced + " " + offsetText }
 
-    // MARK: parsing (exact shapes only: wrong length, a non-digit, or an impossible date is nil)
+    // MARK: parsing (exact shapes, `lenient` aside: wrong length, a non-digit, or an impossible date is nil)
 
     /// `20261130T020000Z` (UTC).
     public init?(basicUTC s: String) {
@@ -231,6 +239,31 @@ public struct CivilTime: Hashable, Sendable, CustomStringConvertible {
         }
         guard p.atEnd else { return nil }
         self.init(checked: d.0, d.1, d.2, c.0, c.1, c.2, off)
+    }
+
+    /// `2026-11-30 02:00:00`, `2026-11-30 02:00`, `2026-11-30T02:00[:00]` or
+    /// `2026-11-30` (midnight), as a user types a time (`--starttime`): fields
+    /// of one or more digits, blanks around and between date and time, years
+    /// in `supportedYears`. Wall-clock fields without a zone (`seconds(in:)`
+    /// places them).
+    public init?(lenient s: String) {
+        var p = FieldScanner(s)
+        p.skipBlanks()
+        guard let y = p.number(), p.literal("-"), let mo = p.number(), p.literal("-"), let d = p.number() else { return nil }
+        var (h, mi, se) = (0, 0, 0)
+        let blanks = p.skipBlanks()
+        if !p.atEnd {
+            guard blanks || p.literal("T"), let hour = p.number(), p.literal(":"), let minute = p.number() else { return nil }
+            (h, mi) = (hour, minute)
+            if p.literal(":") {
+                guard let second = p.number() else { return nil }
+                se = second
+            }
+            p.skipBlanks()
+            guard p.atEnd else { return nil }
+        }
+        guard Self.supportedYears.contains(y) else { return nil }
+        self.init(checked: y, mo, d, h, mi, se, 0)
     }
 
     private init?(checked y: Int, _ mo: Int, _ d: Int, _ h: Int, _ mi: Int, _ se: Int, _ off: Int) {
@@ -355,6 +388,26 @@ private struct FieldScanner {
         }
         i += n
         return v
+    }
+
+    /// 1…9 digits (more are no field of a date).
+    mutating func number() -> Int? {
+        var v = 0, n = 0
+        while i < u.count, u[i] >= 48 && u[i] <= 57 {
+            guard n < 9 else { return nil }
+            v = v * 10 + Int(u[i] - 48)
+            n += 1
+            i += 1
+        }
+        return n > 0 ? v : nil
+    }
+
+    /// Skips spaces and tabs; whether there were any.
+    @discardableResult
+    mutating func skipBlanks() -> Bool {
+        let start = i
+        while i < u.count, u[i] == 32 || u[i] == 9 { i += 1 }
+        return i > start
     }
 
     mutating func date(_ sep: Unicode.Scalar) -> (Int, Int, Int)? {

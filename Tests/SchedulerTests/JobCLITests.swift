@@ -97,11 +97,34 @@ import TestSupport
         #expect(log.contains("ERROR: job 'a' failed: unable to find configuration file for VM 100"))
     }
 
+    /// A task log is named by the run's local time as archives are; a second run in the same second gets `.2`.
+    @Test func taskLogNames() throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = JobStateStore(paths: paths)
+        let start = Date(timeIntervalSince1970: 1_796_004_000.75)
+        let reference = DateFormatter()
+        reference.locale = Locale(identifier: "en_US_POSIX")
+        reference.timeZone = .current
+        reference.dateFormat = "yyyy_MM_dd-HH_mm_ss"
+        let base = "\(store.logDirectory("a"))/\(reference.string(from: start))"
+        let first = try store.newTaskLog("a", date: start)
+        #expect(first == base + ".log")
+        try FileSystem.writeAtomically(first, "")
+        #expect(try store.newTaskLog("a", date: start) == base + ".2.log")
+    }
+
     @Test func scheduleAnalyzeOptions() throws {
         let berlin = TimeZone(identifier: "Europe/Berlin")!
         #expect(try ScheduleAnalyze.parseStart("2024-10-27 02:30", zone: berlin) == Date(timeIntervalSince1970: 1_729_989_000))
         #expect(try ScheduleAnalyze.parseStart("1729989000", zone: berlin) == Date(timeIntervalSince1970: 1_729_989_000))
-        #expect(throws: (any Error).self) { try ScheduleAnalyze.parseStart("27.10.2024", zone: berlin) }
+        // The shapes CivilTime(lenient:) reads, and the hour the clocks skip (read as 03:30 CEST).
+        #expect(try ScheduleAnalyze.parseStart("2024-10-27T02:30:00", zone: berlin) == Date(timeIntervalSince1970: 1_729_989_000))
+        #expect(try ScheduleAnalyze.parseStart("2024-10-27", zone: berlin) == Date(timeIntervalSince1970: 1_729_980_000))
+        #expect(try ScheduleAnalyze.parseStart("2024-03-31 02:30", zone: berlin) == Date(timeIntervalSince1970: 1_711_848_600))
+        let bad = #expect(throws: (any Error).self) { try ScheduleAnalyze.parseStart("27.10.2024", zone: berlin) }
+        #expect(bad.map { "\($0)" } == "invalid --starttime '27.10.2024': expected \"YYYY-MM-DD HH:MM[:SS]\" (local time, years 1-9999) or seconds since the epoch")
+        let far = #expect(throws: (any Error).self) { try ScheduleAnalyze.parseStart("253402300799", zone: berlin) }
+        #expect(far.map { "\($0)" } == "invalid --starttime '253402300799': seconds since the epoch must lie in the years 1-9999")
         #expect(throws: (any Error).self) { try Snapdump.parseAsRoot(["schedule", "analyze", "daily", "--iterations", "0"]) }
         #expect(throws: (any Error).self) {
             var c = try Snapdump.parseAsRoot(["schedule", "analyze", "mon..fry"])

@@ -53,7 +53,7 @@ import SnapdumpSystem
         try seedLastRun(f, "nightly", at: "2026-04-28 02:00:00") // missed three nights: runs once
         try f.store.write("fresh", JobState(created: utc("2026-04-01 00:00:00"))) // created, never run, missed
         await f.runLoop(until: "2026-05-02 02:00:30")
-        #expect(f.runner.records.map { "\($0.id) \(Civil($0.start, in: TimeZone(identifier: "UTC")!)) \($0.trigger)" } == [
+        #expect(f.runner.records.map { "\($0.id) \(CivilTime($0.start, .utc).spaced) \($0.trigger)" } == [
             "fresh 2026-05-01 10:00:00 repeat-missed",
             "nightly 2026-05-01 10:00:00 repeat-missed",
             "nightly 2026-05-02 02:00:00 schedule",
@@ -83,7 +83,7 @@ import SnapdumpSystem
             try? FileSystem.writeAtomically(paths.jobsConfig, job("a", "03:00") + job("b", "02:00", "enabled 0") + job("c", "*/30"))
         }
         await f.runLoop(until: "2026-05-01 04:00:30")
-        #expect(f.runner.records.map { "\($0.id) \(Civil($0.start, in: TimeZone(identifier: "UTC")!).description.suffix(8))" } == [
+        #expect(f.runner.records.map { "\($0.id) \(CivilTime($0.start, .utc).spaced.suffix(8))" } == [
             "a 02:00:00", "c 02:30:00", "a 03:00:00", "c 03:00:00", "c 03:30:00", "c 04:00:00",
         ])
         #expect(try f.state("b")?.lastRun == nil)

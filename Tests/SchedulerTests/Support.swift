@@ -143,7 +143,7 @@ struct SchedulerFixture {
 }
 
 /// `YYYY-MM-DD HH:MM[:SS]` in UTC.
-func utc(_ s: String) -> Date { Civil.parse(s)!.date(in: TimeZone(identifier: "UTC")!) }
+func utc(_ s: String) -> Date { CivilTime(lenient: s)!.date }
 
 /// A jobs.cfg section; `extra` are `key value` lines.
 func job(_ id: String, _ schedule: String, _ extra: String...) -> String {

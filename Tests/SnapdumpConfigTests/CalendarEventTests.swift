@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import SnapdumpConfig
+import SnapdumpSystem
 
 /// One evaluation: the next `expected.count` events after `start` (local time in `zone`).
 struct NextCase: Sendable, CustomTestStringConvertible {
@@ -21,11 +22,13 @@ struct NextCase: Sendable, CustomTestStringConvertible {
 func tz(_ name: String) -> TimeZone { TimeZone(identifier: name)! }
 
 /// `YYYY-MM-DD HH:MM:SS` in `zone` → instant (the first, for an ambiguous time).
-func at(_ text: String, _ zone: String = "UTC") -> Date { Civil.parse(text)!.date(in: tz(zone)) }
+func at(_ text: String, _ zone: String = "UTC") -> Date {
+    Date(timeIntervalSince1970: TimeInterval(CivilTime(lenient: text)!.seconds(in: .foundation(tz(zone)))))
+}
 
 func upcoming(_ c: NextCase) throws -> [String] {
     let e = try CalendarEvent(c.event)
-    return e.upcoming(after: at(c.start, c.zone), count: c.expected.count, in: tz(c.zone)).map { Civil($0, in: tz(c.zone)).description }
+    return e.upcoming(after: at(c.start, c.zone), count: c.expected.count, in: tz(c.zone)).map { CivilTime($0, .foundation(tz(c.zone))).spaced }
 }
 
 /// proxmox-time's own test table (src/test.rs), evaluated in UTC from the
@@ -206,7 +209,7 @@ let dstCases: [DSTCase] = [
     @Test(arguments: dstCases)
     func daylightSaving(_ c: DSTCase) throws {
         let e = try CalendarEvent(c.event)
-        let got = e.upcoming(after: at(c.startUTC), count: c.expectedUTC.count, in: tz(c.zone)).map { Civil($0, in: tz("UTC")).description }
+        let got = e.upcoming(after: at(c.startUTC), count: c.expectedUTC.count, in: tz(c.zone)).map { CivilTime($0, .utc).spaced }
         #expect(got == c.expectedUTC)
     }
 
@@ -243,29 +246,6 @@ let dstCases: [DSTCase] = [
         #expect(elapsed < .seconds(5))
         #expect(try CalendarEvent("2199-12-31 23:59:59").next(after: at("2025-01-01 00:00:00"), in: tz("Europe/Berlin"))
                 == at("2199-12-31 23:59:59", "Europe/Berlin"))
-    }
-}
-
-@Suite struct CivilTimeTests {
-    @Test func roundTrip() {
-        for s in ["1970-01-01 00:00:00", "2000-02-29 12:34:56", "2100-03-01 00:00:00", "1969-12-31 23:59:59", "2400-02-29 23:59:59"] {
-            let c = Civil.parse(s)!
-            #expect(Civil(seconds: c.seconds) == c)
-            #expect(c.description == s)
-        }
-        #expect(Civil.weekday(year: 1970, month: 1, day: 1) == 3)
-        #expect(Civil.weekday(year: 2024, month: 2, day: 29) == 3)
-        #expect(Civil.parse("2023-02-29 00:00") == nil)
-        #expect(Civil.parse("2024-01-01 24:00") == nil)
-        #expect(Civil.parse("2024-01-01 10:00")?.description == "2024-01-01 10:00:00")
-    }
-
-    /// `--starttime` in a DST gap or overlap: mktime's answer.
-    @Test func localToInstant() {
-        #expect(at("2024-03-31 02:30:00", "Europe/Berlin") == at("2024-03-31 01:30:00"))
-        #expect(at("2024-10-27 02:30:00", "Europe/Berlin") == at("2024-10-27 00:30:00"))
-        #expect(at("2024-11-03 01:30:00", "America/New_York") == at("2024-11-03 05:30:00"))
-        #expect(at("2024-07-01 12:00:00", "America/New_York") == at("2024-07-01 16:00:00"))
     }
 }
 
@@ -394,7 +374,7 @@ let dstCases: [DSTCase] = [
     @Test func cronEquivalentsAgree() throws {
         let e = try #require(throws: CalendarEventError.self) { try CalendarEvent("0,30 8-17 * * mon-fri") }
         let ev = try CalendarEvent(e.suggestion!)
-        let got = ev.upcoming(after: at("2026-05-01 16:45:00"), count: 4, in: tz("UTC")).map { Civil($0, in: tz("UTC")).description }
+        let got = ev.upcoming(after: at("2026-05-01 16:45:00"), count: 4, in: tz("UTC")).map { CivilTime($0, .utc).spaced }
         #expect(got == ["2026-05-01 17:00:00", "2026-05-01 17:30:00", "2026-05-04 08:00:00", "2026-05-04 08:30:00"])
     }
 

@@ -167,6 +167,40 @@ import Testing
         #expect(CivilTime(spaced: "2026-11-30 03:00:00 +0100", offset: false) == nil)
     }
 
+    /// What a user types (`schedule analyze --starttime`): the shapes, the bounds, and round trips.
+    @Test func lenientParser() throws {
+        for s in ["1970-01-01 00:00:00", "2000-02-29 12:34:56", "2100-03-01 00:00:00", "1969-12-31 23:59:59",
+                  "2400-02-29 23:59:59", "0001-01-01 00:00:00", "9999-12-31 23:59:59"] {
+            let c = try #require(CivilTime(lenient: s), "\(s)")
+            #expect(c.spaced == s)
+            #expect(c.utcOffset == 0)
+            #expect(CivilTime(c.seconds) == c, "\(s): fields → seconds → fields")
+        }
+        for (s, expected) in [("2024-01-01 10:00", "2024-01-01 10:00:00"), ("2024-01-01T10:00", "2024-01-01 10:00:00"),
+                              ("2024-01-01T10:00:07", "2024-01-01 10:00:07"), ("2024-01-01", "2024-01-01 00:00:00"),
+                              ("  2024-1-5   2:05:09\t", "2024-01-05 02:05:09"), ("999-12-31 23:59", "0999-12-31 23:59:00")] {
+            #expect(CivilTime(lenient: s)?.spaced == expected, "\(s)")
+        }
+        for bad in ["", " ", "2023-02-29 00:00", "2024-01-01 24:00", "2024-01-01 10:60", "2024-01-01 10:00:60", "2024-01-01 10",
+                    "2024-01-01T", "2024-01-01 10:00:", "2024-01-0110:00", "2024-01-01 10:00 +0100", "27.10.2024", "2024-13-01",
+                    "2024-00-10", "2024-01-00", "+2024-01-01", "2024--01-01", "0000-01-01", "10000-01-01",
+                    "999999999999-01-01 00:00", "2024-01-01 00:00:00:00"] {
+            #expect(CivilTime(lenient: bad) == nil, "\(bad)")
+        }
+    }
+
+    /// A wall-clock time in the hour clocks skip or repeat (`--starttime`, calendar events): mktime's answer.
+    @Test func wallClockInGapAndOverlap() throws {
+        func moment(_ text: String, _ zone: String) throws -> Int64 {
+            try #require(CivilTime(lenient: text)).seconds(in: .foundation(TimeZone(identifier: zone)!))
+        }
+        #expect(try moment("2024-03-31 02:30:00", "Europe/Berlin") == 1_711_848_600, "skipped: 03:30 CEST, 01:30 UTC")
+        #expect(try moment("2024-10-27 02:30:00", "Europe/Berlin") == 1_729_989_000, "repeated: the first, 00:30 UTC")
+        #expect(try moment("2024-11-03 01:30:00", "America/New_York") == 1_730_611_800, "repeated: the first, 05:30 UTC")
+        #expect(try moment("2024-07-01 12:00:00", "America/New_York") == 1_719_849_600)
+        #expect(try moment("2024-07-01 12:00:00", "UTC") == CivilTime(lenient: "2024-07-01 12:00")?.seconds)
+    }
+
     @Test func calendarArithmetic() {
         #expect(CivilTime.isLeapYear(2000) && CivilTime.isLeapYear(2024) && CivilTime.isLeapYear(2400))
         #expect(!CivilTime.isLeapYear(1900) && !CivilTime.isLeapYear(2100) && !CivilTime.isLeapYear(2026))

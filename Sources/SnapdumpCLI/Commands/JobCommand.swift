@@ -3,6 +3,7 @@ import Backup
 import Foundation
 import Scheduler
 import SnapdumpConfig
+import SnapdumpSystem
 
 /// `snapdump job …`: scheduled backup jobs in jobs.cfg (Proxmox's /cluster/backup).
 struct JobCommand: ParsableCommand {
@@ -58,7 +59,7 @@ struct JobIDArgument: ParsableArguments {
 }
 
 enum JobFormat {
-    static func time(_ d: Date?) -> String { d.map { Civil($0, in: .current).description } ?? "-" }
+    static func time(_ d: Date?) -> String { d.map { CivilTime($0, .local).spaced } ?? "-" }
 
     /// The next event after the job's reference time (now for a job the scheduler has not seen yet).
     static func next(_ job: BackupJobDefinition, state: JobState?) -> Date? {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SnapdumpConfig
+import SnapdumpSystem
 
 /// `snapdump schedule …`: calendar events (Proxmox's schedule-analyze).
 struct ScheduleCommand: ParsableCommand {
@@ -51,34 +52,34 @@ struct ScheduleAnalyze: ParsableCommand {
         let start = try Self.parseStart(starttime, zone: zone)
         let times = ev.upcoming(after: start, count: iterations, in: zone)
         if output.format == .text {
-            for t in times { print(Civil(t, in: zone).description) }
+            for t in times { print(CivilTime(t, .foundation(zone)).spaced) }
         } else {
             // As `systemd-analyze calendar`/pvesh: the local time and the epoch of each firing.
             Output.list(times.map { t in
                 var r = OutputRecord()
-                r.add("time", nil, .string(Civil(t, in: zone).description))
+                r.add("time", nil, .string(CivilTime(t, .foundation(zone)).spaced))
                 r.add("timestamp", nil, .of(t))
                 return r
             }, output.format)
         }
         if times.count < iterations {
-            FileHandle.standardError.write(Data("note: '\(event)' fires \(times.isEmpty ? "never" : "only \(times.count) more time(s)") after \(Civil(start, in: zone))\n".utf8))
+            FileHandle.standardError.write(Data("note: '\(event)' fires \(times.isEmpty ? "never" : "only \(times.count) more time(s)") after \(CivilTime(start, .foundation(zone)).spaced)\n".utf8))
         }
     }
 
     static func parseStart(_ text: String?, zone: TimeZone) throws -> Date {
         guard let text else { return Date() }
-        let years = "\(Civil.supportedYears.lowerBound)-\(Civil.supportedYears.upperBound)"
+        let years = "\(CivilTime.supportedYears.lowerBound)-\(CivilTime.supportedYears.upperBound)"
         if let epoch = Int64(text) {
-            guard Civil.supportedSeconds.contains(Double(epoch)) else {
+            guard CivilTime.supportedSeconds.contains(Double(epoch)) else {
                 throw CLIError("invalid --starttime '\(text)': seconds since the epoch must lie in the years \(years)")
             }
             return Date(timeIntervalSince1970: TimeInterval(epoch))
         }
-        guard let c = Civil.parse(text) else {
+        guard let c = CivilTime(lenient: text) else {
             throw CLIError("invalid --starttime '\(text)': expected \"YYYY-MM-DD HH:MM[:SS]\" (local time, years \(years)) or seconds since the epoch")
         }
         // Events strictly after the start; a start at a whole second counts from that second.
-        return c.date(in: zone)
+        return Date(timeIntervalSince1970: TimeInterval(c.seconds(in: .foundation(zone))))
     }
 }
