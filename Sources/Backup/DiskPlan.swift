@@ -15,9 +15,15 @@ struct DiskPlan {
 
     /// The disks of `config` a backup includes (`DrivePurpose.backup`: all but CD-ROMs and `backup=0`).
     static func resolve(_ config: VMConfig, storages: StorageRegistry) throws -> [DiskPlan] {
-        try GuestDrives.resolve(config, for: .backup, storages: storages).map { d in
+        try plan(GuestDrives.resolve(config, for: .backup, storages: storages), storages: storages)
+    }
+
+    /// The plan of drives already resolved (`GuestDrives.resolve(_:for: .backup)`): no storage is asked for a path again.
+    static func plan(_ drives: [GuestDrive], storages: StorageRegistry) throws -> [DiskPlan] {
+        try drives.map { d in
             let plugin = try storages.plugin(for: d.volume)
-            return DiskPlan(key: d.key, volume: d.volume, plugin: plugin, path: d.path, format: d.format, size: try plugin.size(of: d.volume))
+            return DiskPlan(key: d.key, volume: d.volume, plugin: plugin, path: d.path, format: d.format,
+                            size: try plugin.size(of: d.volume, at: d.path, format: d.format))
         }
     }
 

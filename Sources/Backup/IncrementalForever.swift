@@ -24,6 +24,9 @@ struct IncrementalForever {
     let previous: [String: IncrementalBase]
     /// Per disk key: backups since the disk was last read whole, as the previous manifest records it.
     let previousRuns: [String: Int]
+    /// Per volume: its base snapshots left after `prepare` (listed there, less what it removed), so
+    /// `dropOldBases` need not list them again (a `zfs list` round trip); absent: listed then.
+    var remaining: [VolumeID: [String]] = [:]
 
     /// What this backup records for a disk (`full-every`): one more than the previous one if read incrementally, else 0.
     func incrementalRuns(_ d: DiskPlan, incremental: Bool) -> Int {
@@ -51,6 +54,7 @@ struct IncrementalForever {
                         repositories: [String] = [], log: TaskLog) -> IncrementalForever {
         var previous: [String: IncrementalBase] = [:]
         var previousRuns: [String: Int] = [:]
+        var remaining: [VolumeID: [String]] = [:]
         for d in disks {
             let plugin = d.plugin, volume = d.volume, file = d.deviceName + ".img"
             // Listed once: on zfs every listing is a `zfs list` round trip; nothing else changes them under the backup lock.
@@ -74,23 +78,29 @@ struct IncrementalForever {
             }
             previous[d.key] = found
             do {
-                let names = try bases.get()
-                for name in try BaseSnapshot.drop([volume], on: plugin, keep: keep, repository: store.storage, listed: [volume: names]) {
+                var names = try bases.get()
+                let dropped = try BaseSnapshot.drop([volume], on: plugin, keep: keep, repository: store.storage, listed: [volume: names])
+                for name in dropped {
                     log.info("removed base snapshot '\(name)' of '\(volume)' that no finished backup recorded")
                 }
+                names.removeAll { dropped.contains($0) }
                 // A repository storage no longer configured: no backup would ever read or drop its bases.
                 let orphans = repositories.isEmpty ? [] : names.filter { name in !repositories.contains { BaseSnapshot.belongs(name, to: $0) } }
                 for name in orphans {
                     try plugin.deleteSnapshot([volume], name: name)
+                    names.removeAll { $0 == name }
                     log.info("removed base snapshot '\(name)' of '\(volume)' of a repository storage no longer configured")
                 }
+                remaining[volume] = names
             } catch {
                 // Not fatal: the next run tries again; this one only takes its own new base.
                 log.warn("cannot remove unrecorded base snapshots of '\(volume)': \(error)")
             }
         }
-        return IncrementalForever(newBase: BaseSnapshot.name(backupTime: snapshot.time, repository: store.storage), repository: store.storage,
-                                  previous: previous, previousRuns: previousRuns)
+        var result = IncrementalForever(newBase: BaseSnapshot.name(backupTime: snapshot.time, repository: store.storage),
+                                        repository: store.storage, previous: previous, previousRuns: previousRuns)
+        result.remaining = remaining
+        return result
     }
 
     /// When a disk must be read whole: bases on its storage newer than every
@@ -135,7 +145,16 @@ struct IncrementalForever {
     func dropOldBases(_ disks: [DiskPlan], log: TaskLog) {
         for d in disks {
             do {
-                for name in try BaseSnapshot.drop([d.volume], on: d.plugin, keep: newBase, repository: repository) {
+                // Under the backup lock nothing else adds or drops this repository's bases of the disk:
+                // the ones `prepare` left (the new base is kept by name). One removed by hand meanwhile: listed after all.
+                let listed = remaining[d.volume].map { [d.volume: $0] } ?? [:]
+                let dropped: [String]
+                do {
+                    dropped = try BaseSnapshot.drop([d.volume], on: d.plugin, keep: newBase, repository: repository, listed: listed)
+                } catch let e as StorageError where e.code == .notFound && !listed.isEmpty {
+                    dropped = try BaseSnapshot.drop([d.volume], on: d.plugin, keep: newBase, repository: repository)
+                }
+                for name in dropped {
                     log.info("removed old base snapshot '\(name)' of '\(d.volume)'")
                 }
             } catch {

@@ -135,9 +135,13 @@ final class VMBackup: @unchecked Sendable {
                 break
             }
             let storages = self.storages
-            // One decision (GuestDrives) for what the backup reads and what the guest is (re)started with.
+            // One decision (GuestDrives) for what the backup reads and what the guest is (re)started with,
+            // each drive resolved once (on zfs-fuse every path is a round trip to its daemon): the backup's
+            // drives are among the start drives (no CD-ROM, no backup=0).
             let (disks, startDrives) = try await Blocking.run("resolve-disks") { [config] in
-                (try DiskPlan.resolve(config, storages: storages), try GuestDrives.resolve(config, for: .start, storages: storages).map(\.resolved))
+                let start = try GuestDrives.resolve(config, for: .start, storages: storages)
+                let backup = config.drives(for: .backup).compactMap { d in start.first { $0.key == d.key } }
+                return (try DiskPlan.plan(backup, storages: storages), start.map(\.resolved))
             }
             summary.storages = Array(Set(disks.map(\.volume.storage))).sorted()
             let status = try await Leftovers.recover(config: config, staleLock: staleLock, disks: disks, startDrives: startDrives,

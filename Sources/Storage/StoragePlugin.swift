@@ -118,6 +118,9 @@ public protocol StoragePlugin: Sendable {
     /// The guest-visible size of a volume, without opening it for I/O (a
     /// running guest's qcow2 image is locked against other writers and readers).
     func size(of volume: VolumeID) throws -> UInt64
+    /// `size(of:)` of a volume whose `path(of:)` the caller has (a backup resolves each disk once):
+    /// where finding the path is a round trip (zfs-fuse's mountpoint), it is not asked again.
+    func size(of volume: VolumeID, at path: String, format: VolumeFormat) throws -> UInt64
     /// Removes what a killed run left of `volumes`: snapshots whose name starts
     /// with `prefix`, and whatever was made to read them. Returns what it removed.
     func removeLeftovers(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String]
@@ -204,6 +207,8 @@ extension StoragePlugin {
         let (path, format) = try path(of: volume)
         return try ImageDirectory.virtualSize(path: path, format: format)
     }
+
+    public func size(of volume: VolumeID, at path: String, format: VolumeFormat) throws -> UInt64 { try size(of: volume) }
 
     public func openForWriting(_ volume: VolumeID) throws -> any VolumeWriter {
         let (path, format) = try path(of: volume)

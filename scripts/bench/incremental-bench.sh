@@ -30,12 +30,17 @@
 #   (`make release`: .build/static/release/snapdump), else .build/release/snapdump, or SNAPDUMP_BIN.
 #   SKIP_BASELINES=1: snapdump only. Results appended to .build/bench/incremental-bench.md.
 #   PROFILE_DIR=DIR: each second backup runs under `perf record -F 4999 -g` (DIR/second-STORAGE-RUN.data;
-#   its times then include perf's overhead). TRACE_DIR=DIR: under `strace -f -tt -T` (DIR/second-STORAGE-RUN.strace).
+#   its times then include perf's overhead). TRACE_DIR=DIR: under `strace -f -tt -T` (DIR/second-STORAGE-RUN.strace;
+#   TRACE_SYSCALLS=execve,fsync,…: only those, through seccomp-bpf). EVENTS_DIR=DIR: the processes' forks,
+#   execs and exits, system-wide (`perf record -a -e sched:…`; `perf script -i DIR/second-STORAGE-RUN.data`),
+#   a timeline of the child processes at little cost (ptrace, even filtered, slows every spawn).
 #   STORAGES="qc": only these of bt (btrfs) xf (XFS reflink) zf (zfs-fuse) qc (qcow2), default all four;
 #   the others' filesystems are not made.
 set -euo pipefail
 HERE=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 ROOT=$(readlink -f "$HERE/../..")
+# shellcheck source=../fixtures/lib.sh
+source "$ROOT/scripts/fixtures/lib.sh"   # zfs_fuse_for_bench; its log() is replaced below
 SIZE=${1:-2048} PCT=${2:-1} SEED=${3:-11} MODE=${4:-extents} RUNS=${5:-1}
 BIN=${SNAPDUMP_BIN:-}
 if [ -z "$BIN" ]; then
@@ -53,11 +58,13 @@ ZPOOL=sdincr$$
 declare -A LABEL=([bt]="btrfs (btrfs send)" [xf]="dir reflink on XFS (FIEMAP)" [zf]="zfspool on zfs-fuse (zfs send -i)"
                   [qc]="dir qcow2 (persistent dirty bitmap)")
 declare -A VMID=([bt]=901 [xf]=902 [zf]=903 [qc]=904)
+ZFS_OURS=
 cleanup() {
   for s in "${STORAGES[@]}"; do "$BIN" vm destroy "${VMID[$s]}" --config-dir "$CONF" >/dev/null 2>&1 || true; done
   for _ in 1 2 3 4 5 6 7 8 9 10; do zpool destroy -f "$ZPOOL" 2>/dev/null && break; zpool list "$ZPOOL" >/dev/null 2>&1 || break; sleep 1; done
   for m in "$W/btrfs" "$W/xfs"; do umount "$m" 2>/dev/null || true; done
   rm -rf "$W"
+  [ -z "$ZFS_OURS" ] || stop_our_zfs_fuse || true
 }
 trap cleanup EXIT
 sd() { "$BIN" "$@" --config-dir "$CONF"; }
@@ -77,6 +84,7 @@ if has xf; then
   sd storage add dir xf --path "$W/xfs/store" --reflink 1 >/dev/null
 fi
 if has zf; then
+  ZFS_OURS=$(zfs_fuse_for_bench)
   truncate -s $((SIZE * 3))M "$W/zpool.img"
   zpool create -m "$W/zmnt" "$ZPOOL" "$W/zpool.img"
   sd storage add zfspool zf --pool "$ZPOOL" >/dev/null
@@ -192,8 +200,11 @@ for run in $(seq 1 "$RUNS"); do
     sync -f "${DISK[$s]}"
     sleep 1   # one backup per second and guest
     prof=()
+    EVENTS=sched:sched_process_exec,sched:sched_process_exit,sched:sched_process_fork
+    for c in ioctl fsync fdatasync syncfs rename renameat2 unlink flock pread64 pwrite64 linkat exit_group; do EVENTS+=,syscalls:sys_enter_$c; done
     [ -n "${PROFILE_DIR:-}" ] && mkdir -p "$PROFILE_DIR" && prof=(perf record -q -F 4999 -g -o "$PROFILE_DIR/second-$s-$run.data" --)
-    [ -n "${TRACE_DIR:-}" ] && mkdir -p "$TRACE_DIR" && prof=(strace -f -tt -T -o "$TRACE_DIR/second-$s-$run.strace")
+    [ -n "${EVENTS_DIR:-}" ] && mkdir -p "$EVENTS_DIR" && prof=(perf record -q -a -e "$EVENTS" -o "$EVENTS_DIR/second-$s-$run.data" --)
+    [ -n "${TRACE_DIR:-}" ] && mkdir -p "$TRACE_DIR" && prof=(strace -f -tt -T ${TRACE_SYSCALLS:+--seccomp-bpf -e trace=$TRACE_SYSCALLS} -o "$TRACE_DIR/second-$s-$run.strace")
     t=$(timed "$W/second-$s-$run" "${prof[@]}" "$BIN" backup "${VMID[$s]}" --mode stop --storage r1 --output-format json --config-dir "$CONF")
     read -r w c _ <<<"$t"
     echo "$s snapdump $w" >>"$W/walls"

@@ -6,10 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=../fixtures/lib.sh
 source scripts/fixtures/lib.sh
-if ! zfs_answers; then
-  start_our_zfs_fuse || die "zfs-fuse did not start: the zfs rows of the benches need it"
-  trap 'stop_our_zfs_fuse || true' EXIT
-fi
+zfs_started=$(zfs_fuse_for_bench)
+[ "$zfs_started" = started ] && trap 'stop_our_zfs_fuse || true' EXIT
 swift build -c release --product snapdump 2>&1 | tail -1
 swift build -c release --product snapdumpd 2>&1 | tail -1
 SKIP_BUILD=1 scripts/bench/storage-bench.sh
@@ -18,3 +16,4 @@ scripts/bench/fleecing-bench.sh
 SKIP_BUILD=1 scripts/bench/downtime-bench.sh
 scripts/bench/daemon-rss.sh
 SKIP_BUILD=1 scripts/bench/restore-bench.sh
+SNAPDUMP_BIN="$(swift build -c release --show-bin-path)/snapdump" scripts/bench/incremental-bench.sh 2048 1 11 extents 3
