@@ -114,11 +114,13 @@ done
 
 # timed OUT CMD…: runs CMD, stdout to OUT.out, stderr to OUT.err; prints "wall cpu rchar"
 # (rchar: bytes the process read, sampled from /proc/<pid>/io every 0.1 s, so a lower bound).
+# NO_SAMPLE=1: no sampling, rchar 0 (snapdump says what it read itself; the sampler's pgrep and
+# awk every 0.1 s would take CPU from a run that keeps both cores busy for a fifth of a second).
 timed() {
   local out=$1; shift
   /usr/bin/time -f '%e %U %S' -o "$out.time" "$@" >"$out.out" 2>"$out.err" &
   local tpid=$! rchar=0 child r
-  while kill -0 "$tpid" 2>/dev/null; do
+  while [ -z "${NO_SAMPLE:-}" ] && kill -0 "$tpid" 2>/dev/null; do
     child=$(pgrep -P "$tpid" | head -1 || true)
     if [ -n "$child" ]; then r=$(awk '/^rchar/ {print $2}' "/proc/$child/io" 2>/dev/null || true); [ -n "$r" ] && rchar=$r; fi
     sleep 0.1
@@ -150,7 +152,7 @@ out="$W/snapdump.md"; : >"$out"
 log "first backups ($SIZE MiB, release binary $BIN)"
 declare -A FIRST
 for s in "${STORAGES[@]}"; do
-  FIRST[$s]=$(timed "$W/first-$s" "$BIN" backup "${VMID[$s]}" --mode stop --storage r1 --output-format json --config-dir "$CONF")
+  FIRST[$s]=$(NO_SAMPLE=1 timed "$W/first-$s" "$BIN" backup "${VMID[$s]}" --mode stop --storage r1 --output-format json --config-dir "$CONF")
 done
 
 baselines=1
@@ -205,7 +207,7 @@ for run in $(seq 1 "$RUNS"); do
     [ -n "${PROFILE_DIR:-}" ] && mkdir -p "$PROFILE_DIR" && prof=(perf record -q -F 4999 -g -o "$PROFILE_DIR/second-$s-$run.data" --)
     [ -n "${EVENTS_DIR:-}" ] && mkdir -p "$EVENTS_DIR" && prof=(perf record -q -a -e "$EVENTS" -o "$EVENTS_DIR/second-$s-$run.data" --)
     [ -n "${TRACE_DIR:-}" ] && mkdir -p "$TRACE_DIR" && prof=(strace -f -tt -T ${TRACE_SYSCALLS:+--seccomp-bpf -e trace=$TRACE_SYSCALLS} -o "$TRACE_DIR/second-$s-$run.strace")
-    t=$(timed "$W/second-$s-$run" "${prof[@]}" "$BIN" backup "${VMID[$s]}" --mode stop --storage r1 --output-format json --config-dir "$CONF")
+    t=$(NO_SAMPLE=1 timed "$W/second-$s-$run" "${prof[@]}" "$BIN" backup "${VMID[$s]}" --mode stop --storage r1 --output-format json --config-dir "$CONF")
     read -r w c _ <<<"$t"
     echo "$s snapdump $w" >>"$W/walls"
     read -r rb cr ct st pa <<<"$(summary "$W/second-$s-$run")"
