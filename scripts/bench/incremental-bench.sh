@@ -235,8 +235,10 @@ done
 if [ -n "$baselines" ]; then
   # Medians of the second backups' wall times; ratios against the same storage's baselines
   # and against the fastest baseline median of the run.
-  python3 - "$W/walls" >>"$out" <<'EOF'
+  names=$(for s in "${STORAGES[@]}"; do printf '%s=%s\n' "$s" "${LABEL[$s]%% (*}"; done)
+  python3 - "$W/walls" "$names" >>"$out" <<'EOF'
 import statistics, sys
+name = dict(l.split("=", 1) for l in sys.argv[2].splitlines())
 walls = {}
 for line in open(sys.argv[1]):
     s, tool, w = line.split()
@@ -248,7 +250,7 @@ print("| median second backup | snapdump | borg, same disk | × | restic, same d
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for s, m in med.items():
     sd = m["snapdump"]
-    print("| %s | %.2f s | %.2f s | %.1f× | %.2f s | %.1f× | %.1f× | %.1f× |" % (s, sd, m["borg"], m["borg"] / sd, m["restic"], m["restic"] / sd, fast["borg"] / sd, fast["restic"] / sd))
+    print("| %s | %.2f s | %.2f s | %.1f× | %.2f s | %.1f× | %.1f× | %.1f× |" % (name.get(s, s), sd, m["borg"], m["borg"] / sd, m["restic"], m["restic"] / sd, fast["borg"] / sd, fast["restic"] / sd))
 EOF
 fi
 echo >>"$out"
