@@ -97,10 +97,8 @@ struct IncrementalForever {
                 log.warn("cannot remove unrecorded base snapshots of '\(volume)': \(error)")
             }
         }
-        var result = IncrementalForever(newBase: BaseSnapshot.name(backupTime: snapshot.time, repository: store.storage),
-                                        repository: store.storage, previous: previous, previousRuns: previousRuns)
-        result.remaining = remaining
-        return result
+        return IncrementalForever(newBase: BaseSnapshot.name(backupTime: snapshot.time, repository: store.storage), repository: store.storage,
+                                  previous: previous, previousRuns: previousRuns, remaining: remaining)
     }
 
     /// When a disk must be read whole: bases on its storage newer than every
