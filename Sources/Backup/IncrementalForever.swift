@@ -119,6 +119,18 @@ struct IncrementalForever {
     enum Read {
         case incremental(previous: FixedIndex, changed: ChangedChunks)
         case full(reason: String)
+
+        var changed: ChangedChunks? {
+            if case .incremental(_, let c) = self { return c }
+            return nil
+        }
+    }
+
+    /// Asks the storages what changed now, right after the new snapshot and before it is
+    /// opened: a report may carry the changed data, so the reader need not open the snapshot
+    /// (zfs-fuse: no read clone; `StoragePlugin.openBlockSource(_:snapshot:changes:)`).
+    mutating func resolve(_ disks: [DiskPlan]) {
+        for d in disks where tracked[d.key] == nil { tracked[d.key] = read(d) }
     }
 
     /// Asks the storage what changed between the recorded base and the new snapshot.

@@ -203,6 +203,7 @@ final class VMBackup: @unchecked Sendable {
                 if let base = try await incrementalBase(disks) {
                     // The guest is down: a storage snapshot now is the same data, and it is kept as the next base.
                     try await takeStorageSnapshots(disks, name: base)
+                    try await resolveIncremental(disks)
                     try await openSources(disks, snapshot: base)
                 } else if let q = await qcow2Incremental(disks, running: false) {
                     // The guest is down: the bitmaps are in the image files.
@@ -252,6 +253,7 @@ final class VMBackup: @unchecked Sendable {
                     }
                     adoptTracking(q)
                 }
+                try await resolveIncremental(disks)
                 try await openSnapshotSources(disks, name: snapName)
             }
 
@@ -339,9 +341,24 @@ final class VMBackup: @unchecked Sendable {
     /// Opens the disks' block sources one by one (so settle() closes whatever
     /// was opened if a later one fails), each on a thread of its own: opening
     /// may start qemu-nbd, clone a dataset or wait for a device node.
+    /// A disk read incrementally is opened with what its storage reported (`IncrementalForever.resolve`).
     private func openSources(_ disks: [DiskPlan], snapshot: String? = nil) async throws {
         for d in disks {
-            sources.append(try await Blocking.run("open-source") { try d.plugin.openBlockSource(d.volume, snapshot: snapshot) })
+            let changes = incremental?.tracked[d.key]?.changed
+            sources.append(try await Blocking.run("open-source") {
+                if let snapshot, let changes { return try d.plugin.openBlockSource(d.volume, snapshot: snapshot, changes: changes) }
+                return try d.plugin.openBlockSource(d.volume, snapshot: snapshot)
+            })
+        }
+    }
+
+    /// Incremental forever: what changed since each disk's base, asked before the new snapshot is opened.
+    private func resolveIncremental(_ disks: [DiskPlan]) async throws {
+        guard let inc = incremental else { return }
+        incremental = try await Blocking.run("change-tracking") {
+            var resolved = inc
+            resolved.resolve(disks)
+            return resolved
         }
     }
 

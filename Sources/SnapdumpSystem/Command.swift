@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import Synchronization
 
 /// An external command that exited non-zero or could not be started.
 public struct CommandError: Error, CustomStringConvertible, Sendable {
@@ -124,6 +125,32 @@ public enum Command {
                                stderr: String(decoding: box.data, as: UTF8.self))
         }
     }
+
+    /// A command running on a thread of its own (`start`).
+    public final class Pending: Sendable {
+        private let done = DispatchGroup()
+        private let output = Mutex<Result<Output, any Error>?>(nil)
+
+        fileprivate init(_ argv: [String]) {
+            done.enter()
+            Thread.detachNewThread { [self] in
+                let r = Result { try Command.capture(argv) }
+                output.withLock { $0 = r }
+                done.leave()
+            }
+        }
+
+        /// Waits for the command to end; what it printed and its status, or why it did not start.
+        @discardableResult
+        public func wait() -> Result<Output, any Error> {
+            done.wait()
+            return output.withLock { $0! }
+        }
+    }
+
+    /// Starts `argv` without waiting for it: a round trip the caller need not wait for now
+    /// (`zfs set` on zfs-fuse waits for a transaction group). `wait()` before relying on it.
+    public static func start(_ argv: [String]) -> Pending { Pending(argv) }
 
     /// Runs `argv`; throws `CommandError` with its stderr when it exits non-zero.
     @discardableResult

@@ -113,6 +113,10 @@ public protocol StoragePlugin: Sendable {
     /// `zfs list` or `lvs` answers for all volumes at once).
     func snapshotNames(of volumes: [VolumeID]) throws -> [VolumeID: [String]]
     func openBlockSource(_ volume: VolumeID, snapshot: String?) throws -> any BlockSource
+    /// A reader of `snapshot` for an incremental backup that `changes` (this storage's
+    /// `changedChunks`) describes: where the report carried the changed data, the reader
+    /// may serve it without opening the snapshot. The default: `openBlockSource(_:snapshot:)`.
+    func openBlockSource(_ volume: VolumeID, snapshot: String, changes: ChangedChunks) throws -> any BlockSource
     /// A writer of the volume's raw content (raw volumes; the default opens `path` with pwrite).
     func openForWriting(_ volume: VolumeID) throws -> any VolumeWriter
     /// The guest-visible size of a volume, without opening it for I/O (a
@@ -257,6 +261,10 @@ extension StoragePlugin {
     public func freeFleecingImage(_ image: FleecingImage) throws { try FileSystem.remove(image.path) }
 
     public func fleecingSpace(vmid: Int) throws -> UInt64 { try FileSystem.usage(try fleecingDirectory(vmid: vmid)).available }
+
+    public func openBlockSource(_ volume: VolumeID, snapshot: String, changes: ChangedChunks) throws -> any BlockSource {
+        try openBlockSource(volume, snapshot: snapshot)
+    }
 
     public func changedChunks(_ volume: VolumeID, base: String, snapshot: String, chunkSize: UInt64) throws -> ChangeTracking {
         .unknown(reason: "storage '\(id)' (\(definition.type.rawValue)) cannot tell which blocks changed between snapshots")

@@ -34,31 +34,95 @@ struct ChangeTrackingParserTests {
     }
 
     static func begin() -> [UInt8] { record(0, [(8, 0x2F5bacbac)]) }
-    static func object(_ obj: UInt64, gen: UInt64) -> [UInt8] {
+    /// An OBJECT record with a ZPL znode: a plain file (type 19) unless `type` says otherwise.
+    static func object(_ obj: UInt64, gen: UInt64, size: UInt64 = 40 << 20, type: UInt32 = 19) -> [UInt8] {
         var r = record(1, [(8, obj)])
         r.withUnsafeMutableBytes { b in
+            b.storeBytes(of: type.littleEndian, toByteOffset: 16, as: UInt32.self)
             b.storeBytes(of: UInt32(17).littleEndian, toByteOffset: 20, as: UInt32.self)
             b.storeBytes(of: UInt32(264).littleEndian, toByteOffset: 28, as: UInt32.self)
         }
         var bonus = [UInt8](repeating: 0, count: 264)
-        bonus.withUnsafeMutableBytes { $0.storeBytes(of: gen.littleEndian, toByteOffset: 64, as: UInt64.self) }
+        bonus.withUnsafeMutableBytes {
+            $0.storeBytes(of: gen.littleEndian, toByteOffset: 64, as: UInt64.self)
+            $0.storeBytes(of: size.littleEndian, toByteOffset: 80, as: UInt64.self)
+        }
         return r + bonus
     }
-    static func write(_ obj: UInt64, _ off: UInt64, _ len: UInt64) -> [UInt8] {
-        record(3, [(8, obj), (24, off), (32, len)]) + [UInt8](repeating: 0xab, count: Int(len))
+    /// A WRITE of `len` bytes of `fill` (or of the bytes `data`), of an object of type `type` (19: a plain file; 20: a directory).
+    static func write(_ obj: UInt64, _ off: UInt64, _ len: UInt64, fill: UInt8 = 0xab, type: UInt32 = 19, data: [UInt8]? = nil) -> [UInt8] {
+        var r = record(3, [(8, obj), (24, off), (32, len)])
+        r.withUnsafeMutableBytes { $0.storeBytes(of: type.littleEndian, toByteOffset: 16, as: UInt32.self) }
+        return r + (data ?? [UInt8](repeating: fill, count: Int(len)))
     }
     static func free(_ obj: UInt64, _ off: UInt64, _ len: UInt64) -> [UInt8] { record(4, [(8, obj), (16, off), (24, len)]) }
     static func end() -> [UInt8] { record(5, []) }
 
     static func parse(_ stream: [UInt8], piece: Int, object: UInt64 = 5, baseTXG: UInt64? = 40) -> ChangeTracking {
-        var p = ZFSSendStream(object: object, baseTXG: baseTXG, result: empty())
+        feed(stream, piece: piece, object: object, baseTXG: baseTXG).finish(into: empty())
+    }
+
+    static func feed(_ stream: [UInt8], piece: Int, object: UInt64 = 5, baseTXG: UInt64? = 40, captureLimit: UInt64 = 0) -> ZFSSendStream {
+        var p = ZFSSendStream(object: object, baseTXG: baseTXG, captureLimit: captureLimit)
         var i = 0
         while i < stream.count {
             let n = min(piece, stream.count - i)
             stream[i..<i + n].withUnsafeBytes { p.feed($0) }
             i += n
         }
-        return p.finish()
+        return p
+    }
+
+    /// The changed data kept from the stream is the file's content at the new snapshot: WRITE payloads and
+    /// FREE zeros applied in stream order (a write into a freed range wins), other objects' data not kept,
+    /// its size from the file's znode; a directory written, or data the stream cannot carry whole, says so.
+    @Test(arguments: [1, 313, 100_000])
+    func zfsStreamKeepsTheFilesChangedData(piece: Int) throws {
+        let a = (0..<131_072).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        let stream = Self.begin() + Self.object(5, gen: 37, size: 40 << 20) + Self.free(5, 40 << 20, UInt64.max)
+            + Self.write(5, 1 << 20, 131_072, data: a) + Self.write(6, 0, 131_072, fill: 0xee)
+            + Self.free(5, 12 << 20, 256 << 10) + Self.write(5, (12 << 20) + 4096, 8192, fill: 0x11)
+            + Self.write(5, (1 << 20) + 65536, 4096, fill: 0x22) + Self.end()
+        let p = Self.feed(stream, piece: piece, captureLimit: 1 << 20)
+        #expect(p.nameChange == nil && p.newSize == 40 << 20 && p.notCaptured == nil)
+        let data = try #require(p.capturedData(size: 40 << 20))
+        var expected = [UInt8](repeating: 0x77, count: 40 << 20)   // 0x77: not carried
+        func put(_ at: Int, _ bytes: [UInt8]) { expected.replaceSubrange(at..<at + bytes.count, with: bytes) }
+        put(1 << 20, a)
+        put(12 << 20, [UInt8](repeating: 0, count: 256 << 10))
+        put((12 << 20) + 4096, [UInt8](repeating: 0x11, count: 8192))
+        put((1 << 20) + 65536, [UInt8](repeating: 0x22, count: 4096))
+        let source = ChangedDataSource(data: data, name: "test", fallback: {
+            throw StorageError(.backend, "fallback opened")
+        })
+        for (offset, length) in [(1 << 20, 131_072), (12 << 20, 256 << 10), ((1 << 20) + 65000, 1000)] {
+            var buf = [UInt8](repeating: 0x55, count: length)
+            var done = 0
+            while done < length {
+                let n = try buf.withUnsafeMutableBytes { try source.read(at: UInt64(offset + done), into: UnsafeMutableRawBufferPointer(rebasing: $0[done...])) }
+                #expect(n > 0)
+                done += n
+            }
+            #expect(buf == Array(expected[offset..<offset + length]), "at \(offset)")
+        }
+        #expect(data.heldBytes == 131_072 + 8192 + 4096 - 4096, "the overwritten 4 KiB of the first write is a slice, not counted twice")
+        // A range the stream did not carry goes to the snapshot.
+        var buf = [UInt8](repeating: 0, count: 4096)
+        #expect(throws: StorageError.self) { _ = try buf.withUnsafeMutableBytes { try source.read(at: 0, into: $0) } }
+
+        let renamed = Self.begin() + Self.object(5, gen: 37) + Self.write(3, 0, 512, type: 20) + Self.write(5, 0, 4096) + Self.end()
+        #expect(Self.feed(renamed, piece: piece).nameChange?.contains("object 3 of type 20") == true)
+        let big = Self.begin() + Self.write(5, 0, 131_072) + Self.write(5, 131_072, 131_072) + Self.end()
+        let capped = Self.feed(big, piece: piece, captureLimit: 200_000)
+        #expect(capped.capturedData(size: 40 << 20) == nil && capped.notCaptured?.contains("more than") == true)
+        #expect(capped.finish(into: Self.empty()).changedChunks?.indices == IndexSet([0]), "the changes are reported all the same")
+        var compressed = Self.record(3, [(8, 5), (24, 0), (32, 131_072), (96, 100)])
+        compressed[50] = 2
+        compressed[16] = 19
+        let c = Self.feed(Self.begin() + compressed + [UInt8](repeating: 1, count: 100) + Self.end(), piece: piece, captureLimit: 1 << 20)
+        #expect(c.capturedData(size: 40 << 20) == nil && c.notCaptured?.contains("compressed") == true)
+        let directory = Self.begin() + Self.object(5, gen: 3, type: 20) + Self.end()
+        #expect(Self.parse(directory, piece: piece).reason?.contains("not a plain file") == true)
     }
 
     @Test(arguments: [1, 7, 312, 100_000])
@@ -80,6 +144,39 @@ struct ChangeTrackingParserTests {
         #expect(Self.parse(Self.end(), piece: 4096).reason?.contains("BEGIN") == true)
         let unknown = Self.begin() + Self.record(42, []) + Self.end()
         #expect(Self.parse(unknown, piece: 4096).reason?.contains("unknown record type 42") == true)
+    }
+
+    /// Random overlapping inserts, in any order, against a byte model: a later insert wins, segments
+    /// stay sorted and disjoint, zeros where freed, nothing where nothing was inserted, clipped to the size.
+    @Test(arguments: [1 as UInt64, 2, 3, 4, 5])
+    func changedDataOverlaysLikeTheStream(seed: UInt64) {
+        let size = 65_536
+        var model = [Int](repeating: -1, count: size)   // -1: not carried
+        var data = ChangedData(object: 5, size: UInt64(size))
+        var rng = seed &* 0x9E37_79B9_7F4A_7C15
+        func next(_ n: Int) -> Int {
+            rng = rng &* 6364136223846793005 &+ 1442695040888963407
+            return Int((rng >> 33) % UInt64(n))
+        }
+        for step in 0..<200 {
+            let offset = next(size + 1024), length = 1 + next(9000)
+            let zero = next(4) == 0
+            let bytes = zero ? nil : (0..<length).map { UInt8(truncatingIfNeeded: step &+ $0) }
+            data.insert(offset: UInt64(offset), length: UInt64(length), bytes: bytes)
+            for i in offset..<max(offset, min(size, offset + length)) { model[i] = zero ? 0 : Int(UInt8(truncatingIfNeeded: step &+ (i - offset))) }
+        }
+        var last: UInt64 = 0
+        for seg in data.segments {
+            #expect(seg.offset >= last && seg.length > 0 && seg.offset + seg.length <= UInt64(size))
+            last = seg.offset + seg.length
+        }
+        var mismatches = 0
+        for i in 0..<size {
+            let (seg, _) = data.lookup(UInt64(i))
+            let got: Int = seg.map { s in s.bytes.map { Int($0[$0.startIndex + i - Int(s.offset)]) } ?? 0 } ?? -1
+            if got != model[i] { mismatches += 1 }
+        }
+        #expect(mismatches == 0)
     }
 
     static func extent(_ l: UInt64, _ p: UInt64, _ n: UInt64, _ f: UInt32 = 0) -> File.Extent {

@@ -23,6 +23,9 @@ public struct ChangedChunks: Sendable, Equatable {
     /// chunk), `.data` where new content must be read, `.zero` where the storage
     /// says the new snapshot reads as zeros (freed, punched, unmapped).
     private var byChunk: [Int: [AllocationRange]] = [:]
+    /// The changed ranges' content, when the storage's report carried it (zfs-fuse's `zfs send`
+    /// stream): a reader of the new snapshot serves them from it (`StoragePlugin.openBlockSource(_:snapshot:changes:)`).
+    public var data: ChangedData?
 
     public var chunkCount: Int { Int((size + chunkSize - 1) / chunkSize) }
 

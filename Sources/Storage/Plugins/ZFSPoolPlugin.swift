@@ -355,25 +355,42 @@ public struct ZFSPoolPlugin: StoragePlugin {
             for _ in 0..<100 where !FileSystem.exists(dev) { usleep(50_000) }
             return try FileBlockSource(path: dev, name: label, dropBehind: true)
         }
-        // zfs-fuse has no .zfs/snapshot directory: read through a temporary clone, one per
-        // reader (the disks of one VM share a dataset snapshot and are read at the same time).
+        return try openReadClone(volume, snapshot: snapshot, recordIdentity: BaseSnapshot.isBase(snapshot))
+    }
+
+    /// zfs-fuse, an incremental backup whose change report carried the changed data (`zfs send`'s
+    /// WRITE payloads): those ranges are served from memory, anything else through a read clone
+    /// made only if it is needed. No clone, no mountpoint lookup, no destroy of a busy clone.
+    public func openBlockSource(_ volume: VolumeID, snapshot: String, changes: ChangedChunks) throws -> any BlockSource {
+        guard !usesZvols, let data = changes.data else { return try openBlockSource(volume, snapshot: snapshot) }
+        try checkOwnership(volume)
+        let recorded = record(FileIdentity(object: data.object, size: data.size), of: volume, in: "\(try snapshotTarget(volume))@\(snapshot)")
+        return ChangedDataSource(data: data, name: "\(volume)@\(snapshot)",
+                                 fallback: { [self] in try openReadClone(volume, snapshot: snapshot, recordIdentity: false) },
+                                 onClose: { recorded.wait() })
+    }
+
+    /// zfs-fuse has no .zfs/snapshot directory: a snapshot is read through a temporary clone, one per
+    /// reader (the disks of one VM share a dataset snapshot and are read at the same time).
+    /// `recordIdentity`: a base snapshot gets the file's object and size recorded on it (`FileIdentity`).
+    func openReadClone(_ volume: VolumeID, snapshot: String, recordIdentity: Bool) throws -> any BlockSource {
+        let target = try snapshotTarget(volume)
         let token = UUID().uuidString.prefix(8).lowercased()
         // No check of the live volume or the snapshot first (each a `zfs` round trip): the clone fails
         // when the snapshot is missing, and the file in the clone is the volume as the snapshot holds it.
         let clone = "\(pool)/\(Self.clonePrefix)\(try parseDisk(volume).vmid)-\(snapshot)-\(getpid())-\(token)"
         try makeClone(of: "\(target)@\(snapshot)", clone, volume: volume)
         do {
-            let mount = try mountpoint(clone)
-            let file = "\(mount)/\(volume.volname).raw"
+            let file = "\(try mountpoint(clone))/\(volume.volname).raw"
             guard FileSystem.exists(file) else {
                 throw StorageError(.notFound, "volume '\(volume)' is not in snapshot '\(snapshot)' (no \(volume.volname).raw in \(target)@\(snapshot))")
             }
-            let source = try FileBlockSource(path: file, name: label, dropBehind: true, onClose: { [self] in
-                ReadClones.shared.remove(snapshot: "\(target)@\(snapshot)", mountpoint: mount)
+            let identity = try FileIdentity(of: file)
+            let recorded = recordIdentity ? record(identity, of: volume, in: "\(target)@\(snapshot)") : nil
+            return try FileBlockSource(path: file, name: "\(volume)@\(snapshot)", dropBehind: true, onClose: { [self] in
+                recorded?.wait()
                 try retryingBusy { _ = try zfs("destroy", clone) }
             })
-            ReadClones.shared.add(snapshot: "\(target)@\(snapshot)", mountpoint: mount)
-            return source
         } catch {
             try? retryingBusy { _ = try zfs("destroy", clone) }
             throw error
@@ -427,98 +444,140 @@ public struct ZFSPoolPlugin: StoragePlugin {
 
     /// The WRITE and FREE records of `zfs send -i <base> <new>` for the
     /// volume's object (`ZFSSendStream`): a zvol's data object 1, or on
-    /// zfs-fuse the raw file's object, looked up in a temporary clone of the
-    /// new snapshot (the live file may have been replaced since).
+    /// zfs-fuse the raw file's object. On zfs-fuse the file's object in the
+    /// new snapshot is the one the base records (`FileIdentity`) when the
+    /// stream shows no directory written since; otherwise it is looked up in
+    /// a temporary clone of the new snapshot (the live file may have been
+    /// replaced since). There the changed data is kept from the stream
+    /// (`ChangedChunks.data`, up to `captureLimit`), so the backup need not
+    /// read the snapshot at all.
     public func changedChunks(_ volume: VolumeID, base: String, snapshot: String, chunkSize: UInt64) throws -> ChangeTracking {
         try checkOwnership(volume)
         let target = try snapshotTarget(volume)
-        // Both snapshots' createtxg and volsize in one round trip to the daemon (each is tens of ms on zfs-fuse);
-        // a snapshot that does not exist has no line.
-        let props = snapshotProperties(["\(target)@\(snapshot)", "\(target)@\(base)"], ["createtxg", "volsize"])
-        guard let new = props["\(target)@\(snapshot)"] else {
+        let new = "\(target)@\(snapshot)", old = "\(target)@\(base)"
+        let property = FileIdentity.property(volume)
+        // Both snapshots' createtxg, volsize and recorded file identity in one round trip to the daemon
+        // (each is tens of ms on zfs-fuse); a snapshot that does not exist has no line.
+        let props = snapshotProperties([new, old], ["createtxg", usesZvols ? "volsize" : property])
+        guard let newProps = props[new] else {
             throw StorageError(.notFound, "snapshot '\(snapshot)' of volume '\(volume)' does not exist")
         }
-        guard let old = props["\(target)@\(base)"] else {
+        guard let oldProps = props[old] else {
             return .unknown(reason: "base snapshot '\(base)' of volume '\(volume)' does not exist (deleted by hand?)")
         }
-        let object: UInt64, size: UInt64, baseSize: UInt64, baseTXG: UInt64?
+        func changes(_ stream: ZFSSendStream, baseSize: UInt64, size: UInt64) -> ChangeTracking {
+            let result = stream.finish(into: ChangedChunks(chunkSize: chunkSize, baseSize: baseSize, size: size, method: "zfs send"))
+            guard case .changed(var c) = result else { return result }
+            c.data = stream.capturedData(size: size)
+            return .changed(c)
+        }
         if usesZvols {
             // ZVOL_OBJ: a zvol's data is object 1 of its dataset; a zvol cannot be replaced under its snapshots.
-            object = 1
-            size = new["volsize"].flatMap(UInt64.init) ?? 0
-            baseSize = old["volsize"].flatMap(UInt64.init) ?? 0
-            baseTXG = nil
-        } else {
-            guard let t = old["createtxg"].flatMap(UInt64.init) else {
-                return .unknown(reason: "zfs: no createtxg for '\(target)@\(base)' ('\(old["createtxg"] ?? "")')")
+            let size = newProps["volsize"].flatMap(UInt64.init) ?? 0
+            let baseSize = oldProps["volsize"].flatMap(UInt64.init) ?? 0
+            // The snapshot's device is read directly (no clone to avoid): the data is not kept.
+            switch sendStream(from: old, to: new, object: 1, baseTXG: nil, capture: false) {
+            case .failure(let f): return .unknown(reason: f.message)
+            case .success(let stream): return changes(stream, baseSize: baseSize, size: size)
             }
-            baseTXG = t
-            let file = try fileIdentity(volume, in: "\(target)@\(snapshot)")
-            object = file.object
-            size = file.size
-            // Sizes are not in the stream for an unchanged file; the writer re-reads chunks whose length changed.
-            baseSize = size
         }
-        var parser = ZFSSendStream(object: object, baseTXG: baseTXG,
-                                   result: ChangedChunks(chunkSize: chunkSize, baseSize: baseSize, size: size, method: "zfs send"))
+        guard let baseTXG = oldProps["createtxg"].flatMap(UInt64.init) else {
+            return .unknown(reason: "zfs: no createtxg for '\(old)' ('\(oldProps["createtxg"] ?? "")')")
+        }
+        var parsed: (object: UInt64, stream: ZFSSendStream)?
+        if let recorded = oldProps[property].flatMap(FileIdentity.init(property:)) {
+            switch sendStream(from: old, to: new, object: recorded.object, baseTXG: baseTXG, capture: true) {
+            case .failure(let reason): return .unknown(reason: reason.message)
+            case .success(let stream):
+                if stream.nameChange == nil {
+                    // Every name still names what it named at the base: the file is still the recorded object.
+                    return changes(stream, baseSize: recorded.size, size: stream.newSize ?? recorded.size)
+                }
+                parsed = (recorded.object, stream)
+            }
+        }
+        let file = try fileIdentity(volume, in: new)
+        let stream: ZFSSendStream
+        if let parsed, parsed.object == file.object {
+            stream = parsed.stream
+        } else {
+            switch sendStream(from: old, to: new, object: file.object, baseTXG: baseTXG, capture: true) {
+            case .failure(let reason): return .unknown(reason: reason.message)
+            case .success(let s): stream = s
+            }
+        }
+        // Sizes are not in the stream for an unchanged file; the writer re-reads chunks whose length changed.
+        return changes(stream, baseSize: file.size, size: file.size)
+    }
+
+    /// The changed data kept from a stream at most: beyond it, the changed ranges are read from the snapshot.
+    static let captureLimit = min(UInt64(512) << 20, ProcessInfo.processInfo.physicalMemory / 16)
+
+    struct StreamFailure: Error { let message: String }
+
+    /// `zfs send -i old new` parsed for `object`.
+    func sendStream(from old: String, to new: String, object: UInt64, baseTXG: UInt64?, capture: Bool) -> Result<ZFSSendStream, StreamFailure> {
+        var parser = ZFSSendStream(object: object, baseTXG: baseTXG, captureLimit: capture ? Self.captureLimit : 0)
         do {
-            try Command.stream(["zfs", "send", "-i", "\(target)@\(base)", "\(target)@\(snapshot)"]) { parser.feed($0) }
+            try Command.stream(["zfs", "send", "-i", old, new]) { parser.feed($0) }
         } catch let e as CommandError {
-            return .unknown(reason: "zfs send -i \(target)@\(base) \(target)@\(snapshot) failed: \(e.stderr.trimmingCharacters(in: .whitespacesAndNewlines))")
+            return .failure(StreamFailure(message: "zfs send -i \(old) \(new) failed: \(e.stderr.trimmingCharacters(in: .whitespacesAndNewlines))"))
+        } catch {
+            return .failure(StreamFailure(message: "zfs send -i \(old) \(new): \(error)"))
         }
-        return parser.finish()
+        return .success(parser)
     }
 
     /// zfs-fuse: the object number (inode) and size of the volume's raw file in `snapshot`
-    /// (`dataset@name`; the live file may have been replaced since). Read in a read clone of
-    /// that snapshot this process has open (a backup opens its sources before it asks what
-    /// changed: no `zfs` command), else in a temporary clone of its own.
-    func fileIdentity(_ volume: VolumeID, in snapshot: String) throws -> (object: UInt64, size: UInt64) {
-        func identity(_ path: String) throws -> (object: UInt64, size: UInt64) {
-            let file = try File.openForReading(path)
-            var st = stat()
-            guard fstat(file.fd, &st) == 0 else { throw SystemError("stat", file.path) }
-            // Closed before the clone can be destroyed: an open file makes zfs-fuse's destroy fail "busy".
-            try file.close()
-            return (UInt64(st.st_ino), UInt64(st.st_size))
-        }
-        let name = "\(volume.volname).raw"
-        if let found = try ReadClones.shared.withOne(of: snapshot, { try identity("\($0)/\(name)") }) { return found }
+    /// (`dataset@name`; the live file may have been replaced since), read in a temporary clone.
+    func fileIdentity(_ volume: VolumeID, in snapshot: String) throws -> FileIdentity {
         // Named like a read clone of a leftover `snapdump-` snapshot, so a killed run's clone is found and removed.
         let clone = "\(pool)/\(Self.clonePrefix)\(try parseDisk(volume).vmid)-snapdump-track-\(getpid())-\(UUID().uuidString.prefix(8).lowercased())"
         try makeClone(of: snapshot, clone, volume: volume)
         defer { try? retryingBusy { _ = try zfs("destroy", clone) } }
-        return try identity("\(try mountpoint(clone))/\(name)")
+        return try FileIdentity(of: "\(try mountpoint(clone))/\(volume.volname).raw")
+    }
+
+    /// Records `identity` on `snapshot` in the background (a `zfs set` is a transaction-group
+    /// wait on zfs-fuse, which need not hold up the backup); the caller waits before it is done.
+    /// If it fails, the next backup looks the file up in a clone instead.
+    func record(_ identity: FileIdentity, of volume: VolumeID, in snapshot: String) -> Command.Pending {
+        Command.start(["zfs", "set", "\(FileIdentity.property(volume))=\(identity.propertyValue)", snapshot])
     }
 }
 
-/// The mountpoints of the read clones this process has open (`openBlockSource` on
-/// zfs-fuse), by the snapshot each clones: `changedChunks` finds the raw file's object
-/// in one instead of cloning the snapshot again (a clone, a `zfs get` and a destroy:
-/// three round trips to the daemon). A clone leaves the list before it is destroyed.
-final class ReadClones: @unchecked Sendable {
-    // @unchecked: `clones` is touched only under `lock`.
-    static let shared = ReadClones()
-    private let lock = NSLock()
-    private var clones: [String: [String]] = [:]
+/// zfs-fuse: which object a disk's raw file is in a snapshot, and its size, recorded on each
+/// base snapshot as a user property (`snapdump:object:vm-100-disk-0` = "5/8589934592") so the
+/// next backup can follow the file through the `zfs send` stream without a clone. Recorded only
+/// from a clone of that snapshot or from a stream that proves it (`ZFSSendStream.nameChange`);
+/// it lives and dies with the snapshot it describes.
+struct FileIdentity: Equatable {
+    var object: UInt64
+    var size: UInt64
 
-    func add(snapshot: String, mountpoint: String) {
-        lock.withLock { clones[snapshot, default: []].append(mountpoint) }
+    static func property(_ volume: VolumeID) -> String { "snapdump:object:\(volume.volname)" }
+
+    var propertyValue: String { "\(object)/\(size)" }
+
+    init(object: UInt64, size: UInt64) {
+        self.object = object
+        self.size = size
     }
 
-    func remove(snapshot: String, mountpoint: String) {
-        lock.withLock {
-            clones[snapshot]?.removeAll { $0 == mountpoint }
-            if clones[snapshot]?.isEmpty == true { clones[snapshot] = nil }
-        }
+    /// From a recorded value; nil for anything else ("-": not recorded).
+    init?(property value: String) {
+        let f = value.split(separator: "/")
+        guard f.count == 2, let o = UInt64(f[0]), let s = UInt64(f[1]) else { return nil }
+        self.init(object: o, size: s)
     }
 
-    /// `body` on the mountpoint of one open clone of `snapshot`, under the lock (so the
-    /// clone is not destroyed meanwhile); nil when none is open.
-    func withOne<T>(of snapshot: String, _ body: (String) throws -> T) throws -> T? {
-        try lock.withLock {
-            guard let mount = clones[snapshot]?.first else { return nil }
-            return try body(mount)
-        }
+    /// Of the file at `path` (ZFS: the inode number is the object number).
+    init(of path: String) throws {
+        let file = try File.openForReading(path)
+        var st = stat()
+        guard fstat(file.fd, &st) == 0 else { throw SystemError("stat", file.path) }
+        // Closed before the clone can be destroyed: an open file makes zfs-fuse's destroy fail "busy".
+        try file.close()
+        self.init(object: UInt64(st.st_ino), size: UInt64(st.st_size))
     }
 }
