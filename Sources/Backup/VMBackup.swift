@@ -549,6 +549,11 @@ final class VMBackup: @unchecked Sendable {
                 let patched = methods[i] == nil ? "" : ", \(c.patched) chunks patched (previous chunk + changed ranges)"
                 log.info("\(d.deviceName): \(how), \(Formatting.bytes(c.bytesRead)) read, \(c.newChunks) new chunks stored"
                          + " (\(Formatting.bytes(c.storedBytes)))" + patched)
+                if let carried = sources[i] as? ChangedDataSource {
+                    // The storage's report carried the changed data (zfs-fuse's send stream): the snapshot is opened only for the rest.
+                    log.info("\(d.deviceName): changed data taken from the \(methods[i] ?? "change report") stream; "
+                             + "\(Formatting.bytes(carried.bytesFromFallback)) read from the snapshot itself")
+                }
                 if c.previousUnreadable > 0 {
                     log.warn("\(d.deviceName): \(c.previousUnreadable) changed chunks read whole: the previous backup's chunk could not be read back (\(c.previousUnreadableReason ?? "?"))")
                 }

@@ -284,6 +284,95 @@ extension NothingLostTests {
             #expect(try rig.bases().isEmpty)
         }
 
+        /// zfs-fuse without a read clone (issue 11): the full backup records the raw file's object and size
+        /// on its base snapshot; the next backup follows that object through the `zfs send` stream and takes
+        /// the changed data from it (nothing read from the snapshot). A file created beside the disk (its
+        /// directory written) sends the backup to a clone to find the file, still the same object, data
+        /// still from the stream; the disk file replaced by a copy (its object freed) or by an older file
+        /// swapped with it (another object, found through clones of both snapshots when the base's record
+        /// is missing) is a full read. Every
+        /// restore equals the disk byte for byte.
+        @Test func zfsFuseFollowsTheFileThroughTheStream() async throws {
+            try Integration.need(TestStorageKind.zfspool.fixture)
+            let vmid = 477
+            let h = try GuestHarness(label: "inc-zfs-stream")
+            defer { h.tearDown() }
+            try h.addStorage("st", .zfspool)
+            let root = try h.addRepository("r1")
+            try h.createGuest(vmid, disk: "st:64M")
+            let volid = try h.volume(vmid)
+            let rig = IncrementalRig(h: h, vmid: vmid, repo: try Repository(root: root), repoRoot: root, volid: volid, storage: "st")
+            let disk = try PluginDisk(h, volid)
+            let mib = Self.mib
+            let path = try disk.plugin.path(of: disk.volume).path
+            let directory = (path as NSString).deletingLastPathComponent
+            let listing = try Command.run(["zfs", "list", "-H", "-o", "name,mountpoint", "-t", "filesystem"])
+            let dataset = try #require(listing.split(separator: "\n").map { $0.split(separator: "\t").map(String.init) }
+                .first { $0.count == 2 && $0[1] == directory }?[0])
+            func recorded(_ base: String) throws -> String {
+                try Command.run(["zfs", "get", "-H", "-o", "value", "snapdump:object:\(disk.volume.volname)", "\(dataset)@\(base)"])
+                    .trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+            func liveIdentity() throws -> String {
+                var st = stat()
+                #expect(stat(path, &st) == 0)
+                return "\(st.st_ino)/\(st.st_size)"
+            }
+            func newestBase() throws -> String { BaseSnapshot.name(backupTime: try rig.repo.snapshots().last!.time, repository: "r1") }
+            let stream = "changed data taken from the zfs send stream; 0 B read from the snapshot itself"
+            try disk.write(pseudoRandom(40 * mib, seed: 7), at: 8 * mib)
+            // Older than every base: renamed over the disk later.
+            try Command.run(["cp", path, directory + "/older"])
+            try Command.run(["dd", "if=/dev/urandom", "of=\(directory)/older", "bs=4096", "count=1", "seek=\(10 * 256)", "conv=notrunc", "status=none"])
+
+            let first = try rig.backup()
+            #expect(first.log.contains("drive-scsi0: full read: no previous backup"), "\(first.log)")
+            #expect(try recorded(newestBase()) == liveIdentity(), "the full read records the file's object and size on its base")
+
+            try disk.write(pseudoRandom(4096, seed: 8), at: 1 * mib)
+            let second = try rig.backup()
+            #expect(second.log.contains("drive-scsi0: incremental: ") && second.log.contains(stream), "\(second.log)")
+            #expect(try rig.restoredNewest() == disk.bytes(), "restore of the stream-fed backup differs from the disk")
+            #expect(try recorded(newestBase()) == liveIdentity(), "the identity the stream proved is recorded on the new base")
+            #expect(!(try Command.run(["zfs", "list", "-H", "-o", "name"]).contains(ZFSPoolPlugin.clonePrefix)), "no read clone left")
+
+            // A file created beside the disk: the directory is written, the file is looked up in a clone (the same object).
+            try Data("x".utf8).write(to: URL(fileURLWithPath: directory + "/unrelated"))
+            try disk.write(pseudoRandom(8192, seed: 9), at: 20 * mib + 4096)
+            let third = try rig.backup()
+            #expect(third.log.contains("drive-scsi0: incremental: ") && third.log.contains(stream), "\(third.log)")
+            #expect(third.summary.disks?.first?.read == 1, "\(third.summary)")
+            #expect(try rig.restoredNewest() == disk.bytes())
+            try FileSystem.remove(directory + "/unrelated")
+
+            // A file older than the base swapped with the disk, the base's record removed (as an older snapdump
+            // left it): the base's file is looked up in a clone of the base, another object: read whole.
+            try Command.run(["zfs", "inherit", "snapdump:object:\(disk.volume.volname)", "\(dataset)@\(try newestBase())"])
+            #expect(try recorded(newestBase()) == "-")
+            // Swapped, so the base's object lives on under another name (not freed: the stream alone cannot tell).
+            try Command.run(["mv", path, directory + "/kept"])
+            try Command.run(["mv", directory + "/older", path])
+            let fourth = try rig.backup()
+            #expect(fourth.log.contains("drive-scsi0: full read: ") && fourth.log.contains("(replaced or renamed)"), "\(fourth.log)")
+            #expect(try rig.restoredNewest() == disk.bytes())
+            #expect(try recorded(newestBase()) == liveIdentity(), "the new file's object is recorded")
+            try FileSystem.remove(directory + "/kept")
+
+            // The disk file replaced by a changed copy: the recorded object is freed, read whole.
+            try Command.run(["cp", path, path + ".new"])
+            try Command.run(["dd", "if=/dev/urandom", "of=\(path).new", "bs=4096", "count=1", "seek=\(30 * 256)", "conv=notrunc", "status=none"])
+            try Command.run(["mv", path + ".new", path])
+            let fifth = try rig.backup()
+            #expect(fifth.log.contains("drive-scsi0: full read: ") && fifth.log.contains("was freed (the file was removed or replaced)"), "\(fifth.log)")
+            #expect(try rig.restoredNewest() == disk.bytes())
+
+            try disk.write(pseudoRandom(4096, seed: 10), at: 50 * mib)
+            let sixth = try rig.backup()
+            #expect(sixth.log.contains("drive-scsi0: incremental: ") && sixth.log.contains(stream), "\(sixth.log)")
+            #expect(try rig.restoredNewest() == disk.bytes())
+            #expect(try rig.bases() == [try newestBase()])
+        }
+
         /// A guest with two rbd images (issue 11): one group snapshot of both is read (no pause), and the
         /// base keeps on each image a user snapshot of the same name taken just before it, which librbd 16
         /// can diff from (it cannot from a group snapshot). A write into a hole, an identical rewrite and a

@@ -484,30 +484,25 @@ public struct ZFSPoolPlugin: StoragePlugin {
         guard let baseTXG = oldProps["createtxg"].flatMap(UInt64.init) else {
             return .unknown(reason: "zfs: no createtxg for '\(old)' ('\(oldProps["createtxg"] ?? "")')")
         }
-        var parsed: (object: UInt64, stream: ZFSSendStream)?
-        if let recorded = oldProps[property].flatMap(FileIdentity.init(property:)) {
-            switch sendStream(from: old, to: new, object: recorded.object, baseTXG: baseTXG, capture: true) {
-            case .failure(let reason): return .unknown(reason: reason.message)
-            case .success(let stream):
-                if stream.nameChange == nil {
-                    // Every name still names what it named at the base: the file is still the recorded object.
-                    return changes(stream, baseSize: recorded.size, size: stream.newSize ?? recorded.size)
-                }
-                parsed = (recorded.object, stream)
-            }
-        }
-        let file = try fileIdentity(volume, in: new)
+        // The base's file: as recorded on the base, else (a base recorded by nothing: an older snapdump,
+        // or the `zfs set` failed) looked up in a clone of it.
+        let recorded = try oldProps[property].flatMap(FileIdentity.init(property:)) ?? fileIdentity(volume, in: old)
         let stream: ZFSSendStream
-        if let parsed, parsed.object == file.object {
-            stream = parsed.stream
-        } else {
-            switch sendStream(from: old, to: new, object: file.object, baseTXG: baseTXG, capture: true) {
-            case .failure(let reason): return .unknown(reason: reason.message)
-            case .success(let s): stream = s
-            }
+        switch sendStream(from: old, to: new, object: recorded.object, baseTXG: baseTXG, capture: true) {
+        case .failure(let f): return .unknown(reason: f.message)
+        case .success(let s): stream = s
         }
-        // Sizes are not in the stream for an unchanged file; the writer re-reads chunks whose length changed.
-        return changes(stream, baseSize: file.size, size: file.size)
+        if stream.nameChange == nil {
+            // Every name still names what it named at the base: the file is still the recorded object.
+            return changes(stream, baseSize: recorded.size, size: stream.newSize ?? recorded.size)
+        }
+        // A directory was written: which object the name names now, from a clone of the new snapshot.
+        let current = try fileIdentity(volume, in: new)
+        guard current.object == recorded.object else {
+            // Another object's changes since the base say nothing about what changed from the base's file.
+            return .unknown(reason: "\(volume.volname).raw is object \(current.object) in '\(snapshot)' but was object \(recorded.object) in the base '\(base)' (replaced or renamed)")
+        }
+        return changes(stream, baseSize: recorded.size, size: current.size)
     }
 
     /// The changed data kept from a stream at most: beyond it, the changed ranges are read from the snapshot.
