@@ -258,11 +258,12 @@ private func zfsCommands<T>(_ body: () throws -> T) throws -> (T, [String]) {
 }
 
 extension ChangeTrackingTests {
-    /// zfs-fuse: with the new snapshot's read clone open (a backup opens its sources before it
-    /// asks what changed), change tracking finds the file's object there: two `zfs` commands (the
-    /// snapshots' properties, the send), no clone of its own; the same chunks as without one,
-    /// and a file replaced between the snapshots still found out through the read clone.
-    @Test func zfsFuseTrackingUsesTheOpenReadClone() throws {
+    /// zfs-fuse: a base read by a backup records its file's object and size on itself; tracking from
+    /// such a base is two `zfs` commands (the snapshots' properties, the send), no clone, and keeps the
+    /// changed data, which the snapshot's reader then serves without a clone of its own. From a base
+    /// without the record the file is looked up in a clone of the base (the same chunks); a file
+    /// replaced since the base is unknown.
+    @Test func zfsFuseFollowsTheRecordedObjectWithoutAClone() throws {
         let c = TrackingCase.all[3]
         let storage = try c.plugin.makeStorage()
         defer { storage.destroy() }
@@ -270,39 +271,71 @@ extension ChangeTrackingTests {
         let size = UInt64(4 * Self.chunk)
         let volume = try p.allocate(vmid: 100, size: size, format: .raw)
         let path = try p.path(of: volume).path
+        let directory = (path as NSString).deletingLastPathComponent
+        let dataset = try #require(try Command.run(["zfs", "list", "-H", "-o", "name,mountpoint", "-t", "filesystem"])
+            .split(separator: "\n").map { $0.split(separator: "\t").map(String.init) }.first { $0.count == 2 && $0[1] == directory }?[0])
+        func recorded(_ snapshot: String) throws -> String {
+            try Command.run(["zfs", "get", "-H", "-o", "value", "snapdump:object:\(volume.volname)", "\(dataset)@\(snapshot)"])
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        func write(_ bytes: [UInt8], at offset: Int) throws {
+            let w = try p.openForWriting(volume)
+            try bytes.withUnsafeBytes { try w.write($0, at: UInt64(offset)) }
+            try w.sync()
+            try w.close()
+        }
         try FileSystem.writeAtomically(path, bytes: randomBytes(Int(size), seed: 7), mode: 0o600)
+        var st = stat()
+        #expect(stat(path, &st) == 0)
+        let identity = "\(st.st_ino)/\(size)"
         try p.createSnapshot([volume], name: "snapdump_base_a")
-        let w = try p.openForWriting(volume)
-        try randomBytes(4096, seed: 8).withUnsafeBytes { try w.write($0, at: UInt64(2 * Self.chunk + 4096)) }
-        try w.sync()
-        try w.close()
+        try write(randomBytes(4096, seed: 8), at: 2 * Self.chunk + 4096)
         try p.createSnapshot([volume], name: "snapdump_base_b")
 
-        let (alone, aloneCommands) = try zfsCommands {
+        let (unrecorded, lookup) = try zfsCommands {
             try p.changedChunks(volume, base: "snapdump_base_a", snapshot: "snapdump_base_b", chunkSize: UInt64(Self.chunk))
         }
-        #expect(aloneCommands.contains { $0.hasPrefix("clone ") && $0.contains("snapdump-track") }, "\(aloneCommands)")
-        let source = try p.openBlockSource(volume, snapshot: "snapdump_base_b")
-        let (reused, commands) = try zfsCommands {
-            try p.changedChunks(volume, base: "snapdump_base_a", snapshot: "snapdump_base_b", chunkSize: UInt64(Self.chunk))
-        }
-        try source.close()
-        let pool = try #require(p.definition.pool)
-        let mine = commands.filter { $0.contains(pool) }
-        #expect(mine.count == 2 && mine[0].hasPrefix("get ") && mine[1].hasPrefix("send -i "), "\(mine)")
-        #expect(reused.changedChunks?.indices == IndexSet([2]) && alone.changedChunks?.indices == IndexSet([2]),
-                "\(String(describing: reused.changedChunks?.indices)) \(String(describing: alone.changedChunks?.indices))")
+        #expect(lookup.contains { $0.hasPrefix("clone ") && $0.contains("snapdump_base_a") && $0.contains("snapdump-track") }, "\(lookup)")
+        #expect(unrecorded.changedChunks?.indices == IndexSet([2]))
+        // Read as a backup reads its base: the identity is recorded on it.
+        #expect(try recorded("snapdump_base_b") == "-")
+        try p.openBlockSource(volume, snapshot: "snapdump_base_b").close()
+        #expect(try recorded("snapdump_base_b") == identity)
 
-        // The same bytes in a new file under the old name: the read clone holds the new file.
+        let change = randomBytes(8192, seed: 9)
+        try write(change, at: Self.chunk + 8192)
+        try p.createSnapshot([volume], name: "snapdump_base_c")
+        let (followed, commands) = try zfsCommands {
+            try p.changedChunks(volume, base: "snapdump_base_b", snapshot: "snapdump_base_c", chunkSize: UInt64(Self.chunk))
+        }
+        let mine = commands.filter { $0.contains(dataset) }
+        #expect(mine.count == 2 && mine[0].hasPrefix("get ") && mine[1].hasPrefix("send -i "), "\(mine)")
+        let changes = try #require(followed.changedChunks)
+        #expect(changes.indices == IndexSet([1]) && changes.data?.object == UInt64(st.st_ino), "\(changes)")
+        let (read, opening) = try zfsCommands { () -> [UInt8] in
+            let source = try p.openBlockSource(volume, snapshot: "snapdump_base_c", changes: changes)
+            var buffer = [UInt8](repeating: 0, count: 8192)
+            var done = 0
+            while done < buffer.count {
+                done += try buffer.withUnsafeMutableBytes {
+                    try source.read(at: UInt64(Self.chunk + 8192 + done), into: UnsafeMutableRawBufferPointer(rebasing: $0[done...]))
+                }
+            }
+            try source.close()
+            return buffer
+        }
+        #expect(read == change)
+        #expect(!opening.contains { $0.hasPrefix("clone ") }, "\(opening)")
+        #expect(try recorded("snapdump_base_c") == identity, "the reader records the identity the stream proved")
+
+        // The same bytes in a new file under the old name: the recorded object was freed.
         let data = try contents(p, volume, snapshot: nil)
         try FileSystem.remove(path)
         try FileSystem.writeAtomically(path, bytes: data, mode: 0o600)
-        try p.createSnapshot([volume], name: "snapdump_base_c")
-        let replacedSource = try p.openBlockSource(volume, snapshot: "snapdump_base_c")
-        let replaced = try p.changedChunks(volume, base: "snapdump_base_b", snapshot: "snapdump_base_c", chunkSize: UInt64(Self.chunk))
-        try replacedSource.close()
-        #expect(replaced.changedChunks == nil, "\(replaced)")
-        for s in ["snapdump_base_a", "snapdump_base_b", "snapdump_base_c"] { try p.deleteSnapshot([volume], name: s) }
+        try p.createSnapshot([volume], name: "snapdump_base_d")
+        let replaced = try p.changedChunks(volume, base: "snapdump_base_c", snapshot: "snapdump_base_d", chunkSize: UInt64(Self.chunk))
+        #expect(replaced.reason?.contains("freed") == true, "\(replaced)")
+        for s in ["snapdump_base_a", "snapdump_base_b", "snapdump_base_c", "snapdump_base_d"] { try p.deleteSnapshot([volume], name: s) }
         try p.free(volume)
         #expect(storage.leftovers().isEmpty, "\(storage.leftovers())")
     }
