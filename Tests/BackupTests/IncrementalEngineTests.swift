@@ -88,6 +88,22 @@ struct IncrementalRig {
         return Array(try Data(contentsOf: URL(fileURLWithPath: path)))
     }
 
+    /// A harness with storage `st` of `kind`, repository `r1` and a stopped guest `vmid` with a
+    /// 64 MiB disk on `st`; the caller tears `h` down (here only if setting up failed).
+    static func start(_ kind: TestStorageKind, vmid: Int, label: String) throws -> IncrementalRig {
+        try Integration.need(kind.fixture)
+        let h = try GuestHarness(label: label)
+        do {
+            try h.addStorage("st", kind)
+            let root = try h.addRepository("r1")
+            try h.createGuest(vmid, disk: "st:64M")
+            return IncrementalRig(h: h, vmid: vmid, repo: try Repository(root: root), repoRoot: root, volid: try h.volume(vmid), storage: "st")
+        } catch {
+            h.tearDown()
+            throw error
+        }
+    }
+
     /// The per-disk record the newest manifest keeps for scsi0.
     func newestRecord() throws -> Manifest.BaseSnapshotRecord? {
         let last = try #require(try repo.snapshots().last)
@@ -227,15 +243,10 @@ extension NothingLostTests {
         /// also the old holes), store two, and restore byte for byte.
         @Test(arguments: [TestStorageKind.zfspool, .rbd])
         func incrementalForeverOnZFSAndRBD(_ kind: TestStorageKind) async throws {
-            try Integration.need(kind.fixture)
             let vmid = kind == .zfspool ? 475 : 476
-            let h = try GuestHarness(label: "inc-engine-\(kind.rawValue)")
+            let rig = try IncrementalRig.start(kind, vmid: vmid, label: "inc-engine-\(kind.rawValue)")
+            let h = rig.h, volid = rig.volid
             defer { h.tearDown() }
-            try h.addStorage("st", kind)
-            let root = try h.addRepository("r1")
-            try h.createGuest(vmid, disk: "st:64M")
-            let volid = try h.volume(vmid)
-            let rig = IncrementalRig(h: h, vmid: vmid, repo: try Repository(root: root), repoRoot: root, volid: volid, storage: "st")
             let disk = try PluginDisk(h, volid)
             let mib = Self.mib
             try disk.write(pseudoRandom(40 * mib, seed: 2), at: 8 * mib)
@@ -290,19 +301,12 @@ extension NothingLostTests {
         /// directory written) sends the backup to a clone to find the file, still the same object, data
         /// still from the stream; the disk file replaced by a copy (its object freed) or by an older file
         /// swapped with it (another object, found through clones of both snapshots when the base's record
-        /// is missing) is a full read. Every
-        /// restore equals the disk byte for byte.
+        /// is missing) is a full read. Every restore equals the disk byte for byte.
         @Test func zfsFuseFollowsTheFileThroughTheStream() async throws {
-            try Integration.need(TestStorageKind.zfspool.fixture)
-            let vmid = 477
-            let h = try GuestHarness(label: "inc-zfs-stream")
+            let rig = try IncrementalRig.start(.zfspool, vmid: 477, label: "inc-zfs-stream")
+            let h = rig.h
             defer { h.tearDown() }
-            try h.addStorage("st", .zfspool)
-            let root = try h.addRepository("r1")
-            try h.createGuest(vmid, disk: "st:64M")
-            let volid = try h.volume(vmid)
-            let rig = IncrementalRig(h: h, vmid: vmid, repo: try Repository(root: root), repoRoot: root, volid: volid, storage: "st")
-            let disk = try PluginDisk(h, volid)
+            let disk = try PluginDisk(h, rig.volid)
             let mib = Self.mib
             let path = try disk.plugin.path(of: disk.volume).path
             let directory = (path as NSString).deletingLastPathComponent
