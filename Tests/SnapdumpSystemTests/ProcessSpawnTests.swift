@@ -81,3 +81,22 @@ final class LockedBox<T>: @unchecked Sendable {
         set { lock.withLock { _value = newValue } }
     }
 }
+
+/// `Command.start`: the caller goes on while the command runs; `wait` gives its output, or why it did not start.
+@Suite("Commands started in the background")
+struct PendingCommandTests {
+    @Test func startReturnsAtOnceAndWaitGivesTheOutput() throws {
+        let t0 = Date()
+        let pending = Command.start(["sh", "-c", "sleep 0.5; echo done; exit 3"])
+        #expect(Date().timeIntervalSince(t0) < 0.4, "start waited for the command")
+        let out = try pending.wait().get()
+        #expect(Date().timeIntervalSince(t0) >= 0.5)
+        #expect(out.status == 3 && out.stdout == "done\n")
+        #expect(try pending.wait().get().stdout == "done\n", "waiting again gives the same")
+    }
+
+    @Test func aProgramThatCannotStartIsAFailure() {
+        let r = Command.start(["/nonexistent/snapdump-no-such-program"]).wait()
+        #expect((try? r.get()) == nil)
+    }
+}
