@@ -79,31 +79,7 @@ public struct ChangedChunks: Sendable, Equatable {
 
     /// `ranges` with `new` laid over it; adjacent ranges of one kind merged.
     static func overlay(_ ranges: [AllocationRange], _ new: AllocationRange) -> [AllocationRange] {
-        let newEnd = new.offset + new.length
-        var out: [AllocationRange] = []
-        out.reserveCapacity(ranges.count + 2)
-        var placed = false
-        func append(_ r: AllocationRange) {
-            if let l = out.last, l.kind == r.kind, l.offset + l.length == r.offset {
-                out[out.count - 1].length += r.length
-            } else {
-                out.append(r)
-            }
-        }
-        for r in ranges {
-            let end = r.offset + r.length
-            if end <= new.offset || r.offset >= newEnd {
-                if !placed && r.offset >= newEnd { append(new); placed = true }
-                append(r)
-                continue
-            }
-            // Overlapping: keep what lies before and after the new range.
-            if r.offset < new.offset { append(AllocationRange(offset: r.offset, length: new.offset - r.offset, kind: r.kind)) }
-            if !placed { append(new); placed = true }
-            if end > newEnd { append(AllocationRange(offset: newEnd, length: end - newEnd, kind: r.kind)) }
-        }
-        if !placed { append(new) }
-        return out
+        RangeOverlay.apply(ranges, new)
     }
 }
 

@@ -7,7 +7,7 @@
 /// where they overlap, as the stream's records apply in order. A segment
 /// without bytes reads as zeros. Offsets outside every segment are not known here.
 public struct ChangedData: Sendable, Equatable {
-    public struct Segment: Sendable, Equatable {
+    public struct Segment: Sendable, Equatable, OverlaidRange {
         public var offset: UInt64
         public var length: UInt64
         /// nil: zeros (freed).
@@ -15,11 +15,13 @@ public struct ChangedData: Sendable, Equatable {
 
         var end: UInt64 { offset + length }
 
-        /// The part of the segment from `from` to `to` (both inside it).
         func slice(_ from: UInt64, _ to: UInt64) -> Segment {
             let bytes = self.bytes.map { b in b[(b.startIndex + Int(from - offset))..<(b.startIndex + Int(to - offset))] }
             return Segment(offset: from, length: to - from, bytes: bytes)
         }
+
+        /// Payloads stay apart (joining would copy them).
+        func joined(_ next: Segment) -> Segment? { nil }
     }
 
     /// What the data belongs to in the storage (zfs: the file's object number).
@@ -39,40 +41,30 @@ public struct ChangedData: Sendable, Equatable {
         precondition(bytes == nil || UInt64(bytes!.count) == length)
         let end = length > size - offset ? size : offset + length
         let new = Segment(offset: offset, length: end - offset, bytes: bytes.map { $0[0..<Int(end - offset)] })
-        // The first segment ending after the new one starts; appending (the usual, ascending case) is O(1).
-        var lo = segments.count
-        if let last = segments.last, last.end > offset {
-            lo = 0
-            var hi = segments.count
-            while lo < hi {
-                let mid = (lo + hi) / 2
-                if segments[mid].end <= offset { lo = mid + 1 } else { hi = mid }
-            }
-        }
-        // Segments lo..<hi overlap the new one: what lies before and after it stays.
+        // Appending (the usual, ascending case) needs no search.
+        let lo = segments.last.map { $0.end > offset } == true ? firstEnding(after: offset) : segments.count
         var hi = lo
-        var replacement: [Segment] = []
-        while hi < segments.count && segments[hi].offset < end {
-            let s = segments[hi]
-            if s.offset < offset { replacement.append(s.slice(s.offset, offset)) }
-            if hi == lo { replacement.append(new) }
-            if s.end > end { replacement.append(s.slice(end, s.end)) }
-            hi += 1
-        }
-        if hi == lo { replacement = [new] }
-        segments.replaceSubrange(lo..<hi, with: replacement)
+        while hi < segments.count && segments[hi].offset < end { hi += 1 }
+        // Only the segments the new one overlaps are laid over again.
+        segments.replaceSubrange(lo..<hi, with: RangeOverlay.apply(segments[lo..<hi], new))
     }
 
     /// The segment holding `offset`, else where the next segment starts (nil: none after it).
     public func lookup(_ offset: UInt64) -> (segment: Segment?, next: UInt64?) {
+        let lo = firstEnding(after: offset)
+        guard lo < segments.count else { return (nil, nil) }
+        let s = segments[lo]
+        return s.offset <= offset ? (s, nil) : (nil, s.offset)
+    }
+
+    /// The index of the first segment that ends after `offset` (`segments.count`: none).
+    private func firstEnding(after offset: UInt64) -> Int {
         var lo = 0, hi = segments.count
         while lo < hi {
             let mid = (lo + hi) / 2
             if segments[mid].end <= offset { lo = mid + 1 } else { hi = mid }
         }
-        guard lo < segments.count else { return (nil, nil) }
-        let s = segments[lo]
-        return s.offset <= offset ? (s, nil) : (nil, s.offset)
+        return lo
     }
 
     /// Bytes held in memory.
