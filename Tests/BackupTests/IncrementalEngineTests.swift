@@ -310,18 +310,9 @@ extension NothingLostTests {
             let mib = Self.mib
             let path = try disk.plugin.path(of: disk.volume).path
             let directory = (path as NSString).deletingLastPathComponent
-            let listing = try Command.run(["zfs", "list", "-H", "-o", "name,mountpoint", "-t", "filesystem"])
-            let dataset = try #require(listing.split(separator: "\n").map { $0.split(separator: "\t").map(String.init) }
-                .first { $0.count == 2 && $0[1] == directory }?[0])
-            func recorded(_ base: String) throws -> String {
-                try Command.run(["zfs", "get", "-H", "-o", "value", "snapdump:object:\(disk.volume.volname)", "\(dataset)@\(base)"])
-                    .trimmingCharacters(in: .whitespacesAndNewlines)
-            }
-            func liveIdentity() throws -> String {
-                var st = stat()
-                #expect(stat(path, &st) == 0)
-                return "\(st.st_ino)/\(st.st_size)"
-            }
+            let dataset = try ZFSRecords.dataset(holding: path)
+            func recorded(_ base: String) throws -> String { try ZFSRecords.identity(disk.volume.volname, on: dataset, snapshot: base) }
+            func liveIdentity() throws -> String { try ZFSRecords.liveIdentity(path) }
             func newestBase() throws -> String { BaseSnapshot.name(backupTime: try rig.repo.snapshots().last!.time, repository: "r1") }
             let stream = "changed data taken from the zfs send stream; 0 B read from the snapshot itself"
             try disk.write(pseudoRandom(40 * mib, seed: 7), at: 8 * mib)

@@ -271,13 +271,8 @@ extension ChangeTrackingTests {
         let size = UInt64(4 * Self.chunk)
         let volume = try p.allocate(vmid: 100, size: size, format: .raw)
         let path = try p.path(of: volume).path
-        let directory = (path as NSString).deletingLastPathComponent
-        let dataset = try #require(try Command.run(["zfs", "list", "-H", "-o", "name,mountpoint", "-t", "filesystem"])
-            .split(separator: "\n").map { $0.split(separator: "\t").map(String.init) }.first { $0.count == 2 && $0[1] == directory }?[0])
-        func recorded(_ snapshot: String) throws -> String {
-            try Command.run(["zfs", "get", "-H", "-o", "value", "snapdump:object:\(volume.volname)", "\(dataset)@\(snapshot)"])
-                .trimmingCharacters(in: .whitespacesAndNewlines)
-        }
+        let dataset = try ZFSRecords.dataset(holding: path)
+        func recorded(_ snapshot: String) throws -> String { try ZFSRecords.identity(volume.volname, on: dataset, snapshot: snapshot) }
         func write(_ bytes: [UInt8], at offset: Int) throws {
             let w = try p.openForWriting(volume)
             try bytes.withUnsafeBytes { try w.write($0, at: UInt64(offset)) }
@@ -285,9 +280,7 @@ extension ChangeTrackingTests {
             try w.close()
         }
         try FileSystem.writeAtomically(path, bytes: randomBytes(Int(size), seed: 7), mode: 0o600)
-        var st = stat()
-        #expect(stat(path, &st) == 0)
-        let identity = "\(st.st_ino)/\(size)"
+        let identity = try ZFSRecords.liveIdentity(path)
         try p.createSnapshot([volume], name: "snapdump_base_a")
         try write(randomBytes(4096, seed: 8), at: 2 * Self.chunk + 4096)
         try p.createSnapshot([volume], name: "snapdump_base_b")
@@ -311,7 +304,7 @@ extension ChangeTrackingTests {
         let mine = commands.filter { $0.contains(dataset) }
         #expect(mine.count == 2 && mine[0].hasPrefix("get ") && mine[1].hasPrefix("send -i "), "\(mine)")
         let changes = try #require(followed.changedChunks)
-        #expect(changes.indices == IndexSet([1]) && changes.data?.object == UInt64(st.st_ino), "\(changes)")
+        #expect(changes.indices == IndexSet([1]) && changes.data.map { "\($0.object)/\($0.size)" } == identity, "\(changes)")
         let (read, opening) = try zfsCommands { () -> [UInt8] in
             let source = try p.openBlockSource(volume, snapshot: "snapdump_base_c", changes: changes)
             var buffer = [UInt8](repeating: 0, count: 8192)
