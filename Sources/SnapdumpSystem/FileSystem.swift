@@ -194,17 +194,51 @@ public enum FileSystem {
     /// The filesystem type name of `path` ("btrfs", "xfs", "fuse", "ext4", …),
     /// from the longest matching mount point in /proc/self/mounts.
     public static func filesystemType(_ path: String) -> String? {
-        guard let text = try? readText("/proc/self/mounts") else { return nil }
         let real = (try? realPath(path)) ?? path
-        var best: (mount: String, type: String)?
-        for line in text.split(separator: "\n") {
-            let f = line.split(separator: " ")
-            guard f.count >= 3 else { continue }
-            let mount = String(f[1]).replacingOccurrences(of: "\\040", with: " ")
-            let matches = mount == "/" || real == mount || real.hasPrefix(mount + "/")
-            if matches && mount.count >= (best?.mount.count ?? -1) { best = (mount, String(f[2])) }
+        var best: Mount?
+        for m in mounts() {
+            let matches = m.point == "/" || real == m.point || real.hasPrefix(m.point + "/")
+            if matches && m.point.count >= (best?.point.count ?? -1) { best = m }
         }
         return best?.type
+    }
+
+    /// A line of /proc/self/mounts.
+    public struct Mount: Sendable, Equatable {
+        public let source: String
+        public let point: String
+        public let type: String
+    }
+
+    /// The mounts of this process's namespace, in mount order (a later one
+    /// covers an earlier at the same point). Empty when /proc is unreadable.
+    public static func mounts() -> [Mount] {
+        guard let text = try? readText("/proc/self/mounts") else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            let f = line.split(separator: " ")
+            guard f.count >= 3 else { return nil }
+            return Mount(source: unescapeMountField(f[0]), point: unescapeMountField(f[1]), type: unescapeMountField(f[2]))
+        }
+    }
+
+    /// The kernel writes space, tab, newline and backslash in a mounts field
+    /// as three octal digits after a backslash (`\040`).
+    static func unescapeMountField(_ field: Substring) -> String {
+        guard field.contains("\\") else { return String(field) }
+        let b = Array(field.utf8)
+        var out: [UInt8] = []
+        var i = 0
+        while i < b.count {
+            if b[i] == UInt8(ascii: "\\"), i + 3 < b.count, (48...51).contains(b[i + 1]),
+               b[(i + 2)...(i + 3)].allSatisfy({ (48...55).contains($0) }) {
+                out.append((b[i + 1] - 48) << 6 | (b[i + 2] - 48) << 3 | (b[i + 3] - 48))
+                i += 4
+            } else {
+                out.append(b[i])
+                i += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
     public static func realPath(_ path: String) throws -> String {

@@ -281,7 +281,11 @@ extension ChangeTrackingTests {
         }
         try FileSystem.writeAtomically(path, bytes: randomBytes(Int(size), seed: 7), mode: 0o600)
         let identity = try ZFSRecords.liveIdentity(path)
-        try p.createSnapshot([volume], name: "snapdump_base_a")
+        // The disk's path from the mount table, and a snapshot that is one `zfs snapshot`.
+        let (resolved, lookups) = try zfsCommands { try p.path(of: volume).path }
+        #expect(resolved == path && lookups.isEmpty, "\(lookups)")
+        let (_, snapshotting) = try zfsCommands { try p.createSnapshot([volume], name: "snapdump_base_a") }
+        #expect(snapshotting == ["snapshot \(dataset)@snapdump_base_a"], "\(snapshotting)")
         try write(randomBytes(4096, seed: 8), at: 2 * Self.chunk + 4096)
         try p.createSnapshot([volume], name: "snapdump_base_b")
 

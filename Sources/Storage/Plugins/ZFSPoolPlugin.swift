@@ -85,7 +85,8 @@ public struct ZFSPoolPlugin: StoragePlugin {
     func vmDataset(_ vmid: Int) -> String { "\(pool)/vm-\(vmid)" }
 
     func mountpoint(_ dataset: String) throws -> String {
-        try zfs("get", "-H", "-o", "value", "mountpoint", dataset).trimmingCharacters(in: .whitespacesAndNewlines)
+        if let mounted = Self.mounted(dataset) { return mounted }
+        return try zfs("get", "-H", "-o", "value", "mountpoint", dataset).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// The dataset holding the volume and the name a snapshot of it is taken on.
@@ -164,13 +165,23 @@ public struct ZFSPoolPlugin: StoragePlugin {
         return result.sorted { $0.volume < $1.volume }
     }
 
+    /// Where `dataset` is mounted, from /proc/self/mounts (zfs-fuse: `fuse.zfs`, its source the
+    /// dataset), or nil. No `zfs get mountpoint`: on zfs-fuse each is a process and a round trip
+    /// to its daemon (~5 ms; a backup looked the mountpoint up twice before its snapshot).
+    static func mounted(_ dataset: String) -> String? {
+        FileSystem.mounts().last { $0.source == dataset && ($0.type == "zfs" || $0.type == "fuse.zfs") }?.point
+    }
+
     public func path(of volume: VolumeID) throws -> (path: String, format: VolumeFormat) {
         try checkOwnership(volume)
         let d = try parseDisk(volume)
         let path: String
         if usesZvols {
             path = "/dev/zvol/\(pool)/\(volume.volname)"
+        } else if let mounted = Self.mounted(vmDataset(d.vmid)), FileSystem.exists("\(mounted)/\(volume.volname).raw") {
+            return ("\(mounted)/\(volume.volname).raw", .raw)
         } else {
+            // Not mounted, or no such file there: `zfs get` says which (the dataset's existence too).
             // The mountpoint and the dataset's existence in one round trip to the daemon.
             let out = try Command.capture(["zfs", "get", "-H", "-o", "value", "mountpoint", vmDataset(d.vmid)])
             guard out.status == 0 else {
