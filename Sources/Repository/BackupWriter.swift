@@ -214,7 +214,16 @@ public final class BackupWriter: @unchecked Sendable {
             return chunks.touch(d) ? d : nil
         }
         let patch = changedRanges.map { ranges in
-            Patch(previous: previous, ranges: ranges, reader: ChunkReader(repository: repository, snapshot: previousSnapshot ?? snapshot))
+            // The chunks likely patched: changed, with a previous chunk that is not the zero chunk
+            // (never read) and ranges that do not send it to a whole read.
+            let patched = changed.compactMap { i -> (index: Int, digest: SHA256Digest)? in
+                guard i < previous.chunkCount, previous.digests[i] != zeroDigest else { return nil }
+                let length = previous.chunkLength(i)
+                let toRead = Self.clip(ranges(i), chunk: UInt64(i) * previous.chunkSize, length: length).reduce(0) { $0 + $1.count }
+                return Self.isPatchable(toRead: UInt64(toRead), length: length) ? (i, previous.digests[i]) : nil
+            }
+            return Patch(previous: previous, ranges: ranges, reader: ChunkReader(repository: repository, snapshot: previousSnapshot ?? snapshot),
+                         prefetch: ChunkPrefetch(store: chunks, chunks: patched))
         }
         return try upload(name: name, size: size, threads: threads, reuse: reuse, patch: patch, read: read, knownZero: knownZero, progress: progress)
     }
@@ -224,6 +233,7 @@ public final class BackupWriter: @unchecked Sendable {
         let previous: FixedIndex
         let ranges: @Sendable (Int) -> [Range<UInt64>]
         let reader: ChunkReader
+        let prefetch: ChunkPrefetch
     }
 
     private func upload(name: String, size: UInt64, threads: Int,
@@ -245,6 +255,7 @@ public final class BackupWriter: @unchecked Sendable {
         let failure = Mutex<(any Error)?>(nil)
         let workers = max(1, min(threads, count))
         let zeroDigest = self.zeroDigest
+        patch?.prefetch.start()
         DispatchQueue.concurrentPerform(iterations: workers) { _ in
             let memory = ChunkMemory(byteCount: Int(chunkSize))
             let buffer = memory.bytes
@@ -273,6 +284,7 @@ public final class BackupWriter: @unchecked Sendable {
                         var frames: DataBlob.Frames?
                         var hashedPrefix = false
                         var changedFrames = [Bool](repeating: false, count: (len + DataBlob.frameSize - 1) / DataBlob.frameSize)
+                        patch?.prefetch.reached(i)
                         if let patch, let decoder, let ranges = patchable(patch, chunk: i, offset: offset, length: len, knownZero: knownZero),
                            previousChunk(patch, i, into: chunk, decoder: decoder, frames: &frames,
                                          hasher: hasher, hashedPrefix: &hashedPrefix, commonPrefix: ranges.map { Int($0.lowerBound - offset) }.min() ?? len,
@@ -334,12 +346,19 @@ public final class BackupWriter: @unchecked Sendable {
     private func patchable(_ patch: Patch, chunk i: Int, offset: UInt64, length: Int,
                            knownZero: (@Sendable (UInt64, Int) -> Bool)?) -> [Range<UInt64>]? {
         guard i < patch.previous.chunkCount, patch.previous.chunkLength(i) == length else { return nil }
-        let end = offset + UInt64(length)
-        let ranges = patch.ranges(i).map { max($0.lowerBound, offset)..<min($0.upperBound, end) }.filter { !$0.isEmpty }
+        let ranges = Self.clip(patch.ranges(i), chunk: offset, length: length)
         var toRead: UInt64 = 0
         for r in ranges where !(knownZero?(r.lowerBound, r.count) ?? false) { toRead += UInt64(r.count) }
-        return Double(toRead) <= Self.patchLimit * Double(length) ? ranges : nil
+        return Self.isPatchable(toRead: toRead, length: length) ? ranges : nil
     }
+
+    /// `ranges` cut to the chunk at `offset`, empty ones dropped.
+    private static func clip(_ ranges: [Range<UInt64>], chunk offset: UInt64, length: Int) -> [Range<UInt64>] {
+        let end = offset + UInt64(length)
+        return ranges.map { max($0.lowerBound, offset)..<min($0.upperBound, end) }.filter { !$0.isEmpty }
+    }
+
+    private static func isPatchable(toRead: UInt64, length: Int) -> Bool { Double(toRead) <= patchLimit * Double(length) }
 
     /// Puts the previous backup's chunk `i` into `chunk` (its length), every
     /// check a restore makes done (the zero chunk without reading it); false,
