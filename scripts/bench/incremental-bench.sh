@@ -38,6 +38,7 @@
 #   STORAGES="qc": only these of bt (btrfs) xf (XFS reflink) zf (zfs-fuse) qc (qcow2), default all four;
 #   the others' filesystems are not made. ZFS_WRITE_OUT=0: zfs-fuse's dirty data is not written out
 #   before the timed backup (see written_out below; the other storages' syncfs is done either way).
+#   COLD=1: the page cache dropped before each timed run (snapdump's and the baselines').
 set -euo pipefail
 HERE=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 ROOT=$(readlink -f "$HERE/../..")
@@ -125,7 +126,10 @@ written_out() {
   if [ "$1" = zf ] && [ "${ZFS_WRITE_OUT:-1}" = 1 ]; then
     zfs snapshot "$ZPOOL/vm-${VMID[zf]}@bench-write-out" && zfs destroy "$ZPOOL/vm-${VMID[zf]}@bench-write-out"
   fi
+  cold
 }
+# COLD=1: nothing cached, as a nightly run finds the repository and the disk (every tool alike).
+cold() { if [ -n "${COLD:-}" ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi; }
 
 # timed OUT CMD…: runs CMD, stdout to OUT.out, stderr to OUT.err; prints "wall cpu rchar"
 # (rchar: bytes the process read, sampled from /proc/<pid>/io every 0.1 s, so a lower bound).
@@ -235,11 +239,13 @@ for run in $(seq 1 "$RUNS"); do
     for s in "${STORAGES[@]}"; do
       changed=${CHANGED[$s]}
       before=$(du_b "$W/restic")
+      cold
       t=$(timed "$W/restic-2-$s-$run" restic backup -q -r "$W/restic" "${DISK[$s]}")
       read -r w c rc <<<"$t"
       echo "$s restic $w" >>"$W/walls"
       echo "| $run | restic $(restic version | cut -d' ' -f2), ${LABEL[$s]%% (*} disk | $(mib "$changed") MiB | $w s | $c s | ≥ $(mib "$rc") MiB | | $(mib $(( $(du_b "$W/restic") - before ))) MiB | $(load) |" >>"$out"
       before=$(du_b "$W/borg")
+      cold
       t=$(timed "$W/borg-2-$s-$run" borg create -C zstd,3 "$W/borg::two-$s-$run" "${DISK[$s]}")
       read -r w c rc <<<"$t"
       echo "$s borg $w" >>"$W/walls"
