@@ -50,15 +50,17 @@ struct IncrementalForever {
     /// `full` (`--full`) or `fullEvery` reached reads a disk whole; its recorded base is
     /// kept all the same until this backup's manifest exists. `repositories`: the repository
     /// storages configured; bases of any other (a repository storage removed) go too.
+    /// `listed`: snapshot names of the disks' volumes the caller has (`removeLeftovers`' listing,
+    /// moments ago under the backup lock), used instead of listing them again.
     static func prepare(disks: [DiskPlan], store: RepositoryStore, snapshot: SnapshotName, full: Bool = false, fullEvery: Int = 0,
-                        repositories: [String] = [], log: TaskLog) -> IncrementalForever {
+                        repositories: [String] = [], listed: [VolumeID: [String]] = [:], log: TaskLog) -> IncrementalForever {
         var previous: [String: IncrementalBase] = [:]
         var previousRuns: [String: Int] = [:]
         var remaining: [VolumeID: [String]] = [:]
         for d in disks {
             let plugin = d.plugin, volume = d.volume, file = d.deviceName + ".img"
             // Listed once: on zfs every listing is a `zfs list` round trip; nothing else changes them under the backup lock.
-            let bases = Result { try BaseSnapshot.list(volume, on: plugin) }
+            let bases = Result { try listed[volume].map { $0.filter(BaseSnapshot.isBase).sorted() } ?? BaseSnapshot.list(volume, on: plugin) }
             var found = IncrementalBase.find(repository: store.repository, type: snapshot.type, id: snapshot.id,
                                              file: file, volume: volume.description,
                                              baseExists: { try bases.get().contains($0) })

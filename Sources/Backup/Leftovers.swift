@@ -23,7 +23,7 @@ public enum Leftovers {
         }
         var removed: [String] = []
         for (_, g) in byStorage.sorted(by: { $0.key < $1.key }) where g.plugin.snapshotCapability(for: .raw).canSnapshot {
-            removed += try g.plugin.removeLeftovers(of: g.volumes, snapshotPrefix: snapshotPrefix).map { "\($0) on storage '\(g.plugin.id)'" }
+            removed += try g.plugin.removeLeftovers(of: g.volumes, snapshotPrefix: snapshotPrefix).removed.map { "\($0) on storage '\(g.plugin.id)'" }
         }
         return removed
     }
@@ -48,10 +48,11 @@ public enum Leftovers {
     /// storages and in the dump directory. After a stale lock (`staleLock`): a running guest's
     /// fleecing is removed from QEMU, a guest stopped for a stop-mode backup is started with
     /// `startDrives`, a paused one resumed, frozen filesystems thawed. Fleecing images of the
-    /// guest on `fleecingStorage` are deleted. Returns the guest's status afterwards.
+    /// guest on `fleecingStorage` are deleted. Returns the guest's status afterwards, and the
+    /// snapshots the storages showed left of each disk (where their listing shows them).
     static func recover(config: VMConfig, staleLock: Bool, disks: [DiskPlan], startDrives: [ResolvedDisk],
-                        fleecingStorage: (any StoragePlugin)? = nil, dumpdir: String?,
-                        paths: SnapdumpPaths, lifecycle: VMLifecycle, log: TaskLog) async throws -> VMStatus {
+                        fleecingStorage: (any StoragePlugin)? = nil, dumpdir: String?, paths: SnapdumpPaths,
+                        lifecycle: VMLifecycle, log: TaskLog) async throws -> (status: VMStatus, snapshots: [VolumeID: [String]]) {
         let vmid = config.vmid
         var status = try await lifecycle.status(vmid: vmid)
         if staleLock && status.state != .stopped {
@@ -93,19 +94,23 @@ public enum Leftovers {
                 log.warn("removed fleecing image \(path), left by an earlier run that was killed")
             }
         }
-        try await remove(vmid: vmid, disks: disks, dumpdir: dumpdir, running: status.state != .stopped, lifecycle: lifecycle, log: log)
-        return status
+        let snapshots = try await remove(vmid: vmid, disks: disks, dumpdir: dumpdir, running: status.state != .stopped,
+                                         lifecycle: lifecycle, log: log)
+        return (status, snapshots)
     }
 
     private static func remove(vmid: Int, disks: [DiskPlan], dumpdir: String?, running: Bool,
-                       lifecycle: VMLifecycle, log: TaskLog) async throws {
+                       lifecycle: VMLifecycle, log: TaskLog) async throws -> [VolumeID: [String]] {
         // Storage snapshots and what was made to read them.
         var byStorage: [String: (plugin: any StoragePlugin, volumes: [VolumeID])] = [:]
         for d in disks { byStorage[d.plugin.id, default: (d.plugin, [])].volumes.append(d.volume) }
+        var snapshots: [VolumeID: [String]] = [:]
         for (_, g) in byStorage.sorted(by: { $0.key < $1.key }) {
-            for what in try g.plugin.removeLeftovers(of: g.volumes, snapshotPrefix: snapshotPrefix) {
+            let result = try g.plugin.removeLeftovers(of: g.volumes, snapshotPrefix: snapshotPrefix)
+            for what in result.removed {
                 log.warn("removed \(what) on storage '\(g.plugin.id)', left by an earlier run that was killed")
             }
+            snapshots.merge(result.snapshots ?? [:]) { a, _ in a }
         }
         // qcow2 overlays: merge them back — after the snapshot they hold the guest's newest writes.
         // A qemu-nbd the killed run left reading an image would hold the lock block-commit needs.
@@ -129,10 +134,11 @@ public enum Leftovers {
             }
         }
         // Unfinished archives of this guest (a repository's unfinished snapshots: BackupWriter removes them).
-        guard let dumpdir else { return }
+        guard let dumpdir else { return snapshots }
         for name in (try? FileSystem.list(dumpdir)) ?? [] where name.hasPrefix("vzdump-qemu-\(vmid)-") && name.hasSuffix(".dat") {
             try FileSystem.remove(dumpdir + "/" + name)
             log.warn("removed unfinished archive \(dumpdir)/\(name), left by an earlier run that was killed")
         }
+        return snapshots
     }
 }

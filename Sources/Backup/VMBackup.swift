@@ -144,7 +144,7 @@ final class VMBackup: @unchecked Sendable {
                 return (try DiskPlan.plan(backup, storages: storages), start.map(\.resolved))
             }
             summary.storages = Array(Set(disks.map(\.volume.storage))).sorted()
-            let status = try await Leftovers.recover(config: config, staleLock: staleLock, disks: disks, startDrives: startDrives,
+            let (status, snapshotsLeft) = try await Leftovers.recover(config: config, staleLock: staleLock, disks: disks, startDrives: startDrives,
                                                      fleecingStorage: options.fleecing.storage.flatMap { try? storages.plugin($0) },
                                                      dumpdir: target.dumpdir, paths: paths, lifecycle: lifecycle, log: log)
             log.info("status = \(status.state.rawValue)")
@@ -200,7 +200,7 @@ final class VMBackup: @unchecked Sendable {
                     try await StopQuiesce(guest: guest, stopwait: .seconds(options.stopwait * 60), startDrives: startDrives,
                                           restartMarker: Leftovers.restartMarker(vmid: vmid, paths: paths)).run()
                 }
-                if let base = try await incrementalBase(disks) {
+                if let base = try await incrementalBase(disks, listed: snapshotsLeft) {
                     // The guest is down: a storage snapshot now is the same data, and it is kept as the next base.
                     try await takeStorageSnapshots(disks, name: base)
                     try await resolveIncremental(disks)
@@ -219,7 +219,7 @@ final class VMBackup: @unchecked Sendable {
                 try await openSources(disks)
             case .snapshot(let plan):
                 var snapName = "\(Leftovers.snapshotPrefix)\(Int(start.timeIntervalSince1970))"
-                if plan.disks.allSatisfy({ $0.technique == .storageSnapshot }), let base = try await incrementalBase(disks) {
+                if plan.disks.allSatisfy({ $0.technique == .storageSnapshot }), let base = try await incrementalBase(disks, listed: snapshotsLeft) {
                     snapName = base
                 }
                 var bitmap: String?
@@ -365,7 +365,8 @@ final class VMBackup: @unchecked Sendable {
     /// Into a repository, from storages that track changes: decides per disk
     /// whether the previous backup's base can be used and names the snapshot
     /// this backup keeps as the next base (`IncrementalForever`); nil otherwise.
-    private func incrementalBase(_ disks: [DiskPlan]) async throws -> String? {
+    /// `listed`: the disks' snapshots as leftover removal saw them (not listed again).
+    private func incrementalBase(_ disks: [DiskPlan], listed: [VolumeID: [String]]) async throws -> String? {
         guard case .repository(let store, let snapshot, _) = target, !disks.isEmpty, disks.allSatisfy(IncrementalForever.tracks) else {
             return nil
         }
@@ -373,7 +374,7 @@ final class VMBackup: @unchecked Sendable {
         let repositories = storages.config.storages.filter { $0.type == .repo }.map(\.id)
         let inc = try await Blocking.run("incremental-base") {
             IncrementalForever.prepare(disks: disks, store: store, snapshot: snapshot, full: full, fullEvery: fullEvery,
-                                       repositories: repositories, log: log)
+                                       repositories: repositories, listed: listed, log: log)
         }
         incremental = inc
         return inc.newBase

@@ -126,8 +126,9 @@ public protocol StoragePlugin: Sendable {
     /// where finding the path is a round trip (zfs-fuse's mountpoint), it is not asked again.
     func size(of volume: VolumeID, at path: String, format: VolumeFormat) throws -> UInt64
     /// Removes what a killed run left of `volumes`: snapshots whose name starts
-    /// with `prefix`, and whatever was made to read them. Returns what it removed.
-    func removeLeftovers(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String]
+    /// with `prefix`, and whatever was made to read them. Returns what it removed,
+    /// and the snapshots it saw left (a backup takes its bases from there).
+    func removeLeftovers(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> LeftoverRemoval
     /// The directory where backup fleecing images of `vmid` (`vm-<vmid>-fleece-<n>.qcow2`,
     /// never listed as volumes) are created; throws, naming the storage, when it cannot hold them.
     func fleecingDirectory(vmid: Int) throws -> String
@@ -222,7 +223,7 @@ extension StoragePlugin {
         return try FileVolumeWriter(path: path, name: volume.description)
     }
 
-    public func removeLeftovers(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String] {
+    public func removeLeftovers(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> LeftoverRemoval {
         try removeLeftoverSnapshots(of: volumes, snapshotPrefix: prefix)
     }
 
@@ -271,9 +272,10 @@ extension StoragePlugin {
     }
 
     /// The default part of `removeLeftovers`: delete matching snapshots, one name at a time.
-    public func removeLeftoverSnapshots(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String] {
+    public func removeLeftoverSnapshots(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> LeftoverRemoval {
+        let listed = try snapshotNames(of: volumes)
         var byName: [String: [VolumeID]] = [:]
-        for (volume, names) in try snapshotNames(of: volumes).sorted(by: { $0.key.description < $1.key.description }) {
+        for (volume, names) in listed.sorted(by: { $0.key.description < $1.key.description }) {
             for name in names where name.hasPrefix(prefix) { byName[name, default: []].append(volume) }
         }
         var removed: [String] = []
@@ -281,7 +283,7 @@ extension StoragePlugin {
             try deleteSnapshot(vols, name: name)
             removed.append("snapshot '\(name)' of \(vols.map(\.description).joined(separator: ", "))")
         }
-        return removed
+        return LeftoverRemoval(removed: removed, volumes: volumes, listed: listed, prefix: prefix)
     }
 
     /// Capability for a volume, looking up its format.
@@ -305,5 +307,28 @@ extension StoragePlugin {
     func roundedSize(_ size: UInt64) throws -> UInt64 {
         guard size > 0 else { throw StorageError(.invalidArgument, "volume size must be greater than 0") }
         return (size + 4095) / 4096 * 4096
+    }
+}
+
+/// What `removeLeftovers` removed, and the snapshots it left of each volume.
+public struct LeftoverRemoval: Sendable {
+    /// What was removed, one line each ("snapshot 'x' of …").
+    public var removed: [String]
+    /// The names of each volume's snapshots after the removal, from the listing it made
+    /// (every volume asked, none → []): a backup's bases without listing them again (on
+    /// zfs-fuse a `zfs list`, on LVM an `lvs`). Nil when the storage's listing does not show them.
+    public var snapshots: [VolumeID: [String]]?
+
+    public init(removed: [String], snapshots: [VolumeID: [String]]?) {
+        self.removed = removed
+        self.snapshots = snapshots
+    }
+
+    /// From a listing of `volumes`' snapshots, once those named `prefix…` are removed.
+    public init(removed: [String], volumes: [VolumeID], listed: [VolumeID: [String]], prefix: String) {
+        self.removed = removed
+        var left: [VolumeID: [String]] = [:]
+        for v in volumes { left[v] = (listed[v] ?? []).filter { !$0.hasPrefix(prefix) } }
+        snapshots = left
     }
 }

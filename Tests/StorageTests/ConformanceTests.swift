@@ -183,6 +183,44 @@ struct ConformanceTests {
         print("[\(c.name)] conformance: every step ran")
     }
 
+    /// A killed run's snapshots (`snapdump-…`) go; a base and the user's own stay, and the listing
+    /// `removeLeftovers` returns with them is what `snapshotNames` lists afterwards (a backup takes
+    /// its bases from it instead of listing again).
+    @Test("leftover snapshots removed, the rest listed as snapshotNames lists them",
+          arguments: PluginCase.all.filter { $0.snapshots != .unsupported })
+    func leftoversAndTheListingLeft(_ c: PluginCase) throws {
+        let storage = try c.makeStorage()
+        defer { storage.destroy() }
+        let p = storage.plugin
+        let size = max(c.sizeGranularity, 1 << 20)
+        let v0 = try p.allocate(vmid: 100, size: size, format: c.format)
+        let v1 = try p.allocate(vmid: 100, size: size, format: c.format)
+        defer { for v in [v0, v1] { try? p.free(v) } }
+        let base = "snapdump_base_20261201T000000Z_r1", mine = "before-upgrade"
+        for name in ["snapdump-1764547200", base, mine] {
+            if c.snapshots == .atomic { try p.createSnapshot([v0, v1], name: name) } else {
+                for v in [v0, v1] { try p.createSnapshot([v], name: name) }
+            }
+        }
+        let result = try p.removeLeftovers(of: [v0, v1], snapshotPrefix: "snapdump-")
+        #expect(result.removed.count >= 1 && result.removed.allSatisfy { $0.contains("snapdump-1764547200") || $0.contains("group") },
+                "\(result.removed)")
+        for v in [v0, v1] {
+            let now = try p.snapshotNames(of: v).sorted()
+            #expect(now == [base, mine].sorted(), "\(v): \(now)")
+            if let listed = result.snapshots {
+                #expect(listed[v]?.sorted() == now, "\(v): listed \(listed[v] ?? []), snapshotNames \(now)")
+            }
+        }
+        #expect(result.snapshots != nil, "every plugin's removeLeftovers lists what it left")
+        for name in [base, mine] {
+            if c.snapshots == .atomic { try p.deleteSnapshot([v0, v1], name: name) } else {
+                for v in [v0, v1] { try p.deleteSnapshot([v], name: name) }
+            }
+        }
+        print("[\(c.name)] leftovers: every step ran")
+    }
+
     func write(_ states: [BlockPattern.State], to volume: VolumeID, on p: any StoragePlugin, format: VolumeFormat, tag: UInt64, scratch: String) throws {
         switch format {
         case .raw:

@@ -157,14 +157,14 @@ struct RBDGroupSnapshotTests {
 
         // Killed after the group snapshot: leftover recovery removes it and the group.
         try p.createSnapshot([v0, v1], name: "snapdump-y")
-        let removed = try p.removeLeftovers(of: [v0, v1], snapshotPrefix: "snapdump-")
+        let removed = try p.removeLeftovers(of: [v0, v1], snapshotPrefix: "snapdump-").removed
         #expect(removed.count == 1 && removed[0].contains("snapdump-y"), "\(removed)")
         #expect(try groups(ceph, pool).isEmpty && p.listSnapshots().isEmpty)
 
         // Killed between making the group and its snapshot: a group without snapshots.
         try rbd(ceph, ["group", "create", "\(pool)/vm-100"])
         try rbd(ceph, ["group", "image", "add", "\(pool)/vm-100", "\(pool)/vm-100-disk-0"])
-        let again = try p.removeLeftovers(of: [v0, v1], snapshotPrefix: "snapdump-")
+        let again = try p.removeLeftovers(of: [v0, v1], snapshotPrefix: "snapdump-").removed
         #expect(again == ["rbd group '\(pool)/vm-100' (no snapshots)"], "\(again)")
         #expect(try groups(ceph, pool).isEmpty)
 

@@ -432,8 +432,8 @@ public struct RBDPlugin: StoragePlugin {
     /// Snapshots named `prefix…` (group snapshots too), then the groups of these
     /// volumes' images that hold no snapshot: a run killed between making the group
     /// and its snapshot, or before its cleanup, left them.
-    public func removeLeftovers(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String] {
-        var removed = try removeLeftoverSnapshots(of: volumes, snapshotPrefix: prefix)
+    public func removeLeftovers(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> LeftoverRemoval {
+        var result = try removeLeftoverSnapshots(of: volumes, snapshotPrefix: prefix)
         let names = try volumes.map { try image($0) }
         try withConnection("remove leftovers") { c in
             var groups: Set<String> = []
@@ -443,10 +443,10 @@ public struct RBDPlugin: StoragePlugin {
                 if let g = try img.group(), g == RBDGroupSnapshot.groupName(vmid: DiskName(n)?.vmid ?? -1) { groups.insert(g) }
             }
             for g in groups.sorted() where try RBDGroupSnapshot.dismantleIfUnused(c, group: g) {
-                removed.append("rbd group '\(pool)/\(g)' (no snapshots)")
+                result.removed.append("rbd group '\(pool)/\(g)' (no snapshots)")
             }
         }
-        return removed
+        return result
     }
 
     public func openForWriting(_ volume: VolumeID) throws -> any VolumeWriter {

@@ -421,8 +421,8 @@ public struct ZFSPoolPlugin: StoragePlugin {
     public static let clonePrefix = "snapdump-read-vm-"
 
     /// Read clones of the VMs' snapshots first (a snapshot with a clone cannot be destroyed), then the
-    /// snapshots; both found by one `zfs list` of the pool.
-    public func removeLeftovers(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> [String] {
+    /// snapshots; both found by one `zfs list` of the pool, which shows the snapshots left too.
+    public func removeLeftovers(of volumes: [VolumeID], snapshotPrefix prefix: String) throws -> LeftoverRemoval {
         var removed: [String] = []
         var volumesOf: [String: [VolumeID]] = [:]   // snapshot target → its volumes
         for v in volumes {
@@ -441,16 +441,18 @@ public struct ZFSPoolPlugin: StoragePlugin {
             removed.append("read clone '\(name)'")
         }
         var byName: [String: [VolumeID]] = [:]
+        var listed: [VolumeID: [String]] = [:]
         for name in names {
             guard let at = name.firstIndex(of: "@"), let vols = volumesOf[String(name[..<at])] else { continue }
             let snapshot = String(name[name.index(after: at)...])
+            for v in vols { listed[v, default: []].append(snapshot) }
             if snapshot.hasPrefix(prefix) { byName[snapshot, default: []] += vols }
         }
         for (name, vols) in byName.sorted(by: { $0.key < $1.key }) {
             try deleteSnapshot(vols, name: name)
             removed.append("snapshot '\(name)' of \(vols.map(\.description).sorted().joined(separator: ", "))")
         }
-        return removed
+        return LeftoverRemoval(removed: removed, volumes: volumes, listed: listed.mapValues { $0.sorted() }, prefix: prefix)
     }
 
     /// The WRITE and FREE records of `zfs send -i <base> <new>` for the
