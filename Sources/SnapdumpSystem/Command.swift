@@ -94,6 +94,10 @@ public enum Command {
         p.executableURL = URL(fileURLWithPath: resolve(argv[0]))
         p.arguments = Array(argv.dropFirst())
         let out = Pipe(), err = Pipe()
+        // A 1 MiB pipe, not the default 64 KiB: the writer (zfs-fuse's daemon writing a `zfs send`
+        // stream) waited for this reader every 64 KiB; 20 MiB of changes were sent in 24–28 ms
+        // instead of 36–47. A hint: a refusal (pipe-max-size) leaves the default.
+        _ = fcntl(out.fileHandleForReading.fileDescriptor, pipeSetSize, Int32(1 << 20))
         p.standardOutput = out
         p.standardError = err
         p.standardInput = FileHandle.nullDevice
@@ -184,3 +188,6 @@ private final class DataBox: @unchecked Sendable {
     // @unchecked: written by one thread before DispatchGroup.leave, read after wait.
     var data = Data()
 }
+
+// <fcntl.h> defines F_SETPIPE_SZ under _GNU_SOURCE only, which Swift does not import.
+private let pipeSetSize: Int32 = 1031

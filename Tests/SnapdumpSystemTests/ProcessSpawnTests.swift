@@ -100,3 +100,19 @@ struct PendingCommandTests {
         #expect((try? r.get()) == nil)
     }
 }
+
+@Suite("Commands streamed to a reader")
+struct StreamCommandTests {
+    /// The child writes into a 1 MiB pipe (F_GETPIPE_SZ on its stdout), and every byte arrives in order.
+    @Test func streamsThroughAOneMiBPipe() throws {
+        let script = "import fcntl, sys; sys.stdout.write('%d\\n' % fcntl.fcntl(1, 1032)); sys.stdout.flush(); "
+            + "sys.stdout.buffer.write(bytes(range(256)) * 8192)"
+        var received: [UInt8] = []
+        try Command.stream(["/usr/bin/python3", "-c", script]) { received.append(contentsOf: $0) }
+        let newline = try #require(received.firstIndex(of: 10))
+        #expect(String(decoding: received[..<newline], as: UTF8.self) == "1048576")
+        let body = received[(newline + 1)...]
+        #expect(body.count == 256 * 8192)
+        #expect(body.enumerated().allSatisfy { $0.element == UInt8($0.offset & 255) })
+    }
+}
