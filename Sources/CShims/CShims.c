@@ -12,6 +12,7 @@
 #include <malloc.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <fcntl.h>
 #include <linux/aio_abi.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -133,6 +134,10 @@ int snapdump_btrfs_send_no_data(int snapshot_fd, int send_fd, uint64_t parent_ro
     args.parent_root = parent_root;
     args.flags = BTRFS_SEND_FLAG_NO_FILE_DATA;
     return ioctl(snapshot_fd, BTRFS_IOC_SEND, &args);
+}
+
+int snapdump_pipe_cloexec(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC);
 }
 
 int snapdump_memfd(const char *name) {

@@ -116,3 +116,60 @@ struct StreamCommandTests {
         #expect(body.enumerated().allSatisfy { $0.element == UInt8($0.offset & 255) })
     }
 }
+
+/// `Command.capture` / `run`: posix_spawn and poll(2) instead of Foundation's `Process`.
+@Suite("Commands run to completion")
+struct CapturedCommandTests {
+    /// Both pipes drained at once: a child that fills stderr while we would wait on stdout must not hang.
+    @Test func stdoutAndStderrArriveApartWithoutDeadlock() throws {
+        let script = "import sys\nfor i in range(64):\n    sys.stderr.write('e' * 16384); sys.stderr.flush(); sys.stdout.write('o' * 16384); sys.stdout.flush()"
+        let o = try Command.capture(["/usr/bin/python3", "-c", script])
+        #expect(o.status == 0)
+        #expect(o.stdout.utf8.count == 64 * 16384 && o.stdout.utf8.allSatisfy { $0 == UInt8(ascii: "o") })
+        #expect(o.stderr.utf8.count == 64 * 16384 && o.stderr.utf8.allSatisfy { $0 == UInt8(ascii: "e") })
+    }
+
+    @Test func exitCodesAndSignalsAsAShellSaysThem() throws {
+        #expect(try Command.capture(["sh", "-c", "exit 7"]).status == 7)
+        #expect(try Command.capture(["sh", "-c", "kill -9 $$"]).status == 128 + 9)
+        let e = try #require(throws: CommandError.self) { try Command.run(["sh", "-c", "echo bad thing >&2; exit 3"]) }
+        #expect(e.status == 3 && e.stderr == "bad thing\n")
+    }
+
+    @Test func inputIsTheChildsStdinAndAChildThatIgnoresItRaisesNoSIGPIPE() throws {
+        #expect(try Command.run(["cat"], input: "0 2048 linear /dev/loop0 0\n") == "0 2048 linear /dev/loop0 0\n")
+        let big = String(repeating: "x", count: 200_000)
+        #expect(try Command.run(["wc", "-c"], input: big).trimmingCharacters(in: .whitespacesAndNewlines) == "200000")
+        // Exits without reading: the input already sits in the pipe, nothing is written to a closed reader.
+        #expect(try Command.capture(["true"], input: big).status == 0)
+    }
+
+    @Test func environmentIsAddedToOurs() throws {
+        let home = ProcessInfo.processInfo.environment["HOME"] ?? ""
+        #expect(try Command.run(["sh", "-c", "echo \"$SNAPDUMP_TEST_VAR $HOME\""], environment: ["SNAPDUMP_TEST_VAR": "x"]) == "x \(home)\n")
+    }
+
+    @Test func aProgramThatCannotStartIsStatus127() {
+        let e = #expect(throws: CommandError.self) { try Command.run(["/nonexistent/snapdump-no-such-program"]) }
+        #expect(e?.status == 127)
+    }
+
+    /// Started from a thread that blocks SIGTERM and holds a descriptor: the child leads its own
+    /// process group (a Ctrl-C reaches snapdump, not a `zfs snapshot` half way), has an empty
+    /// signal mask and no descriptor of ours but its pipes.
+    @Test func childLeadsItsOwnGroupWithACleanSignalMaskAndNoDescriptorOfOurs() throws {
+        let seenFD = LockedBox<Int32>(-1)
+        let output = LockedBox<String>("")
+        try ProcessSpawnTests().onThreadBlockingSIGTERM { fd in
+            seenFD.value = fd
+            output.value = try Command.run(["sh", "-c", "echo $$; cut -d' ' -f5 /proc/$$/stat; grep SigBlk /proc/self/status; ls /proc/$$/fd"])
+        }
+        let lines = output.value.split(separator: "\n").map(String.init)
+        try #require(lines.count >= 3, "\(lines)")
+        #expect(lines[0] == lines[1], "the child's process group \(lines[1]) is not its own (pid \(lines[0]))")
+        #expect(lines[2] == "SigBlk:\t0000000000000000")
+        let fds = lines.dropFirst(3).compactMap { Int32($0) }
+        #expect(!fds.contains(seenFD.value), "the child inherited descriptor \(seenFD.value): \(fds)")
+        #expect(fds.filter { $0 > 2 }.isEmpty, "\(fds)")
+    }
+}

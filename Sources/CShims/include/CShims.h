@@ -71,6 +71,10 @@ int snapdump_btrfs_root_id(int fd, uint64_t *root_id);
 /// `send_fd` — what `btrfs send --no-data -p` does. Returns 0 or -1 with errno.
 int snapdump_btrfs_send_no_data(int snapshot_fd, int send_fd, uint64_t parent_root);
 
+/// pipe2(fds, O_CLOEXEC): both ends closed on exec, with no moment in which a child
+/// started by another thread could inherit them. Returns 0 or -1 with errno.
+int snapdump_pipe_cloexec(int fds[2]);
+
 /// memfd_create(name, MFD_CLOEXEC): an anonymous in-memory file. Returns the fd or -1.
 int snapdump_memfd(const char *name);
 
