@@ -329,9 +329,21 @@ extension ChangeTrackingTests {
         let data = try contents(p, volume, snapshot: nil)
         try FileSystem.remove(path)
         try FileSystem.writeAtomically(path, bytes: data, mode: 0o600)
+        // As a backup runs it: the leftover listing first, whose base createtxg and identity the
+        // tracking then uses (the send alone; the createtxg is what shows the object was freed).
+        _ = try p.removeLeftovers(of: [volume], snapshotPrefix: "snapdump-")
         try p.createSnapshot([volume], name: "snapdump_base_d")
-        let replaced = try p.changedChunks(volume, base: "snapdump_base_c", snapshot: "snapdump_base_d", chunkSize: UInt64(Self.chunk))
+        let (replaced, sendOnly) = try zfsCommands {
+            try p.changedChunks(volume, base: "snapdump_base_c", snapshot: "snapdump_base_d", chunkSize: UInt64(Self.chunk))
+        }
         #expect(replaced.reason?.contains("freed") == true, "\(replaced)")
+        #expect(sendOnly.filter { $0.contains(dataset) }.map { $0.split(separator: " ").prefix(2).joined(separator: " ") } == ["send -i"], "\(sendOnly)")
+        // A listing's facts serve one tracking: asked again, the base's properties come from `zfs get`.
+        let (again, asked) = try zfsCommands {
+            try p.changedChunks(volume, base: "snapdump_base_c", snapshot: "snapdump_base_d", chunkSize: UInt64(Self.chunk))
+        }
+        #expect(again.reason?.contains("freed") == true, "\(again)")
+        #expect(asked.contains { $0.hasPrefix("get ") }, "\(asked)")
         for s in ["snapdump_base_a", "snapdump_base_b", "snapdump_base_c", "snapdump_base_d"] { try p.deleteSnapshot([volume], name: s) }
         try p.free(volume)
         #expect(storage.leftovers().isEmpty, "\(storage.leftovers())")

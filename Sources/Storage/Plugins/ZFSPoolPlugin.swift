@@ -1,5 +1,6 @@
 import Foundation
 import SnapdumpSystem
+import Synchronization
 
 /// `zfspool`: ZFS volumes under `pool`.
 ///
@@ -430,7 +431,17 @@ public struct ZFSPoolPlugin: StoragePlugin {
             volumesOf[try snapshotTarget(v), default: []].append(v)
         }
         let vmids = Set(try volumes.map { try parseDisk($0).vmid })
-        let names = try zfs("list", "-H", "-o", "name", "-r", "-t", "filesystem,volume,snapshot", pool).split(separator: "\n").map(String.init)
+        // zfs-fuse: each snapshot's createtxg and recorded file identities come along (`ListedSnapshotFacts`),
+        // so the incremental's change tracking need not ask for its base's (a `zfs get` round trip).
+        let columns = usesZvols ? ["name"] : ["name", "createtxg"] + Set(volumes.map(FileIdentity.property)).sorted()
+        let rows = try zfs("list", "-H", "-o", columns.joined(separator: ","), "-r", "-t", "filesystem,volume,snapshot", pool)
+            .split(separator: "\n").map { $0.split(separator: "\t", omittingEmptySubsequences: false).map(String.init) }
+        let names = rows.compactMap(\.first)
+        if !usesZvols {
+            ListedSnapshotFacts.replace(pool: pool, with: Dictionary(rows.filter { $0.count == columns.count && $0[0].contains("@") }.map { row in
+                (row[0], Dictionary(uniqueKeysWithValues: zip(columns.dropFirst(), row.dropFirst())))
+            }, uniquingKeysWith: { a, _ in a }))
+        }
         for name in names where !name.contains("@") {
             let child = name.hasPrefix(pool + "/") ? String(name.dropFirst(pool.count + 1)) : ""
             guard child.hasPrefix(Self.clonePrefix) else { continue }
@@ -469,12 +480,15 @@ public struct ZFSPoolPlugin: StoragePlugin {
         let target = try snapshotTarget(volume)
         let new = "\(target)@\(snapshot)", old = "\(target)@\(base)"
         let property = FileIdentity.property(volume)
-        // Both snapshots' createtxg, volsize and recorded file identity in one round trip to the daemon
-        // (each is tens of ms on zfs-fuse); a snapshot that does not exist has no line.
-        let props = snapshotProperties([new, old], ["createtxg", usesZvols ? "volsize" : property])
-        guard let newProps = props[new] else {
+        // The base's createtxg and recorded file identity as this backup's leftover listing saw them
+        // moments ago; else both snapshots' createtxg, volsize and identity in one round trip to the
+        // daemon (tens of ms on zfs-fuse), where a snapshot that does not exist has no line.
+        let listed = usesZvols ? nil : ListedSnapshotFacts.take(old)
+        let props = listed.map { [old: $0] } ?? snapshotProperties([new, old], ["createtxg", usesZvols ? "volsize" : property])
+        guard listed != nil || props[new] != nil else {
             throw StorageError(.notFound, "snapshot '\(snapshot)' of volume '\(volume)' does not exist")
         }
+        let newProps = props[new] ?? [:]
         guard let oldProps = props[old] else {
             return .unknown(reason: "base snapshot '\(base)' of volume '\(volume)' does not exist (deleted by hand?)")
         }
@@ -587,5 +601,27 @@ struct FileIdentity: Equatable {
         // Closed before the clone can be destroyed: an open file makes zfs-fuse's destroy fail "busy".
         try file.close()
         self.init(object: UInt64(st.st_ino), size: UInt64(st.st_size))
+    }
+}
+
+/// zfs-fuse: what the leftover removal's `zfs list` of a pool showed of each snapshot
+/// (`createtxg`, and the `snapdump:object:<disk>` identities, "-" when unset), so that the
+/// incremental's change tracking moments later need not ask the daemon for its base's again.
+/// Both are fixed once the snapshot exists (the identity is set only by the backup that took
+/// it). Each listing replaces its pool's entries, and an entry is taken once: a base looked
+/// up without a listing before it is asked with `zfs get`, as before.
+enum ListedSnapshotFacts {
+    private static let facts = Mutex<[String: [String: String]]>([:])
+
+    static func replace(pool: String, with listed: [String: [String: String]]) {
+        facts.withLock { f in
+            f = f.filter { !$0.key.hasPrefix(pool + "/") && !$0.key.hasPrefix(pool + "@") }
+            f.merge(listed) { _, new in new }
+        }
+    }
+
+    /// `dataset@snapshot`'s listed properties, removed; nil when no listing showed it.
+    static func take(_ snapshot: String) -> [String: String]? {
+        facts.withLock { $0.removeValue(forKey: snapshot) }
     }
 }
