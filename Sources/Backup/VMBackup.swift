@@ -200,9 +200,13 @@ final class VMBackup: @unchecked Sendable {
                     try await StopQuiesce(guest: guest, stopwait: .seconds(options.stopwait * 60), startDrives: startDrives,
                                           restartMarker: Leftovers.restartMarker(vmid: vmid, paths: paths)).run()
                 }
-                if let base = try await incrementalBase(disks, listed: snapshotsLeft) {
+                if let base = newBase(disks) {
                     // The guest is down: a storage snapshot now is the same data, and it is kept as the next base.
+                    // The snapshot need not wait for the previous backup's manifest and index to be read and
+                    // checked: both at once (on zfs-fuse the snapshot waits for a transaction group).
+                    async let prepared = prepareIncremental(disks, listed: snapshotsLeft)
                     try await takeStorageSnapshots(disks, name: base)
+                    incremental = try await prepared
                     try await resolveIncremental(disks)
                     try await openSources(disks, snapshot: base)
                 } else if let q = await qcow2Incremental(disks, running: false) {
@@ -367,17 +371,31 @@ final class VMBackup: @unchecked Sendable {
     /// this backup keeps as the next base (`IncrementalForever`); nil otherwise.
     /// `listed`: the disks' snapshots as leftover removal saw them (not listed again).
     private func incrementalBase(_ disks: [DiskPlan], listed: [VolumeID: [String]]) async throws -> String? {
+        guard newBase(disks) != nil else { return nil }
+        let inc = try await prepareIncremental(disks, listed: listed)
+        incremental = inc
+        return inc.newBase
+    }
+
+    /// The snapshot this backup keeps as the next base, into a repository from storages that
+    /// track changes (`IncrementalForever.tracks`); nil otherwise. Decided without asking anyone.
+    private func newBase(_ disks: [DiskPlan]) -> String? {
         guard case .repository(let store, let snapshot, _) = target, !disks.isEmpty, disks.allSatisfy(IncrementalForever.tracks) else {
             return nil
         }
+        return BaseSnapshot.name(backupTime: snapshot.time, repository: store.storage)
+    }
+
+    /// `IncrementalForever.prepare` for `newBase(disks)` on a thread of its own; touches no state of
+    /// this backup, so it may run beside the snapshot.
+    private func prepareIncremental(_ disks: [DiskPlan], listed: [VolumeID: [String]]) async throws -> IncrementalForever {
+        guard case .repository(let store, let snapshot, _) = target else { preconditionFailure("prepareIncremental: not into a repository") }
         let log = self.log, full = options.full, fullEvery = options.fullEvery
         let repositories = storages.config.storages.filter { $0.type == .repo }.map(\.id)
-        let inc = try await Blocking.run("incremental-base") {
+        return try await Blocking.run("incremental-base") {
             IncrementalForever.prepare(disks: disks, store: store, snapshot: snapshot, full: full, fullEvery: fullEvery,
                                        repositories: repositories, listed: listed, log: log)
         }
-        incremental = inc
-        return inc.newBase
     }
 
     /// Into a repository, every disk a qcow2 image on a `dir` storage: decides per disk
