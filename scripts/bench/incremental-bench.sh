@@ -132,8 +132,10 @@ written_out() {
   fi
   cold
 }
-# COLD=1: nothing cached, as a nightly run finds the repository and the disk (every tool alike).
-cold() { if [ -n "${COLD:-}" ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi; }
+# Before every timed run, every tool alike: what the runs before it wrote is written out (a
+# baseline's repository writes left to writeback otherwise ran into the next timed run).
+# COLD=1: nothing cached either, as a nightly run finds the repository and the disk.
+cold() { sync; if [ -n "${COLD:-}" ]; then echo 3 >/proc/sys/vm/drop_caches; fi; }
 
 # timed OUT CMD…: runs CMD, stdout to OUT.out, stderr to OUT.err; prints "wall cpu rchar"
 # (rchar: bytes the process read, sampled from /proc/<pid>/io every 0.1 s, so a lower bound).
