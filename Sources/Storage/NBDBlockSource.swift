@@ -27,21 +27,22 @@ public final class NBDBlockSource: BlockSource, @unchecked Sendable {
     /// Connects to an existing NBD server on a unix socket (`exportName`: the
     /// export to open, e.g. QEMU's fleecing export of one disk; nil: the default export).
     public init(socket: String, name: String, exportName: String? = nil) throws {
-        guard let h = nbd_create() else { throw Self.error("nbd_create", name) }
-        if let exportName, nbd_set_export_name(h, exportName) != 0 {
+        _ = try LibNBD.load()
+        guard let h = libnbd.nbd_create!() else { throw Self.error("nbd_create", name) }
+        if let exportName, libnbd.nbd_set_export_name!(h, exportName) != 0 {
             let e = Self.error("select NBD export '\(exportName)'", name)
-            nbd_close(h)
+            libnbd.nbd_close!(h)
             throw e
         }
-        if nbd_add_meta_context(h, "base:allocation") != 0 || nbd_connect_unix(h, socket) != 0 {
+        if libnbd.nbd_add_meta_context!(h, "base:allocation") != 0 || libnbd.nbd_connect_unix!(h, socket) != 0 {
             let e = Self.error("connect to NBD socket \(socket)", name)
-            nbd_close(h)
+            libnbd.nbd_close!(h)
             throw e
         }
-        let s = nbd_get_size(h)
+        let s = libnbd.nbd_get_size!(h)
         if s < 0 {
             let e = Self.error("nbd_get_size", name)
-            nbd_close(h)
+            libnbd.nbd_close!(h)
             throw e
         }
         handle = h
@@ -50,7 +51,7 @@ public final class NBDBlockSource: BlockSource, @unchecked Sendable {
     }
 
     static func error(_ what: String, _ name: String) -> StorageError {
-        let msg = nbd_get_error().map { String(cString: $0) } ?? "unknown error"
+        let msg = libnbd.nbd_get_error!().map { String(cString: $0) } ?? "unknown error"
         return StorageError(.backend, "\(what) for '\(name)' failed: \(msg)")
     }
 
@@ -63,7 +64,7 @@ public final class NBDBlockSource: BlockSource, @unchecked Sendable {
         var done = 0
         while done < want {
             let n = min(want - done, Self.maxRequest)
-            if nbd_pread(handle, buffer.baseAddress! + done, n, offset + UInt64(done), 0) != 0 {
+            if libnbd.nbd_pread!(handle, buffer.baseAddress! + done, n, offset + UInt64(done), 0) != 0 {
                 throw Self.error("read at offset \(offset + UInt64(done))", name)
             }
             done += n
@@ -94,7 +95,7 @@ public final class NBDBlockSource: BlockSource, @unchecked Sendable {
                 }
                 return 0
             }, user_data: ud, free: nil)
-            if nbd_block_status(handle, count, pos, cb, 0) != 0 {
+            if libnbd.nbd_block_status!(handle, count, pos, cb, 0) != 0 {
                 throw Self.error("block status at offset \(pos)", name)
             }
             guard !collector.ranges.isEmpty else { throw StorageError(.backend, "NBD block status for '\(name)' returned no extents at offset \(pos)") }
@@ -117,13 +118,13 @@ public final class NBDBlockSource: BlockSource, @unchecked Sendable {
     }
 
     public func close() throws {
-        nbd_shutdown(handle, 0)
+        libnbd.nbd_shutdown!(handle, 0)
         server?.stop()
         server = nil
     }
 
     deinit {
-        nbd_close(handle)
+        libnbd.nbd_close!(handle)
         server?.stop()
     }
 }

@@ -19,17 +19,18 @@ public enum DirtyBitmap {
     /// disk's size at the previous backup. `name` names the disk in errors.
     public static func changedChunks(socket: String, exportName: String?, bitmap: String, baseSize: UInt64,
                                      chunkSize: UInt64, name: String) throws -> ChangedChunks {
-        guard let h = nbd_create() else { throw error("nbd_create", name) }
-        defer { nbd_close(h) }
-        if let exportName, nbd_set_export_name(h, exportName) != 0 { throw error("select NBD export '\(exportName)'", name) }
-        if nbd_add_meta_context(h, context(bitmap)) != 0 || nbd_connect_unix(h, socket) != 0 {
+        _ = try LibNBD.load()
+        guard let h = libnbd.nbd_create!() else { throw error("nbd_create", name) }
+        defer { libnbd.nbd_close!(h) }
+        if let exportName, libnbd.nbd_set_export_name!(h, exportName) != 0 { throw error("select NBD export '\(exportName)'", name) }
+        if libnbd.nbd_add_meta_context!(h, context(bitmap)) != 0 || libnbd.nbd_connect_unix!(h, socket) != 0 {
             throw error("connect to NBD socket \(socket)", name)
         }
-        defer { nbd_shutdown(h, 0) }
-        guard nbd_can_meta_context(h, context(bitmap)) == 1 else {
+        defer { libnbd.nbd_shutdown!(h, 0) }
+        guard libnbd.nbd_can_meta_context!(h, context(bitmap)) == 1 else {
             throw StorageError(.backend, "the NBD export of '\(name)' does not offer dirty bitmap '\(bitmap)'")
         }
-        let size = nbd_get_size(h)
+        let size = libnbd.nbd_get_size!(h)
         guard size >= 0 else { throw error("nbd_get_size", name) }
         var result = ChangedChunks(chunkSize: chunkSize, baseSize: baseSize, size: UInt64(size), method: method)
         let collector = DirtyCollector(context: context(bitmap))
@@ -52,7 +53,7 @@ public enum DirtyBitmap {
                 c.end = max(c.end, o)
                 return 0
             }, user_data: ud, free: nil)
-            if nbd_block_status(h, count, pos, cb, 0) != 0 { throw error("dirty bitmap block status at offset \(pos)", name) }
+            if libnbd.nbd_block_status!(h, count, pos, cb, 0) != 0 { throw error("dirty bitmap block status at offset \(pos)", name) }
             guard collector.end > pos else {
                 throw StorageError(.backend, "NBD block status of dirty bitmap '\(bitmap)' of '\(name)' returned no extents at offset \(pos)")
             }
@@ -83,7 +84,7 @@ public enum DirtyBitmap {
     }
 
     static func error(_ what: String, _ name: String) -> StorageError {
-        let msg = nbd_get_error().map { String(cString: $0) } ?? "unknown error"
+        let msg = libnbd.nbd_get_error!().map { String(cString: $0) } ?? "unknown error"
         return StorageError(.backend, "\(what) for '\(name)' failed: \(msg)")
     }
 }
