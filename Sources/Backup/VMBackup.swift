@@ -203,8 +203,10 @@ final class VMBackup: @unchecked Sendable {
                 if let base = newBase(disks) {
                     // The guest is down: a storage snapshot now is the same data, and it is kept as the next base.
                     // The snapshot need not wait for the previous backup's manifest and index to be read and
-                    // checked: both at once (on zfs-fuse the snapshot waits for a transaction group).
+                    // checked: both at once (on zfs-fuse the snapshot waits for a transaction group) — unless
+                    // a base of that very name is left (a run killed in this same second), which prepare drops first.
                     async let prepared = prepareIncremental(disks, listed: snapshotsLeft)
+                    if snapshotsLeft.values.contains(where: { $0.contains(base) }) { _ = try await prepared }
                     try await takeStorageSnapshots(disks, name: base)
                     incremental = try await prepared
                     try await resolveIncremental(disks)
