@@ -74,7 +74,7 @@ public enum Command {
     /// descriptor of ours but the pipes) with stdout and stderr on pipes read here with poll(2),
     /// handing what arrives to `receive` (1: stdout, 2: stderr) until both end; its exit status.
     /// Foundation's `Process` cost 0.5–2.5 ms more per command (a monitor thread, a drain thread,
-    /// a close of every descriptor in the child), and an incremental backup on zfs-fuse runs six.
+    /// a close of every descriptor in the child), and an incremental backup on zfs-fuse runs five.
     /// The input is written into its pipe before the child starts, so a child that never reads
     /// it cannot raise SIGPIPE here.
     static func communicate(_ argv: [String], environment: [String: String]? = nil, input: [UInt8]? = nil,
