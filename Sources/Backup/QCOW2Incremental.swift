@@ -27,9 +27,12 @@ import Storage
 ///   reads everything.
 /// - Stop mode or a stopped guest: the bitmaps are in the image file, listed
 ///   and the old one's dirty ranges read from it (`QCOW2Bitmaps`: no process;
-///   `qemu-img info`/`qemu-nbd -B` only for an image it leaves to QEMU);
-///   `qemu-img bitmap --add` starts the new one, `--remove` drops the old.
-///   QEMU keeps recording into them when it opens the image again.
+///   `qemu-img info`/`qemu-nbd -B` only for an image it leaves to QEMU) while
+///   qemu-nbd opens the image for the read. Its lock keeps `qemu-img bitmap`
+///   out until the read is done: then `--add` starts the new one (the guest is
+///   still down, nothing was written since the point in time) and, after the
+///   manifest, `--remove` drops the old one and any a killed run left. QEMU
+///   keeps recording into them when it opens the image again.
 /// - A bitmap that is missing, inconsistent (`in-use`: QEMU was killed before
 ///   storing it) or not the one the previous backup recorded means a full read,
 ///   with the reason in the log.
@@ -118,6 +121,8 @@ final class QCOW2Incremental: @unchecked Sendable {
             }
             previous[d.key] = decision
             if held != nil { heldKeys.insert(d.key) }
+            // On the image file, qemu-nbd may be opening it now: `finish` removes them, after the read.
+            guard case .qemu = access else { continue }
             for b in bitmaps where isOurs(b.name, repository: store.storage) && b.name != keep && b.name != held {
                 do {
                     try await remove(d, b.name, access)
@@ -198,12 +203,20 @@ final class QCOW2Incremental: @unchecked Sendable {
         }
     }
 
-    /// Stop mode: starts the new bitmap in each image (no QEMU has it open).
-    /// A disk whose bitmap cannot be added is read in full next time (its bitmap is missing then).
+    /// Stop mode, once the read is done and before the guest starts again: starts the new bitmap in
+    /// each image (no process has it open). One of that name (a run killed in this same second) is
+    /// replaced. A disk whose bitmap cannot be added is read in full next time (its bitmap is missing then).
     func startOffline() async {
         for d in disks {
             let path = d.path, name = newBase
-            do { try await Blocking.run("qemu-img-bitmap") { try QCOW2ImageBitmaps.add(image: path, name: name) } } catch {
+            do {
+                try await Blocking.run("qemu-img-bitmap") {
+                    if try QCOW2ImageBitmaps.list(image: path).contains(where: { $0.name == name }) {
+                        try QCOW2ImageBitmaps.remove(image: path, name: name)
+                    }
+                    try QCOW2ImageBitmaps.add(image: path, name: name)
+                }
+            } catch {
                 log.warn("cannot start dirty bitmap '\(name)' in \(path) (the next backup of \(d.deviceName) reads everything): \(error)")
             }
         }
@@ -273,7 +286,8 @@ final class QCOW2Incremental: @unchecked Sendable {
                 do {
                     try await Self.remove(d, b.name, access)
                     log.info(b.name == newBase || b.name == recording ? "removed dirty bitmap '\(b.name)' of \(d.path) (this backup failed)"
-                                                                  : "removed old dirty bitmap '\(b.name)' of \(d.path)")
+                             : b.name == recorded[d.key] ? "removed old dirty bitmap '\(b.name)' of \(d.path)"
+                             : "removed dirty bitmap '\(b.name)' of \(d.path)" + (b.inconsistent ? " (inconsistent)" : " that no finished backup recorded"))
                 } catch {
                     log.warn("cannot remove dirty bitmap '\(b.name)' of \(d.path) (the next backup tries again): \(error)")
                 }

@@ -211,12 +211,15 @@ final class VMBackup: @unchecked Sendable {
                     incremental = try await prepared
                     try await resolveIncremental(disks)
                     try await openSources(disks, snapshot: base)
-                } else if let q = await qcow2Incremental(disks, running: false) {
-                    // The guest is down: the bitmaps are in the image files.
-                    await q.startOffline()
-                    await q.readChanges(access: .image, socket: "")
-                    adoptTracking(q)
-                    try await openSources(disks)
+                } else if case .repository = target, QCOW2Incremental.applies(to: disks) {
+                    // The guest is down: the bitmaps are in the image files, parsed while qemu-nbd opens each
+                    // image (read-only). The new bitmap is added once the reads are done (`startOffline`): the
+                    // guest stays down until settle(), so nothing is written in between.
+                    async let opened = openedSources(disks)
+                    let q = await qcow2Incremental(disks, running: false)
+                    await q?.readChanges(access: .image, socket: "")
+                    if let q { adoptTracking(q) }
+                    sources += try await opened
                 } else {
                     try await openSources(disks)
                 }
@@ -294,6 +297,12 @@ final class VMBackup: @unchecked Sendable {
             summary.readBytes = result.readBytes
             summary.chunks = result.chunks
             summary.disks = result.disks
+            if let q = qcow2, !q.live {
+                // Stop mode: the reads are done and the guest is still down (settle() restarts it): the new
+                // bitmap starts now, in each image qemu-nbd no longer holds. Not added, the next backup says why.
+                do { try closeSources() } catch { log.warn("cannot close the disks' readers: \(error)") }
+                await q.startOffline()
+            }
             try await settle()
             await finishQCOW2(succeeded: true)
             await finishFleecingBitmaps(succeeded: true)
@@ -348,6 +357,26 @@ final class VMBackup: @unchecked Sendable {
     /// was opened if a later one fails), each on a thread of its own: opening
     /// may start qemu-nbd, clone a dataset or wait for a device node.
     /// A disk read incrementally is opened with what its storage reported (`IncrementalForever.resolve`).
+    /// The disks' sources, opened without touching this backup's state (so beside other work);
+    /// on a failure those already open are closed.
+    private func openedSources(_ disks: [DiskPlan]) async throws -> [any BlockSource] {
+        var opened: [any BlockSource] = []
+        do {
+            for d in disks { opened.append(try await Blocking.run("open-source") { try d.plugin.openBlockSource(d.volume, snapshot: nil) }) }
+        } catch {
+            for s in opened { try? s.close() }
+            throw error
+        }
+        return opened
+    }
+
+    private func closeSources() throws {
+        var firstError: (any Error)?
+        for s in sources { do { try s.close() } catch { firstError = firstError ?? error } }
+        sources = []
+        if let firstError { throw firstError }
+    }
+
     private func openSources(_ disks: [DiskPlan], snapshot: String? = nil) async throws {
         for d in disks {
             let changes = incremental?.tracked[d.key]?.changed
@@ -681,8 +710,7 @@ final class VMBackup: @unchecked Sendable {
     /// when an earlier one fails, and the first failure is reported.
     private func settle() async throws {
         var firstError: (any Error)?
-        for s in sources { do { try s.close() } catch { firstError = firstError ?? error } }
-        sources = []
+        do { try closeSources() } catch { firstError = error }
         do { try await debts.pay() } catch { firstError = firstError ?? error }
         for s in snapshots.reversed() {
             do {
