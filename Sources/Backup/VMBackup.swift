@@ -353,16 +353,21 @@ final class VMBackup: @unchecked Sendable {
         return summary
     }
 
-    /// Opens the disks' block sources one by one (so settle() closes whatever
-    /// was opened if a later one fails), each on a thread of its own: opening
-    /// may start qemu-nbd, clone a dataset or wait for a device node.
-    /// A disk read incrementally is opened with what its storage reported (`IncrementalForever.resolve`).
-    /// The disks' sources, opened without touching this backup's state (so beside other work);
-    /// on a failure those already open are closed.
-    private func openedSources(_ disks: [DiskPlan]) async throws -> [any BlockSource] {
+    /// Opens the disks' block sources, each on a thread of its own (opening may start qemu-nbd, clone a
+    /// dataset or wait for a device node); on a failure those already open are closed. Touches no state
+    /// of this backup, so it may run beside other work. `changes`: per disk key, what its storage reported
+    /// since the base (`IncrementalForever.resolve`), for a disk read incrementally from `snapshot`.
+    private func openedSources(_ disks: [DiskPlan], snapshot: String? = nil,
+                               changes: [String: ChangedChunks] = [:]) async throws -> [any BlockSource] {
         var opened: [any BlockSource] = []
         do {
-            for d in disks { opened.append(try await Blocking.run("open-source") { try d.plugin.openBlockSource(d.volume, snapshot: nil) }) }
+            for d in disks {
+                let c = changes[d.key]
+                opened.append(try await Blocking.run("open-source") {
+                    if let snapshot, let c { return try d.plugin.openBlockSource(d.volume, snapshot: snapshot, changes: c) }
+                    return try d.plugin.openBlockSource(d.volume, snapshot: snapshot)
+                })
+            }
         } catch {
             for s in opened { try? s.close() }
             throw error
@@ -370,21 +375,17 @@ final class VMBackup: @unchecked Sendable {
         return opened
     }
 
+    private func openSources(_ disks: [DiskPlan], snapshot: String? = nil) async throws {
+        var changes: [String: ChangedChunks] = [:]
+        for d in disks { changes[d.key] = incremental?.tracked[d.key]?.changed }
+        sources += try await openedSources(disks, snapshot: snapshot, changes: changes)
+    }
+
     private func closeSources() throws {
         var firstError: (any Error)?
         for s in sources { do { try s.close() } catch { firstError = firstError ?? error } }
         sources = []
         if let firstError { throw firstError }
-    }
-
-    private func openSources(_ disks: [DiskPlan], snapshot: String? = nil) async throws {
-        for d in disks {
-            let changes = incremental?.tracked[d.key]?.changed
-            sources.append(try await Blocking.run("open-source") {
-                if let snapshot, let changes { return try d.plugin.openBlockSource(d.volume, snapshot: snapshot, changes: changes) }
-                return try d.plugin.openBlockSource(d.volume, snapshot: snapshot)
-            })
-        }
     }
 
     /// Incremental forever: what changed since each disk's base, asked before the new snapshot is opened.
