@@ -71,44 +71,6 @@ final class EVPHasher {
         withUnsafeMutableBytes(of: &d) { finish(into: $0) }
         return d
     }
-
-    /// Takes over `other`'s state (what it has hashed so far, the partial
-    /// block included); `other` is left as it was.
-    func copy(from other: EVPHasher) {
-        precondition(EVP_MD_CTX_copy_ex(ctx, other.ctx) == 1, "EVP_MD_CTX_copy_ex failed")
-    }
-}
-
-/// SHA-256 of several byte strings that all begin with the same bytes, the
-/// common prefix hashed once. SHA-256 is Merkle–Damgård: its state after a
-/// prefix does not depend on what follows, so a copy of that state finishes
-/// each string from there (the partial last block of the prefix travels in
-/// the copy). An incremental backup hashes a patched chunk and the previous
-/// chunk it was patched from (to check it): both share everything before the
-/// first changed range. One per thread (not Sendable), reusable.
-public final class SHA256SharedPrefix {
-    private let prefix = EVPHasher.sha256()
-    private let work = EVPHasher.sha256()
-    /// Bytes of the current prefix.
-    public private(set) var prefixLength = 0
-
-    public init() {}
-
-    /// Starts over with `bytes` as the common prefix.
-    public func start(prefix bytes: UnsafeRawBufferPointer) {
-        prefix.reset()
-        prefix.update(bytes)
-        prefixLength = bytes.count
-    }
-
-    /// SHA-256 of `string`, whose first `prefixLength` bytes must be the
-    /// prefix (not compared: the caller knows they are copies).
-    public func digest(of string: UnsafeRawBufferPointer) -> SHA256Digest {
-        precondition(string.count >= prefixLength)
-        work.copy(from: prefix)
-        work.update(UnsafeRawBufferPointer(rebasing: string[prefixLength...]))
-        return work.finishSHA256()
-    }
 }
 
 /// MD5 as VMA uses it for its header checksums.

@@ -27,6 +27,8 @@ public final class BackupWriter: @unchecked Sendable {
     private struct State {
         var files: [Manifest.FileInfo] = []
         var bases: [Manifest.BaseSnapshotRecord] = []
+        /// Index files whose hash states (`ChunkMidstates`) this backup wrote.
+        var midstateFiles: [String] = []
         var stats = Manifest.ChunkUploadStats(count: 0, size: 0, compressedSize: 0, duplicates: 0)
         var done = false
     }
@@ -89,11 +91,14 @@ public final class BackupWriter: @unchecked Sendable {
 
     /// `encoder`: the calling thread's, reused for every chunk it stores (unencrypted repositories).
     /// `previous`: the frames of the blob `chunk` was patched from, copied where `changed(frame)` is false.
-    /// `digest`: the chunk's, when the caller has it already.
+    /// `digest`: the chunk's, when the caller has it already (then whether it is the zero chunk is
+    /// told by it, not by a scan of `chunk`). `materialize`: fills in the frames of `chunk` that
+    /// were left out because they are copied, when the blob must be stored uncompressed after all.
     func store(chunk: UnsafeRawBufferPointer, encoder: DataBlob.Encoder?,
                previous: DataBlob.Frames? = nil, changed: (Int) -> Bool = { _ in true },
-               digest: SHA256Digest? = nil) throws -> SHA256Digest {
-        let isZero = chunk.count == Int(FixedIndex.defaultChunkSize) && isAllZero(chunk)
+               digest: SHA256Digest? = nil, materialize: (() throws -> Void)? = nil) throws -> SHA256Digest {
+        let full = chunk.count == Int(FixedIndex.defaultChunkSize)
+        let isZero = full && (digest.map { $0 == zeroDigest } ?? isAllZero(chunk))
         let d = isZero ? zeroDigest : (digest ?? repository.crypt.map { $0.digest(chunk) } ?? SHA256.digest(chunk))
         if isZero && zeroStored.load(ordering: .relaxed) { countDuplicate(); return d }
         if repository.chunks.storedSize(d) != nil {
@@ -104,7 +109,12 @@ public final class BackupWriter: @unchecked Sendable {
         }
         let inserted: ChunkStore.InsertResult
         if let encoder, repository.crypt == nil {
-            inserted = try repository.chunks.insert(d, blob: encoder.encode(chunk, reusing: previous, changed: changed))
+            var blob = encoder.encode(chunk, reusing: previous, changed: changed, plainAllowed: materialize == nil)
+            if blob == nil {
+                try materialize?()
+                blob = encoder.encode(chunk, reusing: previous, changed: changed)
+            }
+            inserted = try repository.chunks.insert(d, blob: blob!)
         } else {
             inserted = try repository.chunks.insert(d, blob: try DataBlob.encode(chunk, compress: true, crypt: repository.crypt))
         }
@@ -148,12 +158,16 @@ public final class BackupWriter: @unchecked Sendable {
         public var bytesRead: UInt64
         /// Of `chunksRead`: chunks built from the previous backup's chunk with only the changed ranges read.
         public var chunksPatched: Int
+        /// Of `chunksPatched`: chunks whose hash resumed at their first changed frame (`ChunkMidstates`),
+        /// the frames before it neither decompressed nor hashed, of the previous chunk only the frames kept.
+        public var chunksResumed: Int
         /// Chunks read whole because their previous chunk could not be read back (missing, corrupt); the first reason.
         public var previousUnreadable: Int
         public var previousUnreadableReason: String?
 
         public init(index: FixedIndex, chunksRead: Int, chunksReused: Int, bytesRead: UInt64,
-                    chunksPatched: Int = 0, previousUnreadable: Int = 0, previousUnreadableReason: String? = nil) {
+                    chunksPatched: Int = 0, chunksResumed: Int = 0, previousUnreadable: Int = 0, previousUnreadableReason: String? = nil) {
+            self.chunksResumed = chunksResumed
             self.index = index
             self.chunksRead = chunksRead
             self.chunksReused = chunksReused
@@ -225,7 +239,13 @@ public final class BackupWriter: @unchecked Sendable {
             return Patch(previous: previous, ranges: ranges, reader: ChunkReader(repository: repository, snapshot: previousSnapshot ?? snapshot),
                          prefetch: ChunkPrefetch(store: chunks, chunks: patched))
         }
-        return try upload(name: name, size: size, threads: threads, reuse: reuse, patch: patch, read: read, knownZero: knownZero, progress: progress)
+        let fileName = name.hasSuffix(".fidx") ? name : name + ".fidx"
+        // The previous index's hash states: patched chunks resume there, unchanged chunks keep theirs.
+        let midstates = repository.crypt != nil ? nil : previousSnapshot.flatMap {
+            ChunkMidstates.load(path: ChunkMidstates.path(directory: repository.directory(of: $0), fileName: fileName), index: previous)
+        }
+        return try upload(name: name, size: size, threads: threads, reuse: reuse, patch: patch, previousMidstates: midstates,
+                          read: read, knownZero: knownZero, progress: progress)
     }
 
     /// How to build a changed chunk from its previous version (`addDisk(previous:changed:changedRanges:)`).
@@ -236,8 +256,22 @@ public final class BackupWriter: @unchecked Sendable {
         let prefetch: ChunkPrefetch
     }
 
+    /// A changed chunk as built from its previous version, before it is stored.
+    private struct Patched {
+        var frames: DataBlob.Frames?
+        var changedFrames: [Bool]
+        /// Unencrypted: the new chunk's digest and hash states, computed along the way.
+        var digest: SHA256Digest?
+        var states = ChunkMidstates.Entry()
+        /// Frames before this one were not decoded (copied compressed; `materialize` fills them in).
+        var missingFrames = 0
+        /// Built from the previous chunk's hash states (`ChunkMidstates`), not from the whole previous chunk.
+        var resumed = false
+    }
+
     private func upload(name: String, size: UInt64, threads: Int,
                         reuse: (@Sendable (Int, Int) -> SHA256Digest?)?, patch: Patch? = nil,
+                        previousMidstates: ChunkMidstates? = nil,
                         read: @escaping @Sendable (UInt64, UnsafeMutableRawBufferPointer) throws -> Void,
                         knownZero: (@Sendable (UInt64, Int) -> Bool)?,
                         progress: (@Sendable (UInt64) -> Void)?) throws -> DiskUpload {
@@ -245,12 +279,16 @@ public final class BackupWriter: @unchecked Sendable {
         let chunkSize = FixedIndex.defaultChunkSize
         let count = FixedIndex.chunkCount(size: size, chunkSize: chunkSize)
         let digests = Mutex([SHA256Digest](repeating: SHA256Digest(), count: count))
+        // Unencrypted only: an encrypted repository's digest is keyed (CryptConfig.digest), hashed whole.
+        let hashing = repository.crypt == nil
+        let midstates = Mutex(ChunkMidstates(count: hashing ? count : 0))
         let next = Atomic<Int>(0)
         let done = Atomic<UInt64>(0)
         let chunksRead = Atomic<Int>(0)
         let bytesRead = Atomic<UInt64>(0)
         let chunksReused = Atomic<Int>(0)
         let chunksPatched = Atomic<Int>(0)
+        let chunksResumed = Atomic<Int>(0)
         let unreadable = Mutex((count: 0, reason: String?.none))
         let failure = Mutex<(any Error)?>(nil)
         let workers = max(1, min(threads, count))
@@ -264,8 +302,6 @@ public final class BackupWriter: @unchecked Sendable {
             // One per thread, reused: a fresh decoder and array per patched chunk were 3 × 4 MiB of
             // zero-filled pages each (a tenth of an incremental run's CPU in page faults).
             let decoder = patch == nil ? nil : ChunkDecoder(capacity: Int(chunkSize))
-            // Unencrypted only: an encrypted repository's digest is keyed (CryptConfig.digest).
-            let hasher = patch == nil || repository.crypt != nil ? nil : SHA256SharedPrefix()
             while failure.withLock({ $0 == nil }) {
                 let i = next.add(1, ordering: .relaxed).oldValue
                 guard i < count else { break }
@@ -276,47 +312,62 @@ public final class BackupWriter: @unchecked Sendable {
                     if let reuse, let r = reuse(i, len) {
                         d = r
                         chunksReused.add(1, ordering: .relaxed)
+                        if hashing, let previousMidstates {
+                            let states = previousMidstates[chunk: i]
+                            if !states.isEmpty { midstates.withLock { $0[chunk: i] = states } }
+                        }
                     } else if len == Int(chunkSize), let knownZero, knownZero(offset, len), zeroStored.load(ordering: .relaxed) {
                         d = zeroDigest
                         countDuplicate()
                     } else {
                         let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<len])
-                        var frames: DataBlob.Frames?
-                        var hashedPrefix = false
-                        var changedFrames = [Bool](repeating: false, count: (len + DataBlob.frameSize - 1) / DataBlob.frameSize)
                         patch?.prefetch.reached(i)
-                        if let patch, let decoder, let ranges = patchable(patch, chunk: i, offset: offset, length: len, knownZero: knownZero),
-                           previousChunk(patch, i, into: chunk, decoder: decoder, frames: &frames,
-                                         hasher: hasher, hashedPrefix: &hashedPrefix, commonPrefix: ranges.map { Int($0.lowerBound - offset) }.min() ?? len,
-                                         unreadable: unreadable) {
-                            var asked: UInt64 = 0
-                            for r in ranges {
-                                for k in Int(r.lowerBound - offset) / DataBlob.frameSize...Int(r.upperBound - offset - 1) / DataBlob.frameSize {
-                                    changedFrames[k] = true
-                                }
-                                let piece = UnsafeMutableRawBufferPointer(rebasing: chunk[Int(r.lowerBound - offset)..<Int(r.upperBound - offset)])
-                                if let knownZero, knownZero(r.lowerBound, piece.count) {
-                                    piece.initializeMemory(as: UInt8.self, repeating: 0)
-                                } else {
-                                    try read(r.lowerBound, piece)
-                                    asked += UInt64(piece.count)
-                                }
+                        var built: Patched?
+                        if let patch, let decoder, let ranges = patchable(patch, chunk: i, offset: offset, length: len, knownZero: knownZero) {
+                            built = try patchChunk(patch, i, ranges: ranges, into: chunk, decoder: decoder, hashing: hashing,
+                                                   states: previousMidstates?[chunk: i], read: read, knownZero: knownZero,
+                                                   unreadable: unreadable, asked: { asked in
+                                                       if asked > 0 {
+                                                           chunksRead.add(1, ordering: .relaxed)
+                                                           bytesRead.add(asked, ordering: .relaxed)
+                                                       }
+                                                   })
+                            if let built {
+                                chunksPatched.add(1, ordering: .relaxed)
+                                if built.resumed { chunksResumed.add(1, ordering: .relaxed) }
                             }
-                            chunksPatched.add(1, ordering: .relaxed)
-                            if asked > 0 {
-                                chunksRead.add(1, ordering: .relaxed)
-                                bytesRead.add(asked, ordering: .relaxed)
-                            }
-                        } else if len == Int(chunkSize), let knownZero, knownZero(offset, len) {
-                            chunk.initializeMemory(as: UInt8.self, repeating: 0)
-                        } else {
-                            try read(offset, chunk)
-                            chunksRead.add(1, ordering: .relaxed)
-                            bytesRead.add(UInt64(len), ordering: .relaxed)
                         }
+                        if built == nil {
+                            if len == Int(chunkSize), let knownZero, knownZero(offset, len) {
+                                chunk.initializeMemory(as: UInt8.self, repeating: 0)
+                            } else {
+                                try read(offset, chunk)
+                                chunksRead.add(1, ordering: .relaxed)
+                                bytesRead.add(UInt64(len), ordering: .relaxed)
+                            }
+                        }
+                        var states = built?.states ?? ChunkMidstates.Entry()
+                        var digest = built?.digest
+                        if hashing && digest == nil {
+                            let whole = UnsafeRawBufferPointer(chunk)
+                            if len == Int(chunkSize) && isAllZero(whole) {
+                                digest = zeroDigest
+                            } else {
+                                var h = SHA256Hasher()
+                                Self.hashFrames(&h, whole, to: len, noting: &states)
+                                digest = h.finish()
+                            }
+                        }
+                        let frames = built?.frames, changedFrames = built?.changedFrames ?? []
+                        let missing = built?.missingFrames ?? 0
                         d = try store(chunk: UnsafeRawBufferPointer(chunk), encoder: encoder, previous: frames,
-                                      changed: { changedFrames[$0] },
-                                      digest: hashedPrefix ? hasher?.digest(of: UnsafeRawBufferPointer(chunk)) : nil)
+                                      changed: { changedFrames.isEmpty || changedFrames[$0] }, digest: digest,
+                                      materialize: missing == 0 ? nil : {
+                                          // The frames copied undecoded, decoded after all: this blob goes out uncompressed.
+                                          try decoder!.decompress(frames!, 0..<missing, into: chunk, length: len,
+                                                                  object: "chunk \(patch!.previous.digests[i].hex) of snapshot \(patch!.reader.snapshot)")
+                                      })
+                        if hashing && !states.isEmpty { midstates.withLock { $0[chunk: i] = states } }
                     }
                     digests.withLock { $0[i] = d }
                     let total = done.add(UInt64(len), ordering: .relaxed).newValue
@@ -333,11 +384,29 @@ public final class BackupWriter: @unchecked Sendable {
         let index = FixedIndex(uuid: uuid, ctime: Int64(Date().timeIntervalSince1970), size: size,
                                chunkSize: chunkSize, digests: digests.withLock { $0 })
         try index.write(to: directory + "/" + fileName)
+        if hashing {
+            // A cache: a backup without it is whole, the next one only slower.
+            let path = ChunkMidstates.path(directory: directory, fileName: fileName)
+            do { try midstates.withLock { try $0.write(to: path, index: index) } } catch { unlink(path) }
+            state.withLock { $0.midstateFiles.append(fileName) }
+        }
         state.withLock { $0.files.append(Manifest.FileInfo(filename: fileName, cryptMode: cryptMode, size: size, csum: index.indexChecksum.hex)) }
         let u = unreadable.withLock { $0 }
         return DiskUpload(index: index, chunksRead: chunksRead.load(ordering: .relaxed),
                           chunksReused: chunksReused.load(ordering: .relaxed), bytesRead: bytesRead.load(ordering: .relaxed),
-                          chunksPatched: chunksPatched.load(ordering: .relaxed), previousUnreadable: u.count, previousUnreadableReason: u.reason)
+                          chunksPatched: chunksPatched.load(ordering: .relaxed), chunksResumed: chunksResumed.load(ordering: .relaxed),
+                          previousUnreadable: u.count, previousUnreadableReason: u.reason)
+    }
+
+    /// Hashes `chunk[hasher.length..<end]` into `hasher`, noting its state at every frame boundary reached.
+    private static func hashFrames(_ hasher: inout SHA256Hasher, _ chunk: UnsafeRawBufferPointer, to end: Int,
+                                   noting states: inout ChunkMidstates.Entry) {
+        while hasher.length < end {
+            let boundary = (hasher.length / DataBlob.frameSize + 1) * DataBlob.frameSize
+            let stop = min(boundary, end)
+            hasher.update(UnsafeRawBufferPointer(rebasing: chunk[hasher.length..<stop]))
+            if stop == boundary { states[after: boundary / DataBlob.frameSize] = hasher.state }
+        }
     }
 
     /// The ranges of changed chunk `i` to lay over its previous version, or nil
@@ -360,18 +429,108 @@ public final class BackupWriter: @unchecked Sendable {
 
     private static func isPatchable(toRead: UInt64, length: Int) -> Bool { Double(toRead) <= patchLimit * Double(length) }
 
+    /// Builds changed chunk `i` in `chunk` from the previous backup's chunk
+    /// and its changed `ranges` (read, or zero-filled where `knownZero`),
+    /// the previous chunk checked against its digest before any byte of it is
+    /// used; nil, counted in `unreadable`, when it cannot be read back (the
+    /// caller reads the chunk whole; no range was read yet). `asked` gets the
+    /// bytes read. Unencrypted (`hashing`), the new digest and hash states come
+    /// with it.
+    ///
+    /// With the previous chunk's hash `states`, the frames before the first
+    /// changed one are neither decompressed nor hashed: the new chunk's hash
+    /// resumes at that frame's boundary, and of the previous chunk only the
+    /// frames whose bytes the new one keeps from the first changed frame on are
+    /// decoded, their digest finished from the state at the first of them and
+    /// checked. Without states (or when that check fails, which the whole
+    /// chunk's check then explains), the whole previous chunk is decoded and
+    /// checked, the bytes before the first change hashed once for both digests.
+    private func patchChunk(_ patch: Patch, _ i: Int, ranges: [Range<UInt64>], into chunk: UnsafeMutableRawBufferPointer,
+                            decoder: ChunkDecoder, hashing: Bool, states previous: ChunkMidstates.Entry?,
+                            read: @Sendable (UInt64, UnsafeMutableRawBufferPointer) throws -> Void,
+                            knownZero: (@Sendable (UInt64, Int) -> Bool)?,
+                            unreadable: borrowing Mutex<(count: Int, reason: String?)>,
+                            asked: (UInt64) -> Void) throws -> Patched? {
+        let offset = UInt64(i) * FixedIndex.defaultChunkSize
+        let len = chunk.count
+        let frameSize = DataBlob.frameSize
+        let frameCount = (len + frameSize - 1) / frameSize
+        var built = Patched(changedFrames: [Bool](repeating: false, count: frameCount))
+        var covered = [Int](repeating: 0, count: frameCount)
+        for r in ranges {
+            let lo = Int(r.lowerBound - offset), hi = Int(r.upperBound - offset)
+            for k in lo / frameSize...(hi - 1) / frameSize {
+                built.changedFrames[k] = true
+                covered[k] += min(hi, (k + 1) * frameSize) - max(lo, k * frameSize)
+            }
+        }
+        let d = patch.previous.digests[i]
+        let isZero = d == zeroDigest && len == Int(FixedIndex.defaultChunkSize)
+        let first = built.changedFrames.firstIndex(of: true) ?? frameCount
+        // The first frame from `first` on whose previous bytes the new chunk keeps (not rewritten whole).
+        let kept = (first..<frameCount).first { covered[$0] < min(frameSize, len - $0 * frameSize) } ?? frameCount
+        var resumed: SHA256State?
+        if hashing, !isZero, first < frameCount, first > 0 || kept > 0, let previous, let atFirst = previous[after: first],
+           let atKept = kept < frameCount ? previous[after: kept] : SHA256State.initial {
+            do {
+                if let frames = try decoder.decodeFrames(d, expectedLength: len, from: patch.reader, into: chunk, decoding: kept..<frameCount) {
+                    var check = SHA256Hasher(resuming: atKept, at: kept * frameSize)
+                    check.update(UnsafeRawBufferPointer(rebasing: chunk[(kept * frameSize)...]))
+                    if kept == frameCount || check.finish() == d {
+                        built.frames = frames
+                        built.missingFrames = first
+                        for j in stride(from: 1, through: first, by: 1) { built.states[after: j] = previous[after: j] }
+                        resumed = atFirst
+                        built.resumed = true
+                    }
+                }
+            } catch {
+                // The whole-chunk path below reads it again and says why it cannot be used.
+            }
+        }
+        var prefix: SHA256Hasher?
+        if resumed == nil {
+            guard previousChunk(patch, i, into: chunk, decoder: decoder, frames: &built.frames, hashing: hashing,
+                                prefix: &prefix, states: &built.states, commonPrefix: first == frameCount ? len : Int(ranges.map(\.lowerBound).min()! - offset),
+                                unreadable: unreadable) else { return nil }
+        }
+        var bytes: UInt64 = 0
+        for r in ranges {
+            let piece = UnsafeMutableRawBufferPointer(rebasing: chunk[Int(r.lowerBound - offset)..<Int(r.upperBound - offset)])
+            if let knownZero, knownZero(r.lowerBound, piece.count) {
+                piece.initializeMemory(as: UInt8.self, repeating: 0)
+            } else {
+                try read(r.lowerBound, piece)
+                bytes += UInt64(piece.count)
+            }
+        }
+        asked(bytes)
+        guard hashing else { return built }
+        let data = UnsafeRawBufferPointer(chunk)
+        if let resumed {
+            var h = SHA256Hasher(resuming: resumed, at: first * frameSize)
+            Self.hashFrames(&h, data, to: len, noting: &built.states)
+            built.digest = h.finish()
+        } else if var h = prefix {
+            Self.hashFrames(&h, data, to: len, noting: &built.states)
+            built.digest = h.finish()
+        }
+        return built
+    }
+
     /// Puts the previous backup's chunk `i` into `chunk` (its length), every
     /// check a restore makes done (the zero chunk without reading it); false,
     /// counted in `unreadable`, when it cannot be read back.
     /// `frames`: the previous blob's zstd frames, when it was cut as this
     /// writer cuts chunks (the new blob copies those the patch leaves alone).
-    /// With `hasher`, the previous chunk's first `commonPrefix` bytes (those
-    /// before the first changed range: the new chunk's too) are hashed once
-    /// into it, the previous chunk's digest finished from there and checked
-    /// before any of its bytes is used, and `hashedPrefix` set: the caller
-    /// finishes the new chunk's digest from the same prefix once patched.
+    /// `hashing` (unencrypted): the previous chunk's first `commonPrefix` bytes
+    /// (those before the first changed range: the new chunk's too) are hashed
+    /// once into `prefix` (its states at frame boundaries noted in `states`),
+    /// the previous chunk's digest finished from a copy and checked before any
+    /// of its bytes is used: the caller finishes the new chunk's from `prefix`.
     private func previousChunk(_ patch: Patch, _ i: Int, into chunk: UnsafeMutableRawBufferPointer, decoder: ChunkDecoder,
-                               frames: inout DataBlob.Frames?, hasher: SHA256SharedPrefix?, hashedPrefix: inout Bool,
+                               frames: inout DataBlob.Frames?, hashing: Bool, prefix: inout SHA256Hasher?,
+                               states: inout ChunkMidstates.Entry,
                                commonPrefix: Int, unreadable: borrowing Mutex<(count: Int, reason: String?)>) -> Bool {
         let d = patch.previous.digests[i]
         if d == zeroDigest && chunk.count == Int(FixedIndex.defaultChunkSize) {
@@ -379,13 +538,16 @@ public final class BackupWriter: @unchecked Sendable {
             return true
         }
         do {
-            if let hasher {
+            if hashing {
                 // Decoded where it is patched; on any failure the caller reads the chunk whole over it.
                 let (data, payload) = try decoder.decodeUnverified(d, expectedLength: chunk.count, from: patch.reader, into: chunk)
-                hasher.start(prefix: UnsafeRawBufferPointer(rebasing: data[..<min(commonPrefix, data.count)]))
-                try ChunkDecoder.check(hasher.digest(of: data), d, from: patch.reader)
+                var h = SHA256Hasher()
+                Self.hashFrames(&h, data, to: min(commonPrefix, data.count), noting: &states)
+                var check = h
+                check.update(UnsafeRawBufferPointer(rebasing: data[h.length...]))
+                try ChunkDecoder.check(check.finish(), d, from: patch.reader)
                 frames = payload.flatMap { DataBlob.Frames(payload: $0, length: chunk.count) }
-                hashedPrefix = true
+                prefix = h
             } else {
                 _ = try decoder.decode(d, expectedLength: chunk.count, from: patch.reader, into: chunk)
                 frames = decoder.verifiedPayload.flatMap { DataBlob.Frames(payload: $0, length: chunk.count) }
@@ -450,9 +612,21 @@ public final class BackupWriter: @unchecked Sendable {
             throw RepositoryError.io("snapshot \(snapshot)", "cannot finish the backup", error)
         }
         state.withLock { $0.done = true }
+        removeOlderMidstates()
         groupLock.unlock()
         writerLock.release()
         return m
+    }
+
+    /// Only the newest backup of a guest keeps hash states: the next backup
+    /// resumes from its, so the older ones' (up to three times the size of
+    /// their index) would only take space. Best effort, under the guest's lock.
+    private func removeOlderMidstates() {
+        let files = state.withLock { $0.midstateFiles }
+        guard !files.isEmpty, let older = try? repository.snapshots(type: snapshot.type, id: snapshot.id) else { return }
+        for s in older where s != snapshot {
+            for f in files { unlink(ChunkMidstates.path(directory: repository.directory(of: s), fileName: f)) }
+        }
     }
 
     /// Removes the snapshot directory (nothing of it is visible) and the locks.

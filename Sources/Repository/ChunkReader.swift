@@ -256,6 +256,41 @@ final class ChunkDecoder {
         return (UnsafeRawBufferPointer(rebasing: output[..<length]), zstdPayload)
     }
 
+    /// The previous chunk `digest`'s blob read and CRC-checked, and its frames
+    /// `decoding` decompressed into `target` at their place in the chunk (of
+    /// `expectedLength` bytes); nil when the blob is not an unencrypted zstd
+    /// blob cut as `DataBlob.Encoder` cuts a chunk. Nothing is digest-checked:
+    /// an incremental backup resuming a hash at a recorded frame boundary
+    /// checks the frames it decoded (`BackupWriter`). The frames' payload is
+    /// valid until the next call.
+    func decodeFrames(_ digest: SHA256Digest, expectedLength: Int, from reader: ChunkReader,
+                      into target: UnsafeMutableRawBufferPointer, decoding: Range<Int>) throws -> DataBlob.Frames? {
+        precondition(expectedLength <= target.count)
+        verifiedPayload = nil
+        let object = "chunk \(digest.hex) of snapshot \(reader.snapshot)"
+        let stored = try read(reader.repository.chunks.path(of: digest), digest: digest, object: object)
+        let kind = try DataBlob.check(stored, object: object)
+        guard !kind.isEncrypted, kind.isCompressed,
+              let frames = DataBlob.Frames(payload: UnsafeRawBufferPointer(rebasing: stored[DataBlob.Kind.plain.headerSize...]), length: expectedLength)
+        else { return nil }
+        try decompress(frames, decoding, into: target, length: expectedLength, object: object)
+        return frames
+    }
+
+    /// Frames `range` of `frames` (a chunk of `length` bytes) decompressed into `target` at their place.
+    func decompress(_ frames: DataBlob.Frames, _ range: Range<Int>, into target: UnsafeMutableRawBufferPointer,
+                    length: Int, object: String) throws {
+        for f in range {
+            let source = frames.frame(f)
+            let plain = min(DataBlob.frameSize, length - f * DataBlob.frameSize)
+            let n = ZSTD_decompressDCtx(context, target.baseAddress! + f * DataBlob.frameSize, plain, source.baseAddress, source.count)
+            if ZSTD_isError(n) != 0 {
+                throw RepositoryError(.corrupt, object, "cannot decompress frame \(f): zstd: \(String(cString: ZSTD_getErrorName(n)))")
+            }
+            guard n == plain else { throw RepositoryError(.corrupt, object, "frame \(f) holds \(n) bytes, not \(plain)") }
+        }
+    }
+
     /// The chunk file's bytes, in `blob` (grown to the file's size).
     private func read(_ path: String, digest: SHA256Digest, object: String) throws -> UnsafeRawBufferPointer {
         let file: File

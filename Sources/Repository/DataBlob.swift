@@ -184,14 +184,17 @@ public enum DataBlob {
         /// The unencrypted blob of `data` (zstd level 1, in `frameSize` frames,
         /// when smaller), valid until the next call.
         func encode(_ data: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
-            encode(data, reusing: nil, changed: { _ in true })
+            encode(data, reusing: nil, changed: { _ in true })!
         }
 
         /// As `encode(_:)`, but frame `k` is copied from `previous` (the
         /// verified blob of the chunk `data` was patched from) unless
         /// `changed(k)`: its plaintext is then the previous chunk's, which
-        /// those compressed bytes decode to.
-        func encode(_ data: UnsafeRawBufferPointer, reusing previous: Frames?, changed: (Int) -> Bool) -> UnsafeRawBufferPointer {
+        /// those compressed bytes decode to. nil, with `plainAllowed` false,
+        /// where the blob would be stored uncompressed (a copy of `data`
+        /// whole): the caller did not fill in the frames it copies.
+        func encode(_ data: UnsafeRawBufferPointer, reusing previous: Frames?, changed: (Int) -> Bool,
+                    plainAllowed: Bool = true) -> UnsafeRawBufferPointer? {
             precondition(data.count <= capacity)
             let out = buffer.baseAddress!
             let frames = (data.count + DataBlob.frameSize - 1) / DataBlob.frameSize
@@ -216,6 +219,7 @@ public enum DataBlob {
             if compressed, length < data.count {
                 kind = .zstd
             } else {
+                guard plainAllowed else { return nil }
                 kind = .plain
                 length = data.count
                 if length > 0 { (out + 12).copyMemory(from: data.baseAddress!, byteCount: length) }

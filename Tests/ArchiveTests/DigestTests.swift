@@ -119,10 +119,10 @@ struct DigestTests {
         #expect(try incomplete.finish()[3] == nil)
     }
 
-    /// Two strings sharing a prefix, hashed once: the same digests as hashed
-    /// apart, wherever the first difference is (block-aligned or not, at the
-    /// start, at the very end, none), with one hasher reused throughout.
-    @Test("SHA256SharedPrefix: the digests of hashing each string whole",
+    /// Two strings sharing a prefix, hashed once (a copy of the hasher
+    /// finishes each): the same digests as hashed apart, wherever the first
+    /// difference is (block-aligned or not, at the start, at the very end, none).
+    @Test("SHA256Hasher: a copy after a common prefix gives each string's digest",
           arguments: [0, 64, 1_000_003, (4 << 20) - 64, (4 << 20) - 1, 4 << 20])
     func sharedPrefix(firstChange: Int) {
         let n = 4 << 20
@@ -132,22 +132,42 @@ struct DigestTests {
         if firstChange < n {
             for i in firstChange..<min(n, firstChange + 5000) { new[i] = ~new[i] }
         }
-        let hasher = SHA256SharedPrefix()
-        // A previous use leaves nothing behind.
-        let other = [UInt8](repeating: 1, count: 100)
-        other.withUnsafeBytes { b in
-            hasher.start(prefix: UnsafeRawBufferPointer(rebasing: b[..<70]))
-            #expect(hasher.digest(of: b) == SHA256.digest(other))
-        }
         old.withUnsafeBytes { o in
             new.withUnsafeBytes { w in
-                hasher.start(prefix: UnsafeRawBufferPointer(rebasing: o[..<firstChange]))
-                #expect(hasher.digest(of: o) == SHA256.digest(old))
-                #expect(hasher.digest(of: w) == SHA256.digest(new))
-                // Finishing is repeatable: each digest starts from a copy of the prefix's state.
-                #expect(hasher.digest(of: o) == SHA256.digest(old))
+                var prefix = SHA256Hasher()
+                prefix.update(UnsafeRawBufferPointer(rebasing: o[..<firstChange]))
+                var a = prefix, b = prefix
+                a.update(UnsafeRawBufferPointer(rebasing: o[firstChange...]))
+                b.update(UnsafeRawBufferPointer(rebasing: w[firstChange...]))
+                #expect(a.finish() == SHA256.digest(old))
+                #expect(b.finish() == SHA256.digest(new))
+                // The prefix's own hasher is untouched by its copies.
+                prefix.update(UnsafeRawBufferPointer(rebasing: o[firstChange...]))
+                #expect(prefix.finish() == SHA256.digest(old))
             }
         }
         if firstChange < n { #expect(SHA256.digest(old) != SHA256.digest(new)) }
+    }
+
+    /// A hash resumed from the state taken at a block boundary (and the
+    /// length) gives the digest of hashing it whole. The initial state is FIPS 180-4's.
+    @Test("SHA256Hasher: resumed from a state at a block boundary",
+          arguments: [0, 64, 1 << 20, 3 << 20, (4 << 20) - 64])
+    func resumed(at boundary: Int) {
+        var rng = SeededRandom(UInt64(boundary) &+ 11)
+        let data = (0..<(4 << 20) + 100).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        data.withUnsafeBytes { b in
+            var first = SHA256Hasher()
+            first.update(UnsafeRawBufferPointer(rebasing: b[..<boundary]))
+            var rest = SHA256Hasher(resuming: first.state, at: boundary)
+            rest.update(UnsafeRawBufferPointer(rebasing: b[boundary...]))
+            #expect(rest.length == data.count)
+            #expect(rest.finish() == SHA256.digest(data))
+            // Resumed at the wrong length: another digest (the length is part of the padding).
+            var wrong = SHA256Hasher(resuming: first.state, at: boundary + 64)
+            wrong.update(UnsafeRawBufferPointer(rebasing: b[boundary...]))
+            #expect(wrong.finish() != SHA256.digest(data))
+        }
+        #expect(SHA256Hasher().state == SHA256State.initial)
     }
 }

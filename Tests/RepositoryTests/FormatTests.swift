@@ -59,7 +59,7 @@ import Archive
         for i in (2 << 20) + 5..<(2 << 20) + 70000 { patched[i] ^= 0x3C }
         let again = blob.withUnsafeBytes { old in
             let previous = DataBlob.Frames(payload: UnsafeRawBufferPointer(rebasing: old[12...]), length: data.count)
-            return patched.withUnsafeBytes { Array(encoder.encode($0, reusing: previous, changed: { $0 == 2 })) }
+            return patched.withUnsafeBytes { Array(encoder.encode($0, reusing: previous, changed: { $0 == 2 })!) }
         }
         #expect(try DataBlob.decode(again, crypt: nil, object: "t") == patched)
         let newFrames = try #require(again.withUnsafeBytes { DataBlob.Frames(payload: UnsafeRawBufferPointer(rebasing: $0[12...]), length: data.count) })

@@ -33,8 +33,10 @@ import Archive
         let knownZero: @Sendable (UInt64, Int) -> Bool = { off, len in zeros.contains { $0.contains(off) && off + UInt64(len) <= $0.upperBound } }
         let upload: BackupWriter.DiskUpload
         if let previous {
+            // The guest's newest backup, as IncrementalBase picks it (its hash states are used when they are `previous`'s).
+            let before = try repo.snapshots(type: "vm", id: "100").last { $0 != s }
             upload = try w.addDisk(name: "drive-scsi0.img", size: UInt64(data.count), previous: previous, changed: changed,
-                                   changedRanges: ranges, previousSnapshot: nil, threads: 3, read: read, knownZero: knownZero)
+                                   changedRanges: ranges, previousSnapshot: before, threads: 3, read: read, knownZero: knownZero)
         } else {
             let idx = try w.addDisk(name: "drive-scsi0.img", size: UInt64(data.count), threads: 3, read: read)
             upload = BackupWriter.DiskUpload(index: idx, chunksRead: idx.chunkCount, chunksReused: 0, bytesRead: UInt64(data.count))
@@ -296,5 +298,127 @@ import Archive
         #expect(reason.contains(first.index.digests[0].hex) && reason.contains("digest mismatch"), "\(reason)")
         #expect(up.index.digests[0] == d.withUnsafeBytes { SHA256.digest(UnsafeRawBufferPointer(rebasing: $0[0..<Int(c)])) })
         #expect(try restoreToMemory(repo, s2, file: "drive-scsi0.img.fidx") == d)
+    }
+
+    /// The hash states the newest backup keeps (`ChunkMidstates`).
+    func midstatesPath(_ repo: Repository, _ s: SnapshotName) -> String {
+        ChunkMidstates.path(directory: repo.directory(of: s), fileName: "drive-scsi0.img.fidx")
+    }
+
+    func expectDigestsOfAFullRead(_ up: BackupWriter.DiskUpload, _ d: [UInt8]) {
+        let c = 4 * Self.mib
+        for i in 0..<up.index.chunkCount {
+            let expected = d.withUnsafeBytes { SHA256.digest(UnsafeRawBufferPointer(rebasing: $0[i * c..<min(d.count, (i + 1) * c)])) }
+            #expect(up.index.digests[i] == expected, "chunk \(i)")
+        }
+    }
+
+    /// A patched chunk resumes its hash at its first changed frame from the
+    /// previous backup's recorded state (the frames before it neither decoded
+    /// nor hashed) wherever the change is: a frame rewritten whole in the
+    /// middle, a few bytes in one, the last frame (nothing of the previous
+    /// chunk decoded), the first two frames. A change in the first frame that
+    /// keeps some of its bytes resumes nothing. Each backup's states are
+    /// right for the next (a third backup resumes from the second's, also
+    /// for a chunk the second took unread), only the newest backup keeps them.
+    @Test func patchedChunksResumeAtTheirFirstChangedFrame() throws {
+        let scratch = try Scratch("incr-midstates")
+        let (repo, disk, first) = try firstBackup(in: scratch, chunks: 6, seed: 31)
+        let s1 = try #require(try repo.snapshots(type: "vm", id: "100").last)
+        #expect(FileSystem.exists(midstatesPath(repo, s1)))
+        var d = disk
+        let c = UInt64(4 * Self.mib), m = UInt64(Self.mib)
+        let ranges: [Int: [Range<UInt64>]] = [
+            0: [2 * m..<3 * m],
+            1: [c + m + 4096..<c + m + 8192],
+            2: [2 * c + 3 * m..<3 * c],
+            3: [3 * c + 100..<3 * c + 200],
+            4: [4 * c..<4 * c + 2 * m],
+        ]
+        for (_, rs) in ranges { for r in rs { for k in Int(r.lowerBound)..<Int(r.upperBound) { d[k] ^= 0x5C } } }
+        let (s2, up) = try backup(repo, time: 1_796_004_000 + 86400, disk: d, previous: first.index, changed: IndexSet(0...4),
+                                  ranges: { ranges[$0] ?? [] })
+        #expect(up.chunksPatched == 5 && up.chunksResumed == 4 && up.previousUnreadable == 0, "\(up.chunksPatched) \(up.chunksResumed) \(up.previousUnreadable)")
+        expectDigestsOfAFullRead(up, d)
+        #expect(try restoreToMemory(repo, s2, file: "drive-scsi0.img.fidx") == d)
+        #expect(!FileSystem.exists(midstatesPath(repo, s1)) && FileSystem.exists(midstatesPath(repo, s2)))
+
+        // Again from the second backup's states: chunk 0 (patched then), 5 (taken unread then), 1 in its last frame.
+        let again: [Int: [Range<UInt64>]] = [
+            0: [3 * m + 10..<3 * m + 20],
+            1: [c + 3 * m..<2 * c],
+            5: [5 * c + 2 * m + 64..<5 * c + 2 * m + 4160],
+        ]
+        for (_, rs) in again { for r in rs { for k in Int(r.lowerBound)..<Int(r.upperBound) { d[k] &+= 1 } } }
+        let (s3, up3) = try backup(repo, time: 1_796_004_000 + 2 * 86400, disk: d, previous: up.index, changed: [0, 1, 5],
+                                   ranges: { again[$0] ?? [] })
+        #expect(up3.chunksPatched == 3 && up3.chunksResumed == 3 && up3.previousUnreadable == 0, "\(up3)")
+        expectDigestsOfAFullRead(up3, d)
+        #expect(try restoreToMemory(repo, s3, file: "drive-scsi0.img.fidx") == d)
+        #expect(try Verifier(repository: repo).verify([s1, s2, s3]).ok)
+    }
+
+    /// Hash states that are damaged, or another index's, are not used: the
+    /// chunks are patched from their whole previous chunk, as without states.
+    @Test(arguments: ["damaged", "foreign"])
+    func midstatesThatCannotBeTrustedAreNotUsed(_ kind: String) throws {
+        let scratch = try Scratch("incr-midstates-bad")
+        let (repo, disk, first) = try firstBackup(in: scratch, chunks: 3, seed: 32)
+        let s1 = try #require(try repo.snapshots(type: "vm", id: "100").last)
+        let path = midstatesPath(repo, s1)
+        var states = try FileSystem.readBytes(path)
+        if kind == "damaged" {
+            states[states.count - 7] ^= 1
+        } else {
+            // The states of a backup of other data, moved beside this index.
+            let other = try Repository.create(root: scratch.path("other"))
+            let s = SnapshotName(id: "100", time: 1_796_000_000)
+            let w = try BackupWriter(repository: other, snapshot: s)
+            let data = pseudoRandom(3 * 4 * Self.mib, seed: 33)
+            _ = try w.addDisk(name: "drive-scsi0.img", size: UInt64(data.count), threads: 2, read: { off, buf in
+                data.withUnsafeBytes { buf.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[Int(off)..<Int(off) + buf.count])) }
+            })
+            _ = try w.finish()
+            states = try FileSystem.readBytes(midstatesPath(other, s))
+        }
+        try FileSystem.writeAtomically(path, bytes: states, mode: 0o600)
+        var d = disk
+        let m = UInt64(Self.mib), c = 4 * m
+        for i in 0..<3 { d[Int(UInt64(i) * c + 2 * m) + 10] ^= 1 }
+        let (s2, up) = try backup(repo, time: 1_796_004_000 + 86400, disk: d, previous: first.index, changed: IndexSet(0...2),
+                                  ranges: { [UInt64($0) * c + 2 * m + 10..<UInt64($0) * c + 2 * m + 11] })
+        #expect(up.chunksPatched == 3 && up.chunksResumed == 0 && up.previousUnreadable == 0, "\(up)")
+        expectDigestsOfAFullRead(up, d)
+        #expect(try restoreToMemory(repo, s2, file: "drive-scsi0.img.fidx") == d)
+    }
+
+    /// A previous chunk whose file holds another sound blob (same frames):
+    /// a chunk resumed after frames it copies undecoded is not given a digest
+    /// of that content — its digest is the disk's, so verify reports the
+    /// stored chunk, never holds the wrong data as good. Where the new chunk
+    /// keeps decoded bytes of it, the check refuses it and the chunk is read whole.
+    @Test func resumedChunkNeverVouchesForFramesItDidNotDecode() throws {
+        let scratch = try Scratch("incr-midstates-wrong")
+        let (repo, disk, first) = try firstBackup(in: scratch, chunks: 2, seed: 34)
+        // Compressible other content: a zstd blob in 1 MiB frames, as the writer cuts them.
+        let other = pseudoRandom(4 * Self.mib, seed: 35).map { $0 & 0x0F }
+        let wrong = other.withUnsafeBytes { Array(DataBlob.Encoder(capacity: 4 * Self.mib).encode($0)) }
+        for i in 0..<2 { try FileSystem.writeAtomically(repo.chunks.path(of: first.index.digests[i]), bytes: wrong, mode: 0o600) }
+        var d = disk
+        let m = UInt64(Self.mib), c = 4 * m
+        // Chunk 0: its last frame rewritten whole (frames 0-2 copied undecoded); chunk 1: 1 KiB in frame 2 (frame 2-3 decoded).
+        for k in Int(3 * m)..<Int(c) { d[k] ^= 0x33 }
+        for k in Int(c + 2 * m)..<Int(c + 2 * m + 1024) { d[k] ^= 0x33 }
+        let ranges: [Int: [Range<UInt64>]] = [0: [3 * m..<c], 1: [c + 2 * m..<c + 2 * m + 1024]]
+        let (s2, up) = try backup(repo, time: 1_796_004_000 + 86400, disk: d, previous: first.index, changed: [0, 1],
+                                  ranges: { ranges[$0] ?? [] })
+        #expect(up.chunksResumed == 1 && up.previousUnreadable == 1 && up.chunksRead == 2, "\(up)")
+        expectDigestsOfAFullRead(up, d)
+        let report = try Verifier(repository: repo).verify([s2])
+        #expect(!report.ok)
+        // Chunk 1, read whole, is sound; chunk 0's blob does not hash to its digest.
+        let reader = ChunkReader(repository: repo, snapshot: s2)
+        #expect(throws: RepositoryError.self) { try ChunkDecoder(capacity: 4 * Self.mib).decode(up.index.digests[0], expectedLength: 4 * Self.mib, from: reader) }
+        _ = try ChunkDecoder(capacity: 4 * Self.mib).decode(up.index.digests[1], expectedLength: 4 * Self.mib, from: reader)
     }
 }
