@@ -41,6 +41,8 @@ final class RepositoryUpload {
         var storedBytes: UInt64 = 0
         /// Incremental: changed chunks built from the previous chunk with only their changed ranges read.
         var patched: Int = 0
+        /// Of `patched`: their hash resumed at the first changed frame (the previous backup's hash states).
+        var resumed: Int = 0
         /// Incremental: changed chunks read whole because the previous chunk could not be read back, and why (the first).
         var previousUnreadable: Int = 0
         var previousUnreadableReason: String? = nil
@@ -154,6 +156,7 @@ final class RepositoryUpload {
                 index = u.index
                 c.fromPrevious = u.chunksReused
                 c.patched = u.chunksPatched
+                c.resumed = u.chunksResumed
                 c.previousUnreadable = u.previousUnreadable
                 c.previousUnreadableReason = u.previousUnreadableReason
             } else {

@@ -598,6 +598,7 @@ final class VMBackup: @unchecked Sendable {
                 let how = methods[i].map { "incremental: \(c.read) of \(c.chunks) chunks read (\($0))" } ?? "full: \(c.read) of \(c.chunks) chunks read"
                 // Incremental: how many changed chunks were built from the previous backup's chunk with only the changed ranges read.
                 let patched = methods[i] == nil ? "" : ", \(c.patched) chunks patched (previous chunk + changed ranges)"
+                    + (c.resumed > 0 ? ", \(c.resumed) of them resumed at their first changed frame" : "")
                 log.info("\(d.deviceName): \(how), \(Formatting.bytes(c.bytesRead)) read, \(c.newChunks) new chunks stored"
                          + " (\(Formatting.bytes(c.storedBytes)))" + patched)
                 if let carried = sources[i] as? ChangedDataSource {

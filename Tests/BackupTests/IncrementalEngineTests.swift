@@ -168,6 +168,10 @@ extension NothingLostTests {
             try change(at: 30 * mib)
             let third = try rig.backup(["--full-every", "3"])
             #expect(third.log.contains("drive-scsi0: incremental: 1 of 16 chunks read (btrfs send)"), "\(third.log)")
+            // 30 MiB is in chunk 7's third frame: its hash resumed from the states the second backup carried over.
+            #expect(third.log.contains("1 chunks patched (previous chunk + changed ranges), 1 of them resumed at their first changed frame"),
+                    "\(third.log)")
+            #expect(try rig.restoredNewest() == disk.bytes())
             #expect(try rig.newestRecord()?.incrementalRuns == 2)
             try change(at: 40 * mib)
             let fourth = try rig.backup(["--full-every", "3"])
