@@ -402,7 +402,8 @@ import Archive
         let (repo, disk, first) = try firstBackup(in: scratch, chunks: 2, seed: 34)
         // Compressible other content: a zstd blob in 1 MiB frames, as the writer cuts them.
         let other = pseudoRandom(4 * Self.mib, seed: 35).map { $0 & 0x0F }
-        let wrong = other.withUnsafeBytes { Array(DataBlob.Encoder(capacity: 4 * Self.mib).encode($0)) }
+        let encoder = DataBlob.Encoder(capacity: 4 * Self.mib)
+        let wrong = other.withUnsafeBytes { b in withExtendedLifetime(encoder) { Array(encoder.encode(b)) } }
         for i in 0..<2 { try FileSystem.writeAtomically(repo.chunks.path(of: first.index.digests[i]), bytes: wrong, mode: 0o600) }
         var d = disk
         let m = UInt64(Self.mib), c = 4 * m
