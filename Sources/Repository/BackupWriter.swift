@@ -201,14 +201,10 @@ public final class BackupWriter: @unchecked Sendable {
     /// cannot be read back (counted in `previousUnreadable`). A changed chunk
     /// that was the zero chunk and whose every changed range is `knownZero`
     /// is still the zero chunk: taken from `previous` (counted as reused).
-    ///
-    /// One thread more than cores by default: a patched chunk's thread waits
-    /// for I/O (its previous blob read, its new blob written past the page
-    /// cache, ~2 ms per 2 MiB here), time a spare thread fills with another chunk.
     public func addDisk(name: String, size: UInt64, previous: FixedIndex, changed: IndexSet,
                         changedRanges: (@Sendable (Int) -> [Range<UInt64>])? = nil,
                         previousSnapshot: SnapshotName? = nil,
-                        threads: Int = ProcessInfo.processInfo.activeProcessorCount + 1,
+                        threads: Int = ProcessInfo.processInfo.activeProcessorCount,
                         read: @escaping @Sendable (UInt64, UnsafeMutableRawBufferPointer) throws -> Void,
                         knownZero: (@Sendable (UInt64, Int) -> Bool)? = nil,
                         progress: (@Sendable (UInt64) -> Void)? = nil) throws -> DiskUpload {
