@@ -353,9 +353,7 @@ public final class BackupWriter: @unchecked Sendable {
                             if len == Int(chunkSize) && isAllZero(whole) {
                                 digest = zeroDigest
                             } else {
-                                var h = SHA256Hasher()
-                                Self.hashFrames(&h, whole, to: len, noting: &states)
-                                digest = h.finish()
+                                digest = Self.digest(continuing: SHA256Hasher(), whole, noting: &states)
                             }
                         }
                         let frames = built?.frames, changedFrames = built?.changedFrames ?? []
@@ -396,6 +394,14 @@ public final class BackupWriter: @unchecked Sendable {
                           chunksReused: chunksReused.load(ordering: .relaxed), bytesRead: bytesRead.load(ordering: .relaxed),
                           chunksPatched: chunksPatched.load(ordering: .relaxed), chunksResumed: chunksResumed.load(ordering: .relaxed),
                           previousUnreadable: u.count, previousUnreadableReason: u.reason)
+    }
+
+    /// The digest of `chunk`, `hasher` having hashed its first `hasher.length` bytes; the states at the frame boundaries after them noted.
+    private static func digest(continuing hasher: SHA256Hasher, _ chunk: UnsafeRawBufferPointer,
+                               noting states: inout ChunkMidstates.Entry) -> SHA256Digest {
+        var h = hasher
+        hashFrames(&h, chunk, to: chunk.count, noting: &states)
+        return h.finish()
     }
 
     /// Hashes `chunk[hasher.length..<end]` into `hasher`, noting its state at every frame boundary reached.
@@ -469,7 +475,8 @@ public final class BackupWriter: @unchecked Sendable {
         let first = built.changedFrames.firstIndex(of: true) ?? frameCount
         // The first frame from `first` on whose previous bytes the new chunk keeps (not rewritten whole).
         let kept = (first..<frameCount).first { covered[$0] < min(frameSize, len - $0 * frameSize) } ?? frameCount
-        var resumed: SHA256State?
+        // Unencrypted: the new chunk's hash up to its first changed byte or frame, finished once the ranges are in.
+        var start: SHA256Hasher?
         if hashing, !isZero, first < frameCount, first > 0 || kept > 0, let previous, let atFirst = previous[after: first],
            let atKept = kept < frameCount ? previous[after: kept] : SHA256State.initial {
             do {
@@ -480,7 +487,7 @@ public final class BackupWriter: @unchecked Sendable {
                         built.frames = frames
                         built.missingFrames = first
                         for j in stride(from: 1, through: first, by: 1) { built.states[after: j] = previous[after: j] }
-                        resumed = atFirst
+                        start = SHA256Hasher(resuming: atFirst, at: first * frameSize)
                         built.resumed = true
                     }
                 }
@@ -488,10 +495,9 @@ public final class BackupWriter: @unchecked Sendable {
                 // The whole-chunk path below reads it again and says why it cannot be used.
             }
         }
-        var prefix: SHA256Hasher?
-        if resumed == nil {
+        if !built.resumed {
             guard previousChunk(patch, i, into: chunk, decoder: decoder, frames: &built.frames, hashing: hashing,
-                                prefix: &prefix, states: &built.states, commonPrefix: first == frameCount ? len : Int(ranges.map(\.lowerBound).min()! - offset),
+                                prefix: &start, states: &built.states, commonPrefix: first == frameCount ? len : Int(ranges.map(\.lowerBound).min()! - offset),
                                 unreadable: unreadable) else { return nil }
         }
         var bytes: UInt64 = 0
@@ -505,16 +511,7 @@ public final class BackupWriter: @unchecked Sendable {
             }
         }
         asked(bytes)
-        guard hashing else { return built }
-        let data = UnsafeRawBufferPointer(chunk)
-        if let resumed {
-            var h = SHA256Hasher(resuming: resumed, at: first * frameSize)
-            Self.hashFrames(&h, data, to: len, noting: &built.states)
-            built.digest = h.finish()
-        } else if var h = prefix {
-            Self.hashFrames(&h, data, to: len, noting: &built.states)
-            built.digest = h.finish()
-        }
+        if let start { built.digest = Self.digest(continuing: start, UnsafeRawBufferPointer(chunk), noting: &built.states) }
         return built
     }
 
