@@ -24,13 +24,23 @@ struct LVMInVMTests {
         }
         let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
         let script = SourceTree.root + "/scripts/fixtures/storage-vm.sh"
-        let t0 = Date()
-        let out = try Command.capture([script, "run", bundle, "ConformanceTests|LVMReadErrorTests|LVMGuestTests|ChangeTrackingTests"])
-        let took = Int(Date().timeIntervalSince(t0))
-        // One line per console line (a "\r\n" is one Character: split on newlines, not on "\n").
-        let lines = out.stdout.split(whereSeparator: \.isNewline).map(String.init)
-        let console = lines.joined(separator: "\n")
-        print("[storage VM] \(took) s, exit \(out.status)")
+        // A task of the VM's kernel stuck in D state for minutes (seen once in CI: a fresh thin LV's
+        // first writeback never completed, under TCG on a loaded host) makes storage-vm.sh's kernel
+        // print the stuck task's stack and panic, which ends the VM. That run is shown in full and
+        // the VM runs once more; a second hang fails the test.
+        var attempt = 1
+        var (out, lines, console, took) = try Self.runVM(script, bundle)
+        while console.contains(Self.hungTaskPanic) && attempt < 2 {
+            print("[storage VM] attempt \(attempt): a kernel task hung after \(took) s; the VM's console:")
+            for line in lines { print("  vm: \(line)") }
+            attempt += 1
+            (out, lines, console, took) = try Self.runVM(script, bundle)
+        }
+        print("[storage VM] \(took) s, exit \(out.status)\(attempt > 1 ? " (attempt \(attempt))" : "")")
+        if console.contains(Self.hungTaskPanic) {
+            Issue.record("a kernel task hung in the storage VM again:\n\(console.suffix(8000))")
+            return
+        }
         #expect(out.status == 0, "storage-vm.sh exited \(out.status): \(out.stderr.suffix(2000))")
         #expect(console.contains("STORAGE-VM tests start"), "the VM did not get to the tests: \(console.suffix(3000))")
         for name in Self.cases {
@@ -57,5 +67,17 @@ struct LVMInVMTests {
         for line in lines where line.hasPrefix("[lvm") || line.hasPrefix("STORAGE-VM") {
             print("  vm: \(line)")
         }
+    }
+
+    /// What the VM's kernel prints when `kernel.hung_task_panic` fires (storage-vm.sh sets it).
+    static let hungTaskPanic = "Kernel panic - not syncing: hung_task: blocked tasks"
+
+    /// One run of the storage VM: the result, its console one line per line
+    /// (a "\r\n" is one Character: split on newlines, not on "\n"), and seconds.
+    static func runVM(_ script: String, _ bundle: String) throws -> (Command.Output, [String], String, Int) {
+        let t0 = Date()
+        let out = try Command.capture([script, "run", bundle, "ConformanceTests|LVMReadErrorTests|LVMGuestTests|ChangeTrackingTests"])
+        let lines = out.stdout.split(whereSeparator: \.isNewline).map(String.init)
+        return (out, lines, lines.joined(separator: "\n"), Int(Date().timeIntervalSince(t0)))
     }
 }
