@@ -86,15 +86,17 @@ public final class BackupWriter: @unchecked Sendable {
     /// Stores one chunk unless the repository has it; returns its digest.
     /// Thread-safe: disks are uploaded from several threads.
     public func store(chunk: UnsafeRawBufferPointer) throws -> SHA256Digest {
-        try store(chunk: chunk, encoder: nil)
+        try store(chunk: chunk, writes: nil)
     }
 
-    /// `encoder`: the calling thread's, reused for every chunk it stores (unencrypted repositories).
-    /// `previous`: the frames of the blob `chunk` was patched from, copied where `changed(frame)` is false.
-    /// `digest`: the chunk's, when the caller has it already (then whether it is the zero chunk is
-    /// told by it, not by a scan of `chunk`). `materialize`: fills in the frames of `chunk` that
-    /// were left out because they are copied, when the blob must be stored uncompressed after all.
-    func store(chunk: UnsafeRawBufferPointer, encoder: DataBlob.Encoder?,
+    /// `writes`: the calling thread's encoders, reused for every chunk it stores (unencrypted
+    /// repositories); a new blob is then written behind, and the chunk is stored once
+    /// `writes.drain()` returned. `previous`: the frames of the blob `chunk` was patched from,
+    /// copied where `changed(frame)` is false. `digest`: the chunk's, when the caller has it
+    /// already (then whether it is the zero chunk is told by it, not by a scan of `chunk`).
+    /// `materialize`: fills in the frames of `chunk` that were left out because they are
+    /// copied, when the blob must be stored uncompressed after all.
+    func store(chunk: UnsafeRawBufferPointer, writes: ChunkWriteBehind?,
                previous: DataBlob.Frames? = nil, changed: (Int) -> Bool = { _ in true },
                digest: SHA256Digest? = nil, materialize: (() throws -> Void)? = nil) throws -> SHA256Digest {
         let full = chunk.count == Int(FixedIndex.defaultChunkSize)
@@ -107,29 +109,36 @@ public final class BackupWriter: @unchecked Sendable {
             countDuplicate()
             return d
         }
-        let inserted: ChunkStore.InsertResult
-        if let encoder, repository.crypt == nil {
+        if let writes, repository.crypt == nil {
+            let encoder = try writes.encoder()
             var blob = encoder.encode(chunk, reusing: previous, changed: changed, plainAllowed: materialize == nil)
             if blob == nil {
                 try materialize?()
                 blob = encoder.encode(chunk, reusing: previous, changed: changed)
             }
-            inserted = try repository.chunks.insert(d, blob: blob!)
+            let chunks = repository.chunks, length = chunk.count
+            writes.submit(blob!) { [self] b in
+                counted(try chunks.insert(d, blob: b), length: length, isZero: isZero)
+            }
         } else {
-            inserted = try repository.chunks.insert(d, blob: try DataBlob.encode(chunk, compress: true, crypt: repository.crypt))
+            counted(try repository.chunks.insert(d, blob: try DataBlob.encode(chunk, compress: true, crypt: repository.crypt)),
+                    length: chunk.count, isZero: isZero)
         }
+        return d
+    }
+
+    private func counted(_ inserted: ChunkStore.InsertResult, length: Int, isZero: Bool) {
         switch inserted {
         case .stored(let n):
             state.withLock { s in
                 s.stats.count += 1
-                s.stats.size += UInt64(chunk.count)
+                s.stats.size += UInt64(length)
                 s.stats.compressedSize += n
             }
         case .duplicate:
             countDuplicate()
         }
         if isZero { zeroStored.store(true, ordering: .relaxed) }
-        return d
     }
 
     private func countDuplicate() { state.withLock { $0.stats.duplicates += 1 } }
@@ -298,7 +307,7 @@ public final class BackupWriter: @unchecked Sendable {
             let memory = ChunkMemory(byteCount: Int(chunkSize))
             let buffer = memory.bytes
             defer { withExtendedLifetime(memory) {} }
-            let encoder = repository.crypt == nil ? DataBlob.Encoder(capacity: Int(chunkSize)) : nil
+            let writes = repository.crypt == nil ? ChunkWriteBehind(capacity: Int(chunkSize)) : nil
             // One per thread, reused: a fresh decoder and array per patched chunk were 3 × 4 MiB of
             // zero-filled pages each (a tenth of an incremental run's CPU in page faults).
             let decoder = patch == nil ? nil : ChunkDecoder(capacity: Int(chunkSize))
@@ -358,7 +367,7 @@ public final class BackupWriter: @unchecked Sendable {
                         }
                         let frames = built?.frames, changedFrames = built?.changedFrames ?? []
                         let missing = built?.missingFrames ?? 0
-                        d = try store(chunk: UnsafeRawBufferPointer(chunk), encoder: encoder, previous: frames,
+                        d = try store(chunk: UnsafeRawBufferPointer(chunk), writes: writes, previous: frames,
                                       changed: { changedFrames.isEmpty || changedFrames[$0] }, digest: digest,
                                       materialize: missing == 0 ? nil : {
                                           // The frames copied undecoded, decoded after all: this blob goes out uncompressed.
@@ -374,6 +383,8 @@ public final class BackupWriter: @unchecked Sendable {
                     failure.withLock { if $0 == nil { $0 = error } }
                 }
             }
+            // Always, also after a failure: the queued writes use this thread's encoders.
+            do { try writes?.drain() } catch { failure.withLock { if $0 == nil { $0 = error } } }
         }
         if let e = failure.withLock({ $0 }) { throw e }
         var uuid = try Random.bytes(16)
